@@ -1,0 +1,1 @@
+"""Ports implementations: Supabase (production) and in-memory (tests)."""

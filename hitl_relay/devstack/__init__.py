@@ -1,0 +1,1 @@
+"""Local Supabase stand-in: Postgres cluster, PostgREST subset, Realtime subset. Never imported by the relay."""
