@@ -1,0 +1,93 @@
+"""The `hitl-relay` command: run the relay, the local stack, and the operator's chores."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+db_app = typer.Typer(no_args_is_help=True, help="The local Postgres 15 + pg_cron cluster.")
+app.add_typer(db_app, name="db")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+@db_app.command("start")
+def db_start() -> None:
+    """Create (first time) and start the local cluster; print its URL."""
+    from hitl_relay.devstack.cluster import ClusterError, default_cluster
+
+    try:
+        typer.echo(default_cluster().start())
+    except ClusterError as e:
+        _fail(str(e))
+
+
+@db_app.command("stop")
+def db_stop() -> None:
+    """Stop the local cluster (fast shutdown)."""
+    from hitl_relay.devstack.cluster import ClusterError, default_cluster
+
+    try:
+        default_cluster().stop()
+    except ClusterError as e:
+        _fail(str(e))
+    typer.echo("stopped")
+
+
+@db_app.command("status")
+def db_status() -> None:
+    """Say whether the local cluster runs, and where."""
+    from hitl_relay.devstack.cluster import default_cluster
+
+    status = default_cluster().status()
+    typer.echo(str(status))
+    raise typer.Exit(0 if status.running else 3)
+
+
+@db_app.command("url")
+def db_url() -> None:
+    """Print the local cluster's connection URL."""
+    from hitl_relay.devstack.cluster import default_cluster
+
+    typer.echo(default_cluster().url())
+
+
+@app.command()
+def migrate(
+    database_url: str = typer.Option(
+        None, "--database-url", envvar="DATABASE_URL", help="Target database (default: local)."
+    ),
+    local: bool = typer.Option(
+        False, "--local", help="Also apply supabase/local/ (only for a bare Postgres, never a real project)."
+    ),
+) -> None:
+    """Apply supabase/migrations in order, recorded as the Supabase CLI records them."""
+    from hitl_relay import migrate as migrations
+
+    if database_url is None:
+        from hitl_relay.devstack.cluster import default_cluster
+
+        database_url = default_cluster().url()
+        local = True
+    try:
+        applied = asyncio.run(migrations.apply(database_url, local=local))
+    except migrations.MigrationError as e:
+        _fail(str(e))
+    typer.echo(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
+
+
+def main() -> None:
+    os.environ.setdefault("HITL_HOME", str(Path.cwd() / ".hitl"))
+    app(prog_name="hitl-relay")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
