@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -19,31 +19,56 @@ import pytest
 from hitl_relay.devstack.cluster import Cluster
 
 ROOT = Path(__file__).resolve().parents[1]
-TEMPLATE = "hitl_template"
+TEMPLATE_PREFIX = "hitl_tpl_"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[Cluster]:
+def pg_cluster() -> Cluster:
     """The session's Postgres 15 + pg_cron cluster (started if stopped, left running for reuse)."""
     home = Path(os.environ.get("HITL_HOME", ROOT / ".hitl"))
     cluster = Cluster(home / "test-pg", port=None)
     cluster.start()
-    yield cluster
+    return cluster
 
 
 @pytest.fixture(scope="session")
-async def template_db(pg_cluster: Cluster) -> str:
-    """Name of a database with supabase/local and every migration applied, rebuilt each session."""
+async def template_db(pg_cluster: Cluster) -> AsyncIterator[str]:
+    """A database with supabase/local and every migration applied, built once per pytest run.
+
+    Named after this process, so parallel pytest runs on one cluster never drop each other's
+    template; templates of runs that died are dropped here.
+    """
     from hitl_relay import migrate
 
+    name = f"{TEMPLATE_PREFIX}{os.getpid()}"
     admin = await asyncpg.connect(pg_cluster.url())
     try:
-        await admin.execute(f"drop database if exists {TEMPLATE} with (force)")
-        await admin.execute(f"create database {TEMPLATE}")
+        for row in await admin.fetch(
+            "select datname from pg_database where datname like $1", TEMPLATE_PREFIX + "%"
+        ):
+            pid = int(row["datname"].removeprefix(TEMPLATE_PREFIX))
+            if pid == os.getpid() or not _pid_alive(pid):
+                await admin.execute(f'drop database if exists "{row["datname"]}" with (force)')
+        await admin.execute(f"create database {name}")
     finally:
         await admin.close()
-    await migrate.apply(pg_cluster.url(TEMPLATE), local=True)
-    return TEMPLATE
+    await migrate.apply(pg_cluster.url(name), local=True)
+    yield name
+    admin = await asyncpg.connect(pg_cluster.url())
+    try:
+        await admin.execute(f"drop database if exists {name} with (force)")
+    finally:
+        await admin.close()
 
 
 @pytest.fixture
