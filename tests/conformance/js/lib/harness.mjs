@@ -183,8 +183,13 @@ const clients = []
  *   tokens minted outside Supabase Auth; it authorises both REST and Realtime.
  * `label` names the client's frames in `obs.frames`. Realtime options stay default except vsn
  * when it is "1.0.0".
+ *
+ * With a token, this waits for `realtime.setAuth()` before returning: supabase-js hands the
+ * accessToken result to realtime in a fire-and-forget promise, and a subscribe() issued in the
+ * same tick as createClient sends its phx_join WITHOUT access_token (so the server would judge
+ * the anon key). An app that subscribes later never sees this; a script must wait.
  */
-export function client(label, { key, token, vsn = '2.0.0', extra = {} } = {}) {
+export async function client(label, { key, token, vsn = '2.0.0', extra = {} } = {}) {
   const url = env('SUPABASE_URL')
   const options = { ...extra }
   if (vsn !== '2.0.0') options.realtime = { ...(options.realtime ?? {}), vsn }
@@ -194,6 +199,7 @@ export function client(label, { key, token, vsn = '2.0.0', extra = {} } = {}) {
   if (socket.transport !== NativeWebSocket) throw new Error('realtime transport is not the native WebSocket')
   socket.transport = tapTransport(label) // created lazily on the first subscribe()
   clients.push(c)
+  if (token !== undefined) await c.realtime.setAuth()
   return c
 }
 

@@ -10,9 +10,9 @@ const has = (rec, marker) => rec.broadcasts.find((m) => m.payload?.marker === ma
 run(async () => {
   const vsn = env('REALTIME_VSN', '2.0.0')
   const topic = `case:${env('HITL_CASE_ID')}`
-  const o = client('subscriber', { token: env('HITL_OPERATOR_TOKEN'), vsn })
-  const s = client('sender', { token: env('HITL_OPERATOR2_TOKEN') })
-  const anon = client('anon')
+  const o = await client('subscriber', { token: env('HITL_OPERATOR_TOKEN'), vsn })
+  const s = await client('sender', { token: env('HITL_OPERATOR2_TOKEN') })
+  const anon = await client('anon')
   const recO = {}
   const chO = record(o.channel(topic, { config: { private: true } }), recO)
   const so = await subscribe(chO, recO)

@@ -19,8 +19,8 @@ const keys = (ch) => Object.keys(ch.presenceState()).sort()
 run(async () => {
   const vsnA = env('REALTIME_VSN', '2.0.0')
   const vsnB = env('REALTIME_VSN_B', vsnA)
-  const a = client('a', { token: env('HITL_OPERATOR_TOKEN'), vsn: vsnA })
-  const b = client('b', { token: env('HITL_OPERATOR2_TOKEN'), vsn: vsnB })
+  const a = await client('a', { token: env('HITL_OPERATOR_TOKEN'), vsn: vsnA })
+  const b = await client('b', { token: env('HITL_OPERATOR2_TOKEN'), vsn: vsnB })
   const recA = {}
   const recB = {}
   const chA = watch(a.channel('operators', { config: { private: true, presence: { key: 'op-a' } } }), recA)

@@ -9,9 +9,9 @@ run(async () => {
   const vsn = env('REALTIME_VSN', '2.0.0')
   const topic = `case:${env('HITL_CASE_ID')}`
   const roles = {
-    operator: client('operator', { token: env('HITL_OPERATOR_TOKEN'), vsn }),
-    anon: client('anon', { vsn }),
-    user: client('user', { token: env('HITL_USER_TOKEN'), vsn }),
+    operator: await client('operator', { token: env('HITL_OPERATOR_TOKEN'), vsn }),
+    anon: await client('anon', { vsn }),
+    user: await client('user', { token: env('HITL_USER_TOKEN'), vsn }),
   }
   const result = {}
   const channels = {}
@@ -27,7 +27,7 @@ run(async () => {
       if (first.status !== 'SUBSCRIBED') await c.removeChannel(ch)
     }),
   )
-  const pub = client('anon_public', { vsn })
+  const pub = await client('anon_public', { vsn })
   const pubRec = (result.anon_public = {})
   const first = await subscribe(pub.channel(topic), pubRec)
   pubRec.first = first.status

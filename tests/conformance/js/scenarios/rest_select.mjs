@@ -10,10 +10,10 @@ const shape = (r) => ({ data: r.data, error: r.error, status: r.status, count: r
 
 run(async () => {
   const ids = [env('HITL_CASE_ID'), env('HITL_CASE_ID_2')]
-  const op = client('operator', { token: env('HITL_OPERATOR_TOKEN') })
-  const user = client('user', { token: env('HITL_USER_TOKEN') })
-  const anon = client('anon')
-  const service = client('service', { key: env('SUPABASE_SERVICE_ROLE_KEY') })
+  const op = await client('operator', { token: env('HITL_OPERATOR_TOKEN') })
+  const user = await client('user', { token: env('HITL_USER_TOKEN') })
+  const anon = await client('anon')
+  const service = await client('service', { key: env('SUPABASE_SERVICE_ROLE_KEY') })
   const cols = 'id,title,status,priority,urgency,source'
   const list = (c) => c.from('cases').select(cols).in('id', ids).order('priority', { ascending: false })
   return {

@@ -9,9 +9,9 @@ import { client, env, run } from '../lib/harness.mjs'
 const shape = (r) => ({ data: r.data, error: r.error, status: r.status, statusText: r.statusText, count: r.count })
 
 run(async () => {
-  const service = client('service', { key: env('SUPABASE_SERVICE_ROLE_KEY') })
-  const anon = client('anon')
-  const op = client('operator', { token: env('HITL_OPERATOR_TOKEN') })
+  const service = await client('service', { key: env('SUPABASE_SERVICE_ROLE_KEY') })
+  const anon = await client('anon')
+  const op = await client('operator', { token: env('HITL_OPERATOR_TOKEN') })
   const call = env('HITL_CALL_ID')
   const p = {
     case_id: env('HITL_CASE_ID'),
