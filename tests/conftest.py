@@ -9,6 +9,7 @@ from a clean, migrated schema in a few milliseconds.
 from __future__ import annotations
 
 import os
+import secrets
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +18,8 @@ import asyncpg
 import pytest
 
 from hitl_relay.devstack.cluster import Cluster
+from hitl_relay.devstack.keys import make_keys
+from hitl_relay.devstack.server import Devstack
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE_PREFIX = "hitl_tpl_"
@@ -86,6 +89,18 @@ async def db_url(pg_cluster: Cluster, template_db: str) -> AsyncIterator[str]:
         await admin.execute(f"drop database if exists {name} with (force)")
     finally:
         await admin.close()
+
+
+@pytest.fixture
+async def devstack(db_url: str) -> AsyncIterator[Devstack]:
+    """A started devstack (REST, Realtime, Auth) on this test's database, on a free port, with
+    keys from a fresh random secret; `.url`, `.keys`, `.db_url`."""
+    stack = Devstack(db_url, make_keys(secrets.token_urlsafe(32)))
+    await stack.start()
+    try:
+        yield stack
+    finally:
+        await stack.stop()
 
 
 @pytest.fixture

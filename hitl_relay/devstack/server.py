@@ -1,0 +1,268 @@
+"""The devstack's HTTP process: one Starlette app on uvicorn, embedded in the caller's event loop.
+
+It mounts the PostgREST subset at `/rest/v1`, the Realtime subset at `/realtime/v1` (when
+`hitl_relay.devstack.realtime` is present) and the Auth subset at `/auth/v1`, all sharing one
+asyncpg pool. `Devstack` is what tests, `hitl-relay devstack` and benchmarks start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol
+
+import asyncpg
+import uvicorn
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+
+from hitl_relay.devstack.keys import LocalKeys
+
+log = logging.getLogger("hitl_relay.devstack")
+
+POOL_MIN_SIZE = 1
+POOL_MAX_SIZE = 20
+# Headers a browser client (supabase-js in the operators' console) must be allowed to read.
+EXPOSED_HEADERS = ["Content-Range", "Content-Profile", "Preference-Applied", "Location"]
+
+
+class DevstackError(RuntimeError):
+    """The devstack could not start (port taken, database unreachable); the message says why."""
+
+
+@dataclass
+class DevstackContext:
+    """What every devstack service shares: the database pool, the keys, the limits."""
+
+    pool: asyncpg.Pool
+    keys: LocalKeys
+    db_url: str
+    limits: Any = None  # realtime.RealtimeLimits | None; typed loosely so REST needs no realtime
+
+
+class _Service(Protocol):
+    def routes(self) -> list[BaseRoute]: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its signal handlers: the embedding process owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _realtime_service(ctx: DevstackContext) -> _Service | None:
+    try:
+        module = importlib.import_module("hitl_relay.devstack.realtime")
+    except ModuleNotFoundError as e:
+        if e.name != "hitl_relay.devstack.realtime":
+            raise
+        return None
+    service: _Service = module.RealtimeService(ctx)
+    return service
+
+
+async def _health(_: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+class Devstack:
+    """A started devstack serves `.url` (`http://127.0.0.1:<port>`) until `stop()`.
+
+    `port=0` binds a free port; the bound one is read back before `start()` returns.
+    """
+
+    def __init__(
+        self,
+        db_url: str,
+        keys: LocalKeys,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        limits: Any = None,
+    ) -> None:
+        self.db_url = db_url
+        self.keys = keys
+        self.host = host
+        self.port = port
+        self.limits = limits
+        self.url = ""
+        self.ctx: DevstackContext | None = None
+        self.realtime: _Service | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._server: _EmbeddedServer | None = None
+        self._serve_task: asyncio.Task[None] | None = None
+        self._socket: socket.socket | None = None
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._serve_task is not None:
+            return
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        from hitl_relay.devstack import rest
+
+        self._socket = self._bind()
+        self.port = int(self._socket.getsockname()[1])
+        self.url = f"http://{self.host}:{self.port}"
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.db_url, min_size=POOL_MIN_SIZE, max_size=POOL_MAX_SIZE
+            )
+        except (OSError, asyncpg.PostgresError) as e:
+            raise DevstackError(f"cannot connect to the database {self._safe_db_url()}: {e}") from e
+        assert self._pool is not None
+        self.ctx = DevstackContext(
+            pool=self._pool, keys=self.keys, db_url=self.db_url, limits=self.limits
+        )
+        routes: list[BaseRoute] = [
+            Route("/health", _health),
+            Mount("/rest/v1", routes=rest.routes(self.ctx)),
+        ]
+        auth_routes = _auth_routes(self.ctx)
+        if auth_routes:
+            routes.append(Mount("/auth/v1", routes=auth_routes))
+        self.realtime = _realtime_service(self.ctx)
+        if self.realtime is not None:
+            await self.realtime.start()
+            routes.append(Mount("/realtime/v1", routes=self.realtime.routes()))
+        app = Starlette(
+            routes=routes,
+            middleware=[
+                Middleware(
+                    CORSMiddleware,
+                    allow_origins=["*"],
+                    allow_methods=["*"],
+                    allow_headers=["*"],
+                    expose_headers=EXPOSED_HEADERS,
+                )
+            ],
+        )
+        config = uvicorn.Config(
+            app,
+            lifespan="off",
+            log_config=None,
+            server_header=False,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=5,
+            ws_max_size=16 * 1024 * 1024,
+        )
+        self._server = _EmbeddedServer(config)
+        started = asyncio.get_running_loop().create_future()
+        self._serve_task = asyncio.create_task(
+            self._serve(self._server, self._socket, started), name=f"devstack:{self.port}"
+        )
+        await started
+
+    async def _serve(
+        self, server: _EmbeddedServer, sock: socket.socket, started: asyncio.Future[None]
+    ) -> None:
+        original_startup = server.startup
+
+        async def startup(sockets: list[socket.socket] | None = None) -> None:
+            await original_startup(sockets=sockets)
+            if not started.done():
+                started.set_result(None)
+
+        server.startup = startup  # type: ignore[method-assign]
+        try:
+            await server.serve(sockets=[sock])
+        except BaseException as e:
+            if not started.done():
+                started.set_exception(DevstackError(f"the HTTP server did not start: {e!r}"))
+            raise
+        finally:
+            if not started.done():
+                started.set_exception(DevstackError("the HTTP server stopped during start-up"))
+
+    async def stop(self) -> None:
+        """Close realtime sockets (code 1001), stop serving, close the pool. Idempotent."""
+        if self.realtime is not None:
+            realtime, self.realtime = self.realtime, None
+            await _quietly(realtime.stop, "realtime stop")
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._serve_task is not None:
+            task, self._serve_task = self._serve_task, None
+            with contextlib.suppress(asyncio.CancelledError, SystemExit, DevstackError):
+                await task
+        self._server = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await _quietly(pool.close, "pool close")
+
+    async def __aenter__(self) -> Devstack:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # ---- internals -----------------------------------------------------------------------
+    def _bind(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError as e:
+            sock.close()
+            raise DevstackError(
+                f"cannot listen on {self.host}:{self.port}: {e.strerror or e}; is another devstack "
+                f"running? stop it, or choose another port with --port"
+            ) from e
+        sock.listen(2048)
+        sock.setblocking(False)
+        return sock
+
+    def _safe_db_url(self) -> str:
+        """The database URL without its password, for error messages."""
+        head, sep, tail = self.db_url.partition("@")
+        if not sep:
+            return self.db_url
+        scheme, _, userinfo = head.rpartition("//")
+        return f"{scheme}//{userinfo.split(':')[0]}@{tail}"
+
+
+def _auth_routes(ctx: DevstackContext) -> list[BaseRoute]:
+    try:
+        module = importlib.import_module("hitl_relay.devstack.auth")
+    except ModuleNotFoundError as e:
+        if e.name != "hitl_relay.devstack.auth":
+            raise
+        return []
+    routes: list[BaseRoute] = module.routes(ctx)
+    return routes
+
+
+async def _quietly(close: Callable[[], Awaitable[None]], what: str) -> None:
+    """Shutdown steps must all run: one failing is logged, never stops the others."""
+    try:
+        await close()
+    except Exception:  # process boundary: shutdown continues, the error is logged
+        log.exception("devstack %s failed", what)
