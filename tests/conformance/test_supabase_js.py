@@ -63,6 +63,8 @@ async def run_scenario(name: str, env: dict[str, str]) -> dict[str, Any]:
         f"scenario {name} printed nothing (exit {proc.returncode}); stderr:\n{err.decode()}"
     )
     result: dict[str, Any] = json.loads(lines[-1])
+    if dump := os.environ.get("HITL_JS_DUMP"):
+        keep_output(Path(dump), name, lines[-1])
     assert result.get("ok") is True, (
         f"scenario {name} failed (exit {proc.returncode}): {result.get('error')}\n"
         f"observations: {json.dumps(result.get('partial'), indent=1)[:20000]}\n"
@@ -70,6 +72,12 @@ async def run_scenario(name: str, env: dict[str, str]) -> dict[str, Any]:
     )
     assert proc.returncode == 0
     return result
+
+
+def keep_output(directory: Path, name: str, line: str) -> None:
+    """HITL_JS_DUMP=<dir> keeps every scenario's observations, for reading them by hand."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}-{uuid.uuid4().hex[:6]}.json").write_text(line)
 
 
 class Case:
