@@ -84,6 +84,21 @@ def migrate(
     typer.echo(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
 
 
+@app.command()
+def devstack(
+    port: int = typer.Option(
+        54321, "--port", envvar="HITL_DEVSTACK_PORT", help="API port on 127.0.0.1."
+    ),
+    db_port: int = typer.Option(
+        54322, "--db-port", envvar="HITL_PG_PORT", help="Postgres port on 127.0.0.1."
+    ),
+) -> None:
+    """Serve the local Supabase stand-in (REST, Realtime, Auth) until Ctrl-C."""
+    from hitl_relay.devstack.__main__ import main as devstack_main
+
+    raise typer.Exit(devstack_main(["--port", str(port), "--db-port", str(db_port)]))
+
+
 def main() -> None:
     os.environ.setdefault("HITL_HOME", str(Path.cwd() / ".hitl"))
     app(prog_name="hitl-relay")

@@ -12,7 +12,7 @@ import contextlib
 import importlib
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from hitl_relay.devstack.auth import LocalUser
 from hitl_relay.devstack.keys import LocalKeys
 
 log = logging.getLogger("hitl_relay.devstack")
@@ -48,6 +49,7 @@ class DevstackContext:
     keys: LocalKeys
     db_url: str
     limits: Any = None  # realtime.RealtimeLimits | None; typed loosely so REST needs no realtime
+    users: Sequence[LocalUser] = ()  # who may sign in through /auth/v1
 
 
 class _Service(Protocol):
@@ -109,8 +111,10 @@ class Devstack:
         host: str = "127.0.0.1",
         port: int = 0,
         limits: Any = None,
+        users: Sequence[LocalUser] = (),
     ) -> None:
         self.db_url = db_url
+        self.users = tuple(users)
         self.keys = keys
         self.host = host
         self.port = port
@@ -134,7 +138,7 @@ class Devstack:
             raise
 
     async def _start(self) -> None:
-        from hitl_relay.devstack import rest
+        from hitl_relay.devstack import auth, rest
 
         self._socket = self._bind()
         self.port = int(self._socket.getsockname()[1])
@@ -147,15 +151,17 @@ class Devstack:
             raise DevstackError(f"cannot connect to the database {self._safe_db_url()}: {e}") from e
         assert self._pool is not None
         self.ctx = DevstackContext(
-            pool=self._pool, keys=self.keys, db_url=self.db_url, limits=self.limits
+            pool=self._pool,
+            keys=self.keys,
+            db_url=self.db_url,
+            limits=self.limits,
+            users=self.users,
         )
         routes: list[BaseRoute] = [
             Route("/health", _health),
             Mount("/rest/v1", routes=rest.routes(self.ctx)),
         ]
-        auth_routes = _auth_routes(self.ctx)
-        if auth_routes:
-            routes.append(Mount("/auth/v1", routes=auth_routes))
+        routes.append(Mount("/auth/v1", routes=auth.routes(self.ctx)))
         self.realtime = _realtime_service(self.ctx)
         if self.realtime is not None:
             await self.realtime.start()
@@ -264,17 +270,6 @@ class Devstack:
             return self.db_url
         scheme, _, userinfo = head.rpartition("//")
         return f"{scheme}//{userinfo.split(':')[0]}@{tail}"
-
-
-def _auth_routes(ctx: DevstackContext) -> list[BaseRoute]:
-    try:
-        module = importlib.import_module("hitl_relay.devstack.auth")
-    except ModuleNotFoundError as e:
-        if e.name != "hitl_relay.devstack.auth":
-            raise
-        return []
-    routes: list[BaseRoute] = module.routes(ctx)
-    return routes
 
 
 async def _quietly(close: Callable[[], Awaitable[None]], what: str) -> None:
