@@ -15,6 +15,7 @@ parameter cast to the column's type. See `hitl_relay/devstack/README.md` for wha
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import json
 import logging
@@ -43,6 +44,7 @@ MAX_ROWS = 1000  # Supabase runs PostgREST with PGRST_DB_MAX_ROWS=1000
 JWT_SKEW_S = 30  # PostgREST's allowed clock skew for exp/nbf/iat
 SEARCH_PATH = "public, extensions"
 OBJECT_MEDIA = "application/vnd.pgrst.object+json"
+ARRAY_MEDIA = "application/vnd.pgrst.array+json"
 JSON_TYPES = frozenset({"json", "jsonb"})
 RESERVED_PARAMS = frozenset({"select", "order", "limit", "offset", "columns", "on_conflict"})
 LOGIC_PARAMS = frozenset({"or", "and", "not.or", "not.and"})
@@ -395,8 +397,19 @@ class SchemaCache:
         self.tables: dict[str, Table] = {}
         self.functions: dict[str, list[Function]] = {}
         self._loaded = False
+        self._generation = 0
+        self._lock = asyncio.Lock()
 
     async def reload(self) -> None:
+        """Read the catalog again; callers missing at the same time share one reload."""
+        seen = self._generation
+        async with self._lock:
+            if self._generation != seen:
+                return  # another request reloaded while this one waited
+            await self._reload()
+            self._generation += 1
+
+    async def _reload(self) -> None:
         async with self._pool.acquire() as conn:
             table_rows = await conn.fetch(TABLES_SQL, SCHEMA)
             function_rows = await conn.fetch(FUNCTIONS_SQL, SCHEMA)
@@ -846,6 +859,7 @@ class RestApi:
 
     def routes(self) -> list[BaseRoute]:
         return [
+            Route("/", self.root, methods=["GET", "HEAD"]),
             Route("/rpc/{function}", self.rpc, methods=["GET", "HEAD", "POST"]),
             Route("/{table}", self.table, methods=["GET", "HEAD", "POST", "PATCH", "DELETE"]),
         ]
@@ -856,6 +870,29 @@ class RestApi:
 
     async def rpc(self, request: Request) -> Response:
         return await self._guarded(request, self._rpc)
+
+    async def root(self, request: Request) -> Response:
+        return await self._guarded(request, self._root)
+
+    async def _root(self, request: Request, auth: Auth) -> Response:
+        """A skeletal OpenAPI document: the exposed tables and functions, no schemas."""
+        await self.cache.reload()
+        paths: dict[str, dict[str, Any]] = {"/": {}}
+        paths.update({f"/{name}": {} for name in sorted(self.cache.tables)})
+        paths.update({f"/rpc/{name}": {} for name in sorted(self.cache.functions)})
+        doc = {
+            "swagger": "2.0",
+            "info": {"title": "hitl-relay devstack (PostgREST subset)", "version": "1"},
+            "basePath": "/",
+            "schemes": ["http"],
+            "consumes": ["application/json"],
+            "produces": ["application/json"],
+            "paths": paths,
+        }
+        return Response(
+            b"" if request.method == "HEAD" else json.dumps(doc),
+            media_type="application/openapi+json; charset=utf-8",
+        )
 
     async def _guarded(self, request: Request, handler: Any) -> Response:
         auth: Auth | None = None
@@ -963,7 +1000,8 @@ class RestApi:
     async def _table(self, request: Request, auth: Auth) -> Response:
         table = await self.cache.table(request.path_params["table"])
         prefer = Prefer.parse(request.headers.getlist("prefer"))
-        single = _wants_single(request)
+        media = negotiate(request)
+        single = media.single
         method = request.method
         params = Params()
         where = self._where(request, table.name, table.columns, "_x", params)
@@ -980,14 +1018,14 @@ class RestApi:
             tail += f" limit {limit}" + (f" offset {offset}" if offset else "")
             source = f"select {select} from {table.sql} as _x{where}{tail}"
             total = f"(select count(*) from {table.sql} as _x{where})" if prefer.count else "null"
-            sql = _envelope(source, total, single)
+            sql = _envelope(source, total, media)
             try:
                 outcome = await self._run(
                     request, auth, [(sql, params.values)], readonly=True, single=single
                 )
             except Single as s:
                 raise _singular(s.rows) from None
-            return _read_response(request, outcome, offset, single, prefer, head=method == "HEAD")
+            return _read_response(request, outcome, offset, media, prefer, head=method == "HEAD")
         body = await _json_body(request) if method != "DELETE" else None
         returning = prefer.return_ == "representation"
         out_select = (
@@ -1006,7 +1044,7 @@ class RestApi:
             statements: list[tuple[str, list[Any]]] = [(sql, [])]
         else:
             sql = f"with _m as ({mutation}) " + _envelope(
-                f"select {out_select} from _m", "(select count(*) from _m)", single
+                f"select {out_select} from _m", "(select count(*) from _m)", media
             )
             statements = [(sql, params.values)]
         try:
@@ -1020,7 +1058,7 @@ class RestApi:
             )
         except Single as s:
             raise _singular(s.rows) from None
-        return _write_response(method, outcome, single, prefer)
+        return _write_response(method, outcome, media, prefer)
 
     def _where(
         self,
@@ -1143,7 +1181,8 @@ class RestApi:
         if is_post and not whole_body and not isinstance(body, dict):
             raise PgrstError(400, "PGRST102", "Empty or invalid json")
         prefer = Prefer.parse(request.headers.getlist("prefer"))
-        single = _wants_single(request)
+        media = negotiate(request)
+        single = media.single
         params = Params()
         call, args_from = self._call(fn, args, body if whole_body else None, is_post, params)
         readonly = not is_post or not fn.volatile
@@ -1172,7 +1211,7 @@ class RestApi:
             outcome = await self._run(
                 request, auth, [(sql, params.values)], readonly=readonly, single=False
             )
-            return _value_response(outcome.body, head, single)
+            return _value_response(outcome.body, head, media)
 
         limit = _non_negative_int("limit", query.get("limit"))
         offset = _non_negative_int("offset", query.get("offset")) or 0
@@ -1194,7 +1233,7 @@ class RestApi:
                 if prefer.count
                 else "null"
             )
-            sql = _envelope(inner + page, total, single)
+            sql = _envelope(inner + page, total, media)
         else:  # setof a scalar type: an array of values
             inner = f"select _r.v from {from_items}{call} as _r(v)"
             total = (
@@ -1215,7 +1254,7 @@ class RestApi:
             )
         except Single as s:
             raise _singular(s.rows) from None
-        return _read_response(request, outcome, offset, single, prefer, head=head)
+        return _read_response(request, outcome, offset, media, prefer, head=head)
 
     def _call(
         self,
@@ -1248,9 +1287,41 @@ class RestApi:
 
 
 # ---- helpers --------------------------------------------------------------------------------
-def _wants_single(request: Request) -> bool:
-    accept = request.headers.get("accept", "")
-    return any(part.split(";")[0].strip() == OBJECT_MEDIA for part in accept.split(","))
+@dataclass(frozen=True)
+class Media:
+    """The response media type PostgREST picks from `Accept`."""
+
+    single: bool = False
+    strip_nulls: bool = False
+
+    @property
+    def content_type(self) -> str:
+        if not self.single and not self.strip_nulls:
+            return "application/json; charset=utf-8"
+        kind = OBJECT_MEDIA if self.single else ARRAY_MEDIA
+        return kind + (";nulls=stripped" if self.strip_nulls else "") + "; charset=utf-8"
+
+
+def negotiate(request: Request) -> Media:
+    """The first acceptable entry of `Accept`; none acceptable is PGRST107 (406)."""
+    accept = request.headers.get("accept", "").strip()
+    if not accept:
+        return Media()
+    for raw in accept.split(","):
+        kind, *options = (part.strip() for part in raw.split(";"))
+        stripped = "nulls=stripped" in options
+        if kind in ("*/*", "application/*", "application/json"):
+            return Media()
+        if kind == OBJECT_MEDIA:
+            return Media(single=True, strip_nulls=stripped)
+        if kind == ARRAY_MEDIA:
+            return Media(strip_nulls=stripped)
+    raise PgrstError(
+        406,
+        "PGRST107",
+        "None of these media types are available: "
+        + ", ".join(part.split(";")[0].strip() for part in accept.split(",")),
+    )
 
 
 def _singular(rows: int) -> PgrstError:
@@ -1268,12 +1339,13 @@ def _column_not_found(table: str, column: str) -> PgrstError:
     )
 
 
-def _envelope(source: str, total: str, single: bool) -> str:
+def _envelope(source: str, total: str, media: Media) -> str:
     """Wrap a row source so the statement returns (body json text, rows, total)."""
+    rows = "json_strip_nulls(json_agg(_t))" if media.strip_nulls else "json_agg(_t)"
     body = (
-        "case when count(*) = 1 then (json_agg(_t) -> 0)::text end"
-        if single
-        else "coalesce(json_agg(_t), '[]')::text"
+        f"case when count(*) = 1 then ({rows} -> 0)::text end"
+        if media.single
+        else f"coalesce({rows}, '[]')::text"
     )
     return f"select {body} as body, count(*) as rows, {total} as total from ({source}) _t"
 
@@ -1290,12 +1362,12 @@ async def _json_body(request: Request, empty_ok: bool = False) -> Any:
         raise PgrstError(400, "PGRST102", "Empty or invalid json") from None
 
 
-def _value_response(body: str | None, head: bool, single: bool = False) -> Response:
-    media = (OBJECT_MEDIA if single else "application/json") + "; charset=utf-8"
+def _value_response(body: str | None, head: bool, media: Media | None = None) -> Response:
+    media = media or Media()
     return Response(
         b"" if head else (body if body is not None else "null"),
         status_code=200,
-        media_type=media,
+        media_type=media.content_type,
         headers={"Content-Profile": SCHEMA},
     )
 
@@ -1308,7 +1380,7 @@ def _content_range(first: int, rows: int, total: int | None) -> str:
 
 
 def _read_response(
-    request: Request, outcome: Outcome, offset: int, single: bool, prefer: Prefer, head: bool
+    request: Request, outcome: Outcome, offset: int, media: Media, prefer: Prefer, head: bool
 ) -> Response:
     total = outcome.total if prefer.count else None
     status = 200
@@ -1328,16 +1400,15 @@ def _read_response(
     }
     if prefer.count:
         headers["Preference-Applied"] = f"count={prefer.count}"
-    media = (OBJECT_MEDIA if single else "application/json") + "; charset=utf-8"
     return Response(
         b"" if head else (outcome.body or "[]"),
         status_code=status,
-        media_type=media,
+        media_type=media.content_type,
         headers=headers,
     )
 
 
-def _write_response(method: str, outcome: Outcome, single: bool, prefer: Prefer) -> Response:
+def _write_response(method: str, outcome: Outcome, media: Media, prefer: Prefer) -> Response:
     total = outcome.total if prefer.count else None
     headers = {"Content-Profile": SCHEMA}
     if method == "POST":
@@ -1351,11 +1422,10 @@ def _write_response(method: str, outcome: Outcome, single: bool, prefer: Prefer)
     if prefer.applied:
         headers["Preference-Applied"] = ", ".join(prefer.applied)
     if prefer.return_ == "representation":
-        media = (OBJECT_MEDIA if single else "application/json") + "; charset=utf-8"
         return Response(
             outcome.body if outcome.body is not None else "[]",
             status_code=201 if method == "POST" else 200,
-            media_type=media,
+            media_type=media.content_type,
             headers=headers,
         )
     return Response(status_code=201 if method == "POST" else 204, headers=headers)

@@ -296,3 +296,29 @@ async def test_values_are_typed_by_the_column(clients: Clients) -> None:
 
     assert e.value.code == "22P02"
     assert e.value.message == 'invalid input syntax for type integer: "not-a-number"'
+
+
+async def test_strip_nulls_drops_null_fields(clients: Clients) -> None:
+    t = (await clients.anon()).table("todos")
+
+    rows = await t.select("id, rank").in_("id", [1, 2]).order("id").strip_nulls().execute()
+
+    assert rows.data == [{"id": 1, "rank": 3}, {"id": 2}]
+
+
+async def test_an_unavailable_media_type_is_pgrst107(clients: Clients) -> None:
+    t = (await clients.anon()).table("todos")
+
+    with pytest.raises(APIError) as e:
+        await t.select("id").csv().execute()
+
+    assert e.value.code == "PGRST107"
+    assert e.value.message == "None of these media types are available: text/csv"
+
+
+async def test_the_root_lists_tables_and_functions(devstack: Devstack, todos: object) -> None:
+    async with httpx.AsyncClient() as http:
+        r = await http.get(f"{devstack.url}/rest/v1/", headers={"apikey": devstack.keys.anon_key})
+
+    assert r.status_code == 200
+    assert {"/todos", "/cases", "/rpc/hitl_open_case"} <= set(r.json()["paths"])
