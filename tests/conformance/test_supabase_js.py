@@ -27,6 +27,9 @@ from typing import Any
 import asyncpg
 import pytest
 
+from hitl_relay.devstack.auth import LocalUser
+from hitl_relay.devstack.server import Devstack
+
 pytestmark = pytest.mark.node
 
 JS_DIR = Path(__file__).resolve().parent / "js"
@@ -503,3 +506,48 @@ async def test_access_token_refresh_keeps_the_channel_and_an_expired_token_close
     pushed = [f["payload"]["access_token"] for f in pick(fr, dir="out", event="access_token")]
     assert pushed == ["<operator2>", "<expired_operator>"], pushed
     assert pick(fr, dir="in", event="phx_close", topic=topic)
+
+
+# ---- Auth: the console's sign-in ----------------------------------------------------------
+
+
+async def test_console_sign_in_with_password_authorises_rest_and_private_realtime(
+    devstack: Any, js_env: dict[str, str]
+) -> None:
+    operator = LocalUser(email="ada@operators.local", password="correct horse battery")
+    async with Devstack(devstack.db_url, devstack.keys, users=[operator]) as stack:
+        r = await run_scenario(
+            "auth_session",
+            {
+                **js_env,
+                "SUPABASE_URL": stack.url,
+                "HITL_OPERATOR_EMAIL": operator.email,
+                "HITL_OPERATOR_PASSWORD": operator.password,
+            },
+        )
+    # GoTrue (API 2024-01-01): 400 {code: "invalid_credentials", message: ...}
+    assert r["bad"] == {
+        "status": 400,
+        "code": "invalid_credentials",
+        "message": "Invalid login credentials",
+        "session": None,
+    }
+    assert r["session"] == {
+        "token_type": "bearer",
+        "expires_in": 3600,
+        "has_refresh_token": True,
+        "user_email": operator.email,
+        "user_id": operator.id,
+        "hitl_role": "operator",
+    }
+    assert r["get_user"] == {"email": operator.email, "error": None}
+    assert r["signed_in_select"] == {
+        "data": [{"id": js_env["HITL_CASE_ID"]}],
+        "error": None,
+        "status": 200,
+    }
+    assert r["channel"] == {"first": "SUBSCRIBED", "error": None}
+    join, _ = join_reply(frames(r, "console"), "realtime:operators")
+    assert join["payload"]["access_token"] == "<jwt>"  # the session's token, not the anon key
+    assert r["sign_out_error"] is None
+    assert r["signed_out_select"] == {"data": [], "error": None, "status": 200}
