@@ -94,6 +94,13 @@ def _realtime_service(ctx: DevstackContext) -> _Service | None:
     return service
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release without asyncpg's reset round trip (RESET ALL, UNLISTEN *, ...): requests
+    only ever use transaction-local settings, which end with their transaction."""
+    if conn.is_in_transaction():  # a cancelled request: never hand on its transaction
+        await conn.execute("rollback")
+
+
 async def _health(_: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -145,7 +152,10 @@ class Devstack:
         self.url = f"http://{self.host}:{self.port}"
         try:
             self._pool = await asyncpg.create_pool(
-                self.db_url, min_size=POOL_MIN_SIZE, max_size=POOL_MAX_SIZE
+                self.db_url,
+                min_size=POOL_MIN_SIZE,
+                max_size=POOL_MAX_SIZE,
+                reset=_keep_session,
             )
         except (OSError, asyncpg.PostgresError) as e:
             raise DevstackError(f"cannot connect to the database {self._safe_db_url()}: {e}") from e
@@ -249,7 +259,9 @@ class Devstack:
 
     # ---- internals -----------------------------------------------------------------------
     def _bind(self) -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP: asyncio only sets TCP_NODELAY on accepted sockets whose proto says
+        # TCP; without it every keep-alive response waits ~40 ms on Nagle + delayed ACK.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((self.host, self.port))
