@@ -1,0 +1,72 @@
+"""The relay's errors: a small tree, each leaf mapped to exactly one response.
+
+    HitlError                      root; never shown to a caller with a stack trace
+    ├── InvalidRequest(field, rule)   bad tool input  → MCP tool result isError, HTTP 422
+    ├── PlatformUnavailable           Supabase unreachable/failing → `platform_unreachable`
+    ├── Unauthorized                  missing/wrong API key → HTTP 401 {"error": "unauthorized"}
+    ├── RateLimited(retry_after_s)    over a limit → HTTP 429 with Retry-After
+    ├── NotFound                      unknown case id → MCP isError / HTTP 404
+    └── ConfigError(problems)         invalid settings → the process refuses to start
+
+Adapters translate their libraries' exceptions into these; nothing above the ports sees an
+httpx, postgrest or websocket error.
+"""
+
+from __future__ import annotations
+
+
+class HitlError(Exception):
+    """Root of every error the relay raises on purpose."""
+
+
+class InvalidRequest(HitlError):
+    """The caller's input breaks a rule: `field` names the input field, `rule` what it must be."""
+
+    def __init__(self, field: str, rule: str) -> None:
+        self.field = field
+        self.rule = rule
+        super().__init__(f"{field}: {rule}")
+
+
+class PlatformUnavailable(HitlError):
+    """The platform (Supabase REST or Realtime) could not be reached or answered with a failure.
+
+    Counts as a circuit-breaker failure. `detail` is for logs, never for the agent.
+    """
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(detail)
+
+
+class Unauthorized(HitlError):
+    """Missing, wrong, revoked or compromised credentials (the caller is never told which)."""
+
+    def __init__(self, reason: str = "unauthorized") -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class RateLimited(HitlError):
+    """Over a rate limit; the caller may retry after `retry_after_s` seconds."""
+
+    def __init__(self, retry_after_s: float, scope: str = "request") -> None:
+        self.retry_after_s = retry_after_s
+        self.scope = scope
+        super().__init__(f"rate limited ({scope}); retry after {retry_after_s:.1f} s")
+
+
+class NotFound(HitlError):
+    """The named object (a case id, usually) does not exist or is not visible."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        super().__init__(f"{what}: not found")
+
+
+class ConfigError(HitlError):
+    """The configuration is invalid; `problems` holds one plain line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in self.problems))

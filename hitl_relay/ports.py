@@ -1,0 +1,300 @@
+"""The ports: what the relay core needs from the platform, as `typing.Protocol`s.
+
+`relay.py` knows only this module. `adapters/supabase.py` (production: PostgREST RPC + Realtime)
+and `adapters/memory.py` (an in-memory twin for tests) implement it, and one contract test suite
+(`tests/contract/`) runs against both.
+
+How the core uses the ports, in the order that loses nothing (design.md):
+
+    async with channel.subscribe(case_id) as sub:   ─┐ concurrently: neither waits
+    opened = await store.open_case(OpenCase(...))    ─┘ for the other
+    answer = await store.answer(opened.case_id)       catch-up read (anything sent before the
+                                                      join was confirmed, or a retried call)
+    async for event in sub:                           HumanMessage / SessionEvent / Reconnected
+        Reconnected → store.answer(...) again         (the gap while not listening)
+    await store.close_session(opened.session_id, outcome, detail)
+
+Every adapter method raises only `hitl_relay.errors` types: `InvalidRequest` for input the
+platform refuses (never retried), `PlatformUnavailable` for anything transport- or server-side
+(counted by the circuit breaker, retried when the call is idempotent). Nothing else escapes,
+except `anyio`/`asyncio` cancellation, which every method must let through untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol, runtime_checkable
+from uuid import UUID
+
+Urgency = Literal["low", "medium", "high"]
+# The terminal statuses `hitl_close_session` accepts (a session is `waiting` until closed).
+SessionOutcome = Literal["answered", "timed_out", "expired", "failed", "cancelled"]
+SessionStatus = Literal["waiting", "answered", "timed_out", "expired", "failed", "cancelled"]
+MessageKind = Literal["answer", "clarification", "cannot_answer", "note"]
+SenderType = Literal["human", "ai", "system"]
+
+
+@dataclass(frozen=True, slots=True)
+class OpenCase:
+    """Input of `CaseStore.open_case`: one case plus its waiting session (`hitl_open_case`).
+
+    `case_id` is made by the relay (uuid4) so the channel `case:<case_id>` can be joined before
+    the row exists. Field names are the RPC's keys (see `as_rpc_params`).
+    """
+
+    case_id: UUID
+    question: str
+    mcp_session_id: str
+    retell_call_id: str
+    retell_agent_id: str
+    timeout_seconds: int
+    context: str | None = None
+    caller_info: Mapping[str, Any] = field(default_factory=dict)
+    priority: int = 3
+    urgency: Urgency = "medium"
+    conversation_history: Sequence[Mapping[str, str]] = ()
+    callback_url: str | None = None
+    webhook_secret: str | None = None
+    # None: the platform derives `retell_call_id + ':' + sha256(question)`.
+    idempotency_key: str | None = None
+    # None: the platform's default (1 h) for how long the case stays answerable.
+    case_ttl_seconds: int | None = None
+
+    def as_rpc_params(self) -> dict[str, Any]:
+        """The JSON object `public.hitl_open_case(p jsonb)` takes (None-valued options left out)."""
+        params: dict[str, Any] = {
+            "case_id": str(self.case_id),
+            "question": self.question,
+            "context": self.context,
+            "mcp_session_id": self.mcp_session_id,
+            "retell_call_id": self.retell_call_id,
+            "retell_agent_id": self.retell_agent_id,
+            "caller_info": dict(self.caller_info),
+            "priority": self.priority,
+            "urgency": self.urgency,
+            "conversation_history": [dict(turn) for turn in self.conversation_history],
+            "timeout_seconds": self.timeout_seconds,
+        }
+        optional = {
+            "callback_url": self.callback_url,
+            "webhook_secret": self.webhook_secret,
+            "idempotency_key": self.idempotency_key,
+            "case_ttl_seconds": self.case_ttl_seconds,
+        }
+        params.update({k: v for k, v in optional.items() if v is not None})
+        return params
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedCase:
+    """Output of `CaseStore.open_case` (the RPC's `{case_id, session_id, expires_at, existed,
+    status}`).
+
+    `case_id` may differ from the one proposed: a retry (same idempotency key) returns the
+    EXISTING case (`existed=True`). `expires_at` is the session's deadline. `status` is the
+    session's status after the call: `waiting`, or `answered` when a retry finds it answered.
+    """
+
+    case_id: UUID
+    session_id: UUID
+    expires_at: datetime
+    existed: bool
+    status: SessionStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The answer of a case: the first human message of kind `answer` or `cannot_answer`.
+
+    Decided once by the platform (`cases.answer_message_id`), so every reader sees the same one.
+    `content` is verbatim (may be empty or whitespace: the core calls that unclear).
+    """
+
+    message_id: UUID
+    case_id: UUID
+    content: str
+    kind: MessageKind
+    sender_id: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class HumanMessage:
+    """A `message` broadcast on `case:<id>`: any message inserted into the case, any sender.
+
+    `is_answer` is the platform's verdict: true for exactly one message per case (the one
+    `CaseStore.answer` returns). The core takes a message as the answer only when `is_answer`
+    is true; the other kinds (`clarification`, `note`) and senders are for the console and for
+    the clarification loop.
+    """
+
+    message_id: UUID
+    case_id: UUID
+    sender_type: SenderType
+    sender_id: str | None
+    content: str
+    kind: MessageKind
+    created_at: datetime
+    is_answer: bool
+
+    def as_answer(self) -> Answer:
+        return Answer(
+            message_id=self.message_id,
+            case_id=self.case_id,
+            content=self.content,
+            kind=self.kind,
+            sender_id=self.sender_id,
+            created_at=self.created_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEvent:
+    """A `session` broadcast on `case:<id>`: a session of this case changed status.
+
+    Several sessions may share a case (a retried call after a timeout re-opens the same one; two
+    racing retries share one); the core reacts only to its own `session_id`.
+    """
+
+    session_id: UUID
+    case_id: UUID
+    status: SessionStatus
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnected:
+    """The subscription was lost and is confirmed joined again.
+
+    Broadcasts sent while it was not joined are NOT replayed (Realtime broadcasts are not
+    durable): on this event the core does a catch-up read (`CaseStore.answer`).
+    """
+
+    case_id: UUID
+
+
+ChannelEvent = HumanMessage | SessionEvent | Reconnected
+
+
+@runtime_checkable
+class Subscription(Protocol):
+    """A confirmed-joined subscription to `case:<case_id>`, delivering events in arrival order.
+
+    Iterate it (`async for event in sub`) or call `receive()`. Only events of its own case are
+    delivered. Events are buffered from the moment the join was confirmed until read (no
+    loss while the core is busy, e.g. doing the catch-up read).
+    """
+
+    @property
+    def case_id(self) -> UUID: ...
+
+    async def receive(self) -> ChannelEvent:
+        """The next event; blocks until one arrives.
+
+        When the transport drops, the adapter rejoins on its own (with backoff) and delivers
+        `Reconnected` once the rejoin is confirmed. Raises `PlatformUnavailable` only when the
+        subscription is lost for good (rejoining refused or impossible); after that, every call
+        raises it again. Cancellation passes through and leaves the subscription usable.
+        """
+        ...
+
+    def __aiter__(self) -> Subscription: ...
+
+    async def __anext__(self) -> ChannelEvent: ...
+
+
+@runtime_checkable
+class CaseStore(Protocol):
+    """Durable case state, through the platform's RPCs. Every method is one transaction."""
+
+    async def open_case(self, request: OpenCase) -> OpenedCase:
+        """`hitl_open_case`: create the case and its `waiting` session, or join the existing one.
+
+        Idempotent on `request.idempotency_key` (default call id + sha256 of the question):
+        calling it twice, concurrently or later, yields one case and one session; the second
+        call returns `existed=True` and the first call's `case_id` and `session_id`. A retry
+        after that session timed out (or was cancelled / failed) re-opens it as `waiting` with a
+        new deadline. Safe to retry on `PlatformUnavailable`.
+
+        Raises `InvalidRequest(field, rule)` when the platform refuses the input (nothing is
+        written), `PlatformUnavailable` otherwise.
+        """
+        ...
+
+    async def answer(self, case_id: UUID) -> Answer | None:
+        """`hitl_answer`: the case's decided answer, or None (no answer yet, or unknown case).
+
+        Read-only, so safe to retry. Raises `PlatformUnavailable`.
+        """
+        ...
+
+    async def close_session(
+        self, session_id: UUID, status: SessionOutcome, detail: Mapping[str, Any] | None = None
+    ) -> bool:
+        """`hitl_close_session`: move a `waiting` session to `status`; `detail` goes to the audit.
+
+        Returns True if this call changed it, False if it was no longer `waiting` (someone else
+        closed it, or the cron job expired it): closing twice is harmless. Raises
+        `NotFound("session <id>")` for an unknown session, `PlatformUnavailable` otherwise.
+        """
+        ...
+
+
+@runtime_checkable
+class CaseChannel(Protocol):
+    """Realtime subscriptions to case channels (`case:<uuid>`, private)."""
+
+    def subscribe(self, case_id: UUID) -> AbstractAsyncContextManager[Subscription]:
+        """Join `case:<case_id>`; the context manager leaves the channel on exit.
+
+        `__aenter__` returns only after the platform CONFIRMED the join (phx_reply ok / the
+        SUBSCRIBED state): from then on every broadcast on the topic is delivered. It raises
+        `PlatformUnavailable` if the join fails or is refused. The channel may be joined before
+        the case row exists. Exit (normal, error or cancellation) always leaves the channel
+        and frees its slot on the socket, and must finish even inside a cancelled scope (it is
+        run shielded by the core). Two subscriptions to the same case are independent.
+        """
+        ...
+
+
+@runtime_checkable
+class OperatorPresence(Protocol):
+    """How many operators are present on the `operators` channel (Realtime presence)."""
+
+    async def operators_online(self) -> int | None:
+        """The number of distinct operators present, cached for at most the configured TTL
+        (≤ 1 s), so it is cheap on the hot path.
+
+        None means unknown (presence not joined yet, or lost): the core then does NOT refuse
+        the call for want of operators. Never raises for transport problems (returns None).
+        """
+        ...
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """Time, injectable so tests drive deadlines without waiting."""
+
+    def monotonic(self) -> float:
+        """Seconds on a monotonic scale (deadlines, durations)."""
+        ...
+
+    def now(self) -> datetime:
+        """The wall-clock time, timezone-aware UTC (timestamps for logs and delivery latency)."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep for `seconds` of this clock's time (a fake clock wakes when advanced)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """The three platform ports a running relay uses, built together by one adapter."""
+
+    store: CaseStore
+    channel: CaseChannel
+    presence: OperatorPresence
