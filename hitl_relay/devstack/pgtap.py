@@ -1,0 +1,96 @@
+"""Run the pgTAP suite (`supabase/tests/*.sql`) with pg_prove against fresh migrated databases.
+
+Each run builds a new database on the test cluster (`.hitl/test-pg`) from `supabase/local/` and
+the migrations, installs pgTAP into it and runs every test file there. Files whose name ends in
+`_cron.sql` run in the cluster's `postgres` database instead, the one pg_cron lives in (they
+must roll back what they change). Exit status is pg_prove's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+
+from hitl_relay import migrate
+from hitl_relay.devstack.cluster import Cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+TESTS = ROOT / "supabase" / "tests"
+
+
+async def prepare(cluster: Cluster, name: str) -> None:
+    admin = await asyncpg.connect(cluster.url())
+    try:
+        await admin.execute(f'drop database if exists "{name}" with (force)')
+        await admin.execute(f'create database "{name}"')
+    finally:
+        await admin.close()
+    for db in (name, "postgres"):
+        await migrate.apply(cluster.url(db), local=True)
+        conn = await asyncpg.connect(cluster.url(db))
+        try:
+            await conn.execute("create extension if not exists pgtap with schema extensions")
+        finally:
+            await conn.close()
+
+
+async def drop(cluster: Cluster, name: str) -> None:
+    admin = await asyncpg.connect(cluster.url())
+    try:
+        await admin.execute(f'drop database if exists "{name}" with (force)')
+    finally:
+        await admin.close()
+
+
+def prove(cluster: Cluster, dbname: str, files: list[Path], extra: list[str]) -> int:
+    if not files:
+        return 0
+    pg_prove = shutil.which("pg_prove")
+    if pg_prove is None:
+        print(
+            "pgtap: pg_prove not found; run scripts/setup (apt: postgresql-15-pgtap)",
+            file=sys.stderr,
+        )
+        return 2
+    env = {**os.environ, "PGPASSWORD": "postgres", "PGOPTIONS": "-c search_path=public,extensions"}
+    argv = [
+        pg_prove,
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(cluster.port),
+        "-U",
+        "postgres",
+        "-d",
+        dbname,
+        *extra,
+        *map(str, files),
+    ]
+    return subprocess.run(argv, env=env, check=False).returncode
+
+
+def main(argv: list[str]) -> int:
+    home = Path(os.environ.get("HITL_HOME", ROOT / ".hitl"))
+    cluster = Cluster(home / "test-pg", port=None)
+    cluster.start()
+    files = sorted(TESTS.glob("*.sql"))
+    cron_files = [f for f in files if f.name.endswith("_cron.sql")]
+    db_files = [f for f in files if f not in cron_files]
+    name = f"pgtap_{os.getpid()}"
+    asyncio.run(prepare(cluster, name))
+    try:
+        code = prove(cluster, name, db_files, argv)
+        code = prove(cluster, "postgres", cron_files, argv) or code
+    finally:
+        asyncio.run(drop(cluster, name))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
