@@ -1,1 +1,1 @@
-"""Local Supabase stand-in: Postgres cluster, PostgREST subset, Realtime subset. Never imported by the relay."""
+"""Local Supabase stand-in: Postgres, PostgREST and Realtime subsets. The relay never imports it."""

@@ -104,8 +104,19 @@ class Cluster:
         log = self.datadir.parent / f"{self.datadir.name}.log"
         self._prepare_log(log)
         proc = self._run(
-            [str(PG_BIN / "pg_ctl"), "-D", str(self.datadir), "-l", str(log), "-w",
-             "-t", str(timeout_s), "-o", f"-p {port} -k {self._socket_dir()}", "start"],
+            [
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                str(self.datadir),
+                "-l",
+                str(log),
+                "-w",
+                "-t",
+                str(timeout_s),
+                "-o",
+                f"-p {port} -k {self._socket_dir()}",
+                "start",
+            ],
             check=False,
         )
         if proc.returncode != 0:
@@ -132,10 +143,9 @@ class Cluster:
                 "postgresql-15-pgtap with apt), or set HITL_PG_BIN."
             )
         ext = Path("/usr/share/postgresql/15/extension/pg_cron.control")
-        if PG_BIN == Path("/usr/lib/postgresql/15/bin") and not ext.exists():
+        if Path("/usr/lib/postgresql/15/bin") == PG_BIN and not ext.exists():
             raise ClusterError(
-                "pg_cron is not installed: run scripts/setup "
-                "(apt-get install postgresql-15-cron)."
+                "pg_cron is not installed: run scripts/setup (apt-get install postgresql-15-cron)."
             )
 
     def _socket_dir(self) -> Path:
@@ -151,11 +161,20 @@ class Cluster:
         for path in (self.datadir, self._socket_dir(), pwfile):
             self._chown(path)
         try:
-            self._run([
-                str(PG_BIN / "initdb"), "-D", str(self.datadir), "-U", SUPERUSER,
-                f"--pwfile={pwfile}", "--auth=scram-sha-256", "--encoding=UTF8",
-                "--locale=C.UTF-8", "--no-sync",
-            ])
+            self._run(
+                [
+                    str(PG_BIN / "initdb"),
+                    "-D",
+                    str(self.datadir),
+                    "-U",
+                    SUPERUSER,
+                    f"--pwfile={pwfile}",
+                    "--auth=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--locale=C.UTF-8",
+                    "--no-sync",
+                ]
+            )
         finally:
             pwfile.unlink(missing_ok=True)
         conf = self.datadir / "postgresql.conf"

@@ -50,17 +50,22 @@ class LocalKeys:
         """An `authenticated` user's access token, as Supabase Auth would issue it."""
         now = int(time.time())
         sub = user_id or str(uuid.uuid4())
-        return self.sign({
-            "iss": "supabase-demo",
-            "aud": "authenticated",
-            "sub": sub,
-            "email": email or f"{sub[:8]}@operators.local",
-            "role": "authenticated",
-            "app_metadata": {"provider": "email", **({OPERATOR_ROLE_CLAIM: "operator"} if operator else {})},
-            "user_metadata": {},
-            "iat": now,
-            "exp": now + ttl_s,
-        })
+        return self.sign(
+            {
+                "iss": "supabase-demo",
+                "aud": "authenticated",
+                "sub": sub,
+                "email": email or f"{sub[:8]}@operators.local",
+                "role": "authenticated",
+                "app_metadata": {
+                    "provider": "email",
+                    **({OPERATOR_ROLE_CLAIM: "operator"} if operator else {}),
+                },
+                "user_metadata": {},
+                "iat": now,
+                "exp": now + ttl_s,
+            }
+        )
 
     def verify(self, token: str) -> dict[str, Any]:
         """Claims of a valid token; TokenError with Supabase's wording otherwise."""
@@ -77,7 +82,7 @@ def verify(token: str, secret: str) -> dict[str, Any]:
     except jwt.ExpiredSignatureError:
         try:
             exp = int(jwt.decode(token, options={"verify_signature": False})["exp"])
-        except Exception:  # noqa: BLE001 - the token already failed; only the age is missing
+        except (jwt.DecodeError, KeyError, TypeError, ValueError):  # only the age is missing
             exp = int(time.time())
         raise TokenError(
             "InvalidJWTToken", f"Token has expired {int(time.time()) - exp} seconds ago"
