@@ -6,6 +6,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -14,7 +15,7 @@ db_app = typer.Typer(no_args_is_help=True, help="The local Postgres 15 + pg_cron
 app.add_typer(db_app, name="db")
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
@@ -66,7 +67,7 @@ def migrate(
         None, "--database-url", envvar="DATABASE_URL", help="Target database (default: local)."
     ),
     local: bool = typer.Option(
-        False, "--local", help="Also apply supabase/local/ (only for a bare Postgres, never a real project)."
+        False, "--local", help="Also apply supabase/local/ (bare Postgres only)."
     ),
 ) -> None:
     """Apply supabase/migrations in order, recorded as the Supabase CLI records them."""
@@ -81,7 +82,8 @@ def migrate(
         applied = asyncio.run(migrations.apply(database_url, local=local))
     except migrations.MigrationError as e:
         _fail(str(e))
-    typer.echo(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
+    listed = f": {', '.join(applied)}" if applied else ""
+    typer.echo(f"applied {len(applied)} migration(s){listed}")
 
 
 @app.command()
@@ -97,6 +99,39 @@ def devstack(
     from hitl_relay.devstack.__main__ import main as devstack_main
 
     raise typer.Exit(devstack_main(["--port", str(port), "--db-port", str(db_port)]))
+
+
+@app.command()
+def stats(
+    hours: float = typer.Option(24.0, "--hours", min=0.01, help="Window: the last N hours."),
+    json_out: bool = typer.Option(False, "--json", help="Print the raw JSON."),
+) -> None:
+    """The plan's success metrics (response time, success, timeouts, utilisation) vs targets."""
+    import json
+    from datetime import timedelta
+
+    from hitl_relay.stats import StatsError, fetch_metrics, render
+
+    url = os.environ.get("SUPABASE_URL")
+    key = os.environ.get("SUPABASE_SERVICE_ROLE_KEY")
+    env_file = Path(os.environ.get("HITL_HOME", ".hitl")) / "devstack.env"
+    if (not url or not key) and env_file.exists():
+        for line in env_file.read_text().splitlines():
+            name, _, value = line.partition("=")
+            if name == "SUPABASE_URL" and not url:
+                url = value.strip()
+            if name == "SUPABASE_SERVICE_ROLE_KEY" and not key:
+                key = value.strip()
+    if not url or not key:
+        _fail("set SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY (or start the devstack)")
+    try:
+        metrics = asyncio.run(fetch_metrics(url, key, timedelta(hours=hours)))
+    except StatsError as e:
+        _fail(str(e))
+    if json_out:
+        typer.echo(json.dumps(metrics, indent=2))
+    else:
+        render(metrics)
 
 
 def main() -> None:
