@@ -10,8 +10,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from hitl_relay.devstack.server import Devstack
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
+
+from hitl_relay.devstack.server import Devstack
 
 SUPABASE_TIMEOUT_WARNING = (
     r"ignore:The '\w+' parameter is deprecated. Please configure it in the http client"

@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from rest_support import SUPABASE_TIMEOUT_WARNING, case_input
+from supabase import AsyncClient, acreate_client
 from supabase_auth.errors import AuthApiError
 
 from hitl_relay.devstack.auth import LocalUser
 from hitl_relay.devstack.keys import make_keys
 from hitl_relay.devstack.server import Devstack
-from supabase import AsyncClient, acreate_client
 
 pytestmark = pytest.mark.filterwarnings(SUPABASE_TIMEOUT_WARNING)
 
