@@ -14,6 +14,8 @@ httpx, postgrest or websocket error.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class HitlError(Exception):
     """Root of every error the relay raises on purpose."""
@@ -22,10 +24,12 @@ class HitlError(Exception):
 class InvalidRequest(HitlError):
     """The caller's input breaks a rule: `field` names the input field, `rule` what it must be."""
 
-    def __init__(self, field: str, rule: str) -> None:
+    def __init__(self, field: str, rule: str, *, also: Sequence[tuple[str, str]] = ()) -> None:
         self.field = field
         self.rule = rule
-        super().__init__(f"{field}: {rule}")
+        # Every problem found, the first one being (field, rule): callers fix them all at once.
+        self.problems: list[tuple[str, str]] = [(field, rule), *also]
+        super().__init__("; ".join(f"{f}: {r}" for f, r in self.problems))
 
 
 class PlatformUnavailable(HitlError):

@@ -256,6 +256,11 @@ class CaseChannel(Protocol):
         the case row exists. Exit (normal, error or cancellation) always leaves the channel
         and frees its slot on the socket, and must finish even inside a cancelled scope (it is
         run shielded by the core). Two subscriptions to the same case are independent.
+
+        The core enters it inside a task group and may exit it in another scope, so it must
+        not hold a cancel scope or task group open between `__aenter__` and `__aexit__`
+        (background work such as socket readers belongs to the adapter's own long-lived task
+        group, not to the subscription).
         """
         ...
 

@@ -1,0 +1,543 @@
+"""An in-memory twin of the platform: cases, sessions, messages, case channels and presence.
+
+It implements the ports exactly as the Supabase adapter does (the contract suite in
+`tests/contract/` runs against both), mirrors the SQL functions' rules (idempotency key,
+exactly-one answer, which sessions a close may move), and lets tests inject the faults that
+matter: joins held back or refused, a dropped connection and its reconnect, a channel lost for
+good, RPCs failing. `MemoryOperator` is the operators' side: it answers and shows presence.
+
+For tests and demos only (`HITL_BACKEND=memory`): nothing is persisted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from hitl_relay.clock import SystemClock
+from hitl_relay.errors import InvalidRequest, NotFound, PlatformUnavailable
+from hitl_relay.ports import (
+    Answer,
+    Backend,
+    ChannelEvent,
+    Clock,
+    HumanMessage,
+    MessageKind,
+    OpenCase,
+    OpenedCase,
+    Reconnected,
+    SenderType,
+    SessionEvent,
+    SessionOutcome,
+    SessionStatus,
+    Subscription,
+)
+
+DEFAULT_CASE_TTL_S = 3600
+_CLOSE_STATUSES = ("answered", "timed_out", "expired", "failed", "cancelled")
+
+
+@dataclass
+class MemCase:
+    id: UUID
+    question: str
+    priority: int
+    urgency: str
+    status: str  # open | answered | expired
+    metadata: dict[str, Any]
+    created_at: datetime
+    expires_at: datetime
+    answer_message_id: UUID | None = None
+
+
+@dataclass
+class MemSession:
+    id: UUID
+    case_id: UUID
+    idempotency_key: str
+    mcp_session_id: str
+    retell_call_id: str
+    status: SessionStatus
+    expires_at: datetime
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Faults:
+    """Faults a test switches on; each applies to the calls made while it is on."""
+
+    # Joins wait here until `release_joins()` (an answer can land before the join confirms).
+    join_gate: anyio.Event | None = None
+    refuse_joins: bool = False
+    # RPC name ("open_case", "answer", "close_session") → how many next calls fail.
+    rpc_failures: dict[str, int] = field(default_factory=dict)
+    rpc_down: bool = False
+
+    def hold_joins(self) -> None:
+        self.join_gate = anyio.Event()
+
+    def release_joins(self) -> None:
+        if self.join_gate is not None:
+            self.join_gate.set()
+            self.join_gate = None
+
+    def fail_rpc(self, name: str, times: int = 1) -> None:
+        self.rpc_failures[name] = self.rpc_failures.get(name, 0) + times
+
+
+class _Lost:
+    """Sentinel put on a subscription's queue when it is lost for good."""
+
+
+class MemorySubscription:
+    """A confirmed subscription to one case; events queue until read."""
+
+    def __init__(self, case_id: UUID) -> None:
+        self._case_id = case_id
+        self._send: MemoryObjectSendStream[ChannelEvent | _Lost]
+        self._recv: MemoryObjectReceiveStream[ChannelEvent | _Lost]
+        self._send, self._recv = anyio.create_memory_object_stream[ChannelEvent | _Lost](
+            max_buffer_size=math.inf
+        )
+        self.connected = True
+        self._lost = False
+
+    @property
+    def case_id(self) -> UUID:
+        return self._case_id
+
+    def deliver(self, event: ChannelEvent | _Lost) -> None:
+        with contextlib.suppress(anyio.ClosedResourceError):  # left already: nobody listens
+            self._send.send_nowait(event)
+
+    async def receive(self) -> ChannelEvent:
+        if self._lost:
+            raise PlatformUnavailable(f"subscription to case:{self._case_id} is lost")
+        try:
+            item = await self._recv.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            self._lost = True
+            raise PlatformUnavailable(f"subscription to case:{self._case_id} is closed") from None
+        if isinstance(item, _Lost):
+            self._lost = True
+            raise PlatformUnavailable(f"subscription to case:{self._case_id} is lost")
+        return item
+
+    def __aiter__(self) -> MemorySubscription:
+        return self
+
+    async def __anext__(self) -> ChannelEvent:
+        return await self.receive()
+
+    def close(self) -> None:
+        self._send.close()
+        self._recv.close()
+
+
+class MemoryPlatform:
+    """The platform's state and the three ports over it, plus fault injection for tests."""
+
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        operators: int | None = None,
+        presence_ttl_s: float = 0.5,
+    ) -> None:
+        self.clock: Clock = clock or SystemClock()
+        self.cases: dict[UUID, MemCase] = {}
+        self.sessions: dict[UUID, MemSession] = {}
+        self._by_key: dict[str, UUID] = {}
+        self.messages: list[HumanMessage] = []
+        self.subscriptions: dict[UUID, set[MemorySubscription]] = {}
+        self.faults = Faults()
+        # None: presence unknown (not joined yet); a set: the operators present.
+        self.present: set[str] | None = (
+            None if operators is None else {f"operator-{i}" for i in range(operators)}
+        )
+        self.joins_requested = 0
+        self.joins_confirmed = 0
+        self.leaves = 0
+        self.rpc_calls: list[str] = []
+        self.store = MemoryCaseStore(self)
+        self.channel = MemoryCaseChannel(self)
+        self.presence = MemoryPresence(self, ttl_s=presence_ttl_s)
+        self.operator = MemoryOperator(self)
+        self._changed: anyio.Event | None = None
+
+    def backend(self) -> Backend:
+        return Backend(store=self.store, channel=self.channel, presence=self.presence)
+
+    # -- observing, for tests
+
+    @property
+    def joined_channels(self) -> int:
+        return sum(len(subs) for subs in self.subscriptions.values())
+
+    def session_of(self, case_id: UUID) -> MemSession:
+        return next(s for s in self.sessions.values() if s.case_id == case_id)
+
+    async def wait_until(self, predicate: Callable[[], bool], within_s: float = 5.0) -> None:
+        """Wait (bounded) until `predicate()` holds; re-checked after every state change."""
+        with anyio.fail_after(within_s):
+            while not predicate():
+                if self._changed is None:
+                    self._changed = anyio.Event()
+                await self._changed.wait()
+
+    def changed(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    # -- faults on the channel
+
+    def disconnect(self) -> None:
+        """The connection drops: subscriptions stay open but receive nothing until reconnect."""
+        for subs in self.subscriptions.values():
+            for sub in subs:
+                sub.connected = False
+        self.changed()
+
+    def reconnect(self) -> None:
+        """The connection is back and every channel rejoined: each subscription is told."""
+        for case_id, subs in self.subscriptions.items():
+            for sub in subs:
+                if not sub.connected:
+                    sub.connected = True
+                    sub.deliver(Reconnected(case_id=case_id))
+        self.changed()
+
+    def lose_subscriptions(self) -> None:
+        """Rejoining is impossible: every open subscription fails from now on."""
+        for subs in self.subscriptions.values():
+            for sub in subs:
+                sub.deliver(_Lost())
+        self.changed()
+
+    # -- the platform's behaviour
+
+    def _rpc(self, name: str) -> None:
+        self.rpc_calls.append(name)
+        if self.faults.rpc_down:
+            raise PlatformUnavailable(f"{name}: platform down (injected)")
+        left = self.faults.rpc_failures.get(name, 0)
+        if left > 0:
+            self.faults.rpc_failures[name] = left - 1
+            raise PlatformUnavailable(f"{name}: failed (injected)")
+
+    def broadcast(self, case_id: UUID, event: ChannelEvent) -> None:
+        for sub in list(self.subscriptions.get(case_id, ())):
+            if sub.connected:
+                sub.deliver(event)
+
+    def post_message(
+        self,
+        case_id: UUID,
+        content: str,
+        *,
+        kind: MessageKind = "answer",
+        sender_type: SenderType = "human",
+        sender_id: str | None = "operator-0",
+    ) -> HumanMessage:
+        """Insert a message into a case, as the `messages` insert trigger does it."""
+        case = self.cases.get(case_id)
+        if case is None:
+            raise NotFound(f"case {case_id}")
+        is_answer = (
+            sender_type == "human"
+            and kind in ("answer", "cannot_answer")
+            and case.answer_message_id is None
+        )
+        message = HumanMessage(
+            message_id=uuid4(),
+            case_id=case_id,
+            sender_type=sender_type,
+            sender_id=sender_id,
+            content=content,
+            kind=kind,
+            created_at=self.clock.now(),
+            is_answer=is_answer,
+        )
+        if is_answer:
+            case.answer_message_id = message.message_id
+            if case.status == "open":
+                case.status = "answered"
+        self.messages.append(message)
+        self.broadcast(case_id, message)
+        self.changed()
+        return message
+
+    def set_session_status(self, session: MemSession, status: SessionStatus) -> None:
+        if session.status == status:
+            return
+        session.status = status
+        self.broadcast(
+            session.case_id,
+            SessionEvent(
+                session_id=session.id,
+                case_id=session.case_id,
+                status=status,
+                expires_at=session.expires_at,
+            ),
+        )
+        self.changed()
+
+    def expire_sessions(self) -> int:
+        """What the cron job does: waiting sessions past their deadline become `expired`."""
+        now = self.clock.now()
+        expired = [
+            s for s in self.sessions.values() if s.status == "waiting" and s.expires_at < now
+        ]
+        for session in expired:
+            self.set_session_status(session, "expired")
+        return len(expired)
+
+
+def _text(value: object, name: str, limit: int, *, required: bool) -> str | None:
+    if value is None:
+        if required:
+            raise InvalidRequest(name, "is required")
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(name, "must be a string")
+    if required and not value.strip():
+        raise InvalidRequest(name, "must not be empty")
+    if len(value) > limit:
+        raise InvalidRequest(name, f"must be at most {limit} characters")
+    return value
+
+
+def _int(value: object, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidRequest(name, f"must be an integer from {low} to {high}")
+    return value
+
+
+class MemoryCaseStore:
+    """`CaseStore` over the platform's dicts; the rules of `hitl_open_case` and friends."""
+
+    def __init__(self, platform: MemoryPlatform) -> None:
+        self._p = platform
+
+    async def open_case(self, request: OpenCase) -> OpenedCase:
+        await anyio.lowlevel.checkpoint()
+        p = self._p
+        p._rpc("open_case")
+        question = _text(request.question, "question", 2000, required=True)
+        assert question is not None
+        _text(request.context, "context", 8000, required=False)
+        _text(request.mcp_session_id, "mcp_session_id", 128, required=True)
+        _text(request.retell_call_id, "retell_call_id", 128, required=True)
+        _text(request.retell_agent_id, "retell_agent_id", 128, required=True)
+        _int(request.priority, "priority", 1, 5)
+        _int(request.timeout_seconds, "timeout_seconds", 5, 600)
+        if request.urgency not in ("low", "medium", "high"):
+            raise InvalidRequest("urgency", "must be one of low, medium, high")
+        if len(request.conversation_history) > 200:
+            raise InvalidRequest("conversation_history", "must have at most 200 turns")
+        key = request.idempotency_key or (
+            f"{request.retell_call_id}:{hashlib.sha256(question.encode()).hexdigest()}"
+        )
+        now = p.clock.now()
+        deadline = now + timedelta(seconds=request.timeout_seconds)
+        existing = p._by_key.get(key)
+        if existing is not None:
+            session = p.sessions[existing]
+            if session.status not in ("waiting", "answered"):
+                session.expires_at = deadline
+                p.set_session_status(session, "waiting")
+            p.changed()
+            return OpenedCase(
+                case_id=session.case_id,
+                session_id=session.id,
+                expires_at=session.expires_at,
+                existed=True,
+                status=session.status,
+            )
+        ttl = request.case_ttl_seconds or DEFAULT_CASE_TTL_S
+        case = MemCase(
+            id=request.case_id,
+            question=question,
+            priority=request.priority,
+            urgency=request.urgency,
+            status="open",
+            metadata={
+                "context": request.context,
+                "mcp_session_id": request.mcp_session_id,
+                "retell_call_id": request.retell_call_id,
+                "retell_agent_id": request.retell_agent_id,
+                "caller_info": dict(request.caller_info),
+                "conversation_history": [dict(t) for t in request.conversation_history],
+                "response_timeout": request.timeout_seconds,
+                "deadline_at": deadline,
+            },
+            created_at=now,
+            expires_at=now + timedelta(seconds=ttl),
+        )
+        session = MemSession(
+            id=uuid4(),
+            case_id=case.id,
+            idempotency_key=key,
+            mcp_session_id=request.mcp_session_id,
+            retell_call_id=request.retell_call_id,
+            status="waiting",
+            expires_at=deadline,
+        )
+        p.cases[case.id] = case
+        p.sessions[session.id] = session
+        p._by_key[key] = session.id
+        p.changed()
+        return OpenedCase(
+            case_id=case.id,
+            session_id=session.id,
+            expires_at=deadline,
+            existed=False,
+            status="waiting",
+        )
+
+    async def answer(self, case_id: UUID) -> Answer | None:
+        await anyio.lowlevel.checkpoint()
+        p = self._p
+        p._rpc("answer")
+        case = p.cases.get(case_id)
+        if case is None or case.answer_message_id is None:
+            return None
+        message = next(m for m in p.messages if m.message_id == case.answer_message_id)
+        return message.as_answer()
+
+    async def close_session(
+        self, session_id: UUID, status: SessionOutcome, detail: Mapping[str, Any] | None = None
+    ) -> bool:
+        await anyio.lowlevel.checkpoint()
+        p = self._p
+        p._rpc("close_session")
+        if status not in _CLOSE_STATUSES:
+            raise InvalidRequest("p_status", "must be one of " + ", ".join(_CLOSE_STATUSES))
+        session = p.sessions.get(session_id)
+        if session is None:
+            raise NotFound(f"session {session_id}")
+        if session.status != "waiting":
+            return False
+        session.detail = dict(detail or {})
+        p.set_session_status(session, status)
+        return True
+
+
+class MemoryCaseChannel:
+    """`CaseChannel`: joins confirm at once unless a fault holds or refuses them."""
+
+    def __init__(self, platform: MemoryPlatform) -> None:
+        self._p = platform
+
+    def subscribe(self, case_id: UUID) -> AbstractAsyncContextManager[Subscription]:
+        return self._subscribe(case_id)
+
+    @asynccontextmanager
+    async def _subscribe(self, case_id: UUID) -> AsyncIterator[Subscription]:
+        p = self._p
+        p.joins_requested += 1
+        p.changed()
+        if p.faults.refuse_joins:
+            raise PlatformUnavailable(f"join case:{case_id} refused (injected)")
+        gate = p.faults.join_gate
+        if gate is not None:
+            await gate.wait()
+        else:
+            await anyio.lowlevel.checkpoint()
+        sub = MemorySubscription(case_id)
+        p.subscriptions.setdefault(case_id, set()).add(sub)
+        p.joins_confirmed += 1
+        p.changed()
+        try:
+            yield sub
+        finally:
+            subs = p.subscriptions.get(case_id, set())
+            subs.discard(sub)
+            if not subs:
+                p.subscriptions.pop(case_id, None)
+            sub.close()
+            p.leaves += 1
+            p.changed()
+
+
+class MemoryPresence:
+    """`OperatorPresence`: the count of present operators, cached for `ttl_s`."""
+
+    def __init__(self, platform: MemoryPlatform, ttl_s: float) -> None:
+        self._p = platform
+        self._ttl = ttl_s
+        self._cached: tuple[float, int | None] | None = None
+
+    async def operators_online(self) -> int | None:
+        await anyio.lowlevel.checkpoint()
+        now = self._p.clock.monotonic()
+        if self._cached is not None and now - self._cached[0] < self._ttl:
+            return self._cached[1]
+        present = self._p.present
+        value = None if present is None else len(present)
+        self._cached = (now, value)
+        return value
+
+
+class MemoryOperator:
+    """The operators' side of the twin: answer a case, be present or not."""
+
+    def __init__(self, platform: MemoryPlatform) -> None:
+        self._p = platform
+
+    async def answer(
+        self,
+        case_id: UUID,
+        content: str,
+        *,
+        kind: MessageKind = "answer",
+        sender_type: SenderType = "human",
+    ) -> UUID:
+        await anyio.lowlevel.checkpoint()
+        return self._p.post_message(case_id, content, kind=kind, sender_type=sender_type).message_id
+
+    async def go_online(self, operator_id: str = "operator-0") -> None:
+        await anyio.lowlevel.checkpoint()
+        if self._p.present is None:
+            self._p.present = set()
+        self._p.present.add(operator_id)
+        self._p.changed()
+
+    async def go_offline(self, operator_id: str = "operator-0") -> None:
+        await anyio.lowlevel.checkpoint()
+        if self._p.present is None:
+            self._p.present = set()
+        self._p.present.discard(operator_id)
+        self._p.changed()
+
+    async def wait_for_case(self, within_s: float = 5.0) -> UUID:
+        """The next case without an answer, once one exists (oldest first)."""
+        await self._p.wait_until(
+            lambda: any(c.answer_message_id is None for c in self._p.cases.values()), within_s
+        )
+        return next(c.id for c in self._p.cases.values() if c.answer_message_id is None)
+
+    async def answer_every_case(self, text: str, delay_s: float) -> None:
+        """Run until cancelled: answer each new case with `text` after `delay_s` (demos)."""
+        answered: set[UUID] = set()
+        while True:
+            await self._p.wait_until(
+                lambda: any(c.id not in answered for c in self._p.cases.values()), math.inf
+            )
+            for case in list(self._p.cases.values()):
+                if case.id not in answered:
+                    answered.add(case.id)
+                    await self._p.clock.sleep(delay_s)
+                    if case.answer_message_id is None:
+                        self._p.post_message(case.id, text)

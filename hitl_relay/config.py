@@ -1,0 +1,169 @@
+"""The relay's configuration: one `Settings`, from the environment and `.env`, checked at start.
+
+Variables are `HITL_*`, except Supabase's own three (`SUPABASE_URL`, `SUPABASE_SERVICE_ROLE_KEY`,
+`SUPABASE_ANON_KEY`), named as the Supabase dashboard and CLI name them. `load_settings()` turns
+every problem into one plain line of a `ConfigError`, so a bad deployment says all that is
+wrong at once and never starts half-configured.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from hitl_relay.errors import ConfigError
+
+DEFAULT_FALLBACKS = {
+    "no_operator": (
+        "I'm sorry, none of my colleagues is available right now. I've noted your question "
+        "and someone will get back to you."
+    ),
+    "platform_unreachable": (
+        "I'm sorry, I can't reach my colleagues at the moment. I've noted your question and "
+        "someone will get back to you."
+    ),
+    "timeout": (
+        "My colleague hasn't answered yet. I've passed your question on and someone will get "
+        "back to you with the answer."
+    ),
+    "unclear_answer": (
+        "I'm sorry, I couldn't get a clear answer to that from my colleague. Someone will get "
+        "back to you."
+    ),
+}
+
+
+def _unprefixed(name: str) -> Any:
+    # Supabase's variables keep their own names; HITL_-prefixed spellings are accepted too.
+    return AliasChoices(name, f"HITL_{name}")
+
+
+class Settings(BaseSettings):
+    """Everything the relay reads from its environment (see `.env.example` for each setting)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HITL_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+    # Which platform adapter serves the ports: `supabase` in every real deployment; `memory`
+    # (an in-process twin, no persistence) only for tests and demos.
+    backend: Literal["supabase", "memory"] = "supabase"
+
+    supabase_url: str | None = Field(None, validation_alias=_unprefixed("SUPABASE_URL"))
+    supabase_service_role_key: SecretStr | None = Field(
+        None, validation_alias=_unprefixed("SUPABASE_SERVICE_ROLE_KEY")
+    )
+    supabase_anon_key: SecretStr | None = Field(
+        None, validation_alias=_unprefixed("SUPABASE_ANON_KEY")
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    # Bearer keys accepted on /mcp, comma separated (several at once for rotation).
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+
+    default_timeout_seconds: int = Field(45, ge=1, le=3600)
+    min_timeout_seconds: int = Field(5, ge=1, le=3600)
+    max_timeout_seconds: int = Field(600, ge=1, le=3600)
+    # How often a waiting call sends an MCP progress notification.
+    progress_interval_seconds: float = Field(5.0, gt=0, le=60)
+    # How long a case stays answerable by operators (and `get_human_answer`); None: platform's 1 h.
+    case_ttl_seconds: int | None = Field(None, ge=60, le=7 * 86400)
+
+    fallback_no_operator: str = Field(DEFAULT_FALLBACKS["no_operator"], min_length=1)
+    fallback_platform_unreachable: str = Field(
+        DEFAULT_FALLBACKS["platform_unreachable"], min_length=1
+    )
+    fallback_timeout: str = Field(DEFAULT_FALLBACKS["timeout"], min_length=1)
+    fallback_unclear_answer: str = Field(DEFAULT_FALLBACKS["unclear_answer"], min_length=1)
+
+    # With nobody present on `operators`, answer `no_operator` at once instead of waiting.
+    no_operator_answers_at_once: bool = True
+    presence_cache_ttl_seconds: float = Field(0.5, ge=0, le=1.0)
+    channels_per_socket: int = Field(100, ge=1, le=100)
+    # Seconds a single platform request (rpc, join) may take before it counts as a failure.
+    platform_timeout_seconds: float = Field(5.0, gt=0, le=60)
+
+    breaker_failure_threshold: int = Field(5, ge=1, le=1000)
+    breaker_window_seconds: float = Field(30.0, gt=0, le=3600)
+    breaker_reset_seconds: float = Field(10.0, gt=0, le=3600)
+
+    # Demo/test backend only: a simulated operator answers every case with this text.
+    memory_auto_answer: str | None = None
+    memory_auto_answer_delay_seconds: float = Field(0.5, ge=0, le=600)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = False
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("supabase_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    def problems(self) -> list[str]:
+        """Rules that span several settings; one line each (empty when consistent)."""
+        out: list[str] = []
+        if self.min_timeout_seconds > self.max_timeout_seconds:
+            out.append("HITL_MIN_TIMEOUT_SECONDS: must not exceed HITL_MAX_TIMEOUT_SECONDS")
+        if not self.min_timeout_seconds <= self.default_timeout_seconds <= self.max_timeout_seconds:
+            out.append(
+                "HITL_DEFAULT_TIMEOUT_SECONDS: must be between HITL_MIN_TIMEOUT_SECONDS "
+                f"({self.min_timeout_seconds}) and HITL_MAX_TIMEOUT_SECONDS "
+                f"({self.max_timeout_seconds})"
+            )
+        if self.backend == "supabase":
+            if not self.supabase_url:
+                out.append("SUPABASE_URL: is required (your project's API URL)")
+            if self.supabase_service_role_key is None:
+                out.append(
+                    "SUPABASE_SERVICE_ROLE_KEY: is required (the relay uses the service role)"
+                )
+        return out
+
+    def api_key_values(self) -> list[str]:
+        return [key.get_secret_value() for key in self.api_keys]
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    field = str(loc[0]) if loc else "?"
+    if field.isupper():  # already an environment name (an alias)
+        return field
+    info = Settings.model_fields.get(field)
+    if info is not None and isinstance(info.validation_alias, AliasChoices):
+        first = info.validation_alias.choices[0]
+        return str(first)
+    return f"HITL_{field.upper()}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and check the settings; raise `ConfigError` listing every problem, one line each."""
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            message = str(err["msg"]).removeprefix("Value error, ")
+            lines.append(f"{_env_name(err['loc'])}: {message}")
+        raise ConfigError(lines) from None
+    problems = settings.problems()
+    if problems:
+        raise ConfigError(problems)
+    return settings

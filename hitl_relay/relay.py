@@ -1,0 +1,445 @@
+"""The relay core: a validated question in, the operator's answer (or a fallback line) out.
+
+It knows only the ports (`hitl_relay.ports`) and follows design.md, "The ask, in the order that
+loses nothing":
+
+ 1. validate (the edge parsed `AskHumanRequest`; the deadline bounds are checked here)
+ 2. circuit breaker open → `platform_unreachable` at once
+ 3. nobody present on `operators` (cached presence) → `no_operator` at once, if configured
+ 4. make the case id (so the channel name is known before the row exists)
+ 5. join `case:<id>` and `open_case` concurrently
+ 6. catch-up read (`answer`) once both are done
+ 7. await the first answer or the deadline; progress while waiting; after a reconnect, catch up
+    again; if the channel is lost for good, fall back to reading the answer every second
+ 8. close the session with its outcome (shielded: also on cancellation), leave the channel
+ 9. return the answer, or the fallback line plus the case id for `get_human_answer`
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from uuid import UUID, uuid4
+
+import anyio
+from loguru import logger
+
+from hitl_relay import metrics
+from hitl_relay.clock import SystemClock
+from hitl_relay.config import Settings
+from hitl_relay.errors import HitlError, InvalidRequest, PlatformUnavailable
+from hitl_relay.models import AskHumanRequest, AskResult, Status
+from hitl_relay.ports import (
+    Answer,
+    Backend,
+    Clock,
+    HumanMessage,
+    OpenCase,
+    OpenedCase,
+    Reconnected,
+    SessionEvent,
+    SessionOutcome,
+    Subscription,
+)
+from hitl_relay.resilience import BreakerState, CircuitBreaker, retry_until
+
+# (elapsed seconds, total seconds, message) → sent as an MCP progress notification.
+# Must not raise: a client that went away is the caller's business, not the wait's.
+ProgressCallback = Callable[[float, float, str], Awaitable[None]]
+
+# How long opening a case may be retried before the call falls back: a voice call cannot wait
+# for an outage (issue 7: platform_unreachable within about a second).
+OPEN_RETRY_BUDGET_S = 1.0
+# When the channel is lost for good, the answer is read this often until the deadline.
+POLL_INTERVAL_S = 1.0
+
+_Expired = Literal["expired"]
+
+
+@dataclass
+class _Call:
+    """What one `ask` has learnt so far; read by the `finally` that closes the session."""
+
+    started: float
+    call_id: str
+    case_id: UUID | None = None
+    opened: OpenedCase | None = None
+    close_as: SessionOutcome = "cancelled"
+    detail: dict[str, Any] = field(default_factory=dict)
+    # The breaker was told how the platform did for this call (success or failure).
+    recorded: bool = False
+
+
+class Relay:
+    """Answers `ask_human` and `get_human_answer` through the platform ports."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
+        self.store = backend.store
+        self.channel = backend.channel
+        self.presence = backend.presence
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self.breaker = breaker
+
+    # ---------------------------------------------------------------- ask_human
+
+    async def ask(
+        self, request: AskHumanRequest, progress: ProgressCallback | None = None
+    ) -> AskResult:
+        """Ask an operator; return their answer, or the configured fallback and the case id.
+
+        Raises `InvalidRequest` for a timeout outside the configured bounds; every platform
+        problem becomes a fallback result, never an exception. Cancellation (the client went
+        away) closes the session as `cancelled` and leaves the channel; the case stays open.
+        """
+        call = _Call(started=self.clock.monotonic(), call_id=request.call_id)
+        outcome: str = "cancelled"
+        metrics.waiting_calls.inc()
+        try:
+            result = await self._ask(request, progress, call)
+            outcome = result.status
+            return result
+        except InvalidRequest:
+            outcome = "invalid"
+            raise
+        finally:
+            try:
+                if call.opened is not None:
+                    await self._close(call, outcome)
+            finally:
+                self._account(call, outcome)
+
+    async def _ask(
+        self, request: AskHumanRequest, progress: ProgressCallback | None, call: _Call
+    ) -> AskResult:
+        s = self.settings
+        timeout = request.timeout_seconds or s.default_timeout_seconds
+        if not s.min_timeout_seconds <= timeout <= s.max_timeout_seconds:
+            raise InvalidRequest(
+                "timeout_seconds",
+                f"must be between {s.min_timeout_seconds} and {s.max_timeout_seconds}",
+            )
+        deadline = call.started + timeout
+
+        if self.breaker is not None and self.breaker.is_open:
+            return self._fallback("platform_unreachable", call)
+        if s.no_operator_answers_at_once and await self.presence.operators_online() == 0:
+            return self._fallback("no_operator", call)
+        probe = self._claim_platform()
+        if probe is None:
+            return self._fallback("platform_unreachable", call)
+
+        call.case_id = uuid4()
+        open_request = OpenCase(
+            case_id=call.case_id,
+            question=request.question,
+            context=request.context,
+            mcp_session_id=request.session_id,
+            retell_call_id=request.call_id,
+            retell_agent_id=request.agent_id,
+            caller_info=request.caller_info,
+            priority=request.priority,
+            urgency=request.urgency,
+            conversation_history=[t.model_dump() for t in request.conversation_history],
+            timeout_seconds=timeout,
+            case_ttl_seconds=s.case_ttl_seconds,
+        )
+        try:
+            return await self._open_and_wait(open_request, call, deadline, progress)
+        except PlatformUnavailable as e:
+            call.close_as = "failed"
+            self._record(call, failure=str(e))
+            logger.bind(call_id=call.call_id, case_id=str(call.case_id)).warning(
+                "platform unavailable: {}", e.detail
+            )
+            return self._fallback("platform_unreachable", call)
+        finally:
+            if probe and not call.recorded:
+                # A half-open probe abandoned (cancelled) must not leave the breaker stuck.
+                self._record(call, failure="probe abandoned")
+
+    async def _open_and_wait(
+        self,
+        open_request: OpenCase,
+        call: _Call,
+        deadline: float,
+        progress: ProgressCallback | None,
+    ) -> AskResult:
+        """Steps 5-7; raises PlatformUnavailable when opening or joining failed."""
+        opened: OpenedCase | None = None
+        open_error: HitlError | None = None
+        join_error: PlatformUnavailable | None = None
+        outcome: Answer | _Expired | None = None
+        open_done = anyio.Event()
+
+        async def open_case() -> None:
+            nonlocal opened, open_error
+            try:
+                opened = await retry_until(
+                    lambda: self.store.open_case(open_request),
+                    deadline=min(deadline, self.clock.monotonic() + OPEN_RETRY_BUDGET_S),
+                    retry_on=(PlatformUnavailable,),
+                    clock=self.clock.monotonic,
+                )
+                call.opened = opened
+                call.case_id = opened.case_id
+                metrics.case_creation_seconds.observe(self.clock.monotonic() - call.started)
+            except HitlError as e:
+                open_error = e
+            finally:
+                open_done.set()
+
+        # Step 5: neither the join nor the open waits for the other.
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(open_case)
+            try:
+                async with self._joined(open_request.case_id) as sub:
+                    await open_done.wait()
+                    if opened is not None and opened.case_id == open_request.case_id:
+                        self._record(call, failure=None)
+                        outcome = await self._wait(sub, opened, call, deadline, progress)
+            except PlatformUnavailable as e:
+                join_error = e
+
+        if open_error is not None:
+            if isinstance(open_error, PlatformUnavailable):
+                raise open_error
+            self._record(call, failure=None)  # the platform answered: it is reachable
+            raise open_error
+        assert opened is not None  # open_case either set it or an error
+        if join_error is not None:
+            call.close_as = "failed"
+            raise join_error
+        if opened.case_id != open_request.case_id:
+            # A retried call: the platform returned the existing case; wait on its channel.
+            logger.bind(call_id=call.call_id, case_id=str(opened.case_id)).info(
+                "joined the existing case of a retried call"
+            )
+            async with self._joined(opened.case_id) as sub:
+                self._record(call, failure=None)
+                outcome = await self._wait(sub, opened, call, deadline, progress)
+        return self._finish(outcome, call)
+
+    async def _wait(
+        self,
+        sub: Subscription,
+        opened: OpenedCase,
+        call: _Call,
+        deadline: float,
+        progress: ProgressCallback | None,
+    ) -> Answer | _Expired | None:
+        """Steps 6-7: catch up, then the first answer, expiry, or None at the deadline."""
+        answer = await self._catch_up(opened.case_id)
+        if answer is not None:
+            return answer
+        outcome: Answer | _Expired | None = None
+        total = deadline - call.started
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._cancel_at, tg.cancel_scope, deadline)
+            if progress is not None:
+                tg.start_soon(self._report_progress, progress, call.started, total)
+            try:
+                while outcome is None:
+                    event = await sub.receive()
+                    if isinstance(event, HumanMessage):
+                        if event.is_answer and event.case_id == opened.case_id:
+                            outcome = event.as_answer()
+                            delay = (self.clock.now() - event.created_at).total_seconds()
+                            if delay >= 0:
+                                metrics.delivery_seconds.observe(delay)
+                    elif isinstance(event, Reconnected):
+                        outcome = await self._catch_up(opened.case_id)
+                    elif (
+                        isinstance(event, SessionEvent)
+                        and event.session_id == opened.session_id
+                        and event.status == "expired"
+                    ):
+                        outcome = "expired"
+            except PlatformUnavailable as e:
+                logger.bind(call_id=call.call_id, case_id=str(opened.case_id)).warning(
+                    "channel lost, reading the answer every {} s: {}", POLL_INTERVAL_S, e.detail
+                )
+                self._record(call, failure=str(e))
+                outcome = await self._poll(opened.case_id)
+            tg.cancel_scope.cancel()
+        return outcome
+
+    async def _poll(self, case_id: UUID) -> Answer:
+        """Read the answer every POLL_INTERVAL_S until found (the deadline cancels this)."""
+        while True:
+            answer = await self._catch_up(case_id)
+            if answer is not None:
+                return answer
+            await self.clock.sleep(POLL_INTERVAL_S)
+
+    async def _catch_up(self, case_id: UUID) -> Answer | None:
+        try:
+            return await self.store.answer(case_id)
+        except PlatformUnavailable as e:
+            # The channel may still deliver; a failed read is not the end of the wait.
+            logger.bind(case_id=str(case_id)).warning("catch-up read failed: {}", e.detail)
+            return None
+
+    async def _cancel_at(self, scope: anyio.CancelScope, deadline: float) -> None:
+        await self.clock.sleep(deadline - self.clock.monotonic())
+        scope.cancel()
+
+    async def _report_progress(
+        self, progress: ProgressCallback, started: float, total: float
+    ) -> None:
+        interval = self.settings.progress_interval_seconds
+        while True:
+            elapsed = max(0.0, self.clock.monotonic() - started)
+            await progress(
+                elapsed,
+                total,
+                f"Waiting for a colleague's answer ({math.floor(elapsed)} s of {total:.0f} s)",
+            )
+            await self.clock.sleep(interval)
+
+    def _finish(self, outcome: Answer | _Expired | None, call: _Call) -> AskResult:
+        if isinstance(outcome, Answer):
+            result = self._from_answer(outcome, call)
+            call.close_as = "answered"
+            call.detail["message_id"] = str(outcome.message_id)
+            return result
+        call.close_as = "expired" if outcome == "expired" else "timed_out"
+        return self._fallback("timeout", call)
+
+    # ---------------------------------------------------------------- get_human_answer
+
+    async def get_answer(self, case_id: str) -> AskResult:
+        """The answer of an earlier case if there is one now (`pending` if not); never waits."""
+        started = self.clock.monotonic()
+        try:
+            case_uuid = UUID(str(case_id))
+        except ValueError:
+            raise InvalidRequest("case_id", "must be a case id (a UUID)") from None
+        call = _Call(started=started, call_id="", case_id=case_uuid)
+        if self.breaker is not None and self.breaker.is_open:
+            return self._fallback("platform_unreachable", call, case_id=case_uuid)
+        try:
+            answer = await self.store.answer(case_uuid)
+        except PlatformUnavailable as e:
+            self._record(call, failure=str(e))
+            return self._fallback("platform_unreachable", call, case_id=case_uuid)
+        if answer is None:
+            return AskResult(
+                status="pending",
+                case_id=str(case_uuid),
+                waited_ms=self._waited_ms(call),
+                message="No answer yet. You may check again a little later in the call.",
+            )
+        return self._from_answer(answer, call)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _from_answer(self, answer: Answer, call: _Call) -> AskResult:
+        text = answer.content.strip()
+        if answer.kind == "cannot_answer" or not text:
+            message = self.settings.fallback_unclear_answer
+            if answer.kind == "cannot_answer" and text:
+                message += f" (My colleague noted: {text})"
+            return self._fallback("unclear_answer", call, message=message)
+        return AskResult(
+            status="answered",
+            answer=text,
+            case_id=str(answer.case_id),
+            waited_ms=self._waited_ms(call),
+            message=text,
+        )
+
+    def _fallback(
+        self,
+        status: Status,
+        call: _Call,
+        *,
+        message: str | None = None,
+        case_id: UUID | None = None,
+    ) -> AskResult:
+        texts = {
+            "no_operator": self.settings.fallback_no_operator,
+            "platform_unreachable": self.settings.fallback_platform_unreachable,
+            "timeout": self.settings.fallback_timeout,
+            "unclear_answer": self.settings.fallback_unclear_answer,
+        }
+        if case_id is None and call.opened is not None:
+            case_id = call.opened.case_id  # only a case that exists is worth naming
+        return AskResult(
+            status=status,
+            case_id=str(case_id) if case_id is not None else None,
+            waited_ms=self._waited_ms(call),
+            message=message or texts.get(status, self.settings.fallback_timeout),
+        )
+
+    def _waited_ms(self, call: _Call) -> int:
+        return max(0, round((self.clock.monotonic() - call.started) * 1000))
+
+    def _claim_platform(self) -> bool | None:
+        """Ask the breaker for a go: None = refused, True = this call is the half-open probe."""
+        if self.breaker is None:
+            return False
+        half_open = self.breaker.state is BreakerState.HALF_OPEN
+        if not self.breaker.allow():
+            return None
+        return half_open
+
+    def _record(self, call: _Call, *, failure: str | None) -> None:
+        call.recorded = True
+        if self.breaker is None:
+            return
+        if failure is None:
+            self.breaker.record_success()
+        else:
+            self.breaker.record_failure(failure)
+
+    @asynccontextmanager
+    async def _joined(self, case_id: UUID) -> AsyncIterator[Subscription]:
+        """The channel subscription, left (shielded, bounded) however the wait ends."""
+        cm = self.channel.subscribe(case_id)
+        sub = await cm.__aenter__()
+        try:
+            yield sub
+        finally:
+            with anyio.CancelScope(shield=True) as scope:
+                scope.deadline = anyio.current_time() + self.settings.platform_timeout_seconds
+                await cm.__aexit__(None, None, None)
+
+    async def _close(self, call: _Call, outcome: str) -> None:
+        """Step 8: close the session with its outcome; shielded so cancellation still closes."""
+        assert call.opened is not None
+        status: SessionOutcome = call.close_as if outcome != "cancelled" else "cancelled"
+        detail = {"outcome": outcome, "waited_ms": self._waited_ms(call), **call.detail}
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + self.settings.platform_timeout_seconds
+            try:
+                await self.store.close_session(call.opened.session_id, status, detail)
+            except HitlError as e:
+                logger.bind(call_id=call.call_id, case_id=str(call.opened.case_id)).warning(
+                    "closing the session as {} failed: {}", status, e
+                )
+
+    def _account(self, call: _Call, outcome: str) -> None:
+        waited = max(0.0, self.clock.monotonic() - call.started)
+        metrics.waiting_calls.dec()
+        if outcome in metrics.OUTCOMES:
+            metrics.invocations.labels(outcome=outcome).inc()
+            metrics.wait_seconds.labels(outcome=outcome).observe(waited)
+        if outcome in metrics.FALLBACK_KINDS:
+            metrics.fallbacks.labels(kind=outcome).inc()
+        logger.bind(
+            call_id=call.call_id,
+            case_id=str(call.case_id) if call.case_id else None,
+            outcome=outcome,
+            waited_ms=round(waited * 1000),
+        ).info("ask_human {}", outcome)
