@@ -1,0 +1,62 @@
+"""Types shared by the contract suite's harnesses and tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+from uuid import UUID
+
+from hitl_relay.adapters.memory import MemoryPlatform
+from hitl_relay.ports import CaseChannel, CaseStore, MessageKind, OperatorPresence, SenderType
+
+
+class OperatorSide(Protocol):
+    """What the operators' app does: insert a message into a case, be present or not."""
+
+    async def answer(
+        self,
+        case_id: UUID,
+        content: str,
+        *,
+        kind: MessageKind = "answer",
+        sender_type: SenderType = "human",
+    ) -> UUID: ...
+
+    async def go_online(self, operator_id: str = "operator-0") -> None: ...
+
+    async def go_offline(self, operator_id: str = "operator-0") -> None: ...
+
+
+@dataclass
+class ContractPorts:
+    store: CaseStore
+    channel: CaseChannel
+    presence: OperatorPresence
+    operator: OperatorSide
+    # The relay's connection drops (subscriptions stay open, hear nothing) ...
+    disconnect: Callable[[], Awaitable[None]]
+    # ... and comes back: every open subscription rejoins and reports `Reconnected`.
+    reconnect: Callable[[], Awaitable[None]]
+    # How many case channels the adapter holds joined right now.
+    joined_channels: Callable[[], int]
+
+
+async def memory_ports() -> AsyncIterator[ContractPorts]:
+    platform = MemoryPlatform(presence_ttl_s=0.1)
+
+    async def disconnect() -> None:
+        platform.disconnect()
+
+    async def reconnect() -> None:
+        platform.reconnect()
+
+    yield ContractPorts(
+        store=platform.store,
+        channel=platform.channel,
+        presence=platform.presence,
+        operator=platform.operator,
+        disconnect=disconnect,
+        reconnect=reconnect,
+        joined_channels=lambda: platform.joined_channels,
+    )
