@@ -182,7 +182,7 @@ class Cluster:
             f.write(
                 "\n# hitl-relay local cluster\n"
                 "listen_addresses = '127.0.0.1'\n"
-                "shared_preload_libraries = 'pg_cron'\n"
+                "shared_preload_libraries = 'pg_cron,pg_stat_statements'\n"
                 "cron.database_name = 'postgres'\n"
                 "cron.use_background_workers = on\n"
                 "max_worker_processes = 32\n"
