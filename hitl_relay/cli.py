@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
+
+if TYPE_CHECKING:
+    from hitl_relay.config import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="The local Postgres 15 + pg_cron cluster.")
@@ -131,6 +134,110 @@ def stats(
         typer.echo(json.dumps(metrics, indent=2))
     else:
         render(metrics)
+
+
+def _relay_settings(**overrides: object) -> Settings:
+    from hitl_relay.config import load_settings
+    from hitl_relay.errors import ConfigError
+
+    try:
+        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ConfigError as e:
+        for problem in e.problems:
+            typer.secho(f"config: {problem}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, "--host", help="Bind address (default HITL_HOST)."),
+    port: int = typer.Option(None, "--port", help="Port (default HITL_PORT)."),
+) -> None:
+    """Serve the relay: MCP at /mcp (bearer key), /healthz, /readyz, /metrics."""
+    import uvicorn
+
+    from hitl_relay.http_app import create_app
+
+    settings = _relay_settings(host=host, port=port)
+    if not settings.api_keys:
+        _fail("HITL_API_KEYS: is required (make one with `hitl-relay keygen`)", 2)
+    typer.echo(f"hitl-relay: MCP at http://{settings.host}:{settings.port}/mcp", err=True)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        server_header=False,
+    )
+
+
+@app.command()
+def stdio() -> None:
+    """Serve MCP over stdin/stdout (for agents that launch the relay as a subprocess)."""
+    import anyio
+
+    from hitl_relay.mcp_server import serve_stdio
+
+    anyio.run(serve_stdio, _relay_settings())
+
+
+@app.command()
+def ask(
+    question: str = typer.Argument(..., help="The question for the operator."),
+    timeout: int = typer.Option(None, "--timeout", min=5, max=600, help="Seconds to wait."),
+    call_id: str = typer.Option(None, "--call-id", help="Call id (default: a new one)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the raw result as JSON."),
+) -> None:
+    """Ask a human through the running relay, over MCP like an agent; wait for the answer."""
+    import json
+
+    import anyio
+    from rich.console import Console
+
+    from hitl_relay.mcp_client import RelayCallError, ask_human, client_env
+
+    url, key = client_env()
+    if not url or not key:
+        _fail(
+            "set HITL_MCP_URL and HITL_API_KEY (or run scripts/dev, which writes .hitl/relay.env)"
+        )
+    console = Console(stderr=True)
+
+    async def run() -> dict[str, object]:
+        with console.status("Asking a colleague...") as status:
+
+            async def progress(progress: float, total: float | None, message: str | None) -> None:
+                status.update(message or f"Waiting for a colleague ({progress:.0f} s)")
+
+            return await ask_human(
+                url, key, question, timeout_seconds=timeout, call_id=call_id, progress=progress
+            )
+
+    try:
+        result = anyio.run(run)
+    except RelayCallError as e:
+        _fail(str(e))
+    if json_out:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        answered = result.get("status") == "answered"
+        typer.echo(str(result.get("answer") if answered else result.get("message")))
+        typer.echo(
+            f"status: {result.get('status')}  case: {result.get('case_id')}  "
+            f"waited: {result.get('waited_ms')} ms",
+            err=True,
+        )
+    raise typer.Exit(0 if result.get("status") == "answered" else 3)
+
+
+@app.command()
+def keygen() -> None:
+    """Print a new random API key and the line that adds it to .env."""
+    import secrets
+
+    key = "hitl_" + secrets.token_urlsafe(32)
+    typer.echo(key)
+    typer.echo(f"HITL_API_KEYS={key}")
 
 
 def main() -> None:

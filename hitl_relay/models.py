@@ -306,8 +306,22 @@ def parse_get_answer_request(arguments: object) -> GetHumanAnswerRequest:
         raise invalid_request_from(e) from None
 
 
-def tool_input_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """The JSON schema agents see: snake_case names (camelCase aliases are accepted too)."""
+def tool_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A model's JSON schema as agents see it: snake_case names (camelCase aliases are accepted
+    too), `$ref`s inlined, since handshake-era MCP clients know only type/properties/required.
+    """
     schema = model.model_json_schema(by_alias=False)
-    schema.pop("title", None)
-    return schema
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items() if k != "title"}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    inlined: dict[str, Any] = inline(schema)
+    return inlined

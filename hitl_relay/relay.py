@@ -443,3 +443,18 @@ class Relay:
             outcome=outcome,
             waited_ms=round(waited * 1000),
         ).info("ask_human {}", outcome)
+
+
+def build_relay(backend: Backend, settings: Settings, *, clock: Clock | None = None) -> Relay:
+    """The relay a server runs: the backend's ports, a circuit breaker from the settings
+    (its state mirrored on the `hitl_breaker_state` gauge)."""
+    clock = clock or SystemClock()
+    breaker = CircuitBreaker(
+        failure_threshold=settings.breaker_failure_threshold,
+        window_s=settings.breaker_window_seconds,
+        reset_timeout_s=settings.breaker_reset_seconds,
+        clock=clock.monotonic,
+    )
+    metrics.breaker_state.set(int(breaker.state))
+    breaker.on_change(lambda _old, new: metrics.breaker_state.set(int(new)))
+    return Relay(backend, settings, clock=clock, breaker=breaker)

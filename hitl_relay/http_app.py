@@ -1,0 +1,227 @@
+"""The relay's HTTP application (Starlette): MCP at `/mcp`, health, readiness and metrics.
+
+    POST/GET/DELETE /mcp   streamable HTTP, stateless (any replica serves any request);
+                           bearer API key required, 401 {"error": "unauthorized"} otherwise
+    GET /healthz           liveness: the process answers
+    GET /readyz            readiness: the platform backend is connected, the breaker closed
+    GET /metrics           Prometheus text format
+
+The app owns the platform connection for its lifetime (Starlette lifespan). Request
+authorisation is one replaceable function (`Authorize`); the default accepts any configured
+key in constant time. `hitl_relay.security` builds the fuller checks on top.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+
+import anyio
+import uvicorn
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from hitl_relay import metrics
+from hitl_relay.adapters import open_backend
+from hitl_relay.clock import SystemClock
+from hitl_relay.config import Settings
+from hitl_relay.mcp_server import RelayMcpServer
+from hitl_relay.ports import Backend, Clock
+from hitl_relay.relay import Relay, build_relay
+
+# Decides whether a request to /mcp may pass, from its headers.
+Authorize = Callable[[Headers], bool]
+BackendFactory = Callable[[Settings], AbstractAsyncContextManager[Backend]]
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def bearer_key_ok(authorization: str | None, keys: Sequence[str]) -> bool:
+    """True when `Authorization: Bearer <key>` names one of `keys` (constant time per key)."""
+    if not authorization or not keys:
+        return False
+    scheme, _, presented = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        return False
+    candidate = presented.strip().encode()
+    # Compare against every key, no early exit: timing says nothing about which one matched.
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(candidate, key.encode())
+    return matched
+
+
+def api_key_authorizer(keys: Sequence[str]) -> Authorize:
+    frozen = tuple(keys)
+
+    def authorize(headers: Headers) -> bool:
+        return bearer_key_ok(headers.get("authorization"), frozen)
+
+    return authorize
+
+
+class RequireAuthorization:
+    """ASGI wrapper: refuse with 401 unless `authorize` accepts the request's headers."""
+
+    def __init__(self, app: ASGIApp, authorize: Authorize) -> None:
+        self._app = app
+        self._authorize = authorize
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self._authorize(Headers(scope=scope)):
+            metrics.auth_failures.inc()
+            response = JSONResponse(
+                {"error": "unauthorized"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="hitl-relay"'},
+            )
+            await response(scope, receive, send)
+            return
+        await self._app(scope, receive, send)
+
+
+@dataclass
+class RelayState:
+    """What the running app holds: the relay once the backend is connected."""
+
+    relay: Relay | None = None
+
+    def get(self) -> Relay:
+        if self.relay is None:
+            raise RuntimeError("the relay is not started (the app's lifespan has not run)")
+        return self.relay
+
+
+def transport_security(settings: Settings) -> TransportSecuritySettings | None:
+    """DNS-rebinding protection for loopback serving (the SDK's own default for localhost)."""
+    if settings.host not in LOOPBACK_HOSTS:
+        return None
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*"],
+        allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    backend: BackendFactory = open_backend,
+    authorize: Authorize | None = None,
+    clock: Clock | None = None,
+    extra_routes: Sequence[BaseRoute] = (),
+) -> Starlette:
+    """The relay's Starlette app; connects the backend when the app starts."""
+    state = RelayState()
+    mcp = RelayMcpServer(state.get)
+    manager = StreamableHTTPSessionManager(
+        app=mcp.server,
+        stateless=True,
+        security_settings=transport_security(settings),
+    )
+    gate = RequireAuthorization(
+        manager.handle_request, authorize or api_key_authorizer(settings.api_key_values())
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, object]]:
+        async with backend(settings) as connected, manager.run():
+            state.relay = build_relay(connected, settings, clock=clock or SystemClock())
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(mcp.watch_breaker)
+                yield {"relay_state": state, "mcp": mcp}
+                tg.cancel_scope.cancel()
+            state.relay = None
+
+    async def healthz(_request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_request: Request) -> Response:
+        relay = state.relay
+        if relay is None:
+            return JSONResponse({"ready": False, "reason": "not started"}, status_code=503)
+        breaker = relay.breaker
+        breaker_state = breaker.state.name.lower() if breaker is not None else "none"
+        ready = breaker is None or not breaker.is_open
+        body = {"ready": ready, "breaker": breaker_state}
+        if not ready and breaker is not None and breaker.last_error:
+            body["reason"] = f"platform unreachable: {breaker.last_error}"
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    async def metrics_endpoint(_request: Request) -> Response:
+        return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
+
+    routes: list[BaseRoute] = [
+        Route("/mcp", endpoint=gate),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        *extra_routes,
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+class _Embedded(uvicorn.Server):
+    """uvicorn inside someone else's event loop: the embedder owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@asynccontextmanager
+async def running(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    """Serve `app` with uvicorn in this event loop; yield its base URL once it accepts requests
+    (the app's lifespan has started); stop it on exit. `port=0` picks a free port.
+
+    The server runs in an asyncio task this context owns (not a task group), so it may be
+    entered and exited from different tasks, as pytest-asyncio fixtures do.
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    bound = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app, lifespan="on", log_config=None, log_level="warning", access_log=False,
+        server_header=False, timeout_graceful_shutdown=2,
+    )  # fmt: skip
+    server = _Embedded(config)
+    loop = asyncio.get_running_loop()
+    started: asyncio.Future[None] = loop.create_future()
+    original_startup = server.startup
+
+    async def startup(sockets: list[socket.socket] | None = None) -> None:
+        await original_startup(sockets=sockets)
+        if not started.done():
+            started.set_result(None)
+
+    server.startup = startup  # type: ignore[method-assign]
+
+    async def serve() -> None:
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            if not started.done():
+                started.set_exception(RuntimeError(f"the HTTP server on {host} did not start"))
+
+    task = loop.create_task(serve(), name=f"hitl-relay http {host}:{bound}")
+    try:
+        await started
+        yield f"http://[{host}]:{bound}" if ":" in host else f"http://{host}:{bound}"
+    finally:
+        server.should_exit = True
+        try:
+            await task
+        finally:
+            sock.close()

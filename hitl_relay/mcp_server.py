@@ -1,0 +1,208 @@
+"""The MCP face of the relay: tools `ask_human` and `get_human_answer`, over stdio or HTTP.
+
+Thin on purpose: parse the arguments (`models`), call the core (`Relay`), render the result as
+text plus `structuredContent` {status, answer, case_id, waited_ms, message}. Bad arguments come
+back as a tool result with `isError: true` naming the field and the rule, so the agent can
+correct itself; nothing the caller sends produces a stack trace.
+
+Built on the SDK's low-level `Server`, which serves both protocol eras: the handshake-era
+versions (2025-03-26, 2025-06-18, ... via `initialize`) and the newest per-request envelope.
+While the circuit breaker is open the tools' descriptions say they are unavailable, and the
+server can tell connected stdio clients through `notifications/tools/list_changed`.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import mcp_types as types
+from loguru import logger
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel.server import NotificationOptions, Server
+from mcp.server.models import InitializationOptions
+from mcp.server.session import ServerSession
+from mcp.server.stdio import stdio_server
+from mcp.shared.exceptions import MCPError
+
+from hitl_relay import __version__, metrics
+from hitl_relay.config import Settings
+from hitl_relay.errors import InvalidRequest
+from hitl_relay.models import (
+    ASK_HUMAN_DESCRIPTION,
+    GET_HUMAN_ANSWER_DESCRIPTION,
+    AskHumanRequest,
+    AskResult,
+    GetHumanAnswerRequest,
+    parse_ask_request,
+    parse_get_answer_request,
+    tool_schema,
+)
+from hitl_relay.relay import Relay, build_relay
+from hitl_relay.resilience import BreakerState
+
+SERVER_NAME = "hitl-relay"
+INSTRUCTIONS = (
+    "Use ask_human to get an answer from a human colleague during a live call, and "
+    "get_human_answer to pick up an answer that arrived after ask_human timed out."
+)
+UNAVAILABLE_NOTE = (
+    "UNAVAILABLE RIGHT NOW: the colleagues' system cannot be reached, so this tool returns "
+    "status platform_unreachable at once. Tell the caller someone will get back to them.\n\n"
+)
+# Errors of a client that went away while we reported progress: the wait goes on regardless.
+_GONE = (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream)
+
+RelaySource = Callable[[], Relay]
+Context = ServerRequestContext[Any, Any]
+
+
+class RelayMcpServer:
+    """The MCP server for one relay: tool listing, tool calls, and tool-list change notices."""
+
+    def __init__(self, relay: RelaySource) -> None:
+        self._relay = relay
+        self._sessions: weakref.WeakSet[ServerSession] = weakref.WeakSet()
+        self.server: Server[Any] = Server(
+            SERVER_NAME,
+            version=__version__,
+            title="Human-in-the-loop relay",
+            instructions=INSTRUCTIONS,
+            on_list_tools=self._list_tools,
+            on_call_tool=self._call_tool,
+        )
+
+    def initialization_options(self) -> InitializationOptions:
+        return self.server.create_initialization_options(NotificationOptions(tools_changed=True))
+
+    def tools(self) -> list[types.Tool]:
+        relay = self._relay()
+        unavailable = relay.breaker is not None and relay.breaker.is_open
+        note = UNAVAILABLE_NOTE if unavailable else ""
+        output_schema = tool_schema(AskResult)
+        return [
+            types.Tool(
+                name="ask_human",
+                title="Ask a human colleague",
+                description=note + ASK_HUMAN_DESCRIPTION,
+                input_schema=tool_schema(AskHumanRequest),
+                output_schema=output_schema,
+                annotations=types.ToolAnnotations(
+                    title="Ask a human colleague",
+                    read_only_hint=False,
+                    destructive_hint=False,
+                    idempotent_hint=True,
+                    open_world_hint=True,
+                ),
+            ),
+            types.Tool(
+                name="get_human_answer",
+                title="Pick up a late answer",
+                description=note + GET_HUMAN_ANSWER_DESCRIPTION,
+                input_schema=tool_schema(GetHumanAnswerRequest),
+                output_schema=output_schema,
+                annotations=types.ToolAnnotations(
+                    title="Pick up a late answer",
+                    read_only_hint=True,
+                    idempotent_hint=True,
+                    open_world_hint=True,
+                ),
+            ),
+        ]
+
+    async def announce_tools_changed(self) -> None:
+        """Tell connected clients (stdio, stateful sessions) to re-read the tool list."""
+        for session in list(self._sessions):
+            try:
+                await session.send_tool_list_changed()
+            except _GONE:
+                self._sessions.discard(session)
+
+    async def watch_breaker(self) -> None:
+        """Run until cancelled: announce a tool-list change whenever the breaker changes state."""
+        breaker = self._relay().breaker
+        if breaker is None:
+            await anyio.sleep_forever()
+            return
+        send, receive = anyio.create_memory_object_stream[BreakerState](max_buffer_size=math.inf)
+        breaker.on_change(lambda _old, new: send.send_nowait(new))
+        async with send, receive:
+            async for _state in receive:
+                await self.announce_tools_changed()
+
+    async def _list_tools(
+        self, ctx: Context, params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        self._remember(ctx)
+        return types.ListToolsResult(tools=self.tools())
+
+    async def _call_tool(
+        self, ctx: Any, params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        self._remember(ctx)
+        relay = self._relay()
+        arguments = params.arguments or {}
+        try:
+            if params.name == "ask_human":
+                return render(await self._ask(ctx, relay, arguments))
+            if params.name == "get_human_answer":
+                request = parse_get_answer_request(arguments)
+                return render(await relay.get_answer(request.case_id))
+        except InvalidRequest as e:
+            return render_invalid(e)
+        raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {params.name}")
+
+    async def _ask(self, ctx: Context, relay: Relay, arguments: dict[str, Any]) -> AskResult:
+        try:
+            request = parse_ask_request(arguments)
+        except InvalidRequest:
+            metrics.invocations.labels(outcome="invalid").inc()
+            raise
+        session = ctx.session
+
+        async def progress(elapsed: float, total: float, message: str) -> None:
+            try:
+                await session.report_progress(elapsed, total, message)
+            except _GONE:
+                logger.debug("progress not delivered: the client is gone")
+
+        return await relay.ask(request, progress)
+
+    def _remember(self, ctx: Context) -> None:
+        self._sessions.add(ctx.session)
+
+
+def render(result: AskResult) -> types.CallToolResult:
+    return types.CallToolResult(
+        content=[types.TextContent(text=result.text())],
+        structured_content=result.model_dump(mode="json"),
+    )
+
+
+def render_invalid(error: InvalidRequest) -> types.CallToolResult:
+    lines = [f"{field}: {rule}" for field, rule in error.problems]
+    text = "Invalid arguments. Fix these and call again:\n" + "\n".join(lines)
+    return types.CallToolResult(
+        content=[types.TextContent(text=text)],
+        structured_content={
+            "error": "invalid_request",
+            "problems": [{"field": f, "rule": r} for f, r in error.problems],
+        },
+        is_error=True,
+    )
+
+
+async def serve_stdio(settings: Settings) -> None:
+    """Serve MCP over stdin/stdout until the client closes it (`hitl-relay stdio`)."""
+    from hitl_relay.adapters import open_backend
+
+    async with open_backend(settings) as backend, anyio.create_task_group() as tg:
+        relay = build_relay(backend, settings)
+        mcp = RelayMcpServer(lambda: relay)
+        tg.start_soon(mcp.watch_breaker)
+        async with stdio_server() as (read_stream, write_stream):
+            await mcp.server.run(read_stream, write_stream, mcp.initialization_options())
+        tg.cancel_scope.cancel()
