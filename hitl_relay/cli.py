@@ -240,6 +240,96 @@ def keygen() -> None:
     typer.echo(f"HITL_API_KEYS={key}")
 
 
+@app.command()
+def dev(
+    once: bool = typer.Option(False, "--once", help="Run the demo escalation, then exit."),
+    port: int = typer.Option(8080, "--port", help="Relay port (a free one if taken)."),
+) -> None:
+    """Local stack + relay + console, with one demo escalation (what scripts/dev runs)."""
+    from hitl_relay.devstack.dev import run_dev
+
+    home = Path(os.environ.get("HITL_HOME", ".hitl")).resolve()
+    raise typer.Exit(asyncio.run(run_dev(once=once, home=home, relay_port=port)))
+
+
+def _local_env() -> dict[str, str]:
+    """Environment, completed from .hitl/devstack.env for local use."""
+    from hitl_relay.devstack.dev import read_env_file
+
+    values = read_env_file(Path(os.environ.get("HITL_HOME", ".hitl")) / "devstack.env")
+    values.update({k: v for k, v in os.environ.items() if k.startswith(("SUPABASE_", "HITL_"))})
+    return values
+
+
+@app.command()
+def answer(
+    case_id: str = typer.Argument(..., help="The case to answer (printed by ask / the console)."),
+    text: str = typer.Argument(..., help="The answer, as the operator would type it."),
+    kind: str = typer.Option(
+        "answer", "--kind", help="answer, cannot_answer or clarification (ask back)."
+    ),
+) -> None:
+    """Answer a case as the local operator (supabase-py, operator's token: RLS applies)."""
+    import uuid
+
+    from postgrest.exceptions import APIError
+
+    from hitl_relay.devstack.operator_sim import SimulatedOperator
+
+    try:
+        uuid.UUID(case_id)
+    except ValueError:
+        _fail(f"case_id: must be a UUID, got {case_id!r}")
+    if kind not in ("answer", "cannot_answer", "clarification"):
+        _fail("--kind: must be answer, cannot_answer or clarification")
+    env = _local_env()
+    missing = [
+        k
+        for k in ("SUPABASE_URL", "SUPABASE_ANON_KEY", "HITL_OPERATOR_TOKEN", "HITL_OPERATOR_ID")
+        if not env.get(k)
+    ]
+    if missing:
+        _fail(f"{', '.join(missing)} not set: start the local stack (scripts/dev) first")
+    op = SimulatedOperator(
+        env["SUPABASE_URL"],
+        env["SUPABASE_ANON_KEY"],
+        env["HITL_OPERATOR_TOKEN"],
+        env["HITL_OPERATOR_ID"],
+    )
+
+    async def run() -> None:
+        from supabase import AsyncClientOptions, acreate_client
+
+        client = await acreate_client(
+            env["SUPABASE_URL"],
+            env["SUPABASE_ANON_KEY"],
+            options=AsyncClientOptions(
+                headers={"Authorization": f"Bearer {env['HITL_OPERATOR_TOKEN']}"}
+            ),
+        )
+        await (
+            client.table("messages")
+            .insert(
+                {
+                    "case_id": case_id,
+                    "sender_type": "human",
+                    "sender_id": op.operator_id,
+                    "content": text,
+                    "kind": kind,
+                }
+            )
+            .execute()
+        )
+
+    try:
+        asyncio.run(run())
+    except APIError as e:
+        _fail(f"the platform refused the answer: {e.message}")
+    except OSError as e:
+        _fail(f"cannot reach {env['SUPABASE_URL']}: {e}")
+    typer.echo(f"answered case {case_id}")
+
+
 def main() -> None:
     os.environ.setdefault("HITL_HOME", str(Path.cwd() / ".hitl"))
     app(prog_name="hitl-relay")
