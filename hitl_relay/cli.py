@@ -274,8 +274,6 @@ def answer(
 
     from postgrest.exceptions import APIError
 
-    from hitl_relay.devstack.operator_sim import SimulatedOperator
-
     try:
         uuid.UUID(case_id)
     except ValueError:
@@ -290,12 +288,6 @@ def answer(
     ]
     if missing:
         _fail(f"{', '.join(missing)} not set: start the local stack (scripts/dev) first")
-    op = SimulatedOperator(
-        env["SUPABASE_URL"],
-        env["SUPABASE_ANON_KEY"],
-        env["HITL_OPERATOR_TOKEN"],
-        env["HITL_OPERATOR_ID"],
-    )
 
     async def run() -> None:
         from supabase import AsyncClientOptions, acreate_client
@@ -313,7 +305,7 @@ def answer(
                 {
                     "case_id": case_id,
                     "sender_type": "human",
-                    "sender_id": op.operator_id,
+                    "sender_id": env["HITL_OPERATOR_ID"],
                     "content": text,
                     "kind": kind,
                 }
