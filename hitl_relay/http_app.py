@@ -9,6 +9,10 @@
 The app owns the platform connection for its lifetime (Starlette lifespan). Request
 authorisation is one replaceable function (`Authorize`); the default accepts any configured
 key in constant time. `hitl_relay.security` builds the fuller checks on top.
+
+More routes (the Retell webhook, the console) come in through `create_app(extra_routes=...)`;
+their handlers reach the running relay as `request.state.relay_state.get()` (Starlette
+lifespan state).
 """
 
 from __future__ import annotations

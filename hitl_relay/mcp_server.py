@@ -21,10 +21,10 @@ from typing import Any
 import anyio
 import mcp_types as types
 from loguru import logger
+from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
-from mcp.server.session import ServerSession
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 
@@ -65,7 +65,8 @@ class RelayMcpServer:
 
     def __init__(self, relay: RelaySource) -> None:
         self._relay = relay
-        self._sessions: weakref.WeakSet[ServerSession] = weakref.WeakSet()
+        # Connections that can carry server-initiated notifications (stdio, stateful HTTP).
+        self._connections: weakref.WeakSet[Connection] = weakref.WeakSet()
         self.server: Server[Any] = Server(
             SERVER_NAME,
             version=__version__,
@@ -114,12 +115,12 @@ class RelayMcpServer:
         ]
 
     async def announce_tools_changed(self) -> None:
-        """Tell connected clients (stdio, stateful sessions) to re-read the tool list."""
-        for session in list(self._sessions):
-            try:
-                await session.send_tool_list_changed()
-            except _GONE:
-                self._sessions.discard(session)
+        """Tell connected clients (stdio, stateful sessions) to re-read the tool list.
+
+        Best effort: a connection that went away drops the notice (the SDK never raises here).
+        """
+        for connection in list(self._connections):
+            await connection.send_tool_list_changed()
 
     async def watch_breaker(self) -> None:
         """Run until cancelled: announce a tool-list change whenever the breaker changes state."""
@@ -172,7 +173,11 @@ class RelayMcpServer:
         return await relay.ask(request, progress)
 
     def _remember(self, ctx: Context) -> None:
-        self._sessions.add(ctx.session)
+        # The SDK (2.3) makes a ServerSession per request; the Connection behind it is the
+        # long-lived peer. It has no public accessor on the request context yet.
+        connection = getattr(ctx.session, "_connection", None)
+        if isinstance(connection, Connection) and connection.has_standalone_channel:
+            self._connections.add(connection)
 
 
 def render(result: AskResult) -> types.CallToolResult:

@@ -53,6 +53,8 @@ ProgressCallback = Callable[[float, float, str], Awaitable[None]]
 # How long opening a case may be retried before the call falls back: a voice call cannot wait
 # for an outage (issue 7: platform_unreachable within about a second).
 OPEN_RETRY_BUDGET_S = 1.0
+# The last catch-up read at the deadline may delay the fallback by at most this much.
+FINAL_READ_BUDGET_S = 0.5
 # When the channel is lost for good, the answer is read this often until the deadline.
 POLL_INTERVAL_S = 1.0
 
@@ -67,7 +69,7 @@ class _Call:
     call_id: str
     case_id: UUID | None = None
     opened: OpenedCase | None = None
-    close_as: SessionOutcome = "cancelled"
+    close_as: SessionOutcome = "failed"
     detail: dict[str, Any] = field(default_factory=dict)
     # The breaker was told how the platform did for this call (success or failure).
     recorded: bool = False
@@ -103,7 +105,7 @@ class Relay:
         away) closes the session as `cancelled` and leaves the channel; the case stays open.
         """
         call = _Call(started=self.clock.monotonic(), call_id=request.call_id)
-        outcome: str = "cancelled"
+        outcome: str = "error"  # until known; an unexpected error closes the session `failed`
         metrics.waiting_calls.inc()
         try:
             result = await self._ask(request, progress, call)
@@ -111,6 +113,9 @@ class Relay:
             return result
         except InvalidRequest:
             outcome = "invalid"
+            raise
+        except anyio.get_cancelled_exc_class():
+            outcome = "cancelled"
             raise
         finally:
             try:
@@ -272,6 +277,10 @@ class Relay:
                 self._record(call, failure=str(e))
                 outcome = await self._poll(opened.case_id)
             tg.cancel_scope.cancel()
+        if outcome is None:
+            # At the deadline: one last read, for an answer committed while the deadline fired.
+            with anyio.move_on_after(FINAL_READ_BUDGET_S):
+                return await self._catch_up(opened.case_id)
         return outcome
 
     async def _poll(self, case_id: UUID) -> Answer:
@@ -418,7 +427,7 @@ class Relay:
     async def _close(self, call: _Call, outcome: str) -> None:
         """Step 8: close the session with its outcome; shielded so cancellation still closes."""
         assert call.opened is not None
-        status: SessionOutcome = call.close_as if outcome != "cancelled" else "cancelled"
+        status: SessionOutcome = "cancelled" if outcome == "cancelled" else call.close_as
         detail = {"outcome": outcome, "waited_ms": self._waited_ms(call), **call.detail}
         with anyio.CancelScope(shield=True) as scope:
             scope.deadline = anyio.current_time() + self.settings.platform_timeout_seconds

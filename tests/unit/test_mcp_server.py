@@ -321,3 +321,36 @@ async def test_metrics_count_invalid_calls(relay: Relay) -> None:
         await client.call_tool("ask_human", {"question": "no ids"})
     after = metrics.REGISTRY.get_sample_value("hitl_invocations_total", {"outcome": "invalid"})
     assert after == (before or 0) + 1
+
+
+async def test_an_open_breaker_marks_the_tools_unavailable_and_tells_connected_clients() -> None:
+    import mcp_types as types
+
+    from hitl_relay.mcp_server import RelayMcpServer
+    from hitl_relay.relay import build_relay
+
+    platform = MemoryPlatform()
+    relay = build_relay(platform.backend(), make_settings(breaker_failure_threshold=1))
+    mcp = RelayMcpServer(lambda: relay)
+    changed = anyio.Event()
+
+    async def on_message(message: object) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            changed.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(mcp.watch_breaker)
+        async with Client(mcp.server, mode="legacy", message_handler=on_message) as client:
+            before = await client.list_tools()
+            assert relay.breaker is not None
+            relay.breaker.record_failure("rpc timed out")
+            with anyio.fail_after(5):
+                await changed.wait()
+            after = await client.list_tools()
+            result = await client.call_tool("ask_human", ask_args())
+        tg.cancel_scope.cancel()
+    assert not any("UNAVAILABLE" in (t.description or "") for t in before.tools)
+    assert all((t.description or "").startswith("UNAVAILABLE RIGHT NOW") for t in after.tools)
+    assert result.structured_content is not None
+    assert result.structured_content["status"] == "platform_unreachable"
+    assert platform.rpc_calls == []

@@ -351,3 +351,15 @@ async def test_unknown_presence_does_not_refuse_the_call(rig: Rig) -> None:
         await rig.waiting()
         rig.clock.advance(45)
         assert (await call.wait()).status == "timeout"
+
+
+async def test_answer_committed_unheard_by_the_deadline_is_still_returned(rig: Rig) -> None:
+    async with asking(rig.relay, ask_request()) as (call,):
+        await rig.waiting()
+        case_id = await rig.platform.operator.wait_for_case()
+        rig.platform.disconnect()  # the broadcast never arrives, and no reconnect before the end
+        await rig.platform.operator.answer(case_id, "Just in time")
+        rig.clock.advance(45)
+        result = await call.wait()
+    assert (result.status, result.answer) == ("answered", "Just in time")
+    assert rig.platform.session_of(case_id).status == "answered"
