@@ -30,9 +30,12 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from uuid import UUID
 
 Urgency = Literal["low", "medium", "high"]
-# The terminal statuses `hitl_close_session` accepts (a session is `waiting` until closed).
-SessionOutcome = Literal["answered", "timed_out", "expired", "failed", "cancelled"]
-SessionStatus = Literal["waiting", "answered", "timed_out", "expired", "failed", "cancelled"]
+# The statuses `hitl_close_session` accepts (a session is `waiting` until closed);
+# `needs_info`: the operator asked back (clarification loop, issue 10).
+SessionOutcome = Literal["answered", "timed_out", "expired", "failed", "cancelled", "needs_info"]
+SessionStatus = Literal[
+    "waiting", "answered", "timed_out", "expired", "failed", "cancelled", "needs_info"
+]
 MessageKind = Literal["answer", "clarification", "cannot_answer", "note"]
 SenderType = Literal["human", "ai", "system"]
 

@@ -44,7 +44,7 @@ from hitl_relay.ports import (
 )
 
 DEFAULT_CASE_TTL_S = 3600
-_CLOSE_STATUSES = ("answered", "timed_out", "expired", "failed", "cancelled")
+_CLOSE_STATUSES = ("answered", "timed_out", "expired", "failed", "cancelled", "needs_info")
 
 
 @dataclass
