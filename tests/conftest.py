@@ -95,7 +95,11 @@ async def db_url(pg_cluster: Cluster, template_db: str) -> AsyncIterator[str]:
 async def devstack(db_url: str) -> AsyncIterator[Devstack]:
     """A started devstack (REST, Realtime, Auth) on this test's database, on a free port, with
     keys from a fresh random secret; `.url`, `.keys`, `.db_url`."""
-    stack = Devstack(db_url, make_keys(secrets.token_urlsafe(32)))
+    from hitl_relay.devstack.realtime import RealtimeLimits
+
+    # Supabase's refusal backoffs (5 s / 2 s) made short so refusal tests stay fast.
+    limits = RealtimeLimits(channel_error_backoff_s=0.05, connect_error_backoff_s=0.05)
+    stack = Devstack(db_url, make_keys(secrets.token_urlsafe(32)), limits=limits)
     await stack.start()
     try:
         yield stack
