@@ -15,7 +15,7 @@ import socket
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import asyncpg
 import uvicorn
@@ -28,6 +28,9 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from hitl_relay.devstack.auth import LocalUser
 from hitl_relay.devstack.keys import LocalKeys
+
+if TYPE_CHECKING:
+    from hitl_relay.devstack.realtime import RealtimeLimits
 
 log = logging.getLogger("hitl_relay.devstack")
 
@@ -48,7 +51,7 @@ class DevstackContext:
     pool: asyncpg.Pool
     keys: LocalKeys
     db_url: str
-    limits: Any = None  # realtime.RealtimeLimits | None; typed loosely so REST needs no realtime
+    limits: RealtimeLimits | None = None  # None: Supabase's defaults (or HITL_REALTIME_* env)
     users: Sequence[LocalUser] = ()  # who may sign in through /auth/v1
 
 
@@ -117,7 +120,7 @@ class Devstack:
         keys: LocalKeys,
         host: str = "127.0.0.1",
         port: int = 0,
-        limits: Any = None,
+        limits: RealtimeLimits | None = None,
         users: Sequence[LocalUser] = (),
     ) -> None:
         self.db_url = db_url
