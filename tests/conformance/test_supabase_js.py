@@ -21,6 +21,7 @@ import json
 import os
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,16 @@ V2, V1 = "2.0.0", "1.0.0"
 # ---- running a scenario ---------------------------------------------------------------------
 
 
-async def run_scenario(name: str, env: dict[str, str]) -> dict[str, Any]:
-    """Run `scenarios/<name>.mjs` under Node 22 and return its observations (asserting ok)."""
+async def run_scenario(
+    name: str,
+    env: dict[str, str],
+    on_step: Callable[[str], Awaitable[None]] | None = None,
+) -> dict[str, Any]:
+    """Run `scenarios/<name>.mjs` under Node 22 and return its observations (asserting ok).
+
+    Lines `{"step": ...}` the script prints before its final line are handed to `on_step`
+    (awaited while the script keeps running), so a test can act at a given point.
+    """
     assert NODE.exists(), f"{NODE} is missing: run scripts/install-node-deps"
     proc = await asyncio.create_subprocess_exec(
         str(NODE),
@@ -64,24 +73,39 @@ async def run_scenario(name: str, env: dict[str, str]) -> dict[str, Any]:
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "NO_COLOR": "1", **env},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        limit=64 * 1024 * 1024,  # the final line carries every frame
     )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    stdout, stderr = proc.stdout, proc.stderr
+
+    async def read_stdout() -> list[str]:
+        lines = []
+        while raw := await stdout.readline():
+            line = raw.decode().strip()
+            if not line:
+                continue
+            lines.append(line)
+            if on_step is not None and line.startswith('{"step":'):
+                await on_step(json.loads(line)["step"])
+        return lines
+
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), SCENARIO_DEADLINE_S)
+        async with asyncio.timeout(SCENARIO_DEADLINE_S):
+            lines, err_bytes, _ = await asyncio.gather(read_stdout(), stderr.read(), proc.wait())
     except TimeoutError:
         proc.kill()
         await proc.wait()
         pytest.fail(f"node scenario {name} did not exit within {SCENARIO_DEADLINE_S} s")
-    lines = out.decode().strip().splitlines()
-    assert lines, (
-        f"scenario {name} printed nothing (exit {proc.returncode}); stderr:\n{err.decode()}"
-    )
+    err = err_bytes.decode()
+    assert lines, f"scenario {name} printed nothing (exit {proc.returncode}); stderr:\n{err}"
     result: dict[str, Any] = json.loads(lines[-1])
     if dump := os.environ.get("HITL_JS_DUMP"):
         keep_output(Path(dump), name, lines[-1])
     assert result.get("ok") is True, (
         f"scenario {name} failed (exit {proc.returncode}): {result.get('error')}\n"
         f"observations: {json.dumps(result.get('partial'), indent=1)[:20000]}\n"
-        f"stderr:\n{err.decode()[-4000:]}"
+        f"stderr:\n{err[-4000:]}"
     )
     assert proc.returncode == 0
     return result
@@ -164,6 +188,11 @@ def join_reply(fs: list[dict[str, Any]], topic: str) -> tuple[dict[str, Any], di
         [f for f in fs if f["dir"] == "in"], "reply to phx_join", event="phx_reply", ref=join["ref"]
     )
     return join, reply
+
+
+def statuses_in_scenario(r: dict[str, Any], rec: dict[str, Any]) -> list[str]:
+    """Channel statuses up to the end of the scenario (before the script's own cleanup)."""
+    return [s["status"] for s in rec["statuses"] if s["t"] <= r["main_done_ms"]]
 
 
 def by_marker(broadcasts: list[dict[str, Any]]) -> list[str]:
@@ -504,7 +533,7 @@ async def test_access_token_refresh_keeps_the_channel_and_an_expired_token_close
     sub = f"case:{js_env['HITL_CASE_ID']}"
     topic = f"realtime:{sub}"
     refresh = r["refresh"]
-    statuses = [s["status"] for s in refresh["statuses"]]
+    statuses = statuses_in_scenario(r, refresh)
     assert statuses == ["SUBSCRIBED", "CLOSED"], refresh["statuses"]
     assert refresh["after_refresh_send"] == "ok"
     # realtime_channel.ex handle_in("access_token") -> confirm_token -> shutdown_response:
@@ -563,3 +592,38 @@ async def test_console_sign_in_with_password_authorises_rest_and_private_realtim
     assert join["payload"]["access_token"] == "<jwt>"  # the session's token, not the anon key
     assert r["sign_out_error"] is None
     assert r["signed_out_select"] == {"data": [], "error": None, "status": 200}
+
+
+# ---- restart --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vsn", [V2, V1])
+async def test_client_rejoins_by_itself_after_the_devstack_restarts(
+    devstack: Any, js_env: dict[str, str], vsn: str
+) -> None:
+    restarted: list[Devstack] = []
+
+    async def restart(step: str) -> None:
+        assert step == "subscribed"
+        await devstack.stop()  # closes every socket with 1001 "going away"
+        again = Devstack(devstack.db_url, devstack.keys, port=devstack.port, limits=devstack.limits)
+        restarted.append(again)
+        await again.start()
+
+    try:
+        r = await run_scenario("reconnect", {**js_env, "REALTIME_VSN": vsn}, on_step=restart)
+    finally:
+        for stack in restarted:
+            await stack.stop()
+    assert restarted, "the scenario never reached its 'subscribed' step"
+    # phoenix: transport close -> CHANNEL_ERROR "socket closed: 1001"; reconnect -> rejoin ok.
+    statuses = statuses_in_scenario(r, r["operator"])
+    assert statuses == ["SUBSCRIBED", "CHANNEL_ERROR", "SUBSCRIBED"], r["operator"]["statuses"]
+    closes = pick(frames(r, "operator"), dir="close")
+    assert closes[0]["code"] == 1001, closes
+    assert len(pick(frames(r, "operator"), dir="connect")) >= 2
+    assert r["operator"]["send_after"] == "ok"
+    assert any(
+        m["event"] == "message" and m["payload"]["id"] == r["row"]["id"]
+        for m in r["operator"]["broadcasts"]
+    )

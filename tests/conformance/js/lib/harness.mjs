@@ -15,7 +15,8 @@
 //   REALTIME_VSN / REALTIME_VSN_B                serializer of client A / B: "2.0.0" (default) or "1.0.0"
 //   SCENARIO_TIMEOUT_MS                          hard deadline for the whole script (default 20000)
 //
-// Output: one line `{"ok": true, ...observations}` (exit 0), or `{"ok": false, "error": ...,
+// Output: zero or more `{"step": name}` lines (see `step`), then one line
+// `{"ok": true, ...observations}` (exit 0), or `{"ok": false, "error": ...,
 // "partial": {...}}` (exit 1) when a wait timed out or something threw. The `frames` array is a
 // passive tap of every WebSocket frame each client sent and received (tokens redacted).
 
@@ -235,6 +236,14 @@ export function record(channel, rec) {
   return channel
 }
 
+/**
+ * Tell the test a step was reached: one `{"step": name}` line on stdout before the final line.
+ * The test may act on it (restart the server) while the script keeps waiting on events.
+ */
+export function step(name) {
+  process.stdout.write(JSON.stringify({ step: name }) + '\n')
+}
+
 export function elapsed() {
   return Date.now() - started
 }
@@ -262,6 +271,7 @@ export function run(main) {
   main()
     .then(async (result) => {
       Object.assign(obs, result ?? {})
+      obs.main_done_ms = Date.now() - started // what follows is the scripts' own cleanup (leave)
       await closeAll()
       clearTimeout(watchdog)
       emit({ ok: true, ...obs }, 0)
