@@ -234,6 +234,15 @@ async def test_operator_joins_private_case_channel_and_anon_and_non_operators_ar
         # Phoenix V1JSONSerializer encodes topic/event/payload/ref only: no join_ref.
         assert reply["fmt"] == "v1"
         assert "join_ref" not in reply
+    # Phoenix socket.ex: heartbeat on topic "phoenix" -> phx_reply ok to its ref.
+    assert r["heartbeat"] == ["sent", "ok"]
+    beat = one(frames(r, "operator"), "heartbeat", dir="out", event="heartbeat", topic="phoenix")
+    beat_reply = one(frames(r, "operator"), "heartbeat reply", dir="in", ref=beat["ref"])
+    assert beat_reply["topic"] == "phoenix"
+    assert beat_reply["event"] == "phx_reply"
+    assert beat_reply["payload"] == {"status": "ok", "response": {}}
+    if vsn == V2:
+        assert beat_reply["join_ref"] is None
     _, refused = join_reply(frames(r, "anon"), topic)
     assert refused["payload"] == {
         "status": "error",

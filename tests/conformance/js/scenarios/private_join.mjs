@@ -3,7 +3,8 @@
 //   anon key only                      -> CHANNEL_ERROR "Unauthorized: You do not have permissions to read from this Channel topic: case:<id>"
 //   authenticated but not an operator  -> CHANNEL_ERROR, same reason
 //   anon on the PUBLIC channel of the same name -> SUBSCRIBED (public and private topics are distinct)
-import { client, env, obs, run, subscribe } from '../lib/harness.mjs'
+//   heartbeat: realtime.sendHeartbeat() on the operator's socket -> the callback sees 'sent', 'ok'
+import { client, env, poke, run, subscribe, waitFor } from '../lib/harness.mjs'
 
 run(async () => {
   const vsn = env('REALTIME_VSN', '2.0.0')
@@ -32,6 +33,15 @@ run(async () => {
   const first = await subscribe(pub.channel(topic), pubRec)
   pubRec.first = first.status
   pubRec.error = first.error ?? null
+  // Heartbeat on demand (the client's own timer fires only every 25 s).
+  const beats = []
+  roles.operator.realtime.onHeartbeat((status) => {
+    beats.push(status)
+    poke()
+  })
+  roles.operator.realtime.sendHeartbeat()
+  await waitFor(() => beats.some((b) => b !== 'sent'), 'heartbeat reply')
+  result.heartbeat = beats
   result.topic = topic
   result.vsn = vsn
   return result
