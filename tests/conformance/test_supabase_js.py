@@ -521,8 +521,10 @@ async def test_http_send_reaches_private_subscriber_and_anon_is_refused(
     # single_broadcast.ex: no RLS write permission -> {:error, :forbidden, "Unauthorized"} ->
     # 403 {"message": "Unauthorized"}; httpSend rejects with that message.
     assert res["denied"] == {"error": "Unauthorized"}
+    # The batch endpoint (send() on an unjoined channel): 202 -> 'ok'.
+    assert res["fallback"] == "ok"
     got = r["subscriber"]["broadcasts"]
-    assert by_marker(got) == ["h1", "h2"]
+    assert by_marker(got) == ["h1", "h2", "h3"]
     assert got[0] == {"type": "broadcast", "event": "rest-note", "payload": r["sent"]}
     if vsn == V2:
         # A JSON REST message is a UserBroadcast without metadata -> binary kind 4, no meta.
@@ -530,6 +532,16 @@ async def test_http_send_reaches_private_subscriber_and_anon_is_refused(
         assert d["event"] == "rest-note"
         assert d["meta"] == ""
         assert d["encoding"] == 1
+        # batch_broadcast.ex sends a Phoenix.Socket.Broadcast: a V2 JSON text frame.
+        batch = one(
+            frames(r, "subscriber"), "batch REST delivery", dir="in", fmt="v2", event="broadcast"
+        )
+        assert (batch["join_ref"], batch["ref"]) == (None, None)
+        assert batch["payload"] == {
+            "type": "broadcast",
+            "event": "rest-note",
+            "payload": {"marker": "h3"},
+        }
 
 
 # ---- access_token ---------------------------------------------------------------------------

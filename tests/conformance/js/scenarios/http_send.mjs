@@ -3,6 +3,8 @@
 //   subscriber O (operator, private) receives it with the payload intact.
 //   anon httpSend on the same private topic -> rejected (the server answers 403 "Unauthorized"),
 //   and O receives nothing from it (barrier: a second operator httpSend arrives after it).
+//   send() on the never-joined channel falls back to the batch endpoint POST /api/broadcast
+//   (deprecated, still shipped) -> 'ok'; O receives it.
 import { client, env, record, run, subscribe, waitFor } from '../lib/harness.mjs'
 
 const has = (rec, marker) => rec.broadcasts.find((m) => m.payload?.marker === marker)
@@ -27,5 +29,7 @@ run(async () => {
   const denied = await anonCh.httpSend('rest-note', { marker: 'anon' }).then((v) => ({ value: v }), (e) => ({ error: e.message }))
   const second = await sendCh.httpSend('rest-note', { marker: 'h2' }).then((v) => ({ value: v }), (e) => ({ error: e.message }))
   await waitFor(() => has(recO, 'h2'), 'second REST broadcast at the subscriber')
-  return { vsn, topic, sent: payload, results: { first, denied, second }, subscriber: recO }
+  const fallback = await sendCh.send({ type: 'broadcast', event: 'rest-note', payload: { marker: 'h3' } })
+  await waitFor(() => has(recO, 'h3'), 'batch REST broadcast (send() fallback) at the subscriber')
+  return { vsn, topic, sent: payload, results: { first, denied, second, fallback }, subscriber: recO }
 })
