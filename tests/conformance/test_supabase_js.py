@@ -346,9 +346,14 @@ async def test_presence_shows_the_other_operator_joining_and_leaving_on_disconne
     joins = [e for e in a["events"] if e["event"] == "join" and e["key"] == "op-b"]
     assert joins
     assert joins[0]["new"][0]["name"] == "Operator B"
+    # untrack -> leave; track again -> join; socket gone -> leave (presence_handler.ex, tracker)
+    assert (b["untrack"], b["retrack"]) == ("ok", "ok")
+    assert sorted(a["state_after_untrack"]) == ["op-a"]
     leaves = [e for e in a["events"] if e["event"] == "leave" and e["key"] == "op-b"]
-    assert leaves
-    assert leaves[0]["left"][0]["name"] == "Operator B"
+    assert len(leaves) == 2, a["events"]
+    assert [e["left"][0].get("back") for e in leaves] == [None, True]
+    assert len(joins) == 2
+    assert joins[1]["new"][0]["back"] is True
     assert sorted(a["state_after_leave"]) == ["op-a"]
     assert any(e["event"] == "sync" for e in a["events"])
 

@@ -36,10 +36,18 @@ run(async () => {
   await waitFor(() => keys(chB).includes('op-a') && keys(chB).includes('op-b'), 'B sees op-a and op-b')
   recA.state_after_join = chA.presenceState()
   recB.state_after_join = chB.presenceState()
-  recA.events_before_leave = recA.events.length
+  recB.untrack = await chB.untrack()
+  await waitFor(() => !keys(chA).includes('op-b'), 'A sees op-b untrack')
+  recA.state_after_untrack = chA.presenceState()
+  recB.retrack = await chB.track({ name: 'Operator B', langs: ['en', 'fr'], back: true })
+  await waitFor(() => chA.presenceState()['op-b']?.[0]?.back === true, 'A sees op-b track again')
+  const leavesBefore = recA.events.filter((e) => e.event === 'leave' && e.key === 'op-b').length
   await b.realtime.disconnect() // the socket closes; no phx_leave, no untrack
   await waitFor(() => !keys(chA).includes('op-b'), 'A sees op-b leave')
-  await waitFor(() => recA.events.some((e) => e.event === 'leave' && e.key === 'op-b'), 'A leave event for op-b')
+  await waitFor(
+    () => recA.events.filter((e) => e.event === 'leave' && e.key === 'op-b').length > leavesBefore,
+    'A leave event for op-b after the disconnect',
+  )
   recA.state_after_leave = chA.presenceState()
   return { vsn_a: vsnA, vsn_b: vsnB, a: recA, b: recB }
 })
