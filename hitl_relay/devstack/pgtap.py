@@ -4,6 +4,9 @@ Each run builds a new database on the test cluster (`.hitl/test-pg`) from `supab
 the migrations, installs pgTAP into it and runs every test file there. Files whose name ends in
 `_cron.sql` run in the cluster's `postgres` database instead, the one pg_cron lives in (they
 must roll back what they change). Exit status is pg_prove's.
+
+`--update-snapshot` instead rewrites `supabase/schema.snapshot.sql` from a fresh database built
+the same way (what `tests/db/test_snapshot.py` compares against).
 """
 
 from __future__ import annotations
@@ -75,10 +78,29 @@ def prove(cluster: Cluster, dbname: str, files: list[Path], extra: list[str]) ->
     return subprocess.run(argv, env=env, check=False).returncode
 
 
+async def update_snapshot(cluster: Cluster, name: str) -> Path:
+    admin = await asyncpg.connect(cluster.url())
+    try:
+        await admin.execute(f'drop database if exists "{name}" with (force)')
+        await admin.execute(f'create database "{name}"')
+    finally:
+        await admin.close()
+    try:
+        await migrate.apply(cluster.url(name), local=True)
+        migrate.SNAPSHOT.write_text(await migrate.schema_snapshot(cluster.url(name)))
+    finally:
+        await drop(cluster, name)
+    return migrate.SNAPSHOT
+
+
 def main(argv: list[str]) -> int:
     home = Path(os.environ.get("HITL_HOME", ROOT / ".hitl"))
     cluster = Cluster(home / "test-pg", port=None)
     cluster.start()
+    if "--update-snapshot" in argv:
+        path = asyncio.run(update_snapshot(cluster, f"snapshot_{os.getpid()}"))
+        print(f"pgtap: wrote {path.relative_to(ROOT)}")
+        return 0
     files = sorted(TESTS.glob("*.sql"))
     cron_files = [f for f in files if f.name.endswith("_cron.sql")]
     db_files = [f for f in files if f not in cron_files]

@@ -47,7 +47,7 @@ begin
         insert into realtime.messages (id, payload, event, topic, private, extension)
         values (generated_id, final_payload, event, topic, private, 'broadcast');
       exception when others then
-        raise warning 'ErrorSendingBroadcastMessage: %', sqlerrm;
+        raise warning 'WarnSendingBroadcastMessage: %', sqlerrm;
       end;
     end;
     $f$;

@@ -4,8 +4,10 @@
 -- 1.4 has no second-level schedules.
 do $$
 begin
-  if exists (select 1 from pg_available_extensions where name = 'pg_cron')
-     and current_database() = coalesce(current_setting('cron.database_name', true), 'postgres') then
+  -- cron.database_name is only defined when pg_cron is preloaded (shared_preload_libraries).
+  if exists (select 1 from pg_extension where extname = 'pg_cron')
+     or (exists (select 1 from pg_available_extensions where name = 'pg_cron')
+         and current_setting('cron.database_name', true) = current_database()) then
     create extension if not exists pg_cron;
     perform cron.schedule('hitl-expire-sessions', '* * * * *',
                           'select public.hitl_expire_sessions()');

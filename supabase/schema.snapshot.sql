@@ -1,0 +1,1099 @@
+CREATE SCHEMA auth;
+
+CREATE SCHEMA public;
+
+CREATE SCHEMA realtime;
+
+CREATE SCHEMA supabase_migrations;
+
+CREATE FUNCTION auth.email() RETURNS text
+    LANGUAGE sql STABLE
+    AS $$
+      select coalesce(
+        nullif(current_setting('request.jwt.claim.email', true), ''),
+        (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'email')
+      )::text
+    $$;
+
+CREATE FUNCTION auth.jwt() RETURNS jsonb
+    LANGUAGE sql STABLE
+    AS $$
+      select coalesce(
+        nullif(current_setting('request.jwt.claim', true), ''),
+        nullif(current_setting('request.jwt.claims', true), '')
+      )::jsonb
+    $$;
+
+CREATE FUNCTION auth.role() RETURNS text
+    LANGUAGE sql STABLE
+    AS $$
+      select coalesce(
+        nullif(current_setting('request.jwt.claim.role', true), ''),
+        (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'role')
+      )::text
+    $$;
+
+CREATE FUNCTION auth.uid() RETURNS uuid
+    LANGUAGE sql STABLE
+    AS $$
+      select coalesce(
+        nullif(current_setting('request.jwt.claim.sub', true), ''),
+        (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')
+      )::uuid
+    $$;
+
+CREATE FUNCTION public.hitl_answer(p_case_id uuid) RETURNS jsonb
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+  select jsonb_build_object(
+    'message_id', m.id, 'case_id', m.case_id, 'content', m.content, 'kind', m.kind,
+    'sender_id', m.sender_id, 'created_at', m.created_at)
+  from public.cases c
+  join public.messages m on m.id = c.answer_message_id
+  where c.id = p_case_id
+$$;
+
+CREATE FUNCTION public.hitl_attach_thread() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  v_thread jsonb;
+begin
+  if new.source = 'mcp_voice' and new.metadata ? 'retell_call_id' then
+    v_thread := public.hitl_call_history(new.metadata ->> 'retell_call_id');
+    if jsonb_array_length(v_thread) > 0 then
+      new.metadata := new.metadata || jsonb_build_object('thread', v_thread);
+    end if;
+  end if;
+  return new;
+end;
+$$;
+
+CREATE FUNCTION public.hitl_audit_append_only() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+  raise exception using errcode = '42501', message = 'hil_audit is append-only',
+    hint = 'audit rows are never updated; hitl_purge deletes old ones';
+end;
+$$;
+
+CREATE FUNCTION public.hitl_call_history(p_call_id text) RETURNS jsonb
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+  select coalesce(jsonb_agg(entry order by asked_at), '[]'::jsonb)
+  from (
+    select c.id as case_id, min(s.created_at) as asked_at,
+           jsonb_build_object(
+             'case_id', c.id,
+             'question', c.description,
+             'status', c.status,
+             'asked_at', min(s.created_at),
+             'answer', (select m.content from public.messages m where m.id = c.answer_message_id),
+             'answer_kind', (select m.kind from public.messages m where m.id = c.answer_message_id),
+             'answered_at', c.answered_at,
+             'exchanges', (
+               select coalesce(jsonb_agg(jsonb_build_object(
+                        'sender_type', m.sender_type, 'kind', m.kind, 'content', m.content,
+                        'created_at', m.created_at) order by m.created_at, m.id), '[]'::jsonb)
+                 from public.messages m where m.case_id = c.id)
+           ) as entry
+      from public.hil_sessions s
+      join public.cases c on c.id = s.case_id
+     where s.retell_call_id = p_call_id
+     group by c.id
+  ) t
+$$;
+
+CREATE FUNCTION public.hitl_close_session(p_session_id uuid, p_status text, p_detail jsonb DEFAULT '{}'::jsonb) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  s public.hil_sessions;
+  v_changed boolean := false;
+begin
+  if p_status is null
+     or p_status not in ('answered', 'needs_info', 'timed_out', 'expired', 'failed', 'cancelled') then
+    perform public.hitl_invalid('p_status',
+      'must be one of answered, needs_info, timed_out, expired, failed, cancelled');
+  end if;
+  update public.hil_sessions
+     set status = p_status, closed_at = now(),
+         metadata = metadata || jsonb_build_object('close', coalesce(p_detail, '{}'::jsonb))
+   where id = p_session_id and status = 'waiting'
+  returning * into s;
+  if found then
+    v_changed := true;
+    insert into public.hil_audit (actor, action, case_id, session_id, outcome, detail)
+    values ('relay', 'close_session', s.case_id, s.id, p_status, coalesce(p_detail, '{}'::jsonb));
+  else
+    select * into s from public.hil_sessions where id = p_session_id;
+    if not found then
+      perform public.hitl_invalid('p_session_id', 'no such session');
+    end if;
+  end if;
+  return jsonb_build_object('session_id', s.id, 'status', s.status, 'changed', v_changed);
+end;
+$$;
+
+CREATE FUNCTION public.hitl_continue_case(p jsonb) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  v_case_id uuid;
+  v_reply text;
+  v_session text;
+  v_call text;
+  v_agent text;
+  v_timeout integer;
+  v_key text;
+  v_now timestamptz := now();
+  c public.cases;
+  s public.hil_sessions;
+  v_existed boolean := false;
+begin
+  if p is null or jsonb_typeof(p) <> 'object' then
+    perform public.hitl_invalid('p', 'must be a JSON object');
+  end if;
+  begin
+    v_case_id := (p ->> 'case_id')::uuid;
+  exception when invalid_text_representation then
+    perform public.hitl_invalid('case_id', 'must be a UUID');
+  end;
+  if v_case_id is null then
+    perform public.hitl_invalid('case_id', 'is required');
+  end if;
+  v_reply := public.hitl_text(p, 'question', 2000);
+  v_session := public.hitl_text(p, 'mcp_session_id', 128);
+  v_call := public.hitl_text(p, 'retell_call_id', 128);
+  v_agent := public.hitl_text(p, 'retell_agent_id', 128);
+  v_timeout := public.hitl_int(p, 'timeout_seconds', 5, 600, 45);
+
+  select * into c from public.cases where id = v_case_id and source = 'mcp_voice' for update;
+  if not found then
+    perform public.hitl_invalid('case_id', 'no such case');
+  end if;
+  if c.metadata ->> 'retell_call_id' is distinct from v_call then
+    perform public.hitl_invalid('case_id', 'belongs to another call');
+  end if;
+  if c.status in ('expired', 'cancelled', 'closed') then
+    perform public.hitl_invalid('case_id', format('is %s and can no longer be continued', c.status));
+  end if;
+
+  v_key := v_call || ':' || v_case_id::text || ':'
+           || encode(sha256(convert_to(v_reply, 'UTF8')), 'hex');
+  select * into s from public.hil_sessions where idempotency_key = v_key;
+  if found then
+    v_existed := true;
+  else
+    insert into public.messages (case_id, sender_type, content, kind)
+    values (v_case_id, 'ai', v_reply, 'note');
+    -- A previous waiting session of this case is superseded by the follow-up.
+    update public.hil_sessions set status = 'needs_info', closed_at = v_now,
+           metadata = metadata || jsonb_build_object('close', jsonb_build_object('reason', 'needs_info'))
+     where case_id = v_case_id and status = 'waiting';
+    insert into public.hil_sessions (mcp_session_id, retell_call_id, retell_agent_id, case_id,
+                                     idempotency_key, status, created_at, expires_at, metadata)
+    values (v_session, v_call, v_agent, v_case_id, v_key, 'waiting', v_now,
+            v_now + make_interval(secs => v_timeout), jsonb_build_object('follow_up', true))
+    returning * into s;
+    update public.cases
+       set metadata = jsonb_set(metadata, '{deadline_at}', to_jsonb(s.expires_at))
+     where id = v_case_id;
+    insert into public.hil_audit (actor, action, case_id, session_id, outcome, detail)
+    values ('relay', 'continue_case', v_case_id, s.id, 'continued',
+            jsonb_build_object('retell_call_id', v_call));
+  end if;
+  return jsonb_build_object(
+    'case_id', s.case_id, 'session_id', s.id, 'expires_at', s.expires_at,
+    'existed', v_existed, 'status', s.status);
+end;
+$$;
+
+CREATE FUNCTION public.hitl_expire_sessions() RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  n_sessions integer;
+  n_cases integer;
+begin
+  with expired as (
+    update public.cases set status = 'expired'
+     where source = 'mcp_voice' and status = 'open' and expires_at < now()
+    returning id
+  )
+  insert into public.hil_audit (actor, action, case_id, outcome)
+  select 'cron', 'expire_case', id, 'expired' from expired;
+  get diagnostics n_cases = row_count;
+
+  with expired as (
+    update public.hil_sessions s set status = 'expired', closed_at = now()
+     where s.status = 'waiting'
+       and (s.expires_at < now()
+            or exists (select 1 from public.cases c where c.id = s.case_id and c.status = 'expired'))
+    returning s.id, s.case_id
+  )
+  insert into public.hil_audit (actor, action, case_id, session_id, outcome)
+  select 'cron', 'expire_session', case_id, id, 'expired' from expired;
+  get diagnostics n_sessions = row_count;
+  return n_sessions + n_cases;
+end;
+$$;
+
+CREATE FUNCTION public.hitl_history(p jsonb) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $$
+declare
+  v jsonb := coalesce(p -> 'conversation_history', '[]'::jsonb);
+  turn jsonb;
+  i integer := 0;
+begin
+  if jsonb_typeof(v) = 'null' then
+    return '[]'::jsonb;
+  end if;
+  if jsonb_typeof(v) <> 'array' then
+    perform public.hitl_invalid('conversation_history', 'must be an array of {role, content}');
+  end if;
+  if jsonb_array_length(v) > 200 then
+    perform public.hitl_invalid('conversation_history', 'must have at most 200 turns');
+  end if;
+  for turn in select value from jsonb_array_elements(v) loop
+    if jsonb_typeof(turn) <> 'object'
+       or jsonb_typeof(turn -> 'role') is distinct from 'string'
+       or jsonb_typeof(turn -> 'content') is distinct from 'string'
+       or length(turn ->> 'role') not between 1 and 64
+       or length(turn ->> 'content') > 8000 then
+      perform public.hitl_invalid('conversation_history',
+        format('turn %s must be {role: 1-64 characters, content: at most 8000 characters}', i));
+    end if;
+    i := i + 1;
+  end loop;
+  return v;
+end;
+$$;
+
+CREATE FUNCTION public.hitl_id(p jsonb, p_field text) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+declare
+  t text := public.hitl_text(p, p_field, 128);
+begin
+  if t ~ '[[:cntrl:]]' then
+    perform public.hitl_invalid(p_field, 'must be 1 to 128 printable characters');
+  end if;
+  return t;
+end;
+$$;
+
+CREATE FUNCTION public.hitl_int(p jsonb, p_field text, p_min integer, p_max integer, p_default integer) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+declare
+  v jsonb := p -> p_field;
+  n numeric;
+begin
+  if v is null or jsonb_typeof(v) = 'null' then return p_default; end if;
+  if jsonb_typeof(v) <> 'number' then
+    perform public.hitl_invalid(p_field, format('must be an integer from %s to %s', p_min, p_max));
+  end if;
+  n := (v #>> '{}')::numeric;
+  if n <> trunc(n) or n < p_min or n > p_max then
+    perform public.hitl_invalid(p_field, format('must be an integer from %s to %s', p_min, p_max));
+  end if;
+  return n::integer;
+end;
+$$;
+
+CREATE FUNCTION public.hitl_invalid(p_field text, p_rule text) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+begin
+  raise exception using errcode = 'P0001', message = format('invalid %s: %s', p_field, p_rule),
+    detail = p_field, hint = p_rule;
+end;
+$$;
+
+CREATE FUNCTION public.hitl_is_operator() RETURNS boolean
+    LANGUAGE sql STABLE
+    AS $$
+  select coalesce(auth.jwt() -> 'app_metadata' ->> 'hitl_role', '') = 'operator'
+$$;
+
+CREATE FUNCTION public.hitl_on_case_opened() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+  perform realtime.send(
+    jsonb_build_object(
+      'case_id', new.id, 'priority', new.priority, 'urgency', new.urgency,
+      'question', new.description, 'title', new.title,
+      'deadline_at', new.metadata ->> 'deadline_at', 'expires_at', new.expires_at,
+      'retell_call_id', new.metadata ->> 'retell_call_id', 'source', new.source,
+      'thread', coalesce(new.metadata -> 'thread', '[]'::jsonb)),
+    'case_opened', 'operators', true);
+  return null;
+end;
+$$;
+
+CREATE FUNCTION public.hitl_on_message() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  v_is_answer boolean := false;
+begin
+  if new.sender_type = 'human' and new.kind in ('answer', 'cannot_answer') then
+    update public.cases
+       set answer_message_id = new.id,
+           status = case when status = 'open' then 'answered' else status end,
+           answered_at = coalesce(answered_at, now())
+     where id = new.case_id and answer_message_id is null;
+    v_is_answer := found;
+  end if;
+  perform realtime.send(
+    jsonb_build_object(
+      'id', new.id, 'case_id', new.case_id, 'sender_type', new.sender_type,
+      'sender_id', new.sender_id, 'content', new.content, 'kind', new.kind,
+      'created_at', new.created_at, 'is_answer', v_is_answer),
+    'message', 'case:' || new.case_id::text, true);
+  return null;
+end;
+$$;
+
+CREATE FUNCTION public.hitl_on_session_change() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+  perform realtime.send(
+    jsonb_build_object('session_id', new.id, 'case_id', new.case_id, 'status', new.status,
+                       'expires_at', new.expires_at),
+    'session', 'case:' || new.case_id::text, true);
+  return null;
+end;
+$$;
+
+CREATE FUNCTION public.hitl_open_case(p jsonb) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  v_question text;
+  v_context text;
+  v_session text;
+  v_call text;
+  v_agent text;
+  v_priority integer;
+  v_urgency text;
+  v_timeout integer;
+  v_ttl integer;
+  v_caller jsonb;
+  v_history jsonb;
+  v_callback text;
+  v_secret text;
+  v_key text;
+  v_case_id uuid;
+  v_now timestamptz := now();
+  v_deadline timestamptz;
+  s public.hil_sessions;
+  v_existed boolean := false;
+begin
+  if p is null or jsonb_typeof(p) <> 'object' then
+    perform public.hitl_invalid('p', 'must be a JSON object');
+  end if;
+  v_question := public.hitl_text(p, 'question', 2000);
+  v_context := public.hitl_text(p, 'context', 8000, false);
+  v_session := public.hitl_id(p, 'mcp_session_id');
+  v_call := public.hitl_id(p, 'retell_call_id');
+  v_agent := public.hitl_id(p, 'retell_agent_id');
+  v_priority := public.hitl_int(p, 'priority', 1, 5, 3);
+  v_timeout := public.hitl_int(p, 'timeout_seconds', 5, 600, 45);
+  v_ttl := public.hitl_int(p, 'case_ttl_seconds', 60, 7 * 86400, 3600);
+  v_urgency := coalesce(public.hitl_text(p, 'urgency', 16, false), 'medium');
+  if v_urgency not in ('low', 'medium', 'high') then
+    perform public.hitl_invalid('urgency', 'must be one of low, medium, high');
+  end if;
+  v_caller := p -> 'caller_info';
+  if v_caller is null or jsonb_typeof(v_caller) = 'null' then
+    v_caller := '{}'::jsonb;
+  end if;
+  if jsonb_typeof(v_caller) <> 'object' then
+    perform public.hitl_invalid('caller_info', 'must be an object');
+  end if;
+  if octet_length(v_caller::text) > 16384 then
+    perform public.hitl_invalid('caller_info', 'must be at most 16 KB as JSON');
+  end if;
+  v_history := public.hitl_history(p);
+  v_callback := public.hitl_text(p, 'callback_url', 2048, false);
+  if v_callback is not null and v_callback !~* '^https?://' then
+    perform public.hitl_invalid('callback_url', 'must be an http(s) URL');
+  end if;
+  v_secret := public.hitl_text(p, 'webhook_secret', 256, false);
+  if p ? 'case_id' and jsonb_typeof(p -> 'case_id') <> 'null' then
+    if jsonb_typeof(p -> 'case_id') <> 'string' then
+      perform public.hitl_invalid('case_id', 'must be a UUID');
+    end if;
+    begin
+      v_case_id := (p ->> 'case_id')::uuid;
+    exception when invalid_text_representation then
+      perform public.hitl_invalid('case_id', 'must be a UUID');
+    end;
+  else
+    v_case_id := gen_random_uuid();
+  end if;
+  v_key := coalesce(
+    public.hitl_text(p, 'idempotency_key', 256, false),
+    v_call || ':' || encode(sha256(convert_to(v_question, 'UTF8')), 'hex'));
+  v_deadline := v_now + make_interval(secs => v_timeout);
+
+  -- Two identical calls racing: the second waits here, then finds the first's session.
+  perform pg_advisory_xact_lock(hashtextextended('hitl_open_case:' || v_key, 0));
+  select * into s from public.hil_sessions where idempotency_key = v_key;
+  if found then
+    v_existed := true;
+    if s.status not in ('waiting', 'answered') then
+      -- A retry after a timeout waits again on the same case, which stays answerable.
+      update public.hil_sessions
+         set status = 'waiting', expires_at = v_deadline, closed_at = null,
+             metadata = metadata || jsonb_build_object('retried_at', v_now)
+       where id = s.id
+       returning * into s;
+      update public.cases
+         set status = 'open', expires_at = greatest(expires_at, v_now + make_interval(secs => v_ttl))
+       where id = s.case_id and status = 'expired' and answer_message_id is null;
+    end if;
+    insert into public.hil_audit (actor, action, case_id, session_id, outcome, detail)
+    values ('relay', 'open_case', s.case_id, s.id, 'joined_existing',
+            jsonb_build_object('retell_call_id', v_call, 'mcp_session_id', v_session));
+  else
+    if exists (select 1 from public.cases where id = v_case_id) then
+      perform public.hitl_invalid('case_id', 'is already used by another case');
+    end if;
+    insert into public.cases (id, title, description, status, priority, urgency, source,
+                              metadata, created_at, expires_at)
+    values (
+      v_case_id, left(v_question, 120), v_question, 'open', v_priority, v_urgency, 'mcp_voice',
+      jsonb_build_object(
+        'context', v_context,
+        'mcp_session_id', v_session,
+        'retell_call_id', v_call,
+        'retell_agent_id', v_agent,
+        'caller_info', v_caller,
+        'conversation_history', v_history,
+        'response_timeout', v_timeout,
+        'deadline_at', v_deadline,
+        'callback_url', v_callback),
+      v_now, v_now + make_interval(secs => v_ttl));
+    if v_secret is not null then
+      insert into public.hil_case_secrets (case_id, webhook_secret) values (v_case_id, v_secret);
+    end if;
+    insert into public.hil_sessions (mcp_session_id, retell_call_id, retell_agent_id, case_id,
+                                     idempotency_key, status, created_at, expires_at)
+    values (v_session, v_call, v_agent, v_case_id, v_key, 'waiting', v_now, v_deadline)
+    returning * into s;
+    insert into public.hil_audit (actor, action, case_id, session_id, outcome, detail)
+    values ('relay', 'open_case', v_case_id, s.id, 'opened',
+            jsonb_build_object('retell_call_id', v_call, 'mcp_session_id', v_session,
+                               'priority', v_priority, 'urgency', v_urgency));
+  end if;
+  return jsonb_build_object(
+    'case_id', s.case_id, 'session_id', s.id, 'expires_at', s.expires_at,
+    'existed', v_existed, 'status', s.status);
+end;
+$$;
+
+CREATE FUNCTION public.hitl_operator_heartbeat(p_status text DEFAULT 'available'::text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  v_uid uuid := auth.uid();
+  a public.operator_activity;
+begin
+  if not public.hitl_is_operator() or v_uid is null then
+    raise exception using errcode = '42501', message = 'only operators record availability';
+  end if;
+  if p_status not in ('available', 'away') then
+    perform public.hitl_invalid('p_status', 'must be available or away');
+  end if;
+  select * into a from public.operator_activity
+   where operator_id = v_uid and status = 'available' and last_seen_at >= now() - interval '90 seconds'
+   order by last_seen_at desc limit 1 for update;
+  if p_status = 'away' then
+    return jsonb_build_object('operator_id', v_uid, 'status', 'away',
+                              'interval_id', a.id);
+  end if;
+  if found then
+    update public.operator_activity set last_seen_at = now() where id = a.id returning * into a;
+  else
+    insert into public.operator_activity (operator_id) values (v_uid) returning * into a;
+  end if;
+  return jsonb_build_object('operator_id', v_uid, 'status', 'available', 'interval_id', a.id,
+                            'started_at', a.started_at, 'last_seen_at', a.last_seen_at);
+end;
+$$;
+
+CREATE FUNCTION public.hitl_pending_clarification(p_case_id uuid) RETURNS jsonb
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+  select jsonb_build_object('message_id', m.id, 'case_id', m.case_id, 'content', m.content,
+                            'kind', m.kind, 'sender_id', m.sender_id, 'created_at', m.created_at)
+    from public.messages m
+   where m.case_id = p_case_id and m.sender_type = 'human' and m.kind = 'clarification'
+     and not exists (select 1 from public.messages later
+                      where later.case_id = m.case_id and later.sender_type = 'ai'
+                        and (later.created_at, later.id) > (m.created_at, m.id))
+     and not exists (select 1 from public.cases c
+                      where c.id = m.case_id and c.answer_message_id is not null)
+   order by m.created_at desc, m.id desc
+   limit 1
+$$;
+
+CREATE FUNCTION public.hitl_purge(p_older_than interval) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  v_cutoff timestamptz;
+  n_cases integer;
+  n_audit integer;
+  n_realtime integer;
+begin
+  if p_older_than is null or p_older_than < interval '1 hour' then
+    perform public.hitl_invalid('p_older_than', 'must be at least 1 hour');
+  end if;
+  v_cutoff := now() - p_older_than;
+  delete from public.cases c
+   where c.source = 'mcp_voice' and c.status <> 'open' and c.created_at < v_cutoff
+     and not exists (select 1 from public.hil_sessions s
+                      where s.case_id = c.id and s.status = 'waiting');
+  get diagnostics n_cases = row_count;
+  delete from public.hil_audit where at < v_cutoff;
+  get diagnostics n_audit = row_count;
+  begin
+    delete from realtime.messages where inserted_at < v_cutoff::timestamp;
+    get diagnostics n_realtime = row_count;
+  exception when insufficient_privilege or undefined_table then
+    n_realtime := null;  -- Supabase's Realtime janitor prunes it on a real project
+  end;
+  return jsonb_build_object('cases', n_cases, 'audit', n_audit, 'realtime_messages', n_realtime);
+end;
+$$;
+
+CREATE FUNCTION public.hitl_success_metrics(p_from timestamp with time zone, p_to timestamp with time zone) RETURNS jsonb
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+with cases_in as (
+  select c.id, c.created_at, c.answered_at, c.answer_message_id,
+         (select s.status from public.hil_sessions s where s.case_id = c.id
+           order by s.created_at desc, s.id desc limit 1) as last_status,
+         (select min(s.created_at) from public.hil_sessions s where s.case_id = c.id) as asked_at
+    from public.cases c
+   where c.source = 'mcp_voice' and c.created_at >= p_from and c.created_at < p_to
+),
+finished as (
+  select * from cases_in where last_status <> 'waiting'
+),
+answered as (
+  select extract(epoch from (answered_at - asked_at)) as response_s
+    from finished where last_status = 'answered' and answered_at is not null
+),
+avail_raw as (
+  select operator_id, greatest(started_at, p_from) as s, least(last_seen_at, p_to) as e
+    from public.operator_activity
+   where status = 'available' and last_seen_at > p_from and started_at < p_to
+),
+avail_marked as (
+  select operator_id, s, e,
+         case when s <= max(e) over (partition by operator_id order by s, e
+                                     rows between unbounded preceding and 1 preceding)
+              then 0 else 1 end as new_group
+    from avail_raw
+),
+avail_grouped as (
+  select operator_id, s, e,
+         sum(new_group) over (partition by operator_id order by s, e) as grp
+    from avail_marked
+),
+avail as (
+  select operator_id, min(s) as s, max(e) as e
+    from avail_grouped group by operator_id, grp
+),
+handling as (
+  select m.sender_id as operator_id, greatest(c.created_at, p_from) as s,
+         least(m.created_at, p_to) as e
+    from public.cases c
+    join public.messages m on m.id = c.answer_message_id
+   where c.source = 'mcp_voice' and m.created_at > p_from and c.created_at < p_to
+),
+handled as (
+  select coalesce(sum(extract(epoch from (least(h.e, a.e) - greatest(h.s, a.s)))), 0) as seconds
+    from handling h
+    join avail a on a.operator_id = h.operator_id and h.s < a.e and a.s < h.e
+),
+available as (
+  select coalesce(sum(extract(epoch from (e - s))), 0) as seconds from avail
+),
+figures as (
+  select
+    (select count(*) from cases_in) as cases,
+    (select count(*) from finished) as finished,
+    (select count(*) from finished where last_status = 'answered') as answered,
+    (select count(*) from finished where last_status in ('timed_out', 'expired')) as timed_out,
+    (select avg(response_s) from answered) as avg_response_s,
+    (select percentile_cont(0.5) within group (order by response_s) from answered) as p50_s,
+    (select percentile_cont(0.9) within group (order by response_s) from answered) as p90_s,
+    (select percentile_cont(0.99) within group (order by response_s) from answered) as p99_s,
+    (select seconds from handled) as handled_s,
+    (select seconds from available) as available_s
+)
+select jsonb_build_object(
+  'window', jsonb_build_object('from', p_from, 'to', p_to),
+  'cases', cases, 'finished', finished, 'answered', answered, 'timed_out', timed_out,
+  'avg_response_s', jsonb_build_object('value', round(avg_response_s::numeric, 3),
+     'p50', round(p50_s::numeric, 3), 'p90', round(p90_s::numeric, 3),
+     'p99', round(p99_s::numeric, 3), 'target', '< 30',
+     'met', coalesce(avg_response_s < 30, false)),
+  'success_rate', jsonb_build_object(
+     'value', round(answered::numeric / nullif(finished, 0), 4), 'target', '> 0.95',
+     'met', coalesce(answered::numeric / nullif(finished, 0) > 0.95, false)),
+  'timeout_rate', jsonb_build_object(
+     'value', round(timed_out::numeric / nullif(finished, 0), 4), 'target', '< 0.05',
+     'met', coalesce(timed_out::numeric / nullif(finished, 0) < 0.05, false)),
+  'operator_utilisation', jsonb_build_object(
+     'value', round((handled_s / nullif(available_s, 0))::numeric, 4),
+     'handled_s', round(handled_s::numeric, 3), 'available_s', round(available_s::numeric, 3),
+     'target', '> 0.70',
+     'met', coalesce(handled_s / nullif(available_s, 0) > 0.70, false)))
+from figures
+$$;
+
+CREATE FUNCTION public.hitl_text(p jsonb, p_field text, p_max integer, p_required boolean DEFAULT true) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+declare
+  v jsonb := p -> p_field;
+  t text;
+begin
+  if v is null or jsonb_typeof(v) = 'null' then
+    if p_required then perform public.hitl_invalid(p_field, 'is required'); end if;
+    return null;
+  end if;
+  if jsonb_typeof(v) <> 'string' then
+    perform public.hitl_invalid(p_field, 'must be a string');
+  end if;
+  t := v #>> '{}';
+  if p_required and length(btrim(t)) = 0 then
+    perform public.hitl_invalid(p_field, 'must not be empty');
+  end if;
+  if length(t) > p_max then
+    perform public.hitl_invalid(p_field, format('must be at most %s characters', p_max));
+  end if;
+  return t;
+end;
+$$;
+
+CREATE FUNCTION realtime.broadcast_changes(topic_name text, event_name text, operation text, table_name text, table_schema text, new record, old record, level text DEFAULT 'ROW'::text) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+    declare
+      row_data jsonb := '{}'::jsonb;
+    begin
+      if level = 'STATEMENT' then
+        raise exception 'function can only be triggered for each row, not for each statement';
+      end if;
+      if operation = 'INSERT' or operation = 'UPDATE' or operation = 'DELETE' then
+        row_data := jsonb_build_object(
+          'old_record', old, 'record', new, 'operation', operation,
+          'table', table_name, 'schema', table_schema);
+        perform realtime.send(row_data, event_name, topic_name);
+      else
+        raise exception 'Unexpected operation type: %', operation;
+      end if;
+    exception when others then
+      raise exception 'Failed to process the row: %', sqlerrm;
+    end;
+    $$;
+
+CREATE FUNCTION realtime.hitl_notify_message() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+declare
+  j text;
+begin
+  j := json_build_object('id', new.id, 'topic', new.topic, 'event', new.event,
+                         'private', coalesce(new.private, false), 'payload', new.payload)::text;
+  if octet_length(j) > 7800 then
+    j := json_build_object('id', new.id, 'topic', new.topic, 'event', new.event,
+                           'private', coalesce(new.private, false), 'too_large', true)::text;
+  end if;
+  perform pg_notify('hitl_realtime', j);
+  return null;
+end;
+$$;
+
+CREATE FUNCTION realtime.send(payload jsonb, event text, topic text, private boolean DEFAULT true) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+    declare
+      generated_id uuid;
+      final_payload jsonb;
+    begin
+      begin
+        generated_id := gen_random_uuid();
+        if payload ? 'id' then
+          final_payload := payload;
+        else
+          final_payload := jsonb_set(payload, '{id}', to_jsonb(generated_id));
+        end if;
+        execute format('set local realtime.topic to %L', topic);
+        insert into realtime.messages (id, payload, event, topic, private, extension)
+        values (generated_id, final_payload, event, topic, private, 'broadcast');
+      exception when others then
+        raise warning 'WarnSendingBroadcastMessage: %', sqlerrm;
+      end;
+    end;
+    $$;
+
+CREATE FUNCTION realtime.topic() RETURNS text
+    LANGUAGE sql STABLE
+    AS $$
+      select nullif(current_setting('realtime.topic', true), '')::text
+    $$;
+
+CREATE TABLE public.cases (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    title text,
+    description text,
+    status text DEFAULT 'open'::text,
+    priority integer DEFAULT 3,
+    urgency text DEFAULT 'medium'::text,
+    source text,
+    metadata jsonb DEFAULT '{}'::jsonb,
+    answered_at timestamp with time zone,
+    expires_at timestamp with time zone,
+    answer_message_id uuid
+);
+
+CREATE TABLE public.hil_audit (
+    id bigint NOT NULL,
+    at timestamp with time zone DEFAULT now() NOT NULL,
+    actor text NOT NULL,
+    action text NOT NULL,
+    case_id uuid,
+    session_id uuid,
+    outcome text,
+    detail jsonb DEFAULT '{}'::jsonb NOT NULL
+);
+
+ALTER TABLE public.hil_audit ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.hil_audit_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+CREATE TABLE public.hil_case_secrets (
+    case_id uuid NOT NULL,
+    webhook_secret text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+CREATE TABLE public.hil_sessions (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    mcp_session_id text NOT NULL,
+    retell_call_id text NOT NULL,
+    retell_agent_id text,
+    case_id uuid NOT NULL,
+    idempotency_key text NOT NULL,
+    status text DEFAULT 'waiting'::text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    closed_at timestamp with time zone,
+    metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
+    CONSTRAINT hil_sessions_status_check CHECK ((status = ANY (ARRAY['waiting'::text, 'answered'::text, 'needs_info'::text, 'timed_out'::text, 'expired'::text, 'failed'::text, 'cancelled'::text])))
+);
+
+CREATE VIEW public.hitl_stats WITH (security_invoker='true') AS
+ WITH s AS (
+         SELECT s_1.status,
+            (EXTRACT(epoch FROM (c.answered_at - s_1.created_at)) * 1000.0) AS response_ms
+           FROM (public.hil_sessions s_1
+             JOIN public.cases c ON ((c.id = s_1.case_id)))
+        )
+ SELECT count(*) AS invocations,
+    count(*) FILTER (WHERE (s.status = 'answered'::text)) AS answered,
+    count(*) FILTER (WHERE (s.status = 'timed_out'::text)) AS timed_out,
+    count(*) FILTER (WHERE (s.status = 'expired'::text)) AS expired,
+    count(*) FILTER (WHERE (s.status = 'waiting'::text)) AS waiting,
+    count(*) FILTER (WHERE (s.status = ANY (ARRAY['failed'::text, 'cancelled'::text]))) AS failed_or_cancelled,
+    round(avg(s.response_ms) FILTER (WHERE (s.status = 'answered'::text)), 1) AS avg_response_ms,
+    round((percentile_cont((0.5)::double precision) WITHIN GROUP (ORDER BY ((s.response_ms)::double precision)) FILTER (WHERE (s.status = 'answered'::text)))::numeric, 1) AS p50_response_ms,
+    round((percentile_cont((0.9)::double precision) WITHIN GROUP (ORDER BY ((s.response_ms)::double precision)) FILTER (WHERE (s.status = 'answered'::text)))::numeric, 1) AS p90_response_ms,
+    round((percentile_cont((0.99)::double precision) WITHIN GROUP (ORDER BY ((s.response_ms)::double precision)) FILTER (WHERE (s.status = 'answered'::text)))::numeric, 1) AS p99_response_ms,
+    round(((count(*) FILTER (WHERE (s.status = 'answered'::text)))::numeric / (NULLIF(count(*) FILTER (WHERE (s.status <> 'waiting'::text)), 0))::numeric), 4) AS success_rate,
+    round(((count(*) FILTER (WHERE (s.status = ANY (ARRAY['timed_out'::text, 'expired'::text]))))::numeric / (NULLIF(count(*) FILTER (WHERE (s.status <> 'waiting'::text)), 0))::numeric), 4) AS timeout_rate
+   FROM s;
+
+CREATE TABLE public.messages (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    case_id uuid NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    sender_type text,
+    sender_id uuid,
+    content text,
+    kind text DEFAULT 'answer'::text NOT NULL
+);
+
+CREATE TABLE public.operator_activity (
+    id bigint NOT NULL,
+    operator_id uuid NOT NULL,
+    started_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_seen_at timestamp with time zone DEFAULT now() NOT NULL,
+    status text DEFAULT 'available'::text NOT NULL,
+    CONSTRAINT operator_activity_check CHECK ((last_seen_at >= started_at)),
+    CONSTRAINT operator_activity_status_check CHECK ((status = ANY (ARRAY['available'::text, 'away'::text])))
+);
+
+ALTER TABLE public.operator_activity ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.operator_activity_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+CREATE TABLE realtime.messages (
+    topic text NOT NULL,
+    extension text NOT NULL,
+    payload jsonb,
+    event text,
+    private boolean DEFAULT false,
+    updated_at timestamp without time zone DEFAULT now() NOT NULL,
+    inserted_at timestamp without time zone DEFAULT now() NOT NULL,
+    id uuid DEFAULT gen_random_uuid() NOT NULL
+);
+
+CREATE TABLE supabase_migrations.schema_migrations (
+    version text NOT NULL,
+    statements text[],
+    name text
+);
+
+ALTER TABLE public.cases
+    ADD CONSTRAINT cases_hitl_values CHECK (((source IS DISTINCT FROM 'mcp_voice'::text) OR ((status = ANY (ARRAY['open'::text, 'answered'::text, 'expired'::text, 'cancelled'::text, 'closed'::text])) AND ((priority >= 1) AND (priority <= 5)) AND (urgency = ANY (ARRAY['low'::text, 'medium'::text, 'high'::text]))))) NOT VALID;
+
+ALTER TABLE ONLY public.cases
+    ADD CONSTRAINT cases_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.hil_audit
+    ADD CONSTRAINT hil_audit_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.hil_case_secrets
+    ADD CONSTRAINT hil_case_secrets_pkey PRIMARY KEY (case_id);
+
+ALTER TABLE ONLY public.hil_sessions
+    ADD CONSTRAINT hil_sessions_pkey PRIMARY KEY (id);
+
+ALTER TABLE public.messages
+    ADD CONSTRAINT messages_hitl_values CHECK (((sender_type = ANY (ARRAY['human'::text, 'ai'::text, 'system'::text])) AND (kind = ANY (ARRAY['answer'::text, 'clarification'::text, 'cannot_answer'::text, 'note'::text])) AND (octet_length(COALESCE(content, ''::text)) <= 65536))) NOT VALID;
+
+ALTER TABLE ONLY public.messages
+    ADD CONSTRAINT messages_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.operator_activity
+    ADD CONSTRAINT operator_activity_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY realtime.messages
+    ADD CONSTRAINT messages_pkey PRIMARY KEY (id, inserted_at);
+
+ALTER TABLE ONLY supabase_migrations.schema_migrations
+    ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
+
+CREATE INDEX cases_open_idx ON public.cases USING btree (status, priority DESC, created_at) WHERE (source = 'mcp_voice'::text);
+
+CREATE INDEX hil_audit_at_idx ON public.hil_audit USING btree (at);
+
+CREATE INDEX hil_audit_case_idx ON public.hil_audit USING btree (case_id);
+
+CREATE INDEX hil_sessions_call_idx ON public.hil_sessions USING btree (retell_call_id, created_at);
+
+CREATE INDEX hil_sessions_case_idx ON public.hil_sessions USING btree (case_id);
+
+CREATE UNIQUE INDEX hil_sessions_idempotency_key_idx ON public.hil_sessions USING btree (idempotency_key);
+
+CREATE INDEX hil_sessions_waiting_idx ON public.hil_sessions USING btree (expires_at) WHERE (status = 'waiting'::text);
+
+CREATE INDEX messages_case_idx ON public.messages USING btree (case_id, created_at);
+
+CREATE INDEX operator_activity_operator_idx ON public.operator_activity USING btree (operator_id, last_seen_at DESC);
+
+CREATE INDEX messages_inserted_at_topic_index ON realtime.messages USING btree (inserted_at DESC, topic) WHERE ((extension = 'broadcast'::text) AND (private IS TRUE));
+
+CREATE TRIGGER hitl_attach_thread BEFORE INSERT ON public.cases FOR EACH ROW WHEN ((new.source = 'mcp_voice'::text)) EXECUTE FUNCTION public.hitl_attach_thread();
+
+CREATE TRIGGER hitl_audit_append_only BEFORE UPDATE ON public.hil_audit FOR EACH ROW EXECUTE FUNCTION public.hitl_audit_append_only();
+
+CREATE TRIGGER hitl_on_case_opened AFTER INSERT ON public.cases FOR EACH ROW WHEN ((new.source = 'mcp_voice'::text)) EXECUTE FUNCTION public.hitl_on_case_opened();
+
+CREATE TRIGGER hitl_on_message AFTER INSERT ON public.messages FOR EACH ROW EXECUTE FUNCTION public.hitl_on_message();
+
+CREATE TRIGGER hitl_on_session_change AFTER UPDATE OF status ON public.hil_sessions FOR EACH ROW WHEN ((old.status IS DISTINCT FROM new.status)) EXECUTE FUNCTION public.hitl_on_session_change();
+
+CREATE TRIGGER hitl_notify_message AFTER INSERT ON realtime.messages FOR EACH ROW WHEN ((new.extension = 'broadcast'::text)) EXECUTE FUNCTION realtime.hitl_notify_message();
+
+ALTER TABLE ONLY public.hil_case_secrets
+    ADD CONSTRAINT hil_case_secrets_case_id_fkey FOREIGN KEY (case_id) REFERENCES public.cases(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.hil_sessions
+    ADD CONSTRAINT hil_sessions_case_id_fkey FOREIGN KEY (case_id) REFERENCES public.cases(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.messages
+    ADD CONSTRAINT messages_case_id_fkey FOREIGN KEY (case_id) REFERENCES public.cases(id) ON DELETE CASCADE;
+
+ALTER TABLE public.cases ENABLE ROW LEVEL SECURITY;
+
+ALTER TABLE public.hil_audit ENABLE ROW LEVEL SECURITY;
+
+ALTER TABLE public.hil_case_secrets ENABLE ROW LEVEL SECURITY;
+
+ALTER TABLE public.hil_sessions ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY hitl_operators_insert_messages ON public.messages FOR INSERT TO authenticated WITH CHECK ((public.hitl_is_operator() AND (sender_type = 'human'::text) AND (sender_id = auth.uid()) AND (kind = ANY (ARRAY['answer'::text, 'clarification'::text, 'cannot_answer'::text, 'note'::text]))));
+
+CREATE POLICY hitl_operators_read_cases ON public.cases FOR SELECT TO authenticated USING (public.hitl_is_operator());
+
+CREATE POLICY hitl_operators_read_messages ON public.messages FOR SELECT TO authenticated USING (public.hitl_is_operator());
+
+CREATE POLICY hitl_operators_read_own_activity ON public.operator_activity FOR SELECT TO authenticated USING ((public.hitl_is_operator() AND (operator_id = auth.uid())));
+
+CREATE POLICY hitl_operators_read_sessions ON public.hil_sessions FOR SELECT TO authenticated USING (public.hitl_is_operator());
+
+ALTER TABLE public.messages ENABLE ROW LEVEL SECURITY;
+
+ALTER TABLE public.operator_activity ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY hitl_operators_receive ON realtime.messages FOR SELECT TO authenticated USING ((public.hitl_is_operator() AND ((realtime.topic() = 'operators'::text) OR (realtime.topic() ~~ 'case:%'::text)) AND (extension = ANY (ARRAY['broadcast'::text, 'presence'::text]))));
+
+CREATE POLICY hitl_operators_send ON realtime.messages FOR INSERT TO authenticated WITH CHECK ((public.hitl_is_operator() AND ((realtime.topic() = 'operators'::text) OR (realtime.topic() ~~ 'case:%'::text)) AND (extension = ANY (ARRAY['broadcast'::text, 'presence'::text]))));
+
+ALTER TABLE realtime.messages ENABLE ROW LEVEL SECURITY;
+
+GRANT USAGE ON SCHEMA auth TO anon;
+GRANT USAGE ON SCHEMA auth TO authenticated;
+GRANT USAGE ON SCHEMA auth TO service_role;
+
+GRANT USAGE ON SCHEMA public TO anon;
+GRANT USAGE ON SCHEMA public TO authenticated;
+GRANT USAGE ON SCHEMA public TO service_role;
+
+GRANT USAGE ON SCHEMA realtime TO anon;
+GRANT USAGE ON SCHEMA realtime TO authenticated;
+GRANT USAGE ON SCHEMA realtime TO service_role;
+
+GRANT ALL ON FUNCTION auth.email() TO anon;
+GRANT ALL ON FUNCTION auth.email() TO authenticated;
+GRANT ALL ON FUNCTION auth.email() TO service_role;
+
+GRANT ALL ON FUNCTION auth.jwt() TO anon;
+GRANT ALL ON FUNCTION auth.jwt() TO authenticated;
+GRANT ALL ON FUNCTION auth.jwt() TO service_role;
+
+GRANT ALL ON FUNCTION auth.role() TO anon;
+GRANT ALL ON FUNCTION auth.role() TO authenticated;
+GRANT ALL ON FUNCTION auth.role() TO service_role;
+
+GRANT ALL ON FUNCTION auth.uid() TO anon;
+GRANT ALL ON FUNCTION auth.uid() TO authenticated;
+GRANT ALL ON FUNCTION auth.uid() TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_answer(p_case_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_answer(p_case_id uuid) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_call_history(p_call_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_call_history(p_call_id text) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_close_session(p_session_id uuid, p_status text, p_detail jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_close_session(p_session_id uuid, p_status text, p_detail jsonb) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_continue_case(p jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_continue_case(p jsonb) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_expire_sessions() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_expire_sessions() TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_history(p jsonb) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.hitl_id(p jsonb, p_field text) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.hitl_int(p jsonb, p_field text, p_min integer, p_max integer, p_default integer) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.hitl_invalid(p_field text, p_rule text) FROM PUBLIC;
+
+GRANT ALL ON FUNCTION public.hitl_is_operator() TO anon;
+GRANT ALL ON FUNCTION public.hitl_is_operator() TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_is_operator() TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_open_case(p jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_open_case(p jsonb) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_operator_heartbeat(p_status text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_operator_heartbeat(p_status text) TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_operator_heartbeat(p_status text) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_pending_clarification(p_case_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_pending_clarification(p_case_id uuid) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_purge(p_older_than interval) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_purge(p_older_than interval) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_success_metrics(p_from timestamp with time zone, p_to timestamp with time zone) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_success_metrics(p_from timestamp with time zone, p_to timestamp with time zone) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_text(p jsonb, p_field text, p_max integer, p_required boolean) FROM PUBLIC;
+
+GRANT ALL ON FUNCTION realtime.send(payload jsonb, event text, topic text, private boolean) TO anon;
+GRANT ALL ON FUNCTION realtime.send(payload jsonb, event text, topic text, private boolean) TO authenticated;
+GRANT ALL ON FUNCTION realtime.send(payload jsonb, event text, topic text, private boolean) TO service_role;
+
+GRANT ALL ON FUNCTION realtime.topic() TO anon;
+GRANT ALL ON FUNCTION realtime.topic() TO authenticated;
+GRANT ALL ON FUNCTION realtime.topic() TO service_role;
+
+GRANT SELECT ON TABLE public.cases TO anon;
+GRANT SELECT ON TABLE public.cases TO authenticated;
+GRANT ALL ON TABLE public.cases TO service_role;
+
+GRANT ALL ON TABLE public.hil_audit TO service_role;
+
+GRANT ALL ON TABLE public.hil_case_secrets TO service_role;
+
+GRANT SELECT ON TABLE public.hil_sessions TO anon;
+GRANT SELECT ON TABLE public.hil_sessions TO authenticated;
+GRANT ALL ON TABLE public.hil_sessions TO service_role;
+
+GRANT SELECT ON TABLE public.hitl_stats TO service_role;
+
+GRANT SELECT ON TABLE public.messages TO anon;
+GRANT SELECT,INSERT ON TABLE public.messages TO authenticated;
+GRANT ALL ON TABLE public.messages TO service_role;
+
+GRANT SELECT ON TABLE public.operator_activity TO authenticated;
+GRANT ALL ON TABLE public.operator_activity TO service_role;
+
+GRANT SELECT,INSERT,UPDATE ON TABLE realtime.messages TO anon;
+GRANT SELECT,INSERT,UPDATE ON TABLE realtime.messages TO authenticated;
+GRANT SELECT,INSERT,UPDATE ON TABLE realtime.messages TO service_role;
