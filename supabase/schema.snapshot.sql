@@ -325,6 +325,13 @@ CREATE FUNCTION public.hitl_is_operator() RETURNS boolean
   select coalesce(auth.jwt() -> 'app_metadata' ->> 'hitl_role', '') = 'operator'
 $$;
 
+CREATE FUNCTION public.hitl_is_relay_case(p_case_id uuid) RETURNS boolean
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+  select exists (select 1 from public.cases where id = p_case_id and source = 'mcp_voice')
+$$;
+
 CREATE FUNCTION public.hitl_on_case_opened() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -972,11 +979,11 @@ ALTER TABLE public.hil_case_secrets ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE public.hil_sessions ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY hitl_operators_insert_messages ON public.messages FOR INSERT TO authenticated WITH CHECK ((public.hitl_is_operator() AND (sender_type = 'human'::text) AND (sender_id = auth.uid()) AND (kind = ANY (ARRAY['answer'::text, 'clarification'::text, 'cannot_answer'::text, 'note'::text]))));
+CREATE POLICY hitl_operators_insert_messages ON public.messages FOR INSERT TO authenticated WITH CHECK ((public.hitl_is_operator() AND (sender_type = 'human'::text) AND (sender_id = auth.uid()) AND (kind = ANY (ARRAY['answer'::text, 'clarification'::text, 'cannot_answer'::text, 'note'::text])) AND public.hitl_is_relay_case(case_id)));
 
-CREATE POLICY hitl_operators_read_cases ON public.cases FOR SELECT TO authenticated USING (public.hitl_is_operator());
+CREATE POLICY hitl_operators_read_cases ON public.cases FOR SELECT TO authenticated USING (((source = 'mcp_voice'::text) AND public.hitl_is_operator()));
 
-CREATE POLICY hitl_operators_read_messages ON public.messages FOR SELECT TO authenticated USING (public.hitl_is_operator());
+CREATE POLICY hitl_operators_read_messages ON public.messages FOR SELECT TO authenticated USING ((public.hitl_is_operator() AND public.hitl_is_relay_case(case_id)));
 
 CREATE POLICY hitl_operators_read_own_activity ON public.operator_activity FOR SELECT TO authenticated USING ((public.hitl_is_operator() AND (operator_id = auth.uid())));
 
@@ -1046,6 +1053,10 @@ REVOKE ALL ON FUNCTION public.hitl_invalid(p_field text, p_rule text) FROM PUBLI
 GRANT ALL ON FUNCTION public.hitl_is_operator() TO anon;
 GRANT ALL ON FUNCTION public.hitl_is_operator() TO authenticated;
 GRANT ALL ON FUNCTION public.hitl_is_operator() TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_is_relay_case(p_case_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_is_relay_case(p_case_id uuid) TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_is_relay_case(p_case_id uuid) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_open_case(p jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_open_case(p jsonb) TO service_role;

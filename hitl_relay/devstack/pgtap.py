@@ -5,6 +5,7 @@ the migrations, installs pgTAP into it and runs every test file there. Files who
 `_cron.sql` run in the cluster's `postgres` database instead, the one pg_cron lives in (they
 must roll back what they change). Exit status is pg_prove's.
 
+Arguments ending in `.sql` choose test files (default: all); the others go to pg_prove.
 `--update-snapshot` instead rewrites `supabase/schema.snapshot.sql` from a fresh database built
 the same way (what `tests/db/test_snapshot.py` compares against).
 """
@@ -101,7 +102,9 @@ def main(argv: list[str]) -> int:
         path = asyncio.run(update_snapshot(cluster, f"snapshot_{os.getpid()}"))
         print(f"pgtap: wrote {path.relative_to(ROOT)}")
         return 0
-    files = sorted(TESTS.glob("*.sql"))
+    chosen = [Path(a).resolve() for a in argv if a.endswith(".sql")]
+    argv = [a for a in argv if not a.endswith(".sql")]
+    files = chosen or sorted(TESTS.glob("*.sql"))
     cron_files = [f for f in files if f.name.endswith("_cron.sql")]
     db_files = [f for f in files if f not in cron_files]
     name = f"pgtap_{os.getpid()}"
