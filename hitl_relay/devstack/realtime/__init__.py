@@ -1,0 +1,25 @@
+"""The Realtime subset: Supabase Realtime's Phoenix protocol over Starlette websockets.
+
+What the unmodified clients speak (`/work/shared/notes/supabase-protocol.md` §1-§7), following
+the supabase/realtime server sources module by module:
+
+- `serializer`: Phoenix V1 JSON (realtime-py) and Realtime's V2 (supabase-js: arrays plus
+  binary user broadcasts, kind 3 in and kind 4 out), chosen per socket from `vsn`;
+- `authorization`: private channels through the `realtime.messages` RLS policies under the
+  token's role with `realtime.topic()` set, in a transaction that always rolls back;
+- `presence`: Phoenix.Presence state and diffs;
+- `limits`: Supabase's limits and its per-project rate counter;
+- `service`: the websocket endpoint (join, leave, heartbeat, broadcast with ack/self, presence,
+  access_token, token expiry, duplicate joins, limits with Supabase's replies) and database
+  broadcasts: rows `realtime.send` writes arrive by NOTIFY `hitl_realtime` after commit, in
+  commit order, and go to every subscriber of the topic allowed to read them;
+- `api`: the REST broadcast endpoints.
+
+Not supported (see the devstack README): postgres_changes delivery (joins with bindings get
+Supabase's reply with ids, but no change events), binary kinds other than 3 from clients.
+"""
+
+from hitl_relay.devstack.realtime.limits import RealtimeLimits
+from hitl_relay.devstack.realtime.service import NOTIFY_CHANNEL, RealtimeService
+
+__all__ = ["NOTIFY_CHANNEL", "RealtimeLimits", "RealtimeService"]

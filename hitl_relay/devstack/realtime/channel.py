@@ -1,0 +1,115 @@
+"""A client's websocket (`Socket`), its joined channels (`Channel`) and the per-topic index.
+
+A Socket owns one send queue drained by one writer task, so every frame for a client goes out in
+the order it was produced (replies, pushes, broadcasts), as from Phoenix's transport process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.websockets import WebSocket
+
+from hitl_relay.devstack.realtime.authorization import Policies
+from hitl_relay.devstack.realtime.presence import TopicPresence
+from hitl_relay.devstack.realtime.serializer import Serializer
+
+log = logging.getLogger("hitl_relay.devstack.realtime")
+
+# Frames queued for a client that does not read; past this the socket is closed, never the server.
+SEND_QUEUE_LIMIT = 50_000
+
+TopicKey = tuple[str, bool]  # (sub-topic, private): private and public topics never mix
+
+
+class Socket:
+    def __init__(
+        self, ws: WebSocket, serializer: Serializer, token: str, headers: dict[str, str]
+    ) -> None:
+        self.ws = ws
+        self.serializer = serializer
+        self.token = token  # the connect token (apikey): the default for joins
+        self.headers = headers  # x-* upgrade headers, for `request.headers` in RLS checks
+        self.channels: dict[str, Channel] = {}
+        self.queue: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+        self.closing: tuple[int, str] | None = None
+        self.gone = False  # the client went away: nothing more can be sent
+        self.done = asyncio.Event()
+
+    def send(self, data: str | bytes) -> None:
+        if self.closing is not None:
+            return
+        if self.queue.qsize() >= SEND_QUEUE_LIMIT:
+            log.warning(
+                "closing a socket that stopped reading (%d frames queued)", SEND_QUEUE_LIMIT
+            )
+            self.close(1011, "send queue overflow: the client is not reading")
+            return
+        self.queue.put_nowait(data)
+
+    def push(
+        self, join_ref: str | None, ref: str | None, topic: str, event: str, payload: Any
+    ) -> None:
+        self.send(self.serializer.push(join_ref, ref, topic, event, payload))
+
+    def reply(
+        self, join_ref: str | None, ref: str | None, topic: str, status: str, response: Any
+    ) -> None:
+        self.send(self.serializer.reply(join_ref, ref, topic, status, response))
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Close after the frames already queued have gone out."""
+        if self.closing is None:
+            self.closing = (code, reason.encode()[:123].decode(errors="ignore"))
+            self.queue.put_nowait(None)
+
+
+@dataclass(eq=False)
+class Channel:
+    """One joined `realtime:<sub-topic>` on one socket (a Phoenix channel process)."""
+
+    socket: Socket
+    topic: str
+    join_ref: str | None
+    private: bool
+    self_broadcast: bool
+    ack_broadcast: bool
+    presence_key: str
+    presence_enabled: bool
+    token: str
+    claims: dict[str, Any]
+    policies: Policies | None  # None on public channels (no authorisation)
+    replayed: frozenset[str] = frozenset()
+    tracked: dict[str, Any] | None = None  # the last tracked presence payload
+    presence_calls: int = 0
+    presence_window_ends: float | None = None
+    confirm_timer: asyncio.TimerHandle | None = None
+    closed: bool = False
+
+    @property
+    def subtopic(self) -> str:
+        return self.topic.removeprefix("realtime:")
+
+    @property
+    def key(self) -> TopicKey:
+        return (self.subtopic, self.private)
+
+    def can_read_broadcast(self) -> bool:
+        return self.policies is None or self.policies.broadcast_read is True
+
+    def can_read_presence(self) -> bool:
+        return self.policies is None or self.policies.presence_read is True
+
+
+@dataclass(eq=False)
+class Topic:
+    """Subscribers of one (sub-topic, private) pair, in join order, and its presence."""
+
+    subscribers: dict[Channel, None] = field(default_factory=dict)
+    presence: TopicPresence = field(default_factory=TopicPresence)
+
+    def __bool__(self) -> bool:
+        return bool(self.subscribers) or bool(self.presence)

@@ -1,0 +1,856 @@
+"""The Realtime service: websocket endpoint, channels, fan-out and database broadcasts.
+
+Behaviour follows supabase/realtime (v2.129.8) and its Phoenix fork; the functions named in the
+comments are where each rule comes from:
+- `lib/realtime_web/channels/user_socket.ex` (connect, handshake errors),
+- `deps/phoenix/lib/phoenix/socket.ex` (heartbeat, join/leave routing, unmatched topics,
+  duplicate joins, phx_close),
+- `lib/realtime_web/channels/realtime_channel.ex` (join checks and their reasons, access_token,
+  confirm_token, shutdown_response),
+- `lib/realtime_web/channels/realtime_channel/{broadcast,presence}_handler.ex`,
+- `lib/realtime_web/channels/realtime_channel/message_dispatcher.ex` (fan-out and its gates),
+- `lib/realtime/tenants/replication_connection.ex` (database broadcasts, here fed by NOTIFY).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+import zlib
+from collections import deque
+from typing import Any
+
+import asyncpg
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from hitl_relay.devstack.keys import TokenError
+from hitl_relay.devstack.realtime import api
+from hitl_relay.devstack.realtime.authorization import (
+    CONNECTION_ERRORS,
+    AuthContext,
+    DatabaseUnavailable,
+    Policies,
+    RlsPolicyError,
+    read_policies,
+    write_policies,
+)
+from hitl_relay.devstack.realtime.channel import Channel, Socket, Topic, TopicKey
+from hitl_relay.devstack.realtime.limits import RateCounter, RealtimeLimits
+from hitl_relay.devstack.realtime.presence import Diff
+from hitl_relay.devstack.realtime.serializer import (
+    Message,
+    ProtocolError,
+    Serializer,
+    UserBroadcast,
+    UserBroadcastPush,
+    dumps,
+    negotiate,
+)
+
+log = logging.getLogger("hitl_relay.devstack.realtime")
+
+NOTIFY_CHANNEL = "hitl_realtime"
+CONFIRM_TOKEN_INTERVAL_S = 300.0  # realtime_channel.ex @confirm_token_ms_interval
+REPLAY_HARD_LIMIT = 25  # lib/realtime/messages.ex @hard_limit
+UNAUTHORIZED = "You do not have permissions to read from this Channel topic: "
+DB_UNAVAILABLE = "Realtime was unable to connect to the project database"
+DB_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, asyncpg.PostgresError)
+
+
+class JoinRefused(Exception):
+    def __init__(self, reason: str, *, disconnect: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.disconnect = disconnect
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _flag(value: Any) -> bool:
+    """Payloads.FlexibleBoolean: true or "true"."""
+    return value is True or value == "true"
+
+
+def _phash(params: dict[str, Any]) -> int:
+    """Stands in for :erlang.phash2/1 (0..2^27-1); clients only need a stable non-zero int."""
+    return (zlib.crc32(dumps(params).encode()) & (2**27 - 1)) or 1
+
+
+def _join_token(params: dict[str, Any], socket_token: str) -> str:
+    """realtime_channel.ex assign_access_token/handle_access_token."""
+    first = params.get("access_token")
+    if first is None or first is False:
+        first = params.get("user_token")
+    if isinstance(first, str) and first.startswith("sb_"):
+        return socket_token
+    for key in ("user_token", "access_token"):
+        if isinstance(params.get(key), str):
+            return str(params[key])
+    return socket_token
+
+
+def _join_token_reason(e: TokenError) -> str:
+    """The join reply for a refused token (realtime_channel.ex join/3 else branches)."""
+    if e.kind == "InvalidJWTToken":
+        return f"InvalidJWTToken: {e.message}"
+    if e.kind == "JwtSignatureError":
+        return "JwtSignatureError: Failed to validate JWT signature"
+    return "MalformedJWT: The token provided is not a valid JWT"
+
+
+def _token_shutdown_message(e: TokenError) -> str:
+    """shutdown_response text when a token stops being valid (handle_in "access_token",
+    handle_info :confirm_token); a bad signature is `inspect(:signature_error)` there."""
+    if e.kind == "InvalidJWTToken":
+        return e.message
+    if e.kind == "JwtSignatureError":
+        return ":signature_error"
+    return "The token provided is not a valid JWT"
+
+
+def _connect_error(e: TokenError) -> str:
+    """user_socket.ex error_response/1 texts (HTTP 401)."""
+    if e.kind == "MissingToken":
+        return "API key is missing"
+    if e.kind == "InvalidJWTToken":
+        return "Token has expired" if e.message.startswith("Token has expired") else e.message
+    if e.kind == "JwtSignatureError":
+        return "Failed to validate JWT signature"
+    return "The token provided is not a valid JWT"
+
+
+class _Outgoing:
+    """One broadcast, encoded at most once per serializer (MessageDispatcher's cache)."""
+
+    __slots__ = ("_cache", "payload", "topic", "user")
+
+    def __init__(
+        self, topic: str, payload: dict[str, Any] | None = None, user: UserBroadcast | None = None
+    ) -> None:
+        self.topic = topic
+        self.payload = payload  # a Phoenix.Socket.Broadcast payload, sent as JSON text
+        self.user = user  # or a UserBroadcast (binary kind 4 to V2 sockets)
+        self._cache: dict[str, str | bytes | None] = {}
+
+    def encode(self, serializer: Serializer) -> str | bytes | None:
+        v = serializer.version
+        if v not in self._cache:
+            if self.user is not None:
+                self._cache[v] = serializer.user_broadcast(self.user)
+            else:
+                self._cache[v] = serializer.broadcast(self.topic, "broadcast", self.payload or {})
+        return self._cache[v]
+
+
+class RealtimeService:
+    """Mounted at `/realtime/v1` by the devstack server (`routes()`, `start()`, `stop()`)."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.limits: RealtimeLimits = getattr(ctx, "limits", None) or RealtimeLimits.from_env()
+        lim = self.limits
+        # Per project, as Tenants.joins_per_second_rate / events_per_second_rate count them.
+        self.joins = RateCounter(lim.max_joins_per_second, lim.rate_tick_s, lim.rate_buckets)
+        self.events = RateCounter(lim.max_events_per_second, lim.rate_tick_s, lim.rate_buckets)
+        self.topics: dict[TopicKey, Topic] = {}
+        self.sockets: set[Socket] = set()
+        self._stopping = False
+        self._listen_conn: asyncpg.Connection | None = None
+        self._listen_lost = asyncio.Event()
+        self._listen_task: asyncio.Task[None] | None = None
+        self._db_backlog: deque[dict[str, Any]] = deque()
+        self._db_drain: asyncio.Task[None] | None = None
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            WebSocketRoute("/websocket", self.websocket),
+            Route("/api/broadcast", self.rest_broadcast, methods=["POST"]),
+            Route(
+                "/api/broadcast/{topic}/events/{event}",
+                self.rest_broadcast_single,
+                methods=["POST"],
+            ),
+        ]
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """LISTEN on `hitl_realtime` (raises if the database is unreachable), then keep it."""
+        self._stopping = False
+        await self._listen()
+        self._listen_task = asyncio.create_task(self._keep_listening(), name="realtime-listen")
+
+    async def stop(self) -> None:
+        """Stop listening; close every socket with 1001 so clients reconnect and rejoin."""
+        self._stopping = True
+        for task in (self._listen_task, self._db_drain):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._listen_task = self._db_drain = None
+        self._db_backlog.clear()
+        if self._listen_conn is not None:
+            conn, self._listen_conn = self._listen_conn, None
+            with contextlib.suppress(*CONNECTION_ERRORS, asyncpg.PostgresError):
+                await conn.close(timeout=2)
+        sockets = list(self.sockets)
+        for sock in sockets:
+            sock.close(1001, "")
+        waits = [asyncio.create_task(s.done.wait()) for s in sockets]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=5)
+            for w in pending:
+                w.cancel()
+
+    async def _listen(self) -> None:
+        conn = await asyncpg.connect(self.ctx.db_url)
+        lost = asyncio.Event()
+        conn.add_termination_listener(lambda _c: lost.set())
+        await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        self._listen_conn, self._listen_lost = conn, lost
+
+    async def _keep_listening(self) -> None:
+        """Re-LISTEN after the connection drops (database restart); rows committed while it
+        was down are not delivered (the relay's catch-up read covers them)."""
+        while not self._stopping:
+            await self._listen_lost.wait()
+            if self._stopping:
+                return
+            log.warning("realtime: lost the %s LISTEN connection; reconnecting", NOTIFY_CHANNEL)
+            delay = 0.05
+            while not self._stopping:
+                try:
+                    await self._listen()
+                    log.warning("realtime: listening on %s again", NOTIFY_CHANNEL)
+                    break
+                except DB_ERRORS as e:
+                    log.warning("realtime: LISTEN reconnect failed (%s); retrying", e)
+                    await asyncio.sleep(delay)  # reconnect backoff, not test synchronisation
+                    delay = min(delay * 2, 2.0)
+
+    # ---- websocket ----------------------------------------------------------------------
+
+    async def websocket(self, ws: WebSocket) -> None:
+        serializer = negotiate(ws.query_params.get("vsn"))
+        if serializer is None:  # phoenix/transports/websocket.ex: unsupported vsn → 403 ""
+            await self._deny(ws, Response(status_code=403))
+            return
+        token = ws.headers.get("x-api-key") or ws.query_params.get("apikey") or ""
+        try:
+            self.ctx.keys.verify(token)
+        except TokenError as e:
+            await asyncio.sleep(self.limits.connect_error_backoff_s)  # CONNECT_ERROR_BACKOFF_MS
+            await self._deny(ws, JSONResponse({"error": _connect_error(e)}, status_code=401))
+            return
+        if self._stopping:
+            await self._deny(ws, JSONResponse({"error": "Error connecting to Realtime"}, 500))
+            return
+        await ws.accept()
+        headers = {k: v for k, v in ws.headers.items() if k.startswith("x-")}
+        sock = Socket(ws, serializer, token, headers)
+        self.sockets.add(sock)
+        reader = asyncio.create_task(self._read(sock))
+        writer = asyncio.create_task(self._write(sock))
+        try:
+            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            if reader in done:
+                sock.close(1000)  # a no-op when the reader already chose a close code
+                await asyncio.wait({writer}, timeout=5)
+        finally:
+            for task in (reader, writer):
+                task.cancel()
+            for task in (reader, writer):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            for channel in list(sock.channels.values()):
+                self._stop_channel(channel, close=False)  # presence leaves reach the others
+            self.sockets.discard(sock)
+            sock.done.set()
+
+    async def _deny(self, ws: WebSocket, response: Response) -> None:
+        try:
+            await ws.send_denial_response(response)
+        except RuntimeError:  # the server cannot send HTTP responses on a websocket scope
+            await ws.close(code=1008)
+
+    async def _write(self, sock: Socket) -> None:
+        ws = sock.ws
+        try:
+            while True:
+                data = await sock.queue.get()
+                if data is None:
+                    break
+                if isinstance(data, bytes):
+                    await ws.send_bytes(data)
+                else:
+                    await ws.send_text(data)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            sock.gone = True
+            return
+        if not sock.gone:
+            code, reason = sock.closing or (1000, "")
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                await ws.close(code=code, reason=reason)
+
+    async def _read(self, sock: Socket) -> None:
+        while True:
+            try:
+                message = await asyncio.wait_for(sock.ws.receive(), self.limits.idle_timeout_s)
+            except TimeoutError:  # no frame (not even a heartbeat) for the idle timeout
+                sock.close(1000, "idle timeout")
+                return
+            if message["type"] == "websocket.disconnect":
+                sock.gone = True
+                sock.close(1000)
+                return
+            data: str | bytes | None = message.get("text")
+            if data is None:
+                data = message.get("bytes")
+            if data is None:
+                continue
+            if len(data) > self.limits.max_frame_bytes:
+                sock.close(1009, "message too big")
+                return
+            try:
+                msg = sock.serializer.decode(data)
+            except ProtocolError as e:
+                # Phoenix's serializer raises and the socket process dies: the connection
+                # closes; other sockets are untouched.
+                log.info("realtime: closing a socket after an unreadable frame: %s", e)
+                sock.close(1011, f"invalid message: {e}")
+                return
+            await self._handle(sock, msg)
+
+    # ---- routing (phoenix/lib/phoenix/socket.ex handle_in) ------------------------------
+
+    async def _handle(self, sock: Socket, msg: Message) -> None:
+        if msg.topic == "phoenix" and msg.event == "heartbeat":
+            sock.reply(None, msg.ref, "phoenix", "ok", {})
+            return
+        channel = sock.channels.get(msg.topic)
+        if msg.event == "phx_join":
+            if not msg.topic.startswith("realtime:"):  # no channel route for this topic
+                sock.reply(None, msg.ref, msg.topic, "error", {"reason": "unmatched topic"})
+                return
+            if channel is not None:  # a duplicate join closes the existing channel first
+                self._stop_channel(channel, close=True)
+            await self._join(sock, msg)
+            return
+        if channel is None:
+            if msg.event == "phx_leave":
+                sock.reply(msg.join_ref, msg.ref, msg.topic, "ok", {})
+            else:
+                sock.reply(None, msg.ref, msg.topic, "error", {"reason": "unmatched topic"})
+            return
+        if msg.join_ref is not None and channel.join_ref not in (None, msg.join_ref):
+            return  # a push for an earlier join of this topic: dropped
+        if msg.event == "phx_leave":
+            sock.reply(channel.join_ref, msg.ref, channel.topic, "ok", {})
+            self._stop_channel(channel, close=True)
+        elif msg.event == "broadcast":
+            await self._broadcast(channel, msg)
+        elif msg.event == "presence":
+            await self._presence(channel, msg)
+        elif msg.event == "access_token":
+            await self._access_token(channel, msg)
+        else:
+            self.events.add()  # handle_in catch-all: counted, logged, no reply
+
+    # ---- join (realtime_channel.ex join/3) ----------------------------------------------
+
+    async def _join(self, sock: Socket, msg: Message) -> None:
+        try:
+            await self._do_join(sock, msg)
+        except JoinRefused as e:
+            await asyncio.sleep(self.limits.channel_error_backoff_s)  # join_error/1 backoff
+            sock.reply(msg.join_ref, msg.ref, msg.topic, "error", {"reason": e.reason})
+            if e.disconnect:  # %Phoenix.Socket.Broadcast{event: "disconnect"} → close 1001
+                sock.close(1001)
+
+    async def _do_join(self, sock: Socket, msg: Message) -> None:
+        subtopic = msg.topic.removeprefix("realtime:")
+        if not subtopic:
+            raise JoinRefused("TopicNameRequired: You must provide a topic name")
+        params = _obj(msg.payload)
+        config = _obj(params.get("config"))
+        broadcast, presence = _obj(config.get("broadcast")), _obj(config.get("presence"))
+        private = _flag(config.get("private"))
+        presence_enabled = _flag(presence.get("enabled"))
+        token = _join_token(params, sock.token)
+        if self._stopping:
+            raise JoinRefused("RealtimeRestarting: Realtime is restarting, please standby")
+        if self.joins.triggered:  # limit_joins/2
+            raise JoinRefused(
+                "ClientJoinRateLimitReached: Too many joins per second", disconnect=True
+            )
+        self.joins.add()
+        if len(sock.channels) >= self.limits.max_channels_per_client:  # limit_channels/2
+            raise JoinRefused("ChannelRateLimitReached: Too many channels")
+        try:
+            claims = self.ctx.keys.verify(token)  # confirm_token/1
+        except TokenError as e:
+            raise JoinRefused(_join_token_reason(e)) from None
+        policies: Policies | None = None
+        if private:  # maybe_assign_policies/3
+            policies = Policies()
+            ctx = AuthContext(subtopic, claims, sock.headers)
+            try:
+                await read_policies(self.ctx.pool, ctx, policies, presence_enabled=presence_enabled)
+            except RlsPolicyError as e:
+                log.info("realtime: RLS policy error joining %s: %s", subtopic, e)
+                raise JoinRefused("Unauthorized: " + UNAUTHORIZED + subtopic) from None
+            except DatabaseUnavailable:
+                raise JoinRefused("UnableToConnectToProject: " + DB_UNAVAILABLE) from None
+            if not (policies.broadcast_read or policies.presence_read):
+                raise JoinRefused("Unauthorized: " + UNAUTHORIZED + subtopic)
+        replays: list[dict[str, Any]] = []
+        if "replay" in broadcast:
+            replays = await self._replay(subtopic, private, policies, broadcast["replay"])
+        changes = self._postgres_changes(params, config, subtopic)
+        key = presence.get("key")
+        channel = Channel(
+            socket=sock,
+            topic=msg.topic,
+            join_ref=msg.join_ref,
+            private=private,
+            self_broadcast=_flag(broadcast.get("self")),
+            ack_broadcast=_flag(broadcast.get("ack")),
+            presence_key=key if isinstance(key, str) and key else str(uuid.uuid1()),
+            presence_enabled=presence_enabled,
+            token=token,
+            claims=claims,
+            policies=policies,
+            replayed=frozenset(str(r["id"]) for r in replays),
+        )
+        sock.channels[msg.topic] = channel
+        self._topic(channel.key).subscribers[channel] = None
+        self._arm_confirm(channel)
+        sock.reply(msg.join_ref, msg.ref, msg.topic, "ok", {"postgres_changes": changes})
+        for row in replays:  # handle_info({:replay, messages}): channel pushes, in order
+            self._push(channel, "broadcast", row["payload"])
+        if _flag(broadcast.get("replication_ready")):
+            self._system(channel, "ok", "Replication connection established")
+        if presence_enabled and channel.can_read_presence():  # PresenceHandler.sync/1
+            self._push(channel, "presence_state", self.topics[channel.key].presence.state())
+
+    @staticmethod
+    def _postgres_changes(
+        params: dict[str, Any], config: dict[str, Any], subtopic: str
+    ) -> list[dict[str, Any]]:
+        """The join reply's `postgres_changes`: each binding plus its `id`
+        (add_id_to_postgres_changes). No change events are ever sent (not supported)."""
+        if "config" in params:
+            bindings = config.get("postgres_changes")
+            entries = [b for b in bindings if b is not None] if isinstance(bindings, list) else []
+        else:  # the pre-config API: the topic itself names schema:table:filter
+            parts = subtopic.split(":", 2)
+            entries = [dict(zip(("schema", "table", "filter"), parts, strict=False))]
+        if not all(isinstance(b, dict) for b in entries):
+            raise JoinRefused("Unknown Error on Channel")
+        return [{**b, "id": _phash(b)} for b in entries]
+
+    async def _replay(
+        self, subtopic: str, private: bool, policies: Policies | None, replay: Any
+    ) -> list[dict[str, Any]]:
+        """can_replay?/3 and maybe_replay_messages/5 (lib/realtime/messages.ex replay/5)."""
+        if policies is not None and policies.broadcast_read is False:
+            raise JoinRefused("Unauthorized: " + UNAUTHORIZED + subtopic)
+        if not private:
+            raise JoinRefused("UnableToReplayMessages: Replay is not allowed for public channels")
+        if not isinstance(replay, dict):
+            return []
+        since, limit = replay.get("since"), replay.get("limit") or REPLAY_HARD_LIMIT
+        if not isinstance(since, int) or not isinstance(limit, int) or isinstance(since, bool):
+            raise JoinRefused("UnableToReplayMessages: Replay params are not valid")
+        try:
+            async with self.ctx.pool.acquire() as conn:
+                rows = await conn.fetch(
+                    "select id::text as id, event, payload::text as payload"
+                    " from realtime.messages where topic = $1 and private is true"
+                    " and extension = 'broadcast'"
+                    " and inserted_at >= to_timestamp($2::float8 / 1000)::timestamp"
+                    " and inserted_at < now()::timestamp + interval '1 minute'"
+                    " order by inserted_at desc limit $3",
+                    subtopic,
+                    since,
+                    max(min(limit, REPLAY_HARD_LIMIT), 1),
+                )
+        except DB_ERRORS as e:
+            log.warning("realtime: replay failed for %s: %s", subtopic, e)
+            raise JoinRefused(
+                "UnableToReplayMessages: Realtime was unable to replay messages"
+            ) from None
+        return [
+            {
+                "id": r["id"],
+                "payload": {
+                    "event": r["event"],
+                    "meta": {"id": r["id"], "replayed": True},
+                    "payload": json.loads(r["payload"]) if r["payload"] is not None else None,
+                    "type": "broadcast",
+                },
+            }
+            for r in reversed(rows)
+        ]
+
+    # ---- channel helpers ----------------------------------------------------------------
+
+    def _topic(self, key: TopicKey) -> Topic:
+        topic = self.topics.get(key)
+        if topic is None:
+            topic = self.topics[key] = Topic()
+        return topic
+
+    def _push(self, channel: Channel, event: str, payload: Any) -> None:
+        """A push from the channel process: its join_ref, no ref."""
+        channel.socket.push(channel.join_ref, None, channel.topic, event, payload)
+
+    def _system(self, channel: Channel, status: str, message: str) -> None:
+        self._push(
+            channel,
+            "system",
+            {
+                "channel": channel.subtopic,
+                "extension": "system",
+                "message": message,
+                "status": status,
+            },
+        )
+
+    def _shutdown(self, channel: Channel, message: str) -> None:
+        """shutdown_response/2: system error, then the channel stops (phx_close)."""
+        if channel.closed:
+            return
+        self._system(channel, "error", message)
+        self._stop_channel(channel, close=True)
+
+    def _stop_channel(self, channel: Channel, *, close: bool) -> None:
+        if channel.closed:
+            return
+        channel.closed = True
+        sock = channel.socket
+        if sock.channels.get(channel.topic) is channel:
+            del sock.channels[channel.topic]
+        if channel.confirm_timer is not None:
+            channel.confirm_timer.cancel()
+        topic = self.topics.get(channel.key)
+        if topic is not None:
+            topic.subscribers.pop(channel, None)
+            diff = topic.presence.untrack(channel.presence_key, channel)
+            if diff is not None:
+                self._presence_diff(channel.key, diff)
+            if not topic:
+                del self.topics[channel.key]
+        if close:  # socket.ex encode_close: [join_ref, join_ref, topic, "phx_close", {}]
+            sock.push(channel.join_ref, channel.join_ref, channel.topic, "phx_close", {})
+
+    def _arm_confirm(self, channel: Channel) -> None:
+        """confirm_token every min(5 min, time to exp); an expired token closes the channel."""
+        if channel.confirm_timer is not None:
+            channel.confirm_timer.cancel()
+        exp = channel.claims.get("exp")
+        if not isinstance(exp, int | float):
+            return
+        delay = min(CONFIRM_TOKEN_INTERVAL_S, max(0.0, float(exp) - time.time()) + 0.001)
+        channel.confirm_timer = asyncio.get_running_loop().call_later(delay, self._confirm, channel)
+
+    def _confirm(self, channel: Channel) -> None:
+        if channel.closed:
+            return
+        try:
+            channel.claims = self.ctx.keys.verify(channel.token)
+        except TokenError as e:
+            self._shutdown(channel, _token_shutdown_message(e))
+            return
+        self._arm_confirm(channel)
+
+    # ---- broadcast (broadcast_handler.ex) -----------------------------------------------
+
+    async def _broadcast(self, channel: Channel, msg: Message) -> None:
+        sock, payload = channel.socket, msg.payload
+        if channel.policies is not None:
+            policies = channel.policies
+            if policies.broadcast_write is None:  # authorised once, on the first send
+                ctx = AuthContext(channel.subtopic, channel.claims, sock.headers)
+                try:
+                    await write_policies(self.ctx.pool, ctx, policies)
+                except (RlsPolicyError, DatabaseUnavailable) as e:
+                    log.info("realtime: write check failed on %s: %s", channel.subtopic, e)
+                    return
+            if not policies.broadcast_write:
+                return  # dropped without a reply, even with ack
+        self.events.add()
+        out: _Outgoing
+        if isinstance(payload, UserBroadcastPush):
+            size = len(payload.payload) + len(payload.event) + 16
+            user = UserBroadcast(channel.topic, payload.event, payload.payload, payload.is_json)
+            out = _Outgoing(channel.topic, user=user)
+        elif isinstance(payload, dict):
+            size = len(dumps(payload).encode())
+            out = _Outgoing(channel.topic, payload=payload)
+        else:  # V2Serializer.fastlane! raises on a non-map broadcast: the channel crashes
+            self._stop_channel(channel, close=False)
+            sock.push(channel.join_ref, channel.join_ref, channel.topic, "phx_error", {})
+            return
+        if size > self.limits.max_payload_bytes:
+            if channel.ack_broadcast:  # {:reply, {:error, :payload_size_exceeded}, socket}
+                sock.reply(
+                    channel.join_ref, msg.ref, channel.topic, "error", "payload_size_exceeded"
+                )
+            return
+        self._fan_out(channel.key, out, sender=None if channel.self_broadcast else channel)
+        if channel.ack_broadcast:
+            sock.reply(channel.join_ref, msg.ref, channel.topic, "ok", {})
+
+    def _fan_out(
+        self,
+        key: TopicKey,
+        out: _Outgoing,
+        *,
+        sender: Channel | None = None,
+        message_id: str | None = None,
+    ) -> int:
+        """MessageDispatcher.dispatch/3: every subscriber allowed to read, except the sender
+        without `self`, encoded once per serializer. Returns how many received it."""
+        topic = self.topics.get(key)
+        if topic is None:
+            return 0
+        over_limit = self.events.triggered
+        delivered: list[Channel] = []
+        for ch in topic.subscribers:
+            if ch is sender or not ch.can_read_broadcast():
+                continue
+            if message_id is not None and message_id in ch.replayed:
+                continue
+            data = out.encode(ch.socket.serializer)
+            if data is None:
+                continue
+            ch.socket.send(data)
+            delivered.append(ch)
+        self.events.add(len(delivered))
+        if over_limit:  # handle_info(:update_rate_counter) on each receiving channel
+            for ch in delivered:
+                self._shutdown(ch, "Too many messages per second")
+        return len(delivered)
+
+    # ---- presence (presence_handler.ex) -------------------------------------------------
+
+    def _presence_diff(self, key: TopicKey, diff: Diff) -> None:
+        topic = self.topics.get(key)
+        if topic is None:
+            return
+        cache: dict[str, str] = {}
+        for ch in topic.subscribers:
+            if not ch.can_read_presence():  # withheld from members denied presence.read
+                continue
+            ser = ch.socket.serializer
+            data = cache.get(ser.version)
+            if data is None:
+                data = cache[ser.version] = ser.broadcast(ch.topic, "presence_diff", diff)
+            ch.socket.send(data)
+
+    async def _presence(self, channel: Channel, msg: Message) -> None:
+        sock, payload = channel.socket, msg.payload
+        if not isinstance(payload, dict) or "event" not in payload:
+            sock.reply(channel.join_ref, msg.ref, channel.topic, "ok", {})
+            return
+        now = time.monotonic()  # limit_client_presence_event: a fixed window per channel
+        if channel.presence_window_ends is None or now > channel.presence_window_ends:
+            channel.presence_calls = 1
+            channel.presence_window_ends = now + self.limits.presence_window_s
+        elif channel.presence_calls >= self.limits.presence_max_calls:
+            self._shutdown(channel, "Client presence rate limit exceeded")
+            return
+        else:
+            channel.presence_calls += 1
+        event = str(payload["event"]).lower()
+        if event == "track":
+            await self._track(channel, msg, payload)
+        elif event == "untrack":
+            diff = self._topic(channel.key).presence.untrack(channel.presence_key, channel)
+            channel.tracked = None
+            sock.reply(channel.join_ref, msg.ref, channel.topic, "ok", {})
+            if diff is not None:
+                self._presence_diff(channel.key, diff)
+        else:  # UnknownPresenceEvent → {:reply, :error, socket}
+            sock.reply(channel.join_ref, msg.ref, channel.topic, "error", {})
+
+    async def _track(self, channel: Channel, msg: Message, payload: dict[str, Any]) -> None:
+        sock = channel.socket
+        policies = channel.policies
+        if policies is not None:
+            if policies.presence_write is None:  # authorised once, on the first track
+                ctx = AuthContext(channel.subtopic, channel.claims, sock.headers)
+                try:
+                    if policies.presence_read is None:
+                        await read_policies(self.ctx.pool, ctx, policies, presence_enabled=True)
+                    await write_policies(self.ctx.pool, ctx, policies)
+                except (RlsPolicyError, DatabaseUnavailable) as e:
+                    log.info("realtime: presence check failed on %s: %s", channel.subtopic, e)
+                    sock.reply(channel.join_ref, msg.ref, channel.topic, "error", {})
+                    return
+            if not policies.presence_write:
+                sock.reply(channel.join_ref, msg.ref, channel.topic, "error", {})
+                return
+        meta = payload.get("payload", {})
+        if not isinstance(meta, dict):
+            reason = {"reason": "Presence track payload must be a map"}
+            sock.reply(channel.join_ref, msg.ref, channel.topic, "error", reason)
+            return
+        if meta == channel.tracked:  # no payload change: a no-op
+            sock.reply(channel.join_ref, msg.ref, channel.topic, "ok", {})
+            return
+        if len(dumps(meta).encode()) > self.limits.max_payload_bytes:
+            self._shutdown(channel, "Track message size exceeded")
+            return
+        diff = self._topic(channel.key).presence.track(channel.presence_key, channel, meta)
+        channel.tracked = meta
+        channel.presence_enabled = True
+        sock.reply(channel.join_ref, msg.ref, channel.topic, "ok", {})
+        self._presence_diff(channel.key, diff)
+
+    # ---- access_token (realtime_channel.ex handle_in "access_token") --------------------
+
+    async def _access_token(self, channel: Channel, msg: Message) -> None:
+        payload = _obj(msg.payload)
+        if "access_token" not in payload:
+            self.events.add()
+            return
+        token = payload["access_token"]
+        if token is None or token == channel.token:
+            return
+        if not isinstance(token, str):
+            self.events.add()
+            return
+        if token.startswith("sb_"):
+            return
+        channel.token = token
+        try:
+            claims = self.ctx.keys.verify(token)
+        except TokenError as e:
+            self._shutdown(channel, _token_shutdown_message(e))
+            return
+        previous = channel.policies
+        if previous is not None:
+            policies = Policies()
+            ctx = AuthContext(channel.subtopic, claims, channel.socket.headers)
+            try:
+                await read_policies(
+                    self.ctx.pool, ctx, policies, presence_enabled=channel.presence_enabled
+                )
+            except RlsPolicyError:
+                self._shutdown(channel, UNAUTHORIZED + channel.subtopic)
+                return
+            except DatabaseUnavailable:
+                self._shutdown(channel, DB_UNAVAILABLE)
+                return
+            if not (policies.broadcast_read or policies.presence_read):
+                self._shutdown(channel, UNAUTHORIZED + channel.subtopic)
+                return
+            if (previous.broadcast_read and policies.broadcast_read is False) or (
+                previous.presence_read and policies.presence_read is False
+            ):
+                self._shutdown(
+                    channel,
+                    "You no longer have permission to read from this Channel topic: "
+                    + channel.subtopic,
+                )
+                return
+            channel.policies = policies
+        channel.claims = claims
+        self._arm_confirm(channel)
+
+    # ---- database broadcasts (NOTIFY hitl_realtime) -------------------------------------
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, raw: object) -> None:
+        try:
+            msg = json.loads(str(raw))
+        except ValueError:
+            log.warning("realtime: unreadable %s notification: %.200r", NOTIFY_CHANNEL, raw)
+            return
+        if not isinstance(msg, dict):
+            log.warning("realtime: %s notification is not an object: %.200r", NOTIFY_CHANNEL, raw)
+            return
+        if self._db_backlog or msg.get("too_large"):
+            # a row must be read first: later notifications wait behind it (commit order)
+            self._db_backlog.append(msg)
+            if self._db_drain is None or self._db_drain.done():
+                self._db_drain = asyncio.create_task(self._drain_backlog())
+            return
+        self._deliver_db(msg)
+
+    async def _drain_backlog(self) -> None:
+        while self._db_backlog:
+            msg = self._db_backlog[0]
+            if msg.get("too_large"):
+                msg["payload"] = await self._read_payload(msg.get("id"))
+            self._db_backlog.popleft()
+            self._deliver_db(msg)
+
+    async def _read_payload(self, row_id: Any) -> Any:
+        try:
+            async with self.ctx.pool.acquire() as conn:
+                raw = await conn.fetchval(
+                    "select payload::text from realtime.messages where id = $1::uuid",
+                    str(row_id),
+                )
+        except DB_ERRORS as e:
+            log.warning("realtime: could not read realtime.messages row %s: %s", row_id, e)
+            return None
+        return None if raw is None else json.loads(raw)
+
+    def _deliver_db(self, msg: dict[str, Any]) -> None:
+        """replication_connection.ex handle_message(Insert): a UserBroadcast with metadata id."""
+        topic, event, row_id = msg.get("topic"), msg.get("event"), msg.get("id")
+        payload = msg.get("payload")
+        if not isinstance(topic, str) or not isinstance(event, str) or payload is None:
+            return
+        body = dumps(payload).encode()
+        if len(body) > self.limits.max_payload_bytes:
+            log.warning("realtime: UnableToBroadcastChanges: :payload_size_exceeded (%s)", row_id)
+            return
+        if self.events.triggered:
+            log.warning("realtime: UnableToBroadcastChanges: :too_many_requests (%s)", row_id)
+            return
+        self.events.add()
+        private = bool(msg.get("private"))
+        name = "realtime:" + topic
+        user = UserBroadcast(name, event, body, True, {"id": row_id})
+        self._fan_out((topic, private), _Outgoing(name, user=user), message_id=str(row_id))
+
+    # ---- REST broadcast -----------------------------------------------------------------
+
+    async def rest_broadcast(self, request: Any) -> Response:
+        return await api.batch_broadcast(self, request)
+
+    async def rest_broadcast_single(self, request: Any) -> Response:
+        return await api.single_broadcast(self, request)
+
+    def deliver_broadcast(
+        self, subtopic: str, private: bool, event: str, payload: dict[str, Any], msg_id: Any
+    ) -> None:
+        """A Phoenix.Socket.Broadcast from the batch API (JSON text to every client)."""
+        body: dict[str, Any] = {"event": event}
+        if msg_id:
+            body["meta"] = {"id": msg_id}
+        body["payload"] = payload
+        body["type"] = "broadcast"
+        name = "realtime:" + subtopic
+        self._fan_out((subtopic, private), _Outgoing(name, payload=body))
+
+    def deliver_user_broadcast(
+        self, subtopic: str, private: bool, event: str, body: bytes, is_json: bool
+    ) -> None:
+        """A UserBroadcast from the single-message API (binary kind 4 to V2 clients)."""
+        name = "realtime:" + subtopic
+        user = UserBroadcast(name, event, body, is_json)
+        self._fan_out((subtopic, private), _Outgoing(name, user=user))
