@@ -7,6 +7,7 @@ create table if not exists public.cases (
   created_at timestamptz not null default now()
 );
 alter table public.cases
+  add column if not exists created_at timestamptz not null default now(),
   add column if not exists title text,
   add column if not exists description text,
   add column if not exists status text default 'open',
@@ -41,6 +42,8 @@ create table if not exists public.messages (
   created_at timestamptz not null default now()
 );
 alter table public.messages
+  add column if not exists case_id uuid references public.cases (id) on delete cascade,
+  add column if not exists created_at timestamptz not null default now(),
   add column if not exists sender_type text,
   add column if not exists sender_id uuid,
   add column if not exists content text,
