@@ -1,0 +1,202 @@
+"""A voice agent's ask through the whole product: MCP → relay → Supabase (devstack) → operator."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+import uuid
+from datetime import UTC, datetime
+
+import asyncpg
+import httpx
+import pytest
+from conftest import API_KEY, Stack, relay_process
+
+from hitl_relay.mcp_client import ask_human, connect
+
+
+async def answer_time(db_url: str, case_id: str) -> datetime | None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        value: datetime | None = await conn.fetchval(
+            "select m.created_at from cases c join messages m on m.id = c.answer_message_id"
+            " where c.id = $1::uuid",
+            case_id,
+        )
+        return value
+    finally:
+        await conn.close()
+
+
+async def test_operator_answer_is_returned_to_the_agent_within_the_deadline(stack: Stack) -> None:
+    operator = stack.operator(answer_text=lambda case: "Yes, approve it.")
+    await operator.start()
+    try:
+        result = await ask_human(
+            stack.mcp_url, API_KEY, "May I approve a 42 euro refund?", timeout_seconds=20
+        )
+    finally:
+        await operator.stop()
+    assert result["status"] == "answered"
+    assert result["answer"] == "Yes, approve it."
+    created = await answer_time(stack.db_url, str(result["case_id"]))
+    assert created is not None
+
+
+@pytest.mark.timeout(420)
+async def test_two_hundred_concurrent_calls_each_get_their_own_answer(stack: Stack) -> None:
+    """All 200 calls wait at once; then the operator answers each (in random order, over a
+    second), and every caller gets exactly its own answer."""
+    operator = stack.operator(auto_answer=False)
+    await operator.start()
+    questions = [f"Question {i} from call {uuid.uuid4().hex[:6]}?" for i in range(200)]
+    returned: dict[str, datetime] = {}
+    results_by_q: dict[str, dict[str, object]] = {}
+
+    async def session(qs: list[str]) -> None:
+        # ten agent connections carrying twenty calls each, as a fleet of agents would
+        async with connect(stack.mcp_url, API_KEY) as client:
+
+            async def one(q: str) -> None:
+                res = await client.call_tool(
+                    "ask_human",
+                    {
+                        "question": q,
+                        "session_id": f"s-{q}",
+                        "call_id": f"c-{q}",
+                        "agent_id": "e2e",
+                        "timeout_seconds": 120,
+                    },
+                )
+                returned[q] = datetime.now(UTC)
+                results_by_q[q] = dict(res.structured_content or {})
+
+            await asyncio.gather(*(one(q) for q in qs))
+
+    t0 = time.monotonic()
+    calls = [asyncio.create_task(session(questions[k::10])) for k in range(10)]
+    try:
+        cases: dict[str, str] = {}
+        while len(cases) < len(questions):
+            case = await operator.next_case(timeout_s=300)
+            cases[str(case["question"])] = str(case["case_id"])
+        opened_s = time.monotonic() - t0
+        order = list(questions)
+        random.shuffle(order)
+
+        async def answer(q: str, delay: float) -> None:
+            await asyncio.sleep(delay)  # spread the operators' answers over a second
+            await operator.answer(cases[q], f"re: {q}")
+
+        await asyncio.gather(*(answer(q, i / 200) for i, q in enumerate(order)))
+        await asyncio.gather(*calls)
+        results = [results_by_q[q] for q in questions]
+    finally:
+        for c in calls:
+            c.cancel()
+        await operator.stop()
+    assert [r["status"] for r in results] == ["answered"] * 200
+    assert [r["answer"] for r in results] == [f"re: {q}" for q in questions]  # none crossed
+    assert len({r["case_id"] for r in results}) == 200  # one case each, none lost
+    delivery = []
+    for q, r in zip(questions, results, strict=True):
+        created = await answer_time(stack.db_url, str(r["case_id"]))
+        assert created is not None
+        delivery.append((returned[q] - created).total_seconds() * 1000)
+    delivery.sort()
+    print(  # a report, not an assertion: timing belongs to the benchmark
+        f"\n200 concurrent calls: all 200 cases open after {opened_s:.1f} s; delivery (answer "
+        f"committed → agent has it) p50 {statistics.median(delivery):.1f} ms, "
+        f"p99 {delivery[197]:.1f} ms, max {delivery[-1]:.1f} ms"
+    )
+
+
+async def test_timeout_returns_the_fallback_and_the_session_says_timed_out(stack: Stack) -> None:
+    operator = stack.operator(auto_answer=False)  # present, but never answers
+    await operator.start()
+    try:
+        result = await ask_human(stack.mcp_url, API_KEY, "Anyone there?", timeout_seconds=5)
+    finally:
+        await operator.stop()
+    assert result["status"] == "timeout"
+    assert result["case_id"]
+    conn = await asyncpg.connect(stack.db_url)
+    try:
+        status = await conn.fetchval(
+            "select status from hil_sessions where case_id = $1::uuid", str(result["case_id"])
+        )
+        case_status = await conn.fetchval(
+            "select status from cases where id = $1::uuid", str(result["case_id"])
+        )
+    finally:
+        await conn.close()
+    assert status == "timed_out"
+    assert case_status == "open"  # still answerable by operators and get_human_answer
+
+
+async def test_no_operator_present_answers_the_fallback_in_under_a_second(stack: Stack) -> None:
+    t0 = time.monotonic()
+    result = await ask_human(stack.mcp_url, API_KEY, "Is anybody on shift?", timeout_seconds=30)
+    elapsed = time.monotonic() - t0
+    assert result["status"] == "no_operator"
+    assert elapsed < 1.0, f"took {elapsed:.2f} s"
+
+
+async def test_answer_committed_while_the_relays_socket_reconnects_is_still_returned(
+    stack: Stack,
+) -> None:
+    """Realtime goes away mid-wait (every socket closed, database broadcasts missed); the
+    operator answers during the outage; the relay rejoins and its catch-up read finds it.
+
+    The devstack process is killed outright (no goodbye to any socket) while Postgres stays up,
+    then started again on the same port."""
+    operator = stack.operator(auto_answer=False)
+    await operator.start()
+    try:
+        call = asyncio.create_task(
+            ask_human(stack.mcp_url, API_KEY, "Can I waive the fee?", timeout_seconds=30)
+        )
+        case = await operator.next_case(timeout_s=10)
+        await stack.devstack.kill()
+        conn = await asyncpg.connect(stack.db_url)
+        try:
+            await conn.execute(
+                "insert into messages (case_id, sender_type, sender_id, content)"
+                " values ($1::uuid, 'human', $2::uuid, 'Yes, waive it.')",
+                str(case["case_id"]),
+                operator.operator_id,
+            )
+        finally:
+            await conn.close()
+        await stack.devstack.start()
+        result = await asyncio.wait_for(call, 30)
+    finally:
+        await operator.stop()
+    assert result["status"] == "answered"
+    assert result["answer"] == "Yes, waive it."
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong-key", "Basic abc"])
+async def test_missing_or_wrong_bearer_is_refused_with_401(
+    stack: Stack, header: str | None
+) -> None:
+    headers = {"Authorization": header} if header else {}
+    async with httpx.AsyncClient() as client:
+        r = await client.post(stack.mcp_url, headers=headers, json={})
+    assert r.status_code == 401
+    assert r.json() == {"error": "unauthorized"}
+
+
+async def test_platform_down_at_start_still_serves_and_refuses_with_a_fallback(
+    stack: Stack,
+) -> None:
+    """A relay whose platform URL points nowhere answers `platform_unreachable`, never a 500."""
+    async with relay_process(
+        stack.devstack, SUPABASE_URL="http://127.0.0.1:9", HITL_PLATFORM_TIMEOUT_SECONDS="1"
+    ) as url:
+        t0 = time.monotonic()
+        result = await ask_human(url + "/mcp", API_KEY, "Hello?", timeout_seconds=10)
+    assert result["status"] == "platform_unreachable"
+    assert time.monotonic() - t0 < 5
