@@ -110,7 +110,7 @@ async def stack(home: Path, *, log_dir: Path) -> AsyncIterator[Stack]:
         "relay", [python(), "-m", "hitl_relay.cli", "serve"], relay_env, log_dir / "relay.log"
     )
     try:
-        await relay.wait_for_line("Uvicorn running")
+        await relay.wait_for_line("hitl-relay: MCP at")
         await wait_http_ok(f"http://127.0.0.1:{port}/healthz")
         yield Stack(
             url=env["SUPABASE_URL"],

@@ -195,7 +195,7 @@ async def start_stack(home: Path, relay_port: int) -> DevStack:
         "relay", [python(), "-m", "hitl_relay.cli", "serve"], relay_env, home / "relay.log"
     )
     try:
-        await relay.wait_for_line("Uvicorn running")
+        await relay.wait_for_line("hitl-relay: MCP at")
         await wait_http_ok(f"http://127.0.0.1:{relay_port}/healthz")
     except DevError:
         if devstack is not None:
