@@ -254,7 +254,7 @@ class Raw:
                 return
 
         await asyncio.wait_for(drain(), within_s)
-        rcvd = self.ws.close_rcvd
+        rcvd = self.ws.protocol.close_rcvd
         return (rcvd.code, rcvd.reason) if rcvd is not None else (None, "")
 
     def vanish(self) -> None:

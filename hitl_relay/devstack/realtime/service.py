@@ -63,6 +63,20 @@ DB_UNAVAILABLE = "Realtime was unable to connect to the project database"
 DB_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, asyncpg.PostgresError)
 
 
+class _DenialIsNotAnError(logging.Filter):
+    """uvicorn's websockets-sansio protocol logs "ASGI callable returned without completing
+    handshake." after an ASGI `websocket.http.response` denial, which it did send correctly; the
+    devstack's only websocket endpoint is this one, so the line is always a false alarm."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "ASGI callable returned without completing handshake."
+
+
+_uvicorn_error_log = logging.getLogger("uvicorn.error")
+if not any(isinstance(f, _DenialIsNotAnError) for f in _uvicorn_error_log.filters):
+    _uvicorn_error_log.addFilter(_DenialIsNotAnError())
+
+
 class JoinRefused(Exception):
     def __init__(self, reason: str, *, disconnect: bool = False) -> None:
         super().__init__(reason)
