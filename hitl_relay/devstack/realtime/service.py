@@ -198,6 +198,8 @@ class RealtimeService:
 
     async def start(self) -> None:
         """LISTEN on `hitl_realtime` (raises if the database is unreachable), then keep it."""
+        if self._listen_task is not None and not self._listen_task.done():
+            return  # already started
         self._stopping = False
         await self._listen()
         self._listen_task = asyncio.create_task(self._keep_listening(), name="realtime-listen")
