@@ -100,7 +100,14 @@ async def main(argv: list[str]) -> int:
             for mode in modes:
                 console.print(f"[bold]{mode}[/] at {level} concurrent calls ...")
                 runner = run_realtime if mode == "realtime" else run_polling
-                results.append(await runner(s, level, wait_s=wait_s, spread_s=spread_s))
+                try:
+                    results.append(await runner(s, level, wait_s=wait_s, spread_s=spread_s))
+                except (TimeoutError, OSError, RuntimeError) as e:
+                    # A level that could not finish is reported as such, not dropped silently.
+                    failed = LevelResult(mode=mode, level=level, lost=level)
+                    failed.errors.append(f"level did not complete: {e.__class__.__name__}: {e}")
+                    results.append(failed)
+                    console.print(f"[red]{mode} at {level}: {failed.errors[0]}[/]")
     render(results, console)
     ratio = ratio_p50(results)
     if ratio:

@@ -276,7 +276,7 @@ async def run_realtime(s: Stack, level: int, *, wait_s: float, spread_s: float) 
     qlist = list(questions)
     workers = [asyncio.create_task(client_worker(qlist[k::n_clients])) for k in range(n_clients)]
     try:
-        cases = await _wait_for_cases(operator, questions, deadline_s=60 + level / 10)
+        cases = await _wait_for_cases(operator, questions, deadline_s=60 + level / 4)
         for case_id, question in cases.items():
             result.create_ms.append((operator.opened[case_id] - started[question]) * 1000)
         # Phase 2: everyone waits; measure what waiting costs.
@@ -377,7 +377,7 @@ async def run_polling(s: Stack, level: int, *, wait_s: float, spread_s: float) -
     t0 = time.monotonic()
     tasks = [asyncio.create_task(wait_by_polling(q)) for q in questions]
     try:
-        cases = await _wait_for_cases(operator, questions, deadline_s=60 + level / 10)
+        cases = await _wait_for_cases(operator, questions, deadline_s=60 + level / 4)
         for case_id, question in cases.items():
             result.create_ms.append((operator.opened[case_id] - started[question]) * 1000)
         before = await load.sample()

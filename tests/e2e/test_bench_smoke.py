@@ -1,0 +1,69 @@
+"""scripts/bench --quick --json at a small level: the report's shape, every call answered in
+both modes, nothing lost or duplicated. Timings are reported by the benchmark, not asserted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+from hitl_relay.devstack.cluster import Cluster, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(300)
+async def test_bench_quick_json_has_both_modes_all_answered_none_lost() -> None:
+    base = Path(os.environ.get("HITL_HOME", ROOT / ".hitl"))
+    home = base / f"bench-smoke-{uuid.uuid4().hex[:8]}"  # its own stack, under .hitl
+    home.mkdir(parents=True)
+    pg_port = free_port()
+    out = home / "out.json"
+    plot = home / "out.png"
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HITL_", "SUPABASE_"))}
+        env |= {
+            "HITL_HOME": str(home),
+            "HITL_PG_PORT": str(pg_port),
+            "HITL_DEVSTACK_PORT": str(free_port()),
+        }
+        proc = await asyncio.create_subprocess_exec(
+            str(ROOT / "scripts" / "bench"),
+            "--quick",
+            "--levels",
+            "1,5",
+            "--json",
+            str(out),
+            "--plot",
+            str(plot),
+            cwd=ROOT,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        text, _ = await asyncio.wait_for(proc.communicate(), 240)
+        assert proc.returncode == 0, text.decode(errors="replace")[-3000:]
+        report = json.loads(out.read_text())
+        assert plot.stat().st_size > 10_000  # a real PNG was drawn
+        results = {(r["mode"], r["level"]): r for r in report["results"]}
+        assert set(results) == {("realtime", 1), ("realtime", 5), ("polling", 1), ("polling", 5)}
+        for (mode, level), r in results.items():
+            assert r["answered"] == level, (mode, level, r["errors"])
+            assert r["lost"] == 0
+            assert r["duplicated"] == 0
+            assert set(r["delivery_ms"]) == {"p50", "p95", "p99", "max"}
+            assert set(r["create_ms"]) == {"p50", "p95", "p99"}
+            assert len([v for v in r["delivery_ms"].values() if v is not None]) == 4
+            for key in ("db_statements_per_s", "rss_mb", "rss_kb_per_wait"):
+                assert key in r
+        assert isinstance(report["ratio_p50"], float)
+        assert report["ratio_level"] == 5
+        print("\n" + text.decode(errors="replace")[-1500:])
+    finally:
+        Cluster(home / "pg", port=pg_port).destroy()
+        shutil.rmtree(home, ignore_errors=True)
