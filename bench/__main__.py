@@ -104,10 +104,10 @@ async def main(argv: list[str]) -> int:
                     results.append(await runner(s, level, wait_s=wait_s, spread_s=spread_s))
                 except (TimeoutError, OSError, RuntimeError) as e:
                     # A level that could not finish is reported as such, not dropped silently.
-                    failed = LevelResult(mode=mode, level=level, lost=level)
-                    failed.errors.append(f"level did not complete: {e.__class__.__name__}: {e}")
-                    results.append(failed)
-                    console.print(f"[red]{mode} at {level}: {failed.errors[0]}[/]")
+                    incomplete = LevelResult(mode=mode, level=level, lost=level)
+                    incomplete.errors.append(f"level did not complete: {e.__class__.__name__}: {e}")
+                    results.append(incomplete)
+                    console.print(f"[red]{mode} at {level}: {incomplete.errors[0]}[/]")
     render(results, console)
     ratio = ratio_p50(results)
     if ratio:
