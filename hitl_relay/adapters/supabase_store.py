@@ -1,0 +1,180 @@
+"""`CaseStore` over PostgREST RPC (supabase-py `AsyncClient`), as the service role.
+
+Each method is one RPC, one transaction on the platform (`hitl_open_case`, `hitl_answer`,
+`hitl_close_session`). Errors are translated once, here:
+
+- PostgREST `P0001` (our functions' `RAISE ... USING DETAIL = field, HINT = rule`) →
+  `InvalidRequest(field, rule)`; the one exception is `p_session_id` / "no such session" →
+  `NotFound`.
+- Anything else the platform answers with (other SQLSTATEs, PostgREST's own `PGRST*` codes,
+  a proxy's HTML error page) and every transport problem (connect, read, timeout) →
+  `PlatformUnavailable`, with a detail for the logs.
+- A success response whose shape is not the contract's → `PlatformUnavailable` (a platform
+  running other SQL than ours is not usable).
+
+Every request is bounded by `timeout_s`; the core's own deadline (a cancel scope) may end it
+sooner, and that cancellation passes through untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, cast, get_args
+from uuid import UUID
+
+import httpx
+from postgrest.exceptions import APIError
+from supabase import AsyncClient
+
+from hitl_relay.errors import InvalidRequest, NotFound, PlatformUnavailable
+from hitl_relay.ports import (
+    Answer,
+    MessageKind,
+    OpenCase,
+    OpenedCase,
+    SessionOutcome,
+    SessionStatus,
+)
+
+# What httpx/h2 raise for connect, read, write, pool and protocol problems, plus our bound.
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx.HTTPError, OSError, TimeoutError)
+
+_SESSION_STATUSES = frozenset(get_args(SessionStatus))
+_MESSAGE_KINDS = frozenset(get_args(MessageKind))
+
+
+class ShapeError(ValueError):
+    """A platform reply that does not have the contract's shape."""
+
+
+def parse_time(value: Any) -> datetime:
+    """A timestamptz as PostgREST / realtime.send render it (ISO 8601, offset or `Z`)."""
+    if not isinstance(value, str):
+        raise ShapeError(f"expected a timestamp, got {value!r}")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as e:
+        raise ShapeError(f"expected a timestamp, got {value!r}") from e
+    if parsed.tzinfo is None:
+        raise ShapeError(f"expected a timestamp with a time zone, got {value!r}")
+    return parsed
+
+
+def parse_uuid(value: Any) -> UUID:
+    try:
+        return UUID(str(value))
+    except ValueError as e:
+        raise ShapeError(f"expected a UUID, got {value!r}") from e
+
+
+def optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def parse_kind(value: Any) -> MessageKind:
+    if value not in _MESSAGE_KINDS:
+        raise ShapeError(f"unknown message kind {value!r}")
+    return cast(MessageKind, value)
+
+
+def parse_session_status(value: Any) -> SessionStatus:
+    if value not in _SESSION_STATUSES:
+        raise ShapeError(f"unknown session status {value!r}")
+    return cast(SessionStatus, value)
+
+
+def api_error(fn: str, e: APIError) -> InvalidRequest | NotFound | PlatformUnavailable:
+    """PostgREST's error body → the relay's error tree (see the module docstring)."""
+    if e.code == "P0001":
+        field = e.details if isinstance(e.details, str) and e.details else "request"
+        rule = e.hint if isinstance(e.hint, str) and e.hint else (e.message or "is invalid")
+        if field == "p_session_id" and rule == "no such session":
+            return NotFound("session")
+        return InvalidRequest(field, rule)
+    return PlatformUnavailable(f"{fn}: {e.code or '?'} {e.message or ''}".rstrip())
+
+
+def parse_answer(data: Mapping[str, Any]) -> Answer:
+    """`hitl_answer`'s object (also what a catch-up read returns)."""
+    try:
+        return Answer(
+            message_id=parse_uuid(data["message_id"]),
+            case_id=parse_uuid(data["case_id"]),
+            content=str(data.get("content") or ""),
+            kind=parse_kind(data.get("kind", "answer")),
+            sender_id=optional_str(data.get("sender_id")),
+            created_at=parse_time(data["created_at"]),
+        )
+    except KeyError as e:
+        raise ShapeError(f"missing key {e}") from None
+
+
+def parse_opened(data: Mapping[str, Any]) -> OpenedCase:
+    """`hitl_open_case`'s `{case_id, session_id, expires_at, existed, status}`."""
+    try:
+        existed = data["existed"]
+        if not isinstance(existed, bool):
+            raise ShapeError(f"existed must be a boolean, got {existed!r}")
+        return OpenedCase(
+            case_id=parse_uuid(data["case_id"]),
+            session_id=parse_uuid(data["session_id"]),
+            expires_at=parse_time(data["expires_at"]),
+            existed=existed,
+            status=parse_session_status(data["status"]),
+        )
+    except KeyError as e:
+        raise ShapeError(f"missing key {e}") from None
+
+
+class SupabaseCaseStore:
+    """`CaseStore` over the service-role supabase-py client's `rpc()`."""
+
+    def __init__(self, client: AsyncClient, timeout_s: float) -> None:
+        self._client = client
+        self._timeout_s = timeout_s
+
+    async def _rpc(self, fn: str, params: Mapping[str, Any]) -> Any:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                response = await self._client.rpc(fn, dict(params)).execute()
+        except APIError as e:
+            raise api_error(fn, e) from None
+        except TRANSPORT_ERRORS as e:
+            detail = str(e) or "no reply in time"
+            raise PlatformUnavailable(f"{fn}: {type(e).__name__}: {detail}") from None
+        return response.data
+
+    async def open_case(self, request: OpenCase) -> OpenedCase:
+        data = await self._rpc("hitl_open_case", {"p": request.as_rpc_params()})
+        try:
+            if not isinstance(data, Mapping):
+                raise ShapeError(f"expected an object, got {data!r}")
+            return parse_opened(data)
+        except ShapeError as e:
+            raise PlatformUnavailable(f"hitl_open_case returned an unexpected reply: {e}") from None
+
+    async def answer(self, case_id: UUID) -> Answer | None:
+        data = await self._rpc("hitl_answer", {"p_case_id": str(case_id)})
+        # SQL null: PostgREST renders `null`; supabase-py turns an empty body into [].
+        if data is None or data == []:
+            return None
+        try:
+            if not isinstance(data, Mapping):
+                raise ShapeError(f"expected an object or null, got {data!r}")
+            return parse_answer(data)
+        except ShapeError as e:
+            raise PlatformUnavailable(f"hitl_answer returned an unexpected reply: {e}") from None
+
+    async def close_session(
+        self, session_id: UUID, status: SessionOutcome, detail: Mapping[str, Any] | None = None
+    ) -> bool:
+        data = await self._rpc(
+            "hitl_close_session",
+            {"p_session_id": str(session_id), "p_status": status, "p_detail": dict(detail or {})},
+        )
+        changed = data.get("changed") if isinstance(data, Mapping) else None
+        if not isinstance(changed, bool):
+            raise PlatformUnavailable(f"hitl_close_session returned an unexpected reply: {data!r}")
+        return changed
