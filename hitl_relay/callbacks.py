@@ -1,0 +1,332 @@
+"""Outgoing webhook callbacks: a case's answer (or timeout) POSTed to its `callback_url`.
+
+Signed like Stripe's webhooks: `x-hitl-signature: t=<unix seconds>,v1=<hex>`, where `v1` is the
+hex HMAC-SHA256, keyed with the case's `webhook_secret`, of `f"{t}.{body}"` (the raw body
+bytes). Receivers check it with `verify_callback_signature()` (below) or five lines of their
+own code, and refuse timestamps more than 5 minutes off (a replayed delivery).
+
+Delivery (`CallbackSender.deliver`):
+- only `https://` URLs without credentials in them; the host is resolved and EVERY address must
+  be public (no private, loopback, link-local, multicast, reserved or unspecified address; the
+  cloud metadata address 169.254.169.254 is link-local), and the connection is pinned to the
+  vetted address (Host header and TLS SNI keep the name), so DNS cannot be switched between
+  check and connect; redirects are not followed. `HITL_CALLBACK_ALLOW_PRIVATE=true` lifts both
+  rules for local use (http:// and private addresses);
+- retried with exponential backoff and jitter (stamina) on network errors, 408, 429 and 5xx,
+  each attempt freshly signed, all within `HITL_CALLBACK_BUDGET_SECONDS`; other 4xx answers
+  are final;
+- recorded in the audit sink (`callback_delivery`: delivered | failed | refused, attempts,
+  status, host), never with the secret or the body.
+
+Receiver's check, in full:
+
+    from hitl_relay.callbacks import verify_callback_signature
+    ok = verify_callback_signature(secret, raw_body, request.headers["x-hitl-signature"])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import httpx
+import stamina
+from loguru import logger
+
+from hitl_relay.errors import InvalidRequest
+from hitl_relay.models import AskResult
+from hitl_relay.security.audit import AuditEvent, AuditSink, NullAuditSink
+from hitl_relay.security.network import IPAddress
+
+SIGNATURE_HEADER = "x-hitl-signature"
+TOLERANCE_S = 300
+USER_AGENT = "hitl-relay-callback/1"
+RULE_PUBLIC = (
+    "must be an https URL whose host resolves only to public addresses (no private, loopback, "
+    "link-local, multicast or reserved address)"
+)
+
+
+# ---------------------------------------------------------------- signatures
+
+
+def sign_callback(secret: str, body: bytes, timestamp: int | None = None) -> str:
+    """The `x-hitl-signature` header value for `body`."""
+    t = int(time.time()) if timestamp is None else timestamp
+    digest = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={digest}"
+
+
+def verify_callback_signature(
+    secret: str,
+    body: bytes,
+    header: str | None,
+    *,
+    tolerance_s: int = TOLERANCE_S,
+    now: float | None = None,
+) -> bool:
+    """True when `header` signs `body` with `secret` and its timestamp is within
+    `tolerance_s` of now (either direction). Constant-time; several `v1=` entries allowed."""
+    if not header:
+        return False
+    stamp: int | None = None
+    candidates: list[str] = []
+    for part in header.split(","):
+        name, _, value = part.strip().partition("=")
+        if name == "t" and value.isdigit() and len(value) <= 12:
+            stamp = int(value)
+        elif name == "v1" and value:
+            candidates.append(value.strip())
+    if stamp is None or not candidates:
+        return False
+    current = time.time() if now is None else now
+    if abs(current - stamp) > tolerance_s:
+        return False
+    expected = hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
+    matched = False
+    for candidate in candidates:
+        matched |= hmac.compare_digest(expected, candidate)
+    return matched
+
+
+# ---------------------------------------------------------------- SSRF guard
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A vetted callback destination: the URL, its host name and the addresses it may use."""
+
+    url: str
+    host: str
+    port: int
+    scheme: str
+    addresses: tuple[IPAddress, ...]
+
+    def pinned_url(self) -> str:
+        """The URL with the host replaced by the first vetted address."""
+        address = self.addresses[0]
+        host = f"[{address}]" if address.version == 6 else str(address)
+        parts = urlsplit(self.url)
+        netloc = f"{host}:{self.port}"
+        return urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+
+    def host_header(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        name = f"[{self.host}]" if ":" in self.host else self.host
+        return name if self.port == default else f"{name}:{self.port}"
+
+
+def _public(address: IPAddress) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast
+
+
+async def vet_callback_url(url: object, *, allow_private: bool) -> Target:
+    """Check `url` and resolve its host; raise `InvalidRequest("callback_url", rule)`."""
+    if not isinstance(url, str) or not url or len(url) > 2048:
+        raise InvalidRequest("callback_url", "must be a URL of at most 2048 characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise InvalidRequest("callback_url", "must be a valid URL") from None
+    schemes = ("https", "http") if allow_private else ("https",)
+    if parts.scheme not in schemes:
+        raise InvalidRequest("callback_url", "must use https")
+    if parts.username is not None or parts.password is not None:
+        raise InvalidRequest("callback_url", "must not carry credentials")
+    host = parts.hostname
+    if not host:
+        raise InvalidRequest("callback_url", "must name a host")
+    port = port or (443 if parts.scheme == "https" else 80)
+    try:
+        addresses: tuple[IPAddress, ...] = (ipaddress.ip_address(host),)
+    except ValueError:
+        try:
+            infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            raise InvalidRequest("callback_url", "host does not resolve") from None
+        found: list[IPAddress] = []
+        for info in infos:
+            address = ipaddress.ip_address(str(info[4][0]).partition("%")[0])
+            if address not in found:
+                found.append(address)
+        addresses = tuple(found)
+    if not addresses:
+        raise InvalidRequest("callback_url", "host does not resolve")
+    if not allow_private and not all(_public(a) for a in addresses):
+        raise InvalidRequest("callback_url", RULE_PUBLIC)
+    return Target(url=url, host=host, port=port, scheme=parts.scheme, addresses=addresses)
+
+
+# ---------------------------------------------------------------- delivery
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """How a delivery ended: `delivered`, `failed` (after retries) or `refused` (SSRF)."""
+
+    outcome: str
+    attempts: int
+    status: int | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "delivered"
+
+
+class _Retryable(Exception):
+    def __init__(self, status: int | None, error: str) -> None:
+        self.status = status
+        self.error = error
+        super().__init__(error)
+
+
+def callback_payload(result: AskResult, *, call_id: str | None, event: str) -> dict[str, Any]:
+    """The JSON a callback carries: the result the agent got, plus what it was about."""
+    return {
+        "event": event,
+        "call_id": call_id,
+        "case_id": result.case_id,
+        "status": result.status,
+        "answer": result.answer,
+        "message": result.message,
+        "waited_ms": result.waited_ms,
+        "sent_at": int(time.time()),
+    }
+
+
+class CallbackSender:
+    """Signs, vets and delivers callbacks, with bounded retries; audits each delivery."""
+
+    def __init__(
+        self,
+        *,
+        allow_private: bool = False,
+        timeout_s: float = 10.0,
+        budget_s: float = 60.0,
+        max_attempts: int = 6,
+        first_backoff_s: float = 0.5,
+        audit: AuditSink | None = None,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.allow_private = allow_private
+        self.timeout_s = timeout_s
+        self.budget_s = budget_s
+        self.max_attempts = max_attempts
+        self.first_backoff_s = first_backoff_s
+        self.audit: AuditSink = audit or NullAuditSink()
+        self._client = client
+
+    async def deliver(
+        self,
+        url: str,
+        secret: str,
+        payload: Mapping[str, Any],
+        *,
+        case_id: str | None = None,
+    ) -> Delivery:
+        try:
+            target = await vet_callback_url(url, allow_private=self.allow_private)
+        except InvalidRequest as e:
+            delivery = Delivery("refused", 0, error=e.rule)
+            self._record(delivery, case_id, host=_host_of(url))
+            return delivery
+        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        client = self._client or httpx.AsyncClient(timeout=self.timeout_s)
+        try:
+            delivery = await self._attempts(client, target, secret, body)
+        finally:
+            if self._client is None:
+                await client.aclose()
+        self._record(delivery, case_id, host=target.host)
+        return delivery
+
+    async def _attempts(
+        self, client: httpx.AsyncClient, target: Target, secret: str, body: bytes
+    ) -> Delivery:
+        attempts = 0
+        try:
+            async for attempt in stamina.retry_context(
+                on=_Retryable,
+                attempts=self.max_attempts,
+                timeout=self.budget_s,
+                wait_initial=self.first_backoff_s,
+                wait_max=max(self.first_backoff_s, min(10.0, self.budget_s / 4)),
+                wait_jitter=self.first_backoff_s,
+            ):
+                with attempt:
+                    attempts += 1
+                    status = await self._post(client, target, secret, body)
+                    if 200 <= status < 300:
+                        return Delivery("delivered", attempts, status)
+                    if status in (408, 429) or status >= 500:
+                        raise _Retryable(status, f"answered {status}")
+                    return Delivery("failed", attempts, status, f"answered {status}")
+        except _Retryable as e:
+            return Delivery("failed", attempts, e.status, e.error)
+        raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+
+    async def _post(
+        self, client: httpx.AsyncClient, target: Target, secret: str, body: bytes
+    ) -> int:
+        headers = {
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+            "host": target.host_header(),
+            SIGNATURE_HEADER: sign_callback(secret, body),
+        }
+        extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+        try:
+            response = await client.post(
+                target.pinned_url(),
+                content=body,
+                headers=headers,
+                extensions=extensions,
+                follow_redirects=False,
+                timeout=self.timeout_s,
+            )
+        except httpx.HTTPError as e:
+            raise _Retryable(None, type(e).__name__) from None
+        return response.status_code
+
+    def _record(self, delivery: Delivery, case_id: str | None, *, host: str) -> None:
+        self.audit.record(
+            AuditEvent(
+                actor="relay",
+                action="callback_delivery",
+                outcome=delivery.outcome,
+                case_id=case_id,
+                detail={
+                    "attempts": delivery.attempts,
+                    "status": delivery.status,
+                    "error": delivery.error,
+                    "host": host[:255],
+                },
+            )
+        )
+        log = logger.bind(case_id=case_id, host=host, attempts=delivery.attempts)
+        if delivery.ok:
+            log.info("callback delivered ({})", delivery.status)
+        else:
+            log.warning("callback {}: {}", delivery.outcome, delivery.error)
+
+
+def _host_of(url: object) -> str:
+    if not isinstance(url, str):
+        return "?"
+    try:
+        return urlsplit(url).hostname or "?"
+    except ValueError:
+        return "?"

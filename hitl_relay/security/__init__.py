@@ -1,0 +1,67 @@
+"""Security controls of the relay's HTTP edge (design.md, "Security"; docs/security.md).
+
+    settings.py    SecuritySettings: the HITL_* security variables (Settings inherits them)
+    keys.py        API keys: plain or sha256:<hex>, rotation, revocation, compromised keys,
+                   constant-time comparison, `generate_key()`
+    network.py     client address behind trusted proxies, IP allowlist, forwarded scheme
+    ratelimit.py   per-address / per-key / per-call limits (limits; memory or Postgres)
+    audit.py       AuditSink (hil_audit, log, memory), log redaction
+    middleware.py  the ASGI guards (HTTPS, IP, limits, body size, Origin, auth)
+    layer.py       SecurityLayer: builds all of the above for one app
+
+`hitl_relay.retell` (the signed Retell webhook) and `hitl_relay.callbacks` (signed outgoing
+callbacks, SSRF guard) build on these. Nothing here imports `hitl_relay.config` at run time:
+`config` imports `settings` from this package.
+"""
+
+from __future__ import annotations
+
+from hitl_relay.security.audit import (
+    AuditEvent,
+    AuditSink,
+    LogAuditSink,
+    MemoryAuditSink,
+    NullAuditSink,
+    SupabaseAuditSink,
+    ThrottledAuditSink,
+    redacted,
+)
+from hitl_relay.security.keys import (
+    COMPROMISED_SHA256,
+    KeyRing,
+    env_lines,
+    generate_key,
+    key_problems,
+)
+from hitl_relay.security.layer import SecurityLayer
+from hitl_relay.security.ratelimit import (
+    Decision,
+    MemoryRateLimiter,
+    PostgresRateLimiter,
+    RateLimiter,
+    Rule,
+)
+from hitl_relay.security.settings import SecuritySettings
+
+__all__ = [
+    "COMPROMISED_SHA256",
+    "AuditEvent",
+    "AuditSink",
+    "Decision",
+    "KeyRing",
+    "LogAuditSink",
+    "MemoryAuditSink",
+    "MemoryRateLimiter",
+    "NullAuditSink",
+    "PostgresRateLimiter",
+    "RateLimiter",
+    "Rule",
+    "SecurityLayer",
+    "SecuritySettings",
+    "SupabaseAuditSink",
+    "ThrottledAuditSink",
+    "env_lines",
+    "generate_key",
+    "key_problems",
+    "redacted",
+]

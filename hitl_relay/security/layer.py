@@ -1,0 +1,224 @@
+"""`SecurityLayer`: the security controls of one HTTP app, built once from the settings.
+
+The HTTP app uses it in three places:
+
+    layer = SecurityLayer(settings)                    # refuses bad keys (ConfigError)
+    Starlette(..., middleware=layer.middleware())      # guards, outermost first
+    async with layer.running(): ...                    # in the lifespan: audit writer
+
+plus `layer.authorize` (the bearer check for the /mcp gate), `layer.transport_security()`
+(the MCP SDK's DNS-rebinding protection) and `layer.limiter` / `layer.rules` for endpoints that
+authenticate by other means (the Retell webhook).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from limits import RateLimitItemPerSecond
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+
+from hitl_relay import metrics
+from hitl_relay.security.audit import (
+    AuditEvent,
+    AuditSink,
+    LogAuditSink,
+    NullAuditSink,
+    SupabaseAuditSink,
+    ThrottledAuditSink,
+    install_log_redaction,
+)
+from hitl_relay.security.keys import keyring_or_refuse
+from hitl_relay.security.middleware import (
+    AuthGuard,
+    NetworkGuard,
+    OriginGuard,
+    OriginPolicy,
+)
+from hitl_relay.security.network import NetworkPolicy
+from hitl_relay.security.ratelimit import (
+    Decision,
+    MemoryRateLimiter,
+    PostgresRateLimiter,
+    RateLimiter,
+    Rule,
+)
+from hitl_relay.security.settings import LOOPBACK_HOSTS
+
+if TYPE_CHECKING:
+    from hitl_relay.config import Settings
+
+PROTECTED_PATHS = ("/mcp",)
+# Methods and headers a browser client of /mcp needs (streamable HTTP).
+CORS_METHODS = ("GET", "POST", "DELETE", "OPTIONS")
+CORS_HEADERS = (
+    "authorization",
+    "content-type",
+    "accept",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "last-event-id",
+)
+CORS_EXPOSE = ("mcp-session-id", "retry-after", "www-authenticate")
+# Retell signatures are valid 5 minutes either side of now: remember each for both halves.
+REPLAY_WINDOW_S = 600
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    per_ip: Rule
+    auth_failures: Rule
+    per_key: Rule
+    per_call: Rule
+    replay: Rule
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Rules:
+        return cls(
+            per_ip=Rule.parse("ip", settings.rate_limit_per_ip),
+            auth_failures=Rule.parse("authfail", settings.rate_limit_auth_failures_per_ip),
+            per_key=Rule.parse("key", settings.rate_limit_per_key),
+            per_call=Rule.parse("call", settings.rate_limit_per_call),
+            replay=Rule("replay", (RateLimitItemPerSecond(1, REPLAY_WINDOW_S),)),
+        )
+
+
+def default_audit_sink(settings: Settings) -> AuditSink:
+    choice = settings.audit_sink
+    if choice == "auto":
+        choice = "supabase" if settings.backend == "supabase" else "log"
+    if choice == "none":
+        return NullAuditSink()
+    if choice == "supabase" and settings.supabase_url and settings.supabase_service_role_key:
+        sink: AuditSink = SupabaseAuditSink(
+            settings.supabase_url, settings.supabase_service_role_key.get_secret_value()
+        )
+    else:
+        sink = LogAuditSink()
+    return ThrottledAuditSink(sink)
+
+
+def default_limiter(settings: Settings) -> RateLimiter:
+    if (
+        settings.rate_limit_storage == "postgres"
+        and settings.supabase_url
+        and settings.supabase_service_role_key
+    ):
+        return PostgresRateLimiter(
+            settings.supabase_url, settings.supabase_service_role_key.get_secret_value()
+        )
+    return MemoryRateLimiter()
+
+
+def transport_security_settings(settings: Settings) -> TransportSecuritySettings | None:
+    """The MCP SDK's DNS-rebinding protection: Host and Origin checked on /mcp.
+
+    On when serving on loopback (loopback names always allowed) or when HITL_ALLOWED_HOSTS is
+    set; off otherwise (behind a proxy the public host name is not known here).
+    """
+    hosts = list(settings.allowed_hosts)
+    origins = list(settings.allowed_origins)
+    if settings.host in LOOPBACK_HOSTS:
+        hosts += ["127.0.0.1", "localhost", "[::1]", "127.0.0.1:*", "localhost:*", "[::1]:*"]
+        origins += ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+    if not hosts:
+        return None
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+    )
+
+
+class SecurityLayer:
+    """Keys, limits, network and origin policy, audit: shared by the guards and endpoints."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        audit: AuditSink | None = None,
+        limiter: RateLimiter | None = None,
+        protected: tuple[str, ...] = PROTECTED_PATHS,
+    ) -> None:
+        self.settings = settings
+        self.keys = keyring_or_refuse(
+            settings.api_key_values(),
+            revoked=settings.revoked_keys,
+            compromised=settings.compromised_keys,
+            require_key=not settings.insecure_local,
+        )
+        # --insecure-local with no key at all: every request passes as this actor.
+        self.open_access = settings.insecure_local and self.keys.size == 0
+        self.network = NetworkPolicy(settings.trusted_proxies, settings.ip_allowlist)
+        self.origins = OriginPolicy(settings.allowed_origins)
+        self.rules = Rules.from_settings(settings)
+        self.limiter = limiter or default_limiter(settings)
+        self.audit = audit or default_audit_sink(settings)
+        self.protected = protected
+        install_log_redaction(settings.redact_logs)
+
+    # ------------------------------------------------------------ wiring
+
+    def middleware(self) -> list[Middleware]:
+        """The guards for `Starlette(middleware=...)`, outermost first."""
+        return [
+            Middleware(NetworkGuard, layer=self),
+            Middleware(OriginGuard, layer=self),
+            Middleware(
+                CORSMiddleware,
+                allow_origins=sorted(self.origins.exact),
+                allow_origin_regex=self.origins.cors_regex(),
+                allow_methods=CORS_METHODS,
+                allow_headers=CORS_HEADERS,
+                expose_headers=CORS_EXPOSE,
+                allow_credentials=False,
+                max_age=600,
+            ),
+            Middleware(AuthGuard, layer=self),
+        ]
+
+    def authorize(self, headers: Headers) -> bool:
+        """The bearer check alone (the /mcp gate's `Authorize`)."""
+        return self.identify(headers.get("authorization")) is not None
+
+    def identify(self, authorization: str | None) -> str | None:
+        """The key fingerprint for an Authorization header, or None."""
+        if self.open_access:
+            return "insecure-local"
+        return self.keys.identify_authorization(authorization)
+
+    def transport_security(self) -> TransportSecuritySettings | None:
+        """The MCP SDK's DNS-rebinding protection for /mcp (see `transport_security_settings`)."""
+        return transport_security_settings(self.settings)
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """For the app's lifespan: runs the audit writer, closes the limiter's client."""
+        async with AsyncExitStack() as stack:
+            sink: Any = self.audit
+            inner = sink.inner if isinstance(sink, ThrottledAuditSink) else sink
+            if isinstance(inner, SupabaseAuditSink):
+                await stack.enter_async_context(inner.running())
+            stack.push_async_callback(self.limiter.aclose)
+            yield
+
+    # ------------------------------------------------------------ recording
+
+    def record(self, action: str, actor: str, outcome: str, **detail: Any) -> None:
+        self.audit.record(AuditEvent(actor=actor, action=action, outcome=outcome, detail=detail))
+
+    def refused_by_limit(self, scope: str, actor: str, decision: Decision, path: str) -> None:
+        metrics.rate_limited.inc()
+        self.record(
+            "rate_limited",
+            actor,
+            "refused",
+            scope=scope,
+            path=path,
+            retry_after=int(decision.retry_after_header),
+        )

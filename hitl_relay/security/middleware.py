@@ -1,0 +1,308 @@
+"""The ASGI guards in front of the relay's routes, outermost first:
+
+1. `NetworkGuard`: HTTPS enforcement (403 or 308), client address (X-Forwarded-For only from
+   trusted proxies), IP allowlist (403), per-address rate limit BEFORE authentication (429),
+   request body size limit (413; the body is buffered once and replayed to the app).
+2. `OriginGuard`: a browser Origin that is neither listed nor same-origin → 403.
+3. Starlette's `CORSMiddleware` (preflights for listed origins; nothing for the others).
+4. `AuthGuard` on the protected paths (`/mcp`): addresses that spent their failed-auth budget
+   get 429 before any key is compared; bearer key (401 `{"error": "unauthorized"}` with
+   `WWW-Authenticate: Bearer`, never saying what was wrong); per-key rate limit; per-call-id
+   rate limit on `tools/call` requests carrying a `call_id` (429 with `Retry-After`).
+
+Every refusal is a small JSON body, counted in Prometheus and recorded in the audit sink.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from hitl_relay import metrics
+from hitl_relay.security.network import Origin
+from hitl_relay.security.ratelimit import Decision
+
+if TYPE_CHECKING:
+    from hitl_relay.security.layer import SecurityLayer
+
+# Served to anyone who can reach the process (load balancers' probes).
+EXEMPT_PATHS = frozenset({"/healthz"})
+STATE_ORIGIN = "hitl_origin"
+STATE_BODY = "hitl_body"
+STATE_KEY = "hitl_key"
+
+
+def request_origin(scope: Scope) -> Origin | None:
+    state = scope.get("state") or {}
+    found = state.get(STATE_ORIGIN)
+    return found if isinstance(found, Origin) else None
+
+
+def buffered_body(scope: Scope) -> bytes | None:
+    state = scope.get("state") or {}
+    body = state.get(STATE_BODY)
+    return body if isinstance(body, bytes) else None
+
+
+def error_response(status: int, error: str, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
+
+
+def unauthorized() -> Response:
+    return error_response(401, "unauthorized", {"WWW-Authenticate": 'Bearer realm="hitl-relay"'})
+
+
+def too_many(decision: Decision) -> Response:
+    seconds = decision.retry_after_header
+    return JSONResponse(
+        {"error": "rate_limited", "retry_after": int(seconds)},
+        status_code=429,
+        headers={"Retry-After": seconds},
+    )
+
+
+class NetworkGuard:
+    def __init__(self, app: ASGIApp, layer: SecurityLayer) -> None:
+        self.app = app
+        self.layer = layer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        layer = self.layer
+        origin = layer.network.origin(scope)
+        scope.setdefault("state", {})[STATE_ORIGIN] = origin
+        if scope["path"] in EXEMPT_PATHS:
+            await self.app(scope, receive, send)
+            return
+        refusal = await self._refusal(scope, origin)
+        if refusal is not None:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await refusal(scope, receive, send)
+            return
+        if scope["type"] == "http":
+            await self._with_body_limit(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    async def _refusal(self, scope: Scope, origin: Origin) -> Response | None:
+        layer = self.layer
+        mode = layer.settings.https_mode
+        if mode != "off" and not origin.https:
+            layer.record("https_required", f"ip:{origin.client}", "refused", path=scope["path"])
+            if mode == "redirect" and scope["type"] == "http":
+                return RedirectResponse(_https_url(scope), status_code=308)
+            return error_response(403, "https required")
+        if not layer.network.allowed(origin.client):
+            layer.record("ip_refused", f"ip:{origin.client}", "refused", path=scope["path"])
+            return error_response(403, "forbidden")
+        decision = await layer.limiter.hit(layer.rules.per_ip, str(origin.client))
+        if not decision.allowed:
+            layer.refused_by_limit("ip", f"ip:{origin.client}", decision, scope["path"])
+            return too_many(decision)
+        return None
+
+    async def _with_body_limit(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit = self.layer.settings.max_body_bytes
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+            await error_response(413, "request body too large")(scope, receive, send)
+            return
+        body = bytearray()
+        trailing: Message | None = None
+        complete = False
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                trailing = message  # the client went away before the body was complete
+                break
+            body.extend(message.get("body", b""))
+            if len(body) > limit:
+                await error_response(413, "request body too large")(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                complete = True
+                break
+        scope["state"][STATE_BODY] = bytes(body)
+        pending: list[Message] = [
+            {"type": "http.request", "body": bytes(body), "more_body": not complete}
+        ]
+        if trailing is not None:
+            pending.append(trailing)
+
+        async def replay() -> Message:
+            if pending:
+                return pending.pop(0)
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _https_url(scope: Scope) -> str:
+    headers = Headers(scope=scope)
+    host = headers.get("host") or "localhost"
+    if host.endswith(":80"):
+        host = host[:-3]
+    path = scope.get("raw_path") or scope["path"].encode()
+    query = scope.get("query_string") or b""
+    url = f"https://{host}{path.decode('latin-1')}"
+    return url + (f"?{query.decode('latin-1')}" if query else "")
+
+
+class OriginGuard:
+    def __init__(self, app: ASGIApp, layer: SecurityLayer) -> None:
+        self.app = app
+        self.layer = layer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or scope["path"] in EXEMPT_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        origin_header = headers.get("origin")
+        if origin_header is not None:
+            origin = request_origin(scope)
+            https = origin.https if origin is not None else False
+            if not self.layer.origins.allowed(origin_header, headers.get("host"), https):
+                client = origin.client if origin is not None else "?"
+                self.layer.record(
+                    "origin_refused",
+                    f"ip:{client}",
+                    "refused",
+                    path=scope["path"],
+                    origin=origin_header[:200],
+                )
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                await error_response(403, "origin not allowed")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class AuthGuard:
+    def __init__(self, app: ASGIApp, layer: SecurityLayer) -> None:
+        self.app = app
+        self.layer = layer
+
+    def _protected(self, path: str) -> bool:
+        return any(
+            path == prefix or path.startswith(prefix + "/") for prefix in self.layer.protected
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self._protected(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        refusal = await self._refusal(scope)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    async def _refusal(self, scope: Scope) -> Response | None:
+        layer = self.layer
+        origin = request_origin(scope)
+        ip = str(origin.client) if origin is not None else "unknown"
+        path = scope["path"]
+        spent = await layer.limiter.peek(layer.rules.auth_failures, ip)
+        if not spent.allowed:
+            layer.refused_by_limit("auth_failures", f"ip:{ip}", spent, path)
+            return too_many(spent)
+        headers = Headers(scope=scope)
+        key = layer.identify(headers.get("authorization"))
+        if key is None:
+            await layer.limiter.hit(layer.rules.auth_failures, ip)
+            metrics.auth_failures.inc()
+            reason = "missing" if not headers.get("authorization") else "wrong"
+            layer.record("auth_failed", f"ip:{ip}", "refused", path=path, reason=reason)
+            return unauthorized()
+        scope.setdefault("state", {})[STATE_KEY] = key
+        decision = await layer.limiter.hit(layer.rules.per_key, key)
+        if not decision.allowed:
+            layer.refused_by_limit("key", key, decision, path)
+            return too_many(decision)
+        body = buffered_body(scope)
+        if scope["method"] == "POST" and body:
+            for call_id in tool_call_ids(body):
+                decision = await layer.limiter.hit(layer.rules.per_call, call_id)
+                if not decision.allowed:
+                    layer.refused_by_limit("call", f"call:{call_id[:128]}", decision, path)
+                    return too_many(decision)
+        return None
+
+
+def tool_call_ids(body: bytes) -> Iterator[str]:
+    """The `call_id` (or `callId`) of each JSON-RPC `tools/call` in an MCP request body."""
+    try:
+        parsed: Any = json.loads(body)
+    except (ValueError, RecursionError):
+        return
+    messages = parsed if isinstance(parsed, list) else [parsed]
+    for message in messages[:100]:
+        if not isinstance(message, dict) or message.get("method") != "tools/call":
+            continue
+        params = message.get("params")
+        arguments = params.get("arguments") if isinstance(params, dict) else None
+        if not isinstance(arguments, dict):
+            continue
+        call_id = arguments.get("call_id", arguments.get("callId"))
+        if isinstance(call_id, str) and call_id:
+            yield call_id
+
+
+class OriginPolicy:
+    """Listed origins (exact, or `scheme://host:*` for any port) plus same-origin requests."""
+
+    def __init__(self, allowed: list[str]) -> None:
+        self.exact = {a for a in allowed if not a.endswith(":*")}
+        self.any_port = tuple(a[:-2] for a in allowed if a.endswith(":*"))
+
+    def listed(self, origin: str) -> bool:
+        if origin in self.exact:
+            return True
+        return any(origin == base or origin.startswith(base + ":") for base in self.any_port)
+
+    def allowed(self, origin: str, host: str | None, https: bool) -> bool:
+        origin = origin.strip()
+        if self.listed(origin):
+            return True
+        return same_origin(origin, host, https)
+
+    def cors_regex(self) -> str | None:
+        import re
+
+        if not self.any_port:
+            return None
+        return "|".join(rf"{re.escape(base)}(:\d+)?" for base in self.any_port)
+
+
+def same_origin(origin: str, host: str | None, https: bool) -> bool:
+    if not host or origin == "null":
+        return False
+    try:
+        parts = urlsplit(origin)
+        port = parts.port
+    except ValueError:
+        return False
+    scheme = "https" if https else "http"
+    if parts.scheme != scheme or not parts.hostname:
+        return False
+    default = 443 if scheme == "https" else 80
+    origin_netloc = f"{parts.hostname}:{port or default}"
+    try:
+        host_parts = urlsplit(f"//{host}")
+        host_port = host_parts.port
+    except ValueError:
+        return False
+    host_netloc = f"{host_parts.hostname}:{host_port or default}"
+    return origin_netloc.lower() == host_netloc.lower()
