@@ -225,6 +225,38 @@ async def _wait_for_cases(
     return seen
 
 
+async def _open_and_wait_phases(
+    result: LevelResult,
+    operator: SimulatedOperator,
+    questions: dict[str, int],
+    started: dict[str, float],
+    load: DbLoad,
+    *,
+    wait_s: float,
+    pid: int,
+    rss_idle: float | None,
+) -> dict[str, str]:
+    """Phases 1 and 2: every case open (creation latency), then pure waiting (DB load, RSS)."""
+    level = result.level
+    cases = await _wait_for_cases(operator, questions, deadline_s=60 + level / 4)
+    for case_id, question in cases.items():
+        result.create_ms.append((operator.opened[case_id] - started[question]) * 1000)
+    before = await load.sample()
+    t_wait = time.monotonic()
+    await asyncio.sleep(wait_s)  # the measurement window itself
+    after = await load.sample()
+    # -2: the two sampling statements themselves
+    result.db_statements_per_s = round(
+        max(0.0, after - before - 2) / (time.monotonic() - t_wait), 2
+    )
+    rss_wait = rss_mb(pid)
+    if rss_wait is not None:
+        result.rss_mb = round(rss_wait, 1)
+        if rss_idle is not None:
+            result.rss_kb_per_wait = round((rss_wait - rss_idle) * 1024 / level, 1)
+    return cases
+
+
 async def run_realtime(s: Stack, level: int, *, wait_s: float, spread_s: float) -> LevelResult:
     result = LevelResult(mode="realtime", level=level)
     run = uuid.uuid4().hex[:8]
@@ -276,22 +308,16 @@ async def run_realtime(s: Stack, level: int, *, wait_s: float, spread_s: float) 
     qlist = list(questions)
     workers = [asyncio.create_task(client_worker(qlist[k::n_clients])) for k in range(n_clients)]
     try:
-        cases = await _wait_for_cases(operator, questions, deadline_s=60 + level / 4)
-        for case_id, question in cases.items():
-            result.create_ms.append((operator.opened[case_id] - started[question]) * 1000)
-        # Phase 2: everyone waits; measure what waiting costs.
-        before = await load.sample()
-        t_wait = time.monotonic()
-        await asyncio.sleep(wait_s)  # the measurement window itself
-        after = await load.sample()
-        result.db_statements_per_s = round(
-            max(0.0, after - before - 2) / (time.monotonic() - t_wait), 2
-        )  # -2: the two sampling statements themselves
-        rss_wait = rss_mb(s.relay.proc.pid)
-        if rss_wait is not None:
-            result.rss_mb = round(rss_wait, 1)
-            if rss_idle is not None:
-                result.rss_kb_per_wait = round((rss_wait - rss_idle) * 1024 / level, 1)
+        cases = await _open_and_wait_phases(
+            result,
+            operator,
+            questions,
+            started,
+            load,
+            wait_s=wait_s,
+            pid=s.relay.proc.pid,
+            rss_idle=rss_idle,
+        )
         gauges = await relay_gauges(s.mcp_url)
         result.sockets = (
             int(gauges["hitl_realtime_sockets"]) if "hitl_realtime_sockets" in gauges else None
@@ -377,21 +403,16 @@ async def run_polling(s: Stack, level: int, *, wait_s: float, spread_s: float) -
     t0 = time.monotonic()
     tasks = [asyncio.create_task(wait_by_polling(q)) for q in questions]
     try:
-        cases = await _wait_for_cases(operator, questions, deadline_s=60 + level / 4)
-        for case_id, question in cases.items():
-            result.create_ms.append((operator.opened[case_id] - started[question]) * 1000)
-        before = await load.sample()
-        t_wait = time.monotonic()
-        await asyncio.sleep(wait_s)  # the measurement window itself
-        after = await load.sample()
-        result.db_statements_per_s = round(
-            max(0.0, after - before - 2) / (time.monotonic() - t_wait), 2
+        cases = await _open_and_wait_phases(
+            result,
+            operator,
+            questions,
+            started,
+            load,
+            wait_s=wait_s,
+            pid=os.getpid(),
+            rss_idle=rss_idle,
         )
-        rss_wait = rss_mb(os.getpid())
-        if rss_wait is not None:
-            result.rss_mb = round(rss_wait, 1)
-            if rss_idle is not None:
-                result.rss_kb_per_wait = round((rss_wait - rss_idle) * 1024 / level, 1)
         await _answer_all(operator, cases, spread_s)
         await asyncio.gather(*tasks)
     finally:
