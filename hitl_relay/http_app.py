@@ -5,6 +5,12 @@
     GET /healthz           liveness: the process answers
     GET /readyz            readiness: the platform backend is connected, the breaker closed
     GET /metrics           Prometheus text format
+    GET /console/          the operator console (hitl_relay.console), no key needed
+    POST /retell/ask_human Retell custom function, signed (hitl_relay.retell), when
+                           HITL_RETELL_API_KEY is set
+
+Every route sits behind `hitl_relay.security` (HTTPS, IP allowlist, rate limits, body size,
+Origin/CORS, bearer keys on /mcp): `create_app` builds one `SecurityLayer` from the settings.
 
 The app owns the platform connection for its lifetime (Starlette lifespan). Request
 authorisation is one replaceable function (`Authorize`); the default accepts any configured
@@ -36,13 +42,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from hitl_relay import metrics
+from hitl_relay import console, metrics, retell
 from hitl_relay.adapters import open_backend
 from hitl_relay.clock import SystemClock
 from hitl_relay.config import Settings
 from hitl_relay.mcp_server import RelayMcpServer
 from hitl_relay.ports import Backend, Clock
 from hitl_relay.relay import Relay, build_relay
+from hitl_relay.security import SecurityLayer
 
 # Decides whether a request to /mcp may pass, from its headers.
 Authorize = Callable[[Headers], bool]
@@ -108,13 +115,18 @@ class RelayState:
 
 
 def transport_security(settings: Settings) -> TransportSecuritySettings | None:
-    """DNS-rebinding protection for loopback serving (the SDK's own default for localhost)."""
-    if settings.host not in LOOPBACK_HOSTS:
-        return None
-    return TransportSecuritySettings(
-        enable_dns_rebinding_protection=True,
-        allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*"],
-        allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
+    """DNS-rebinding protection: loopback names on loopback, plus HITL_ALLOWED_HOSTS/_ORIGINS."""
+    from hitl_relay.security.layer import transport_security_settings
+
+    return transport_security_settings(settings)
+
+
+def console_config(settings: Settings) -> console.ConsoleConfig:
+    """What the operator console at /console may know: the URL and the public anon key."""
+    anon = settings.supabase_anon_key
+    return console.ConsoleConfig(
+        supabase_url=settings.supabase_url,
+        anon_key=anon.get_secret_value() if anon is not None else None,
     )
 
 
@@ -125,22 +137,26 @@ def create_app(
     authorize: Authorize | None = None,
     clock: Clock | None = None,
     extra_routes: Sequence[BaseRoute] = (),
+    security: SecurityLayer | None = None,
 ) -> Starlette:
-    """The relay's Starlette app; connects the backend when the app starts."""
+    """The relay's Starlette app; connects the backend when the app starts.
+
+    Raises `ConfigError` for unusable keys (none, compromised, malformed) unless
+    `settings.insecure_local`.
+    """
     state = RelayState()
+    layer = security or SecurityLayer(settings)
     mcp = RelayMcpServer(state.get)
     manager = StreamableHTTPSessionManager(
         app=mcp.server,
         stateless=True,
-        security_settings=transport_security(settings),
+        security_settings=layer.transport_security(),
     )
-    gate = RequireAuthorization(
-        manager.handle_request, authorize or api_key_authorizer(settings.api_key_values())
-    )
+    gate = RequireAuthorization(manager.handle_request, authorize or layer.authorize)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, object]]:
-        async with backend(settings) as connected, manager.run():
+        async with backend(settings) as connected, manager.run(), layer.running():
             state.relay = build_relay(connected, settings, clock=clock or SystemClock())
             async with anyio.create_task_group() as tg:
                 tg.start_soon(mcp.watch_breaker)
@@ -171,9 +187,11 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
+        *console.routes(console_config(settings)),
+        *retell.routes(layer, state.get),
         *extra_routes,
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=layer.middleware())
 
 
 class _Embedded(uvicorn.Server):
