@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import anyio
 from loguru import logger
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -41,7 +42,13 @@ from starlette.routing import BaseRoute, Route
 
 from hitl_relay import metrics
 from hitl_relay.errors import InvalidRequest
-from hitl_relay.models import HISTORY_MAX_TURNS, TURN_CONTENT_MAX, parse_ask_request
+from hitl_relay.models import (
+    HISTORY_MAX_TURNS,
+    TURN_CONTENT_MAX,
+    AskHumanRequest,
+    AskResult,
+    parse_ask_request,
+)
 from hitl_relay.relay import Relay
 from hitl_relay.security.audit import redacted
 from hitl_relay.security.layer import SecurityLayer
@@ -231,9 +238,13 @@ class RetellEndpoint:
             layer.refused_by_limit("call", f"call:{ask.call_id}", limited, PATH)
             return too_many(limited)
         try:
-            result = await self.relay().ask(ask)
+            result = await self._ask_while_connected(request, ask)
         except InvalidRequest as e:
             return self._invalid(e, payload)
+        if result is None:
+            # Retell gave up on this attempt (it retries; the retry joins the same case).
+            layer.record("retell_ask", f"retell:{ask.agent_id}", "cancelled", call_id=ask.call_id)
+            return JSONResponse({"error": "client disconnected"}, status_code=499)
         layer.record(
             "retell_ask",
             f"retell:{ask.agent_id}",
@@ -248,6 +259,24 @@ class RetellEndpoint:
             redacted(ask.question, layer.settings.redact_logs),
         )
         return JSONResponse({"result": result.text(), **result.model_dump(mode="json")})
+
+    async def _ask_while_connected(
+        self, request: Request, ask: AskHumanRequest
+    ) -> AskResult | None:
+        """The relay's answer, or None when the client hung up first (the wait is cancelled:
+        the session closes as `cancelled`, the case stays open for a retry to join)."""
+        result: AskResult | None = None
+        async with anyio.create_task_group() as tg:
+
+            async def watch_disconnect() -> None:
+                while (await request.receive())["type"] != "http.disconnect":
+                    pass
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(watch_disconnect)
+            result = await self.relay().ask(ask)
+            tg.cancel_scope.cancel()
+        return result
 
     async def _refuse(self, ip: str, reason: str) -> Response:
         layer = self.layer
