@@ -1,7 +1,9 @@
-"""The MCP face of the relay: tools `ask_human` and `get_human_answer`, over stdio or HTTP.
+"""The MCP face of the relay: tools `ask_human`, `get_human_answer` and `get_call_history`, over
+stdio or HTTP.
 
 Thin on purpose: parse the arguments (`models`), call the core (`Relay`), render the result as
-text plus `structuredContent` {status, answer, case_id, waited_ms, message}. Bad arguments come
+text plus `structuredContent` ({status, answer, clarification, case_id, waited_ms, deadline_s,
+message} for the first two; {status, call_id, entries, message} for the history). Bad arguments come
 back as a tool result with `isError: true` naming the field and the rule, so the agent can
 correct itself; nothing the caller sends produces a stack trace.
 
@@ -33,12 +35,16 @@ from hitl_relay.config import Settings
 from hitl_relay.errors import InvalidRequest
 from hitl_relay.models import (
     ASK_HUMAN_DESCRIPTION,
+    GET_CALL_HISTORY_DESCRIPTION,
     GET_HUMAN_ANSWER_DESCRIPTION,
     AskHumanRequest,
     AskResult,
+    CallHistory,
+    GetCallHistoryRequest,
     GetHumanAnswerRequest,
     parse_ask_request,
     parse_get_answer_request,
+    parse_get_call_history_request,
     tool_schema,
 )
 from hitl_relay.relay import Relay, build_relay
@@ -47,7 +53,10 @@ from hitl_relay.resilience import BreakerState
 SERVER_NAME = "hitl-relay"
 INSTRUCTIONS = (
     "Use ask_human to get an answer from a human colleague during a live call, and "
-    "get_human_answer to pick up an answer that arrived after ask_human timed out."
+    "get_human_answer to pick up an answer that arrived after ask_human timed out. If ask_human "
+    "returns status needs_info, ask the caller the colleague's question and call ask_human again "
+    "with case_id and the caller's reply as question. get_call_history lists the questions "
+    "already asked in this call."
 )
 UNAVAILABLE_NOTE = (
     "UNAVAILABLE RIGHT NOW: the colleagues' system cannot be reached, so this tool returns "
@@ -112,6 +121,19 @@ class RelayMcpServer:
                     open_world_hint=True,
                 ),
             ),
+            types.Tool(
+                name="get_call_history",
+                title="Questions asked in this call",
+                description=note + GET_CALL_HISTORY_DESCRIPTION,
+                input_schema=tool_schema(GetCallHistoryRequest),
+                output_schema=tool_schema(CallHistory),
+                annotations=types.ToolAnnotations(
+                    title="Questions asked in this call",
+                    read_only_hint=True,
+                    idempotent_hint=True,
+                    open_world_hint=True,
+                ),
+            ),
         ]
 
     async def announce_tools_changed(self) -> None:
@@ -152,6 +174,9 @@ class RelayMcpServer:
             if params.name == "get_human_answer":
                 request = parse_get_answer_request(arguments)
                 return render(await relay.get_answer(request.case_id))
+            if params.name == "get_call_history":
+                history = parse_get_call_history_request(arguments)
+                return render(await relay.call_history(history.call_id))
         except InvalidRequest as e:
             return render_invalid(e)
         raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {params.name}")
@@ -180,7 +205,7 @@ class RelayMcpServer:
             self._connections.add(connection)
 
 
-def render(result: AskResult) -> types.CallToolResult:
+def render(result: AskResult | CallHistory) -> types.CallToolResult:
     return types.CallToolResult(
         content=[types.TextContent(text=result.text())],
         structured_content=result.model_dump(mode="json"),

@@ -25,9 +25,10 @@ SECONDS_BUCKETS = (
 )  # fmt: skip
 
 # outcome: answered | timeout | no_operator | platform_unreachable | unclear_answer | invalid |
-# cancelled
+# cancelled | needs_info (the operator asked back; the follow-up call counts on its own)
 OUTCOMES = (
     "answered",
+    "needs_info",
     "timeout",
     "no_operator",
     "platform_unreachable",

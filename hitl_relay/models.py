@@ -1,9 +1,10 @@
 """The tool's input and output at the edge: pydantic models, with descriptions for the agent.
 
 `AskHumanRequest` is what a voice agent sends to `ask_human` (MCP or the Retell webhook);
-`AskResult` is what it gets back. `parse_ask_request` turns any validation failure into an
-`InvalidRequest` whose message names the field and the rule ("priority: must be between 1 and
-5"), never pydantic's internals.
+`AskResult` is what it gets back. `GetCallHistoryRequest` / `CallHistory` are the input and
+output of `get_call_history` (the call's thread of questions, answers and clarifications).
+`parse_ask_request` turns any validation failure into an `InvalidRequest` whose message names
+the field and the rule ("priority: must be between 1 and 5"), never pydantic's internals.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -38,18 +40,37 @@ colleague answers or the time limit passes (default 45 seconds).
 
 The result's `status` says what happened:
 - answered: `answer` holds the colleague's answer; relay it to the caller in your own words.
+- needs_info: the colleague needs one more fact before answering; `clarification` holds their \
+question. Ask the caller that question, then call ask_human again with `case_id` set to this \
+result's case_id and the caller's reply (verbatim) as `question`. The same colleague sees the \
+reply in the same case and answers there; the follow-up call waits with its own time limit.
 - timeout: nobody answered in time; say `message` to the caller. The case stays open: call \
 get_human_answer with `case_id` later in the call to pick up a late answer.
 - no_operator: no colleague is available right now; say `message` to the caller.
 - platform_unreachable: the colleagues' system cannot be reached; say `message`.
 - unclear_answer: the colleague could not give a usable answer; say `message`.
-Never invent an answer when the status is not `answered`."""
+Never invent an answer when the status is not `answered`. `deadline_s` is this call's time \
+limit and `waited_ms` how long it waited.
+
+Every question in one call (same call_id) belongs to the call's thread: the colleague sees the \
+earlier questions and answers of this call with each new question, so do not repeat them in \
+`context`. get_call_history returns the thread."""
 
 GET_HUMAN_ANSWER_DESCRIPTION = """\
 Check whether a colleague has answered an earlier ask_human question that timed out.
 
 Pass the `case_id` from that ask_human result. Returns at once: `status` is answered (with \
-`answer`), unclear_answer, or pending (no answer yet; you may check again later in the call)."""
+`answer`), unclear_answer, needs_info (the colleague asked a question back, in \
+`clarification`: ask the caller, then call ask_human with this case_id and the caller's reply \
+as question), or pending (no answer yet; you may check again later in the call)."""
+
+GET_CALL_HISTORY_DESCRIPTION = """\
+The questions already asked to colleagues during this call, with their answers.
+
+Pass the current call's `call_id`. Returns at once, oldest first: each question, its status \
+(open, answered, expired), the answer if there is one, and the exchanges on it (questions the \
+colleague asked back and the caller's replies). Use it to avoid asking the same thing twice or \
+to recall an earlier answer; ask_human already shows this thread to the colleague."""
 
 
 class Turn(BaseModel):
@@ -126,7 +147,17 @@ class AskHumanRequest(BaseModel):
         le=TIMEOUT_MAX,
         description=(
             "How long to wait for the colleague, in seconds (5-600; default 45). 30-60 suits a "
-            "live call; keep the caller engaged meanwhile."
+            "live call; keep the caller engaged meanwhile. Each call, follow-ups included, "
+            "waits at most this long."
+        ),
+    )
+    case_id: str | None = Field(
+        None,
+        alias="caseId",
+        description=(
+            "Only for a follow-up after status needs_info: the case_id of that result. Then "
+            "`question` is the caller's reply to the colleague's question, and it is added to "
+            "the same case (the colleague answers there). Leave it out for a new question."
         ),
     )
 
@@ -136,6 +167,16 @@ class AskHumanRequest(BaseModel):
         if not value.strip():
             raise ValueError("must not be blank")
         return value
+
+    @field_validator("case_id")
+    @classmethod
+    def _case_uuid(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(UUID(value))
+        except ValueError:
+            raise ValueError("must be a case id (a UUID)") from None
 
     @field_validator("session_id", "call_id", "agent_id")
     @classmethod
@@ -150,6 +191,21 @@ class AskHumanRequest(BaseModel):
         size = len(json.dumps(value, ensure_ascii=False, default=str).encode())
         if size > CALLER_INFO_MAX_BYTES:
             raise ValueError(f"must be at most 16 KB as JSON (got {size} bytes)")
+        return value
+
+
+class GetCallHistoryRequest(BaseModel):
+    """Input of the `get_call_history` tool."""
+
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True, loc_by_alias=False)
+
+    call_id: str = _id_field("callId", "The id of the current phone call ({{call_id}} in Retell).")
+
+    @field_validator("call_id")
+    @classmethod
+    def _printable_id(cls, value: str) -> str:
+        if not value.strip() or not value.isprintable():
+            raise ValueError(f"must be 1 to {ID_MAX} printable characters")
         return value
 
 
@@ -182,31 +238,122 @@ class AskResult(BaseModel):
 
     status: Status = Field(
         description=(
-            "answered | timeout | no_operator | platform_unreachable | unclear_answer, and "
-            "pending (get_human_answer only: no answer yet)."
+            "answered | needs_info | timeout | no_operator | platform_unreachable | "
+            "unclear_answer, and pending (get_human_answer only: no answer yet)."
         )
     )
     answer: str | None = Field(
         None, description="The colleague's answer when status is answered, else null."
     )
+    clarification: str | None = Field(
+        None,
+        description=(
+            "When status is needs_info: the colleague's question for the caller. Ask it, then "
+            "call ask_human with case_id and the caller's reply as question."
+        ),
+    )
     case_id: str | None = Field(
         None,
-        description="The case in the colleagues' system; pass it to get_human_answer later.",
+        description=(
+            "The case in the colleagues' system; pass it to get_human_answer later, or to "
+            "ask_human as case_id for a follow-up after needs_info."
+        ),
     )
     waited_ms: int = Field(0, ge=0, description="How long this call waited, in milliseconds.")
+    deadline_s: int | None = Field(
+        None,
+        ge=0,
+        description="This call's time limit in seconds (every call, follow-ups too, has its own).",
+    )
     message: str = Field(
-        description="What to tell the caller: the answer, or the fallback line for the status."
+        description=(
+            "What to tell the caller: the answer, the colleague's question (needs_info), or "
+            "the fallback line for the status."
+        )
     )
 
     def text(self) -> str:
         """The tool result's text content: what to say, plus the facts an agent acts on."""
         if self.status == "answered" and self.answer is not None:
             return self.answer
+        if self.status == "needs_info" and self.clarification is not None:
+            return (
+                f"My colleague needs more information: {self.clarification} "
+                f"[status: needs_info; case_id: {self.case_id}] Ask the caller this, then call "
+                f"ask_human again with case_id {self.case_id} and the caller's reply as question."
+            )
         parts = [self.message, f"[status: {self.status}"]
         if self.case_id:
             parts[-1] += f"; case_id: {self.case_id}"
         parts[-1] += "]"
         return " ".join(parts)
+
+
+class ThreadExchange(BaseModel):
+    """One message on a case of the call's thread."""
+
+    sender_type: Literal["human", "ai", "system"] = Field(
+        description="human: the colleague; ai: this agent (the caller's replies); system."
+    )
+    kind: Literal["answer", "clarification", "cannot_answer", "note"] = Field(
+        description="answer, clarification (a question back), cannot_answer, or note."
+    )
+    content: str
+    created_at: str = Field(description="When it was sent (ISO 8601).")
+
+
+class ThreadItem(BaseModel):
+    """One question of the call's thread."""
+
+    case_id: str
+    question: str
+    status: str = Field(description="open, answered, expired, cancelled or closed.")
+    asked_at: str = Field(description="When it was first asked (ISO 8601).")
+    answer: str | None = Field(None, description="The colleague's answer, if any.")
+    answer_kind: Literal["answer", "clarification", "cannot_answer", "note"] | None = Field(
+        None, description="cannot_answer when the colleague could not answer (answer = note)."
+    )
+    answered_at: str | None = None
+    exchanges: list[ThreadExchange] = Field(
+        default_factory=list, description="Every message on this question, oldest first."
+    )
+
+
+class CallHistory(BaseModel):
+    """What `get_call_history` returns to the agent."""
+
+    status: Literal["ok", "platform_unreachable"] = Field(
+        description="ok, or platform_unreachable (the history cannot be read right now)."
+    )
+    call_id: str
+    entries: list[ThreadItem] = Field(
+        default_factory=list, description="The call's questions, oldest first."
+    )
+    message: str = Field(description="A one-line summary.")
+
+    def text(self) -> str:
+        """The thread as lines an agent reads: each question, its exchanges, its answer."""
+        if self.status != "ok" or not self.entries:
+            return self.message
+        lines = [self.message]
+        for number, entry in enumerate(self.entries, start=1):
+            lines.append(
+                f"{number}. Question: {entry.question} (status: {entry.status}; "
+                f"case_id: {entry.case_id})"
+            )
+            for exchange in entry.exchanges:
+                if exchange.kind == "clarification" and exchange.sender_type == "human":
+                    lines.append(f"   Colleague asked: {exchange.content}")
+                elif exchange.sender_type == "ai":
+                    lines.append(f"   Caller replied: {exchange.content}")
+            if entry.answer is not None:
+                label = (
+                    "Colleague could not answer"
+                    if entry.answer_kind == "cannot_answer"
+                    else "Answer"
+                )
+                lines.append(f"   {label}: {entry.answer}")
+        return "\n".join(lines)
 
 
 # Rules stated once per field, so every range error on it reads the same.
@@ -293,6 +440,15 @@ def parse_ask_request(arguments: object) -> AskHumanRequest:
         raise InvalidRequest("arguments", "must be an object")
     try:
         return AskHumanRequest.model_validate(dict(arguments))
+    except ValidationError as e:
+        raise invalid_request_from(e) from None
+
+
+def parse_get_call_history_request(arguments: object) -> GetCallHistoryRequest:
+    if not isinstance(arguments, Mapping):
+        raise InvalidRequest("arguments", "must be an object")
+    try:
+        return GetCallHistoryRequest.model_validate(dict(arguments))
     except ValidationError as e:
         raise invalid_request_from(e) from None
 

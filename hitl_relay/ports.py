@@ -14,6 +14,13 @@ How the core uses the ports, in the order that loses nothing (design.md):
         Reconnected → store.answer(...) again         (the gap while not listening)
     await store.close_session(opened.session_id, outcome, detail)
 
+The clarification loop (issue 10): an operator may reply with a question instead of an answer
+(a human message of kind `clarification`). The catch-up read is then `answer`, and when there is
+none `pending_clarification`; the wait ends with `needs_info`. The agent asks the caller and the
+follow-up runs `continue_case` (instead of `open_case`) on the same case and channel. Every
+relay case of one call belongs to the call's thread (`call_history`), which the platform attaches
+to each new case of the call.
+
 Every adapter method raises only `hitl_relay.errors` types: `InvalidRequest` for input the
 platform refuses (never retried), `PlatformUnavailable` for anything transport- or server-side
 (counted by the circuit breaker, retried when the call is idempotent). Nothing else escapes,
@@ -92,6 +99,34 @@ class OpenCase:
 
 
 @dataclass(frozen=True, slots=True)
+class ContinueCase:
+    """Input of `CaseStore.continue_case`: the caller's reply to an operator's question, added to
+    the SAME case, plus a new `waiting` session on it (`hitl_continue_case`).
+
+    `question` is the caller's reply (the tool's `question` argument of the follow-up call).
+    Field names are the RPC's keys (see `as_rpc_params`).
+    """
+
+    case_id: UUID
+    question: str
+    mcp_session_id: str
+    retell_call_id: str
+    retell_agent_id: str
+    timeout_seconds: int
+
+    def as_rpc_params(self) -> dict[str, Any]:
+        """The JSON object `public.hitl_continue_case(p jsonb)` takes."""
+        return {
+            "case_id": str(self.case_id),
+            "question": self.question,
+            "mcp_session_id": self.mcp_session_id,
+            "retell_call_id": self.retell_call_id,
+            "retell_agent_id": self.retell_agent_id,
+            "timeout_seconds": self.timeout_seconds,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class OpenedCase:
     """Output of `CaseStore.open_case` (the RPC's `{case_id, session_id, expires_at, existed,
     status}`).
@@ -125,6 +160,71 @@ class Answer:
 
 
 @dataclass(frozen=True, slots=True)
+class Clarification:
+    """An operator's question back (a human message of kind `clarification`) still awaiting the
+    caller's reply: no `ai` message came after it and the case has no answer
+    (`hitl_pending_clarification`)."""
+
+    message_id: UUID
+    case_id: UUID
+    content: str
+    sender_id: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadMessage:
+    """One message of a case in a call's thread (operator, relay or system), oldest first."""
+
+    sender_type: SenderType
+    kind: MessageKind
+    content: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadEntry:
+    """One case of a call's thread (`hitl_call_history`): the question, where it stands, its
+    decided answer if any, and every message exchanged on it (clarifications, the caller's
+    replies, the answer).
+
+    `status` is the case's status (`open|answered|expired|cancelled|closed`); `asked_at` is when
+    its first session started.
+    """
+
+    case_id: UUID
+    question: str
+    status: str
+    asked_at: datetime
+    answer: str | None
+    answer_kind: MessageKind | None
+    answered_at: datetime | None
+    exchanges: tuple[ThreadMessage, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        """The entry as `hitl_call_history` renders it in JSON (what `cases.metadata.thread`
+        and the `case_opened` broadcast carry)."""
+        return {
+            "case_id": str(self.case_id),
+            "question": self.question,
+            "status": self.status,
+            "asked_at": self.asked_at.isoformat(),
+            "answer": self.answer,
+            "answer_kind": self.answer_kind,
+            "answered_at": self.answered_at.isoformat() if self.answered_at else None,
+            "exchanges": [
+                {
+                    "sender_type": m.sender_type,
+                    "kind": m.kind,
+                    "content": m.content,
+                    "created_at": m.created_at.isoformat(),
+                }
+                for m in self.exchanges
+            ],
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class HumanMessage:
     """A `message` broadcast on `case:<id>`: any message inserted into the case, any sender.
 
@@ -149,6 +249,15 @@ class HumanMessage:
             case_id=self.case_id,
             content=self.content,
             kind=self.kind,
+            sender_id=self.sender_id,
+            created_at=self.created_at,
+        )
+
+    def as_clarification(self) -> Clarification:
+        return Clarification(
+            message_id=self.message_id,
+            case_id=self.case_id,
+            content=self.content,
             sender_id=self.sender_id,
             created_at=self.created_at,
         )
@@ -242,6 +351,45 @@ class CaseStore(Protocol):
         Returns True if this call changed it, False if it was no longer `waiting` (someone else
         closed it, or the cron job expired it): closing twice is harmless. Raises
         `NotFound("session <id>")` for an unknown session, `PlatformUnavailable` otherwise.
+        """
+        ...
+
+    async def continue_case(self, request: ContinueCase) -> OpenedCase:
+        """`hitl_continue_case`: the follow-up of a `needs_info` result, on the same case.
+
+        In one transaction: adds the caller's reply (`request.question`) to the case as an `ai`
+        message of kind `note` (which makes any earlier clarification no longer pending), moves
+        any still `waiting` session of the case to `needs_info` (superseded), and opens a new
+        `waiting` session with deadline now + `timeout_seconds`. Returns the same shape as
+        `open_case` with `case_id == request.case_id`, `existed=False`.
+
+        Idempotent on call id + case id + sha256 of the reply: a retry writes nothing and
+        returns the first call's session (`existed=True`, its status as it is now, which may
+        already be `answered` or closed). A case that already has an answer may be continued:
+        the reply is recorded and the caller's catch-up read then finds the answer at once.
+
+        Raises `InvalidRequest("case_id", rule)` with rule `no such case`, `belongs to another
+        call` (the case's `retell_call_id` differs) or `is <status> and can no longer be
+        continued` (status expired, cancelled or closed), `InvalidRequest(field, rule)` for a bad
+        reply / id / timeout (nothing is written), `PlatformUnavailable` otherwise (safe to retry).
+        """
+        ...
+
+    async def pending_clarification(self, case_id: UUID) -> Clarification | None:
+        """`hitl_pending_clarification`: the newest human `clarification` message of the case
+        with no `ai` message after it, or None (none, answered since, replied to, or unknown
+        case). Never returns anything once the case has an answer: an answer always wins.
+
+        Read-only, so safe to retry. Raises `PlatformUnavailable`.
+        """
+        ...
+
+    async def call_history(self, call_id: str) -> list[ThreadEntry]:
+        """`hitl_call_history`: the call's thread, one entry per relay case that any session
+        with this `retell_call_id` belongs to, ordered by when it was first asked; each entry's
+        `exchanges` are all messages of the case, oldest first. Empty for an unknown call.
+
+        Read-only, so safe to retry. Raises `PlatformUnavailable`.
         """
         ...
 

@@ -8,19 +8,29 @@ loses nothing":
  3. nobody present on `operators` (cached presence) → `no_operator` at once, if configured
  4. make the case id (so the channel name is known before the row exists)
  5. join `case:<id>` and `open_case` concurrently
- 6. catch-up read (`answer`) once both are done
- 7. await the first answer or the deadline; progress while waiting; after a reconnect, catch up
-    again; if the channel is lost for good, fall back to reading the answer every second
+ 6. catch-up read once both are done: the answer, else a pending clarification
+ 7. await the first answer, clarification or the deadline; progress while waiting; after a
+    reconnect, catch up again; if the channel is lost for good, fall back to reading every second
  8. close the session with its outcome (shielded: also on cancellation), leave the channel
- 9. return the answer, or the fallback line plus the case id for `get_human_answer`
+ 9. return the answer, the operator's question (`needs_info`), or the fallback line plus the
+    case id for `get_human_answer`
+
+The clarification loop (issue 10): an operator's question back (a human `clarification`
+message) ends the wait with `needs_info`; the session closes as `needs_info`. The agent asks the
+caller and calls again with `case_id`: steps 4-5 become "join `case:<case_id>` and
+`continue_case` concurrently" (the reply lands in the same case, a new session waits) and the
+rest is the same, so an answer that arrived in between is returned by the catch-up read at once.
+An answer always wins over a clarification. Follow-ups skip the presence check (3): the case is
+already with an operator, and recording the caller's reply matters more than an early fallback.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 from uuid import UUID, uuid4
 
@@ -31,11 +41,20 @@ from hitl_relay import metrics
 from hitl_relay.clock import SystemClock
 from hitl_relay.config import Settings
 from hitl_relay.errors import HitlError, InvalidRequest, PlatformUnavailable
-from hitl_relay.models import AskHumanRequest, AskResult, Status
+from hitl_relay.models import (
+    AskHumanRequest,
+    AskResult,
+    CallHistory,
+    Status,
+    ThreadExchange,
+    ThreadItem,
+)
 from hitl_relay.ports import (
     Answer,
     Backend,
+    Clarification,
     Clock,
+    ContinueCase,
     HumanMessage,
     OpenCase,
     OpenedCase,
@@ -43,6 +62,7 @@ from hitl_relay.ports import (
     SessionEvent,
     SessionOutcome,
     Subscription,
+    ThreadEntry,
 )
 from hitl_relay.resilience import BreakerState, CircuitBreaker, retry_until
 
@@ -59,6 +79,9 @@ FINAL_READ_BUDGET_S = 0.5
 POLL_INTERVAL_S = 1.0
 
 _Expired = Literal["expired"]
+# How a wait ends: the answer, the operator's question back, the session expired, or None (the
+# deadline passed).
+_Outcome = Answer | Clarification | _Expired | None
 
 
 @dataclass
@@ -68,6 +91,10 @@ class _Call:
     started: float
     call_id: str
     case_id: UUID | None = None
+    # The case a follow-up continues: it exists already, so every result names it.
+    follow_up_of: UUID | None = None
+    # This call's own time limit in seconds (stated in the result).
+    deadline_s: int | None = None
     opened: OpenedCase | None = None
     close_as: SessionOutcome = "failed"
     detail: dict[str, Any] = field(default_factory=dict)
@@ -100,9 +127,13 @@ class Relay:
     ) -> AskResult:
         """Ask an operator; return their answer, or the configured fallback and the case id.
 
-        Raises `InvalidRequest` for a timeout outside the configured bounds; every platform
-        problem becomes a fallback result, never an exception. Cancellation (the client went
-        away) closes the session as `cancelled` and leaves the channel; the case stays open.
+        With `request.case_id` set it is a follow-up after `needs_info`: the question (the
+        caller's reply) goes into that case and the call waits on it again.
+
+        Raises `InvalidRequest` for a timeout outside the configured bounds, or for a follow-up
+        the platform refuses (`case_id`: no such case, belongs to another call, expired); every
+        platform problem becomes a fallback result, never an exception. Cancellation (the client
+        went away) closes the session as `cancelled` and leaves the channel; the case stays open.
         """
         call = _Call(started=self.clock.monotonic(), call_id=request.call_id)
         outcome: str = "error"  # until known; an unexpected error closes the session `failed`
@@ -135,14 +166,34 @@ class Relay:
                 f"must be between {s.min_timeout_seconds} and {s.max_timeout_seconds}",
             )
         deadline = call.started + timeout
+        call.deadline_s = timeout
+        if request.case_id is not None:
+            call.follow_up_of = UUID(request.case_id)
 
         if self.breaker is not None and self.breaker.is_open:
             return self._fallback("platform_unreachable", call)
-        if s.no_operator_answers_at_once and await self.presence.operators_online() == 0:
+        if (
+            call.follow_up_of is None
+            and s.no_operator_answers_at_once
+            and await self.presence.operators_online() == 0
+        ):
             return self._fallback("no_operator", call)
         probe = self._claim_platform()
         if probe is None:
             return self._fallback("platform_unreachable", call)
+
+        if call.follow_up_of is not None:
+            call.case_id = call.follow_up_of
+            continue_request = ContinueCase(
+                case_id=call.follow_up_of,
+                question=request.question,
+                mcp_session_id=request.session_id,
+                retell_call_id=request.call_id,
+                retell_agent_id=request.agent_id,
+                timeout_seconds=timeout,
+            )
+            continue_case = partial(self.store.continue_case, continue_request)
+            return await self._run(call.case_id, continue_case, call, deadline, progress, probe)
 
         call.case_id = uuid4()
         open_request = OpenCase(
@@ -159,8 +210,21 @@ class Relay:
             timeout_seconds=timeout,
             case_ttl_seconds=s.case_ttl_seconds,
         )
+        open_case = partial(self.store.open_case, open_request)
+        return await self._run(call.case_id, open_case, call, deadline, progress, probe)
+
+    async def _run(
+        self,
+        case_id: UUID,
+        open_fn: Callable[[], Awaitable[OpenedCase]],
+        call: _Call,
+        deadline: float,
+        progress: ProgressCallback | None,
+        probe: bool,
+    ) -> AskResult:
+        """Steps 5-9 around `_open_and_wait`: a platform failure becomes the fallback."""
         try:
-            return await self._open_and_wait(open_request, call, deadline, progress)
+            return await self._open_and_wait(case_id, open_fn, call, deadline, progress)
         except PlatformUnavailable as e:
             call.close_as = "failed"
             self._record(call, failure=str(e))
@@ -175,23 +239,27 @@ class Relay:
 
     async def _open_and_wait(
         self,
-        open_request: OpenCase,
+        case_id: UUID,
+        open_fn: Callable[[], Awaitable[OpenedCase]],
         call: _Call,
         deadline: float,
         progress: ProgressCallback | None,
     ) -> AskResult:
-        """Steps 5-7; raises PlatformUnavailable when opening or joining failed."""
+        """Steps 5-7; raises PlatformUnavailable when opening or joining failed.
+
+        `open_fn` opens (`open_case`) or continues (`continue_case`) the case `case_id`.
+        """
         opened: OpenedCase | None = None
         open_error: HitlError | None = None
         join_error: PlatformUnavailable | None = None
-        outcome: Answer | _Expired | None = None
+        outcome: _Outcome = None
         open_done = anyio.Event()
 
         async def open_case() -> None:
             nonlocal opened, open_error
             try:
                 opened = await retry_until(
-                    lambda: self.store.open_case(open_request),
+                    open_fn,
                     deadline=min(deadline, self.clock.monotonic() + OPEN_RETRY_BUDGET_S),
                     retry_on=(PlatformUnavailable,),
                     clock=self.clock.monotonic,
@@ -208,9 +276,9 @@ class Relay:
         async with anyio.create_task_group() as tg:
             tg.start_soon(open_case)
             try:
-                async with self._joined(open_request.case_id) as sub:
+                async with self._joined(case_id) as sub:
                     await open_done.wait()
-                    if opened is not None and opened.case_id == open_request.case_id:
+                    if opened is not None and opened.case_id == case_id:
                         self._record(call, failure=None)
                         outcome = await self._wait(sub, opened, call, deadline, progress)
             except PlatformUnavailable as e:
@@ -225,7 +293,7 @@ class Relay:
         if join_error is not None:
             call.close_as = "failed"
             raise join_error
-        if opened.case_id != open_request.case_id:
+        if opened.case_id != case_id:
             # A retried call: the platform returned the existing case; wait on its channel.
             logger.bind(call_id=call.call_id, case_id=str(opened.case_id)).info(
                 "joined the existing case of a retried call"
@@ -242,12 +310,13 @@ class Relay:
         call: _Call,
         deadline: float,
         progress: ProgressCallback | None,
-    ) -> Answer | _Expired | None:
-        """Steps 6-7: catch up, then the first answer, expiry, or None at the deadline."""
-        answer = await self._catch_up(opened.case_id)
-        if answer is not None:
-            return answer
-        outcome: Answer | _Expired | None = None
+    ) -> _Outcome:
+        """Steps 6-7: catch up, then the first answer or clarification, expiry, or None at the
+        deadline."""
+        found = await self._catch_up(opened.case_id)
+        if found is not None:
+            return found
+        outcome: _Outcome = None
         total = deadline - call.started
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._cancel_at, tg.cancel_scope, deadline)
@@ -256,12 +325,14 @@ class Relay:
             try:
                 while outcome is None:
                     event = await sub.receive()
-                    if isinstance(event, HumanMessage):
-                        if event.is_answer and event.case_id == opened.case_id:
+                    if isinstance(event, HumanMessage) and event.case_id == opened.case_id:
+                        if event.is_answer:
                             outcome = event.as_answer()
                             delay = (self.clock.now() - event.created_at).total_seconds()
                             if delay >= 0:
                                 metrics.delivery_seconds.observe(delay)
+                        elif event.sender_type == "human" and event.kind == "clarification":
+                            outcome = await self._confirm_clarification(event)
                     elif isinstance(event, Reconnected):
                         outcome = await self._catch_up(opened.case_id)
                     elif (
@@ -283,21 +354,41 @@ class Relay:
                 return await self._catch_up(opened.case_id)
         return outcome
 
-    async def _poll(self, case_id: UUID) -> Answer:
-        """Read the answer every POLL_INTERVAL_S until found (the deadline cancels this)."""
+    async def _poll(self, case_id: UUID) -> Answer | Clarification:
+        """Read every POLL_INTERVAL_S until an answer or clarification (the deadline cancels)."""
         while True:
-            answer = await self._catch_up(case_id)
-            if answer is not None:
-                return answer
+            found = await self._catch_up(case_id)
+            if found is not None:
+                return found
             await self.clock.sleep(POLL_INTERVAL_S)
 
-    async def _catch_up(self, case_id: UUID) -> Answer | None:
+    async def _catch_up(self, case_id: UUID) -> Answer | Clarification | None:
+        """The answer, else the pending clarification, else None (also when a read fails)."""
         try:
-            return await self.store.answer(case_id)
+            return await self._read(case_id)
         except PlatformUnavailable as e:
             # The channel may still deliver; a failed read is not the end of the wait.
             logger.bind(case_id=str(case_id)).warning("catch-up read failed: {}", e.detail)
             return None
+
+    async def _read(self, case_id: UUID) -> Answer | Clarification | None:
+        """The answer first (it always wins), then a clarification still awaiting the caller."""
+        answer = await self.store.answer(case_id)
+        if answer is not None:
+            return answer
+        return await self.store.pending_clarification(case_id)
+
+    async def _confirm_clarification(self, event: HumanMessage) -> Answer | Clarification | None:
+        """A clarification arrived live: end the wait with it unless the case has an answer
+        (which wins) or the question was already replied to (an `ai` message after it: ignore
+        it and keep waiting). If the platform cannot be read, the live message stands."""
+        try:
+            return await self._read(event.case_id)
+        except PlatformUnavailable as e:
+            logger.bind(case_id=str(event.case_id)).warning(
+                "confirming a clarification failed, taking it as sent: {}", e.detail
+            )
+            return event.as_clarification()
 
     async def _cancel_at(self, scope: anyio.CancelScope, deadline: float) -> None:
         await self.clock.sleep(deadline - self.clock.monotonic())
@@ -316,12 +407,16 @@ class Relay:
             )
             await self.clock.sleep(interval)
 
-    def _finish(self, outcome: Answer | _Expired | None, call: _Call) -> AskResult:
+    def _finish(self, outcome: _Outcome, call: _Call) -> AskResult:
         if isinstance(outcome, Answer):
             result = self._from_answer(outcome, call)
             call.close_as = "answered"
             call.detail["message_id"] = str(outcome.message_id)
             return result
+        if isinstance(outcome, Clarification):
+            call.close_as = "needs_info"
+            call.detail["message_id"] = str(outcome.message_id)
+            return self._needs_info(outcome, call)
         call.close_as = "expired" if outcome == "expired" else "timed_out"
         return self._fallback("timeout", call)
 
@@ -338,18 +433,34 @@ class Relay:
         if self.breaker is not None and self.breaker.is_open:
             return self._fallback("platform_unreachable", call, case_id=case_uuid)
         try:
-            answer = await self.store.answer(case_uuid)
+            found = await self._read(case_uuid)
         except PlatformUnavailable as e:
             self._record(call, failure=str(e))
             return self._fallback("platform_unreachable", call, case_id=case_uuid)
-        if answer is None:
+        if isinstance(found, Clarification):
+            return self._needs_info(found, call)
+        if found is None:
             return AskResult(
                 status="pending",
                 case_id=str(case_uuid),
                 waited_ms=self._waited_ms(call),
                 message="No answer yet. You may check again a little later in the call.",
             )
-        return self._from_answer(answer, call)
+        return self._from_answer(found, call)
+
+    # ---------------------------------------------------------------- get_call_history
+
+    async def call_history(self, call_id: str) -> CallHistory:
+        """The call's thread: every question asked in this call, its exchanges and answer."""
+        if self.breaker is not None and self.breaker.is_open:
+            return _history_unavailable(call_id)
+        try:
+            entries = await self.store.call_history(call_id)
+        except PlatformUnavailable as e:
+            self._record(_Call(started=self.clock.monotonic(), call_id=call_id), failure=str(e))
+            logger.bind(call_id=call_id).warning("reading the call history failed: {}", e.detail)
+            return _history_unavailable(call_id)
+        return history_of(call_id, entries)
 
     # ---------------------------------------------------------------- helpers
 
@@ -359,13 +470,25 @@ class Relay:
             message = self.settings.fallback_unclear_answer
             if answer.kind == "cannot_answer" and text:
                 message += f" (My colleague noted: {text})"
-            return self._fallback("unclear_answer", call, message=message)
+            return self._fallback("unclear_answer", call, message=message, case_id=answer.case_id)
         return AskResult(
             status="answered",
             answer=text,
             case_id=str(answer.case_id),
             waited_ms=self._waited_ms(call),
+            deadline_s=call.deadline_s,
             message=text,
+        )
+
+    def _needs_info(self, clarification: Clarification, call: _Call) -> AskResult:
+        question = clarification.content.strip()
+        return AskResult(
+            status="needs_info",
+            clarification=question,
+            case_id=str(clarification.case_id),
+            waited_ms=self._waited_ms(call),
+            deadline_s=call.deadline_s,
+            message=question,
         )
 
     def _fallback(
@@ -382,12 +505,14 @@ class Relay:
             "timeout": self.settings.fallback_timeout,
             "unclear_answer": self.settings.fallback_unclear_answer,
         }
-        if case_id is None and call.opened is not None:
-            case_id = call.opened.case_id  # only a case that exists is worth naming
+        if case_id is None:
+            # Only a case that exists is worth naming (a follow-up's case exists already).
+            case_id = call.opened.case_id if call.opened is not None else call.follow_up_of
         return AskResult(
             status=status,
             case_id=str(case_id) if case_id is not None else None,
             waited_ms=self._waited_ms(call),
+            deadline_s=call.deadline_s,
             message=message or texts.get(status, self.settings.fallback_timeout),
         )
 
@@ -452,6 +577,46 @@ class Relay:
             outcome=outcome,
             waited_ms=round(waited * 1000),
         ).info("ask_human {}", outcome)
+
+
+def history_of(call_id: str, entries: Sequence[ThreadEntry]) -> CallHistory:
+    """The agent's view of a call's thread (`get_call_history`)."""
+    items = [
+        ThreadItem(
+            case_id=str(e.case_id),
+            question=e.question,
+            status=e.status,
+            asked_at=e.asked_at.isoformat(),
+            answer=e.answer,
+            answer_kind=e.answer_kind,
+            answered_at=e.answered_at.isoformat() if e.answered_at else None,
+            exchanges=[
+                ThreadExchange(
+                    sender_type=m.sender_type,
+                    kind=m.kind,
+                    content=m.content,
+                    created_at=m.created_at.isoformat(),
+                )
+                for m in e.exchanges
+            ],
+        )
+        for e in entries
+    ]
+    if not items:
+        message = "No questions were asked to colleagues in this call yet."
+    else:
+        answered = sum(1 for i in items if i.answer is not None)
+        message = f"{len(items)} question(s) asked to colleagues in this call, {answered} answered."
+    return CallHistory(status="ok", call_id=call_id, entries=items, message=message)
+
+
+def _history_unavailable(call_id: str) -> CallHistory:
+    return CallHistory(
+        status="platform_unreachable",
+        call_id=call_id,
+        message="The colleagues' system cannot be reached right now; the call history is "
+        "unavailable.",
+    )
 
 
 def build_relay(backend: Backend, settings: Settings, *, clock: Clock | None = None) -> Relay:

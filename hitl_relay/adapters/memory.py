@@ -4,7 +4,14 @@ It implements the ports exactly as the Supabase adapter does (the contract suite
 `tests/contract/` runs against both), mirrors the SQL functions' rules (idempotency key,
 exactly-one answer, which sessions a close may move), and lets tests inject the faults that
 matter: joins held back or refused, a dropped connection and its reconnect, a channel lost for
-good, RPCs failing. `MemoryOperator` is the operators' side: it answers and shows presence.
+good, RPCs failing. `MemoryOperator` is the operators' side: it answers, asks back
+(clarification) and shows presence.
+
+Call threads and the clarification loop follow `20261125000700_hitl_threads.sql`: a new case of
+a call carries the call's earlier cases in `metadata["thread"]` (JSON-shaped, as the
+`hitl_attach_thread` trigger stores it), `continue_case` adds the caller's reply as an `ai`
+note and a new waiting session, `pending_clarification` and `call_history` read like their SQL
+twins. Messages with equal timestamps keep insertion order (SQL breaks such ties by id).
 
 For tests and demos only (`HITL_BACKEND=memory`): nothing is persisted.
 """
@@ -30,7 +37,9 @@ from hitl_relay.ports import (
     Answer,
     Backend,
     ChannelEvent,
+    Clarification,
     Clock,
+    ContinueCase,
     HumanMessage,
     MessageKind,
     OpenCase,
@@ -41,6 +50,8 @@ from hitl_relay.ports import (
     SessionOutcome,
     SessionStatus,
     Subscription,
+    ThreadEntry,
+    ThreadMessage,
 )
 
 DEFAULT_CASE_TTL_S = 3600
@@ -53,11 +64,12 @@ class MemCase:
     question: str
     priority: int
     urgency: str
-    status: str  # open | answered | expired
+    status: str  # open | answered | expired | cancelled | closed
     metadata: dict[str, Any]
     created_at: datetime
     expires_at: datetime
     answer_message_id: UUID | None = None
+    answered_at: datetime | None = None
 
 
 @dataclass
@@ -69,7 +81,9 @@ class MemSession:
     retell_call_id: str
     status: SessionStatus
     expires_at: datetime
+    created_at: datetime
     detail: dict[str, Any] = field(default_factory=dict)
+    follow_up: bool = False
 
 
 @dataclass
@@ -79,7 +93,8 @@ class Faults:
     # Joins wait here until `release_joins()` (an answer can land before the join confirms).
     join_gate: anyio.Event | None = None
     refuse_joins: bool = False
-    # RPC name ("open_case", "answer", "close_session") → how many next calls fail.
+    # RPC name ("open_case", "answer", "close_session", "continue_case",
+    # "pending_clarification", "call_history") → how many next calls fail.
     rpc_failures: dict[str, int] = field(default_factory=dict)
     rpc_down: bool = False
 
@@ -271,6 +286,7 @@ class MemoryPlatform:
         )
         if is_answer:
             case.answer_message_id = message.message_id
+            case.answered_at = case.answered_at or message.created_at
             if case.status == "open":
                 case.status = "answered"
         self.messages.append(message)
@@ -294,14 +310,60 @@ class MemoryPlatform:
         self.changed()
 
     def expire_sessions(self) -> int:
-        """What the cron job does: waiting sessions past their deadline become `expired`."""
+        """What the cron job does (`hitl_expire_sessions`): open cases past their answerable
+        window become `expired`, then waiting sessions past their deadline or of an expired case
+        become `expired`. Returns how many rows changed."""
         now = self.clock.now()
+        cases = [c for c in self.cases.values() if c.status == "open" and c.expires_at < now]
+        for case in cases:
+            case.status = "expired"
         expired = [
-            s for s in self.sessions.values() if s.status == "waiting" and s.expires_at < now
+            s
+            for s in self.sessions.values()
+            if s.status == "waiting"
+            and (s.expires_at < now or self.cases[s.case_id].status == "expired")
         ]
         for session in expired:
             self.set_session_status(session, "expired")
-        return len(expired)
+        self.changed()
+        return len(expired) + len(cases)
+
+    def thread(self, call_id: str) -> list[ThreadEntry]:
+        """`hitl_call_history`: every case a session of this call belongs to, by first ask."""
+        first_asked: dict[UUID, datetime] = {}
+        for session in self.sessions.values():
+            if session.retell_call_id == call_id:
+                seen = first_asked.get(session.case_id)
+                if seen is None or session.created_at < seen:
+                    first_asked[session.case_id] = session.created_at
+        entries = []
+        for case_id, asked_at in first_asked.items():
+            case = self.cases[case_id]
+            messages = sorted(
+                (m for m in self.messages if m.case_id == case_id), key=lambda m: m.created_at
+            )
+            answer = next((m for m in messages if m.message_id == case.answer_message_id), None)
+            entries.append(
+                ThreadEntry(
+                    case_id=case_id,
+                    question=case.question,
+                    status=case.status,
+                    asked_at=asked_at,
+                    answer=answer.content if answer else None,
+                    answer_kind=answer.kind if answer else None,
+                    answered_at=case.answered_at,
+                    exchanges=tuple(
+                        ThreadMessage(
+                            sender_type=m.sender_type,
+                            kind=m.kind,
+                            content=m.content,
+                            created_at=m.created_at,
+                        )
+                        for m in messages
+                    ),
+                )
+            )
+        return sorted(entries, key=lambda e: e.asked_at)
 
 
 def _text(value: object, name: str, limit: int, *, required: bool) -> str | None:
@@ -366,6 +428,8 @@ class MemoryCaseStore:
                 status=session.status,
             )
         ttl = request.case_ttl_seconds or DEFAULT_CASE_TTL_S
+        # The `hitl_attach_thread` trigger: the call's earlier cases, before this one exists.
+        thread = p.thread(request.retell_call_id)
         case = MemCase(
             id=request.case_id,
             question=question,
@@ -385,6 +449,8 @@ class MemoryCaseStore:
             created_at=now,
             expires_at=now + timedelta(seconds=ttl),
         )
+        if thread:
+            case.metadata["thread"] = [entry.as_json() for entry in thread]
         session = MemSession(
             id=uuid4(),
             case_id=case.id,
@@ -393,6 +459,7 @@ class MemoryCaseStore:
             retell_call_id=request.retell_call_id,
             status="waiting",
             expires_at=deadline,
+            created_at=now,
         )
         p.cases[case.id] = case
         p.sessions[session.id] = session
@@ -432,6 +499,88 @@ class MemoryCaseStore:
         session.detail = dict(detail or {})
         p.set_session_status(session, status)
         return True
+
+    async def continue_case(self, request: ContinueCase) -> OpenedCase:
+        await anyio.lowlevel.checkpoint()
+        p = self._p
+        p._rpc("continue_case")
+        reply = _text(request.question, "question", 2000, required=True)
+        assert reply is not None
+        _text(request.mcp_session_id, "mcp_session_id", 128, required=True)
+        _text(request.retell_call_id, "retell_call_id", 128, required=True)
+        _text(request.retell_agent_id, "retell_agent_id", 128, required=True)
+        _int(request.timeout_seconds, "timeout_seconds", 5, 600)
+        case = p.cases.get(request.case_id)
+        if case is None:
+            raise InvalidRequest("case_id", "no such case")
+        if case.metadata.get("retell_call_id") != request.retell_call_id:
+            raise InvalidRequest("case_id", "belongs to another call")
+        if case.status in ("expired", "cancelled", "closed"):
+            raise InvalidRequest("case_id", f"is {case.status} and can no longer be continued")
+        key = (
+            f"{request.retell_call_id}:{request.case_id}:"
+            f"{hashlib.sha256(reply.encode()).hexdigest()}"
+        )
+        existing = p._by_key.get(key)
+        if existing is not None:
+            session = p.sessions[existing]
+            return OpenedCase(
+                case_id=session.case_id,
+                session_id=session.id,
+                expires_at=session.expires_at,
+                existed=True,
+                status=session.status,
+            )
+        p.post_message(case.id, reply, kind="note", sender_type="ai", sender_id=None)
+        for earlier in [s for s in p.sessions.values() if s.case_id == case.id]:
+            if earlier.status == "waiting":
+                earlier.detail = {"reason": "needs_info"}
+                p.set_session_status(earlier, "needs_info")
+        now = p.clock.now()
+        session = MemSession(
+            id=uuid4(),
+            case_id=case.id,
+            idempotency_key=key,
+            mcp_session_id=request.mcp_session_id,
+            retell_call_id=request.retell_call_id,
+            status="waiting",
+            expires_at=now + timedelta(seconds=request.timeout_seconds),
+            created_at=now,
+            follow_up=True,
+        )
+        p.sessions[session.id] = session
+        p._by_key[key] = session.id
+        case.metadata["deadline_at"] = session.expires_at
+        p.changed()
+        return OpenedCase(
+            case_id=case.id,
+            session_id=session.id,
+            expires_at=session.expires_at,
+            existed=False,
+            status="waiting",
+        )
+
+    async def pending_clarification(self, case_id: UUID) -> Clarification | None:
+        await anyio.lowlevel.checkpoint()
+        p = self._p
+        p._rpc("pending_clarification")
+        case = p.cases.get(case_id)
+        if case is None or case.answer_message_id is not None:
+            return None
+        pending: HumanMessage | None = None
+        for message in p.messages:  # oldest first; an ai message answers every question before it
+            if message.case_id != case_id:
+                continue
+            if message.sender_type == "human" and message.kind == "clarification":
+                pending = message
+            elif message.sender_type == "ai":
+                pending = None
+        return pending.as_clarification() if pending is not None else None
+
+    async def call_history(self, call_id: str) -> list[ThreadEntry]:
+        await anyio.lowlevel.checkpoint()
+        self._p._rpc("call_history")
+        return self._p.thread(call_id)
 
 
 class MemoryCaseChannel:
@@ -506,6 +655,10 @@ class MemoryOperator:
     ) -> UUID:
         await anyio.lowlevel.checkpoint()
         return self._p.post_message(case_id, content, kind=kind, sender_type=sender_type).message_id
+
+    async def ask_back(self, case_id: UUID, question: str) -> UUID:
+        """Reply with a question instead of an answer (a `clarification` message)."""
+        return await self.answer(case_id, question, kind="clarification")
 
     async def go_online(self, operator_id: str = "operator-0") -> None:
         await anyio.lowlevel.checkpoint()

@@ -60,7 +60,7 @@ async def test_stdio_transport_answers_ask_human(tmp_path: Path, mode: str) -> N
                 "ask_human",
                 {"question": "Saturday?", "session_id": "s", "call_id": "c", "agent_id": "a"},
             )
-    assert {t.name for t in tools.tools} == {"ask_human", "get_human_answer"}
+    assert {t.name for t in tools.tools} == {"ask_human", "get_human_answer", "get_call_history"}
     assert result.structured_content is not None
     assert result.structured_content["status"] == "answered"
     assert result.structured_content["answer"] == "Yes, from the demo operator"

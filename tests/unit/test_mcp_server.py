@@ -177,7 +177,7 @@ async def test_tools_are_listed_with_agent_facing_schemas(relay: Relay, mode: st
     async with connect(relay.mcp_url, KEYS[0], mode=mode) as client:
         listed = await client.list_tools()
     tools = {t.name: t for t in listed.tools}
-    assert set(tools) == {"ask_human", "get_human_answer"}
+    assert set(tools) == {"ask_human", "get_human_answer", "get_call_history"}
     ask = tools["ask_human"]
     assert ask.description is not None
     assert "checking with a colleague" in ask.description
@@ -274,6 +274,7 @@ async def test_every_configured_key_is_accepted(relay: Relay) -> None:
             assert {t.name for t in (await client.list_tools()).tools} == {
                 "ask_human",
                 "get_human_answer",
+                "get_call_history",
             }
 
 
