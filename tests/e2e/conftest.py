@@ -121,6 +121,9 @@ def relay_env(devstack: DevstackProcess, port: int, **overrides: str) -> dict[st
         "HITL_PROGRESS_INTERVAL_SECONDS": "1.0",
         "HITL_PRESENCE_CACHE_TTL_SECONDS": "0",
         "HITL_LOG_LEVEL": "WARNING",
+        # These tests are about correctness under concurrency; a loaded CI machine must not turn
+        # a slow RPC into a fallback (the platform-down test sets its own, short timeout).
+        "HITL_PLATFORM_TIMEOUT_SECONDS": "30",
         **overrides,
     }
 
