@@ -164,6 +164,8 @@ def retell_arguments(payload: object) -> dict[str, Any]:
             "timeoutSeconds",
             "conversation_history",
             "conversationHistory",
+            "case_id",  # a follow-up after needs_info continues that case
+            "caseId",
         )
     }
     # The signed call object is authoritative for who is calling; args fill in without one.

@@ -505,3 +505,20 @@ async def test_tool_schemas_tell_the_agent_about_follow_ups_and_the_history() ->
     assert history.input_schema["required"] == ["call_id"]
     assert history.output_schema is not None
     assert "entries" in history.output_schema["properties"]
+
+
+def test_a_retell_custom_function_follow_up_carries_its_case_id() -> None:
+    from hitl_relay.retell import retell_arguments
+
+    case_id = str(uuid4())
+    body = {
+        "name": "ask_human",
+        "call": {"call_id": CALL, "agent_id": "agent-1"},
+        "args": {"question": "12 Main Street", "case_id": case_id},
+    }
+    request = parse_ask_request(retell_arguments(body))
+    assert (request.case_id, request.call_id, request.question) == (case_id, CALL, "12 Main Street")
+    camel = parse_ask_request(
+        retell_arguments({**body, "args": {"question": "x", "caseId": case_id}})
+    )
+    assert camel.case_id == case_id
