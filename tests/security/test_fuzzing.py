@@ -131,7 +131,8 @@ def test_tool_arguments_either_validate_or_name_the_field_and_rule(arguments: An
     except InvalidRequest as e:
         for field, rule in e.problems:
             assert field.split(".")[0].split("[")[0] in KNOWN_FIELDS
-            assert rule and "Traceback" not in rule
+            assert rule
+            assert "Traceback" not in rule
         return
     assert 1 <= len(request.question) <= 2000
     assert request.question.strip()
