@@ -795,7 +795,12 @@
       messages.append(
         el(
           'li',
-          { class: `message from-${m.sender_type} kind-${m.kind}${isAnswer ? ' is-answer' : ''}`, 'data-message-id': m.id },
+          {
+            class: `message from-${m.sender_type} kind-${m.kind}${isAnswer ? ' is-answer' : ''}`,
+            'data-message-id': m.id,
+            'data-kind': m.kind,
+            'data-sender-type': m.sender_type,
+          },
           el('span', { class: 'who' }, who),
           el('span', { class: 'kind' }, isAnswer ? `${KIND_LABEL[m.kind] || m.kind} · delivered` : KIND_LABEL[m.kind] || m.kind),
           el('time', { class: 'when', datetime: m.created_at }, formatClock(m.createdAt)),
@@ -1006,6 +1011,12 @@
     // Browsers start audio only after a gesture: any click or key unlocks the alerts.
     document.addEventListener('pointerdown', unlockAudio, { passive: true })
     document.addEventListener('keydown', unlockAudio)
+    // A console link (`#token=...`) opened in a tab that already shows the console.
+    window.addEventListener('hashchange', () => {
+      const token = tokenFromFragment()
+      if (!token || state.client) return
+      signInWithToken(token).catch((e) => showSignIn(`Sign-in failed: ${e.message}`))
+    })
     document.addEventListener('visibilitychange', () => {
       if (document.visibilityState === 'visible' && state.client) reconcile()
     })
