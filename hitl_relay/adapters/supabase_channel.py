@@ -41,7 +41,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, cast, get_args
+from typing import Any, Literal, Protocol, cast
 from uuid import UUID
 
 import websockets
@@ -59,12 +59,13 @@ from hitl_relay.adapters.supabase_store import (
     ShapeError,
     optional_str,
     parse_kind,
+    parse_sender_type,
     parse_session_status,
     parse_time,
     parse_uuid,
 )
 from hitl_relay.errors import PlatformUnavailable
-from hitl_relay.ports import ChannelEvent, HumanMessage, Reconnected, SenderType, SessionEvent
+from hitl_relay.ports import ChannelEvent, HumanMessage, Reconnected, SessionEvent
 
 # What websockets / realtime-py raise when a connection attempt fails (refused, handshake
 # refused with a status such as 401 or 429, TLS, DNS, our own timeout).
@@ -87,8 +88,6 @@ PERMANENT_REFUSALS = (
     "Token has expired",
 )
 
-_SENDER_TYPES = frozenset(get_args(SenderType))
-
 
 @dataclass(frozen=True)
 class RealtimeTuning:
@@ -107,6 +106,10 @@ class RealtimeTuning:
     idle_close_s: float = 30.0
     # After the server confirmed a leave, its phx_close for that join may still be in flight.
     rejoin_grace_s: float = 1.0
+    # A socket that has been failing to connect for this long fails new joins at once (a call
+    # must not wait out the join timeout while the platform is down); shorter blips are waited
+    # out.
+    fail_joins_after_down_s: float = 1.0
 
     def reconnect_delay(self, attempt: int) -> float:
         """The pause before reconnect attempt `attempt` (1, 2, ...) after a failed one."""
@@ -161,14 +164,11 @@ def refusal_reason(error: Exception | None) -> str | None:
 
 def parse_message(payload: Mapping[str, Any]) -> HumanMessage:
     """A `message` broadcast (the messages trigger's `realtime.send` payload)."""
-    sender_type = payload.get("sender_type")
-    if sender_type not in _SENDER_TYPES:
-        raise ShapeError(f"unknown sender_type {sender_type!r}")
     try:
         return HumanMessage(
             message_id=parse_uuid(payload["id"]),
             case_id=parse_uuid(payload["case_id"]),
-            sender_type=cast(SenderType, sender_type),
+            sender_type=parse_sender_type(payload.get("sender_type")),
             sender_id=optional_str(payload.get("sender_id")),
             content=str(payload.get("content") or ""),
             kind=parse_kind(payload.get("kind", "answer")),
@@ -237,7 +237,20 @@ class RealtimeChannel:
         tuning = self.pool.tuning
         try:
             async with asyncio.timeout(tuning.join_timeout_s):
-                await self.sock.connected.wait()
+                while not self.sock.connected.is_set():
+                    down_for = self.sock.down_for()
+                    if down_for >= tuning.fail_joins_after_down_s:
+                        self.lose(
+                            f"join {self.topic}: realtime unreachable for {down_for:.1f} s "
+                            f"({self.sock.last_error})"
+                        )
+                        return
+                    changed = self.pool.changed.wait()
+                    try:
+                        async with asyncio.timeout(tuning.fail_joins_after_down_s - down_for):
+                            await changed
+                    except TimeoutError:
+                        pass
                 rt = self.sock.client.channel(self.topic, _options(self.kind))
                 if not rt.is_closed:  # realtime-py handed back a join of this topic still alive
                     self.lose(f"{self.topic} is still joined on this socket")
@@ -407,11 +420,19 @@ class RealtimeSocket:
         self.leaving: dict[str, RealtimeChannel] = {}
         self.quarantine: dict[str, float] = {}
         self.connected = asyncio.Event()
+        # Since when connecting has been failing (None while connected or still trying the
+        # first time), and why.
+        self.down_since: float | None = None
+        self.last_error = ""
+        self.created_at = time.monotonic()
         self.connects = 0
         self.closing = False
         self.idle_since: float | None = time.monotonic()
         self._poke = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+
+    def down_for(self) -> float:
+        return 0.0 if self.down_since is None else time.monotonic() - self.down_since
 
     @property
     def load(self) -> int:
@@ -465,6 +486,7 @@ class RealtimeSocket:
             if not self.client.is_connected:
                 if self.connected.is_set():
                     self.connected.clear()
+                    self.down_since = time.monotonic()
                     self.pool.update_gauges()
                     log.warning("realtime socket disconnected; reconnecting")
                 try:
@@ -472,6 +494,12 @@ class RealtimeSocket:
                         await self.client.connect()
                 except CONNECT_ERRORS as e:
                     failures += 1
+                    self.last_error = f"{type(e).__name__}: {e}"
+                    if self.down_since is None:
+                        self.down_since = (
+                            self.created_at if self.connects == 0 else time.monotonic()
+                        )
+                    self.pool.update_gauges()  # wakes joins waiting for this socket
                     delay = tuning.reconnect_delay(failures)
                     (log.warning if failures == 1 else log.debug)(
                         "realtime connect failed ({}: {}); attempt {} again in {:.2f} s",
@@ -489,6 +517,7 @@ class RealtimeSocket:
                     log.info("realtime socket reconnected after {} failed attempts", failures)
                     self.pool.reconnects += 1
                 failures = 0
+                self.down_since = None
                 self.connected.set()
                 self.pool.update_gauges()
                 continue

@@ -1,7 +1,8 @@
 """`CaseStore` over PostgREST RPC (supabase-py `AsyncClient`), as the service role.
 
 Each method is one RPC, one transaction on the platform (`hitl_open_case`, `hitl_answer`,
-`hitl_close_session`). Errors are translated once, here:
+`hitl_close_session`, and for the clarification loop `hitl_continue_case`,
+`hitl_pending_clarification`, `hitl_call_history`). Errors are translated once, here:
 
 - PostgREST `P0001` (our functions' `RAISE ... USING DETAIL = field, HINT = rule`) →
   `InvalidRequest(field, rule)`; the one exception is `p_session_id` / "no such session" →
@@ -31,11 +32,16 @@ from supabase import AsyncClient
 from hitl_relay.errors import InvalidRequest, NotFound, PlatformUnavailable
 from hitl_relay.ports import (
     Answer,
+    Clarification,
+    ContinueCase,
     MessageKind,
     OpenCase,
     OpenedCase,
+    SenderType,
     SessionOutcome,
     SessionStatus,
+    ThreadEntry,
+    ThreadMessage,
 )
 
 # What httpx/h2 raise for connect, read, write, pool and protocol problems, plus our bound.
@@ -43,6 +49,7 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx.HTTPError, OSError, T
 
 _SESSION_STATUSES = frozenset(get_args(SessionStatus))
 _MESSAGE_KINDS = frozenset(get_args(MessageKind))
+_SENDER_TYPES = frozenset(get_args(SenderType))
 
 
 class ShapeError(ValueError):
@@ -79,6 +86,12 @@ def parse_kind(value: Any) -> MessageKind:
     return cast(MessageKind, value)
 
 
+def parse_sender_type(value: Any) -> SenderType:
+    if value not in _SENDER_TYPES:
+        raise ShapeError(f"unknown sender_type {value!r}")
+    return cast(SenderType, value)
+
+
 def parse_session_status(value: Any) -> SessionStatus:
     if value not in _SESSION_STATUSES:
         raise ShapeError(f"unknown session status {value!r}")
@@ -106,6 +119,56 @@ def parse_answer(data: Mapping[str, Any]) -> Answer:
             kind=parse_kind(data.get("kind", "answer")),
             sender_id=optional_str(data.get("sender_id")),
             created_at=parse_time(data["created_at"]),
+        )
+    except KeyError as e:
+        raise ShapeError(f"missing key {e}") from None
+
+
+def parse_clarification(data: Mapping[str, Any]) -> Clarification:
+    """`hitl_pending_clarification`'s object."""
+    try:
+        return Clarification(
+            message_id=parse_uuid(data["message_id"]),
+            case_id=parse_uuid(data["case_id"]),
+            content=str(data.get("content") or ""),
+            sender_id=optional_str(data.get("sender_id")),
+            created_at=parse_time(data["created_at"]),
+        )
+    except KeyError as e:
+        raise ShapeError(f"missing key {e}") from None
+
+
+def parse_thread_entry(data: Any) -> ThreadEntry:
+    """One element of `hitl_call_history`'s array."""
+    if not isinstance(data, Mapping):
+        raise ShapeError(f"expected an object, got {data!r}")
+    try:
+        exchanges = data.get("exchanges") or []
+        if not isinstance(exchanges, list):
+            raise ShapeError(f"exchanges must be an array, got {exchanges!r}")
+        messages = []
+        for m in exchanges:
+            if not isinstance(m, Mapping):
+                raise ShapeError(f"expected an object, got {m!r}")
+            messages.append(
+                ThreadMessage(
+                    sender_type=parse_sender_type(m.get("sender_type")),
+                    kind=parse_kind(m.get("kind")),
+                    content=str(m.get("content") or ""),
+                    created_at=parse_time(m["created_at"]),
+                )
+            )
+        answer_kind = data.get("answer_kind")
+        answered_at = data.get("answered_at")
+        return ThreadEntry(
+            case_id=parse_uuid(data["case_id"]),
+            question=str(data.get("question") or ""),
+            status=str(data["status"]),
+            asked_at=parse_time(data["asked_at"]),
+            answer=optional_str(data.get("answer")),
+            answer_kind=parse_kind(answer_kind) if answer_kind is not None else None,
+            answered_at=parse_time(answered_at) if answered_at is not None else None,
+            exchanges=tuple(messages),
         )
     except KeyError as e:
         raise ShapeError(f"missing key {e}") from None
@@ -148,12 +211,35 @@ class SupabaseCaseStore:
 
     async def open_case(self, request: OpenCase) -> OpenedCase:
         data = await self._rpc("hitl_open_case", {"p": request.as_rpc_params()})
+        return _opened("hitl_open_case", data)
+
+    async def continue_case(self, request: ContinueCase) -> OpenedCase:
+        data = await self._rpc("hitl_continue_case", {"p": request.as_rpc_params()})
+        return _opened("hitl_continue_case", data)
+
+    async def pending_clarification(self, case_id: UUID) -> Clarification | None:
+        data = await self._rpc("hitl_pending_clarification", {"p_case_id": str(case_id)})
+        if data is None or data == []:
+            return None
         try:
             if not isinstance(data, Mapping):
-                raise ShapeError(f"expected an object, got {data!r}")
-            return parse_opened(data)
+                raise ShapeError(f"expected an object or null, got {data!r}")
+            return parse_clarification(data)
         except ShapeError as e:
-            raise PlatformUnavailable(f"hitl_open_case returned an unexpected reply: {e}") from None
+            raise PlatformUnavailable(
+                f"hitl_pending_clarification returned an unexpected reply: {e}"
+            ) from None
+
+    async def call_history(self, call_id: str) -> list[ThreadEntry]:
+        data = await self._rpc("hitl_call_history", {"p_call_id": call_id})
+        try:
+            if not isinstance(data, list):
+                raise ShapeError(f"expected an array, got {data!r}")
+            return [parse_thread_entry(entry) for entry in data]
+        except ShapeError as e:
+            raise PlatformUnavailable(
+                f"hitl_call_history returned an unexpected reply: {e}"
+            ) from None
 
     async def answer(self, case_id: UUID) -> Answer | None:
         data = await self._rpc("hitl_answer", {"p_case_id": str(case_id)})
@@ -178,3 +264,12 @@ class SupabaseCaseStore:
         if not isinstance(changed, bool):
             raise PlatformUnavailable(f"hitl_close_session returned an unexpected reply: {data!r}")
         return changed
+
+
+def _opened(fn: str, data: Any) -> OpenedCase:
+    try:
+        if not isinstance(data, Mapping):
+            raise ShapeError(f"expected an object, got {data!r}")
+        return parse_opened(data)
+    except ShapeError as e:
+        raise PlatformUnavailable(f"{fn} returned an unexpected reply: {e}") from None

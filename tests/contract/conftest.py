@@ -13,13 +13,28 @@ from collections.abc import AsyncIterator
 import pytest
 from contract_support import ContractPorts, memory_ports
 
-HARNESSES = ["memory"]
+HARNESSES = ["memory", "supabase"]
 
 
 @pytest.fixture(params=HARNESSES)
-async def ports(request: pytest.FixtureRequest) -> AsyncIterator[ContractPorts]:
-    if request.param == "memory":
+def harness(request: pytest.FixtureRequest) -> tuple[str, object]:
+    """The harness name and what it runs on (a sync fixture, so it may request the async
+    `devstack` fixture only for the harness that needs one)."""
+    if request.param == "supabase":
+        return request.param, request.getfixturevalue("devstack")
+    return request.param, None
+
+
+@pytest.fixture
+async def ports(harness: tuple[str, object]) -> AsyncIterator[ContractPorts]:
+    name, platform = harness
+    if name == "memory":
         async for p in memory_ports():
             yield p
+    elif name == "supabase":
+        from supabase_harness import supabase_ports
+
+        async for p in supabase_ports(platform):  # type: ignore[arg-type]
+            yield p
     else:  # pragma: no cover - a harness listed without a branch is a suite bug
-        raise AssertionError(f"no harness branch for {request.param!r}")
+        raise AssertionError(f"no harness branch for {name!r}")

@@ -15,15 +15,13 @@ from dataclasses import replace
 
 import asyncpg
 import pytest
+from devstack_clients import Operator, insert_message, service_client
 from fault_proxy import FaultProxy
 from integration_support import (
     FAST,
-    Operator,
-    insert_message,
     next_of,
     open_request,
     platform_on,
-    service_client,
     settings_for,
     wait_presence,
 )
@@ -33,7 +31,7 @@ from hitl_relay.adapters.supabase_channel import SocketPool
 from hitl_relay.devstack.cluster import free_port
 from hitl_relay.devstack.server import Devstack
 from hitl_relay.errors import InvalidRequest, NotFound, PlatformUnavailable
-from hitl_relay.ports import HumanMessage, Reconnected, SessionEvent
+from hitl_relay.ports import ContinueCase, HumanMessage, Reconnected, SessionEvent
 from hitl_relay.relay import Relay
 
 # ---- CaseStore over REST ----------------------------------------------------------------------
@@ -111,7 +109,59 @@ async def test_an_unreachable_platform_is_platform_unavailable_at_once() -> None
     finally:
         await platform.aclose()
     assert "ConnectError" in e.value.detail
-    assert time.monotonic() - started < FAST.join_timeout_s + 2
+    # A join fails once the socket has been unable to connect for fail_joins_after_down_s.
+    assert time.monotonic() - started < FAST.fail_joins_after_down_s + 1.5
+
+
+async def test_a_clarification_stays_pending_until_the_callers_reply_continues_the_case(
+    devstack: Devstack,
+) -> None:
+    async with (
+        platform_on(devstack.url, devstack.keys.service_role_key, presence=False) as platform,
+        Operator(devstack) as operator,
+    ):
+        store = platform.store
+        request = open_request()
+        opened = await store.open_case(request)
+        asked = await operator.answer(opened.case_id, "Morning or afternoon?", "clarification")
+        pending = await store.pending_clarification(opened.case_id)
+        assert pending is not None
+        assert (pending.message_id, pending.content) == (asked, "Morning or afternoon?")
+        assert await store.close_session(opened.session_id, "needs_info") is True
+        follow_up = ContinueCase(
+            case_id=opened.case_id,
+            question="Morning, please",
+            mcp_session_id="session-2",
+            retell_call_id=request.retell_call_id,
+            retell_agent_id=request.retell_agent_id,
+            timeout_seconds=30,
+        )
+        continued = await store.continue_case(follow_up)
+        assert (continued.case_id, continued.existed, continued.status) == (
+            opened.case_id,
+            False,
+            "waiting",
+        )
+        assert continued.session_id != opened.session_id
+        assert await store.pending_clarification(opened.case_id) is None
+        retried = await store.continue_case(follow_up)
+        assert (retried.session_id, retried.existed) == (continued.session_id, True)
+        history = await store.call_history(request.retell_call_id)
+        with pytest.raises(InvalidRequest) as refused:
+            await store.continue_case(replace(follow_up, case_id=uuid.uuid4()))
+    assert [entry.case_id for entry in history] == [opened.case_id]
+    assert history[0].question == request.question
+    assert [(m.sender_type, m.kind, m.content) for m in history[0].exchanges] == [
+        ("human", "clarification", "Morning or afternoon?"),
+        ("ai", "note", "Morning, please"),
+    ]
+    assert history[0].answer is None
+    assert (refused.value.field, refused.value.rule) == ("case_id", "no such case")
+
+
+async def test_the_history_of_an_unknown_call_is_empty(devstack: Devstack) -> None:
+    async with platform_on(devstack.url, devstack.keys.service_role_key, presence=False) as p:
+        assert await p.store.call_history(f"call-{uuid.uuid4()}") == []
 
 
 # ---- CaseChannel --------------------------------------------------------------------------------

@@ -1,0 +1,122 @@
+"""The contract suite's Supabase harness: the real adapter (`hitl_relay.adapters.supabase`) on a
+devstack, reached through a TCP fault proxy so the suite can drop the relay's connection while
+the operators (supabase-py with an operator JWT, straight to the devstack) keep working."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from uuid import UUID, uuid4
+
+from contract_support import ContractPorts
+from devstack_clients import Operator
+from fault_proxy import FaultProxy
+from supabase import AsyncClient, acreate_client
+
+from hitl_relay.adapters.supabase import RealtimeTuning, build_platform
+from hitl_relay.config import load_settings
+from hitl_relay.devstack.server import Devstack
+from hitl_relay.ports import MessageKind, SenderType
+
+TUNING = RealtimeTuning(
+    join_timeout_s=5.0,
+    connect_timeout_s=2.0,
+    reconnect_initial_s=0.05,
+    reconnect_max_s=0.3,
+    ping_interval_s=1.0,
+    ping_timeout_s=1.0,
+    idle_close_s=0.3,
+)
+
+
+class DevstackOperators:
+    """The operators' side on the devstack: human messages as an operator (RLS applies), other
+    senders as the service role; presence through one supabase-py client per operator id."""
+
+    def __init__(self, devstack: Devstack, service: AsyncClient, answering: Operator) -> None:
+        self.devstack = devstack
+        self.service = service
+        self.answering = answering
+        self.present: dict[str, Operator] = {}
+
+    async def answer(
+        self,
+        case_id: UUID,
+        content: str,
+        *,
+        kind: MessageKind = "answer",
+        sender_type: SenderType = "human",
+    ) -> UUID:
+        if sender_type == "human":
+            return await self.answering.answer(case_id, content, kind)
+        response = (
+            await self.service.table("messages")
+            .insert(
+                {
+                    "case_id": str(case_id),
+                    "sender_type": sender_type,
+                    "content": content,
+                    "kind": kind,
+                }
+            )
+            .execute()
+        )
+        return UUID(response.data[0]["id"])
+
+    async def go_online(self, operator_id: str = "operator-0") -> None:
+        operator = Operator(self.devstack, operator_id=operator_id)
+        await operator.__aenter__()
+        await operator.go_online()
+        self.present[operator_id] = operator
+
+    async def go_offline(self, operator_id: str = "operator-0") -> None:
+        operator = self.present.pop(operator_id)
+        await operator.go_offline()
+        await operator.__aexit__()
+
+    async def aclose(self) -> None:
+        for operator in self.present.values():
+            await operator.__aexit__()
+        self.present.clear()
+
+
+async def supabase_ports(devstack: Devstack) -> AsyncIterator[ContractPorts]:
+    proxy = FaultProxy(devstack.port)
+    await proxy.start()
+    settings = load_settings(
+        backend="supabase",
+        supabase_url=proxy.url,
+        supabase_service_role_key=devstack.keys.service_role_key,
+        presence_cache_ttl_seconds=0.1,
+    )
+    platform = await build_platform(settings, tuning=TUNING)
+    service = await acreate_client(devstack.url, devstack.keys.service_role_key)
+    answering = Operator(devstack, operator_id=uuid4())
+    await answering.__aenter__()
+    operators = DevstackOperators(devstack, service, answering)
+
+    async def disconnect() -> None:
+        proxy.cut()
+        # Wait until the adapter noticed (its sockets count as down), as a real drop would be.
+        await platform.pool.wait_until(
+            lambda: not any(s.connected.is_set() for s in platform.pool.sockets), 5
+        )
+
+    async def reconnect() -> None:
+        proxy.restore()
+
+    try:
+        yield ContractPorts(
+            store=platform.store,
+            channel=platform.channel,
+            presence=platform.presence,
+            operator=operators,
+            disconnect=disconnect,
+            reconnect=reconnect,
+            joined_channels=lambda: platform.channel.subscriptions,
+        )
+    finally:
+        await operators.aclose()
+        await answering.__aexit__()
+        await service.postgrest.aclose()
+        await platform.aclose()
+        await proxy.stop()
