@@ -595,6 +595,111 @@ begin
 end;
 $$;
 
+CREATE FUNCTION public.hitl_rate_limit(p_key text, p_limits jsonb, p_hit boolean) RETURNS jsonb
+    LANGUAGE plpgsql
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  v_now timestamptz := clock_timestamp();
+  v_item jsonb;
+  v_limit bigint;
+  v_window bigint;
+  v_start timestamptz;
+  v_elapsed double precision;
+  v_cur bigint;
+  v_prev bigint;
+  v_wait double precision := 0;
+  v_item_wait double precision;
+begin
+  if p_key is null or length(p_key) not between 1 and 200 then
+    raise exception using errcode = 'P0001', message = 'invalid p_key: must be 1 to 200 characters',
+      detail = 'p_key', hint = 'must be 1 to 200 characters';
+  end if;
+  if p_limits is null or jsonb_typeof(p_limits) <> 'array'
+     or jsonb_array_length(p_limits) not between 1 and 10 then
+    raise exception using errcode = 'P0001',
+      message = 'invalid p_limits: must be an array of 1 to 10 {limit, window_seconds} objects',
+      detail = 'p_limits', hint = 'must be an array of 1 to 10 {limit, window_seconds} objects';
+  end if;
+  for v_item in select value from jsonb_array_elements(p_limits) loop
+    if jsonb_typeof(v_item) <> 'object'
+       or jsonb_typeof(v_item -> 'limit') <> 'number'
+       or jsonb_typeof(v_item -> 'window_seconds') <> 'number'
+       or (v_item ->> 'limit')::numeric not between 1 and 1000000000
+       or (v_item ->> 'window_seconds')::numeric not between 1 and 2678400 then
+      raise exception using errcode = 'P0001',
+        message = 'invalid p_limits: each limit must be 1 to 1e9 per 1 s to 31 days',
+        detail = 'p_limits', hint = 'each limit must be 1 to 1e9 per 1 s to 31 days';
+    end if;
+  end loop;
+
+  -- One key's hits are decided one at a time, on every replica.
+  perform pg_advisory_xact_lock(hashtextextended('hitl_rate_limit:' || p_key, 0));
+
+  for v_item in select value from jsonb_array_elements(p_limits) loop
+    v_limit := floor((v_item ->> 'limit')::numeric);
+    v_window := floor((v_item ->> 'window_seconds')::numeric);
+    v_start := to_timestamp(floor(extract(epoch from v_now) / v_window) * v_window);
+    v_elapsed := extract(epoch from v_now - v_start) / v_window;
+    select coalesce(sum(hits) filter (where window_start = v_start), 0),
+           coalesce(sum(hits) filter (where window_start = v_start - make_interval(secs => v_window)), 0)
+      into v_cur, v_prev
+      from public.hil_rate_limits
+     where key = p_key and window_seconds = v_window
+       and window_start >= v_start - make_interval(secs => v_window);
+    if v_prev * (1 - v_elapsed) + v_cur + 1 > v_limit then
+      if v_cur + 1 <= v_limit then
+        -- the previous window's weight must fade enough, within the current window
+        v_item_wait := v_window * ((1 - v_elapsed) - (v_limit - 1 - v_cur)::double precision / v_prev);
+      else
+        -- wait for the next window, then for this window's weight (as the previous) to fade
+        v_item_wait := v_window * (1 - v_elapsed)
+                       + v_window * greatest(0, 1 - (v_limit - 1)::double precision / greatest(v_cur, 1));
+      end if;
+      v_wait := greatest(v_wait, v_item_wait, 0.001);
+    end if;
+  end loop;
+
+  if v_wait > 0 then
+    return jsonb_build_object('allowed', false, 'retry_after', round(v_wait::numeric, 3));
+  end if;
+  if p_hit then
+    for v_item in select value from jsonb_array_elements(p_limits) loop
+      v_window := floor((v_item ->> 'window_seconds')::numeric);
+      v_start := to_timestamp(floor(extract(epoch from v_now) / v_window) * v_window);
+      insert into public.hil_rate_limits as r (key, window_seconds, window_start, hits)
+      values (p_key, v_window, v_start, 1)
+      on conflict (key, window_seconds, window_start) do update set hits = r.hits + 1;
+      delete from public.hil_rate_limits
+       where key = p_key and window_seconds = v_window
+         and window_start < v_start - make_interval(secs => v_window);
+    end loop;
+    -- Now and then, forget the counters of keys that went quiet (no cron job needed).
+    if random() < 0.01 then
+      delete from public.hil_rate_limits
+       where ctid in (select ctid from public.hil_rate_limits
+                       where window_start + make_interval(secs => 2 * window_seconds) < v_now
+                       limit 1000);
+    end if;
+  end if;
+  return jsonb_build_object('allowed', true, 'retry_after', 0);
+end
+$$;
+
+CREATE FUNCTION public.hitl_rate_limit_hit(p_key text, p_limits jsonb) RETURNS jsonb
+    LANGUAGE sql
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+  select public.hitl_rate_limit(p_key, p_limits, true)
+$$;
+
+CREATE FUNCTION public.hitl_rate_limit_peek(p_key text, p_limits jsonb) RETURNS jsonb
+    LANGUAGE sql
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+  select public.hitl_rate_limit(p_key, p_limits, false)
+$$;
+
 CREATE FUNCTION public.hitl_success_metrics(p_from timestamp with time zone, p_to timestamp with time zone) RETURNS jsonb
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -818,6 +923,13 @@ CREATE TABLE public.hil_case_secrets (
     created_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
+CREATE TABLE public.hil_rate_limits (
+    key text NOT NULL,
+    window_seconds integer NOT NULL,
+    window_start timestamp with time zone NOT NULL,
+    hits integer DEFAULT 0 NOT NULL
+);
+
 CREATE TABLE public.hil_sessions (
     id uuid DEFAULT gen_random_uuid() NOT NULL,
     mcp_session_id text NOT NULL,
@@ -912,6 +1024,9 @@ ALTER TABLE ONLY public.hil_audit
 ALTER TABLE ONLY public.hil_case_secrets
     ADD CONSTRAINT hil_case_secrets_pkey PRIMARY KEY (case_id);
 
+ALTER TABLE ONLY public.hil_rate_limits
+    ADD CONSTRAINT hil_rate_limits_pkey PRIMARY KEY (key, window_seconds, window_start);
+
 ALTER TABLE ONLY public.hil_sessions
     ADD CONSTRAINT hil_sessions_pkey PRIMARY KEY (id);
 
@@ -935,6 +1050,8 @@ CREATE INDEX cases_open_idx ON public.cases USING btree (status, priority DESC, 
 CREATE INDEX hil_audit_at_idx ON public.hil_audit USING btree (at);
 
 CREATE INDEX hil_audit_case_idx ON public.hil_audit USING btree (case_id);
+
+CREATE INDEX hil_rate_limits_window_idx ON public.hil_rate_limits USING btree (window_start);
 
 CREATE INDEX hil_sessions_call_idx ON public.hil_sessions USING btree (retell_call_id, created_at);
 
@@ -976,6 +1093,8 @@ ALTER TABLE public.cases ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.hil_audit ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE public.hil_case_secrets ENABLE ROW LEVEL SECURITY;
+
+ALTER TABLE public.hil_rate_limits ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE public.hil_sessions ENABLE ROW LEVEL SECURITY;
 
@@ -1071,6 +1190,15 @@ GRANT ALL ON FUNCTION public.hitl_pending_clarification(p_case_id uuid) TO servi
 REVOKE ALL ON FUNCTION public.hitl_purge(p_older_than interval) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_purge(p_older_than interval) TO service_role;
 
+REVOKE ALL ON FUNCTION public.hitl_rate_limit(p_key text, p_limits jsonb, p_hit boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_rate_limit(p_key text, p_limits jsonb, p_hit boolean) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_rate_limit_hit(p_key text, p_limits jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_rate_limit_hit(p_key text, p_limits jsonb) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_rate_limit_peek(p_key text, p_limits jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_rate_limit_peek(p_key text, p_limits jsonb) TO service_role;
+
 REVOKE ALL ON FUNCTION public.hitl_success_metrics(p_from timestamp with time zone, p_to timestamp with time zone) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_success_metrics(p_from timestamp with time zone, p_to timestamp with time zone) TO service_role;
 
@@ -1091,6 +1219,8 @@ GRANT ALL ON TABLE public.cases TO service_role;
 GRANT ALL ON TABLE public.hil_audit TO service_role;
 
 GRANT ALL ON TABLE public.hil_case_secrets TO service_role;
+
+GRANT ALL ON TABLE public.hil_rate_limits TO service_role;
 
 GRANT SELECT ON TABLE public.hil_sessions TO anon;
 GRANT SELECT ON TABLE public.hil_sessions TO authenticated;
