@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from conftest import ConsolePage, Stack, wait_until
 from playwright.async_api import Page, expect
+
+from hitl_relay import console as console_module
 
 pytestmark = pytest.mark.browser
 
@@ -476,3 +479,16 @@ async def test_a_second_question_in_the_same_call_shows_the_calls_earlier_answer
 
     await page.get_by_role("button", name="Send answer").click()
     assert (await second.result())["answer"] == "Yes, refund to the new card after ID check."
+
+
+async def test_without_the_supabase_js_bundle_the_page_says_how_to_install_it(
+    stack: Stack, open_console: OpenConsole, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(console_module, "VENDOR_BUNDLE", tmp_path / "not-installed.js")
+    console = await open_console()
+    await console.page.goto(stack.console_url)
+    problem = console.page.locator("#setup-problem")
+    await expect(problem).to_be_visible()
+    await expect(problem).to_contain_text("run scripts/install-console-deps")
+    await expect(console.page.locator("#sign-in")).to_be_hidden()
+    console.console_errors.clear()  # the browser logs the 404 of the missing bundle itself
