@@ -152,15 +152,27 @@ def _relay_settings(**overrides: object) -> Settings:
 def serve(
     host: str = typer.Option(None, "--host", help="Bind address (default HITL_HOST)."),
     port: int = typer.Option(None, "--port", help="Port (default HITL_PORT)."),
+    insecure_local: bool = typer.Option(
+        None, "--insecure-local", help="Serve without API keys (loopback only; the devstack)."
+    ),
 ) -> None:
     """Serve the relay: MCP at /mcp (bearer key), /healthz, /readyz, /metrics."""
     import uvicorn
 
     from hitl_relay.http_app import create_app
+    from hitl_relay.security import key_problems
 
-    settings = _relay_settings(host=host, port=port)
-    if not settings.api_keys:
-        _fail("HITL_API_KEYS: is required (make one with `hitl-relay keygen`)", 2)
+    settings = _relay_settings(host=host, port=port, insecure_local=insecure_local)
+    problems = key_problems(
+        settings.api_key_values(),
+        revoked=settings.revoked_keys,
+        compromised=settings.compromised_keys,
+        require_key=not settings.insecure_local,
+    )
+    for problem in problems:
+        typer.secho(f"config: {problem}", fg=typer.colors.RED, err=True)
+    if problems:
+        raise typer.Exit(2)
     typer.echo(f"hitl-relay: MCP at http://{settings.host}:{settings.port}/mcp", err=True)
     uvicorn.run(
         create_app(settings),
@@ -231,13 +243,20 @@ def ask(
 
 
 @app.command()
-def keygen() -> None:
+def keygen(
+    hashed: bool = typer.Option(
+        False, "--hash", help="Also print the .env line that stores only the key's SHA-256."
+    ),
+) -> None:
     """Print a new random API key and the line that adds it to .env."""
-    import secrets
+    from hitl_relay.security import env_lines, generate_key
 
-    key = "hitl_" + secrets.token_urlsafe(32)
+    key = generate_key()
+    plain, hash_line = env_lines(key)
     typer.echo(key)
-    typer.echo(f"HITL_API_KEYS={key}")
+    typer.echo(plain)
+    if hashed:
+        typer.echo(hash_line)
 
 
 @app.command()

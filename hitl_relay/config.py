@@ -14,6 +14,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from hitl_relay.errors import ConfigError
+from hitl_relay.security.settings import SecuritySettings
 
 DEFAULT_FALLBACKS = {
     "no_operator": (
@@ -40,8 +41,12 @@ def _unprefixed(name: str) -> Any:
     return AliasChoices(name, f"HITL_{name}")
 
 
-class Settings(BaseSettings):
-    """Everything the relay reads from its environment (see `.env.example` for each setting)."""
+class Settings(SecuritySettings, BaseSettings):
+    """Everything the relay reads from its environment (see `.env.example` for each setting).
+
+    The security variables (keys, rate limits, origins, networks, Retell, callbacks, audit)
+    are declared in `hitl_relay.security.settings.SecuritySettings`.
+    """
 
     model_config = SettingsConfigDict(
         env_prefix="HITL_",
@@ -136,6 +141,7 @@ class Settings(BaseSettings):
                 out.append(
                     "SUPABASE_SERVICE_ROLE_KEY: is required (the relay uses the service role)"
                 )
+        out.extend(self.security_problems())
         return out
 
     def api_key_values(self) -> list[str]:

@@ -87,6 +87,18 @@ class Turn(BaseModel):
     ]
 
 
+def _has_nul(value: object, depth: int = 0) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if depth > 64:
+        return False
+    if isinstance(value, Mapping):
+        return any(_has_nul(k, depth + 1) or _has_nul(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v, depth + 1) for v in value)
+    return False
+
+
 def _id_field(alias: str, description: str) -> Any:
     return Field(alias=alias, min_length=1, max_length=ID_MAX, description=description)
 
@@ -166,6 +178,15 @@ class AskHumanRequest(BaseModel):
     def _not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be blank")
+        return value
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        # Postgres text and jsonb cannot hold U+0000: refused here, naming the field, instead of
+        # failing on the platform (which would count against the circuit breaker).
+        if _has_nul(value):
+            raise ValueError("must not contain NUL (U+0000) characters")
         return value
 
     @field_validator("case_id")

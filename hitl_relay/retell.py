@@ -135,8 +135,12 @@ def _history(call: Mapping[str, Any]) -> list[dict[str, str]]:
                 turns.append({"role": _role(speaker.strip()), "content": said.strip()})
             elif turns and line.strip():
                 turns[-1]["content"] += "\n" + line.strip()
+    # Retell's own transcript, not the agent's words: trimmed to fit rather than refused.
     return [
-        {"role": t["role"], "content": t["content"][-TURN_CONTENT_MAX:]}
+        {
+            "role": t["role"].replace("\x00", ""),
+            "content": t["content"].replace("\x00", "")[-TURN_CONTENT_MAX:],
+        }
         for t in turns[-HISTORY_MAX_TURNS:]
     ]
 

@@ -31,7 +31,7 @@ NASTY = [
     "'; drop table public.cases; --",
     "' or '1'='1",
     "\"); delete from public.messages where ('1'='1",
-    "\\x00",
+    "nul \x00 char",
     "<script>alert(1)</script>",
     "{{call_id}}",
     "${jndi:ldap://x/a}",

@@ -152,6 +152,8 @@ async def test_invalid_requests_write_no_row(devstack: Devstack, db: asyncpg.Con
         retell_body("ok?", timeout_seconds=1),
         retell_body("ok?", caller_info={"blob": "x" * 20_000}),
         retell_body("x" * 2001),
+        retell_body("a NUL \x00 Postgres cannot store?"),
+        retell_body("ok?", caller_info={"name": "nul\x00"}),
         json.dumps({"args": {"question": "no call at all?"}}).encode(),
     ]
     mcp_headers = {
@@ -180,7 +182,9 @@ async def test_invalid_requests_write_no_row(devstack: Devstack, db: asyncpg.Con
             }
             response = await http.post("/mcp", content=json.dumps(call), headers=mcp_headers)
             assert '"isError":true' in response.text
+        ready = await http.get("/readyz")
     assert await counts(db) == (0, 0, 0)
+    assert ready.json()["breaker"] == "closed"  # refused at the edge, not failed on the platform
 
 
 async def test_sql_injection_in_every_field_is_stored_verbatim_and_harmless(
