@@ -106,6 +106,9 @@ class RealtimeTuning:
     idle_close_s: float = 30.0
     # After the server confirmed a leave, its phx_close for that join may still be in flight.
     rejoin_grace_s: float = 1.0
+    # A connection must stay up this long before a drop counts as a fresh start: a socket the
+    # server keeps closing right after its rejoins (rate limits) backs off instead of looping.
+    stable_after_s: float = 10.0
     # A socket that has been failing to connect for this long fails new joins at once (a call
     # must not wait out the join timeout while the platform is down); shorter blips are waited
     # out.
@@ -316,7 +319,8 @@ class RealtimeChannel:
         self.state = "lost"
         self.lost_reason = reason
         self.sock.forget(self)
-        logger.bind(topic=self.topic).warning("realtime channel lost: {}", reason)
+        log = logger.bind(topic=self.topic)
+        (log.debug if self.pool.closing else log.warning)("realtime channel lost: {}", reason)
         for listener in list(self.listeners):
             listener.on_lost(reason)
         self.changed.notify()
@@ -346,7 +350,7 @@ class RealtimeChannel:
             if was == "joining":
                 self.joined_at = time.monotonic()
             elif was == "interrupted":
-                logger.bind(topic=self.topic).info("realtime channel rejoined")
+                logger.bind(topic=self.topic).debug("realtime channel rejoined")
                 if self.case_id is not None:
                     for listener in list(self.listeners):
                         listener.on_event(Reconnected(case_id=self.case_id))
@@ -371,7 +375,7 @@ class RealtimeChannel:
         if self.state == "joined":
             self.state = "interrupted"
             detail = reason or (f"{type(error).__name__}: {error}" if error else state.value)
-            logger.bind(topic=self.topic).info("realtime channel interrupted: {}", detail)
+            logger.bind(topic=self.topic).debug("realtime channel interrupted: {}", detail)
             for listener in list(self.listeners):
                 listener.on_interrupted()
             self.pool.update_gauges()
@@ -463,7 +467,10 @@ class RealtimeSocket:
         """The server confirmed the leave (or realtime-py gave up waiting for it)."""
         if self.leaving.get(channel.topic) is channel:
             del self.leaving[channel.topic]
-            self.quarantine[channel.topic] = time.monotonic() + self.pool.tuning.rejoin_grace_s
+            now = time.monotonic()
+            if len(self.quarantine) >= 64:  # drop the expired ones (most topics never return)
+                self.quarantine = {t: u for t, u in self.quarantine.items() if u > now}
+            self.quarantine[channel.topic] = now + self.pool.tuning.rejoin_grace_s
         self._check_idle()
         self.pool.update_gauges()
 
@@ -481,6 +488,7 @@ class RealtimeSocket:
     async def run(self) -> None:
         tuning = self.pool.tuning
         failures = 0
+        up_since = 0.0
         log = logger.bind(socket=self.number)
         while not self.closing:
             if not self.client.is_connected:
@@ -489,6 +497,12 @@ class RealtimeSocket:
                     self.down_since = time.monotonic()
                     self.pool.update_gauges()
                     log.warning("realtime socket disconnected; reconnecting")
+                    if self.down_since - up_since < tuning.stable_after_s:
+                        # Dropped soon after connecting: back off as after a failed attempt.
+                        failures += 1
+                        await asyncio.sleep(tuning.reconnect_delay(failures))  # backoff
+                    else:
+                        failures = 0
                 try:
                     async with asyncio.timeout(tuning.connect_timeout_s):
                         await self.client.connect()
@@ -516,7 +530,7 @@ class RealtimeSocket:
                 if self.connects > 1:
                     log.info("realtime socket reconnected after {} failed attempts", failures)
                     self.pool.reconnects += 1
-                failures = 0
+                up_since = time.monotonic()
                 self.down_since = None
                 self.connected.set()
                 self.pool.update_gauges()
@@ -621,8 +635,11 @@ class SocketPool:
 
     # ---- bookkeeping ---------------------------------------------------------------------
 
-    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        """A task owned by the pool (cancelled by `aclose`)."""
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None] | None:
+        """A task owned by the pool (cancelled by `aclose`); none once the pool is closed."""
+        if self._closed:
+            coro.close()
+            return None
         task = asyncio.get_running_loop().create_task(coro, name=f"hitl-realtime: {name}")
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -654,6 +671,10 @@ class SocketPool:
         return sum(
             1 for s in self.sockets for c in s.channels.values() if kind is None or c.kind == kind
         )
+
+    @property
+    def closing(self) -> bool:
+        return self._closed
 
     def may_close(self, sock: RealtimeSocket) -> bool:
         return not self._closed and sock.load == 0
@@ -725,12 +746,14 @@ class SocketPool:
             channel.leave()
 
     async def aclose(self) -> None:
-        """Close every socket and end every pool task."""
+        """Close every socket and end every pool task; attached listeners are told (lost)."""
         self._closed = True
         self.sockets = []
         sockets = list(self._open)
         for sock in sockets:
             sock.closing = True
+            for channel in list(sock.channels.values()):
+                channel.lose("the realtime pool is closing", server_closed=True)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

@@ -471,3 +471,41 @@ async def test_the_relay_returns_an_operators_answer_through_the_adapter(
         "Yes, Saturday works",
         str(case_id),
     )
+
+
+@pytest.mark.slow
+async def test_a_thousand_waiting_channels_on_ten_sockets_survive_a_dropped_link(
+    devstack: Devstack,
+) -> None:
+    proxy = FaultProxy(devstack.port)
+    await proxy.start()
+    try:
+        async with (
+            platform_on(proxy.url, devstack.keys.service_role_key, presence=False) as platform,
+            service_client(devstack) as service,
+            AsyncExitStack() as stack,
+        ):
+            pool = platform.pool
+            cases = [uuid.uuid4() for _ in range(1000)]
+            started = time.monotonic()
+            subs: list[SupabaseSubscription] = await asyncio.gather(
+                *(stack.enter_async_context(platform.channel.subscribe(c)) for c in cases)
+            )
+            joined_s = time.monotonic() - started
+            assert len(pool.sockets) == 10
+            assert max(s.load for s in pool.sockets) <= 100
+            proxy.cut()
+            await pool.wait_until(lambda: not any(s.connected.is_set() for s in pool.sockets), 5)
+            cut_at = time.monotonic()
+            proxy.restore()
+            await asyncio.gather(*(next_of(s, Reconnected, within_s=30) for s in subs))
+            rejoined_s = time.monotonic() - cut_at
+            opened = [await platform.store.open_case(open_request(case_id=c)) for c in cases[:50]]
+            await asyncio.gather(*(insert_message(service, o.case_id, "ai", "hi") for o in opened))
+            heard = await asyncio.gather(*(next_of(s, HumanMessage) for s in subs[:50]))
+            assert [m.case_id for m in heard] == cases[:50]
+    finally:
+        await proxy.stop()
+    print(
+        f"1000 joins in {joined_s:.2f} s; all rejoined {rejoined_s:.2f} s after the link returned"
+    )
