@@ -487,10 +487,13 @@ class RealtimeSocket:
 
     async def run(self) -> None:
         tuning = self.pool.tuning
-        failures = 0
+        failures = 0  # drives the backoff; reset only by a connection that stayed up
+        failed_attempts = 0  # in this outage, for the logs
         up_since = 0.0
         log = logger.bind(socket=self.number)
         while not self.closing:
+            if self._idle_expired():
+                break
             if not self.client.is_connected:
                 if self.connected.is_set():
                     self.connected.clear()
@@ -508,6 +511,7 @@ class RealtimeSocket:
                         await self.client.connect()
                 except CONNECT_ERRORS as e:
                     failures += 1
+                    failed_attempts += 1
                     self.last_error = f"{type(e).__name__}: {e}"
                     if self.down_since is None:
                         self.down_since = (
@@ -515,11 +519,11 @@ class RealtimeSocket:
                         )
                     self.pool.update_gauges()  # wakes joins waiting for this socket
                     delay = tuning.reconnect_delay(failures)
-                    (log.warning if failures == 1 else log.debug)(
+                    (log.warning if failed_attempts == 1 else log.debug)(
                         "realtime connect failed ({}: {}); attempt {} again in {:.2f} s",
                         type(e).__name__,
                         e,
-                        failures + 1,
+                        failed_attempts + 1,
                         delay,
                     )
                     await asyncio.sleep(delay)  # backoff between reconnect attempts
@@ -528,17 +532,29 @@ class RealtimeSocket:
                     continue
                 self.connects += 1
                 if self.connects > 1:
-                    log.info("realtime socket reconnected after {} failed attempts", failures)
+                    log.info(
+                        "realtime socket reconnected after {} failed attempts", failed_attempts
+                    )
                     self.pool.reconnects += 1
+                failed_attempts = 0
                 up_since = time.monotonic()
                 self.down_since = None
                 self.connected.set()
                 self.pool.update_gauges()
                 continue
-            if self._listener_died() or await self._watch():
+            if self._listener_died():
                 break
+            await self._watch()
         await self.close()
         self.pool.closed(self)
+
+    def _idle_expired(self) -> bool:
+        """Carried nothing for idle_close_s (connected or not): retire it."""
+        if self.idle_since is None or not self.pool.may_close(self):
+            return False
+        if time.monotonic() - self.idle_since < self.pool.tuning.idle_close_s:
+            return False
+        return self.pool.retire(self)
 
     def _listener_died(self) -> bool:
         """realtime-py's listener task ended while the socket still counts as connected (an
@@ -557,27 +573,26 @@ class RealtimeSocket:
         self.pool.update_gauges()
         return True
 
-    async def _watch(self) -> bool:
-        """Wait for a poke or the next ping; True when the socket should close (idle)."""
+    async def _watch(self) -> None:
+        """Wait for a poke, the next ping or the idle deadline (the loop then re-checks)."""
         tuning = self.pool.tuning
         self._poke.clear()
         if not self.client.is_connected:
-            return False
+            return
         timeout = tuning.ping_interval_s
-        if self.idle_since is not None and self.pool.may_close(self):
-            remaining = self.idle_since + tuning.idle_close_s - time.monotonic()
-            if remaining <= 0:
-                return self.pool.retire(self)
-            timeout = min(timeout, remaining)
+        idle = self.idle_since is not None and self.pool.may_close(self)
+        if self.idle_since is not None and idle:
+            timeout = max(
+                0.0, min(timeout, self.idle_since + tuning.idle_close_s - time.monotonic())
+            )
         try:
             async with asyncio.timeout(timeout):
                 await self._poke.wait()
-            return False
+            return
         except TimeoutError:
             pass
-        if self.idle_since is None or not self.pool.may_close(self):
+        if not idle:
             await self._ping()
-        return False
 
     async def _ping(self) -> None:
         ws = self.client._ws_connection  # realtime-py has no ping API
