@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ConsolePage, Stack, wait_until
-from playwright.async_api import Page, expect
+from playwright.async_api import Page, Route, expect
 
 from hitl_relay import console as console_module
 
@@ -492,3 +493,51 @@ async def test_without_the_supabase_js_bundle_the_page_says_how_to_install_it(
     await expect(problem).to_contain_text("run scripts/install-console-deps")
     await expect(console.page.locator("#sign-in")).to_be_hidden()
     console.console_errors.clear()  # the browser logs the 404 of the missing bundle itself
+
+
+async def test_two_operators_answering_at_once_deliver_exactly_one_answer_and_the_other_is_told(
+    stack: Stack, open_console: OpenConsole
+) -> None:
+    ada, grace = stack.operators
+    first, second = await open_console(), await open_console()
+    await first.sign_in_with_token(ada)
+    await second.sign_in_with_token(grace)
+    await wait_until(lambda: _online_is(stack, 2), "the relay to see both operators")
+    ask = await stack.ask("Can the caller keep the replacement and the original?")
+    for console, text in ((first, "Ada: yes, keep both."), (second, "Grace: return the original.")):
+        await console.case_item("replacement and the original").locator("button").click()
+        await console.page.get_by_label("Your answer").fill(text)
+
+    # Ada sends first, but her insert is held on its way until Grace's answer is committed:
+    # both pressed Send before either saw the other's answer.
+    held = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold(route: Route) -> None:
+        if route.request.method == "POST":
+            held.set()
+            await release.wait()
+        await route.continue_()
+
+    await first.page.route(re.compile(r".*/rest/v1/messages(\?.*)?$"), hold)
+    await first.page.get_by_role("button", name="Send answer").click()
+    await asyncio.wait_for(held.wait(), 10)
+    await second.page.get_by_role("button", name="Send answer").click()
+    assert (await ask.result())["answer"] == "Grace: return the original."
+    release.set()
+
+    await expect(first.page.locator("#answer-status")).to_have_text(
+        "Another operator answered first; their answer was delivered and yours is kept on the case."
+    )
+    await expect(second.page.locator("#answer-status")).to_have_text(
+        "Answer sent. The voice agent has it."
+    )
+    for console in (first, second):
+        messages = console.page.locator("#case-messages .message")
+        await expect(messages).to_have_count(2)
+        await expect(messages.locator(".content")).to_have_text(
+            ["Grace: return the original.", "Ada: yes, keep both."]
+        )
+        await expect(console.page.locator("#case-messages .is-answer .content")).to_have_text(
+            "Grace: return the original."
+        )

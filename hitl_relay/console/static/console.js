@@ -26,6 +26,7 @@
   const CASE_COLUMNS =
     'id,title,description,status,priority,urgency,source,metadata,created_at,expires_at,answered_at,answer_message_id'
   const MESSAGE_COLUMNS = 'id,case_id,sender_type,sender_id,content,kind,created_at'
+  const ANSWERED_FIRST = 'Another operator answered first; their answer was delivered and yours is kept on the case.'
   const KIND_LABEL = {
     answer: 'Answer',
     clarification: 'Asked back',
@@ -274,7 +275,7 @@
       c.status = 'answered'
       if (!mine && c.id === state.selectedId) announce('This case was answered by another operator.')
     } else if (mine && p.sender_type === 'human' && (p.kind === 'answer' || p.kind === 'cannot_answer') && c.answerId && c.answerId !== p.id) {
-      if (c.id === state.selectedId) setAnswerStatus('Another operator answered first; your message was kept on the case as a note.', 'warn')
+      if (c.id === state.selectedId) setAnswerStatus(ANSWERED_FIRST, 'warn')
     }
     if (p.sender_type === 'ai') {
       // The caller replied to a question back: a new wait (and deadline) started on this case.
@@ -397,8 +398,11 @@
     }
     setAnswerStatus(done[kind], 'ok')
     if (kind !== 'clarification') {
-      c.status = 'answered'
-      c.answerId = c.answerId || data?.id || null
+      // The database decides which answer is delivered (the first one); read its verdict.
+      await refreshCase(c.id)
+      if (c.answerId && data && c.answerId !== data.id) {
+        setAnswerStatus(ANSWERED_FIRST, 'warn')
+      }
     }
     renderQueue()
     renderCase()
