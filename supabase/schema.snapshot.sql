@@ -108,6 +108,126 @@ CREATE FUNCTION public.hitl_call_history(p_call_id text) RETURNS jsonb
   ) t
 $$;
 
+CREATE FUNCTION public.hitl_callback_on_answer() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+  if old.answer_message_id is null and new.answer_message_id is not null
+     and coalesce(new.metadata ->> 'callback_url', '') <> '' then
+    insert into public.hil_callbacks (case_id, event) values (new.id, 'answer')
+    on conflict (case_id, event) do nothing;
+  end if;
+  return null;
+end;
+$$;
+
+CREATE FUNCTION public.hitl_callback_on_timeout() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+  if new.status = 'timed_out' and old.status is distinct from 'timed_out'
+     and exists (select 1 from public.cases c
+                  where c.id = new.case_id and c.answer_message_id is null
+                    and coalesce(c.metadata ->> 'callback_url', '') <> '') then
+    insert into public.hil_callbacks (case_id, session_id, event)
+    values (new.case_id, new.id, 'timeout')
+    on conflict (case_id, event) do nothing;
+  end if;
+  return null;
+end;
+$$;
+
+CREATE FUNCTION public.hitl_callback_result(p_id bigint, p_outcome text, p_detail jsonb DEFAULT '{}'::jsonb, p_retry_in_seconds integer DEFAULT 60) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  cb public.hil_callbacks;
+begin
+  if p_outcome is null or p_outcome not in ('delivered', 'failed', 'retry') then
+    perform public.hitl_invalid('p_outcome', 'must be one of delivered, failed, retry');
+  end if;
+  update public.hil_callbacks
+     set delivered_at = case when p_outcome = 'delivered' then now() end,
+         failed_at = case when p_outcome = 'failed' then now() end,
+         next_attempt_at = case when p_outcome = 'retry'
+           then now() + make_interval(secs => greatest(1, least(coalesce(p_retry_in_seconds, 60), 86400)))
+           else next_attempt_at end,
+         claimed_until = null,
+         last_status = nullif(p_detail ->> 'status', '')::integer,
+         last_error = left(p_detail ->> 'error', 500)
+   where id = p_id and delivered_at is null and failed_at is null
+  returning * into cb;
+  if not found then
+    return jsonb_build_object('id', p_id, 'changed', false);
+  end if;
+  insert into public.hil_audit (actor, action, case_id, session_id, outcome, detail)
+  values ('relay', 'callback_' || cb.event, cb.case_id, cb.session_id, p_outcome,
+          coalesce(p_detail, '{}'::jsonb) || jsonb_build_object('attempts', cb.attempts));
+  return jsonb_build_object('id', p_id, 'changed', true);
+end;
+$$;
+
+CREATE FUNCTION public.hitl_callbacks_claim(p_limit integer DEFAULT 10, p_lease_seconds integer DEFAULT 120) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  v_out jsonb;
+begin
+  if p_limit is null or p_limit not between 1 and 100 then
+    perform public.hitl_invalid('p_limit', 'must be between 1 and 100');
+  end if;
+  if p_lease_seconds is null or p_lease_seconds not between 5 and 3600 then
+    perform public.hitl_invalid('p_lease_seconds', 'must be between 5 and 3600');
+  end if;
+  with due as (
+    select cb.id from public.hil_callbacks cb
+     where cb.delivered_at is null and cb.failed_at is null and cb.next_attempt_at <= now()
+       and (cb.claimed_until is null or cb.claimed_until < now())
+     order by cb.next_attempt_at, cb.id
+     limit p_limit
+     for update skip locked
+  ), claimed as (
+    update public.hil_callbacks cb
+       set attempts = cb.attempts + 1,
+           claimed_until = now() + make_interval(secs => p_lease_seconds)
+      from due
+     where cb.id = due.id
+    returning cb.*
+  )
+  select coalesce(jsonb_agg(jsonb_build_object(
+           'id', cl.id,
+           'case_id', cl.case_id,
+           'event', cl.event,
+           'attempts', cl.attempts,
+           'callback_url', k.metadata ->> 'callback_url',
+           'webhook_secret', s.webhook_secret,
+           'payload', jsonb_build_object(
+             'event', cl.event,
+             'case_id', cl.case_id,
+             'session_id', cl.session_id,
+             'call_id', k.metadata ->> 'retell_call_id',
+             'status', case
+               when cl.event = 'timeout' then 'timeout'
+               when m.kind = 'cannot_answer' or btrim(coalesce(m.content, '')) = '' then 'unclear_answer'
+               else 'answered' end,
+             'answer', case when cl.event = 'answer' then m.content end,
+             'answer_kind', case when cl.event = 'answer' then m.kind end,
+             'answered_at', case when cl.event = 'answer' then k.answered_at end,
+             'queued_at', cl.created_at)
+         ) order by cl.id), '[]'::jsonb)
+    into v_out
+    from claimed cl
+    join public.cases k on k.id = cl.case_id
+    left join public.hil_case_secrets s on s.case_id = cl.case_id
+    left join public.messages m on m.id = k.answer_message_id;
+  return v_out;
+end;
+$$;
+
 CREATE FUNCTION public.hitl_close_session(p_session_id uuid, p_status text, p_detail jsonb DEFAULT '{}'::jsonb) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -917,6 +1037,31 @@ ALTER TABLE public.hil_audit ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     CACHE 1
 );
 
+CREATE TABLE public.hil_callbacks (
+    id bigint NOT NULL,
+    case_id uuid NOT NULL,
+    session_id uuid,
+    event text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    next_attempt_at timestamp with time zone DEFAULT now() NOT NULL,
+    claimed_until timestamp with time zone,
+    delivered_at timestamp with time zone,
+    failed_at timestamp with time zone,
+    last_status integer,
+    last_error text,
+    CONSTRAINT hil_callbacks_event_check CHECK ((event = ANY (ARRAY['answer'::text, 'timeout'::text])))
+);
+
+ALTER TABLE public.hil_callbacks ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.hil_callbacks_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
 CREATE TABLE public.hil_case_secrets (
     case_id uuid NOT NULL,
     webhook_secret text,
@@ -1021,6 +1166,12 @@ ALTER TABLE ONLY public.cases
 ALTER TABLE ONLY public.hil_audit
     ADD CONSTRAINT hil_audit_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY public.hil_callbacks
+    ADD CONSTRAINT hil_callbacks_case_id_event_key UNIQUE (case_id, event);
+
+ALTER TABLE ONLY public.hil_callbacks
+    ADD CONSTRAINT hil_callbacks_pkey PRIMARY KEY (id);
+
 ALTER TABLE ONLY public.hil_case_secrets
     ADD CONSTRAINT hil_case_secrets_pkey PRIMARY KEY (case_id);
 
@@ -1051,6 +1202,8 @@ CREATE INDEX hil_audit_at_idx ON public.hil_audit USING btree (at);
 
 CREATE INDEX hil_audit_case_idx ON public.hil_audit USING btree (case_id);
 
+CREATE INDEX hil_callbacks_due_idx ON public.hil_callbacks USING btree (next_attempt_at) WHERE ((delivered_at IS NULL) AND (failed_at IS NULL));
+
 CREATE INDEX hil_rate_limits_window_idx ON public.hil_rate_limits USING btree (window_start);
 
 CREATE INDEX hil_sessions_call_idx ON public.hil_sessions USING btree (retell_call_id, created_at);
@@ -1071,6 +1224,10 @@ CREATE TRIGGER hitl_attach_thread BEFORE INSERT ON public.cases FOR EACH ROW WHE
 
 CREATE TRIGGER hitl_audit_append_only BEFORE UPDATE ON public.hil_audit FOR EACH ROW EXECUTE FUNCTION public.hitl_audit_append_only();
 
+CREATE TRIGGER hitl_callback_on_answer AFTER UPDATE OF answer_message_id ON public.cases FOR EACH ROW EXECUTE FUNCTION public.hitl_callback_on_answer();
+
+CREATE TRIGGER hitl_callback_on_timeout AFTER UPDATE OF status ON public.hil_sessions FOR EACH ROW EXECUTE FUNCTION public.hitl_callback_on_timeout();
+
 CREATE TRIGGER hitl_on_case_opened AFTER INSERT ON public.cases FOR EACH ROW WHEN ((new.source = 'mcp_voice'::text)) EXECUTE FUNCTION public.hitl_on_case_opened();
 
 CREATE TRIGGER hitl_on_message AFTER INSERT ON public.messages FOR EACH ROW EXECUTE FUNCTION public.hitl_on_message();
@@ -1078,6 +1235,9 @@ CREATE TRIGGER hitl_on_message AFTER INSERT ON public.messages FOR EACH ROW EXEC
 CREATE TRIGGER hitl_on_session_change AFTER UPDATE OF status ON public.hil_sessions FOR EACH ROW WHEN ((old.status IS DISTINCT FROM new.status)) EXECUTE FUNCTION public.hitl_on_session_change();
 
 CREATE TRIGGER hitl_notify_message AFTER INSERT ON realtime.messages FOR EACH ROW WHEN ((new.extension = 'broadcast'::text)) EXECUTE FUNCTION realtime.hitl_notify_message();
+
+ALTER TABLE ONLY public.hil_callbacks
+    ADD CONSTRAINT hil_callbacks_case_id_fkey FOREIGN KEY (case_id) REFERENCES public.cases(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.hil_case_secrets
     ADD CONSTRAINT hil_case_secrets_case_id_fkey FOREIGN KEY (case_id) REFERENCES public.cases(id) ON DELETE CASCADE;
@@ -1091,6 +1251,8 @@ ALTER TABLE ONLY public.messages
 ALTER TABLE public.cases ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE public.hil_audit ENABLE ROW LEVEL SECURITY;
+
+ALTER TABLE public.hil_callbacks ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE public.hil_case_secrets ENABLE ROW LEVEL SECURITY;
 
@@ -1151,6 +1313,16 @@ GRANT ALL ON FUNCTION public.hitl_answer(p_case_id uuid) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_call_history(p_call_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_call_history(p_call_id text) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_callback_on_answer() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.hitl_callback_on_timeout() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.hitl_callback_result(p_id bigint, p_outcome text, p_detail jsonb, p_retry_in_seconds integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_callback_result(p_id bigint, p_outcome text, p_detail jsonb, p_retry_in_seconds integer) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_callbacks_claim(p_limit integer, p_lease_seconds integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_callbacks_claim(p_limit integer, p_lease_seconds integer) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_close_session(p_session_id uuid, p_status text, p_detail jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_close_session(p_session_id uuid, p_status text, p_detail jsonb) TO service_role;
@@ -1217,6 +1389,8 @@ GRANT SELECT ON TABLE public.cases TO authenticated;
 GRANT ALL ON TABLE public.cases TO service_role;
 
 GRANT ALL ON TABLE public.hil_audit TO service_role;
+
+GRANT ALL ON TABLE public.hil_callbacks TO service_role;
 
 GRANT ALL ON TABLE public.hil_case_secrets TO service_role;
 

@@ -18,6 +18,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from limits import RateLimitItemPerSecond
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.datastructures import Headers
@@ -52,6 +53,7 @@ from hitl_relay.security.ratelimit import (
 from hitl_relay.security.settings import LOOPBACK_HOSTS
 
 if TYPE_CHECKING:
+    from hitl_relay.callbacks import CallbackWorker
     from hitl_relay.config import Settings
 
 PROTECTED_PATHS = ("/mcp",)
@@ -205,7 +207,30 @@ class SecurityLayer:
             if isinstance(inner, SupabaseAuditSink):
                 await stack.enter_async_context(inner.running())
             stack.push_async_callback(self.limiter.aclose)
+            worker = self.callback_worker()
+            if worker is not None:
+                tg = await stack.enter_async_context(anyio.create_task_group())
+                tg.start_soon(worker.run)
+                stack.callback(tg.cancel_scope.cancel)
             yield
+
+    def callback_worker(self) -> CallbackWorker | None:
+        """The outbox worker delivering signed callbacks, when callbacks are configured."""
+        from hitl_relay.callbacks import CallbackSender, CallbackWorker
+
+        settings = self.settings
+        wanted = settings.callback_worker
+        if wanted is None:
+            wanted = bool(settings.callback_url) and settings.backend == "supabase"
+        key = settings.supabase_service_role_key
+        if not wanted or not settings.supabase_url or key is None:
+            return None
+        sender = CallbackSender(
+            allow_private=settings.callback_allow_private,
+            timeout_s=settings.callback_timeout_seconds,
+            budget_s=settings.callback_budget_seconds,
+        )
+        return CallbackWorker(settings.supabase_url, key.get_secret_value(), sender)
 
     # ------------------------------------------------------------ recording
 

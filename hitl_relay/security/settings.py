@@ -80,6 +80,13 @@ class SecuritySettings(BaseSettings):
     )
 
     # --- outgoing callbacks ---
+    # Every case's answer (and first timeout) is POSTed here, signed with HITL_CALLBACK_SECRET
+    # (`x-hitl-signature`); stored on the case, so a late answer still reaches it.
+    callback_url: str | None = None
+    callback_secret: SecretStr | None = None
+    # Run the delivery worker that claims due callbacks from the platform (any replica may):
+    # unset = on when HITL_CALLBACK_URL is set and the backend is supabase.
+    callback_worker: bool | None = None
     # Allow callbacks to http:// and to private, loopback or link-local addresses (local use).
     callback_allow_private: bool = False
     # One delivery attempt's time limit, and the whole delivery's (all retries) time budget.
@@ -167,6 +174,19 @@ class SecuritySettings(BaseSettings):
             require_key=False,
             min_length=0,
         )
+        if self.callback_url:
+            schemes = ("https://", "http://") if self.callback_allow_private else ("https://",)
+            if not self.callback_url.startswith(schemes):
+                out.append(
+                    "HITL_CALLBACK_URL: must be an https:// URL "
+                    "(http:// only with HITL_CALLBACK_ALLOW_PRIVATE=true)"
+                )
+            secret = self.callback_secret.get_secret_value() if self.callback_secret else ""
+            if len(secret) < 16:
+                out.append(
+                    "HITL_CALLBACK_SECRET: is required with HITL_CALLBACK_URL (at least 16 "
+                    "characters; `hitl-relay keygen` makes one)"
+                )
         host = str(getattr(self, "host", "127.0.0.1"))
         if self.insecure_local and host not in LOOPBACK_HOSTS:
             out.append(
