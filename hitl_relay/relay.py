@@ -209,6 +209,9 @@ class Relay:
             conversation_history=[t.model_dump() for t in request.conversation_history],
             timeout_seconds=timeout,
             case_ttl_seconds=s.case_ttl_seconds,
+            # Option B: the answer (or timeout) is also POSTed there, signed (hitl_relay.callbacks).
+            callback_url=s.callback_url,
+            webhook_secret=s.callback_secret.get_secret_value() if s.callback_secret else None,
         )
         open_case = partial(self.store.open_case, open_request)
         return await self._run(call.case_id, open_case, call, deadline, progress, probe)
