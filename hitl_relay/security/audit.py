@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -92,13 +92,19 @@ class ThrottledAuditSink:
     """At most `per_minute` events per (action, actor) reach `inner`; the rest are counted and
     reported in the next event that passes (`detail.suppressed`)."""
 
-    def __init__(self, inner: AuditSink, per_minute: int = 10) -> None:
+    def __init__(
+        self,
+        inner: AuditSink,
+        per_minute: int = 10,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.inner = inner
         self.per_minute = per_minute
+        self._clock = clock
         self._windows: dict[tuple[str, str], tuple[float, int, int]] = {}
 
     def record(self, event: AuditEvent) -> None:
-        now = time.monotonic()
+        now = self._clock()
         key = (event.action, event.actor)
         start, passed, suppressed = self._windows.get(key, (now, 0, 0))
         if now - start >= 60:
@@ -217,6 +223,11 @@ def _scrub(record: Any) -> None:
         extra[name] = f"<redacted: {len(str(value))} chars>"
 
 
+def _keep(record: Any) -> None:
+    return None
+
+
 def install_log_redaction(enabled: bool) -> None:
     """Scrub sensitive extra fields from every loguru record (or stop doing so)."""
-    logger.configure(patcher=_scrub if enabled else None)
+    # (loguru reads patcher=None as "leave it as it is", hence the no-op patcher)
+    logger.configure(patcher=_scrub if enabled else _keep)
