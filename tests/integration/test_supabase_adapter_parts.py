@@ -1,0 +1,135 @@
+"""The Supabase adapter's pure parts, without a platform: error translation, broadcast parsing,
+how a refused join is told from a dropped socket, and the reconnect backoff's bounds."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import websockets
+from postgrest.exceptions import APIError
+
+from hitl_relay.adapters.supabase_channel import (
+    RealtimeTuning,
+    parse_message,
+    parse_session,
+    refusal_reason,
+)
+from hitl_relay.adapters.supabase_store import ShapeError, api_error, parse_opened
+from hitl_relay.errors import InvalidRequest, NotFound, PlatformUnavailable
+
+
+def test_a_raised_rule_becomes_invalid_request_naming_field_and_rule() -> None:
+    error = api_error(
+        "hitl_open_case",
+        APIError(
+            {
+                "code": "P0001",
+                "message": "invalid urgency: must be one of low, medium, high",
+                "details": "urgency",
+                "hint": "must be one of low, medium, high",
+            }
+        ),
+    )
+    assert isinstance(error, InvalidRequest)
+    assert (error.field, error.rule) == ("urgency", "must be one of low, medium, high")
+
+
+def test_an_unknown_session_is_not_found() -> None:
+    error = api_error(
+        "hitl_close_session",
+        APIError({"code": "P0001", "details": "p_session_id", "hint": "no such session"}),
+    )
+    assert isinstance(error, NotFound)
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("42501", "permission denied for function hitl_open_case"),
+        ("PGRST202", "Could not find the function public.hitl_open_case(p) in the schema cache"),
+        ("502", "Bad Gateway"),  # a proxy's HTML page: supabase-py puts the status in `code`
+    ],
+)
+def test_every_other_platform_error_is_platform_unavailable_with_its_code(
+    code: str, message: str
+) -> None:
+    error = api_error("hitl_open_case", APIError({"code": code, "message": message}))
+    assert isinstance(error, PlatformUnavailable)
+    assert error.detail == f"hitl_open_case: {code} {message}"
+
+
+def test_a_reply_without_the_contracts_shape_is_refused() -> None:
+    with pytest.raises(ShapeError, match="missing key 'session_id'"):
+        parse_opened(
+            {
+                "case_id": str(uuid.uuid4()),
+                "expires_at": "2026-01-01T00:00:00+00:00",
+                "existed": False,
+                "status": "waiting",
+            }
+        )
+    with pytest.raises(ShapeError, match="unknown session status"):
+        parse_opened(
+            {
+                "case_id": str(uuid.uuid4()),
+                "session_id": str(uuid.uuid4()),
+                "expires_at": "2026-01-01T00:00:00Z",
+                "existed": False,
+                "status": "sleeping",
+            }
+        )
+
+
+def test_a_message_broadcast_is_parsed_and_is_answer_must_be_literally_true() -> None:
+    case_id, message_id = uuid.uuid4(), uuid.uuid4()
+    payload = {
+        "id": str(message_id),
+        "case_id": str(case_id),
+        "sender_type": "human",
+        "sender_id": None,
+        "content": "Yes",
+        "kind": "answer",
+        "created_at": "2026-11-25T08:00:00.123456+00:00",
+        "is_answer": "true",  # not a boolean: not the answer
+    }
+    message = parse_message(payload)
+    assert (message.message_id, message.case_id, message.content) == (message_id, case_id, "Yes")
+    assert message.is_answer is False
+    assert parse_message({**payload, "is_answer": True}).is_answer is True
+    with pytest.raises(ShapeError, match="unknown sender_type"):
+        parse_message({**payload, "sender_type": "robot"})
+    with pytest.raises(ShapeError, match="time zone"):
+        parse_message({**payload, "created_at": "2026-11-25T08:00:00"})
+
+
+def test_a_session_broadcast_without_expiry_is_parsed() -> None:
+    session_id, case_id = uuid.uuid4(), uuid.uuid4()
+    event = parse_session(
+        {"session_id": str(session_id), "case_id": str(case_id), "status": "expired"}
+    )
+    assert (event.session_id, event.case_id, event.status, event.expires_at) == (
+        session_id,
+        case_id,
+        "expired",
+        None,
+    )
+
+
+def test_a_refused_join_is_told_apart_from_a_dropped_socket() -> None:
+    refused = Exception('{"reason": "Unauthorized: You do not have permissions"}')
+    system = Exception('{"channel": "x", "extension": "system", "message": "Token has expired"}')
+    dropped = websockets.exceptions.ConnectionClosedError(None, None)
+    assert refusal_reason(refused) == "Unauthorized: You do not have permissions"
+    assert refusal_reason(system) == "Token has expired"
+    assert refusal_reason(dropped) is None
+    assert refusal_reason(Exception("not json")) is None
+    assert refusal_reason(None) is None
+
+
+def test_reconnect_delays_double_to_the_cap_and_stay_in_their_upper_half() -> None:
+    tuning = RealtimeTuning(reconnect_initial_s=0.1, reconnect_max_s=2.0)
+    for attempt, ceiling in [(1, 0.1), (2, 0.2), (3, 0.4), (5, 1.6), (6, 2.0), (40, 2.0)]:
+        delays = [tuning.reconnect_delay(attempt) for _ in range(200)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays), attempt
+        assert len(set(delays)) > 1  # jittered
