@@ -114,6 +114,14 @@ class SecuritySettings(BaseSettings):
     def _split_lists(cls, value: Any) -> Any:
         return _split(value)
 
+    @field_validator(
+        "callback_worker", "callback_url", "callback_secret", "retell_api_key", mode="before"
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # `HITL_CALLBACK_URL=` in a .env file means "not set", as in .env.example.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("ip_allowlist", "trusted_proxies")
     @classmethod
     def _cidrs(cls, value: list[str]) -> list[str]:
