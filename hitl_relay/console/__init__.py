@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -122,8 +122,11 @@ def routes(config: ConsoleConfig) -> list[BaseRoute]:
 
     async def vendor_js(_request: Request) -> Response:
         if not VENDOR_BUNDLE.is_file():
-            return PlainTextResponse(
-                f"supabase-js is not installed for the console: {INSTALL_HINT}", status_code=404
+            # A comment, typed as a script: browsers log only the 404, people read the fix.
+            return Response(
+                f"/* supabase-js is not installed for the console: {INSTALL_HINT} */\n",
+                status_code=404,
+                media_type="text/javascript",
             )
         return FileResponse(VENDOR_BUNDLE, media_type="text/javascript")
 

@@ -228,6 +228,10 @@ class ConsolePage:
             self.page.locator(f'#presence-list [data-operator-id="{user.id}"]')
         ).to_be_visible()
 
+    def expected_console_error(self, text: str) -> None:
+        """Drop the console errors containing `text`: the test caused them on purpose."""
+        self.console_errors[:] = [e for e in self.console_errors if text not in e]
+
     def case_item(self, text: str) -> Any:
         return self.page.locator(".case-item", has_text=text)
 
@@ -243,7 +247,8 @@ async def open_console(
     chromium: Browser, stack: Stack
 ) -> AsyncIterator[Callable[..., Awaitable[ConsolePage]]]:
     """Factory: a new browser context (one operator) on the console; closed after the test,
-    which fails if a page threw, violated the Content-Security-Policy or opened a dialog."""
+    which fails if a page threw, logged an error (a Content-Security-Policy violation, a
+    failed load) or opened a dialog."""
     pages: list[ConsolePage] = []
 
     async def make(width: int = 1280, height: int = 860) -> ConsolePage:
@@ -271,8 +276,8 @@ async def open_console(
         await cp.context.close()
     problems = {
         "uncaught errors": [e for cp in pages for e in cp.page_errors],
-        "CSP violations": [
-            e for cp in pages for e in cp.console_errors if "Content Security Policy" in e
+        "console errors (CSP violations, failed loads, ...)": [
+            e for cp in pages for e in cp.console_errors
         ],
         "dialogs": [d for cp in pages for d in cp.dialogs],
     }

@@ -405,6 +405,7 @@ async def test_wrong_password_and_non_operator_token_are_refused_with_a_reason(
     await page.get_by_role("button", name="Sign in", exact=True).click()
     error = page.locator("#sign-in-error")
     await expect(error).to_have_text("Sign-in failed: Invalid login credentials")
+    console.expected_console_error("status of 400")  # the browser logs Auth's refusal
 
     not_operator = stack.devstack.keys.user_token(operator=False)
     await page.goto(f"{stack.console_url}#token={not_operator}")
@@ -492,7 +493,7 @@ async def test_without_the_supabase_js_bundle_the_page_says_how_to_install_it(
     await expect(problem).to_be_visible()
     await expect(problem).to_contain_text("run scripts/install-console-deps")
     await expect(console.page.locator("#sign-in")).to_be_hidden()
-    console.console_errors.clear()  # the browser logs the 404 of the missing bundle itself
+    console.expected_console_error("status of 404")  # the browser logs the missing bundle
 
 
 async def test_two_operators_answering_at_once_deliver_exactly_one_answer_and_the_other_is_told(
