@@ -320,7 +320,8 @@ class RealtimeService:
     async def _read(self, sock: Socket) -> None:
         while True:
             try:
-                message = await asyncio.wait_for(sock.ws.receive(), self.limits.idle_timeout_s)
+                async with asyncio.timeout(self.limits.idle_timeout_s):
+                    message = await sock.ws.receive()
             except TimeoutError:  # no frame (not even a heartbeat) for the idle timeout
                 sock.close(1000, "idle timeout")
                 return
