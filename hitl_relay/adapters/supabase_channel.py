@@ -599,10 +599,16 @@ class RealtimeSocket:
         if ws is None:
             return
         try:
-            pong = await ws.ping()
+            pong = asyncio.ensure_future(await ws.ping())  # a Future already
             async with asyncio.timeout(self.pool.tuning.ping_timeout_s):
-                await pong
+                await asyncio.shield(pong)  # a timeout must not cancel the pong waiter itself
         except TimeoutError:
+            # A busy event loop runs the timeout before it reads a pong already received: give
+            # the loop a few turns to read it, so local lag is not taken for a dead link.
+            for _ in range(3):
+                await asyncio.sleep(0)
+            if pong.done() and not pong.cancelled():
+                return
             logger.bind(socket=self.number).warning(
                 "realtime socket: no pong within {:g} s; dropping the connection",
                 self.pool.tuning.ping_timeout_s,
