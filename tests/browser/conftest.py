@@ -140,6 +140,17 @@ class Stack:
             raise AssertionError(f"the MCP session to {self.mcp_url} was not set up in {WAIT_S} s")
         return handle
 
+    async def restart_devstack(self, while_down: Callable[[], Awaitable[None]]) -> None:
+        """Stop the devstack (every socket closes with 1001), run `while_down`, start it again
+        on the same port with the same keys and users."""
+        old = self.devstack
+        await old.stop()
+        await while_down()
+        self.devstack = Devstack(
+            old.db_url, old.keys, port=old.port, limits=old.limits, users=self.operators
+        )
+        await self.devstack.start()
+
     async def db_fetchrow(self, sql: str, *args: Any) -> Any:
         import asyncpg
 
@@ -178,14 +189,16 @@ async def stack(db_url: str) -> AsyncIterator[Stack]:
         progress_interval_seconds=1.0,
     )
     app = create_app(settings, extra_routes=[Route("/test/operators-online", _operators_online)])
+    stack = Stack(devstack, "", operators)
     try:
         async with running(app) as url:
-            stack = Stack(devstack, url, operators)
+            stack.relay_url = url
             yield stack
             for task in stack.asks:
                 task.cancel()
             await asyncio.gather(*stack.asks, return_exceptions=True)
     finally:
+        await stack.devstack.stop()  # a test may have restarted it
         await devstack.stop()
 
 

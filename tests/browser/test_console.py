@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -542,3 +544,38 @@ async def test_two_operators_answering_at_once_deliver_exactly_one_answer_and_th
         await expect(console.page.locator("#case-messages .is-answer .content")).to_have_text(
             "Grace: return the original."
         )
+
+
+async def test_a_case_opened_while_the_console_was_cut_off_appears_after_it_reconnects(
+    stack: Stack, open_console: OpenConsole
+) -> None:
+    console = await open_console()
+    await console.sign_in_with_token(stack.operators[0])
+    status = console.page.locator("#live-status")
+    case_id = str(uuid.uuid4())
+
+    async def open_case_while_down() -> None:
+        # No Realtime server is running: the case_opened broadcast reaches nobody.
+        await expect(status).not_to_have_attribute("data-state", "live")
+        await stack.db_fetchrow(
+            "select hitl_open_case($1::jsonb)",
+            json.dumps(
+                {
+                    "case_id": case_id,
+                    "question": "Opened during the outage: is the depot open tomorrow?",
+                    "mcp_session_id": "outage",
+                    "retell_call_id": "call_outage",
+                    "retell_agent_id": "agent_outage",
+                    "timeout_seconds": 60,
+                }
+            ),
+        )
+
+    await stack.restart_devstack(open_case_while_down)
+    await expect(status).to_have_attribute("data-state", "live", timeout=20_000)
+    item = console.page.locator(f'.case-item[data-case-id="{case_id}"]')
+    await expect(item).to_contain_text("Opened during the outage")
+    await expect(item).to_have_class(re.compile(r"\bis-voice\b.*\bwaiting\b"))
+    # What the browser logged while the server was down:
+    console.expected_console_error("ERR_CONNECTION_REFUSED")
+    console.expected_console_error("WebSocket connection to")
