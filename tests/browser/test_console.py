@@ -579,3 +579,22 @@ async def test_a_case_opened_while_the_console_was_cut_off_appears_after_it_reco
     # What the browser logged while the server was down:
     console.expected_console_error("ERR_CONNECTION_REFUSED")
     console.expected_console_error("WebSocket connection to")
+
+
+async def test_a_password_session_survives_a_reload_and_sign_out_ends_it(
+    stack: Stack, open_console: OpenConsole
+) -> None:
+    ada = stack.operators[0]
+    console = await open_console()
+    page = console.page
+    await console.sign_in_with_password(ada)
+    await page.reload()
+    await console.wait_live(ada)
+    await expect(page.locator("#operator-name")).to_have_text(ada.email)
+
+    await page.get_by_role("button", name="Sign out").click()
+    sign_in = page.get_by_role("heading", name="Sign in as an operator")
+    await expect(sign_in).to_be_visible()
+    await page.reload()
+    await expect(sign_in).to_be_visible()
+    await expect(page.locator("#workspace")).to_be_hidden()
