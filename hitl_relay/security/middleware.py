@@ -100,7 +100,8 @@ class NetworkGuard:
         if mode != "off" and not origin.https:
             layer.record("https_required", f"ip:{origin.client}", "refused", path=scope["path"])
             if mode == "redirect" and scope["type"] == "http":
-                return RedirectResponse(_https_url(scope), status_code=308)
+                url = _https_url(scope, layer.settings.allowed_hosts)
+                return RedirectResponse(url, status_code=308)
             return error_response(403, "https required")
         if not layer.network.allowed(origin.client):
             layer.record("ip_refused", f"ip:{origin.client}", "refused", path=scope["path"])
@@ -147,11 +148,14 @@ class NetworkGuard:
         await self.app(scope, replay, send)
 
 
-def _https_url(scope: Scope) -> str:
+def _https_url(scope: Scope, allowed_hosts: list[str]) -> str:
     headers = Headers(scope=scope)
     host = headers.get("host") or "localhost"
     if host.endswith(":80"):
         host = host[:-3]
+    if allowed_hosts and host not in allowed_hosts:
+        # Never redirect to a host name the client made up (an open redirect).
+        host = allowed_hosts[0]
     path = scope.get("raw_path") or scope["path"].encode()
     query = scope.get("query_string") or b""
     url = f"https://{host}{path.decode('latin-1')}"

@@ -47,12 +47,13 @@ class SecuritySettings(BaseSettings):
 
     # --- rate limits (limits' notation, `;` between several; `off` disables one) ---
     # Every request from one client address, counted BEFORE authentication (flood guard).
-    rate_limit_per_ip: str = "600/second"
+    rate_limit_per_ip: str = "1000/second;30000/minute"
     # Failed authentications from one address; once spent, that address gets 429 before any
     # key is even compared.
     rate_limit_auth_failures_per_ip: str = "20/minute"
-    # Requests per API key (every MCP request of that key) and per-key ask budget.
-    rate_limit_per_key: str = "300/second;10000/minute"
+    # Requests per API key (every MCP request; Retell sends all of an agent's calls with one
+    # key, so this must absorb bursts).
+    rate_limit_per_key: str = "1000/second;30000/minute"
     # ask_human calls per phone call id (a runaway agent loop is refused, the call is not).
     rate_limit_per_call: str = "30/minute"
     # `memory`: this process only; `postgres`: counters in the platform database (the

@@ -146,6 +146,13 @@ def test_plain_http_is_redirected_to_https_when_so_configured() -> None:
     assert response.headers["location"] == "https://relay.example.com/mcp?x=1"
 
 
+def test_the_https_redirect_never_points_to_a_host_name_the_client_made_up() -> None:
+    guarded = guarded_app(make_settings(https_mode="redirect", allowed_hosts="relay.example.com"))
+    with guarded.client(base_url="http://evil.example") as client:
+        response = client.get("/mcp", headers=bearer(KEY_A), follow_redirects=False)
+    assert response.headers["location"] == "https://relay.example.com/mcp"
+
+
 def test_health_checks_pass_over_plain_http_from_anywhere() -> None:
     guarded = guarded_app(make_settings(https_mode="reject", ip_allowlist="203.0.113.0/24"))
     with guarded.client(ip="10.99.0.1") as probe:
