@@ -165,3 +165,27 @@ async def test_many_identical_calls_at_once_open_exactly_one_case(db_url: str) -
     finally:
         for conn in conns:
             await conn.close()
+
+
+async def test_rate_limit_retry_after_is_when_the_sliding_window_first_allows_a_request(
+    db: asyncpg.Connection,
+) -> None:
+    """3 per hour, all 3 spent in the current window: refused until the window ends and a third
+    of the next has passed (the previous window's weight fades to 2/3)."""
+    window = 3600
+    limits = json.dumps([{"limit": 3, "window_seconds": window}])
+    for _ in range(3):
+        allowed = await db.fetchval("select public.hitl_rate_limit('k', $1::jsonb, true)", limits)
+        assert json.loads(allowed)["allowed"] is True
+    row = await db.fetchrow(
+        """select public.hitl_rate_limit('k', $1::jsonb, true) as decision,
+                  extract(epoch from clock_timestamp())::float8 as now""",
+        limits,
+    )
+    decision = json.loads(row["decision"])
+    elapsed = (row["now"] % window) / window
+    expected = window * (1 - elapsed) + window * (1 - 2 / 3)
+    assert decision["allowed"] is False
+    assert decision["retry_after"] == pytest.approx(expected, abs=0.5)
+    hits = await db.fetchval("select sum(hits) from public.hil_rate_limits where key = 'k'")
+    assert hits == 3
