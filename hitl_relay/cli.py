@@ -157,9 +157,7 @@ def serve(
     ),
 ) -> None:
     """Serve the relay: MCP at /mcp (bearer key), /healthz, /readyz, /metrics."""
-    import uvicorn
-
-    from hitl_relay.http_app import create_app
+    from hitl_relay import http_app
     from hitl_relay.security import key_problems
 
     settings = _relay_settings(host=host, port=port, insecure_local=insecure_local)
@@ -174,13 +172,7 @@ def serve(
     if problems:
         raise typer.Exit(2)
     typer.echo(f"hitl-relay: MCP at http://{settings.host}:{settings.port}/mcp", err=True)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        server_header=False,
-    )
+    http_app.serve(settings, http_app.create_app(settings))
 
 
 @app.command()

@@ -99,6 +99,9 @@ class Settings(SecuritySettings, BaseSettings):
     breaker_failure_threshold: int = Field(5, ge=1, le=1000)
     breaker_window_seconds: float = Field(30.0, gt=0, le=3600)
     breaker_reset_seconds: float = Field(10.0, gt=0, le=3600)
+    # On SIGTERM: how long waiting calls may take to return their fallback before the process
+    # stops anyway (they normally return within milliseconds; see Relay.drain).
+    drain_timeout_seconds: float = Field(5.0, ge=0, le=60)
 
     # Demo/test backend only: a simulated operator answers every case with this text.
     memory_auto_answer: str | None = None

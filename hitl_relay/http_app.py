@@ -30,9 +30,11 @@ import socket
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from types import FrameType
 
 import anyio
 import uvicorn
+from loguru import logger
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
@@ -113,6 +115,10 @@ class RelayState:
             raise RuntimeError("the relay is not started (the app's lifespan has not run)")
         return self.relay
 
+    async def drain(self, timeout_s: float) -> int:
+        """End the waiting calls now (graceful shutdown); the number that were waiting."""
+        return await self.relay.drain(timeout_s) if self.relay is not None else 0
+
 
 def transport_security(settings: Settings) -> TransportSecuritySettings | None:
     """DNS-rebinding protection: loopback names on loopback, plus HITL_ALLOWED_HOSTS/_ORIGINS."""
@@ -157,10 +163,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, object]]:
         async with backend(settings) as connected, manager.run(), layer.running():
-            state.relay = build_relay(connected, settings, clock=clock or SystemClock())
-            async with anyio.create_task_group() as tg:
+            relay = build_relay(connected, settings, clock=clock or SystemClock())
+            async with relay.running(), anyio.create_task_group() as tg:
+                state.relay = relay
                 tg.start_soon(mcp.watch_breaker)
                 yield {"relay_state": state, "mcp": mcp}
+                await relay.drain(settings.drain_timeout_seconds)
                 tg.cancel_scope.cancel()
             state.relay = None
 
@@ -191,10 +199,90 @@ def create_app(
         *retell.routes(layer, state.get),
         *extra_routes,
     ]
-    return Starlette(routes=routes, lifespan=lifespan, middleware=layer.middleware())
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=layer.middleware())
+    app.state.relay_state = state
+    return app
 
 
-class _Embedded(uvicorn.Server):
+class RelayServer(uvicorn.Server):
+    """uvicorn with the relay's graceful shutdown. On SIGTERM/SIGINT: first end every waiting
+    call with its fallback (`Relay.drain`; a call arriving meanwhile gets
+    `platform_unreachable`) while the listeners and response streams stay up, so every result
+    is written out; only then uvicorn's own shutdown (listeners closed, open responses finish,
+    the lifespan closes the platform connection). A second signal skips the drain.
+
+    The order matters: uvicorn's exit flag also ends every open SSE response at once
+    (sse-starlette watches it), which would cut the streams carrying the fallback results.
+    Without the drain, uvicorn would wait for every call's deadline (up to minutes), longer
+    than any orchestrator's grace period.
+    """
+
+    def __init__(self, config: uvicorn.Config, drain_timeout_s: float) -> None:
+        super().__init__(config)
+        self._drain_timeout_s = drain_timeout_s
+        self._drain_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._loop is None or self._drain_task is not None or self.should_exit:
+            super().handle_exit(sig, frame)  # not serving yet, or the second signal: at once
+            return
+        # A signal handler: only schedule work on the loop.
+        self._loop.call_soon_threadsafe(self._start_drain, sig)
+
+    def _start_drain(self, sig: int) -> None:
+        async def drain_then_exit() -> None:
+            try:
+                await self._drain()
+            finally:
+                super(RelayServer, self).handle_exit(sig, None)
+
+        if self._drain_task is None:
+            self._drain_task = asyncio.get_running_loop().create_task(drain_then_exit())
+
+    async def _drain(self) -> None:
+        state = _relay_state_of(self.config.loaded_app)
+        if state is not None:
+            waiting = await state.drain(self._drain_timeout_s)
+            logger.info("shutting down: {} waiting call(s) answered with the fallback", waiting)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._drain_task is None:  # stopped without a signal (embedded: should_exit set)
+            await self._drain()
+        await super().shutdown(sockets)
+
+
+def _relay_state_of(app: object) -> RelayState | None:
+    """The RelayState of a Starlette app created by `create_app`, through any ASGI wrappers
+    (uvicorn's proxy-headers and message-logger middleware keep the inner app as `.app`)."""
+    for _ in range(8):
+        state = getattr(getattr(app, "state", None), "relay_state", None)
+        if isinstance(state, RelayState):
+            return state
+        app = getattr(app, "app", None)
+        if app is None:
+            return None
+    return None
+
+
+def serve(settings: Settings, app: ASGIApp) -> None:
+    """Serve `app` (from `create_app(settings)`) until SIGTERM/SIGINT, then drain."""
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        server_header=False,
+        timeout_graceful_shutdown=int(settings.drain_timeout_seconds) + 5,
+    )
+    RelayServer(config, settings.drain_timeout_seconds).run()
+
+
+class _Embedded(RelayServer):
     """uvicorn inside someone else's event loop: the embedder owns the signals."""
 
     @contextlib.contextmanager
@@ -218,7 +306,7 @@ async def running(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Async
         app, lifespan="on", log_config=None, log_level="warning", access_log=False,
         server_header=False, timeout_graceful_shutdown=2,
     )  # fmt: skip
-    server = _Embedded(config)
+    server = _Embedded(config, drain_timeout_s=5.0)
     loop = asyncio.get_running_loop()
     started: asyncio.Future[None] = loop.create_future()
     original_startup = server.startup

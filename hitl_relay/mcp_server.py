@@ -233,6 +233,6 @@ async def serve_stdio(settings: Settings) -> None:
         relay = build_relay(backend, settings)
         mcp = RelayMcpServer(lambda: relay)
         tg.start_soon(mcp.watch_breaker)
-        async with stdio_server() as (read_stream, write_stream):
+        async with relay.running(), stdio_server() as (read_stream, write_stream):
             await mcp.server.run(read_stream, write_stream, mcp.initialization_options())
         tg.cancel_scope.cancel()

@@ -11,9 +11,17 @@ loses nothing":
  6. catch-up read once both are done: the answer, else a pending clarification
  7. await the first answer, clarification or the deadline; progress while waiting; after a
     reconnect, catch up again; if the channel is lost for good, fall back to reading every second
- 8. close the session with its outcome (shielded: also on cancellation), leave the channel
+ 8. leave the channel (synchronous: the adapter sends the leave in the background)
  9. return the answer, the operator's question (`needs_info`), or the fallback line plus the
-    case id for `get_human_answer`
+    case id for `get_human_answer`; the session is closed with its outcome right after, by a
+    task the relay owns (`Relay.running()`), so the caller does not wait for that round trip
+    (the answer is already decided in the database; a close that never happens is done by
+    the expiry job)
+
+Shutdown (`Relay.drain()`, on SIGTERM): no new calls are taken (`platform_unreachable` at
+once), every waiting call ends now with one last read and, without an answer, the `timeout`
+fallback naming its case (the session closes as `cancelled`, reason "relay shutting down"), so
+`get_human_answer` or another replica finishes it; then the pending closes are awaited.
 
 The clarification loop (issue 10): an operator's question back (a human `clarification`
 message) ends the wait with `needs_info`; the session closes as `needs_info`. The agent asks the
@@ -35,6 +43,7 @@ from typing import Any, Literal
 from uuid import UUID, uuid4
 
 import anyio
+import anyio.abc
 from loguru import logger
 
 from hitl_relay import metrics
@@ -100,6 +109,8 @@ class _Call:
     detail: dict[str, Any] = field(default_factory=dict)
     # The breaker was told how the platform did for this call (success or failure).
     recorded: bool = False
+    # The wait was ended by `Relay.drain()` (the relay is shutting down).
+    drained: bool = False
 
 
 class Relay:
@@ -119,6 +130,58 @@ class Relay:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
         self.breaker = breaker
+        # Set by `running()`: closes sessions after the result is returned.
+        self._background: anyio.abc.TaskGroup | None = None
+        self._draining = False
+        # anyio events need a running event loop: made on first use.
+        self._drain_event: anyio.Event | None = None
+        self._idle: anyio.Event | None = None  # set when _active drops to 0 while draining
+        self._active = 0  # ask() calls in progress
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Relay]:
+        """Serve with background closing: a call's session is closed after its result is
+        returned. On exit, the closes still pending finish (each bounded by the platform
+        timeout). Without it (tests of the core), `ask` closes the session before returning."""
+        async with anyio.create_task_group() as tg:
+            self._background = tg
+            try:
+                yield self
+            finally:
+                self._background = None
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @property
+    def active_calls(self) -> int:
+        """`ask_human` calls in progress (waiting or finishing)."""
+        return self._active
+
+    async def drain(self, timeout_s: float = 5.0) -> int:
+        """Stop taking calls and end every waiting one now (see the module docstring).
+
+        Returns the number of calls that were still in progress; waits (at most `timeout_s`)
+        until they have returned."""
+        self._draining = True
+        self._drained().set()
+        in_progress = self._active
+        if in_progress:
+            logger.bind(waiting=in_progress).info(
+                "draining: ending {} waiting call(s) with the fallback", in_progress
+            )
+            self._idle = anyio.Event()
+            with anyio.move_on_after(timeout_s):
+                await self._idle.wait()
+        return in_progress
+
+    def _drained(self) -> anyio.Event:
+        if self._drain_event is None:
+            self._drain_event = anyio.Event()
+        return self._drain_event
 
     # ---------------------------------------------------------------- ask_human
 
@@ -138,6 +201,7 @@ class Relay:
         call = _Call(started=self.clock.monotonic(), call_id=request.call_id)
         outcome: str = "error"  # until known; an unexpected error closes the session `failed`
         metrics.waiting_calls.inc()
+        self._active += 1
         try:
             result = await self._ask(request, progress, call)
             outcome = result.status
@@ -151,8 +215,14 @@ class Relay:
         finally:
             try:
                 if call.opened is not None:
-                    await self._close(call, outcome)
+                    if self._background is not None:
+                        self._background.start_soon(self._close, call, outcome)
+                    else:
+                        await self._close(call, outcome)
             finally:
+                self._active -= 1
+                if self._active == 0 and self._idle is not None:
+                    self._idle.set()
                 self._account(call, outcome)
 
     async def _ask(
@@ -170,7 +240,7 @@ class Relay:
         if request.case_id is not None:
             call.follow_up_of = UUID(request.case_id)
 
-        if self.breaker is not None and self.breaker.is_open:
+        if self._draining or (self.breaker is not None and self.breaker.is_open):
             return self._fallback("platform_unreachable", call)
         if (
             call.follow_up_of is None
@@ -323,6 +393,7 @@ class Relay:
         total = deadline - call.started
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._cancel_at, tg.cancel_scope, deadline)
+            tg.start_soon(self._cancel_on_drain, tg.cancel_scope, call)
             if progress is not None:
                 tg.start_soon(self._report_progress, progress, call.started, total)
             try:
@@ -397,6 +468,11 @@ class Relay:
         await self.clock.sleep(deadline - self.clock.monotonic())
         scope.cancel()
 
+    async def _cancel_on_drain(self, scope: anyio.CancelScope, call: _Call) -> None:
+        await self._drained().wait()
+        call.drained = True
+        scope.cancel()
+
     async def _report_progress(
         self, progress: ProgressCallback, started: float, total: float
     ) -> None:
@@ -420,7 +496,11 @@ class Relay:
             call.close_as = "needs_info"
             call.detail["message_id"] = str(outcome.message_id)
             return self._needs_info(outcome, call)
-        call.close_as = "expired" if outcome == "expired" else "timed_out"
+        if call.drained:
+            call.close_as = "cancelled"
+            call.detail["reason"] = "relay shutting down"
+        else:
+            call.close_as = "expired" if outcome == "expired" else "timed_out"
         return self._fallback("timeout", call)
 
     # ---------------------------------------------------------------- get_human_answer

@@ -93,6 +93,8 @@ class Faults:
     # Joins wait here until `release_joins()` (an answer can land before the join confirms).
     join_gate: anyio.Event | None = None
     refuse_joins: bool = False
+    # Session closes wait here until it is set (the caller must not wait for a close).
+    close_gate: anyio.Event | None = None
     # RPC name ("open_case", "answer", "close_session", "continue_case",
     # "pending_clarification", "call_history") → how many next calls fail.
     rpc_failures: dict[str, int] = field(default_factory=dict)
@@ -488,6 +490,8 @@ class MemoryCaseStore:
     ) -> bool:
         await anyio.lowlevel.checkpoint()
         p = self._p
+        if p.faults.close_gate is not None:
+            await p.faults.close_gate.wait()
         p._rpc("close_session")
         if status not in _CLOSE_STATUSES:
             raise InvalidRequest("p_status", "must be one of " + ", ".join(_CLOSE_STATUSES))

@@ -50,17 +50,6 @@ WAIT_S = 10.0
 pytestmark = pytest.mark.browser
 
 
-async def wait_until(
-    predicate: Callable[[], Awaitable[bool]], what: str, timeout_s: float = WAIT_S
-) -> None:
-    """Re-check an async condition until it holds; fail naming `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.02)  # a condition poll interval, not a synchronisation delay
-
-
 @dataclass
 class Ask:
     """An `ask_human` call in flight: `await ask.result()` for what the agent gets back."""

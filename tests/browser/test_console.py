@@ -11,8 +11,9 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import ConsolePage, Stack, wait_until
+from conftest import ConsolePage, Stack
 from playwright.async_api import Page, Route, expect
+from waiting import wait_until
 
 from hitl_relay import console as console_module
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import pytest
+from waiting import wait_until
 
 OPEN = "select public.hitl_open_case($1::jsonb)"
 TABLES = (
@@ -94,16 +94,6 @@ async def test_bad_input_leaves_the_callers_transaction_usable_after_a_rollback(
 
     opened = json.loads(await db.fetchval(OPEN, json.dumps(request())))
     assert opened["existed"] is False
-
-
-async def wait_until(
-    check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 10.0
-) -> None:
-    # A lock wait in another backend raises no event we could await: poll it, bounded.
-    async with asyncio.timeout(timeout_s):
-        while not await check():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-    assert await check(), what
 
 
 async def test_a_second_identical_call_waits_for_the_first_and_joins_its_case(

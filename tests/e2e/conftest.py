@@ -129,8 +129,8 @@ def relay_env(devstack: DevstackProcess, port: int, **overrides: str) -> dict[st
 
 
 @asynccontextmanager
-async def relay_process(devstack: DevstackProcess, **overrides: str) -> AsyncIterator[str]:
-    """`hitl-relay serve` as its own process, as deployed; yields its base URL."""
+async def relay_child(devstack: DevstackProcess, **overrides: str) -> AsyncIterator[RelayChild]:
+    """`hitl-relay serve` as its own process, as deployed; stopped on exit if still running."""
     port = free_port()
     child = await spawn(
         "relay",
@@ -141,9 +141,22 @@ async def relay_process(devstack: DevstackProcess, **overrides: str) -> AsyncIte
     try:
         await child.wait_for_line("hitl-relay: MCP at", timeout_s=60)
         await wait_http_ok(f"http://127.0.0.1:{port}/healthz")
-        yield f"http://127.0.0.1:{port}"
+        yield RelayChild(child, f"http://127.0.0.1:{port}")
     finally:
         await child.stop()
+
+
+@dataclass
+class RelayChild:
+    child: Child
+    url: str
+
+
+@asynccontextmanager
+async def relay_process(devstack: DevstackProcess, **overrides: str) -> AsyncIterator[str]:
+    """`hitl-relay serve` as its own process; yields its base URL."""
+    async with relay_child(devstack, **overrides) as relay:
+        yield relay.url
 
 
 @pytest.fixture(scope="module")

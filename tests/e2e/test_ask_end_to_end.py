@@ -13,6 +13,7 @@ import asyncpg
 import httpx
 import pytest
 from conftest import API_KEY, Stack, relay_process
+from waiting import wait_until
 
 from hitl_relay.mcp_client import ask_human, connect
 
@@ -124,6 +125,14 @@ async def test_timeout_returns_the_fallback_and_the_session_says_timed_out(stack
     assert result["case_id"]
     conn = await asyncpg.connect(stack.db_url)
     try:
+        # The relay closes the session right after returning (it does not make the caller wait).
+        async def session_closed() -> bool:
+            status = await conn.fetchval(
+                "select status from hil_sessions where case_id = $1::uuid", str(result["case_id"])
+            )
+            return bool(status != "waiting")
+
+        await wait_until(session_closed, "the session to be closed")
         status = await conn.fetchval(
             "select status from hil_sessions where case_id = $1::uuid", str(result["case_id"])
         )

@@ -1,0 +1,86 @@
+"""The relay's lifecycle: sessions closed after the result is returned, and the drain that
+ends every waiting call on shutdown (SIGTERM) without losing an answer."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+import anyio
+from relay_support import Rig, ask_request, asking, make_settings
+
+from hitl_relay.adapters.memory import MemoryPlatform
+from hitl_relay.clock import FakeClock
+from hitl_relay.relay import Relay
+
+
+def make_rig() -> Rig:
+    clock = FakeClock()
+    platform = MemoryPlatform(clock=clock)
+    settings = make_settings()
+    return Rig(platform, clock, Relay(platform.backend(), settings, clock=clock), settings)
+
+
+async def test_the_answer_is_returned_before_the_session_close_round_trip() -> None:
+    rig = make_rig()
+    rig.platform.faults.close_gate = gate = anyio.Event()
+    async with rig.relay.running():
+        async with asking(rig.relay, ask_request()) as (call,):
+            await rig.waiting()
+            case_id = await rig.platform.operator.wait_for_case()
+            await rig.platform.operator.answer(case_id, "Yes.")
+            # The close is held: the result must arrive anyway.
+            result = await call.wait()
+        assert result.status == "answered"
+        assert rig.platform.session_of(case_id).status == "waiting"
+        gate.set()
+    # Leaving `running()` waits for the pending close.
+    assert rig.platform.session_of(case_id).status == "answered"
+    assert rig.platform.joined_channels == 0
+
+
+async def test_drain_ends_waiting_calls_with_the_fallback_and_keeps_their_cases_open() -> None:
+    rig = make_rig()
+    async with rig.relay.running():
+        requests = [ask_request(call_id=f"call-{i}", session_id=f"s-{i}") for i in range(3)]
+        async with asking(rig.relay, *requests) as calls:
+            await rig.waiting(calls=3)
+            assert rig.relay.active_calls == 3
+            ended = await rig.relay.drain(timeout_s=5)
+            results = [await c.wait() for c in calls]
+        assert ended == 3
+    assert [r.status for r in results] == ["timeout"] * 3
+    assert all(r.message == rig.settings.fallback_timeout for r in results)
+    for result in results:
+        assert result.case_id is not None
+        case = rig.platform.cases[UUID(result.case_id)]
+        session = rig.platform.session_of(case.id)
+        assert case.status == "open"  # answerable by another replica or get_human_answer
+        assert session.status == "cancelled"
+        assert session.detail["reason"] == "relay shutting down"
+    assert rig.relay.active_calls == 0
+
+
+async def test_an_answer_committed_as_the_drain_begins_is_still_returned() -> None:
+    rig = make_rig()
+    async with rig.relay.running(), asking(rig.relay, ask_request()) as (call,):
+        await rig.waiting()
+        case_id = await rig.platform.operator.wait_for_case()
+        # Committed while the connection is down (no broadcast reaches the wait); the drain
+        # ends the wait and its last read finds the answer.
+        rig.platform.disconnect()
+        await rig.platform.operator.answer(case_id, "Yes, Saturday.")
+        await rig.relay.drain(timeout_s=5)
+        result = await call.wait()
+    assert result.status == "answered"
+    assert result.answer == "Yes, Saturday."
+    assert rig.platform.session_of(case_id).status == "answered"
+
+
+async def test_a_draining_relay_takes_no_new_call() -> None:
+    rig = make_rig()
+    async with rig.relay.running():
+        assert await rig.relay.drain(timeout_s=1) == 0
+        result = await rig.relay.ask(ask_request())
+    assert result.status == "platform_unreachable"
+    assert result.case_id is None
+    assert rig.platform.cases == {}
