@@ -99,7 +99,9 @@ def devstack(
 ) -> None:
     """Serve the local Supabase stand-in (REST, Realtime, Auth) until Ctrl-C."""
     from hitl_relay.devstack.__main__ import main as devstack_main
+    from hitl_relay.logs import configure_logging
 
+    configure_logging()
     raise typer.Exit(devstack_main(["--port", str(port), "--db-port", str(db_port)]))
 
 
@@ -171,6 +173,9 @@ def serve(
         typer.secho(f"config: {problem}", fg=typer.colors.RED, err=True)
     if problems:
         raise typer.Exit(2)
+    from hitl_relay.logs import configure_logging
+
+    configure_logging(settings)
     typer.echo(f"hitl-relay: MCP at http://{settings.host}:{settings.port}/mcp", err=True)
     http_app.serve(settings, http_app.create_app(settings))
 
@@ -180,9 +185,12 @@ def stdio() -> None:
     """Serve MCP over stdin/stdout (for agents that launch the relay as a subprocess)."""
     import anyio
 
+    from hitl_relay.logs import configure_logging
     from hitl_relay.mcp_server import serve_stdio
 
-    anyio.run(serve_stdio, _relay_settings())
+    settings = _relay_settings()
+    configure_logging(settings)  # stderr only: stdout is the MCP stream
+    anyio.run(serve_stdio, settings)
 
 
 @app.command()
@@ -258,7 +266,9 @@ def dev(
 ) -> None:
     """Local stack + relay + console, with one demo escalation (what scripts/dev runs)."""
     from hitl_relay.devstack.dev import run_dev
+    from hitl_relay.logs import configure_logging
 
+    configure_logging()
     home = Path(os.environ.get("HITL_HOME", ".hitl")).resolve()
     raise typer.Exit(asyncio.run(run_dev(once=once, home=home, relay_port=port)))
 

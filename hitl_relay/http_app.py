@@ -276,6 +276,7 @@ def serve(settings: Settings, app: ASGIApp) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # keep uvicorn's records in hitl_relay.logs' sink (JSON in production)
         server_header=False,
         timeout_graceful_shutdown=int(settings.drain_timeout_seconds) + 5,
     )

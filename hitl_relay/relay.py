@@ -111,6 +111,12 @@ class _Call:
     recorded: bool = False
     # The wait was ended by `Relay.drain()` (the relay is shutting down).
     drained: bool = False
+    # For the per-call log line: tool call → case opened, answer committed → relay has it (live
+    # answers only), and the case's priority and urgency.
+    create_ms: int | None = None
+    delivery_ms: int | None = None
+    priority: int | None = None
+    urgency: str | None = None
 
 
 class Relay:
@@ -198,7 +204,12 @@ class Relay:
         platform problem becomes a fallback result, never an exception. Cancellation (the client
         went away) closes the session as `cancelled` and leaves the channel; the case stays open.
         """
-        call = _Call(started=self.clock.monotonic(), call_id=request.call_id)
+        call = _Call(
+            started=self.clock.monotonic(),
+            call_id=request.call_id,
+            priority=request.priority,
+            urgency=request.urgency,
+        )
         outcome: str = "error"  # until known; an unexpected error closes the session `failed`
         metrics.waiting_calls.inc()
         self._active += 1
@@ -339,7 +350,9 @@ class Relay:
                 )
                 call.opened = opened
                 call.case_id = opened.case_id
-                metrics.case_creation_seconds.observe(self.clock.monotonic() - call.started)
+                created = self.clock.monotonic() - call.started
+                metrics.case_creation_seconds.observe(created)
+                call.create_ms = round(created * 1000)
             except HitlError as e:
                 open_error = e
             finally:
@@ -405,6 +418,7 @@ class Relay:
                             delay = (self.clock.now() - event.created_at).total_seconds()
                             if delay >= 0:
                                 metrics.delivery_seconds.observe(delay)
+                                call.delivery_ms = round(delay * 1000)
                         elif event.sender_type == "human" and event.kind == "clarification":
                             outcome = await self._confirm_clarification(event)
                     elif isinstance(event, Reconnected):
@@ -659,6 +673,12 @@ class Relay:
             case_id=str(call.case_id) if call.case_id else None,
             outcome=outcome,
             waited_ms=round(waited * 1000),
+            create_ms=call.create_ms,
+            delivery_ms=call.delivery_ms,
+            deadline_s=call.deadline_s,
+            priority=call.priority,
+            urgency=call.urgency,
+            follow_up=call.follow_up_of is not None,
         ).info("ask_human {}", outcome)
 
 

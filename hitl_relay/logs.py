@@ -1,0 +1,250 @@
+"""Where the relay's logs go: JSON lines in production, readable lines in development.
+
+`configure_logging(settings)` is called once by every long-running entry point (`hitl-relay
+serve`, `stdio`, `devstack`, `dev`). It replaces loguru's sinks with one on stderr (never
+stdout: in `stdio` mode stdout is the MCP stream):
+
+- `HITL_LOG_JSON=true`: one JSON object per line: `time` (ISO 8601, UTC), `level`, `message`,
+  `logger` (the module), and every `bind()` extra as a top-level key (`call_id`, `case_id`,
+  `outcome`, `waited_ms`, ...); an exception adds `exception` (its traceback as text).
+- otherwise: a coloured line (on a terminal) with the extras appended as `key=value`.
+
+The level is `HITL_LOG_LEVEL` (default INFO). The stdlib `logging` of the libraries (uvicorn,
+mcp, httpx, websockets, realtime) is routed into the same sink at WARNING and above, the
+devstack's own stdlib loggers (`hitl_relay.*`) at the configured level, so a production log is
+all JSON.
+
+Secrets never reach a line: the values of the API keys, the Supabase keys and the callback and
+Retell secrets are replaced by `<secret>` wherever they appear, and extras named like a
+credential (`authorization`, `api_key`, `password`, `*_token`, `*_secret`) are replaced by
+`<redacted>`. Question and answer text is scrubbed earlier, by the redaction patcher of
+`hitl_relay.security.audit` (`HITL_REDACT_LOGS`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC
+from types import FrameType
+from typing import TYPE_CHECKING, Any, TextIO
+
+from loguru import logger
+
+if TYPE_CHECKING:
+    from loguru import Message, Record
+
+    from hitl_relay.config import Settings
+
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# Libraries' stdlib loggers below this level are dropped (uvicorn's access lines, httpx's
+# request lines): the relay's own per-call line says what happened.
+LIBRARY_LEVEL = logging.WARNING
+# Extras whose name says they hold a credential.
+_CREDENTIAL_NAME = re.compile(
+    r"(^|_)(authorization|api_?key|apikey|password|secret|token|service_role_key)s?$", re.I
+)
+# Secrets shorter than this are not searched for (a 1-character "secret" would mangle lines).
+_MIN_SECRET_LEN = 8
+
+
+@dataclass(frozen=True)
+class LogOptions:
+    """What `configure_logging` needs: the level, the format, the values never to print."""
+
+    level: str = "INFO"
+    json: bool = False
+    secrets: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, settings: Settings) -> LogOptions:
+        values: list[str] = list(settings.api_key_values())
+        for secret in (
+            settings.supabase_service_role_key,
+            settings.supabase_anon_key,
+            settings.callback_secret,
+            settings.retell_api_key,
+        ):
+            if secret is not None:
+                values.append(secret.get_secret_value())
+        return cls(level=settings.log_level, json=settings.log_json, secrets=tuple(values))
+
+    @classmethod
+    def from_env(cls) -> LogOptions:
+        """For the entry points that do not load the relay's settings (`devstack`, `dev`):
+        the full settings when they are valid, else `HITL_LOG_LEVEL`/`HITL_LOG_JSON` read
+        leniently (those tools must start even with a relay setting the relay would refuse)."""
+        from pydantic import ValidationError
+
+        from hitl_relay.config import Settings
+
+        try:
+            return cls.of(Settings())
+        except ValidationError:
+            level = os.environ.get("HITL_LOG_LEVEL", "INFO").strip().upper()
+            as_json = os.environ.get("HITL_LOG_JSON", "").strip().lower() in ("1", "true", "yes")
+            secrets = [
+                os.environ.get(name, "")
+                for name in ("SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_ANON_KEY", "HITL_API_KEY")
+            ]
+            return cls(
+                level=level if level in LEVELS else "INFO",
+                json=as_json,
+                secrets=tuple(s for s in secrets if s),
+            )
+
+
+class _Scrubber:
+    """Replaces known secret values, and credential-named extras, before a line is written."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        # Longest first, so a secret containing another is replaced whole.
+        self.secrets = sorted(
+            {s for s in secrets if len(s) >= _MIN_SECRET_LEN}, key=len, reverse=True
+        )
+
+    def text(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, "<secret>")
+        return text
+
+    def extras(self, extra: dict[str, Any]) -> dict[str, Any]:
+        return {
+            name: "<redacted>" if _CREDENTIAL_NAME.search(name) else value
+            for name, value in extra.items()
+        }
+
+
+def json_line(record: Record, scrubber: _Scrubber) -> str:
+    """The record as one JSON object (no newline inside): time, level, message, logger, extras."""
+    entry: dict[str, Any] = {
+        "time": record["time"].astimezone(UTC).isoformat(timespec="milliseconds"),
+        "level": record["level"].name,
+        "message": record["message"],
+        "logger": record["name"],
+        "function": record["function"],
+        "line": record["line"],
+    }
+    for name, value in scrubber.extras(record["extra"]).items():
+        # The record's own fields win: an extra named `message` must not hide the message.
+        entry.setdefault(name, value)
+    if record["exception"] is not None:
+        import traceback
+
+        exc = record["exception"]
+        entry["exception"] = "".join(
+            traceback.format_exception(exc.type, exc.value, exc.traceback)
+        ).rstrip()
+    return scrubber.text(json.dumps(entry, default=str, ensure_ascii=False))
+
+
+def readable_line(record: Record, scrubber: _Scrubber, colour: bool) -> str:
+    """`HH:MM:SS.mmm LEVEL   module: message  key=value ...`, coloured on a terminal."""
+    stamp = record["time"].astimezone(UTC).strftime("%H:%M:%S.%f")[:-3]
+    level = record["level"].name
+    extras = " ".join(f"{k}={v}" for k, v in scrubber.extras(record["extra"]).items())
+    text = f"{record['name']}: {record['message']}"
+    if colour:
+        colours = {"WARNING": "33", "ERROR": "31", "CRITICAL": "31;1", "DEBUG": "2"}
+        code = colours.get(level, "0")
+        line = f"\x1b[2m{stamp}\x1b[0m \x1b[{code}m{level:<7}\x1b[0m {text}"
+        if extras:
+            line += f"  \x1b[36m{extras}\x1b[0m"
+    else:
+        line = f"{stamp} {level:<7} {text}"
+        if extras:
+            line += f"  {extras}"
+    if record["exception"] is not None:
+        import traceback
+
+        exc = record["exception"]
+        line += "\n" + "".join(traceback.format_exception(exc.type, exc.value, exc.traceback))
+    return scrubber.text(line.rstrip("\n"))
+
+
+class _Sink:
+    """A loguru sink writing one formatted line per record to `stream`."""
+
+    def __init__(self, stream: TextIO, options: LogOptions, colour: bool) -> None:
+        self.stream = stream
+        self.json = options.json
+        self.colour = colour
+        self.scrubber = _Scrubber(options.secrets)
+
+    def __call__(self, message: Message) -> None:
+        record = message.record
+        if self.json:
+            line = json_line(record, self.scrubber)
+        else:
+            line = readable_line(record, self.scrubber, self.colour)
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+class InterceptHandler(logging.Handler):
+    """Hands stdlib `logging` records to loguru (loguru's documented recipe)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level: str | int = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        # Find the caller outside the logging module, so `logger`/`function` name the library.
+        frame: FrameType | None = logging.currentframe()
+        depth = 2
+        while frame is not None and frame.f_code.co_filename == logging.__file__:
+            frame = frame.f_back
+            depth += 1
+        logger.opt(depth=depth, exception=record.exc_info).log(level, record.getMessage())
+
+
+def configure_logging(
+    settings: Settings | LogOptions | None = None,
+    *,
+    stream: TextIO | None = None,
+    colour: bool | None = None,
+) -> int:
+    """Send every log record (loguru's and stdlib's) to one sink on `stream` (stderr).
+
+    `settings`: the relay's settings, or `LogOptions`, or None (read from the environment, see
+    `LogOptions.from_env`). `colour`: None colours when `stream` is a terminal and the format
+    is readable. Calling it again replaces the previous configuration. Returns the sink's id.
+    """
+    if settings is None:
+        options = LogOptions.from_env()
+    elif isinstance(settings, LogOptions):
+        options = settings
+    else:
+        options = LogOptions.of(settings)
+    out = stream if stream is not None else sys.stderr
+    if colour is None:
+        colour = not options.json and out.isatty()
+    logger.remove()
+    sink_id = logger.add(_Sink(out, options, colour), level=options.level, catch=True)
+
+    # stdlib: libraries at WARNING, the devstack's own loggers (hitl_relay.*) at the level.
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    library = InterceptHandler(level=LIBRARY_LEVEL)
+    root.addHandler(library)
+    root.setLevel(min(LIBRARY_LEVEL, logging.getLevelName(options.level)))
+    own = logging.getLogger("hitl_relay")
+    for handler in list(own.handlers):
+        if isinstance(handler, InterceptHandler):
+            own.removeHandler(handler)
+    own.addHandler(InterceptHandler(level=options.level))
+    own.setLevel(options.level)
+    own.propagate = False
+    # uvicorn keeps its own handlers unless told otherwise: hand them to the root as well.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi"):
+        lib = logging.getLogger(name)
+        lib.handlers = []
+        lib.propagate = True
+    return sink_id
