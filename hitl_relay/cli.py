@@ -195,13 +195,27 @@ def stdio() -> None:
 
 @app.command()
 def ask(
-    question: str = typer.Argument(..., help="The question for the operator."),
+    question: str = typer.Argument(
+        ..., help="The question for the operator (with --case-id: the caller's reply)."
+    ),
     timeout: int = typer.Option(None, "--timeout", min=5, max=600, help="Seconds to wait."),
-    call_id: str = typer.Option(None, "--call-id", help="Call id (default: a new one)."),
+    call_id: str = typer.Option(
+        None, "--call-id", help="Call id (default: a new one; with --case-id: the case's call)."
+    ),
+    case_id: str = typer.Option(
+        None,
+        "--case-id",
+        help="Follow-up after needs_info: the case the operator asked back on.",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the raw result as JSON."),
 ) -> None:
-    """Ask a human through the running relay, over MCP like an agent; wait for the answer."""
+    """Ask a human through the running relay, over MCP like an agent; wait for the answer.
+
+    The answer goes to stdout, the status to stderr; exit 0 when answered, 3 otherwise. When the
+    operator asks back (needs_info), reply with `ask --case-id <case> "<reply>"`.
+    """
     import json
+    import uuid
 
     import anyio
     from rich.console import Console
@@ -213,6 +227,20 @@ def ask(
         _fail(
             "set HITL_MCP_URL and HITL_API_KEY (or run scripts/dev, which writes .hitl/relay.env)"
         )
+    asked = _AskedCalls(Path(os.environ.get("HITL_HOME", ".hitl")) / "asked-calls.json")
+    if case_id is not None:
+        try:
+            case_id = str(uuid.UUID(case_id))
+        except ValueError:
+            _fail(f"--case-id: must be a case id (a UUID), got {case_id!r}")
+        remembered = call_id or asked.call_of(case_id)
+        if remembered is None:
+            _fail(
+                f"--case-id: case {case_id} was not asked from here; pass --call-id with the "
+                "call id that asked it (the platform accepts a follow-up only from that call)"
+            )
+        call_id = remembered
+    call_id = call_id or f"cli-{uuid.uuid4().hex[:12]}"
     console = Console(stderr=True)
 
     async def run() -> dict[str, object]:
@@ -222,24 +250,83 @@ def ask(
                 status.update(message or f"Waiting for a colleague ({progress:.0f} s)")
 
             return await ask_human(
-                url, key, question, timeout_seconds=timeout, call_id=call_id, progress=progress
+                url,
+                key,
+                question,
+                timeout_seconds=timeout,
+                call_id=call_id,
+                progress=progress,
+                case_id=case_id,
             )
 
     try:
         result = anyio.run(run)
     except RelayCallError as e:
         _fail(str(e))
+    if isinstance(result.get("case_id"), str):
+        asked.remember(str(result["case_id"]), call_id)
     if json_out:
         typer.echo(json.dumps(result, indent=2))
     else:
-        answered = result.get("status") == "answered"
-        typer.echo(str(result.get("answer") if answered else result.get("message")))
-        typer.echo(
-            f"status: {result.get('status')}  case: {result.get('case_id')}  "
-            f"waited: {result.get('waited_ms')} ms",
-            err=True,
-        )
+        _print_ask_result(result, call_id)
     raise typer.Exit(0 if result.get("status") == "answered" else 3)
+
+
+def _print_ask_result(result: dict[str, object], call_id: str) -> None:
+    """What an agent would say on stdout; the status and what to do next on stderr."""
+    status = result.get("status")
+    case = result.get("case_id")
+    if status == "answered":
+        typer.echo(str(result.get("answer")))
+    elif status == "needs_info":
+        typer.echo(f"Your colleague asks: {result.get('clarification')}")
+    else:
+        typer.echo(str(result.get("message")))
+    deadline = result.get("deadline_s")
+    of_deadline = f" of {deadline} s" if deadline is not None else ""
+    typer.echo(
+        f"status: {status}  case: {case}  waited: {result.get('waited_ms')} ms{of_deadline}  "
+        f"call: {call_id}",
+        err=True,
+    )
+    if status == "needs_info" and case:
+        typer.echo(f'reply with: hitl-relay ask --case-id {case} "<the caller\'s reply>"', err=True)
+    elif status in ("timeout", "unclear_answer") and case:
+        typer.echo(f"the case stays open for operators: hitl-relay answer {case} ...", err=True)
+
+
+class _AskedCalls:
+    """case id → the call id that asked it, for `ask --case-id` (the last 200 asks)."""
+
+    LIMIT = 200
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _load(self) -> dict[str, str]:
+        import json
+
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def call_of(self, case_id: str) -> str | None:
+        return self._load().get(case_id)
+
+    def remember(self, case_id: str, call_id: str) -> None:
+        import json
+
+        calls = self._load()
+        calls.pop(case_id, None)
+        calls[case_id] = call_id
+        kept = dict(list(calls.items())[-self.LIMIT :])
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(kept))
+        except OSError:
+            pass  # only a convenience: --call-id still works
 
 
 @app.command()

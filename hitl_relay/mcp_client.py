@@ -80,8 +80,12 @@ async def ask_human(
     call_id: str | None = None,
     progress: ProgressFnT | None = None,
     mode: str = "auto",
+    case_id: str | None = None,
 ) -> dict[str, Any]:
-    """Call `ask_human` once; return its structured result {status, answer, case_id, ...}."""
+    """Call `ask_human` once; return its structured result {status, answer, case_id, ...}.
+
+    With `case_id` it is a follow-up after `needs_info` (`question` is the caller's reply); the
+    platform accepts it only from the call that asked (`call_id`)."""
     call = call_id or f"cli-{uuid.uuid4().hex[:12]}"
     arguments: dict[str, Any] = {
         "question": question,
@@ -91,6 +95,8 @@ async def ask_human(
     }
     if timeout_seconds is not None:
         arguments["timeout_seconds"] = timeout_seconds
+    if case_id is not None:
+        arguments["case_id"] = case_id
     statuses: list[int] = []
     try:
         async with connect(url, api_key, mode=mode, statuses=statuses) as client:
