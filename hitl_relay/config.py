@@ -8,6 +8,7 @@ wrong at once and never starts half-configured.
 
 from __future__ import annotations
 
+import socket
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
@@ -95,6 +96,11 @@ class Settings(SecuritySettings, BaseSettings):
     channels_per_socket: int = Field(100, ge=1, le=100)
     # Seconds a single platform request (rpc, join) may take before it counts as a failure.
     platform_timeout_seconds: float = Field(5.0, gt=0, le=60)
+
+    # This relay process's name in `hil_sessions.instance_id`: on start it closes the sessions
+    # it was waiting on when it stopped (session recovery). It must stay the same across
+    # restarts, so it defaults to the host name; replicas sharing a host must each set their own.
+    instance_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
 
     breaker_failure_threshold: int = Field(5, ge=1, le=1000)
     breaker_window_seconds: float = Field(30.0, gt=0, le=3600)

@@ -44,12 +44,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from hitl_relay import console, metrics, retell
+from hitl_relay import console, metrics, recovery, retell
 from hitl_relay.adapters import open_backend
 from hitl_relay.clock import SystemClock
 from hitl_relay.config import Settings
 from hitl_relay.mcp_server import RelayMcpServer
-from hitl_relay.ports import Backend, Clock
+from hitl_relay.ports import Backend, Clock, SessionRecovery
 from hitl_relay.relay import Relay, build_relay
 from hitl_relay.security import SecurityLayer
 
@@ -164,9 +164,17 @@ def create_app(
     async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, object]]:
         async with backend(settings) as connected, manager.run(), layer.running():
             relay = build_relay(connected, settings, clock=clock or SystemClock())
+            # Before serving: a retried call must not race the closing of its old session.
+            recovered = await recovery.recover_on_start(
+                connected.store, settings.instance_id, settings.platform_timeout_seconds
+            )
             async with relay.running(), anyio.create_task_group() as tg:
                 state.relay = relay
                 tg.start_soon(mcp.watch_breaker)
+                if recovered is None and isinstance(connected.store, SessionRecovery):
+                    tg.start_soon(
+                        recovery.retry_in_background, connected.store, settings.instance_id
+                    )
                 yield {"relay_state": state, "mcp": mcp}
                 await relay.drain(settings.drain_timeout_seconds)
                 tg.cancel_scope.cancel()

@@ -78,6 +78,12 @@ auth_failures = Counter(
     "hitl_auth_failures", "Requests refused for missing or wrong credentials.", registry=REGISTRY
 )
 rate_limited = Counter("hitl_rate_limited", "Requests refused by a rate limit.", registry=REGISTRY)
+recovered_sessions = Counter(
+    "hitl_recovered_sessions",
+    "Sessions a restarted relay closed (its calls died with the old process), by status.",
+    ["status"],
+    registry=REGISTRY,
+)
 
 # Every labelled series exists from the start, so dashboards show zeros instead of gaps.
 for _outcome in OUTCOMES:
@@ -85,6 +91,8 @@ for _outcome in OUTCOMES:
     wait_seconds.labels(outcome=_outcome)
 for _kind in FALLBACK_KINDS:
     fallbacks.labels(kind=_kind)
+for _status in ("expired", "cancelled"):
+    recovered_sessions.labels(status=_status)
 
 
 def exposition() -> bytes:
@@ -105,6 +113,7 @@ __all__ = [
     "rate_limited",
     "realtime_channels",
     "realtime_sockets",
+    "recovered_sessions",
     "wait_seconds",
     "waiting_calls",
 ]

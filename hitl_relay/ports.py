@@ -394,6 +394,70 @@ class CaseStore(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class RecoveredSessions:
+    """What `SessionRecovery.recover_sessions` closed: sessions past their deadline `expired`,
+    the others `cancelled` (reason "relay restarted")."""
+
+    expired: int
+    cancelled: int
+
+
+@runtime_checkable
+class SessionRecovery(Protocol):
+    """Session recovery after a relay restart (issue 7), implemented by the case stores.
+
+    Each relay process has an instance id (`HITL_INSTANCE_ID`); a session records the instance
+    waiting on it when it starts (or starts again) waiting. A process that dies takes its
+    waiting MCP calls with it; when it starts again it closes those sessions here.
+    """
+
+    async def recover_sessions(self, instance_id: str) -> RecoveredSessions:
+        """`hitl_recover_sessions`: close every `waiting` session of `instance_id`, past its
+        deadline as `expired`, the rest as `cancelled`, detail {"reason": "relay restarted"}.
+
+        Cases stay open and answerable (`get_human_answer`), and a retried call (same
+        idempotency key) re-opens its session as `waiting` on the same case. Sessions of other
+        instances, or of none, are untouched. Raises `InvalidRequest("p_instance_id", rule)`
+        for an empty or over-long id, `PlatformUnavailable` otherwise (safe to retry).
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SuccessMetrics:
+    """The integration plan's success figures over a window (`hitl_success_metrics`).
+
+    Relay cases created in the window, each counted by its last session; a figure is None when
+    the window has nothing to compute it from (no finished case, no operator availability).
+    Rates and utilisation are fractions (0.95, not 95), rounded as the SQL rounds them.
+    """
+
+    cases: int
+    finished: int
+    answered: int
+    timed_out: int
+    avg_response_s: float | None
+    success_rate: float | None
+    timeout_rate: float | None
+    operator_utilisation: float | None
+    # Utilisation = handled_s / available_s (merged availability intervals, clipped).
+    handled_s: float
+    available_s: float
+
+
+@runtime_checkable
+class SuccessMetricsSource(Protocol):
+    """The plan's success figures, read from the platform (issue 10), by the case stores."""
+
+    async def success_metrics(self, start: datetime, end: datetime) -> SuccessMetrics:
+        """`hitl_success_metrics(start, end)`: the figures over [start, end).
+
+        Read-only, so safe to retry. Raises `PlatformUnavailable`.
+        """
+        ...
+
+
 @runtime_checkable
 class CaseChannel(Protocol):
     """Realtime subscriptions to case channels (`case:<uuid>`, private)."""

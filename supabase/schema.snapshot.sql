@@ -820,6 +820,61 @@ CREATE FUNCTION public.hitl_rate_limit_peek(p_key text, p_limits jsonb) RETURNS 
   select public.hitl_rate_limit(p_key, p_limits, false)
 $$;
 
+CREATE FUNCTION public.hitl_recover_sessions(p_instance_id text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  n_expired integer;
+  n_cancelled integer;
+  v_detail jsonb := jsonb_build_object('reason', 'relay restarted');
+begin
+  if p_instance_id is null or btrim(p_instance_id) = '' or length(p_instance_id) > 128 then
+    perform public.hitl_invalid('p_instance_id', 'must be a non-empty text of at most 128 characters');
+  end if;
+  with closed as (
+    update public.hil_sessions
+       set status = 'expired', closed_at = now(),
+           metadata = metadata || jsonb_build_object('close', v_detail)
+     where instance_id = p_instance_id and status = 'waiting' and expires_at <= now()
+    returning id, case_id
+  )
+  insert into public.hil_audit (actor, action, case_id, session_id, outcome, detail)
+  select 'relay', 'recover_session', case_id, id, 'expired',
+         v_detail || jsonb_build_object('instance_id', p_instance_id)
+    from closed;
+  get diagnostics n_expired = row_count;
+
+  with closed as (
+    update public.hil_sessions
+       set status = 'cancelled', closed_at = now(),
+           metadata = metadata || jsonb_build_object('close', v_detail)
+     where instance_id = p_instance_id and status = 'waiting'
+    returning id, case_id
+  )
+  insert into public.hil_audit (actor, action, case_id, session_id, outcome, detail)
+  select 'relay', 'recover_session', case_id, id, 'cancelled',
+         v_detail || jsonb_build_object('instance_id', p_instance_id)
+    from closed;
+  get diagnostics n_cancelled = row_count;
+  return jsonb_build_object('expired', n_expired, 'cancelled', n_cancelled);
+end;
+$$;
+
+CREATE FUNCTION public.hitl_session_instance() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+  if new.status = 'waiting' and (tg_op = 'INSERT' or old.status is distinct from 'waiting') then
+    new.instance_id := nullif(left(
+      coalesce(nullif(current_setting('request.headers', true), ''), '{}')::jsonb
+        ->> 'x-hitl-instance', 128), '');
+  end if;
+  return new;
+end;
+$$;
+
 CREATE FUNCTION public.hitl_success_metrics(p_from timestamp with time zone, p_to timestamp with time zone) RETURNS jsonb
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -1087,6 +1142,7 @@ CREATE TABLE public.hil_sessions (
     expires_at timestamp with time zone NOT NULL,
     closed_at timestamp with time zone,
     metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
+    instance_id text,
     CONSTRAINT hil_sessions_status_check CHECK ((status = ANY (ARRAY['waiting'::text, 'answered'::text, 'needs_info'::text, 'timed_out'::text, 'expired'::text, 'failed'::text, 'cancelled'::text])))
 );
 
@@ -1212,6 +1268,8 @@ CREATE INDEX hil_sessions_case_idx ON public.hil_sessions USING btree (case_id);
 
 CREATE UNIQUE INDEX hil_sessions_idempotency_key_idx ON public.hil_sessions USING btree (idempotency_key);
 
+CREATE INDEX hil_sessions_instance_waiting_idx ON public.hil_sessions USING btree (instance_id) WHERE (status = 'waiting'::text);
+
 CREATE INDEX hil_sessions_waiting_idx ON public.hil_sessions USING btree (expires_at) WHERE (status = 'waiting'::text);
 
 CREATE INDEX messages_case_idx ON public.messages USING btree (case_id, created_at);
@@ -1233,6 +1291,8 @@ CREATE TRIGGER hitl_on_case_opened AFTER INSERT ON public.cases FOR EACH ROW WHE
 CREATE TRIGGER hitl_on_message AFTER INSERT ON public.messages FOR EACH ROW EXECUTE FUNCTION public.hitl_on_message();
 
 CREATE TRIGGER hitl_on_session_change AFTER UPDATE OF status ON public.hil_sessions FOR EACH ROW WHEN ((old.status IS DISTINCT FROM new.status)) EXECUTE FUNCTION public.hitl_on_session_change();
+
+CREATE TRIGGER hitl_session_instance BEFORE INSERT OR UPDATE OF status ON public.hil_sessions FOR EACH ROW EXECUTE FUNCTION public.hitl_session_instance();
 
 CREATE TRIGGER hitl_notify_message AFTER INSERT ON realtime.messages FOR EACH ROW WHEN ((new.extension = 'broadcast'::text)) EXECUTE FUNCTION realtime.hitl_notify_message();
 
@@ -1370,6 +1430,11 @@ GRANT ALL ON FUNCTION public.hitl_rate_limit_hit(p_key text, p_limits jsonb) TO 
 
 REVOKE ALL ON FUNCTION public.hitl_rate_limit_peek(p_key text, p_limits jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_rate_limit_peek(p_key text, p_limits jsonb) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_recover_sessions(p_instance_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_recover_sessions(p_instance_id text) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_session_instance() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION public.hitl_success_metrics(p_from timestamp with time zone, p_to timestamp with time zone) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_success_metrics(p_from timestamp with time zone, p_to timestamp with time zone) TO service_role;

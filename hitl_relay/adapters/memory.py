@@ -45,6 +45,7 @@ from hitl_relay.ports import (
     OpenCase,
     OpenedCase,
     Reconnected,
+    RecoveredSessions,
     SenderType,
     SessionEvent,
     SessionOutcome,
@@ -84,6 +85,9 @@ class MemSession:
     created_at: datetime
     detail: dict[str, Any] = field(default_factory=dict)
     follow_up: bool = False
+    # The relay instance waiting on it (the `x-hitl-instance` header of the request that made
+    # it wait), for session recovery after a restart.
+    instance_id: str | None = None
 
 
 @dataclass
@@ -391,8 +395,10 @@ def _int(value: object, name: str, low: int, high: int) -> int:
 class MemoryCaseStore:
     """`CaseStore` over the platform's dicts; the rules of `hitl_open_case` and friends."""
 
-    def __init__(self, platform: MemoryPlatform) -> None:
+    def __init__(self, platform: MemoryPlatform, instance_id: str | None = None) -> None:
         self._p = platform
+        # What the Supabase store sends as `x-hitl-instance`: None, a relay with no id.
+        self.instance_id = instance_id
 
     async def open_case(self, request: OpenCase) -> OpenedCase:
         await anyio.lowlevel.checkpoint()
@@ -420,6 +426,7 @@ class MemoryCaseStore:
             session = p.sessions[existing]
             if session.status not in ("waiting", "answered"):
                 session.expires_at = deadline
+                session.instance_id = self.instance_id
                 p.set_session_status(session, "waiting")
             p.changed()
             return OpenedCase(
@@ -462,6 +469,7 @@ class MemoryCaseStore:
             status="waiting",
             expires_at=deadline,
             created_at=now,
+            instance_id=self.instance_id,
         )
         p.cases[case.id] = case
         p.sessions[session.id] = session
@@ -503,6 +511,25 @@ class MemoryCaseStore:
         session.detail = dict(detail or {})
         p.set_session_status(session, status)
         return True
+
+    async def recover_sessions(self, instance_id: str) -> RecoveredSessions:
+        await anyio.lowlevel.checkpoint()
+        p = self._p
+        p._rpc("recover_sessions")
+        if not instance_id.strip() or len(instance_id) > 128:
+            raise InvalidRequest(
+                "p_instance_id", "must be a non-empty text of at most 128 characters"
+            )
+        now = p.clock.now()
+        mine = [
+            s for s in p.sessions.values() if s.instance_id == instance_id and s.status == "waiting"
+        ]
+        expired = [s for s in mine if s.expires_at <= now]
+        for session in mine:
+            session.detail = {"reason": "relay restarted"}
+            p.set_session_status(session, "expired" if session in expired else "cancelled")
+        p.changed()
+        return RecoveredSessions(expired=len(expired), cancelled=len(mine) - len(expired))
 
     async def continue_case(self, request: ContinueCase) -> OpenedCase:
         await anyio.lowlevel.checkpoint()
@@ -551,6 +578,7 @@ class MemoryCaseStore:
             expires_at=now + timedelta(seconds=request.timeout_seconds),
             created_at=now,
             follow_up=True,
+            instance_id=self.instance_id,
         )
         p.sessions[session.id] = session
         p._by_key[key] = session.id

@@ -32,7 +32,7 @@ from hitl_relay.adapters.supabase_channel import (
     SupabasePresence,
     SupabaseSubscription,
 )
-from hitl_relay.adapters.supabase_store import SupabaseCaseStore
+from hitl_relay.adapters.supabase_store import INSTANCE_HEADER, SupabaseCaseStore
 from hitl_relay.errors import ConfigError
 from hitl_relay.ports import Backend
 
@@ -108,7 +108,14 @@ async def build_platform(
     )
     try:
         client = await acreate_client(
-            url, key, options=AsyncClientOptions(httpx_client=http, auto_refresh_token=False)
+            url,
+            key,
+            options=AsyncClientOptions(
+                httpx_client=http,
+                auto_refresh_token=False,
+                # Sessions this relay waits on record its instance (session recovery).
+                headers={**AsyncClientOptions().headers, INSTANCE_HEADER: settings.instance_id},
+            ),
         )
     except BaseException:
         await http.aclose()

@@ -37,12 +37,17 @@ from hitl_relay.ports import (
     MessageKind,
     OpenCase,
     OpenedCase,
+    RecoveredSessions,
     SenderType,
     SessionOutcome,
     SessionStatus,
     ThreadEntry,
     ThreadMessage,
 )
+
+# The request header naming the relay instance (HITL_INSTANCE_ID) that sends it: a session that
+# starts waiting records it (`hil_sessions.instance_id`, read from PostgREST's `request.headers`).
+INSTANCE_HEADER = "x-hitl-instance"
 
 # What httpx/h2 raise for connect, read, write, pool and protocol problems, plus our bound.
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx.HTTPError, OSError, TimeoutError)
@@ -264,6 +269,16 @@ class SupabaseCaseStore:
         if not isinstance(changed, bool):
             raise PlatformUnavailable(f"hitl_close_session returned an unexpected reply: {data!r}")
         return changed
+
+    async def recover_sessions(self, instance_id: str) -> RecoveredSessions:
+        data = await self._rpc("hitl_recover_sessions", {"p_instance_id": instance_id})
+        counts = data if isinstance(data, Mapping) else {}
+        expired, cancelled = counts.get("expired"), counts.get("cancelled")
+        if not isinstance(expired, int) or not isinstance(cancelled, int):
+            raise PlatformUnavailable(
+                f"hitl_recover_sessions returned an unexpected reply: {data!r}"
+            )
+        return RecoveredSessions(expired=expired, cancelled=cancelled)
 
 
 def _opened(fn: str, data: Any) -> OpenedCase:
