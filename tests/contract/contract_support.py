@@ -4,11 +4,23 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Protocol
 from uuid import UUID
 
-from hitl_relay.adapters.memory import MemoryPlatform
-from hitl_relay.ports import CaseChannel, CaseStore, MessageKind, OperatorPresence, SenderType
+from hitl_relay.adapters.memory import MemoryCaseStore, MemoryPlatform
+from hitl_relay.ports import (
+    CaseChannel,
+    CaseStore,
+    MessageKind,
+    OperatorPresence,
+    SenderType,
+    SessionRecovery,
+)
+
+
+class InstanceStore(CaseStore, SessionRecovery, Protocol):
+    """A case store of one named relay instance (its sessions record that instance)."""
 
 
 class OperatorSide(Protocol):
@@ -40,6 +52,10 @@ class ContractPorts:
     reconnect: Callable[[], Awaitable[None]]
     # How many case channels the adapter holds joined right now.
     joined_channels: Callable[[], int]
+    # The store of another relay process, named `instance_id`, on the same platform.
+    store_for: Callable[[str], Awaitable[InstanceStore]]
+    # Move a session's deadline into the past (its relay died long ago), without waiting.
+    pass_deadline: Callable[[UUID], Awaitable[None]]
 
 
 async def memory_ports() -> AsyncIterator[ContractPorts]:
@@ -51,6 +67,13 @@ async def memory_ports() -> AsyncIterator[ContractPorts]:
     async def reconnect() -> None:
         platform.reconnect()
 
+    async def store_for(instance_id: str) -> InstanceStore:
+        return MemoryCaseStore(platform, instance_id)
+
+    async def pass_deadline(session_id: UUID) -> None:
+        session = platform.sessions[session_id]
+        session.expires_at = platform.clock.now() - timedelta(seconds=1)
+
     yield ContractPorts(
         store=platform.store,
         channel=platform.channel,
@@ -59,4 +82,6 @@ async def memory_ports() -> AsyncIterator[ContractPorts]:
         disconnect=disconnect,
         reconnect=reconnect,
         joined_channels=lambda: platform.joined_channels,
+        store_for=store_for,
+        pass_deadline=pass_deadline,
     )

@@ -7,12 +7,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from uuid import UUID, uuid4
 
-from contract_support import ContractPorts
+from contract_support import ContractPorts, InstanceStore
 from devstack_clients import Operator
 from fault_proxy import FaultProxy
-from supabase import AsyncClient, acreate_client
+from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
-from hitl_relay.adapters.supabase import RealtimeTuning, build_platform
+from hitl_relay.adapters.supabase import RealtimeTuning, SupabaseCaseStore, build_platform
+from hitl_relay.adapters.supabase_store import INSTANCE_HEADER
 from hitl_relay.config import load_settings
 from hitl_relay.devstack.server import Devstack
 from hitl_relay.ports import MessageKind, SenderType
@@ -104,6 +105,24 @@ async def supabase_ports(devstack: Devstack) -> AsyncIterator[ContractPorts]:
     async def reconnect() -> None:
         proxy.restore()
 
+    instance_clients: list[AsyncClient] = []
+
+    async def store_for(instance_id: str) -> InstanceStore:
+        options = AsyncClientOptions(
+            headers={**AsyncClientOptions().headers, INSTANCE_HEADER: instance_id}
+        )
+        client = await acreate_client(devstack.url, devstack.keys.service_role_key, options)
+        instance_clients.append(client)
+        return SupabaseCaseStore(client, 5.0)
+
+    async def pass_deadline(session_id: UUID) -> None:
+        await (
+            service.table("hil_sessions")
+            .update({"expires_at": "2000-01-01T00:00:00+00:00"})
+            .eq("id", str(session_id))
+            .execute()
+        )
+
     try:
         yield ContractPorts(
             store=platform.store,
@@ -113,10 +132,14 @@ async def supabase_ports(devstack: Devstack) -> AsyncIterator[ContractPorts]:
             disconnect=disconnect,
             reconnect=reconnect,
             joined_channels=lambda: platform.channel.subscriptions,
+            store_for=store_for,
+            pass_deadline=pass_deadline,
         )
     finally:
         await operators.aclose()
         await answering.__aexit__()
         await service.postgrest.aclose()
+        for client in instance_clients:
+            await client.postgrest.aclose()
         await platform.aclose()
         await proxy.stop()
