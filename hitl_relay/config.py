@@ -109,6 +109,11 @@ class Settings(SecuritySettings, BaseSettings):
     # stops anyway (they normally return within milliseconds; see Relay.drain).
     drain_timeout_seconds: float = Field(5.0, ge=0, le=60)
 
+    # The plan's success figures on /metrics (hitl_success_rate, ...): computed by the database
+    # over the last `success_window_seconds`, re-read in the background at most this often.
+    success_window_seconds: float = Field(3600.0, ge=60, le=30 * 86400)
+    success_refresh_seconds: float = Field(30.0, ge=1, le=3600)
+
     # Demo/test backend only: a simulated operator answers every case with this text.
     memory_auto_answer: str | None = None
     memory_auto_answer_delay_seconds: float = Field(0.5, ge=0, le=600)

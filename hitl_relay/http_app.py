@@ -44,12 +44,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from hitl_relay import console, metrics, recovery, retell
+from hitl_relay import console, metrics, recovery, retell, success
 from hitl_relay.adapters import open_backend
 from hitl_relay.clock import SystemClock
 from hitl_relay.config import Settings
 from hitl_relay.mcp_server import RelayMcpServer
-from hitl_relay.ports import Backend, Clock, SessionRecovery
+from hitl_relay.ports import Backend, Clock, SessionRecovery, SuccessMetricsSource
 from hitl_relay.relay import Relay, build_relay
 from hitl_relay.security import SecurityLayer
 
@@ -163,7 +163,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, object]]:
         async with backend(settings) as connected, manager.run(), layer.running():
-            relay = build_relay(connected, settings, clock=clock or SystemClock())
+            relay_clock = clock or SystemClock()
+            relay = build_relay(connected, settings, clock=relay_clock)
             # Before serving: a retried call must not race the closing of its old session.
             recovered = await recovery.recover_on_start(
                 connected.store, settings.instance_id, settings.platform_timeout_seconds
@@ -175,6 +176,15 @@ def create_app(
                     tg.start_soon(
                         recovery.retry_in_background, connected.store, settings.instance_id
                     )
+                if isinstance(connected.store, SuccessMetricsSource):
+                    refresher = success.SuccessRefresher(
+                        connected.store,
+                        relay_clock,
+                        window_s=settings.success_window_seconds,
+                        interval_s=settings.success_refresh_seconds,
+                        timeout_s=settings.platform_timeout_seconds,
+                    )
+                    tg.start_soon(refresher.run)
                 yield {"relay_state": state, "mcp": mcp}
                 await relay.drain(settings.drain_timeout_seconds)
                 tg.cancel_scope.cancel()

@@ -78,6 +78,51 @@ auth_failures = Counter(
     "hitl_auth_failures", "Requests refused for missing or wrong credentials.", registry=REGISTRY
 )
 rate_limited = Counter("hitl_rate_limited", "Requests refused by a rate limit.", registry=REGISTRY)
+
+# The integration plan's success figures over a rolling window, read from the database
+# (`hitl_success_metrics`) by `hitl_relay.success` in the background, never on a scrape.
+# NaN until the first read, and while the window has nothing to compute a figure from.
+# `hitl_target{figure}` holds each figure's target, for the dashboards' threshold lines.
+TARGETS = {
+    "response_seconds_avg": 30.0,  # below
+    "success_rate": 0.95,  # above
+    "timeout_rate": 0.05,  # below
+    "operator_utilisation": 0.70,  # above
+}
+response_seconds_avg = Gauge(
+    "hitl_response_seconds_avg",
+    "Average case asked → answered (s) over the success window; target < 30.",
+    registry=REGISTRY,
+)
+success_rate = Gauge(
+    "hitl_success_rate",
+    "Finished cases answered / finished, over the success window; target > 0.95.",
+    registry=REGISTRY,
+)
+timeout_rate = Gauge(
+    "hitl_timeout_rate",
+    "Finished cases timed out or expired / finished, over the success window; target < 0.05.",
+    registry=REGISTRY,
+)
+operator_utilisation = Gauge(
+    "hitl_operator_utilisation",
+    "Operator time handling cases / time available, over the success window; target > 0.70.",
+    registry=REGISTRY,
+)
+target = Gauge(
+    "hitl_target", "The plan's target for each success figure.", ["figure"], registry=REGISTRY
+)
+success_window_cases = Gauge(
+    "hitl_success_window_cases",
+    "Relay cases in the success window: all, finished, answered, timed_out.",
+    ["state"],
+    registry=REGISTRY,
+)
+success_refreshed = Gauge(
+    "hitl_success_refreshed_timestamp_seconds",
+    "When the success figures were last read from the database (Unix time; 0: never).",
+    registry=REGISTRY,
+)
 recovered_sessions = Counter(
     "hitl_recovered_sessions",
     "Sessions a restarted relay closed (its calls died with the old process), by status.",
@@ -91,6 +136,12 @@ for _outcome in OUTCOMES:
     wait_seconds.labels(outcome=_outcome)
 for _kind in FALLBACK_KINDS:
     fallbacks.labels(kind=_kind)
+for _figure, _target in TARGETS.items():
+    target.labels(figure=_figure).set(_target)
+for _gauge in (response_seconds_avg, success_rate, timeout_rate, operator_utilisation):
+    _gauge.set(float("nan"))
+for _state in ("all", "finished", "answered", "timed_out"):
+    success_window_cases.labels(state=_state)
 for _status in ("expired", "cancelled"):
     recovered_sessions.labels(status=_status)
 
@@ -103,6 +154,7 @@ def exposition() -> bytes:
 __all__ = [
     "CONTENT_TYPE",
     "REGISTRY",
+    "TARGETS",
     "auth_failures",
     "breaker_state",
     "case_creation_seconds",
@@ -110,10 +162,17 @@ __all__ = [
     "exposition",
     "fallbacks",
     "invocations",
+    "operator_utilisation",
     "rate_limited",
     "realtime_channels",
     "realtime_sockets",
     "recovered_sessions",
+    "response_seconds_avg",
+    "success_rate",
+    "success_refreshed",
+    "success_window_cases",
+    "target",
+    "timeout_rate",
     "wait_seconds",
     "waiting_calls",
 ]

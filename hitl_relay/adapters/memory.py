@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -51,6 +52,7 @@ from hitl_relay.ports import (
     SessionOutcome,
     SessionStatus,
     Subscription,
+    SuccessMetrics,
     ThreadEntry,
     ThreadMessage,
 )
@@ -190,6 +192,8 @@ class MemoryPlatform:
         self.joins_confirmed = 0
         self.leaves = 0
         self.rpc_calls: list[str] = []
+        # `operator_activity` rows with status available: (operator id, started_at, last_seen_at).
+        self.availability: list[tuple[str, datetime, datetime]] = []
         self.store = MemoryCaseStore(self)
         self.channel = MemoryCaseChannel(self)
         self.presence = MemoryPresence(self, ttl_s=presence_ttl_s)
@@ -531,6 +535,61 @@ class MemoryCaseStore:
         p.changed()
         return RecoveredSessions(expired=len(expired), cancelled=len(mine) - len(expired))
 
+    async def success_metrics(self, start: datetime, end: datetime) -> SuccessMetrics:
+        """`hitl_success_metrics`, as 20261125000800_hitl_success_metrics.sql computes it."""
+        await anyio.lowlevel.checkpoint()
+        p = self._p
+        p._rpc("success_metrics")
+        cases = [c for c in p.cases.values() if start <= c.created_at < end]
+        finished: list[tuple[MemCase, str, datetime]] = []
+        for case in cases:
+            mine = [s for s in p.sessions.values() if s.case_id == case.id]
+            last = max(mine, key=lambda s: s.created_at) if mine else None
+            if last is not None and last.status != "waiting":
+                asked = min(s.created_at for s in mine)
+                finished.append((case, last.status, asked))
+        responses = [
+            c.answered_at - asked
+            for c, status, asked in finished
+            if status == "answered" and c.answered_at is not None
+        ]
+        answered = sum(1 for _, status, _ in finished if status == "answered")
+        timed_out = sum(1 for _, status, _ in finished if status in ("timed_out", "expired"))
+        by_id = {m.message_id: m for m in p.messages}
+        handling = [
+            (m.sender_id, max(c.created_at, start), min(m.created_at, end))
+            for c in p.cases.values()
+            if c.answer_message_id is not None
+            and (m := by_id[c.answer_message_id]).created_at > start
+            and c.created_at < end
+        ]
+        available = _merged_availability(p.availability, start, end)
+        handled_us = sum(
+            _us(min(h_end, a_end) - max(h_start, a_start))
+            for operator, h_start, h_end in handling
+            for a_start, a_end in available.get(operator or "", ())
+            if h_start < a_end and a_start < h_end
+        )
+        available_us = sum(_us(e - s) for spans in available.values() for s, e in spans)
+        return SuccessMetrics(
+            cases=len(cases),
+            finished=len(finished),
+            answered=answered,
+            timed_out=timed_out,
+            avg_response_s=(
+                _round(Decimal(sum(_us(r) for r in responses)) / len(responses) / 10**6, 3)
+                if responses
+                else None
+            ),
+            success_rate=_round(Decimal(answered) / len(finished), 4) if finished else None,
+            timeout_rate=_round(Decimal(timed_out) / len(finished), 4) if finished else None,
+            operator_utilisation=(
+                _round(Decimal(handled_us) / available_us, 4) if available_us else None
+            ),
+            handled_s=_round(Decimal(handled_us) / 10**6, 3),
+            available_s=_round(Decimal(available_us) / 10**6, 3),
+        )
+
     async def continue_case(self, request: ContinueCase) -> OpenedCase:
         await anyio.lowlevel.checkpoint()
         p = self._p
@@ -613,6 +672,32 @@ class MemoryCaseStore:
         await anyio.lowlevel.checkpoint()
         self._p._rpc("call_history")
         return self._p.thread(call_id)
+
+
+def _us(delta: timedelta) -> int:
+    return delta // timedelta(microseconds=1)
+
+
+def _round(value: Decimal, places: int) -> float:
+    """SQL's round(numeric, places): half away from zero."""
+    return float(value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP))
+
+
+def _merged_availability(
+    rows: list[tuple[str, datetime, datetime]], start: datetime, end: datetime
+) -> dict[str, list[tuple[datetime, datetime]]]:
+    """Per operator, availability clipped to [start, end), overlapping intervals merged."""
+    spans: dict[str, list[tuple[datetime, datetime]]] = {}
+    for operator, s, e in sorted(rows, key=lambda r: (r[0], r[1], r[2])):
+        if e <= start or s >= end:
+            continue
+        s, e = max(s, start), min(e, end)
+        merged = spans.setdefault(operator, [])
+        if merged and s <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], e))
+        else:
+            merged.append((s, e))
+    return spans
 
 
 class MemoryCaseChannel:

@@ -41,6 +41,7 @@ from hitl_relay.ports import (
     SenderType,
     SessionOutcome,
     SessionStatus,
+    SuccessMetrics,
     ThreadEntry,
     ThreadMessage,
 )
@@ -279,6 +280,58 @@ class SupabaseCaseStore:
                 f"hitl_recover_sessions returned an unexpected reply: {data!r}"
             )
         return RecoveredSessions(expired=expired, cancelled=cancelled)
+
+    async def success_metrics(self, start: datetime, end: datetime) -> SuccessMetrics:
+        data = await self._rpc(
+            "hitl_success_metrics", {"p_from": start.isoformat(), "p_to": end.isoformat()}
+        )
+        try:
+            return parse_success_metrics(data)
+        except ShapeError as e:
+            raise PlatformUnavailable(
+                f"hitl_success_metrics returned an unexpected reply: {e}"
+            ) from None
+
+
+def _number(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ShapeError(f"{name} must be a number or null, got {value!r}")
+    return float(value)
+
+
+def _count(data: Mapping[str, Any], name: str) -> int:
+    value = data.get(name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ShapeError(f"{name} must be an integer, got {value!r}")
+    return value
+
+
+def _figure(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    figure = data.get(name)
+    if not isinstance(figure, Mapping):
+        raise ShapeError(f"{name} must be an object, got {figure!r}")
+    return figure
+
+
+def parse_success_metrics(data: Any) -> SuccessMetrics:
+    """`hitl_success_metrics`' object: counts plus one {value, target, met, ...} per figure."""
+    if not isinstance(data, Mapping):
+        raise ShapeError(f"expected an object, got {data!r}")
+    utilisation = _figure(data, "operator_utilisation")
+    return SuccessMetrics(
+        cases=_count(data, "cases"),
+        finished=_count(data, "finished"),
+        answered=_count(data, "answered"),
+        timed_out=_count(data, "timed_out"),
+        avg_response_s=_number(_figure(data, "avg_response_s").get("value"), "avg_response_s"),
+        success_rate=_number(_figure(data, "success_rate").get("value"), "success_rate"),
+        timeout_rate=_number(_figure(data, "timeout_rate").get("value"), "timeout_rate"),
+        operator_utilisation=_number(utilisation.get("value"), "operator_utilisation"),
+        handled_s=_number(utilisation.get("handled_s"), "handled_s") or 0.0,
+        available_s=_number(utilisation.get("available_s"), "available_s") or 0.0,
+    )
 
 
 def _opened(fn: str, data: Any) -> OpenedCase:
