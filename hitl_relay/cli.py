@@ -173,10 +173,11 @@ def serve(
         typer.secho(f"config: {problem}", fg=typer.colors.RED, err=True)
     if problems:
         raise typer.Exit(2)
-    from hitl_relay.logs import configure_logging
+    from hitl_relay.logs import configure_logging, start_line
 
     configure_logging(settings)
-    typer.echo(f"hitl-relay: MCP at http://{settings.host}:{settings.port}/mcp", err=True)
+    address = f"http://{settings.host}:{settings.port}/mcp"
+    typer.echo(start_line(settings, f"hitl-relay: MCP at {address}"), err=True)
     http_app.serve(settings, http_app.create_app(settings))
 
 

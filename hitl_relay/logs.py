@@ -30,7 +30,7 @@ import re
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -248,3 +248,19 @@ def configure_logging(
         lib.handlers = []
         lib.propagate = True
     return sink_id
+
+
+def start_line(settings: Settings | LogOptions, message: str) -> str:
+    """A line printed at start whatever the level (tools wait for it): the message itself, or
+    as a JSON log object when the logs are JSON, so a production log stays all JSON."""
+    options = settings if isinstance(settings, LogOptions) else LogOptions.of(settings)
+    if not options.json:
+        return message
+    return json.dumps(
+        {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "level": "INFO",
+            "message": message,
+            "logger": "hitl_relay.cli",
+        }
+    )

@@ -22,7 +22,7 @@ from relay_support import Rig, ask_request, asking, make_settings
 
 from hitl_relay.adapters.memory import MemoryPlatform
 from hitl_relay.clock import FakeClock
-from hitl_relay.logs import LogOptions, configure_logging
+from hitl_relay.logs import LogOptions, configure_logging, start_line
 from hitl_relay.relay import Relay
 
 HITL_RELAY = str(Path(sys.executable).parent / "hitl-relay")
@@ -234,3 +234,10 @@ async def test_stdio_mode_logs_json_to_stderr_and_keeps_stdout_for_mcp(tmp_path:
     calls = [x for x in lines if x["message"].startswith("ask_human ")]
     assert [(x["call_id"], x["outcome"]) for x in calls] == [("c-9", "answered")]
     assert UUID(calls[0]["case_id"]) == UUID(result.structured_content["case_id"])
+
+
+def test_the_start_line_is_a_json_log_line_when_logs_are_json() -> None:
+    marker = "hitl-relay: MCP at http://127.0.0.1:8080/mcp"
+    assert start_line(LogOptions(json=False), marker) == marker
+    line = json.loads(start_line(make_settings(log_json=True), marker))
+    assert (line["level"], line["message"], line["logger"]) == ("INFO", marker, "hitl_relay.cli")
