@@ -13,6 +13,8 @@ import asyncpg
 from conftest import API_KEY, Stack
 from waiting import wait_until
 
+from hitl_relay.devstack.operator_sim import SimulatedOperator
+
 HITL_RELAY = str(Path(sys.executable).parent / "hitl-relay")
 
 
@@ -49,6 +51,16 @@ async def caller_reply_recorded(db_url: str, case_id: str, reply: str) -> bool:
         await conn.close()
 
 
+async def asked_back(
+    env: dict[str, str], operator: SimulatedOperator, question: str, clarification: str
+) -> tuple[str, tuple[int, str, str]]:
+    """`hitl-relay ask question`, and the operator asks back: the case id and what ask did."""
+    first = asyncio.create_task(run_cli(env, "ask", question, "--timeout", "30"))
+    case_id = str((await operator.next_case(timeout_s=30))["case_id"])
+    await operator.answer(case_id, clarification, kind="clarification")
+    return case_id, await first
+
+
 async def test_ask_then_follow_up_with_case_id_after_the_operator_asks_back(
     stack: Stack, tmp_path: Path
 ) -> None:
@@ -56,13 +68,9 @@ async def test_ask_then_follow_up_with_case_id_after_the_operator_asks_back(
     operator = stack.operator(auto_answer=False)
     await operator.start()
     try:
-        first = asyncio.create_task(
-            run_cli(env, "ask", "Can I offer the caller a discount?", "--timeout", "30")
+        case_id, (code, out, err) = await asked_back(
+            env, operator, "Can I offer the caller a discount?", "Which order is it about?"
         )
-        case = await operator.next_case(timeout_s=30)
-        case_id = str(case["case_id"])
-        await operator.answer(case_id, "Which order is it about?", kind="clarification")
-        code, out, err = await first
 
         assert code == 3, err
         assert out.strip() == "Your colleague asks: Which order is it about?"
@@ -95,10 +103,8 @@ async def test_a_follow_up_from_another_call_is_refused_with_the_rule(
     operator = stack.operator(auto_answer=False)
     await operator.start()
     try:
-        first = asyncio.create_task(run_cli(env, "ask", "Refund?", "--timeout", "30"))
-        case_id = str((await operator.next_case(timeout_s=30))["case_id"])
-        await operator.answer(case_id, "Which amount?", kind="clarification")
-        assert (await first)[0] == 3
+        case_id, (code, _, _) = await asked_back(env, operator, "Refund?", "Which amount?")
+        assert code == 3
     finally:
         await operator.stop()
 

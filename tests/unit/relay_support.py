@@ -104,3 +104,13 @@ class Rig:
             )
         )
         await self.clock.wait_for_sleepers(sleepers if sleepers is not None else calls)
+
+
+def memory_rig(**settings: Any) -> Rig:
+    """A relay on the in-memory twin with a fake clock (`settings` override `make_settings`)."""
+    clock = FakeClock()
+    platform = MemoryPlatform(clock=clock)
+    relay_settings = make_settings(**settings)
+    return Rig(
+        platform, clock, Relay(platform.backend(), relay_settings, clock=clock), relay_settings
+    )

@@ -18,12 +18,9 @@ import pytest
 from loguru import logger
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
-from relay_support import Rig, ask_request, asking, make_settings
+from relay_support import Rig, ask_request, asking, make_settings, memory_rig
 
-from hitl_relay.adapters.memory import MemoryPlatform
-from hitl_relay.clock import FakeClock
 from hitl_relay.logs import LogOptions, configure_logging, start_line
-from hitl_relay.relay import Relay
 
 HITL_RELAY = str(Path(sys.executable).parent / "hitl-relay")
 API_KEY = "hitl_log-test-key-that-must-never-be-printed-0001"
@@ -80,10 +77,7 @@ def per_call_lines(stream: io.StringIO) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def rig() -> Rig:
-    clock = FakeClock()
-    platform = MemoryPlatform(clock=clock)
-    settings = make_settings()
-    return Rig(platform, clock, Relay(platform.backend(), settings, clock=clock), settings)
+    return memory_rig()
 
 
 async def test_an_answered_call_writes_exactly_one_json_line_with_its_timings(
