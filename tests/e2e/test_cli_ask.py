@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
@@ -51,6 +53,17 @@ async def caller_reply_recorded(db_url: str, case_id: str, reply: str) -> bool:
         await conn.close()
 
 
+@asynccontextmanager
+async def an_operator(stack: Stack) -> AsyncIterator[SimulatedOperator]:
+    """A signed-in operator on the `operators` channel who answers only when told."""
+    operator = stack.operator(auto_answer=False)
+    await operator.start()
+    try:
+        yield operator
+    finally:
+        await operator.stop()
+
+
 async def asked_back(
     env: dict[str, str], operator: SimulatedOperator, question: str, clarification: str
 ) -> tuple[str, tuple[int, str, str]]:
@@ -65,9 +78,7 @@ async def test_ask_then_follow_up_with_case_id_after_the_operator_asks_back(
     stack: Stack, tmp_path: Path
 ) -> None:
     env = cli_env(stack, tmp_path)
-    operator = stack.operator(auto_answer=False)
-    await operator.start()
-    try:
+    async with an_operator(stack) as operator:
         case_id, (code, out, err) = await asked_back(
             env, operator, "Can I offer the caller a discount?", "Which order is it about?"
         )
@@ -88,8 +99,6 @@ async def test_ask_then_follow_up_with_case_id_after_the_operator_asks_back(
         )
         await operator.answer(case_id, "Yes, 10 percent on order 4411.")
         code, out, err = await follow_up
-    finally:
-        await operator.stop()
 
     assert code == 0, err
     assert out.strip() == "Yes, 10 percent on order 4411."
@@ -100,13 +109,9 @@ async def test_a_follow_up_from_another_call_is_refused_with_the_rule(
     stack: Stack, tmp_path: Path
 ) -> None:
     env = cli_env(stack, tmp_path)
-    operator = stack.operator(auto_answer=False)
-    await operator.start()
-    try:
+    async with an_operator(stack) as operator:
         case_id, (code, _, _) = await asked_back(env, operator, "Refund?", "Which amount?")
-        assert code == 3
-    finally:
-        await operator.stop()
+    assert code == 3
 
     code, out, err = await run_cli(
         env, "ask", "--case-id", case_id, "--call-id", "someone-else", "42 euros"
