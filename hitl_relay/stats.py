@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 from postgrest.exceptions import APIError
 from rich.console import Console
 from rich.table import Table
-from supabase import acreate_client
+from supabase import AsyncSupabaseException, acreate_client
 
 
 class StatsError(Exception):
@@ -26,7 +27,9 @@ async def fetch_metrics(url: str, service_key: str, window: timedelta) -> dict[s
         ).execute()
     except APIError as e:
         raise StatsError(f"the platform refused the metrics query: {e.message}") from e
-    except OSError as e:
+    except AsyncSupabaseException as e:
+        raise StatsError(f"cannot use {url!r} with this key: {e.message}") from e
+    except (OSError, httpx.HTTPError) as e:
         raise StatsError(f"cannot reach {url}: {e}") from e
     data = response.data
     if not isinstance(data, dict):
@@ -40,6 +43,16 @@ def _fmt(value: Any, unit: str) -> str:
     if unit == "%":
         return f"{float(value) * 100:.1f} %"
     return f"{float(value):.1f} s"
+
+
+def _target(target: Any, unit: str) -> str:
+    """The SQL's target ("> 0.95", "< 30") in the row's unit ("> 95 %", "< 30 s")."""
+    op, _, number = str(target or "").partition(" ")
+    try:
+        value = float(number)
+    except ValueError:
+        return str(target or "")
+    return f"{op} {value * 100:g} %" if unit == "%" else f"{op} {value:g} s"
 
 
 def render(metrics: dict[str, Any], console: Console | None = None) -> None:
@@ -59,8 +72,14 @@ def render(metrics: dict[str, Any], console: Console | None = None) -> None:
         fig = metrics.get(key) or {}
         value = fig.get("value")
         ok = "[green]met[/]" if fig.get("met") else ("[red]missed[/]" if value is not None else "-")
-        table.add_row(label, _fmt(value, unit), str(fig.get("target", "")), ok)
+        table.add_row(label, _fmt(value, unit), _target(fig.get("target"), unit), ok)
     console.print(table)
+    use = metrics.get("operator_utilisation") or {}
+    if use.get("available_s") is not None:
+        console.print(
+            f"utilisation: {_fmt(use.get('handled_s'), 's')} handling cases of "
+            f"{_fmt(use.get('available_s'), 's')} available (console heartbeats)"
+        )
     resp = metrics.get("avg_response_s") or {}
     if resp.get("p50") is not None:
         console.print(

@@ -129,3 +129,55 @@ async def test_the_gauges_equal_the_sql_figures_exactly(devstack: Devstack) -> N
         "success figures on the devstack fixture:",
         {name: gauge(name) for name in pairs},
     )
+
+
+async def test_hitl_relay_stats_reads_the_four_figures_from_the_devstack(
+    devstack: Devstack,
+) -> None:
+    from rich.console import Console
+
+    from hitl_relay.stats import fetch_metrics, render
+
+    conn = await asyncpg.connect(devstack.db_url)
+    try:
+        now = await conn.fetchval("select now()")
+        await conn.execute(
+            "insert into operator_activity (operator_id, started_at, last_seen_at)"
+            " values ($1, $2, $3)",
+            OPS[0],
+            now - timedelta(minutes=10),
+            now,
+        )
+        case_id = await conn.fetchval(
+            "insert into cases (source, status, priority, urgency, description, created_at,"
+            " metadata) values ('mcp_voice', 'open', 3, 'medium', 'q', $1, '{}') returning id",
+            now - timedelta(minutes=5),
+        )
+        await conn.execute(
+            "insert into hil_sessions (mcp_session_id, retell_call_id, case_id, idempotency_key,"
+            " status, created_at, expires_at) values ('s', 'c', $1, 'k', 'answered', $2, $3)",
+            case_id,
+            now - timedelta(minutes=5),
+            now + timedelta(minutes=5),
+        )
+        answered = now - timedelta(minutes=5) + timedelta(seconds=12)
+        await conn.execute(
+            "insert into messages (case_id, sender_type, sender_id, content, created_at)"
+            " values ($1, 'human', $2, 'yes', $3)",
+            case_id,
+            OPS[0],
+            answered,
+        )
+        await conn.execute("update cases set answered_at = $2 where id = $1", case_id, answered)
+    finally:
+        await conn.close()
+    figures = await fetch_metrics(devstack.url, devstack.keys.service_role_key, timedelta(hours=1))
+    assert figures["avg_response_s"]["value"] == 12.0
+    assert figures["success_rate"]["value"] == 1.0
+    assert figures["timeout_rate"]["value"] == 0.0
+    assert figures["operator_utilisation"]["handled_s"] == 12.0
+    console = Console(record=True, width=120)
+    render(figures, console)
+    text = console.export_text()
+    for line in ("12.0 s", "< 30 s", "100.0 %", "> 95 %", "0.0 %", "< 5 %", "> 70 %"):
+        assert line in text
