@@ -26,7 +26,8 @@ async def test_sigterm_answers_every_waiting_call_with_the_fallback_and_exits(
     operator_present = _operator(devstack_proc)
     await operator_present.start()
     try:
-        async with relay_child(devstack_proc) as relay:
+        # INFO: the shutdown line checked below (HITL_LOG_LEVEL is applied since hitl_relay.logs)
+        async with relay_child(devstack_proc, HITL_LOG_LEVEL="INFO") as relay:
             mcp_url = f"{relay.url}/mcp"
             calls = [
                 asyncio.create_task(ask_human(mcp_url, API_KEY, q, timeout_seconds=120))
