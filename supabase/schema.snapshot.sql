@@ -861,6 +861,11 @@ begin
 end;
 $$;
 
+CREATE FUNCTION public.hitl_schema_version() RETURNS text
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO ''
+    AS $$ select '20261125002400'::text $$;
+
 CREATE FUNCTION public.hitl_session_instance() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -894,38 +899,41 @@ answered as (
   select extract(epoch from (answered_at - asked_at)) as response_s
     from finished where last_status = 'answered' and answered_at is not null
 ),
-avail_raw as (
-  select operator_id, greatest(started_at, p_from) as s, least(last_seen_at, p_to) as e
+spans as (
+  select 'available'::text as kind, operator_id, greatest(started_at, p_from) as s,
+         least(last_seen_at, p_to) as e
     from public.operator_activity
    where status = 'available' and last_seen_at > p_from and started_at < p_to
-),
-avail_marked as (
-  select operator_id, s, e,
-         case when s <= max(e) over (partition by operator_id order by s, e
-                                     rows between unbounded preceding and 1 preceding)
-              then 0 else 1 end as new_group
-    from avail_raw
-),
-avail_grouped as (
-  select operator_id, s, e,
-         sum(new_group) over (partition by operator_id order by s, e) as grp
-    from avail_marked
-),
-avail as (
-  select operator_id, min(s) as s, max(e) as e
-    from avail_grouped group by operator_id, grp
-),
-handling as (
-  select m.sender_id as operator_id, greatest(c.created_at, p_from) as s,
-         least(m.created_at, p_to) as e
+  union all
+  -- Handling: case creation → this operator's answer.
+  select 'handling', m.sender_id, greatest(c.created_at, p_from), least(m.created_at, p_to)
     from public.cases c
     join public.messages m on m.id = c.answer_message_id
-   where c.source = 'mcp_voice' and m.created_at > p_from and c.created_at < p_to
+   where c.source = 'mcp_voice' and m.sender_id is not null
+     and m.created_at > p_from and c.created_at < p_to
 ),
+spans_marked as (
+  select kind, operator_id, s, e,
+         case when s <= max(e) over (partition by kind, operator_id order by s, e
+                                     rows between unbounded preceding and 1 preceding)
+              then 0 else 1 end as new_group
+    from spans
+),
+spans_grouped as (
+  select kind, operator_id, s, e,
+         sum(new_group) over (partition by kind, operator_id order by s, e) as grp
+    from spans_marked
+),
+merged as (
+  select kind, operator_id, min(s) as s, max(e) as e
+    from spans_grouped group by kind, operator_id, grp
+),
+avail as (select operator_id, s, e from merged where kind = 'available'),
 handled as (
   select coalesce(sum(extract(epoch from (least(h.e, a.e) - greatest(h.s, a.s)))), 0) as seconds
-    from handling h
+    from merged h
     join avail a on a.operator_id = h.operator_id and h.s < a.e and a.s < h.e
+   where h.kind = 'handling'
 ),
 available as (
   select coalesce(sum(extract(epoch from (e - s))), 0) as seconds from avail
@@ -1433,6 +1441,9 @@ GRANT ALL ON FUNCTION public.hitl_rate_limit_peek(p_key text, p_limits jsonb) TO
 
 REVOKE ALL ON FUNCTION public.hitl_recover_sessions(p_instance_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_recover_sessions(p_instance_id text) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_schema_version() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_schema_version() TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_session_instance() FROM PUBLIC;
 

@@ -38,6 +38,7 @@ from hitl_relay.ports import (
     Answer,
     Backend,
     ChannelEvent,
+    Check,
     Clarification,
     Clock,
     ContinueCase,
@@ -45,6 +46,7 @@ from hitl_relay.ports import (
     MessageKind,
     OpenCase,
     OpenedCase,
+    PlatformReadiness,
     Reconnected,
     RecoveredSessions,
     SenderType,
@@ -56,6 +58,7 @@ from hitl_relay.ports import (
     ThreadEntry,
     ThreadMessage,
 )
+from hitl_relay.readiness import EXPECTED_SCHEMA_VERSION
 
 DEFAULT_CASE_TTL_S = 3600
 _CLOSE_STATUSES = ("answered", "timed_out", "expired", "failed", "cancelled", "needs_info")
@@ -199,9 +202,34 @@ class MemoryPlatform:
         self.presence = MemoryPresence(self, ttl_s=presence_ttl_s)
         self.operator = MemoryOperator(self)
         self._changed: anyio.Event | None = None
+        # Readiness: the twin is at the relay's schema unless a test says otherwise, and its
+        # "realtime" is down between `disconnect()` and `reconnect()`.
+        self.schema_version: str | None = EXPECTED_SCHEMA_VERSION
+        self.realtime_connected = True
 
     def backend(self) -> Backend:
-        return Backend(store=self.store, channel=self.channel, presence=self.presence)
+        return Backend(
+            store=self.store, channel=self.channel, presence=self.presence, readiness=self
+        )
+
+    async def readiness(self, timeout_s: float) -> PlatformReadiness:
+        """The readiness probe: an injected platform outage fails the database check."""
+        await anyio.lowlevel.checkpoint()
+        try:
+            self._rpc("schema_version")
+            database = Check(ok=True, latency_ms=0.0)
+        except PlatformUnavailable as e:
+            database = Check(ok=False, latency_ms=0.0, reason=e.detail)
+        realtime = Check(
+            ok=self.realtime_connected,
+            latency_ms=0.0,
+            reason=None if self.realtime_connected else "no realtime socket connected",
+        )
+        return PlatformReadiness(
+            database=database,
+            realtime=realtime,
+            schema_version=self.schema_version if database.ok else None,
+        )
 
     # -- observing, for tests
 
@@ -229,6 +257,7 @@ class MemoryPlatform:
 
     def disconnect(self) -> None:
         """The connection drops: subscriptions stay open but receive nothing until reconnect."""
+        self.realtime_connected = False
         for subs in self.subscriptions.values():
             for sub in subs:
                 sub.connected = False
@@ -236,6 +265,7 @@ class MemoryPlatform:
 
     def reconnect(self) -> None:
         """The connection is back and every channel rejoined: each subscription is told."""
+        self.realtime_connected = True
         for case_id, subs in self.subscriptions.items():
             for sub in subs:
                 if not sub.connected:
@@ -536,7 +566,7 @@ class MemoryCaseStore:
         return RecoveredSessions(expired=len(expired), cancelled=len(mine) - len(expired))
 
     async def success_metrics(self, start: datetime, end: datetime) -> SuccessMetrics:
-        """`hitl_success_metrics`, as 20261125000800_hitl_success_metrics.sql computes it."""
+        """`hitl_success_metrics`, as the SQL computes it (20261125000800, busy time: 002400)."""
         await anyio.lowlevel.checkpoint()
         p = self._p
         p._rpc("success_metrics")
@@ -556,18 +586,20 @@ class MemoryCaseStore:
         answered = sum(1 for _, status, _ in finished if status == "answered")
         timed_out = sum(1 for _, status, _ in finished if status in ("timed_out", "expired"))
         by_id = {m.message_id: m for m in p.messages}
+        # Handling: case creation → its answer, per operator; busy time counts once.
         handling = [
-            (m.sender_id, max(c.created_at, start), min(m.created_at, end))
+            (m.sender_id, c.created_at, m.created_at)
             for c in p.cases.values()
             if c.answer_message_id is not None
-            and (m := by_id[c.answer_message_id]).created_at > start
-            and c.created_at < end
+            and (m := by_id[c.answer_message_id]).sender_id is not None
         ]
-        available = _merged_availability(p.availability, start, end)
+        busy = _merged(handling, start, end)
+        available = _merged(p.availability, start, end)
         handled_us = sum(
             _us(min(h_end, a_end) - max(h_start, a_start))
-            for operator, h_start, h_end in handling
-            for a_start, a_end in available.get(operator or "", ())
+            for operator, spans in busy.items()
+            for h_start, h_end in spans
+            for a_start, a_end in available.get(operator, ())
             if h_start < a_end and a_start < h_end
         )
         available_us = sum(_us(e - s) for spans in available.values() for s, e in spans)
@@ -683,10 +715,10 @@ def _round(value: Decimal, places: int) -> float:
     return float(value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP))
 
 
-def _merged_availability(
+def _merged(
     rows: list[tuple[str, datetime, datetime]], start: datetime, end: datetime
 ) -> dict[str, list[tuple[datetime, datetime]]]:
-    """Per operator, availability clipped to [start, end), overlapping intervals merged."""
+    """Per operator, intervals clipped to [start, end), overlapping ones merged."""
     spans: dict[str, list[tuple[datetime, datetime]]] = {}
     for operator, s, e in sorted(rows, key=lambda r: (r[0], r[1], r[2])):
         if e <= start or s >= end:

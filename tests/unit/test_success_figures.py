@@ -112,6 +112,23 @@ async def test_the_memory_twin_clips_handling_and_availability_to_the_window() -
     assert (empty.cases, empty.success_rate, empty.operator_utilisation) == (0, None, None)
 
 
+async def test_the_memory_twin_counts_an_operators_busy_time_once() -> None:
+    """The fixture of supabase/tests/55_utilisation_busy_time.sql."""
+    platform = MemoryPlatform(clock=FakeClock(start=T0))
+    platform.availability += [(A, at(10, 0), at(10, 1)), (B, at(10, 0), at(10, 1))]
+    # Let the clock reach each answer in order: B's (10:00:20) first, then A's three.
+    add_case(platform, at(10, 0), "answered", (B, at(10, 0, 20)))
+    for second in (0, 10, 20):
+        add_case(platform, at(10, 0, second), "answered", (A, at(10, 0, second + 30)))
+    figures = await platform.store.success_metrics(at(9, 0), at(12, 0))
+    assert (figures.handled_s, figures.available_s) == (50.0 + 20.0, 120.0)
+    assert figures.operator_utilisation == 0.5833
+    busy = await platform.store.success_metrics(at(10, 0), at(10, 0, 50))
+    assert busy.handled_s == 70.0
+    assert busy.operator_utilisation is not None
+    assert busy.operator_utilisation <= 1
+
+
 def gauge(name: str, **labels: str) -> float:
     value = metrics.REGISTRY.get_sample_value(name, labels)
     assert value is not None, f"{name}{labels} is not in the registry"
