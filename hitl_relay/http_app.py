@@ -3,7 +3,9 @@
     POST/GET/DELETE /mcp   streamable HTTP, stateless (any replica serves any request);
                            bearer API key required, 401 {"error": "unauthorized"} otherwise
     GET /healthz           liveness: the process answers
-    GET /readyz            readiness: the platform backend is connected, the breaker closed
+    GET /readyz            readiness (hitl_relay.readiness): database reachable through the
+                           platform, realtime joined, migrations current, breaker not open;
+                           200 or 503 with every check's details and the reasons
     GET /metrics           Prometheus text format
     GET /console/          the operator console (hitl_relay.console), no key needed
     POST /retell/ask_human Retell custom function, signed (hitl_relay.retell), when
@@ -50,6 +52,7 @@ from hitl_relay.clock import SystemClock
 from hitl_relay.config import Settings
 from hitl_relay.mcp_server import RelayMcpServer
 from hitl_relay.ports import Backend, Clock, SessionRecovery, SuccessMetricsSource
+from hitl_relay.readiness import ReadinessMonitor
 from hitl_relay.relay import Relay, build_relay
 from hitl_relay.security import SecurityLayer
 
@@ -109,6 +112,7 @@ class RelayState:
     """What the running app holds: the relay once the backend is connected."""
 
     relay: Relay | None = None
+    readiness: ReadinessMonitor | None = None
 
     def get(self) -> Relay:
         if self.relay is None:
@@ -171,6 +175,7 @@ def create_app(
             )
             async with relay.running(), anyio.create_task_group() as tg:
                 state.relay = relay
+                state.readiness = ReadinessMonitor(connected.readiness, relay.breaker)
                 tg.start_soon(mcp.watch_breaker)
                 if recovered is None and isinstance(connected.store, SessionRecovery):
                     tg.start_soon(
@@ -189,21 +194,18 @@ def create_app(
                 await relay.drain(settings.drain_timeout_seconds)
                 tg.cancel_scope.cancel()
             state.relay = None
+            state.readiness = None
 
     async def healthz(_request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def readyz(_request: Request) -> Response:
-        relay = state.relay
-        if relay is None:
-            return JSONResponse({"ready": False, "reason": "not started"}, status_code=503)
-        breaker = relay.breaker
-        breaker_state = breaker.state.name.lower() if breaker is not None else "none"
-        ready = breaker is None or not breaker.is_open
-        body = {"ready": ready, "breaker": breaker_state}
-        if not ready and breaker is not None and breaker.last_error:
-            body["reason"] = f"platform unreachable: {breaker.last_error}"
-        return JSONResponse(body, status_code=200 if ready else 503)
+        monitor = state.readiness
+        if monitor is None:
+            body = {"ready": False, "checks": {}, "reasons": ["relay: not started"]}
+            return JSONResponse(body, status_code=503)
+        readiness = await monitor.check()
+        return JSONResponse(readiness.as_json(), status_code=200 if readiness.ready else 503)
 
     async def metrics_endpoint(_request: Request) -> Response:
         return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)

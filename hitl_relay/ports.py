@@ -512,9 +512,53 @@ class Clock(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Check:
+    """One readiness check: passed or not, why not, and how long it took."""
+
+    ok: bool
+    latency_ms: float
+    reason: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"ok": self.ok, "latency_ms": round(self.latency_ms, 1)}
+        if self.reason is not None:
+            body["reason"] = self.reason
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformReadiness:
+    """What the platform adapter knows of its own health (`/readyz`, `hitl-relay doctor`).
+
+    `database`: one RPC through the platform reached Postgres; `realtime`: a socket is
+    connected and presence on `operators` is joined; `schema_version`: what
+    `hitl_schema_version()` returned (None when the database check failed, or the function is
+    missing: migrations not applied); `schema_error`: why it could not be read although the
+    database answered.
+    """
+
+    database: Check
+    realtime: Check
+    schema_version: str | None
+    schema_error: str | None = None
+
+
+@runtime_checkable
+class ReadinessProbe(Protocol):
+    """Optional: an adapter that can say whether it is ready to serve calls."""
+
+    async def readiness(self, timeout_s: float) -> PlatformReadiness:
+        """Check the database and realtime, each bounded by `timeout_s`. Never raises for
+        platform problems (a failed check says why); cancellation passes through."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
 class Backend:
-    """The three platform ports a running relay uses, built together by one adapter."""
+    """The three platform ports a running relay uses, built together by one adapter, plus
+    its readiness probe when it has one."""
 
     store: CaseStore
     channel: CaseChannel
     presence: OperatorPresence
+    readiness: ReadinessProbe | None = None

@@ -38,6 +38,7 @@ from hitl_relay.ports import (
     Answer,
     Backend,
     ChannelEvent,
+    Check,
     Clarification,
     Clock,
     ContinueCase,
@@ -45,6 +46,7 @@ from hitl_relay.ports import (
     MessageKind,
     OpenCase,
     OpenedCase,
+    PlatformReadiness,
     Reconnected,
     RecoveredSessions,
     SenderType,
@@ -56,6 +58,7 @@ from hitl_relay.ports import (
     ThreadEntry,
     ThreadMessage,
 )
+from hitl_relay.readiness import EXPECTED_SCHEMA_VERSION
 
 DEFAULT_CASE_TTL_S = 3600
 _CLOSE_STATUSES = ("answered", "timed_out", "expired", "failed", "cancelled", "needs_info")
@@ -199,9 +202,34 @@ class MemoryPlatform:
         self.presence = MemoryPresence(self, ttl_s=presence_ttl_s)
         self.operator = MemoryOperator(self)
         self._changed: anyio.Event | None = None
+        # Readiness: the twin is at the relay's schema unless a test says otherwise, and its
+        # "realtime" is down between `disconnect()` and `reconnect()`.
+        self.schema_version: str | None = EXPECTED_SCHEMA_VERSION
+        self.realtime_connected = True
 
     def backend(self) -> Backend:
-        return Backend(store=self.store, channel=self.channel, presence=self.presence)
+        return Backend(
+            store=self.store, channel=self.channel, presence=self.presence, readiness=self
+        )
+
+    async def readiness(self, timeout_s: float) -> PlatformReadiness:
+        """The readiness probe: an injected platform outage fails the database check."""
+        await anyio.lowlevel.checkpoint()
+        try:
+            self._rpc("schema_version")
+            database = Check(ok=True, latency_ms=0.0)
+        except PlatformUnavailable as e:
+            database = Check(ok=False, latency_ms=0.0, reason=e.detail)
+        realtime = Check(
+            ok=self.realtime_connected,
+            latency_ms=0.0,
+            reason=None if self.realtime_connected else "no realtime socket connected",
+        )
+        return PlatformReadiness(
+            database=database,
+            realtime=realtime,
+            schema_version=self.schema_version if database.ok else None,
+        )
 
     # -- observing, for tests
 
@@ -229,6 +257,7 @@ class MemoryPlatform:
 
     def disconnect(self) -> None:
         """The connection drops: subscriptions stay open but receive nothing until reconnect."""
+        self.realtime_connected = False
         for subs in self.subscriptions.values():
             for sub in subs:
                 sub.connected = False
@@ -236,6 +265,7 @@ class MemoryPlatform:
 
     def reconnect(self) -> None:
         """The connection is back and every channel rejoined: each subscription is told."""
+        self.realtime_connected = True
         for case_id, subs in self.subscriptions.items():
             for sub in subs:
                 if not sub.connected:

@@ -10,6 +10,9 @@
   channel, counting the operators present (cached ≤ the configured TTL); unknown while not
   joined.
 
+`SupabasePlatform.readiness()` is the readiness probe (`/readyz`): one bounded RPC to
+`hitl_schema_version()` for the database, and what the socket pool and presence know for realtime.
+
 `build_platform(settings)` connects all three and returns a `SupabasePlatform` (close it with
 `aclose()`); `supabase_backend(settings)` is the same as an async context manager yielding the
 `Backend`. Nothing here knows about the devstack: pointed at a real project, it works the same.
@@ -17,12 +20,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import httpx
+from postgrest.exceptions import APIError
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
 from hitl_relay.adapters.supabase_channel import (
@@ -32,9 +38,17 @@ from hitl_relay.adapters.supabase_channel import (
     SupabasePresence,
     SupabaseSubscription,
 )
-from hitl_relay.adapters.supabase_store import INSTANCE_HEADER, SupabaseCaseStore
+from hitl_relay.adapters.supabase_store import (
+    INSTANCE_HEADER,
+    TRANSPORT_ERRORS,
+    SupabaseCaseStore,
+)
 from hitl_relay.errors import ConfigError
-from hitl_relay.ports import Backend
+from hitl_relay.ports import Backend, Check, PlatformReadiness
+
+# PostgREST's "function not found" (PGRST202; the devstack answers with Postgres' 42883), and
+# "permission denied" (42501): Postgres answered, the schema is what is wrong.
+SCHEMA_PROBLEM_CODES = ("PGRST202", "42883", "42501")
 
 if TYPE_CHECKING:
     from hitl_relay.config import Settings
@@ -63,7 +77,63 @@ class SupabasePlatform:
     presence: SupabasePresence
 
     def backend(self) -> Backend:
-        return Backend(store=self.store, channel=self.channel, presence=self.presence)
+        return Backend(
+            store=self.store, channel=self.channel, presence=self.presence, readiness=self
+        )
+
+    async def readiness(self, timeout_s: float) -> PlatformReadiness:
+        """The readiness probe: the database through one RPC, realtime from the pool's state."""
+        database, version, schema_error = await self._database_check(timeout_s)
+        return PlatformReadiness(
+            database=database,
+            realtime=self.realtime_check(),
+            schema_version=version,
+            schema_error=schema_error,
+        )
+
+    async def _database_check(self, timeout_s: float) -> tuple[Check, str | None, str | None]:
+        """`hitl_schema_version()` as the service role: reached, and the version it returned."""
+        started = time.perf_counter()
+
+        def ms() -> float:
+            return (time.perf_counter() - started) * 1000
+
+        try:
+            async with asyncio.timeout(timeout_s):
+                response = await self.client.rpc("hitl_schema_version", {}).execute()
+        except APIError as e:
+            problem = f"{e.code or '?'} {e.message or ''}".rstrip()
+            if e.code in SCHEMA_PROBLEM_CODES:
+                return Check(ok=True, latency_ms=ms()), None, problem
+            return (
+                Check(ok=False, latency_ms=ms(), reason=f"hitl_schema_version: {problem}"),
+                None,
+                None,
+            )
+        except TRANSPORT_ERRORS as e:
+            detail = str(e) or f"no reply within {timeout_s:g} s"
+            reason = f"hitl_schema_version: {type(e).__name__}: {detail}"
+            return Check(ok=False, latency_ms=ms(), reason=reason), None, None
+        data = response.data
+        if not isinstance(data, str):
+            return Check(ok=True, latency_ms=ms()), None, f"unexpected reply {data!r}"
+        return Check(ok=True, latency_ms=ms()), data, None
+
+    def realtime_check(self) -> Check:
+        """A socket of the pool is connected and presence on `operators` is joined."""
+        started = time.perf_counter()
+        sockets = self.pool.sockets
+        connected = any(s.connected.is_set() for s in sockets)
+        reason = None
+        if not connected:
+            errors = [s.last_error for s in sockets if s.last_error]
+            last = f" (last error: {errors[-1]})" if errors else ""
+            reason = f"no realtime socket connected{last}"
+        elif not self.presence.joined:
+            reason = "presence on the operators channel is not joined"
+        return Check(
+            ok=reason is None, latency_ms=(time.perf_counter() - started) * 1000, reason=reason
+        )
 
     async def aclose(self) -> None:
         """Leave every channel, close every socket and the HTTP connections."""
