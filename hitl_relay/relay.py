@@ -204,11 +204,12 @@ class Relay:
         platform problem becomes a fallback result, never an exception. Cancellation (the client
         went away) closes the session as `cancelled` and leaves the channel; the case stays open.
         """
+        new_case = request.case_id is None  # a follow-up's priority is its case's, not here
         call = _Call(
             started=self.clock.monotonic(),
             call_id=request.call_id,
-            priority=request.priority,
-            urgency=request.urgency,
+            priority=request.priority if new_case else None,
+            urgency=request.urgency if new_case else None,
         )
         outcome: str = "error"  # until known; an unexpected error closes the session `failed`
         metrics.waiting_calls.inc()

@@ -132,6 +132,7 @@ async def test_a_timeout_and_a_follow_up_each_log_their_own_line(
     assert [first.status, second.status] == ["needs_info", "timeout"]
     assert {x["case_id"] for x in lines} == {str(case_id)}
     assert lines[1]["delivery_ms"] is None  # nothing was delivered
+    assert (lines[1]["priority"], lines[1]["urgency"]) == (None, None)  # the case's, not here
     assert lines[1]["waited_ms"] == second.waited_ms
 
 
