@@ -195,13 +195,21 @@ class InterceptHandler(logging.Handler):
             level: str | int = logger.level(record.levelname).name
         except ValueError:
             level = record.levelno
-        # Find the caller outside the logging module, so `logger`/`function` name the library.
+        # Find the caller outside the logging module, so `function`/`line` name the library's.
         frame: FrameType | None = logging.currentframe()
         depth = 2
         while frame is not None and frame.f_code.co_filename == logging.__file__:
             frame = frame.f_back
             depth += 1
-        logger.opt(depth=depth, exception=record.exc_info).log(level, record.getMessage())
+        # `logger` in the output is the stdlib logger's name (`uvicorn.error`, `httpx`).
+        name = record.name
+
+        def rename(r: Record) -> None:
+            r["name"] = name
+
+        logger.patch(rename).opt(depth=depth, exception=record.exc_info).log(
+            level, record.getMessage()
+        )
 
 
 def configure_logging(

@@ -175,6 +175,7 @@ def test_stdlib_logging_of_the_libraries_lands_in_the_sink(restore_logging: None
         ("ERROR", "handler crashed"),
     ]
     assert "RuntimeError: socket closed" in lines[2]["exception"]
+    assert [x["logger"] for x in lines] == ["uvicorn.error", "hitl_relay.devstack", "mcp.server"]
 
 
 def test_secrets_never_appear_in_a_log_line(restore_logging: None) -> None:
