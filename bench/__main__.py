@@ -16,6 +16,7 @@ from rich.table import Table
 from bench.plot import plot
 from bench.run import ROOT, machine, run_polling, run_realtime, stack
 from bench.stats import LevelResult, ratio_p50
+from bench.success import render_success
 
 TARGETS = {
     "realtime delivery p50 (ms)": "≤ 5",
@@ -109,6 +110,7 @@ async def main(argv: list[str]) -> int:
                     results.append(incomplete)
                     console.print(f"[red]{mode} at {level}: {incomplete.errors[0]}[/]")
     render(results, console)
+    render_success(results, console)
     ratio = ratio_p50(results)
     if ratio:
         console.print(

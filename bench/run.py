@@ -41,6 +41,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from bench.stats import LevelResult
+from bench.success import OnDuty, close_session, success_figures
 from hitl_relay.devstack.cluster import free_port
 from hitl_relay.devstack.dev import Child, python, read_env_file, spawn, wait_http_ok
 from hitl_relay.devstack.operator_sim import SimulatedOperator
@@ -264,6 +265,8 @@ async def run_realtime(s: Stack, level: int, *, wait_s: float, spread_s: float) 
         s.url, s.anon_key, s.operator_token, s.operator_id, auto_answer=False
     )
     await operator.start()
+    duty = OnDuty(s.url, s.anon_key, s.operator_token)  # available, as the console says
+    await duty.start()
     load = DbLoad(s.db_url)
     rss_idle = rss_mb(s.relay.proc.pid)
     questions = {_question(run, i): i for i in range(level)}
@@ -333,10 +336,12 @@ async def run_realtime(s: Stack, level: int, *, wait_s: float, spread_s: float) 
             w.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
         await operator.stop()
+        await duty.stop()
     result.wall_s = time.monotonic() - t0
     _score(
         result, questions, cases, outcomes, returned_wall, await _created_at(s.db_url, list(cases))
     )
+    result.success = await success_figures(s.db_url, duty.started_at, list(cases))
     return result
 
 
@@ -348,6 +353,8 @@ async def run_polling(s: Stack, level: int, *, wait_s: float, spread_s: float) -
         s.url, s.anon_key, s.operator_token, s.operator_id, auto_answer=False
     )
     await operator.start()
+    duty = OnDuty(s.url, s.anon_key, s.operator_token)  # available, as the console says
+    await duty.start()
     load = DbLoad(s.db_url)
     questions = {_question(run, i): i for i in range(level)}
     started: dict[str, float] = {}
@@ -357,6 +364,7 @@ async def run_polling(s: Stack, level: int, *, wait_s: float, spread_s: float) -
     limits = httpx.Limits(max_connections=min(level + 10, 200))
     http = httpx.AsyncClient(base_url=s.url, headers=headers, limits=limits, timeout=30)
     rss_idle = rss_mb(os.getpid())
+    timeout_s = int(wait_s + spread_s + 60)
 
     async def wait_by_polling(question: str) -> None:
         i = questions[question]
@@ -370,14 +378,15 @@ async def run_polling(s: Stack, level: int, *, wait_s: float, spread_s: float) -
                     "mcp_session_id": f"poll-{run}-{i}",
                     "retell_call_id": f"poll-{run}-{i}",
                     "retell_agent_id": "bench-agent",
-                    "timeout_seconds": 600,
+                    "timeout_seconds": timeout_s,
                 }
             },
         )
         r.raise_for_status()
-        case_id = r.json()["case_id"]
+        case_id, session_id = r.json()["case_id"], r.json()["session_id"]
         delay = 0.5
-        while True:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
             await asyncio.sleep(delay)  # the baseline's polling interval
             got = await http.get(
                 "/rest/v1/messages",
@@ -397,8 +406,11 @@ async def run_polling(s: Stack, level: int, *, wait_s: float, spread_s: float) -
                     "answer": rows[0]["content"],
                     "case_id": case_id,
                 }
+                await close_session(http, session_id, "answered")  # as the relay does
                 return
             delay = min(delay * 2, 2.0)
+        outcomes[question] = {"status": "timeout", "case_id": case_id}
+        await close_session(http, session_id, "timed_out")
 
     t0 = time.monotonic()
     tasks = [asyncio.create_task(wait_by_polling(q)) for q in questions]
@@ -421,10 +433,12 @@ async def run_polling(s: Stack, level: int, *, wait_s: float, spread_s: float) -
         await asyncio.gather(*tasks, return_exceptions=True)
         await http.aclose()
         await operator.stop()
+        await duty.stop()
     result.wall_s = time.monotonic() - t0
     _score(
         result, questions, cases, outcomes, returned_wall, await _created_at(s.db_url, list(cases))
     )
+    result.success = await success_figures(s.db_url, duty.started_at, list(cases))
     return result
 
 

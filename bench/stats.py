@@ -49,6 +49,8 @@ class LevelResult:
     sockets: int | None = None
     channels: int | None = None
     wall_s: float = 0.0
+    # The plan's four figures over this run's window (hitl_success_metrics), with the counts.
+    success: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -67,6 +69,7 @@ class LevelResult:
             "sockets": self.sockets,
             "channels": self.channels,
             "wall_s": round(self.wall_s, 2),
+            "success": self.success,
         }
 
 

@@ -9,12 +9,34 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hitl_relay.devstack.cluster import Cluster, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+FIGURES = ("avg_response_s", "success_rate", "timeout_rate", "operator_utilisation")
+
+
+def check_success_figures(mode: str, level: int, success: dict[str, Any]) -> None:
+    """hitl_success_metrics over the run: every case closed (the polling baseline closes its
+    sessions as the relay does), all answered, and the operator's heartbeats give utilisation
+    a denominator (busy time counted once, so at most 1)."""
+    where = (mode, level, success)
+    assert set(success) == {"window", "cases", "finished", "answered", "timed_out", *FIGURES}
+    assert (success["cases"], success["finished"], success["answered"]) == (level,) * 3, where
+    assert success["timed_out"] == 0, where
+    for key in FIGURES:
+        assert {"value", "target", "met"} <= set(success[key]), (key, where)
+        assert success[key]["value"] is not None, (key, where)
+    assert success["success_rate"]["value"] == 1.0, where
+    assert success["timeout_rate"]["value"] == 0.0, where
+    assert success["avg_response_s"]["value"] > 0, where
+    assert 0 < success["operator_utilisation"]["value"] <= 1, where
+    assert success["operator_utilisation"]["available_s"] > 0, where
 
 
 @pytest.mark.timeout(300)
@@ -61,6 +83,7 @@ async def test_bench_quick_json_has_both_modes_all_answered_none_lost() -> None:
             assert len([v for v in r["delivery_ms"].values() if v is not None]) == 4
             for key in ("db_statements_per_s", "rss_mb", "rss_kb_per_wait"):
                 assert key in r
+            check_success_figures(mode, level, r["success"])
         assert isinstance(report["ratio_p50"], float)
         assert report["ratio_level"] == 5
         print("\n" + text.decode(errors="replace")[-1500:])
