@@ -285,11 +285,9 @@ def _print_ask_result(result: dict[str, object], call_id: str) -> None:
         typer.echo(str(result.get("message")))
     deadline = result.get("deadline_s")
     of_deadline = f" of {deadline} s" if deadline is not None else ""
-    typer.echo(
-        f"status: {status}  case: {case}  waited: {result.get('waited_ms')} ms{of_deadline}  "
-        f"call: {call_id}",
-        err=True,
-    )
+    waited = f"{result.get('waited_ms')} ms{of_deadline}"
+    line = f"status: {status}  case: {case or '-'}  waited: {waited}  call: {call_id}"
+    typer.echo(line, err=True)
     if status == "needs_info" and case:
         typer.echo(f'reply with: hitl-relay ask --case-id {case} "<the caller\'s reply>"', err=True)
     elif status in ("timeout", "unclear_answer") and case:
