@@ -182,6 +182,28 @@ def serve(
 
 
 @app.command()
+def doctor() -> None:
+    """Check the configuration, the platform, the migrations and Realtime; say what to fix.
+
+    Reads what `serve` reads (environment, .env). One line per check; exit 0 when all pass.
+    """
+    from hitl_relay.doctor import run
+    from hitl_relay.logs import LogOptions, configure_logging
+
+    configure_logging(LogOptions(level="ERROR"))  # the checks' lines say it all
+    try:
+        lines, code = run()
+    except Exception as e:  # the process boundary: a line, never a stack trace
+        lines, code = [f"FAIL doctor — unexpected error: {type(e).__name__}: {e}"], 1
+    for line in lines:
+        if line.startswith("FAIL"):
+            typer.secho(line, fg=typer.colors.RED)
+        else:
+            typer.echo(line)
+    raise typer.Exit(code)
+
+
+@app.command()
 def stdio() -> None:
     """Serve MCP over stdin/stdout (for agents that launch the relay as a subprocess)."""
     import anyio
