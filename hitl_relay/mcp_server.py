@@ -76,6 +76,7 @@ class RelayMcpServer:
         self._relay = relay
         # Connections that can carry server-initiated notifications (stdio, stateful HTTP).
         self._connections: weakref.WeakSet[Connection] = weakref.WeakSet()
+        self._tools: dict[bool, list[types.Tool]] = {}  # breaker open? → the tool list
         self.server: Server[Any] = Server(
             SERVER_NAME,
             version=__version__,
@@ -91,6 +92,13 @@ class RelayMcpServer:
     def tools(self) -> list[types.Tool]:
         relay = self._relay()
         unavailable = relay.breaker is not None and relay.breaker.is_open
+        # Built once per state: the SDK lists the tools on every request to check arguments.
+        cached = self._tools.get(unavailable)
+        if cached is None:
+            cached = self._tools[unavailable] = self._make_tools(unavailable)
+        return list(cached)
+
+    def _make_tools(self, unavailable: bool) -> list[types.Tool]:
         note = UNAVAILABLE_NOTE if unavailable else ""
         output_schema = tool_schema(AskResult)
         return [

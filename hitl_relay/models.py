@@ -9,6 +9,8 @@ the field and the rule ("priority: must be between 1 and 5"), never pydantic's i
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -486,7 +488,15 @@ def parse_get_answer_request(arguments: object) -> GetHumanAnswerRequest:
 def tool_schema(model: type[BaseModel]) -> dict[str, Any]:
     """A model's JSON schema as agents see it: snake_case names (camelCase aliases are accepted
     too), `$ref`s inlined, since handshake-era MCP clients know only type/properties/required.
+
+    Made once per model (the MCP SDK lists the tools on every request to check arguments, and
+    pydantic's schema generation costs about a millisecond); callers get their own copy.
     """
+    return copy.deepcopy(_tool_schema(model))
+
+
+@functools.cache
+def _tool_schema(model: type[BaseModel]) -> dict[str, Any]:
     schema = model.model_json_schema(by_alias=False)
     defs = schema.pop("$defs", {})
 

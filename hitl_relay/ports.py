@@ -384,6 +384,14 @@ class CaseStore(Protocol):
         """
         ...
 
+    async def reply(self, case_id: UUID) -> Answer | Clarification | None:
+        """`hitl_case_reply`: `answer(case_id)` if there is one, else
+        `pending_clarification(case_id)`, in one read (the relay's catch-up).
+
+        Read-only, so safe to retry. Raises `PlatformUnavailable`.
+        """
+        ...
+
     async def call_history(self, call_id: str) -> list[ThreadEntry]:
         """`hitl_call_history`: the call's thread, one entry per relay case that any session
         with this `retell_call_id` belongs to, ordered by when it was first asked; each entry's

@@ -462,10 +462,7 @@ class Relay:
 
     async def _read(self, case_id: UUID) -> Answer | Clarification | None:
         """The answer first (it always wins), then a clarification still awaiting the caller."""
-        answer = await self.store.answer(case_id)
-        if answer is not None:
-            return answer
-        return await self.store.pending_clarification(case_id)
+        return await self.store.reply(case_id)
 
     async def _confirm_clarification(self, event: HumanMessage) -> Answer | Clarification | None:
         """A clarification arrived live: end the wait with it unless the case has an answer

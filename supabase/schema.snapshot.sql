@@ -228,6 +228,17 @@ begin
 end;
 $$;
 
+CREATE FUNCTION public.hitl_case_reply(p_case_id uuid) RETURNS jsonb
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+  select jsonb_build_object(
+    'answer', x.answer,
+    'clarification', case when x.answer is null
+                          then public.hitl_pending_clarification(p_case_id) end)
+    from (select public.hitl_answer(p_case_id) as answer) x
+$$;
+
 CREATE FUNCTION public.hitl_close_session(p_session_id uuid, p_status text, p_detail jsonb DEFAULT '{}'::jsonb) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -864,7 +875,7 @@ $$;
 CREATE FUNCTION public.hitl_schema_version() RETURNS text
     LANGUAGE sql IMMUTABLE
     SET search_path TO ''
-    AS $$ select '20261125002400'::text $$;
+    AS $$ select '20261125003000'::text $$;
 
 CREATE FUNCTION public.hitl_session_instance() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
@@ -1391,6 +1402,9 @@ GRANT ALL ON FUNCTION public.hitl_callback_result(p_id bigint, p_outcome text, p
 
 REVOKE ALL ON FUNCTION public.hitl_callbacks_claim(p_limit integer, p_lease_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_callbacks_claim(p_limit integer, p_lease_seconds integer) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_case_reply(p_case_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_case_reply(p_case_id uuid) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_close_session(p_session_id uuid, p_status text, p_detail jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_close_session(p_session_id uuid, p_status text, p_detail jsonb) TO service_role;

@@ -104,7 +104,7 @@ class Faults:
     refuse_joins: bool = False
     # Session closes wait here until it is set (the caller must not wait for a close).
     close_gate: anyio.Event | None = None
-    # RPC name ("open_case", "answer", "close_session", "continue_case",
+    # RPC name ("open_case", "answer", "reply", "close_session", "continue_case",
     # "pending_clarification", "call_history") → how many next calls fail.
     rpc_failures: dict[str, int] = field(default_factory=dict)
     rpc_down: bool = False
@@ -519,13 +519,21 @@ class MemoryCaseStore:
 
     async def answer(self, case_id: UUID) -> Answer | None:
         await anyio.lowlevel.checkpoint()
+        self._p._rpc("answer")
+        return self._answer_of(case_id)
+
+    def _answer_of(self, case_id: UUID) -> Answer | None:
         p = self._p
-        p._rpc("answer")
         case = p.cases.get(case_id)
         if case is None or case.answer_message_id is None:
             return None
         message = next(m for m in p.messages if m.message_id == case.answer_message_id)
         return message.as_answer()
+
+    async def reply(self, case_id: UUID) -> Answer | Clarification | None:
+        await anyio.lowlevel.checkpoint()
+        self._p._rpc("reply")
+        return self._answer_of(case_id) or self._pending_of(case_id)
 
     async def close_session(
         self, session_id: UUID, status: SessionOutcome, detail: Mapping[str, Any] | None = None
@@ -685,8 +693,11 @@ class MemoryCaseStore:
 
     async def pending_clarification(self, case_id: UUID) -> Clarification | None:
         await anyio.lowlevel.checkpoint()
+        self._p._rpc("pending_clarification")
+        return self._pending_of(case_id)
+
+    def _pending_of(self, case_id: UUID) -> Clarification | None:
         p = self._p
-        p._rpc("pending_clarification")
         case = p.cases.get(case_id)
         if case is None or case.answer_message_id is not None:
             return None

@@ -40,6 +40,7 @@ from hitl_relay.adapters.supabase_channel import (
 )
 from hitl_relay.adapters.supabase_store import (
     INSTANCE_HEADER,
+    MAX_IN_FLIGHT,
     TRANSPORT_ERRORS,
     SupabaseCaseStore,
 )
@@ -172,7 +173,7 @@ async def build_platform(
     # client of its own (whose `timeout` argument it deprecates).
     http = httpx.AsyncClient(
         timeout=httpx.Timeout(timeout_s),
-        limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+        limits=httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT),
         http2=url.startswith("https://"),
         follow_redirects=True,
     )

@@ -197,16 +197,26 @@ def parse_opened(data: Mapping[str, Any]) -> OpenedCase:
         raise ShapeError(f"missing key {e}") from None
 
 
+# RPCs in flight at once (and the HTTP client's connection limit: `build_platform`).
+MAX_IN_FLIGHT = 64
+
+
 class SupabaseCaseStore:
     """`CaseStore` over the service-role supabase-py client's `rpc()`."""
 
-    def __init__(self, client: AsyncClient, timeout_s: float) -> None:
+    def __init__(
+        self, client: AsyncClient, timeout_s: float, max_in_flight: int = MAX_IN_FLIGHT
+    ) -> None:
         self._client = client
         self._timeout_s = timeout_s
+        # At most as many RPCs in flight as the HTTP client has connections: the rest wait
+        # here in order. httpx's pool rescans its whole queue for every request it assigns,
+        # which at a thousand waiting calls costs more CPU than the requests themselves.
+        self._in_flight = asyncio.Semaphore(max_in_flight)
 
     async def _rpc(self, fn: str, params: Mapping[str, Any]) -> Any:
         try:
-            async with asyncio.timeout(self._timeout_s):
+            async with asyncio.timeout(self._timeout_s), self._in_flight:
                 response = await self._client.rpc(fn, dict(params)).execute()
         except APIError as e:
             raise api_error(fn, e) from None
@@ -234,6 +244,28 @@ class SupabaseCaseStore:
         except ShapeError as e:
             raise PlatformUnavailable(
                 f"hitl_pending_clarification returned an unexpected reply: {e}"
+            ) from None
+
+    async def reply(self, case_id: UUID) -> Answer | Clarification | None:
+        data = await self._rpc("hitl_case_reply", {"p_case_id": str(case_id)})
+        try:
+            if not isinstance(data, Mapping):
+                raise ShapeError(f"expected an object, got {data!r}")
+            answer, clarification = data.get("answer"), data.get("clarification")
+            if answer is not None:
+                if not isinstance(answer, Mapping):
+                    raise ShapeError(f"answer: expected an object or null, got {answer!r}")
+                return parse_answer(answer)
+            if clarification is not None:
+                if not isinstance(clarification, Mapping):
+                    raise ShapeError(
+                        f"clarification: expected an object or null, got {clarification!r}"
+                    )
+                return parse_clarification(clarification)
+            return None
+        except ShapeError as e:
+            raise PlatformUnavailable(
+                f"hitl_case_reply returned an unexpected reply: {e}"
             ) from None
 
     async def call_history(self, call_id: str) -> list[ThreadEntry]:

@@ -16,7 +16,15 @@ import pytest
 from contract_support import ContractPorts
 
 from hitl_relay.errors import InvalidRequest
-from hitl_relay.ports import ContinueCase, HumanMessage, OpenCase, OpenedCase, Subscription
+from hitl_relay.ports import (
+    Answer,
+    Clarification,
+    ContinueCase,
+    HumanMessage,
+    OpenCase,
+    OpenedCase,
+    Subscription,
+)
 
 
 def open_request(call_id: str, **overrides: Any) -> OpenCase:
@@ -147,6 +155,27 @@ async def test_pending_clarification_follows_questions_replies_and_the_answer(
 
 async def test_pending_clarification_of_an_unknown_case_is_none(ports: ContractPorts) -> None:
     assert await ports.store.pending_clarification(uuid.uuid4()) is None
+
+
+async def test_reply_is_the_answer_else_the_pending_clarification_in_one_read(
+    ports: ContractPorts, call_id: str
+) -> None:
+    assert await ports.store.reply(uuid.uuid4()) is None
+    opened = await ports.store.open_case(open_request(call_id))
+    assert await ports.store.reply(opened.case_id) is None
+
+    asked = await ports.operator.answer(opened.case_id, "Which address?", kind="clarification")
+    pending = await ports.store.reply(opened.case_id)
+    assert isinstance(pending, Clarification)
+    assert (pending.message_id, pending.content) == (asked, "Which address?")
+    assert pending == await ports.store.pending_clarification(opened.case_id)
+
+    # An answer wins even over a clarification nobody replied to.
+    answered = await ports.operator.answer(opened.case_id, "Yes, we deliver.")
+    reply = await ports.store.reply(opened.case_id)
+    assert isinstance(reply, Answer)
+    assert (reply.message_id, reply.content) == (answered, "Yes, we deliver.")
+    assert reply == await ports.store.answer(opened.case_id)
 
 
 async def test_call_history_lists_the_calls_cases_with_their_exchanges(
