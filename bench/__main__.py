@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.plot import plot
-from bench.run import ROOT, machine, run_polling, run_realtime, stack
+from bench.run import ROOT, delivery_clock, machine, run_polling, run_realtime, stack
 from bench.stats import LevelResult, ratio_p50
 from bench.success import render_success
 
@@ -34,6 +34,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--modes", default="realtime,polling", help="realtime,polling")
     p.add_argument("--wait", type=float, default=None, help="seconds of pure waiting measured")
     p.add_argument("--spread", type=float, default=None, help="operator think time spread (s)")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=100.0,
+        help="calls arriving per second while a level opens (0: all at once); default 100",
+    )
     p.add_argument("--json", type=Path, help="write the results as JSON here")
     p.add_argument("--plot", type=Path, help="write the latency plot (PNG) here")
     return p.parse_args(argv)
@@ -51,6 +57,8 @@ def render(results: list[LevelResult], console: Console) -> None:
         "p95",
         "p99",
         "max",
+        "relay p50",
+        "relay p99",
         "create p50",
         "create p99",
         "db stmt/s",
@@ -71,6 +79,13 @@ def render(results: list[LevelResult], console: Console) -> None:
                 f"{v:.2f}" if v is not None else "-"
                 for v in (d["p50"], d["p95"], d["p99"], d["max"])
             ),
+            *(
+                f"{v:.2f}" if v is not None else "-"
+                for v in (
+                    (r.relay_delivery_ms or {}).get("p50"),
+                    (r.relay_delivery_ms or {}).get("p99"),
+                )
+            ),
             *(f"{v:.1f}" if v is not None else "-" for v in (c["p50"], c["p99"])),
             f"{r.db_statements_per_s}" if r.db_statements_per_s is not None else "-",
             f"{r.rss_mb}" if r.rss_mb is not None else "-",
@@ -90,19 +105,22 @@ async def main(argv: list[str]) -> int:
     wait_s = args.wait if args.wait is not None else (1.0 if args.quick else 2.0)
     spread_s = args.spread if args.spread is not None else (0.5 if args.quick else 3.0)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 180)
     home = Path(os.environ.get("HITL_HOME", ROOT / ".hitl")).resolve()
     log_dir = home / "bench"
     results: list[LevelResult] = []
     started = datetime.now(UTC)
     async with stack(home, log_dir=log_dir) as s:
         console.print(f"stack: {s.url} (devstack), relay {s.mcp_url}; logs in {log_dir}")
+        clock = await delivery_clock(s.db_url)
         for level in levels:
             for mode in modes:
                 console.print(f"[bold]{mode}[/] at {level} concurrent calls ...")
                 runner = run_realtime if mode == "realtime" else run_polling
                 try:
-                    results.append(await runner(s, level, wait_s=wait_s, spread_s=spread_s))
+                    results.append(
+                        await runner(s, level, wait_s=wait_s, spread_s=spread_s, rate=args.rate)
+                    )
                 except (TimeoutError, OSError, RuntimeError) as e:
                     # A level that could not finish is reported as such, not dropped silently.
                     incomplete = LevelResult(mode=mode, level=level, lost=level)
@@ -119,8 +137,10 @@ async def main(argv: list[str]) -> int:
     report = {
         "started_at": started.isoformat(),
         "machine": machine(),
-        "delivery_clock": "messages.created_at (database clock, inside the operator's insert "
-        "transaction) to the caller's wall clock on return; same machine",
+        "delivery_clock": f"{clock} (database clock) to the caller's wall clock on return; "
+        "same machine. relay_delivery_ms: messages.created_at to the relay having the answer "
+        "(the relay's hitl_delivery_seconds histogram, interpolated within its buckets)",
+        "arrival_rate_per_s": args.rate,
         "db_statements_source": "pg_stat_statements calls in the stack's database during the "
         "pure waiting window, minus the two sampling statements",
         "wait_s": wait_s,

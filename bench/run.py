@@ -13,9 +13,15 @@ Modes:
   polling   the integration plan's option A, in this file only: `hitl_open_case` over RPC, then
             `GET /rest/v1/messages?case_id=eq.<id>&sender_type=eq.human` with backoff 0.5 → 2 s.
 
-Delivery is measured against the database's clock: `messages.created_at` (set inside the
-operator's insert transaction, a little before its commit, so delivery is if anything
-over-stated) to the wall-clock instant the caller had the answer. Both clocks are this machine's.
+Delivery is measured against the database's clock: the answer's commit timestamp
+(`pg_xact_commit_timestamp`, the cluster runs with `track_commit_timestamp = on`; on a cluster
+without it, `messages.created_at`, set when the operator's insert transaction began, so delivery
+is over-stated by that transaction's duration) to the wall-clock instant the caller had the
+answer. Both clocks are this machine's. The relay's own view (answer created → relay has it,
+the `hitl_delivery_seconds` histogram) is reported next to it.
+
+Calls arrive at `rate` per second (a burst when 0), so "N concurrent" means N calls waiting at
+once, as on a busy line, rather than N requests in the same millisecond.
 """
 
 from __future__ import annotations
@@ -184,6 +190,46 @@ async def relay_gauges(mcp_url: str) -> dict[str, float]:
     return out
 
 
+async def relay_histogram(mcp_url: str, name: str) -> dict[float, float]:
+    """A histogram's cumulative bucket counts from the relay's /metrics (le → count)."""
+    url = mcp_url.removesuffix("/mcp") + "/metrics"
+    async with httpx.AsyncClient(timeout=3) as client:
+        text = (await client.get(url)).text
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith(f"{name}_bucket{{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[float(le)] = float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def histogram_delta(before: dict[float, float], after: dict[float, float]) -> dict[float, float]:
+    return {le: after[le] - before.get(le, 0.0) for le in after}
+
+
+def histogram_quantile(buckets: dict[float, float], q: float) -> float | None:
+    """Prometheus' histogram_quantile: linear interpolation inside the bucket holding rank q."""
+    edges = sorted(buckets)
+    if not edges or buckets[edges[-1]] <= 0:
+        return None
+    rank = q * buckets[edges[-1]]
+    lower_edge, lower_count = 0.0, 0.0
+    for le in edges:
+        count = buckets[le]
+        if count >= rank:
+            if le == float("inf"):
+                return lower_edge
+            if count == lower_count:
+                return le
+            return lower_edge + (le - lower_edge) * (rank - lower_count) / (count - lower_count)
+        lower_edge, lower_count = le, count
+    return lower_edge
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
 def _question(run: str, i: int) -> str:
     return f"[{run}/{i}] Can the caller get a refund for order {i}?"
 
@@ -192,17 +238,43 @@ def _expected_answer(question: str) -> str:
     return f"Answer to: {question}"
 
 
+COMMIT_CLOCK = "answer's commit timestamp (pg_xact_commit_timestamp)"
+CREATED_CLOCK = "messages.created_at (start of the operator's insert transaction)"
+
+
 async def _created_at(db_url: str, case_ids: list[str]) -> dict[str, datetime]:
+    """case id → when its answer was committed (else when its insert began: `delivery_clock`)."""
     conn = await asyncpg.connect(db_url)
     try:
         rows = await conn.fetch(
-            "select c.id::text as case_id, m.created_at from cases c"
-            " join messages m on m.id = c.answer_message_id where c.id = any($1::uuid[])",
+            "select c.id::text as case_id,"
+            " case when $2 then pg_xact_commit_timestamp(m.xmin) else m.created_at end as at"
+            " from cases c join messages m on m.id = c.answer_message_id"
+            " where c.id = any($1::uuid[])",
             case_ids,
+            await _commit_timestamps(conn),
         )
     finally:
         await conn.close()
-    return {r["case_id"]: r["created_at"] for r in rows}
+    return {r["case_id"]: r["at"] for r in rows if r["at"] is not None}
+
+
+async def _commit_timestamps(conn: asyncpg.Connection) -> bool:
+    return bool(await conn.fetchval("select current_setting('track_commit_timestamp') = 'on'"))
+
+
+async def delivery_clock(db_url: str) -> str:
+    conn = await asyncpg.connect(db_url)
+    try:
+        return COMMIT_CLOCK if await _commit_timestamps(conn) else CREATED_CLOCK
+    finally:
+        await conn.close()
+
+
+async def pace(t0: float, i: int, rate: float) -> None:
+    """Call i arrives at t0 + i / rate (the arrival schedule, not a synchronisation)."""
+    if rate > 0:
+        await asyncio.sleep(max(0.0, t0 + i / rate - time.monotonic()))
 
 
 async def _answer_all(operator: SimulatedOperator, cases: dict[str, str], spread_s: float) -> None:
@@ -258,8 +330,10 @@ async def _open_and_wait_phases(
     return cases
 
 
-async def run_realtime(s: Stack, level: int, *, wait_s: float, spread_s: float) -> LevelResult:
-    result = LevelResult(mode="realtime", level=level)
+async def run_realtime(
+    s: Stack, level: int, *, wait_s: float, spread_s: float, rate: float = 0.0
+) -> LevelResult:
+    result = LevelResult(mode="realtime", level=level, rate=rate)
     run = uuid.uuid4().hex[:8]
     operator = SimulatedOperator(
         s.url, s.anon_key, s.operator_token, s.operator_id, auto_answer=False
@@ -279,6 +353,7 @@ async def run_realtime(s: Stack, level: int, *, wait_s: float, spread_s: float) 
 
     async def ask(client: Client, question: str) -> None:
         i = questions[question]
+        await pace(t0, i, rate)
         started[question] = time.monotonic()
         res = await client.call_tool(
             "ask_human",
@@ -307,6 +382,7 @@ async def run_realtime(s: Stack, level: int, *, wait_s: float, spread_s: float) 
         async with http, Client(streamable_http_client(s.mcp_url, http_client=http)) as client:
             await asyncio.gather(*(ask(client, q) for q in qs))
 
+    delivery_before = await relay_histogram(s.mcp_url, "hitl_delivery_seconds")
     t0 = time.monotonic()
     qlist = list(questions)
     workers = [asyncio.create_task(client_worker(qlist[k::n_clients])) for k in range(n_clients)]
@@ -331,6 +407,12 @@ async def run_realtime(s: Stack, level: int, *, wait_s: float, spread_s: float) 
         # Phase 3: answers.
         await _answer_all(operator, cases, spread_s)
         await asyncio.gather(*workers)
+        delivered = histogram_delta(
+            delivery_before, await relay_histogram(s.mcp_url, "hitl_delivery_seconds")
+        )
+        result.relay_delivery_ms = {
+            f"p{q}": _ms(histogram_quantile(delivered, q / 100)) for q in (50, 95, 99)
+        }
     finally:
         for w in workers:
             w.cancel()
@@ -345,9 +427,11 @@ async def run_realtime(s: Stack, level: int, *, wait_s: float, spread_s: float) 
     return result
 
 
-async def run_polling(s: Stack, level: int, *, wait_s: float, spread_s: float) -> LevelResult:
+async def run_polling(
+    s: Stack, level: int, *, wait_s: float, spread_s: float, rate: float = 0.0
+) -> LevelResult:
     """The plan's option A: open the case over RPC, then poll REST with backoff 0.5 → 2 s."""
-    result = LevelResult(mode="polling", level=level)
+    result = LevelResult(mode="polling", level=level, rate=rate)
     run = uuid.uuid4().hex[:8]
     operator = SimulatedOperator(
         s.url, s.anon_key, s.operator_token, s.operator_id, auto_answer=False
@@ -368,6 +452,7 @@ async def run_polling(s: Stack, level: int, *, wait_s: float, spread_s: float) -
 
     async def wait_by_polling(question: str) -> None:
         i = questions[question]
+        await pace(t0, i, rate)
         started[question] = time.monotonic()
         r = await http.post(
             "/rest/v1/rpc/hitl_open_case",

@@ -51,12 +51,18 @@ class LevelResult:
     wall_s: float = 0.0
     # The plan's four figures over this run's window (hitl_success_metrics), with the counts.
     success: dict[str, Any] | None = None
+    # The relay's own view: answer created → relay has it (hitl_delivery_seconds), realtime only.
+    relay_delivery_ms: dict[str, float | None] | None = None
+    # Calls per second arriving in the open phase (0: all at once).
+    rate: float = 0.0
 
     def as_json(self) -> dict[str, Any]:
         return {
             "mode": self.mode,
             "level": self.level,
             "delivery_ms": summary(self.delivery_ms),
+            "relay_delivery_ms": self.relay_delivery_ms,
+            "arrival_rate_per_s": self.rate,
             "create_ms": {k: v for k, v in summary(self.create_ms).items() if k != "max"},
             "answered": self.answered,
             "lost": self.lost,

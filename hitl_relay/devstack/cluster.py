@@ -187,6 +187,8 @@ class Cluster:
                 "cron.use_background_workers = on\n"
                 "max_worker_processes = 32\n"
                 "wal_level = logical\n"
+                # the benchmark measures delivery from the answer's commit
+                "track_commit_timestamp = on\n"
                 "max_connections = 300\n"
                 "fsync = off\n"
                 "synchronous_commit = off\n"
