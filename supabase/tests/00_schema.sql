@@ -28,7 +28,7 @@ select col_type_is('public', 'messages', 'sender_id', 'uuid', 'messages.sender_i
 
 select columns_are('public', 'hil_sessions',
   array['id', 'mcp_session_id', 'retell_call_id', 'retell_agent_id', 'case_id', 'idempotency_key',
-        'status', 'created_at', 'expires_at', 'closed_at', 'metadata'],
+        'status', 'created_at', 'expires_at', 'closed_at', 'metadata', 'instance_id'],
   'hil_sessions has the contract''s columns');
 select fk_ok('public', 'hil_sessions', 'case_id', 'public', 'cases', 'id');
 select col_not_null('public', 'hil_sessions', 'idempotency_key', 'every session has an idempotency key');
