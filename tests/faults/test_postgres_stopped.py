@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FALLBACK_BOUND_S = 1.0  # issue 7: platform_unreachable within about a second
 # A loaded 2-core machine (other suites running) may add scheduling delay to the round trip.
 FALLBACK_MARGIN_S = 0.5
-BREAKER_RESET_S = 1.0
+BREAKER_RESET_S = 2.0
 
 
 @dataclass
@@ -130,8 +130,9 @@ async def test_postgres_stopped_falls_back_fast_opens_the_breaker_and_recovers(r
         f" + {FALLBACK_MARGIN_S:g} s margin for a loaded machine"
     )
     assert max(fallbacks) <= FALLBACK_BOUND_S + FALLBACK_MARGIN_S
-    # Once the breaker is open the platform is not even tried.
-    assert waited_ms[-1] < 100
+    # Once the breaker is open the platform is not even tried (until the reset time has passed
+    # and one call goes through as the half-open probe).
+    assert waited_ms[2] < 100
 
     async def says_why() -> bool:
         status, body = await readyz(rig)
