@@ -34,39 +34,28 @@ create trigger hitl_session_instance
 create or replace function public.hitl_recover_sessions(p_instance_id text) returns jsonb
 language plpgsql security definer set search_path = public, pg_temp as $$
 declare
-  n_expired integer;
-  n_cancelled integer;
   v_detail jsonb := jsonb_build_object('reason', 'relay restarted');
+  v_counts jsonb;
 begin
   if p_instance_id is null or btrim(p_instance_id) = '' or length(p_instance_id) > 128 then
     perform public.hitl_invalid('p_instance_id', 'must be a non-empty text of at most 128 characters');
   end if;
   with closed as (
     update public.hil_sessions
-       set status = 'expired', closed_at = now(),
-           metadata = metadata || jsonb_build_object('close', v_detail)
-     where instance_id = p_instance_id and status = 'waiting' and expires_at <= now()
-    returning id, case_id
-  )
-  insert into public.hil_audit (actor, action, case_id, session_id, outcome, detail)
-  select 'relay', 'recover_session', case_id, id, 'expired',
-         v_detail || jsonb_build_object('instance_id', p_instance_id)
-    from closed;
-  get diagnostics n_expired = row_count;
-
-  with closed as (
-    update public.hil_sessions
-       set status = 'cancelled', closed_at = now(),
-           metadata = metadata || jsonb_build_object('close', v_detail)
+       set status = case when expires_at <= now() then 'expired' else 'cancelled' end,
+           closed_at = now(), metadata = metadata || jsonb_build_object('close', v_detail)
      where instance_id = p_instance_id and status = 'waiting'
-    returning id, case_id
+    returning id, case_id, status
+  ), audited as (
+    insert into public.hil_audit (actor, action, case_id, session_id, outcome, detail)
+    select 'relay', 'recover_session', case_id, id, status,
+           v_detail || jsonb_build_object('instance_id', p_instance_id)
+      from closed
   )
-  insert into public.hil_audit (actor, action, case_id, session_id, outcome, detail)
-  select 'relay', 'recover_session', case_id, id, 'cancelled',
-         v_detail || jsonb_build_object('instance_id', p_instance_id)
-    from closed;
-  get diagnostics n_cancelled = row_count;
-  return jsonb_build_object('expired', n_expired, 'cancelled', n_cancelled);
+  select jsonb_build_object('expired', count(*) filter (where status = 'expired'),
+                            'cancelled', count(*) filter (where status = 'cancelled'))
+    into v_counts from closed;
+  return v_counts;
 end;
 $$;
 

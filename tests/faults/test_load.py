@@ -28,12 +28,12 @@ from fault_stack import (
     wait_all_waiting,
 )
 
+from hitl_relay.adapters.supabase_store import MAX_IN_FLIGHT
 from hitl_relay.mcp_client import connect
 
 CALLS = 1000
 AGENTS = 50  # MCP sessions, 20 calls each at once
 CHANNELS_PER_SOCKET = 100
-HTTP_POOL_MAX = 256  # the adapter's httpx limit (adapters/supabase.py)
 SEED = 7
 
 
@@ -140,7 +140,7 @@ async def test_a_thousand_waiting_calls_stay_within_the_pools_bounds(
     assert waiting_calls == CALLS
     assert channels >= CALLS
     assert sockets <= math.ceil((channels + 1) / CHANNELS_PER_SOCKET) + 1
-    assert links <= sockets + HTTP_POOL_MAX
+    assert links <= sockets + MAX_IN_FLIGHT  # the adapter's HTTP pool is that large
 
 
 async def ask(agent: Any, call_id: str, results: dict[str, dict[str, Any]]) -> None:
