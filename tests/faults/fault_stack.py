@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 from waiting import wait_until
 
 _E2E = Path(__file__).resolve().parents[1] / "e2e" / "conftest.py"
@@ -37,6 +38,15 @@ DevstackProcess = e2e.DevstackProcess
 Stack = e2e.Stack
 devstack_proc = e2e.devstack_proc  # the module-scoped fixture: import it into a test module
 relay_child = e2e.relay_child
+
+
+@pytest.fixture
+async def devstack_up(devstack_proc: Any) -> Any:
+    """The module's devstack process (import `devstack_proc` too), started again if a test
+    killed it."""
+    if devstack_proc.child is None:
+        await devstack_proc.start()
+    return devstack_proc
 
 
 async def sessions_by_call(db_url: str, call_ids: list[str]) -> dict[str, asyncpg.Record]:

@@ -18,6 +18,7 @@ from fault_stack import (
     answer_in_db,
     answers_per_case,
     devstack_proc,  # noqa: F401 - the module-scoped fixture
+    devstack_up,  # noqa: F401 - the fixture
     relay_child,
     sessions_by_call,
     wait_all_waiting,
@@ -29,17 +30,15 @@ CALLS = 50
 
 
 async def test_every_waiting_call_gets_its_answer_once_across_a_devstack_kill(
-    devstack_proc: DevstackProcess,  # noqa: F811
+    devstack_up: DevstackProcess,  # noqa: F811
 ) -> None:
-    if devstack_proc.child is None:
-        await devstack_proc.start()
-    db_url = devstack_proc.env["DATABASE_URL"]
+    db_url = devstack_up.env["DATABASE_URL"]
     calls = {f"kill-{i}-{uuid.uuid4().hex[:6]}": f"Kill question {i}?" for i in range(CALLS)}
     call_ids = list(calls)
     down, starting, back = call_ids[:20], call_ids[20:35], call_ids[35:]
     operator_id = str(uuid.uuid4())
 
-    async with relay_child(devstack_proc, HITL_NO_OPERATOR_ANSWERS_AT_ONCE="false") as relay:
+    async with relay_child(devstack_up, HITL_NO_OPERATOR_ANSWERS_AT_ONCE="false") as relay:
         mcp_url = f"{relay.url}/mcp"
         waiting = {
             c: asyncio.create_task(ask_human(mcp_url, API_KEY, q, timeout_seconds=120, call_id=c))
@@ -51,13 +50,13 @@ async def test_every_waiting_call_gets_its_answer_once_across_a_devstack_kill(
         }
 
         t_kill = time.monotonic()
-        await devstack_proc.kill()
+        await devstack_up.kill()
         await answer_in_db(db_url, {case_of[c]: f"Answer for {c}" for c in down}, operator_id)
-        restart = asyncio.create_task(devstack_proc.start())
+        restart = asyncio.create_task(devstack_up.start())
         await answer_in_db(db_url, {case_of[c]: f"Answer for {c}" for c in starting}, operator_id)
         await restart
         restarted_s = time.monotonic() - t_kill
-        operator = Stack(devstack_proc, relay_url="").operator(auto_answer=False)
+        operator = Stack(devstack_up, relay_url="").operator(auto_answer=False)
         await operator.start()
         try:
             for c in back:

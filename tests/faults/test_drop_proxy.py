@@ -28,6 +28,7 @@ from fault_stack import (
     DevstackProcess,
     Stack,
     devstack_proc,  # noqa: F401 - the module-scoped fixture
+    devstack_up,  # noqa: F401 - the fixture
     relay_child,
 )
 
@@ -111,28 +112,26 @@ async def cases_by_call(db_url: str, prefix: str) -> dict[str, str]:
 @pytest.mark.slow  # 75-130 s on 2 cores: run by scripts/test --all
 @pytest.mark.timeout(300)
 async def test_a_thousand_calls_through_a_faulty_network_lose_nothing(
-    devstack_proc: DevstackProcess,  # noqa: F811
+    devstack_up: DevstackProcess,  # noqa: F811
 ) -> None:
-    if devstack_proc.child is None:
-        await devstack_proc.start()
-    db_url = devstack_proc.env["DATABASE_URL"]
+    db_url = devstack_up.env["DATABASE_URL"]
     rng = random.Random(SEED)
     prefix = f"drop-{uuid.uuid4().hex[:6]}-"
     proxy = await spawn(
         "fault-proxy",
-        [python(), str(PROXY), str(devstack_proc.port), *CHAOS.argv()],
+        [python(), str(PROXY), str(devstack_up.port), *CHAOS.argv()],
         dict(os.environ),
-        devstack_proc.home / "fault-proxy.out",
+        devstack_up.home / "fault-proxy.out",
     )
     proxy_url = "http://127.0.0.1:" + (await proxy.wait_for_line("fault-proxy port")).split()[-1]
-    operator = Stack(devstack_proc, relay_url="").operator(auto_answer=False)
+    operator = Stack(devstack_up, relay_url="").operator(auto_answer=False)
     await operator.start()
     results: dict[str, dict[str, Any]] = {}
     waited: dict[str, float] = {}
     try:
         async with (
             relay_child(
-                devstack_proc, SUPABASE_URL=proxy_url, HITL_NO_OPERATOR_ANSWERS_AT_ONCE="false"
+                devstack_up, SUPABASE_URL=proxy_url, HITL_NO_OPERATOR_ANSWERS_AT_ONCE="false"
             ) as relay,
             contextlib.AsyncExitStack() as clients,
         ):

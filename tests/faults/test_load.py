@@ -23,6 +23,7 @@ from fault_stack import (
     DevstackProcess,
     answer_in_db,
     devstack_proc,  # noqa: F401 - the module-scoped fixture
+    devstack_up,  # noqa: F401 - the fixture
     relay_child,
     sessions_by_call,
     wait_all_waiting,
@@ -71,17 +72,15 @@ def gauge(exposition: str, name: str) -> float:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 async def test_a_thousand_waiting_calls_stay_within_the_pools_bounds(
-    devstack_proc: DevstackProcess,  # noqa: F811
+    devstack_up: DevstackProcess,  # noqa: F811
 ) -> None:
-    if devstack_proc.child is None:
-        await devstack_proc.start()
-    db_url = devstack_proc.env["DATABASE_URL"]
+    db_url = devstack_up.env["DATABASE_URL"]
     prefix = f"load-{uuid.uuid4().hex[:6]}-"
     call_ids = [f"{prefix}{i}" for i in range(CALLS)]
     results: dict[str, dict[str, Any]] = {}
     async with (
         relay_child(
-            devstack_proc,
+            devstack_up,
             HITL_NO_OPERATOR_ANSWERS_AT_ONCE="false",
             HITL_CHANNELS_PER_SOCKET=str(CHANNELS_PER_SOCKET),
         ) as relay,
@@ -109,7 +108,7 @@ async def test_a_thousand_waiting_calls_stay_within_the_pools_bounds(
         await wait_all_waiting(db_url, call_ids, timeout_s=300)
         all_waiting_s = time.monotonic() - t0
         rss_waiting = rss_bytes(pid)
-        links = tcp_links_to(pid, devstack_proc.port)
+        links = tcp_links_to(pid, devstack_up.port)
         exposed = (await http.get(f"{relay.url}/metrics")).text
         sockets = gauge(exposed, "hitl_realtime_sockets")
         channels = gauge(exposed, "hitl_realtime_channels")

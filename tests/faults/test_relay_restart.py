@@ -18,6 +18,7 @@ from fault_stack import (
     DevstackProcess,
     Stack,
     devstack_proc,  # noqa: F401 - the module-scoped fixture
+    devstack_up,  # noqa: F401 - the fixture
     relay_child,
     sessions_by_call,
     wait_all_waiting,
@@ -31,11 +32,9 @@ ANSWERED_WHILE_DOWN = 8
 
 
 async def test_a_restarted_relay_recovers_its_sessions_and_every_answer_is_retrievable(
-    devstack_proc: DevstackProcess,  # noqa: F811
+    devstack_up: DevstackProcess,  # noqa: F811
 ) -> None:
-    if devstack_proc.child is None:
-        await devstack_proc.start()
-    db_url = devstack_proc.env["DATABASE_URL"]
+    db_url = devstack_up.env["DATABASE_URL"]
     instance = f"restart-test-{uuid.uuid4().hex[:8]}"
     env = {
         "HITL_INSTANCE_ID": instance,
@@ -45,7 +44,7 @@ async def test_a_restarted_relay_recovers_its_sessions_and_every_answer_is_retri
     calls = {f"restart-{i}-{uuid.uuid4().hex[:6]}": f"Restart question {i}?" for i in range(CALLS)}
     call_ids = list(calls)
 
-    async with relay_child(devstack_proc, **env) as relay:
+    async with relay_child(devstack_up, **env) as relay:
         mcp_url = f"{relay.url}/mcp"
         waiting = [
             asyncio.create_task(ask_human(mcp_url, API_KEY, q, timeout_seconds=300, call_id=c))
@@ -64,7 +63,7 @@ async def test_a_restarted_relay_recovers_its_sessions_and_every_answer_is_retri
     case_of = {c: str(r["case_id"]) for c, r in before.items()}
     aged, rest = call_ids[:AGED], call_ids[AGED:]
     answered_down = call_ids[AGED // 2 : AGED // 2 + ANSWERED_WHILE_DOWN]  # some aged, some not
-    operator = Stack(devstack_proc, relay_url="").operator(auto_answer=False)
+    operator = Stack(devstack_up, relay_url="").operator(auto_answer=False)
     await operator.start()
     try:
         conn = await asyncpg.connect(db_url)
@@ -80,7 +79,7 @@ async def test_a_restarted_relay_recovers_its_sessions_and_every_answer_is_retri
             await operator.answer(case_of[c], f"Answer for {c}")
 
         t_start = time.monotonic()
-        async with relay_child(devstack_proc, **env) as relay:
+        async with relay_child(devstack_up, **env) as relay:
             started_s = time.monotonic() - t_start
             mcp_url = f"{relay.url}/mcp"
             after = await sessions_by_call(db_url, call_ids)
