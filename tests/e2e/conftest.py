@@ -124,6 +124,9 @@ def relay_env(devstack: DevstackProcess, port: int, **overrides: str) -> dict[st
         # These tests are about correctness under concurrency; a loaded CI machine must not turn
         # a slow RPC into a fallback (the platform-down test sets its own, short timeout).
         "HITL_PLATFORM_TIMEOUT_SECONDS": "30",
+        # Relays on one host share the host name as instance id: each test relay gets its own,
+        # so one starting never recovers (closes) the sessions another is still waiting on.
+        "HITL_INSTANCE_ID": f"e2e-relay-{port}",
         **overrides,
     }
 
