@@ -114,15 +114,16 @@ def check_key_and_migrations(platform: PlatformReadiness) -> list[Finding]:
             ),
             _fail("migrations", "not checked: the database is unreachable"),
         ]
-    findings = [_ok("service key", "accepted (an RPC as the service role reached the database)")]
-    if platform.schema_error is not None and "42501" in platform.schema_error:
-        findings = [
+    if platform.schema_error is not None and platform.schema_error.startswith("42501"):
+        return [
             _fail(
                 "service key",
                 f"accepted, but not as the service role ({platform.schema_error}) — "
                 "SUPABASE_SERVICE_ROLE_KEY must be the service_role key, not the anon key",
-            )
+            ),
+            _fail("migrations", "not checked: the key is not the service role's"),
         ]
+    findings = [_ok("service key", "accepted (an RPC as the service role reached the database)")]
     migrations = migrations_check(platform, EXPECTED_SCHEMA_VERSION)
     if migrations["ok"]:
         findings.append(_ok("migrations", f"current ({EXPECTED_SCHEMA_VERSION})"))
@@ -158,8 +159,9 @@ async def check_platform(settings: Settings, timeout_s: float) -> list[Finding]:
     try:
         readiness = await platform.readiness(timeout_s)
         findings = check_key_and_migrations(readiness)
-        if not readiness.database.ok:
-            return findings
+        key_refused = not all(f.ok for f in findings if f.what == "service key")
+        if key_refused or not readiness.database.ok:
+            return findings  # Realtime would refuse the same key: nothing more to learn
         findings.append(await _check_join(platform, timeout_s))
         findings.append(await _check_presence(platform, timeout_s))
         return findings

@@ -55,6 +55,11 @@ def migrations_check(platform: PlatformReadiness, expected: str) -> dict[str, An
     body: dict[str, Any] = {"ok": found == expected, "expected": expected, "found": found}
     if not platform.database.ok:
         body["reason"] = "unknown: the database is unreachable"
+    elif platform.schema_error is not None and platform.schema_error.startswith("42501"):
+        body["reason"] = (
+            f"hitl_schema_version() may not be run with this key ({platform.schema_error}): "
+            "SUPABASE_SERVICE_ROLE_KEY must be the service_role key"
+        )
     elif found is None:
         detail = f" ({platform.schema_error})" if platform.schema_error else ""
         body["reason"] = (

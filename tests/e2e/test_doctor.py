@@ -88,6 +88,10 @@ async def test_the_anon_key_in_place_of_the_service_key_is_named(
     outcome = await doctor(tmp_path, **env)
     assert outcome.code == 1
     assert "not the anon key" in outcome.line("service key")
+    assert (
+        outcome.line("migrations")
+        == "FAIL migrations — not checked: the key is not the service role's"
+    )
 
 
 async def test_an_unreachable_url_is_named(tmp_path: Path) -> None:

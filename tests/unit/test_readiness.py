@@ -14,7 +14,7 @@ from hitl_relay.adapters.memory import MemoryPlatform
 from hitl_relay.config import Settings
 from hitl_relay.http_app import create_app, running
 from hitl_relay.ports import Backend, Check, PlatformReadiness
-from hitl_relay.readiness import EXPECTED_SCHEMA_VERSION, ReadinessMonitor
+from hitl_relay.readiness import EXPECTED_SCHEMA_VERSION, ReadinessMonitor, migrations_check
 from hitl_relay.resilience import CircuitBreaker
 
 
@@ -145,3 +145,16 @@ async def test_a_hanging_platform_fails_the_checks_within_the_bound() -> None:
 def test_a_check_renders_its_reason_only_when_it_has_one() -> None:
     assert Check(ok=True, latency_ms=1.234).as_json() == {"ok": True, "latency_ms": 1.2}
     assert Check(ok=False, latency_ms=2.0, reason="x").as_json()["reason"] == "x"
+
+
+def test_a_key_that_may_not_run_the_schema_function_is_named_not_the_migrations() -> None:
+    platform = PlatformReadiness(
+        database=Check(ok=True, latency_ms=1.0),
+        realtime=Check(ok=True, latency_ms=0.0),
+        schema_version=None,
+        schema_error="42501 permission denied for function hitl_schema_version",
+    )
+    check = migrations_check(platform, EXPECTED_SCHEMA_VERSION)
+    assert check["ok"] is False
+    assert "must be the service_role key" in check["reason"]
+    assert "apply the migrations" not in check["reason"]
