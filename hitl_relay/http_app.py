@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import hmac
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -59,6 +60,10 @@ from hitl_relay.security import SecurityLayer
 # Decides whether a request to /mcp may pass, from its headers.
 Authorize = Callable[[Headers], bool]
 BackendFactory = Callable[[Settings], AbstractAsyncContextManager[Backend]]
+
+# On shutdown, after the drain: the listeners stay open until no MCP request has started for
+# this long (the clients' requests right after their results).
+QUIET_BEFORE_EXIT_S = 0.3
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -107,12 +112,67 @@ class RequireAuthorization:
         await self._app(scope, receive, send)
 
 
+class InFlight:
+    """ASGI wrapper counting the requests still being answered (an SSE response counts until
+    its stream ends), so a shutdown can wait until every result is written out and the
+    clients' last requests are served (an MCP client lists the tools after a result to check
+    it against the output schema)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+        self.count = 0
+        self._idle: asyncio.Event | None = None
+        self._activity: asyncio.Event | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.count += 1
+        if self._activity is not None:
+            self._activity.set()
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            self.count -= 1
+            if self.count == 0 and self._idle is not None:
+                self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """True once no request is in flight; False if some still are after `timeout_s`."""
+        if self.count == 0:
+            return True
+        self._idle = asyncio.Event()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        finally:
+            self._idle = None
+        return True
+
+    async def wait_quiet(self, quiet_s: float, timeout_s: float) -> bool:
+        """True once nothing is in flight and no request started for `quiet_s`; False if that
+        does not happen within `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if not await self.wait_idle(max(0.0, deadline - time.monotonic())):
+                return False
+            self._activity = asyncio.Event()
+            try:
+                async with asyncio.timeout(min(quiet_s, max(0.0, deadline - time.monotonic()))):
+                    await self._activity.wait()  # a request started: not quiet yet
+            except TimeoutError:
+                return time.monotonic() < deadline or self.count == 0
+            finally:
+                self._activity = None
+
+
 @dataclass
 class RelayState:
     """What the running app holds: the relay once the backend is connected."""
 
     relay: Relay | None = None
     readiness: ReadinessMonitor | None = None
+    mcp_requests: InFlight | None = None
 
     def get(self) -> Relay:
         if self.relay is None:
@@ -120,8 +180,18 @@ class RelayState:
         return self.relay
 
     async def drain(self, timeout_s: float) -> int:
-        """End the waiting calls now (graceful shutdown); the number that were waiting."""
-        return await self.relay.drain(timeout_s) if self.relay is not None else 0
+        """End the waiting calls now (graceful shutdown) and wait (within `timeout_s`) until
+        their results are written out; the number of calls that were waiting."""
+        deadline = time.monotonic() + timeout_s
+        waiting = await self.relay.drain(timeout_s) if self.relay is not None else 0
+        if self.mcp_requests is not None:
+            left = max(0.0, deadline - time.monotonic())
+            if not await self.mcp_requests.wait_quiet(QUIET_BEFORE_EXIT_S, left):
+                logger.warning(
+                    "shutting down with {} MCP response(s) still being written",
+                    self.mcp_requests.count,
+                )
+        return waiting
 
 
 def transport_security(settings: Settings) -> TransportSecuritySettings | None:
@@ -162,7 +232,9 @@ def create_app(
         stateless=True,
         security_settings=layer.transport_security(),
     )
-    gate = RequireAuthorization(manager.handle_request, authorize or layer.authorize)
+    mcp_requests = InFlight(manager.handle_request)
+    state.mcp_requests = mcp_requests
+    gate = RequireAuthorization(mcp_requests, authorize or layer.authorize)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, object]]:

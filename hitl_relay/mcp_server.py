@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
@@ -84,6 +84,9 @@ class RelayMcpServer:
             instructions=INSTRUCTIONS,
             on_list_tools=self._list_tools,
             on_call_tool=self._call_tool,
+            # The SDK checks Mcp-Param headers of every tools/call against the tool's schema;
+            # without this it would run a whole tools/list through its middleware each time.
+            get_tool_input_schema=self._tool_input_schema,
         )
 
     def initialization_options(self) -> InitializationOptions:
@@ -143,6 +146,9 @@ class RelayMcpServer:
                 ),
             ),
         ]
+
+    def _tool_input_schema(self, name: str) -> Mapping[str, Any] | None:
+        return next((t.input_schema for t in self.tools() if t.name == name), None)
 
     async def announce_tools_changed(self) -> None:
         """Tell connected clients (stdio, stateful sessions) to re-read the tool list.

@@ -38,6 +38,7 @@ import json
 import math
 import random
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -653,6 +654,12 @@ class SocketPool:
         self._closed = False
         # Notified on every change of sockets or channel states (gauges, readiness, tests).
         self.changed = _Changed()
+        # Counted when /metrics is scraped: counting on every change costs O(channels) each
+        # time, which at a thousand channels joining is quadratic. The newest pool is reported.
+        pool = weakref.ref(self)
+        metrics.realtime_channels.set_function(
+            lambda: float(p.joined_channels()) if (p := pool()) is not None else 0.0
+        )
 
     # ---- bookkeeping ---------------------------------------------------------------------
 
@@ -675,7 +682,6 @@ class SocketPool:
 
     def update_gauges(self) -> None:
         metrics.realtime_sockets.set(len(self.sockets))
-        metrics.realtime_channels.set(self.joined_channels())
         self.changed.notify()
 
     async def wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> None:
