@@ -271,6 +271,13 @@ async def delivery_clock(db_url: str) -> str:
         await conn.close()
 
 
+def call_timeout(level: int, rate: float, wait_s: float, spread_s: float) -> int:
+    """Each call's deadline: long enough for every call to arrive, the waiting window and the
+    answers (plus a minute), within the relay's 600 s maximum."""
+    arrivals_s = level / rate if rate > 0 else 0.0
+    return min(600, int(arrivals_s + wait_s + spread_s + 60))
+
+
 async def pace(t0: float, i: int, rate: float) -> None:
     """Call i arrives at t0 + i / rate (the arrival schedule, not a synchronisation)."""
     if rate > 0:
@@ -311,7 +318,9 @@ async def _open_and_wait_phases(
 ) -> dict[str, str]:
     """Phases 1 and 2: every case open (creation latency), then pure waiting (DB load, RSS)."""
     level = result.level
-    cases = await _wait_for_cases(operator, questions, deadline_s=60 + level / 4)
+    cases = await _wait_for_cases(
+        operator, questions, deadline_s=60 + level / 4 + level / max(result.rate, 1.0)
+    )
     for case_id, question in cases.items():
         result.create_ms.append((operator.opened[case_id] - started[question]) * 1000)
     before = await load.sample()
@@ -349,7 +358,7 @@ async def run_realtime(
     returned_wall: dict[str, datetime] = {}
     n_clients = max(1, min(20, level // 50 or 1))
     limits = httpx2.Limits(max_connections=level + 10, max_keepalive_connections=level + 10)
-    timeout_s = int(wait_s + spread_s + 60)
+    timeout_s = call_timeout(level, rate, wait_s, spread_s)
 
     async def ask(client: Client, question: str) -> None:
         i = questions[question]
@@ -448,7 +457,7 @@ async def run_polling(
     limits = httpx.Limits(max_connections=min(level + 10, 200))
     http = httpx.AsyncClient(base_url=s.url, headers=headers, limits=limits, timeout=30)
     rss_idle = rss_mb(os.getpid())
-    timeout_s = int(wait_s + spread_s + 60)
+    timeout_s = call_timeout(level, rate, wait_s, spread_s)
 
     async def wait_by_polling(question: str) -> None:
         i = questions[question]
