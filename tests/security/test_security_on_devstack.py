@@ -184,7 +184,8 @@ async def test_invalid_requests_write_no_row(devstack: Devstack, db: asyncpg.Con
             assert '"isError":true' in response.text
         ready = await http.get("/readyz")
     assert await counts(db) == (0, 0, 0)
-    assert ready.json()["checks"]["breaker"]["state"] == "closed"  # refused at the edge, not failed on the platform
+    # refused at the edge, not failed on the platform
+    assert ready.json()["checks"]["breaker"]["state"] == "closed"
 
 
 async def test_sql_injection_in_every_field_is_stored_verbatim_and_harmless(
