@@ -33,6 +33,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from types import FrameType
 
 import anyio
@@ -251,7 +252,12 @@ def create_app(
                 tg.start_soon(mcp.watch_breaker)
                 if recovered is None and isinstance(connected.store, SessionRecovery):
                     tg.start_soon(
-                        recovery.retry_in_background, connected.store, settings.instance_id
+                        partial(
+                            recovery.retry_in_background,
+                            connected.store,
+                            settings.instance_id,
+                            calls_taken=lambda: relay.calls_taken,
+                        )
                     )
                 if isinstance(connected.store, SuccessMetricsSource):
                     refresher = success.SuccessRefresher(

@@ -9,10 +9,14 @@ agent's retried `ask_human` (same call and question) re-opens its session on the
 
 The app's lifespan runs `recover_on_start` before it serves requests, so a retried call never
 races the recovery. A platform that is down at start does not keep the relay from starting: the
-recovery then keeps trying in the background (`retry_in_background`).
+recovery then keeps trying in the background (`retry_in_background`), but only until this
+process takes its first call: after that, a recovery would close that call's live session
+too (it waits under the same instance id), so the old sessions are left to the expiry job.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import anyio
 from loguru import logger
@@ -60,14 +64,22 @@ async def retry_in_background(
     store: SessionRecovery,
     instance_id: str,
     *,
+    calls_taken: Callable[[], int] = lambda: 0,
     first_backoff_s: float = RETRY_FIRST_S,
     max_backoff_s: float = RETRY_MAX_S,
-) -> RecoveredSessions:
+) -> RecoveredSessions | None:
     """Try again with exponential backoff until the platform answers (run in the app's task
-    group; cancelled with it)."""
+    group; cancelled with it). Gives up (None) once `calls_taken()` is not 0: this process's own
+    sessions would be closed with the old ones."""
     backoff = first_backoff_s
     while True:
         await anyio.sleep(backoff)
+        if calls_taken():
+            logger.bind(instance_id=instance_id).warning(
+                "session recovery abandoned: this relay is serving calls now; the sessions its "
+                "previous process left waiting expire by the expiry job"
+            )
+            return None
         try:
             return await recover_sessions(store, instance_id)
         except PlatformUnavailable as e:

@@ -143,6 +143,7 @@ class Relay:
         self._drain_event: anyio.Event | None = None
         self._idle: anyio.Event | None = None  # set when _active drops to 0 while draining
         self._active = 0  # ask() calls in progress
+        self.calls_taken = 0  # ask() calls since this relay started
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -214,6 +215,7 @@ class Relay:
         outcome: str = "error"  # until known; an unexpected error closes the session `failed`
         metrics.waiting_calls.inc()
         self._active += 1
+        self.calls_taken += 1
         try:
             result = await self._ask(request, progress, call)
             outcome = result.status

@@ -88,6 +88,23 @@ async def test_a_platform_down_at_start_postpones_recovery_to_the_background() -
     assert platform.rpc_calls.count("recover_sessions") == 4
 
 
+async def test_background_recovery_gives_up_once_the_relay_serves_calls() -> None:
+    """Its own live sessions wait under the same instance id: a late recovery would close them."""
+    platform = MemoryPlatform()
+    await left_waiting_by(platform, "relay-a")
+    platform.faults.fail_rpc("recover_sessions", times=1)
+    store = MemoryCaseStore(platform, "relay-a")
+    taken = iter([0, 1])
+
+    with anyio.fail_after(5):
+        done = await recovery.retry_in_background(
+            store, "relay-a", calls_taken=lambda: next(taken), first_backoff_s=0.001
+        )
+    assert done is None
+    assert platform.rpc_calls.count("recover_sessions") == 1  # the failed try only
+    assert [s.status for s in platform.sessions.values()] == ["waiting", "waiting"]
+
+
 async def test_a_store_without_recovery_is_left_alone() -> None:
     class PlainStore:
         pass
