@@ -58,7 +58,7 @@ def prove(cluster: Cluster, dbname: str, files: list[Path], extra: list[str]) ->
     pg_prove = shutil.which("pg_prove")
     if pg_prove is None:
         print(
-            "pgtap: pg_prove not found; run scripts/setup (apt: postgresql-15-pgtap)",
+            "pgtap: pg_prove not found; run scripts/setup (apt: libtap-parser-sourcehandler-pgtap-perl)",
             file=sys.stderr,
         )
         return 2
