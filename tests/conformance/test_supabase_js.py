@@ -192,7 +192,7 @@ def join_reply(fs: list[dict[str, Any]], topic: str) -> tuple[dict[str, Any], di
 
 def statuses_in_scenario(r: dict[str, Any], rec: dict[str, Any]) -> list[str]:
     """Channel statuses up to the end of the scenario (before the script's own cleanup)."""
-    return [s["status"] for s in rec["statuses"] if s["t"] <= r["main_done_ms"]]
+    return [s["status"] for s in rec["statuses"] if not s.get("cleanup")]
 
 
 def by_marker(broadcasts: list[dict[str, Any]]) -> list[str]:

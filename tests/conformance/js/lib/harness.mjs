@@ -214,6 +214,9 @@ export function subscribe(channel, rec) {
     channel.subscribe((status, err) => {
       const entry = { status, t: Date.now() - started }
       if (err) entry.error = err.message
+      // Reported during the script's own cleanup (leave), not by the scenario itself. A flag, not
+      // a timestamp comparison: main's end and the first cleanup status can share a millisecond.
+      if (cleaningUp) entry.cleanup = true
       rec.statuses.push(entry)
       poke()
       resolve(entry)
@@ -250,6 +253,7 @@ export function elapsed() {
 
 // ---- lifecycle -----------------------------------------------------------------------------
 let done = false
+let cleaningUp = false
 function emit(obj, code) {
   if (done) return
   done = true
@@ -272,11 +276,13 @@ export function run(main) {
     .then(async (result) => {
       Object.assign(obs, result ?? {})
       obs.main_done_ms = Date.now() - started // what follows is the scripts' own cleanup (leave)
+      cleaningUp = true
       await closeAll()
       clearTimeout(watchdog)
       emit({ ok: true, ...obs }, 0)
     })
     .catch(async (e) => {
+      cleaningUp = true
       await closeAll()
       clearTimeout(watchdog)
       emit({ ok: false, error: String(e?.message ?? e), stack: e?.stack, partial: obs }, 1)
