@@ -58,7 +58,8 @@ def prove(cluster: Cluster, dbname: str, files: list[Path], extra: list[str]) ->
     pg_prove = shutil.which("pg_prove")
     if pg_prove is None:
         print(
-            "pgtap: pg_prove not found; run scripts/setup (apt: libtap-parser-sourcehandler-pgtap-perl)",
+            "pgtap: pg_prove not found; run scripts/setup"
+            " (apt: libtap-parser-sourcehandler-pgtap-perl)",
             file=sys.stderr,
         )
         return 2
