@@ -259,6 +259,42 @@ async def _created_at(db_url: str, case_ids: list[str]) -> dict[str, datetime]:
     return {r["case_id"]: r["at"] for r in rows if r["at"] is not None}
 
 
+async def _case_commits(db_url: str, case_ids: list[str]) -> dict[str, datetime]:
+    """case id → when its insert committed; read before any answer updates the row. Empty
+    without `track_commit_timestamp`."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        if not await _commit_timestamps(conn):
+            return {}
+        rows = await conn.fetch(
+            "select id::text as case_id, pg_xact_commit_timestamp(xmin) as at"
+            " from cases where id = any($1::uuid[])",
+            case_ids,
+        )
+    finally:
+        await conn.close()
+    return {r["case_id"]: r["at"] for r in rows if r["at"] is not None}
+
+
+def _split_creation(
+    result: LevelResult,
+    cases: dict[str, str],
+    started: dict[str, float],
+    seen: dict[str, float],
+    commits: dict[str, datetime],
+) -> None:
+    """Call started → case committed → operator has case_opened, from monotonic instants (this
+    process) and the database's commit clock (same machine) through one wall-clock offset."""
+    wall_minus_mono = time.time() - time.monotonic()
+    for case_id, question in cases.items():
+        committed = commits.get(case_id)
+        if committed is None or question not in started or case_id not in seen:
+            continue
+        at = committed.timestamp()
+        result.create_to_commit_ms.append((at - started[question] - wall_minus_mono) * 1000)
+        result.create_commit_to_operator_ms.append((seen[case_id] + wall_minus_mono - at) * 1000)
+
+
 async def _commit_timestamps(conn: asyncpg.Connection) -> bool:
     return bool(await conn.fetchval("select current_setting('track_commit_timestamp') = 'on'"))
 
@@ -392,6 +428,7 @@ async def run_realtime(
             await asyncio.gather(*(ask(client, q) for q in qs))
 
     delivery_before = await relay_histogram(s.mcp_url, "hitl_delivery_seconds")
+    creation_before = await relay_histogram(s.mcp_url, "hitl_case_creation_seconds")
     t0 = time.monotonic()
     qlist = list(questions)
     workers = [asyncio.create_task(client_worker(qlist[k::n_clients])) for k in range(n_clients)]
@@ -406,6 +443,14 @@ async def run_realtime(
             pid=s.relay.proc.pid,
             rss_idle=rss_idle,
         )
+        created = histogram_delta(
+            creation_before, await relay_histogram(s.mcp_url, "hitl_case_creation_seconds")
+        )
+        result.relay_create_ms = {
+            f"p{q}": _ms(histogram_quantile(created, q / 100)) for q in (50, 95, 99)
+        }
+        commits = await _case_commits(s.db_url, list(cases))
+        _split_creation(result, cases, started, operator.opened, commits)
         gauges = await relay_gauges(s.mcp_url)
         result.sockets = (
             int(gauges["hitl_realtime_sockets"]) if "hitl_realtime_sockets" in gauges else None

@@ -55,6 +55,13 @@ class LevelResult:
     relay_delivery_ms: dict[str, float | None] | None = None
     # Calls per second arriving in the open phase (0: all at once).
     rate: float = 0.0
+    # Case creation split in three, realtime only (`create_split` in the JSON): the relay's own view
+    # (tool call received → hitl_open_case done, its hitl_case_creation_seconds histogram); call
+    # started → the case's insert committed (pg_xact_commit_timestamp); committed → an operator
+    # subscriber has `case_opened`.
+    relay_create_ms: dict[str, float | None] | None = None
+    create_to_commit_ms: list[float] = field(default_factory=list)
+    create_commit_to_operator_ms: list[float] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -64,6 +71,13 @@ class LevelResult:
             "relay_delivery_ms": self.relay_delivery_ms,
             "arrival_rate_per_s": self.rate,
             "create_ms": {k: v for k, v in summary(self.create_ms).items() if k != "max"},
+            "create_split": None
+            if self.relay_create_ms is None and not self.create_to_commit_ms
+            else {
+                "relay_ms": self.relay_create_ms,
+                "call_to_commit_ms": summary(self.create_to_commit_ms),
+                "commit_to_operator_ms": summary(self.create_commit_to_operator_ms),
+            },
             "answered": self.answered,
             "lost": self.lost,
             "duplicated": self.duplicated,

@@ -84,9 +84,28 @@ async def test_bench_quick_json_has_both_modes_all_answered_none_lost() -> None:
             for key in ("db_statements_per_s", "rss_mb", "rss_kb_per_wait"):
                 assert key in r
             check_success_figures(mode, level, r["success"])
+            check_creation_split(mode, level, r)
         assert isinstance(report["ratio_p50"], float)
         assert report["ratio_level"] == 5
         print("\n" + text.decode(errors="replace")[-1500:])
     finally:
         Cluster(home / "pg", port=pg_port).destroy()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def check_creation_split(mode: str, level: int, r: dict[str, Any]) -> None:
+    """Realtime creation in parts: the relay's view, call → case committed, committed →
+    operator; each part measured for every case, and the parts not longer than the whole."""
+    split = r["create_split"]
+    if mode == "polling":
+        assert split is None
+        return
+    assert set(split) == {"relay_ms", "call_to_commit_ms", "commit_to_operator_ms"}
+    assert set(split["relay_ms"]) == {"p50", "p95", "p99"}
+    to_commit, to_operator = split["call_to_commit_ms"], split["commit_to_operator_ms"]
+    for part in (to_commit, to_operator):
+        assert set(part) == {"p50", "p95", "p99", "max"}
+        assert part["p50"] is not None, split
+        assert part["p50"] >= 0, split
+    # commit timestamps and this process's clock, same machine: the parts fit in the whole
+    assert to_commit["p50"] <= r["create_ms"]["p50"] + 1, (split, r["create_ms"])
