@@ -108,6 +108,9 @@ class Settings(SecuritySettings, BaseSettings):
     # On SIGTERM: how long waiting calls may take to return their fallback before the process
     # stops anyway (they normally return within milliseconds; see Relay.drain).
     drain_timeout_seconds: float = Field(5.0, ge=0, le=60)
+    # The garbage collector's full collection runs after this many generation-1 collections
+    # (CPython's default: 10); see hitl_relay.gc_tuning for why a relay wants it rarer.
+    gc_full_collection_every: int = Field(100, ge=1, le=100_000)
 
     # The plan's success figures on /metrics (hitl_success_rate, ...): computed by the database
     # over the last `success_window_seconds`, re-read in the background at most this often.

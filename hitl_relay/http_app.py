@@ -48,7 +48,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from hitl_relay import console, metrics, recovery, retell, success
+from hitl_relay import console, gc_tuning, metrics, recovery, retell, success
 from hitl_relay.adapters import open_backend
 from hitl_relay.clock import SystemClock
 from hitl_relay.config import Settings
@@ -378,6 +378,7 @@ def serve(settings: Settings, app: ASGIApp) -> None:
         server_header=False,
         timeout_graceful_shutdown=int(settings.drain_timeout_seconds) + 5,
     )
+    gc_tuning.tune(settings.gc_full_collection_every)
     RelayServer(config, settings.drain_timeout_seconds).run()
 
 

@@ -17,8 +17,11 @@ from prometheus_client import (
     generate_latest,
 )
 
+from hitl_relay import gc_tuning
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
+gc_pauses = gc_tuning.install(REGISTRY)  # hitl_gc_pause_seconds{generation}
 
 SECONDS_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
@@ -161,6 +164,7 @@ __all__ = [
     "delivery_seconds",
     "exposition",
     "fallbacks",
+    "gc_pauses",
     "invocations",
     "operator_utilisation",
     "rate_limited",

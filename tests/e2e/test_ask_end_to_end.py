@@ -187,6 +187,21 @@ async def test_answer_committed_while_the_relays_socket_reconnects_is_still_retu
     assert result["answer"] == "Yes, waive it."
 
 
+async def test_the_served_relay_freezes_its_startup_objects_and_times_collections(
+    stack: Stack,
+) -> None:
+    """`hitl-relay serve` tunes the garbage collector (hitl_relay.gc_tuning) before serving."""
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(stack.relay_url + "/metrics")).text
+    values = {
+        line.split(" ")[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("hitl_gc_")
+    }
+    assert values["hitl_gc_frozen_objects"] > 10_000  # the imported libraries, at least
+    assert values['hitl_gc_pause_seconds_count{generation="0"}'] > 0
+
+
 @pytest.mark.parametrize("header", [None, "Bearer wrong-key", "Basic abc"])
 async def test_missing_or_wrong_bearer_is_refused_with_401(
     stack: Stack, header: str | None
