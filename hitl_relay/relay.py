@@ -139,8 +139,9 @@ class Relay:
         # Set by `running()`: closes sessions after the result is returned.
         self._background: anyio.abc.TaskGroup | None = None
         self._draining = False
-        # anyio events need a running event loop: made on first use.
-        self._drain_event: anyio.Event | None = None
+        # The cancel scope of each call waiting for its answer: `drain` ends them all. (A table
+        # rather than a task per call waiting on an event: thousands of calls wait at once.)
+        self._waits: dict[anyio.CancelScope, _Call] = {}
         self._idle: anyio.Event | None = None  # set when _active drops to 0 while draining
         self._active = 0  # ask() calls in progress
         self.calls_taken = 0  # ask() calls since this relay started
@@ -174,7 +175,9 @@ class Relay:
         Returns the number of calls that were still in progress; waits (at most `timeout_s`)
         until they have returned."""
         self._draining = True
-        self._drained().set()
+        for scope, call in list(self._waits.items()):
+            call.drained = True
+            scope.cancel()
         in_progress = self._active
         if in_progress:
             logger.bind(waiting=in_progress).info(
@@ -184,11 +187,6 @@ class Relay:
             with anyio.move_on_after(timeout_s):
                 await self._idle.wait()
         return in_progress
-
-    def _drained(self) -> anyio.Event:
-        if self._drain_event is None:
-            self._drain_event = anyio.Event()
-        return self._drain_event
 
     # ---------------------------------------------------------------- ask_human
 
@@ -409,9 +407,12 @@ class Relay:
         total = deadline - call.started
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._cancel_at, tg.cancel_scope, deadline)
-            tg.start_soon(self._cancel_on_drain, tg.cancel_scope, call)
             if progress is not None:
                 tg.start_soon(self._report_progress, progress, call.started, total)
+            self._waits[tg.cancel_scope] = call
+            if self._draining:  # drain() ran between this call's start and now
+                call.drained = True
+                tg.cancel_scope.cancel()
             try:
                 while outcome is None:
                     event = await sub.receive()
@@ -438,6 +439,8 @@ class Relay:
                 )
                 self._record(call, failure=str(e))
                 outcome = await self._poll(opened.case_id)
+            finally:
+                del self._waits[tg.cancel_scope]
             tg.cancel_scope.cancel()
         if outcome is None:
             # At the deadline: one last read, for an answer committed while the deadline fired.
@@ -480,11 +483,6 @@ class Relay:
 
     async def _cancel_at(self, scope: anyio.CancelScope, deadline: float) -> None:
         await self.clock.sleep(deadline - self.clock.monotonic())
-        scope.cancel()
-
-    async def _cancel_on_drain(self, scope: anyio.CancelScope, call: _Call) -> None:
-        await self._drained().wait()
-        call.drained = True
         scope.cancel()
 
     async def _report_progress(

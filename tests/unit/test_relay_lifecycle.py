@@ -7,6 +7,7 @@ from uuid import UUID
 
 import anyio
 from relay_support import Rig, ask_request, asking, make_settings
+from waiting import wait_until
 
 from hitl_relay.adapters.memory import MemoryPlatform
 from hitl_relay.clock import FakeClock
@@ -84,3 +85,27 @@ async def test_a_draining_relay_takes_no_new_call() -> None:
     assert result.status == "platform_unreachable"
     assert result.case_id is None
     assert rig.platform.cases == {}
+
+
+async def test_a_call_still_joining_when_the_drain_begins_ends_as_soon_as_it_joins() -> None:
+    """The drain ends the calls it finds waiting; one still opening or joining ends the moment
+    it would start waiting, not at its deadline (the fake clock never reaches it here)."""
+    rig = make_rig()
+    rig.platform.faults.hold_joins()
+
+    async def is_draining() -> bool:
+        return rig.relay.draining
+
+    async with rig.relay.running(), asking(rig.relay, ask_request()) as (call,):
+        case_id = await rig.platform.operator.wait_for_case()
+        await rig.platform.wait_until(lambda: rig.platform.joins_requested == 1)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(rig.relay.drain, 5)
+            await wait_until(is_draining, "the drain to begin")
+            rig.platform.faults.release_joins()
+            result = await call.wait()
+    assert result.status == "timeout"
+    assert result.case_id == str(case_id)
+    assert rig.platform.session_of(case_id).status == "cancelled"
+    assert rig.platform.session_of(case_id).detail["reason"] == "relay shutting down"
+    assert rig.platform.cases[case_id].status == "open"
