@@ -18,6 +18,13 @@ loses nothing":
     (the answer is already decided in the database; a close that never happens is done by
     the expiry job)
 
+After a platform failure (a call could not open or join, a read failed), the next success
+starts one sweep: every waiting call's case is read once, and a call whose answer or
+clarification is there ends with it. Realtime may have lost its database connection meanwhile
+with the sockets still joined, and then the broadcasts committed in between never come (its
+broadcast-from-database replication slot is temporary); without the sweep those calls would
+find their answer only with the last read at their deadline.
+
 Shutdown (`Relay.drain()`, on SIGTERM): no new calls are taken (`platform_unreachable` at
 once), every waiting call ends now with one last read and, without an answer, the `timeout`
 fallback naming its case (the session closes as `cancelled`, reason "relay shutting down"), so
@@ -86,6 +93,8 @@ OPEN_RETRY_BUDGET_S = 1.0
 FINAL_READ_BUDGET_S = 0.5
 # When the channel is lost for good, the answer is read this often until the deadline.
 POLL_INTERVAL_S = 1.0
+# Reads one recovery sweep runs at once (the store bounds all RPCs too; new calls go first).
+SWEEP_CONCURRENCY = 16
 
 _Expired = Literal["expired"]
 # How a wait ends: the answer, the operator's question back, the session expired, or None (the
@@ -142,6 +151,12 @@ class Relay:
         # The cancel scope of each call waiting for its answer: `drain` ends them all. (A table
         # rather than a task per call waiting on an event: thousands of calls wait at once.)
         self._waits: dict[anyio.CancelScope, _Call] = {}
+        # The recovery sweep (module docstring): a failure seen since the last one, whether one
+        # runs, and whether another must follow it (a failure and a success during it).
+        self._failed_since_sweep = False
+        self._sweeping = False
+        self._sweep_again = False
+        self.sweeps = 0  # sweeps run, for tests and the log
         self._idle: anyio.Event | None = None  # set when _active drops to 0 while draining
         self._active = 0  # ask() calls in progress
         self.calls_taken = 0  # ask() calls since this relay started
@@ -463,6 +478,7 @@ class Relay:
         except PlatformUnavailable as e:
             # The channel may still deliver; a failed read is not the end of the wait.
             logger.bind(case_id=str(case_id)).warning("catch-up read failed: {}", e.detail)
+            self._failed_since_sweep = True
             return None
 
     async def _read(self, case_id: UUID) -> Answer | Clarification | None:
@@ -625,12 +641,66 @@ class Relay:
 
     def _record(self, call: _Call, *, failure: str | None) -> None:
         call.recorded = True
+        if failure is not None:
+            self._failed_since_sweep = True
+        elif self._failed_since_sweep:
+            self._failed_since_sweep = False
+            self._start_sweep()
         if self.breaker is None:
             return
         if failure is None:
             self.breaker.record_success()
         else:
             self.breaker.record_failure(failure)
+
+    def _start_sweep(self) -> None:
+        if self._sweeping:
+            self._sweep_again = True
+        elif self._background is not None:  # only when serving (`running()`)
+            self._sweeping = True
+            self._background.start_soon(self._sweep)
+
+    async def _sweep(self) -> None:
+        """Read every waiting call's case once; end the calls whose answer is there."""
+        try:
+            while True:
+                self._sweep_again = False
+                self.sweeps += 1
+                waiting = list(self._waits.items())
+                limiter = anyio.CapacityLimiter(SWEEP_CONCURRENCY)
+                ended: list[UUID] = []
+                async with anyio.create_task_group() as tg:
+                    for scope, call in waiting:
+                        tg.start_soon(self._sweep_one, scope, call, limiter, ended)
+                logger.bind(waiting=len(waiting), ended=len(ended)).info(
+                    "platform back after a failure: read {} waiting call(s), {} had an answer",
+                    len(waiting),
+                    len(ended),
+                )
+                if not self._sweep_again:
+                    return
+        finally:
+            self._sweeping = False
+
+    async def _sweep_one(
+        self,
+        scope: anyio.CancelScope,
+        call: _Call,
+        limiter: anyio.CapacityLimiter,
+        ended: list[UUID],
+    ) -> None:
+        assert call.case_id is not None
+        async with limiter:
+            if scope not in self._waits:
+                return  # it ended meanwhile
+            try:
+                found = await self._read(call.case_id)
+            except PlatformUnavailable:
+                self._failed_since_sweep = True  # the next success sweeps again
+                return
+        if found is not None and scope in self._waits:
+            ended.append(call.case_id)
+            scope.cancel()  # its wait ends with one last read, which finds the answer
 
     @asynccontextmanager
     async def _joined(self, case_id: UUID) -> AsyncIterator[Subscription]:

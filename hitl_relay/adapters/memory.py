@@ -108,6 +108,10 @@ class Faults:
     # "pending_clarification", "call_history") → how many next calls fail.
     rpc_failures: dict[str, int] = field(default_factory=dict)
     rpc_down: bool = False
+    # Realtime lost its database connection while the sockets stay joined: what is committed
+    # meanwhile is never broadcast (Supabase's broadcast-from-database replication slot is
+    # temporary), and no subscription is told.
+    drop_broadcasts: bool = False
 
     def hold_joins(self) -> None:
         self.join_gate = anyio.Event()
@@ -292,6 +296,8 @@ class MemoryPlatform:
             raise PlatformUnavailable(f"{name}: failed (injected)")
 
     def broadcast(self, case_id: UUID, event: ChannelEvent) -> None:
+        if self.faults.drop_broadcasts:
+            return
         for sub in list(self.subscriptions.get(case_id, ())):
             if sub.connected:
                 sub.deliver(event)

@@ -109,3 +109,55 @@ async def test_a_call_still_joining_when_the_drain_begins_ends_as_soon_as_it_joi
     assert rig.platform.session_of(case_id).status == "cancelled"
     assert rig.platform.session_of(case_id).detail["reason"] == "relay shutting down"
     assert rig.platform.cases[case_id].status == "open"
+
+
+async def test_after_a_platform_failure_the_next_success_reads_every_waiting_case() -> None:
+    """Realtime lost its database connection while the sockets stayed joined: an answer
+    committed then is never broadcast. Once the relay has seen a platform failure and then a
+    success, one sweep reads every waiting case and the call returns its answer at once instead
+    of at its deadline (the fake clock never reaches it here)."""
+    rig = make_rig()
+    ops = rig.platform.operator
+    async with (
+        rig.relay.running(),
+        asking(rig.relay, ask_request(call_id="a", session_id="a")) as (a,),
+    ):
+        await rig.waiting()
+        case_a = await ops.wait_for_case()
+        rig.platform.faults.drop_broadcasts = True
+        await ops.answer(case_a, "Yes, the 3 pm slot.")
+        rig.platform.faults.drop_broadcasts = False
+        assert not a.done.is_set()  # nothing told it
+
+        # b opens fine (a success, but no failure seen yet: no sweep), then its catch-up
+        # read fails: a platform failure.
+        rig.platform.faults.fail_rpc("reply")
+        async with asking(rig.relay, ask_request(call_id="b", session_id="b")) as (b,):
+            await rig.waiting(calls=2)
+            assert rig.relay.sweeps == 0
+            assert not a.done.is_set()
+            # c opens fine: the first success after the failure sweeps.
+            async with asking(rig.relay, ask_request(call_id="c", session_id="c")) as (c,):
+                result = await a.wait()
+                assert (result.status, result.answer) == ("answered", "Yes, the 3 pm slot.")
+                assert rig.relay.sweeps == 1
+                await rig.waiting(calls=2)  # b and c wait on: no answer in their cases
+                for case_id in [k for k in rig.platform.cases if k != case_a]:
+                    await ops.answer(case_id, "Later.")
+                assert (await c.wait()).status == "answered"
+            assert (await b.wait()).status == "answered"
+    assert rig.platform.session_of(case_a).status == "answered"
+
+
+async def test_without_a_platform_failure_no_call_triggers_a_sweep() -> None:
+    rig = make_rig()
+    async with rig.relay.running():
+        requests = [ask_request(call_id=f"call-{i}", session_id=f"s-{i}") for i in range(3)]
+        async with asking(rig.relay, *requests) as calls:
+            await rig.waiting(calls=3)
+            for case_id in list(rig.platform.cases):
+                await rig.platform.operator.answer(case_id, "Yes.")
+            results = [await c.wait() for c in calls]
+    assert [r.status for r in results] == ["answered"] * 3
+    assert rig.relay.sweeps == 0
+    assert rig.platform.rpc_calls.count("reply") == 3  # each call's own catch-up read only
