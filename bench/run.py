@@ -425,6 +425,10 @@ async def run_realtime(
             timeout=httpx2.Timeout(timeout_s + 30.0),
         )
         async with http, Client(streamable_http_client(s.mcp_url, http_client=http)) as client:
+            # What an agent does when it connects. Without it the SDK's client lists the tools
+            # after its first result (to validate it against the output schema), and that round
+            # trip lands inside the first call's delivery: about 6 ms, all of a lone call's gap.
+            await client.list_tools()
             await asyncio.gather(*(ask(client, q) for q in qs))
 
     delivery_before = await relay_histogram(s.mcp_url, "hitl_delivery_seconds")
