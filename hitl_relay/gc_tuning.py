@@ -9,8 +9,8 @@ during one waited for it, which was the case-creation p99 of 200-250 ms.
 
 `tune()` runs once the app is built and before it serves:
 
-- `gc.freeze()` moves what exists then (the imported libraries, about 150,000 objects) to the
-  permanent generation, so no collection walks it again;
+- `gc.freeze()` moves what exists then (the imported libraries: about 105,000 objects in
+  `hitl-relay serve`) to the permanent generation, so no collection walks it again;
 - the full collection runs after `full_every` young-generation (1) collections instead of 10.
   CPython still skips it until the long-lived objects grew by a quarter since the last one.
 
