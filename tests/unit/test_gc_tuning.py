@@ -52,7 +52,8 @@ def test_each_pause_lands_in_its_generation_and_bucket() -> None:
 def test_the_relays_registry_times_real_collections() -> None:
     before = sample(metrics.REGISTRY, "hitl_gc_pause_seconds_count", generation="2")
     gc.collect()
-    assert sample(metrics.REGISTRY, "hitl_gc_pause_seconds_count", generation="2") == before + 1
+    # at least this one (an automatic full collection may also have run meanwhile)
+    assert sample(metrics.REGISTRY, "hitl_gc_pause_seconds_count", generation="2") >= before + 1
     assert b"hitl_gc_frozen_objects" in generate_latest(metrics.REGISTRY)
 
 
