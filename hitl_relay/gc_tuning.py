@@ -21,9 +21,9 @@ unreachable objects), so running it less often costs little memory.
 
 `hitl_gc_pause_seconds{generation}` on /metrics shows each collection's pause, and
 `hitl_gc_frozen_objects` what `tune()` froze (0: not tuned, e.g. the relay embedded in another
-server). The gc callback
-only counts into plain integers: it may run inside any allocation, including one made while a
-prometheus_client lock is held, so it must not call into prometheus_client.
+server). The gc callback only counts into plain integers: it may run inside any allocation,
+including one made while a prometheus_client lock is held, so it must not call into
+prometheus_client.
 """
 
 from __future__ import annotations
