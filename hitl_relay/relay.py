@@ -120,6 +120,8 @@ class _Call:
     recorded: bool = False
     # The wait was ended by `Relay.drain()` (the relay is shutting down).
     drained: bool = False
+    # The wait was ended by a recovery sweep that read this answer or clarification.
+    swept: Answer | Clarification | None = None
     # For the per-call log line: tool call → case opened, answer committed → relay has it (live
     # answers only), and the case's priority and urgency.
     create_ms: int | None = None
@@ -457,6 +459,8 @@ class Relay:
             finally:
                 del self._waits[tg.cancel_scope]
             tg.cancel_scope.cancel()
+        if outcome is None and call.swept is not None:
+            return call.swept  # read already: no second read that could fail into a fallback
         if outcome is None:
             # At the deadline: one last read, for an answer committed while the deadline fired.
             with anyio.move_on_after(FINAL_READ_BUDGET_S):
@@ -700,7 +704,8 @@ class Relay:
                 return
         if found is not None and scope in self._waits:
             ended.append(call.case_id)
-            scope.cancel()  # its wait ends with one last read, which finds the answer
+            call.swept = found
+            scope.cancel()  # its wait ends with what was found
 
     @asynccontextmanager
     async def _joined(self, case_id: UUID) -> AsyncIterator[Subscription]:

@@ -199,6 +199,7 @@ class MemoryPlatform:
         self.joins_confirmed = 0
         self.leaves = 0
         self.rpc_calls: list[str] = []
+        self.replies_read: list[UUID] = []  # the case of each `reply` read, in order
         # `operator_activity` rows with status available: (operator id, started_at, last_seen_at).
         self.availability: list[tuple[str, datetime, datetime]] = []
         self.store = MemoryCaseStore(self)
@@ -538,6 +539,7 @@ class MemoryCaseStore:
 
     async def reply(self, case_id: UUID) -> Answer | Clarification | None:
         await anyio.lowlevel.checkpoint()
+        self._p.replies_read.append(case_id)
         self._p._rpc("reply")
         return self._answer_of(case_id) or self._pending_of(case_id)
 
