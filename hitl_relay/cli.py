@@ -71,8 +71,18 @@ def migrate(
     local: bool = typer.Option(
         False, "--local", help="Also apply supabase/local/ (bare Postgres only)."
     ),
+    allow_no_cron: bool = typer.Option(
+        False,
+        "--allow-no-cron",
+        help="Succeed on a database without pg_cron (sessions then expire only through the relay).",
+    ),
 ) -> None:
-    """Apply supabase/migrations in order, recorded as the Supabase CLI records them."""
+    """Apply supabase/migrations in order, recorded as the Supabase CLI records them.
+
+    Prints every database notice and warning. Exits 3 when the realtime policies are refused
+    (it prints the SQL to run in the dashboard's SQL editor), 4 when the pg_cron jobs could not
+    be scheduled (unless --allow-no-cron), 1 on any other failure.
+    """
     from hitl_relay import migrate as migrations
 
     if database_url is None:
@@ -80,12 +90,47 @@ def migrate(
 
         database_url = default_cluster().url()
         local = True
+
+    def notice(text: str) -> None:
+        warning = text.startswith(("WARNING", "ERROR"))
+        typer.secho(text, err=True, fg=typer.colors.YELLOW if warning else None)
+
     try:
-        applied = asyncio.run(migrations.apply(database_url, local=local))
+        outcome = asyncio.run(migrations.run(database_url, local=local, on_notice=notice))
+    except migrations.PolicyRefused as e:
+        typer.secho(
+            f"error: {e.migration.path.name} was refused: the migration role may not create "
+            "policies on realtime.messages here (it belongs to supabase_realtime_admin; on a "
+            "hosted project only the dashboard's SQL editor may, through supautils).\n"
+            "Every earlier migration is applied and every hitl table is protected by RLS; "
+            "operators cannot join private Realtime channels until you run the SQL below in "
+            "the dashboard's SQL editor (Database > SQL Editor), then run this command again.",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        typer.echo(e.sql)
+        raise typer.Exit(3) from None
     except migrations.MigrationError as e:
         _fail(str(e))
-    listed = f": {', '.join(applied)}" if applied else ""
-    typer.echo(f"applied {len(applied)} migration(s){listed}")
+    listed = f": {', '.join(outcome.applied)}" if outcome.applied else ""
+    typer.echo(f"applied {len(outcome.applied)} migration(s){listed}")
+    if outcome.cron_scheduled:
+        typer.echo(outcome.cron_detail)
+    elif allow_no_cron:
+        typer.secho(
+            f"warning: {outcome.cron_detail}; allowed by --allow-no-cron: "
+            f"{migrations.NO_CRON_CONSEQUENCE}",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+    else:
+        _fail(
+            f"{outcome.cron_detail}: {migrations.NO_CRON_CONSEQUENCE}. Enable pg_cron "
+            "(Supabase: Database > Extensions, or `create extension pg_cron with schema "
+            "pg_catalog` in the database cron.database_name names) and run this again, or pass "
+            "--allow-no-cron to accept it",
+            code=4,
+        )
 
 
 @app.command()

@@ -3,6 +3,13 @@
 Postgres refuses to run as root, so when we are root the data directory is owned by the
 `postgres` system user (Debian's package creates it) and every server command runs through
 `runuser`. As any other user the cluster simply belongs to that user.
+
+The cluster is laid out like a hosted Supabase project (see README.md, "Hosted behaviour:
+database"): its bootstrap superuser is `supabase_admin`, and `postgres` is an ordinary role
+that `supabase/local/00_roles.sql` creates without SUPERUSER (supabase/postgres
+migrations/db/migrations/10000000000000_demote-postgres.sql). `url()` is the superuser's URL
+(what the devstack's own services and the tests' fixtures use); `postgres_url()` is the
+migration role's, the one `supabase db push` and the SQL editor act as.
 """
 
 from __future__ import annotations
@@ -18,8 +25,13 @@ from pathlib import Path
 
 PG_BIN = Path(os.environ.get("HITL_PG_BIN", "/usr/lib/postgresql/15/bin"))
 DEFAULT_PORT = 54322
-SUPERUSER = "postgres"
-PASSWORD = "postgres"  # local-only, loopback-only; the same as Supabase's local stack
+SUPERUSER = "supabase_admin"
+MIGRATION_ROLE = "postgres"
+OS_USER = "postgres"
+# local-only, loopback-only; every login role of the local stack has it, as in Supabase's CLI
+# stack (its `postgres`, `supabase_admin` and `authenticator` share the database password)
+PASSWORD = "postgres"
+LAYOUT = "hosted-1"  # bumped when the cluster's bootstrap changes, so an old cluster is refused
 
 
 class ClusterError(RuntimeError):
@@ -65,7 +77,8 @@ class Cluster:
     def __init__(self, datadir: Path | str = ".hitl/pg", port: int | None = DEFAULT_PORT) -> None:
         self.datadir = Path(datadir).resolve()
         self._requested_port = port
-        self._owner = SUPERUSER if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+        # the OS user that owns the data directory (Debian's `postgres` when we are root)
+        self._owner = OS_USER if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
 
     # ---- facts -------------------------------------------------------------------------
     @property
@@ -79,7 +92,15 @@ class Cluster:
         return recorded if recorded is not None else free_port()
 
     def url(self, dbname: str = "postgres") -> str:
-        return f"postgresql://{SUPERUSER}:{PASSWORD}@127.0.0.1:{self.port}/{dbname}"
+        """The superuser's (`supabase_admin`) URL: the devstack's services, fixtures, admin."""
+        return self.role_url(SUPERUSER, dbname)
+
+    def postgres_url(self, dbname: str = "postgres") -> str:
+        """The non-superuser `postgres` role's URL: what migrations and pgTAP run as."""
+        return self.role_url(MIGRATION_ROLE, dbname)
+
+    def role_url(self, role: str, dbname: str = "postgres") -> str:
+        return f"postgresql://{role}:{PASSWORD}@127.0.0.1:{self.port}/{dbname}"
 
     def status(self) -> ClusterStatus:
         port = self._running_port()
@@ -91,6 +112,7 @@ class Cluster:
         self._check_binaries()
         if not (self.datadir / "PG_VERSION").exists():
             self._init()
+        self._check_layout()
         running = self._running_port()
         if running is not None:
             return self.url()
@@ -148,6 +170,22 @@ class Cluster:
                 "pg_cron is not installed: run scripts/setup (apt-get install postgresql-15-cron)."
             )
 
+    def _layout_file(self) -> Path:
+        return self.datadir.parent / f"{self.datadir.name}.layout"
+
+    def _check_layout(self) -> None:
+        try:
+            found = self._layout_file().read_text().strip()
+        except FileNotFoundError:
+            found = "none (its superuser is `postgres`)"
+        if found != LAYOUT:
+            raise ClusterError(
+                f"the cluster in {self.datadir} was made by an older hitl-relay (layout {found}, "
+                f"expected {LAYOUT}: superuser `supabase_admin`, `postgres` not a superuser). "
+                f"It holds only local development data: stop it and remove {self.datadir} "
+                "(and its .port/.layout files), then start again."
+            )
+
     def _socket_dir(self) -> Path:
         return self.datadir.parent / "run"
 
@@ -177,6 +215,7 @@ class Cluster:
             )
         finally:
             pwfile.unlink(missing_ok=True)
+        self._layout_file().write_text(LAYOUT + "\n")
         conf = self.datadir / "postgresql.conf"
         with conf.open("a") as f:
             f.write(

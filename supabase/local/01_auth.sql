@@ -1,7 +1,7 @@
 -- Supabase Auth's SQL helpers, as supabase/auth defines them (migrations 20220224000811 and
 -- 20220531120530): they read the claims PostgREST and Realtime set per request.
 create schema if not exists auth;
-grant usage on schema auth to anon, authenticated, service_role;
+grant usage on schema auth to postgres, anon, authenticated, service_role;
 
 do $$
 begin

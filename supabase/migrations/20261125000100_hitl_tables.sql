@@ -1,6 +1,13 @@
 -- hitl-relay tables. Additive: an operators' platform may already have `cases` and `messages`
 -- with columns and rows of its own; those are kept. Checks apply to the relay's rows
 -- (source = 'mcp_voice') only, so the platform's own statuses stay valid.
+-- Closed from the first step: on a hosted project the default privileges of `public` grant
+-- every new table to `anon` and `authenticated` (supabase/postgres
+-- migrations/db/init-scripts/00000000000000-initial-schema.sql), and each migration file is its
+-- own transaction, so every table gets row-level security (no policy yet: nobody but the
+-- service role sees a row) and loses the API roles' rights in the file that creates it.
+-- TRUNCATE, REFERENCES and TRIGGER are never subject to RLS, so nobody but the service role
+-- keeps them, on the platform's own `cases` and `messages` too.
 
 create table if not exists public.cases (
   id uuid primary key default gen_random_uuid(),
@@ -35,6 +42,8 @@ end
 $$;
 create index if not exists cases_open_idx on public.cases (status, priority desc, created_at)
   where source = 'mcp_voice';
+alter table public.cases enable row level security;
+revoke truncate, references, trigger on public.cases from anon, authenticated;
 
 create table if not exists public.messages (
   id uuid primary key default gen_random_uuid(),
@@ -61,6 +70,8 @@ begin
 end
 $$;
 create index if not exists messages_case_idx on public.messages (case_id, created_at);
+alter table public.messages enable row level security;
+revoke truncate, references, trigger on public.messages from anon, authenticated;
 
 create table if not exists public.hil_sessions (
   id uuid primary key default gen_random_uuid(),
@@ -82,6 +93,8 @@ create index if not exists hil_sessions_call_idx on public.hil_sessions (retell_
 create index if not exists hil_sessions_waiting_idx on public.hil_sessions (expires_at)
   where status = 'waiting';
 create index if not exists hil_sessions_case_idx on public.hil_sessions (case_id);
+alter table public.hil_sessions enable row level security;
+revoke all on public.hil_sessions from anon, authenticated;
 
 -- Secrets live apart from `cases` so no operator policy can ever expose them.
 create table if not exists public.hil_case_secrets (
@@ -89,6 +102,8 @@ create table if not exists public.hil_case_secrets (
   webhook_secret text,
   created_at timestamptz not null default now()
 );
+alter table public.hil_case_secrets enable row level security;
+revoke all on public.hil_case_secrets from anon, authenticated;
 
 create table if not exists public.hil_audit (
   id bigint generated always as identity primary key,
@@ -102,3 +117,6 @@ create table if not exists public.hil_audit (
 );
 create index if not exists hil_audit_at_idx on public.hil_audit (at);
 create index if not exists hil_audit_case_idx on public.hil_audit (case_id);
+alter table public.hil_audit enable row level security;
+revoke all on public.hil_audit from anon, authenticated;
+revoke all on sequence public.hil_audit_id_seq from anon, authenticated;

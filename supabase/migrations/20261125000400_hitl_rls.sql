@@ -1,4 +1,5 @@
--- Row-level security on every table. The relay uses the service role (bypasses RLS).
+-- Row-level security on every table (enabled where each table is created, again here for a
+-- database that applied an older 0100). The relay uses the service role (bypasses RLS).
 -- Operators are authenticated users whose JWT has app_metadata.hitl_role = 'operator'
 -- (public.hitl_is_operator()): they read cases, messages and sessions and insert human
 -- messages as themselves; nobody else sees anything. Webhook secrets (hil_case_secrets) and the
@@ -10,8 +11,8 @@ alter table public.hil_sessions enable row level security;
 alter table public.hil_case_secrets enable row level security;
 alter table public.hil_audit enable row level security;
 
--- Supabase's default API grants; RLS decides what each role sees.
-grant select on public.cases, public.messages, public.hil_sessions to anon, authenticated;
+-- What the API roles need, on top of RLS; `anon` needs nothing (policies name `authenticated`).
+grant select on public.cases, public.messages, public.hil_sessions to authenticated;
 grant insert on public.messages to authenticated;
 grant all on public.cases, public.messages, public.hil_sessions, public.hil_case_secrets,
   public.hil_audit to service_role;
@@ -38,20 +39,5 @@ drop policy if exists hitl_operators_read_sessions on public.hil_sessions;
 create policy hitl_operators_read_sessions on public.hil_sessions
   for select to authenticated using (public.hitl_is_operator());
 
--- Realtime authorisation (private channels): operators may receive and send broadcasts and
--- presence on `operators` and on `case:<id>` topics; anonymous users nothing.
-drop policy if exists hitl_operators_receive on realtime.messages;
-create policy hitl_operators_receive on realtime.messages
-  for select to authenticated using (
-    public.hitl_is_operator()
-    and (realtime.topic() = 'operators' or realtime.topic() like 'case:%')
-    and realtime.messages.extension in ('broadcast', 'presence')
-  );
-
-drop policy if exists hitl_operators_send on realtime.messages;
-create policy hitl_operators_send on realtime.messages
-  for insert to authenticated with check (
-    public.hitl_is_operator()
-    and (realtime.topic() = 'operators' or realtime.topic() like 'case:%')
-    and realtime.messages.extension in ('broadcast', 'presence')
-  );
+-- Realtime authorisation (policies on realtime.messages) lives in its own, last migration,
+-- 20261206900000_hitl_realtime_policies.sql: a hosted project may refuse it to `db push`.
