@@ -1,7 +1,8 @@
 """Run the pgTAP suite (`supabase/tests/*.sql`) with pg_prove against fresh migrated databases.
 
 Each run builds a new database on the test cluster (`.hitl/test-pg`) from `supabase/local/` and
-the migrations, installs pgTAP into it and runs every test file there. Files whose name ends in
+the migrations, installs pgTAP into it and runs every test file there as the non-superuser
+`postgres` role (as `supabase test db` runs them on a hosted-shaped stack). Files whose name ends in
 `_cron.sql` run in the cluster's `postgres` database instead, the one pg_cron lives in (they
 must roll back what they change). Exit status is pg_prove's.
 

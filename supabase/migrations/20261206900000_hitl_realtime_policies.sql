@@ -36,3 +36,15 @@ create policy hitl_operators_send on realtime.messages
     and realtime.topic() = 'operators'
     and realtime.messages.extension = 'presence'
   );
+
+-- The contract changed: the relay's readiness check expects this version (so a project where
+-- this file was refused reports itself not ready until the SQL-editor step is done).
+create or replace function public.hitl_schema_version()
+returns text
+language sql
+immutable
+set search_path = ''
+as $$ select '20261206900000'::text $$;
+
+revoke all on function public.hitl_schema_version() from public, anon, authenticated;
+grant execute on function public.hitl_schema_version() to service_role;

@@ -1,7 +1,7 @@
 -- Tables, columns, functions, triggers and the Supabase stand-ins the relay relies on exist with
 -- the shapes of the data contract (design.md "Data contract", COMMON.md "SQL").
 begin;
-select plan(68);
+select plan(71);
 
 -- tables ------------------------------------------------------------------------------------
 -- (not exclusive: later migrations may add tables; every table's RLS is checked below)
@@ -127,8 +127,15 @@ select is_member_of('authenticated', 'authenticator');
 select function_returns('auth', 'uid', array[]::text[], 'uuid');
 select function_returns('auth', 'jwt', array[]::text[], 'jsonb');
 select columns_are('realtime', 'messages',
-  array['topic', 'extension', 'payload', 'event', 'private', 'updated_at', 'inserted_at', 'id'],
+  array['topic', 'extension', 'payload', 'event', 'private', 'updated_at', 'inserted_at', 'id',
+        'binary_payload'],
   'realtime.messages has Supabase''s columns');
+select is((select c.relkind::text from pg_class c where c.oid = 'realtime.messages'::regclass), 'p',
+  'realtime.messages is partitioned (by day, as Realtime partitions it)');
+select table_owner_is('realtime', 'messages', 'supabase_realtime_admin',
+  'realtime.messages belongs to supabase_realtime_admin, not to the migration role');
+select ok(not (select rolsuper from pg_roles where rolname = current_user),
+  'these tests run as a role that is not a superuser, like postgres on a hosted project');
 select col_is_pk('realtime', 'messages', array['id', 'inserted_at'],
   'realtime.messages is keyed by (id, inserted_at) like Supabase''s');
 select function_returns('realtime', 'send', array['jsonb', 'text', 'text', 'boolean'], 'void');

@@ -2,7 +2,16 @@
 -- expire touches only overdue waiting sessions and open relay cases past their answerable window;
 -- purge drops only old finished relay cases and old audit rows.
 begin;
-select plan(25);
+select plan(23);
+
+-- realtime.messages belongs to supabase_realtime_admin: the migration role may not delete from
+-- it (Realtime's janitor drops whole daily partitions). A mark hides what was there before.
+create temp table rt_mark (id uuid primary key);
+create function pg_temp.rt_mark() returns void language sql as $$
+  insert into rt_mark select id from realtime.messages on conflict do nothing
+$$;
+create temp view rt as
+  select * from realtime.messages m where not exists (select 1 from rt_mark k where k.id = m.id);
 
 -- cases: c1 open, answerable for a while; c2 open, past its window; c3 answered, past its window;
 -- c4 a platform case (not the relay's) past its expires_at; c5 open, within its window.
@@ -19,7 +28,7 @@ insert into public.hil_sessions (id, mcp_session_id, retell_call_id, case_id, id
   ('50000000-0000-0000-0000-000000000002', 'm', 'c', 'c0000000-0000-0000-0000-000000000002', 'k2', 'waiting', now() - interval '10 seconds', now() + interval '20 seconds'),
   ('50000000-0000-0000-0000-000000000003', 'm', 'c', 'c0000000-0000-0000-0000-000000000003', 'k3', 'answered', now() - interval '2 hours', now() - interval '2 hours'),
   ('50000000-0000-0000-0000-000000000005', 'm', 'c', 'c0000000-0000-0000-0000-000000000005', 'k5', 'waiting', now(), now() + interval '30 seconds');
-delete from realtime.messages;
+select pg_temp.rt_mark();
 
 select is(public.hitl_expire_sessions(), 3, 'one case and two sessions expire');
 select results_eq(
@@ -40,7 +49,7 @@ select results_eq(
            ('c0000000-0000-0000-0000-000000000005', 'open')$$,
   'only the open relay case past its window expires; a case whose call gave up stays answerable');
 select results_eq(
-  $$select topic, event, payload ->> 'status' from realtime.messages order by topic$$,
+  $$select topic, event, payload ->> 'status' from pg_temp.rt order by topic$$,
   $$values ('case:c0000000-0000-0000-0000-000000000001', 'session', 'expired'),
            ('case:c0000000-0000-0000-0000-000000000002', 'session', 'expired')$$,
   'each expired session is broadcast on its case topic');
@@ -67,11 +76,11 @@ insert into public.hil_case_secrets (case_id, webhook_secret) values ('d0000000-
 insert into public.messages (case_id, sender_type, content, kind) values
   ('d0000000-0000-0000-0000-000000000002', 'ai', 'old note', 'note');
 insert into public.hil_audit (at, actor, action) values (now() - interval '40 days', 'relay', 'old');
+-- (only rows in a partition Realtime keeps: yesterday to three days ahead)
 insert into realtime.messages (topic, extension, event, payload, inserted_at) values
-  ('case:old', 'broadcast', 'message', '{}', now() - interval '40 days'),
   ('case:new', 'broadcast', 'message', '{}', now() - interval '1 day');
 create temp table counts_before as
-  select (select count(*) from public.hil_audit) as audit, (select count(*) from realtime.messages) as rt;
+  select (select count(*) from public.hil_audit) as audit, (select count(*) from pg_temp.rt) as rt;
 
 create temp table purged as select public.hitl_purge(interval '30 days') as r;
 select is((select (r ->> 'cases')::int from purged), 2, 'two old finished relay cases are purged');
@@ -95,9 +104,12 @@ select ok(exists (select 1 from public.cases where id = 'd0000000-0000-0000-0000
 select is((select (r ->> 'audit')::int from purged), 1, 'the old audit row is purged');
 select is((select count(*) from public.hil_audit), (select audit - 1 from counts_before),
   'recent audit rows are kept');
-select is((select (r ->> 'realtime_messages')::int from purged), 1, 'old broadcasts are purged');
-select is((select array_agg(topic) from realtime.messages where topic in ('case:old', 'case:new')),
-  array['case:new'], 'recent broadcasts are kept');
+-- as on a hosted project, the migration role may not delete from realtime.messages: the purge
+-- skips it (Realtime's janitor drops partitions older than 72 hours) and says so with null
+select is((select r -> 'realtime_messages' from purged), 'null'::jsonb,
+  'without delete on realtime.messages the purge reports null for them');
+select is((select array_agg(topic) from pg_temp.rt where topic = 'case:new'),
+  array['case:new'], 'and leaves realtime.messages alone');
 select ok((select count(*) from public.cases where id::text like 'c0%') = 5,
   'cases from the expiry fixture (recent) are all kept');
 
@@ -105,16 +117,6 @@ select throws_ok($$select public.hitl_purge(interval '5 minutes')$$, 'P0001',
   'invalid p_older_than: must be at least 1 hour', 'purging recent rows is refused');
 select throws_ok($$select public.hitl_purge(null)$$, 'P0001',
   'invalid p_older_than: must be at least 1 hour', 'a null interval is refused');
-
--- on a real Supabase project the purge may not delete realtime.messages: it skips them
-create role hitl_purge_probe;
-grant usage on schema public to hitl_purge_probe;
-grant select, delete on public.cases, public.hil_audit, public.hil_sessions to hitl_purge_probe;
-alter function public.hitl_purge(interval) owner to hitl_purge_probe;
-select is(public.hitl_purge(interval '30 days') -> 'realtime_messages', 'null'::jsonb,
-  'without delete on realtime.messages the purge still runs and reports null for them');
-select is((select count(*)::int from realtime.messages where topic = 'case:new'), 1,
-  'and leaves realtime.messages alone');
 
 select * from finish();
 rollback;

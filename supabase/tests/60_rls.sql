@@ -3,7 +3,7 @@
 -- the RPCs, realtime.messages topics). Roles are switched the way PostgREST and Realtime do it:
 -- `set local role` + `request.jwt.claims`. Nothing leaks; webhook secrets never reach operators.
 begin;
-select plan(70);
+select plan(72);
 
 -- helpers (run as whichever role is current) -------------------------------------------------
 -- rows a statement sees; 0 when the role may not even look (permission denied)
@@ -173,9 +173,19 @@ select is(pg_temp.changed($$insert into realtime.messages (topic, extension) val
 set local realtime.topic = 'case:a0000000-0000-0000-0000-000000000001';
 select ok(pg_temp.seen($$select * from realtime.messages where topic = 'case:a0000000-0000-0000-0000-000000000001'$$) > 0,
   'an operator receives broadcasts on a case topic');
-select is(pg_temp.changed($$insert into realtime.messages (topic, extension, event, payload)
-  values ('case:a0000000-0000-0000-0000-000000000001', 'broadcast', 'typing', '{}')$$), 1,
-  'an operator broadcasts (typing) on a case topic');
+-- Realtime's write check sees only (topic, extension), so an operator who could broadcast
+-- `typing` could broadcast a forged `message`: the console sends nothing, so nobody may.
+select is(pg_temp.state($$insert into realtime.messages (topic, extension, event, payload)
+  values ('case:a0000000-0000-0000-0000-000000000001', 'broadcast', 'typing', '{}')$$), '42501',
+  'an operator may not broadcast on a case topic (the console only listens there)');
+select is(pg_temp.state($$insert into realtime.messages (topic, extension)
+  values ('case:a0000000-0000-0000-0000-000000000001', 'presence')$$), '42501',
+  'an operator may not track presence on a case topic');
+set local realtime.topic = 'operators';
+select is(pg_temp.state($$insert into realtime.messages (topic, extension, event, payload)
+  values ('operators', 'broadcast', 'case_opened', '{}')$$), '42501',
+  'an operator may not broadcast on operators (no forged case_opened)');
+set local realtime.topic = 'case:a0000000-0000-0000-0000-000000000001';
 select is(pg_temp.state($$insert into realtime.messages (topic, extension) values ('case:x', 'postgres_changes')$$),
   '42501', 'an operator may not use other realtime extensions');
 set local realtime.topic = 'room-x';
