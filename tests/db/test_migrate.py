@@ -33,6 +33,17 @@ async def empty_db_url(pg_cluster: Cluster) -> AsyncIterator[str]:
         await admin.close()
 
 
+async def lay_out(admin_url: str) -> None:
+    """The hosted-shaped layout (supabase/local/) without any migration."""
+    admin = await asyncpg.connect(admin_url)
+    try:
+        admin.add_log_listener(lambda *_: None)
+        for path in migrate.local_files():
+            await admin.execute(path.read_text())
+    finally:
+        await admin.close()
+
+
 async def history(url: str) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(url)
     try:
@@ -108,7 +119,9 @@ insert into public.messages (case_id, body, author) values
 async def test_a_platform_with_its_own_cases_and_messages_keeps_its_rows_and_columns(
     empty_db_url: str,
 ) -> None:
-    conn = await asyncpg.connect(empty_db_url)
+    # As on a hosted project: the platform's tables were made by `postgres`, not a superuser.
+    await lay_out(empty_db_url)
+    conn = await asyncpg.connect(migrate.as_role(empty_db_url, "postgres"))
     try:
         await conn.execute(PLATFORM_SCHEMA)
 
@@ -203,7 +216,8 @@ async def test_an_unreachable_database_is_a_migration_error() -> None:
 async def test_a_history_table_made_by_an_older_cli_gains_the_newer_columns(
     empty_db_url: str,
 ) -> None:
-    conn = await asyncpg.connect(empty_db_url)
+    await lay_out(empty_db_url)  # the older CLI made it as `postgres`, as on a hosted project
+    conn = await asyncpg.connect(migrate.as_role(empty_db_url, "postgres"))
     try:
         await conn.execute(
             "create schema supabase_migrations;"
