@@ -207,7 +207,9 @@ _POLICY_DDL = re.compile(
     r'("?[a-z_][a-z0-9_]*"?\s*\.\s*"?[a-z_][a-z0-9_]*"?)',
     re.IGNORECASE | re.DOTALL,
 )
-_TOKEN = re.compile(r"--[^\n]*|/\*.*?\*/|'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|(\$[a-z_0-9]*\$)|;", re.I | re.S)
+_TOKEN = re.compile(
+    r"--[^\n]*|/\*.*?\*/|'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|(\$[a-z_0-9]*\$)|;", re.I | re.S
+)
 
 
 def split_statements(sql: str) -> list[str]:

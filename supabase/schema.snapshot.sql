@@ -1555,9 +1555,8 @@ GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.messages TO anon;
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.messages TO authenticated;
 GRANT ALL ON TABLE public.messages TO service_role;
 
-GRANT ALL ON TABLE public.operator_activity TO anon;
-GRANT ALL ON TABLE public.operator_activity TO authenticated;
 GRANT ALL ON TABLE public.operator_activity TO service_role;
+GRANT SELECT ON TABLE public.operator_activity TO authenticated;
 
 GRANT ALL ON SEQUENCE public.operator_activity_id_seq TO anon;
 GRANT ALL ON SEQUENCE public.operator_activity_id_seq TO authenticated;

@@ -19,6 +19,8 @@ create table if not exists public.operator_activity (
 create index if not exists operator_activity_operator_idx
   on public.operator_activity (operator_id, last_seen_at desc);
 alter table public.operator_activity enable row level security;
+-- the default privileges of `public` gave the API roles everything: operators only read
+revoke all on public.operator_activity from anon, authenticated;
 grant select on public.operator_activity to authenticated;
 grant all on public.operator_activity to service_role;
 drop policy if exists hitl_operators_read_own_activity on public.operator_activity;
