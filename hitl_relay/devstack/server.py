@@ -163,6 +163,12 @@ class Devstack:
         except (OSError, asyncpg.PostgresError) as e:
             raise DevstackError(f"cannot connect to the database {self._safe_db_url()}: {e}") from e
         assert self._pool is not None
+        # Realtime's janitor keeps daily partitions of realtime.messages from yesterday to three
+        # days ahead (supabase/realtime lib/realtime/tenants.ex); so does the stand-in at start.
+        await self._pool.execute(
+            "select realtime.hitl_create_partitions()"
+            " where to_regprocedure('realtime.hitl_create_partitions()') is not null"
+        )
         self.ctx = DevstackContext(
             pool=self._pool,
             keys=self.keys,
