@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,6 +14,7 @@ import pytest
 from realtime_support import Raw, RtClients
 from websockets.exceptions import ConnectionClosed
 
+from hitl_relay import migrate
 from hitl_relay.devstack.cluster import Cluster
 from hitl_relay.devstack.keys import make_keys
 from hitl_relay.devstack.realtime import RealtimeLimits
@@ -20,6 +22,42 @@ from hitl_relay.devstack.server import Devstack
 
 # Supabase's refusal backoffs (5 s / 2 s) made short, as in the shared `devstack` fixture.
 FAST_BACKOFFS: dict[str, Any] = {"channel_error_backoff_s": 0.05, "connect_error_backoff_s": 0.05}
+
+# These tests exercise Realtime's protocol (broadcast with ack and self, presence, REST
+# broadcast, token refresh) on private `case:<uuid>` topics, which needs a client allowed to
+# write there. The relay's own policies deny operators any write on `case:` topics (the console
+# only listens; supabase/tests/60_rls.sql and tests/db/test_realtime_rights.py check that), so,
+# as any app adds policies for its own channels, the conformance databases add this one,
+# through the SQL-editor path a hosted project would use.
+CONFORMANCE_POLICY = """
+create policy conformance_operators_write on realtime.messages
+  for insert to authenticated with check (
+    public.hitl_is_operator() and realtime.topic() like 'case:%'
+    and realtime.messages.extension in ('broadcast', 'presence'));
+create policy conformance_operators_presence on realtime.messages
+  for select to authenticated using (
+    public.hitl_is_operator() and realtime.topic() like 'case:%'
+    and realtime.messages.extension = 'presence');
+"""
+CONFORMANCE_TEMPLATE = f"hitl_ctpl_{os.getpid()}"
+
+
+@pytest.fixture(scope="session")
+async def template_db(pg_cluster: Cluster, template_db: str) -> AsyncIterator[str]:
+    """The shared migrated template plus CONFORMANCE_POLICY, for this folder's databases."""
+    admin = await asyncpg.connect(pg_cluster.url())
+    try:
+        await admin.execute(f'drop database if exists "{CONFORMANCE_TEMPLATE}" with (force)')
+        await admin.execute(f'create database "{CONFORMANCE_TEMPLATE}" template "{template_db}"')
+    finally:
+        await admin.close()
+    await migrate.local_sql_editor(pg_cluster.url(CONFORMANCE_TEMPLATE), CONFORMANCE_POLICY)
+    yield CONFORMANCE_TEMPLATE
+    admin = await asyncpg.connect(pg_cluster.url())
+    try:
+        await admin.execute(f'drop database if exists "{CONFORMANCE_TEMPLATE}" with (force)')
+    finally:
+        await admin.close()
 
 
 @pytest.fixture(scope="module")
