@@ -1,6 +1,6 @@
 -- pg_cron jobs, scheduled by name (re-running overwrites, never duplicates). pg_cron lives in
 -- one database (cron.database_name, `postgres` on Supabase and locally). Supabase creates it
--- `with schema pg_catalog` (docs: guides/database/extensions/pg_cron; supabase/postgres pins
+-- `with schema pg_catalog` (docs: supabase.com/docs/guides/cron/install; supabase/postgres pins
 -- that schema with supautils.extensions_parameter_overrides), and its linter flags an extension
 -- in `public`, where a bare `create extension` would put it and whence it cannot be moved.
 -- Where pg_cron is missing (another database, a Postgres without it) the jobs are not scheduled
