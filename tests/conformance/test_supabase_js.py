@@ -532,6 +532,25 @@ async def test_the_new_api_keys_act_as_anon_and_service_role(js_env: dict[str, s
     }
 
 
+async def test_hosted_postgrest_refusals_reach_supabase_js(
+    js_env: dict[str, str], db: asyncpg.Connection
+) -> None:
+    # supabase/postgres 20220224211803_fix-postgrest-supautils.sql loads pg-safeupdate for
+    # PostgREST's role (safeupdate.c: 21000; PostgREST Error.hs: → 400); PostgREST v14.12
+    # Error.hs BadCrypto → PGRST301 "JWT cryptographic operation failed"
+    audit_rows = await db.fetchval("select count(*) from public.hil_audit")
+    r = await run_scenario("hosted_rest", js_env)
+    for key, verb in (("delete_all", "DELETE"), ("update_all", "UPDATE")):
+        assert r[key]["status"] == 400, r[key]
+        assert r[key]["error"]["code"] == "21000"
+        assert r[key]["error"]["message"] == f"{verb} requires a WHERE clause"
+    assert r["random_token"]["status"] == 401
+    assert r["random_token"]["error"]["code"] == "PGRST301"
+    assert r["random_token"]["error"]["message"] == "JWT cryptographic operation failed"
+    assert await db.fetchval("select count(*) from public.hil_audit") == audit_rows
+    assert await db.fetchval("select count(*) from public.cases where priority = 1") == 0
+
+
 # ---- REST broadcast ---------------------------------------------------------------------------
 
 
