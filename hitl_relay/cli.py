@@ -162,7 +162,7 @@ def stats(
     from hitl_relay.stats import StatsError, fetch_metrics, render
 
     url = os.environ.get("SUPABASE_URL")
-    key = os.environ.get("SUPABASE_SERVICE_ROLE_KEY")
+    key = os.environ.get("SUPABASE_SERVICE_ROLE_KEY") or os.environ.get("SUPABASE_SECRET_KEY")
     env_file = Path(os.environ.get("HITL_HOME", ".hitl")) / "devstack.env"
     if (not url or not key) and env_file.exists():
         for line in env_file.read_text().splitlines():

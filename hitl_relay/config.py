@@ -63,8 +63,17 @@ class Settings(SecuritySettings, BaseSettings):
     backend: Literal["supabase", "memory"] = "supabase"
 
     supabase_url: str | None = Field(None, validation_alias=_unprefixed("SUPABASE_URL"))
+    # The legacy service_role JWT or a new secret key (`sb_secret_…`, Supabase's name for it is
+    # SUPABASE_SECRET_KEY): supabase-py sends either as `apikey` and bearer, and the gateway
+    # turns a secret key into the service role.
     supabase_service_role_key: SecretStr | None = Field(
-        None, validation_alias=_unprefixed("SUPABASE_SERVICE_ROLE_KEY")
+        None,
+        validation_alias=AliasChoices(
+            "SUPABASE_SERVICE_ROLE_KEY",
+            "HITL_SUPABASE_SERVICE_ROLE_KEY",
+            "SUPABASE_SECRET_KEY",
+            "HITL_SUPABASE_SECRET_KEY",
+        ),
     )
     supabase_anon_key: SecretStr | None = Field(
         None, validation_alias=_unprefixed("SUPABASE_ANON_KEY")
@@ -154,9 +163,17 @@ class Settings(SecuritySettings, BaseSettings):
         if self.backend == "supabase":
             if not self.supabase_url:
                 out.append("SUPABASE_URL: is required (your project's API URL)")
-            if self.supabase_service_role_key is None:
+            key = self.supabase_service_role_key
+            if key is None:
                 out.append(
-                    "SUPABASE_SERVICE_ROLE_KEY: is required (the relay uses the service role)"
+                    "SUPABASE_SERVICE_ROLE_KEY: is required (the relay uses the service role; "
+                    "a secret key sb_secret_… may be given as SUPABASE_SECRET_KEY instead)"
+                )
+            elif key.get_secret_value().startswith("sb_publishable_"):
+                out.append(
+                    "SUPABASE_SERVICE_ROLE_KEY: is a publishable key (sb_publishable_…), which "
+                    "acts as anon; the relay needs a secret key (sb_secret_…) or the service_role "
+                    "key"
                 )
         out.extend(self.security_problems())
         return out

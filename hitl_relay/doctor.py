@@ -5,7 +5,9 @@ Reads the same configuration as `serve` (environment and `.env`) and checks, in 
     configuration        the settings load (every problem, one line each)
     API keys             present, well-formed, not revoked or compromised (what `serve` refuses)
     Supabase URL         answers HTTP
-    service key          the platform accepts SUPABASE_SERVICE_ROLE_KEY as the service role
+    service key          the platform accepts SUPABASE_SERVICE_ROLE_KEY (a service_role JWT or a
+                         secret key sb_secret_…, also read from SUPABASE_SECRET_KEY) as the
+                         service role
     migrations           hitl_schema_version() is the version this relay expects (as /readyz)
     realtime join        a private channel can be joined and left
     presence             the `operators` channel (presence) can be joined
@@ -35,8 +37,16 @@ from hitl_relay.security import key_problems
 if TYPE_CHECKING:
     from hitl_relay.adapters.supabase import SupabasePlatform
 
-# JWT refusals by PostgREST (PGRST301..303) and a plain 401: the key itself is wrong.
-KEY_REFUSED_MARKERS = ("PGRST30", "401", "JWT", "JWS")
+# JWT refusals by PostgREST (PGRST301..303), a plain 401, and the API gateway's refusals of an
+# unknown or missing `apikey` (gateway.py): the key itself is wrong.
+KEY_REFUSED_MARKERS = (
+    "PGRST30",
+    "401",
+    "JWT",
+    "JWS",
+    "Invalid API key",
+    "No API key found",
+)
 
 
 @dataclass(frozen=True)
@@ -80,10 +90,13 @@ def check_api_keys(settings: Settings) -> list[Finding]:
     return [_ok("API keys", f"{count} key(s) usable, none revoked or compromised")]
 
 
-async def check_url(url: str, timeout_s: float) -> Finding:
+async def check_url(url: str, timeout_s: float, apikey: str | None = None) -> Finding:
+    # with the key as `apikey`, as every Supabase client sends it: without one the project's
+    # gateway answers 401 before PostgREST
+    headers = {"apikey": apikey} if apikey else {}
     try:
         async with httpx.AsyncClient(timeout=timeout_s) as http:
-            response = await http.get(f"{url}/rest/v1/")
+            response = await http.get(f"{url}/rest/v1/", headers=headers)
     except (httpx.HTTPError, OSError) as e:
         detail = str(e) or type(e).__name__
         return _fail(
@@ -102,8 +115,9 @@ def check_key_and_migrations(platform: PlatformReadiness) -> list[Finding]:
             return [
                 _fail(
                     "service key",
-                    f"the platform refused SUPABASE_SERVICE_ROLE_KEY ({reason}) — use the "
-                    "project's service_role key (dashboard: Settings → API)",
+                    f"the platform refused SUPABASE_SERVICE_ROLE_KEY ({reason}) — use one of "
+                    "the project's secret keys (sb_secret_…) or its service_role key "
+                    "(dashboard: Settings → API Keys)",
                 ),
                 _fail("migrations", "not checked: the service key was refused"),
             ]
@@ -119,7 +133,8 @@ def check_key_and_migrations(platform: PlatformReadiness) -> list[Finding]:
             _fail(
                 "service key",
                 f"accepted, but not as the service role ({platform.schema_error}) — "
-                "SUPABASE_SERVICE_ROLE_KEY must be the service_role key, not the anon key",
+                "SUPABASE_SERVICE_ROLE_KEY must be a secret key (sb_secret_…) or the service_role "
+                "key, not the publishable or anon key",
             ),
             _fail("migrations", "not checked: the key is not the service role's"),
         ]
@@ -143,7 +158,10 @@ async def run_checks(load: Callable[[], Settings] = load_settings) -> list[Findi
         return findings
     assert settings.supabase_url is not None  # load_settings requires it for supabase
     timeout_s = settings.platform_timeout_seconds
-    reached = await check_url(settings.supabase_url, timeout_s)
+    key = settings.supabase_service_role_key
+    reached = await check_url(
+        settings.supabase_url, timeout_s, key.get_secret_value() if key else None
+    )
     findings.append(reached)
     if not reached.ok:
         return findings

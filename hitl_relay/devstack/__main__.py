@@ -146,6 +146,9 @@ async def serve(options: Options) -> None:
                 "SUPABASE_URL": stack.url,
                 "SUPABASE_ANON_KEY": keys.anon_key,
                 "SUPABASE_SERVICE_ROLE_KEY": keys.service_role_key,
+                # the new API keys, as the dashboard names them (see gateway.py)
+                "SUPABASE_PUBLISHABLE_KEY": keys.publishable_key,
+                "SUPABASE_SECRET_KEY": keys.secret_key,
                 "SUPABASE_JWT_SECRET": keys.jwt_secret,
                 "DATABASE_URL": db_url,
                 "HITL_OPERATOR_ID": operator_id,

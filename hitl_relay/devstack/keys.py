@@ -1,12 +1,21 @@
-"""JWT keys for the local stack, shaped like Supabase's local-dev keys.
+"""API keys for the local stack, shaped like Supabase's keys.
 
-Supabase signs HS256 JWTs with a project secret; `anon` and `service_role` keys carry
-`{"iss": "supabase-demo", "role": ..., "exp": ...}`. We keep that shape but generate the secret
-per checkout (stored in `.hitl/jwt_secret`, never in git), so no two machines share keys.
+Legacy keys: Supabase signs HS256 JWTs with a project secret; `anon` and `service_role` keys carry
+`{"iss": "supabase-demo", "role": ..., "exp": ...}` (supabase/cli
+apps/cli-go/pkg/config/apikeys.go).
+New keys: an opaque `sb_publishable_…` and `sb_secret_…`, made as Supabase's self-hosting script
+makes them (supabase/supabase docker/utils/add-new-auth-keys.sh: prefix + 22 random base64url
+characters + `_` + the first 8 base64url characters of sha256("<project ref>|<prefix+random>")).
+They are not JWTs: the API gateway swaps them for the anon / service_role JWT (`gateway.py`).
+We keep those shapes but derive everything from a secret made per checkout (stored in
+`.hitl/jwt_secret`, never in git), so no two machines share keys.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import os
 import secrets
 import time
@@ -19,6 +28,10 @@ import jwt
 
 SUPABASE_LOCAL_EXP = 1983812996  # the exp of the Supabase CLI's demo keys (2032)
 OPERATOR_ROLE_CLAIM = "hitl_role"  # app_metadata.hitl_role == "operator" marks an operator
+PUBLISHABLE_PREFIX = "sb_publishable_"
+SECRET_PREFIX = "sb_secret_"
+OPAQUE_PREFIX = "sb_"
+PROJECT_REF = "hitl-devstack"  # the checksum's project ref (Supabase: the project's ref)
 
 
 class TokenError(Exception):
@@ -35,6 +48,16 @@ class LocalKeys:
     jwt_secret: str
     anon_key: str
     service_role_key: str
+    publishable_key: str = ""
+    secret_key: str = ""
+
+    def opaque_key_jwt(self, key: str) -> str | None:
+        """The JWT the gateway puts in place of a new API key; None for any other string."""
+        if key and hmac.compare_digest(key, self.secret_key):
+            return self.service_role_key
+        if key and hmac.compare_digest(key, self.publishable_key):
+            return self.anon_key
+        return None
 
     def sign(self, claims: dict[str, Any]) -> str:
         return jwt.encode(claims, self.jwt_secret, algorithm="HS256")
@@ -98,13 +121,44 @@ def verify(token: str, secret: str) -> dict[str, Any]:
     return claims
 
 
+def opaque_key(prefix: str, random_part: str, project_ref: str = PROJECT_REF) -> str:
+    """`<prefix><22 chars>_<checksum>` as add-new-auth-keys.sh's generateOpaqueKey builds it."""
+    intermediate = prefix + random_part
+    digest = hashlib.sha256(f"{project_ref}|{intermediate}".encode()).digest()
+    return f"{intermediate}_{_b64url(digest)[:8]}"
+
+
+def opaque_key_is_well_formed(key: str, project_ref: str = PROJECT_REF) -> bool:
+    """True when `key` is a new API key whose checksum matches `project_ref`."""
+    for prefix in (PUBLISHABLE_PREFIX, SECRET_PREFIX):
+        if key.startswith(prefix):
+            random_part = key[len(prefix) : len(prefix) + 22]
+            return hmac.compare_digest(key, opaque_key(prefix, random_part, project_ref))
+    return False
+
+
+def _b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
 def make_keys(secret: str) -> LocalKeys:
-    exp = SUPABASE_LOCAL_EXP  # fixed, so one secret always yields the same two keys
+    exp = SUPABASE_LOCAL_EXP  # fixed, so one secret always yields the same keys
 
     def key(role: str) -> str:
         return jwt.encode({"iss": "supabase-demo", "role": role, "exp": exp}, secret, "HS256")
 
-    return LocalKeys(jwt_secret=secret, anon_key=key("anon"), service_role_key=key("service_role"))
+    def new_key(prefix: str) -> str:
+        # derived (HMAC of the secret), not stored: the secret file stays the only secret
+        random_part = _b64url(hmac.digest(secret.encode(), prefix.encode(), "sha256"))[:22]
+        return opaque_key(prefix, random_part)
+
+    return LocalKeys(
+        jwt_secret=secret,
+        anon_key=key("anon"),
+        service_role_key=key("service_role"),
+        publishable_key=new_key(PUBLISHABLE_PREFIX),
+        secret_key=new_key(SECRET_PREFIX),
+    )
 
 
 def load_or_create(home: Path | str = ".hitl") -> LocalKeys:

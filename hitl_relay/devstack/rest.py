@@ -16,17 +16,18 @@ parameter cast to the column's type. See `hitl_relay/devstack/README.md` for wha
 from __future__ import annotations
 
 import asyncio
+import base64
 import difflib
+import hmac
 import json
 import logging
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import asyncpg
-import jwt
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -190,7 +191,12 @@ def _invalid_token(code: str, message: str, details: Any = None) -> PgrstError:
 
 
 def authenticate(headers: Mapping[str, str], secret: str) -> Auth:
-    """The request's role and claims, verified as PostgREST verifies them (HS256 secret)."""
+    """The request's role and claims, verified as PostgREST 13+ verifies them.
+
+    PostgREST v14 (src/PostgREST/Auth/Jwt.hs `parseToken`, Error.hs `JwtDecodeError`) hands the
+    bearer token to jose-jwt's `decode` (tekul/jose-jwt Jose/Jwt.hs) with the secret as one HS256
+    key; each way that can fail is a distinct PGRST301 message, reproduced by `_decode_jws`.
+    """
     authorization = headers.get("authorization")
     token: str | None = None
     if authorization is not None:
@@ -206,32 +212,79 @@ def authenticate(headers: Mapping[str, str], secret: str) -> Auth:
     parts = token.count(".") + 1
     if parts != 3:
         raise _invalid_token("PGRST301", f"Expected 3 parts in JWT; got {parts}")
-    try:
-        header = jwt.get_unverified_header(token)
-    except jwt.DecodeError:
-        raise _invalid_token("PGRST301", "JWT couldn't be decoded") from None
-    if header.get("alg") != "HS256":
+    claims = _decode_jws(token, secret)
+    _check_claims(claims)
+    role = claims.get("role")
+    if role is None:
+        role = ANON_ROLE
+    elif not isinstance(role, str):
+        role = json.dumps(role)
+    return Auth(role, {**claims, "role": role})
+
+
+# jose-jwt's JwsAlg (Jose/Jwa.hs): a header naming any other `alg` does not parse
+JWS_ALGS = frozenset(
+    {"none", "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512",
+     "EdDSA"}
+)  # fmt: skip
+B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def _b64url(part: str) -> bytes | None:
+    """memory's Base64URLUnpadded: no padding, url-safe alphabet only; None when invalid."""
+    if not B64URL.fullmatch(part) or len(part) % 4 == 1:
+        return None
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def _decode_jws(token: str, secret: str) -> dict[str, Any]:
+    """jose-jwt's `decode` as PostgREST calls it, with PostgREST's message for each failure."""
+    header_b64, payload_b64, signature_b64 = token.split(".")
+    header_raw, payload, signature = (
+        _b64url(header_b64),
+        _b64url(payload_b64),
+        _b64url(signature_b64),
+    )
+    header: Any = None
+    if header_raw is not None:
+        try:
+            header = json.loads(header_raw)
+        except ValueError:
+            header = None
+    alg = header.get("alg") if isinstance(header, dict) else None
+    # Jose/Internal/Parser.hs parseJwt: any parse failure is BadCrypto
+    if alg not in JWS_ALGS or payload is None or (alg != "none" and signature is None):
+        raise _invalid_token("PGRST301", "JWT cryptographic operation failed")
+    if alg == "none":
         raise _invalid_token(
             "PGRST301",
             "Wrong or unsupported encoding algorithm",
-            f"Unsupported: {header.get('alg')}",
+            "JWT is unsecured but expected 'alg' was not 'none'",
         )
-    try:
-        claims: Any = jwt.decode(
-            token,
-            secret,
-            algorithms=["HS256"],
-            options={"verify_exp": False, "verify_aud": False, "verify_iat": False,
-                     "verify_nbf": False, "require": []},
-        )  # fmt: skip
-    except jwt.InvalidTokenError:
+    if alg != "HS256":  # the secret is one symmetric key pinned to HS256 (Config.hs parseSecret)
+        raise _invalid_token(
+            "PGRST301",
+            "No suitable key or wrong key type",
+            "No suitable key was found to decode the JWT",
+        )
+    expected = hmac.digest(secret.encode(), f"{header_b64}.{payload_b64}".encode(), "sha256")
+    if signature is None or not hmac.compare_digest(expected, signature):
         raise _invalid_token(
             "PGRST301",
             "No suitable key or wrong key type",
             "None of the keys was able to decode the JWT",
-        ) from None
-    if not isinstance(claims, dict):
+        )
+    try:
+        claims: Any = json.loads(payload)
+    except ValueError:
+        claims = None
+    if not isinstance(claims, dict):  # Jwt.hs decodeClaims
         raise _invalid_token("PGRST303", "Parsing claims failed")
+    return claims
+
+
+def _check_claims(claims: Mapping[str, Any]) -> None:
+    """Jwt.hs checkForErrors: exp, nbf, iat (30 s skew), then aud's type; the first error."""
     now = int(time.time())
     checks = (
         ("exp", "JWT expired", -1),  # expired: exp < now - skew
@@ -239,18 +292,21 @@ def authenticate(headers: Mapping[str, str], secret: str) -> Auth:
         ("iat", "JWT issued at future", 1),
     )
     for name, message, direction in checks:
-        if name in claims:
-            value = claims[name]
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise _invalid_token("PGRST303", f"The JWT '{name}' claim must be a number")
-            if direction * (value - now) > JWT_SKEW_S:
-                raise _invalid_token("PGRST303", message)
-    role = claims.get("role")
-    if role is None:
-        role = ANON_ROLE
-    elif not isinstance(role, str):
-        role = json.dumps(role)
-    return Auth(role, {**claims, "role": role})
+        value = claims.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _invalid_token("PGRST303", f"The JWT '{name}' claim must be a number")
+        seconds = int(value) if float(value).is_integer() else 0  # Sci.toBoundedInteger
+        if direction * (seconds - now) > JWT_SKEW_S:
+            raise _invalid_token("PGRST303", message)
+    aud = claims.get("aud")
+    if aud is not None and not (
+        isinstance(aud, str) or (isinstance(aud, list) and all(isinstance(a, str) for a in aud))
+    ):
+        raise _invalid_token(
+            "PGRST303", "The JWT 'aud' claim must be a string or an array of strings"
+        )
 
 
 # ---- the schema cache ---------------------------------------------------------------------
@@ -803,35 +859,48 @@ def _non_negative_int(name: str, value: str | None) -> int | None:
 
 @dataclass
 class Prefer:
+    """`Prefer` as PostgREST v14 reads it (src/PostgREST/ApiRequest/Preferences.hs fromHeaders):
+    the first accepted value of each preference wins, and `Preference-Applied` lists them in
+    PostgREST's order. `tx=` is honoured only when db-tx-end allows an override; Supabase keeps
+    the default `commit` (docs/references/configuration.rst db-tx-end; the CLI sets no
+    PGRST_DB_TX_END), so `tx=rollback` is read, never applied and never echoed."""
+
     return_: str | None = None  # representation | minimal | headers-only
     count: str | None = None
     resolution: str | None = None
     missing: str | None = None
-    tx: str | None = None
-    applied: list[str] = field(default_factory=list)
+    handling: str | None = None
+
+    ACCEPTED: ClassVar[dict[str, tuple[str, ...]]] = {
+        "resolution": ("merge-duplicates", "ignore-duplicates"),
+        "missing": ("default", "null"),
+        "return": ("representation", "minimal", "headers-only"),
+        "count": ("exact", "planned", "estimated"),
+        "handling": ("strict", "lenient"),
+    }
 
     @classmethod
     def parse(cls, headers: Iterable[str]) -> Prefer:
         prefer = cls()
         for header in headers:
             for raw in header.split(","):
-                item = raw.strip()
-                key, _, value = item.partition("=")
-                key, value = key.strip(), value.strip()
-                if key == "return" and value in ("representation", "minimal", "headers-only"):
-                    prefer.return_ = value
-                    prefer.applied.append(item)
-                elif key == "count" and value in ("exact", "planned", "estimated"):
-                    prefer.count = value
-                    prefer.applied.append(item)
-                elif key == "resolution" and value in ("merge-duplicates", "ignore-duplicates"):
-                    prefer.resolution = value
-                    prefer.applied.append(item)
-                elif key == "missing" and value in ("default", "null"):
-                    prefer.missing = value
-                elif key == "tx" and value in ("commit", "rollback"):
-                    prefer.tx = value
+                key, _, value = raw.strip().partition("=")
+                attr = "return_" if key == "return" else key
+                if value in cls.ACCEPTED.get(key, ()) and getattr(prefer, attr) is None:
+                    setattr(prefer, attr, value)
         return prefer
+
+    @property
+    def applied(self) -> list[str]:
+        """prefAppliedHeader's order: resolution, missing, return, count, (tx), handling."""
+        pairs = (
+            ("resolution", self.resolution),
+            ("missing", self.missing),
+            ("return", self.return_),
+            ("count", self.count),
+            ("handling", self.handling),
+        )
+        return [f"{key}={value}" for key, value in pairs if value is not None]
 
 
 # ---- the API ------------------------------------------------------------------------------
@@ -939,10 +1008,17 @@ class RestApi:
         *,
         readonly: bool,
         single: bool,
-        rollback: bool = False,
+        unqualified: str | None = None,
     ) -> Outcome:
         """Run the role prelude and the statements in one transaction; the last one's result
-        (json text, row count, total) is the outcome."""
+        (json text, row count, total) is the outcome.
+
+        `unqualified` names a DELETE/UPDATE without a WHERE clause: hosted loads pg-safeupdate
+        for PostgREST's role (supabase/postgres migrations/db/migrations/
+        20220224211803_fix-postgrest-supautils.sql: `ALTER ROLE authenticator SET
+        session_preload_libraries = supautils, safeupdate`), whose parse hook refuses it with
+        SQLSTATE 21000 (eradman/pg-safeupdate safeupdate.c); Debian ships no pg-safeupdate, so
+        the refusal is raised here, after the role switch, as the hook would."""
         if auth.role not in API_ROLES:
             await self._refuse_role(auth.role)
         claims = json.dumps(auth.claims, separators=(",", ":"))
@@ -971,6 +1047,8 @@ class RestApi:
                     headers,
                     SEARCH_PATH,
                 )
+                if unqualified is not None:
+                    raise PgrstError(400, "21000", f"{unqualified} requires a WHERE clause")
                 row = None
                 for sql, args in statements:
                     row = await conn.fetchrow(sql, *args)
@@ -981,10 +1059,7 @@ class RestApi:
             except BaseException:
                 await tx.rollback()
                 raise
-            if rollback:
-                await tx.rollback()
-            else:
-                await tx.commit()
+            await tx.commit()
         return outcome
 
     async def _refuse_role(self, role: str) -> None:
@@ -1033,12 +1108,22 @@ class RestApi:
             if returning
             else "1"
         )
+        # QueryBuilder.hs returningF: `RETURNING 1` unless the response carries rows, so a
+        # minimal write needs no SELECT privilege and meets no SELECT policy
+        returns = (
+            " returning _x.*"
+            if prefer.return_ in ("representation", "headers-only")
+            else (" returning 1")
+        )
         if method == "POST":
-            mutation = self._insert(table, body, query, prefer, params)
+            mutation = self._insert(table, body, query, prefer, params, returns)
         elif method == "PATCH":
-            mutation = self._update(table, body, where, params)
+            mutation = self._update(table, body, where, params, returns)
         else:
-            mutation = f"delete from {table.sql} as _x{where} returning _x.*"
+            mutation = f"delete from {table.sql} as _x{where}{returns}"
+        unqualified = None
+        if method in ("PATCH", "DELETE") and mutation is not None and not where:
+            unqualified = "UPDATE" if method == "PATCH" else "DELETE"
         if mutation is None:  # nothing to write (empty PATCH body or empty insert list)
             sql = "select '[]'::text as body, 0::bigint as rows, 0::bigint as total"
             statements: list[tuple[str, list[Any]]] = [(sql, [])]
@@ -1054,7 +1139,7 @@ class RestApi:
                 statements,
                 readonly=False,
                 single=single,
-                rollback=prefer.tx == "rollback",
+                unqualified=unqualified,
             )
         except Single as s:
             raise _singular(s.rows) from None
@@ -1086,6 +1171,7 @@ class RestApi:
         query: Mapping[str, str],
         prefer: Prefer,
         params: Params,
+        returns: str,
     ) -> str | None:
         rows = body if isinstance(body, list) else [body]
         if not all(isinstance(r, dict) for r in rows):
@@ -1142,9 +1228,11 @@ class RestApi:
             else:
                 updates = ", ".join(f"{quote(n)} = excluded.{quote(n)}" for n in names)
                 insert += f" on conflict ({target}) do update set {updates}"
-        return insert + " returning _x.*"
+        return insert + returns
 
-    def _update(self, table: Table, body: Any, where: str, params: Params) -> str | None:
+    def _update(
+        self, table: Table, body: Any, where: str, params: Params, returns: str
+    ) -> str | None:
         if not isinstance(body, dict):
             raise PgrstError(400, "PGRST102", "Empty or invalid json")
         if not body:
@@ -1157,7 +1245,7 @@ class RestApi:
         return (
             f"update {table.sql} as _x set {sets} "
             f"from json_populate_record(null::{table.rowtype}, {payload}::json) as _b"
-            f"{where} returning _x.*"
+            f"{where}{returns}"
         )
 
     # ---- functions -----------------------------------------------------------------------

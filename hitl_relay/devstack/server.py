@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from hitl_relay.devstack.auth import LocalUser
+from hitl_relay.devstack.gateway import ApiGateway
 from hitl_relay.devstack.keys import LocalKeys
 
 if TYPE_CHECKING:
@@ -194,7 +195,9 @@ class Devstack:
                     allow_methods=["*"],
                     allow_headers=["*"],
                     expose_headers=EXPOSED_HEADERS,
-                )
+                ),
+                # inside CORS, as Kong runs its cors plugin before key-auth
+                Middleware(ApiGateway, keys=self.keys),
             ],
         )
         config = uvicorn.Config(

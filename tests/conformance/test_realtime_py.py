@@ -217,8 +217,14 @@ async def test_rest_batch_broadcast_skips_private_messages_the_token_may_not_wri
             },
         )
         assert r.status_code == 202
-        r = await http.post(url, json=body, headers={"Authorization": "Bearer not-a-jwt"})
+        # with a key, the bad bearer reaches Realtime (auth_tenant.ex); without one the gateway
+        # refuses first (kong.yml key-auth on realtime-v1-rest)
+        r = await http.post(
+            url, json=body, headers={"apikey": anon_key, "Authorization": "Bearer not-a-jwt"}
+        )
         assert (r.status_code, r.json()) == (401, {"message": "Unauthorized"})
+        r = await http.post(url, json=body, headers={"Authorization": "Bearer not-a-jwt"})
+        assert (r.status_code, r.json()["message"]) == (401, "No API key found in request")
     first = await get(got)
     assert (first["event"], first["payload"]) == ("from-op", {"n": 1})  # anon's was skipped
 

@@ -25,6 +25,8 @@ ENV_KEYS = {
     "SUPABASE_URL",
     "SUPABASE_ANON_KEY",
     "SUPABASE_SERVICE_ROLE_KEY",
+    "SUPABASE_PUBLISHABLE_KEY",
+    "SUPABASE_SECRET_KEY",
     "SUPABASE_JWT_SECRET",
     "DATABASE_URL",
     "HITL_OPERATOR_TOKEN",
@@ -69,12 +71,17 @@ async def test_starts_from_bare_serves_and_stops_on_sigterm(home: Path) -> None:
         env_file = home / "devstack.env"
         env = read_env(env_file)
         async with httpx.AsyncClient(base_url=env["SUPABASE_URL"]) as http:
+            # as supabase-js sends them: the project key as apikey, the session as bearer
             cases = await http.get(
                 "/rest/v1/cases?select=id",
-                headers={"Authorization": f"Bearer {env['HITL_OPERATOR_TOKEN']}"},
+                headers={
+                    "apikey": env["SUPABASE_PUBLISHABLE_KEY"],
+                    "Authorization": f"Bearer {env['HITL_OPERATOR_TOKEN']}",
+                },
             )
             signed_in = await http.post(
                 "/auth/v1/token?grant_type=password",
+                headers={"apikey": env["SUPABASE_ANON_KEY"]},
                 json={
                     "email": env["HITL_OPERATOR_EMAIL"],
                     "password": env["HITL_OPERATOR_PASSWORD"],

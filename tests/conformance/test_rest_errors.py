@@ -132,7 +132,8 @@ async def test_token_signed_with_another_secret_is_pgrst301(devstack: Devstack) 
 async def test_malformed_token_is_pgrst301(devstack: Devstack) -> None:
     async with httpx.AsyncClient() as client:
         r = await client.get(
-            f"{devstack.url}/rest/v1/cases", headers={"Authorization": "Bearer not-a-jwt"}
+            f"{devstack.url}/rest/v1/cases",
+            headers={"apikey": devstack.keys.anon_key, "Authorization": "Bearer not-a-jwt"},
         )
 
     assert r.status_code == 401
@@ -150,7 +151,8 @@ async def test_expired_token_is_pgrst303_and_the_client_raises(
         await sb.table("cases").select("id").execute()
     async with httpx.AsyncClient() as client:
         r = await client.get(
-            f"{devstack.url}/rest/v1/cases", headers={"Authorization": f"Bearer {expired}"}
+            f"{devstack.url}/rest/v1/cases",
+            headers={"apikey": devstack.keys.anon_key, "Authorization": f"Bearer {expired}"},
         )
 
     assert e.value.code == "PGRST303"
@@ -166,10 +168,12 @@ async def test_a_role_outside_the_api_roles_is_refused(devstack: Devstack) -> No
     as_ghost = devstack.keys.sign({"role": "ghost", "exp": int(time.time()) + 60})
     async with httpx.AsyncClient() as client:
         superuser = await client.get(
-            f"{devstack.url}/rest/v1/hil_audit", headers={"Authorization": f"Bearer {as_postgres}"}
+            f"{devstack.url}/rest/v1/hil_audit",
+            headers={"apikey": devstack.keys.anon_key, "Authorization": f"Bearer {as_postgres}"},
         )
         ghost = await client.get(
-            f"{devstack.url}/rest/v1/cases", headers={"Authorization": f"Bearer {as_ghost}"}
+            f"{devstack.url}/rest/v1/cases",
+            headers={"apikey": devstack.keys.anon_key, "Authorization": f"Bearer {as_ghost}"},
         )
 
     assert superuser.status_code == 403

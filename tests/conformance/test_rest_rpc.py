@@ -214,7 +214,10 @@ async def test_invalid_input_answers_http_400(devstack: Devstack) -> None:
         r = await http.post(
             f"{devstack.url}/rest/v1/rpc/hitl_open_case",
             json={"p": case_input(question="")},
-            headers={"Authorization": f"Bearer {devstack.keys.service_role_key}"},
+            headers={
+                "apikey": devstack.keys.service_role_key,
+                "Authorization": f"Bearer {devstack.keys.service_role_key}",
+            },
         )
 
     assert r.status_code == 400

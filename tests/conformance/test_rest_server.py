@@ -20,7 +20,9 @@ async def test_port_zero_binds_a_free_port_and_serves_until_stopped(db_url: str)
     await stack.start()
     try:
         async with httpx.AsyncClient() as http:
-            up = await http.get(f"{stack.url}/rest/v1/cases?select=id")
+            up = await http.get(
+                f"{stack.url}/rest/v1/cases?select=id", headers={"apikey": stack.keys.anon_key}
+            )
     finally:
         await stack.stop()
 

@@ -153,6 +153,8 @@ async def js_env(devstack: Any, db: asyncpg.Connection) -> dict[str, str]:
         "SUPABASE_URL": devstack.url,
         "SUPABASE_ANON_KEY": keys.anon_key,
         "SUPABASE_SERVICE_ROLE_KEY": keys.service_role_key,
+        "SUPABASE_PUBLISHABLE_KEY": keys.publishable_key,
+        "SUPABASE_SECRET_KEY": keys.secret_key,
         "HITL_OPERATOR_ID": operator_id,
         "HITL_OPERATOR_TOKEN": keys.user_token(operator_id, operator=True),
         "HITL_OPERATOR2_TOKEN": keys.user_token(operator2_id, operator=True),
@@ -509,6 +511,44 @@ async def test_rest_select_filters_and_row_level_security_per_role(
     assert r["user"]["list"]["status"] == 200
     assert r["user"]["list"]["data"] == []
     assert [row["id"] for row in r["service"]["list"]["data"]] == [high, low]
+
+
+async def test_the_new_api_keys_act_as_anon_and_service_role(js_env: dict[str, str]) -> None:
+    # supabase/supabase docker/volumes/api/kong-entrypoint.sh LUA_AUTH_EXPR / LUA_RT_WS_EXPR:
+    # the gateway swaps sb_publishable_/sb_secret_ for the anon/service_role JWT and lets a
+    # session bearer through; kong.yml key-auth refuses a request with no key
+    r = await run_scenario("new_keys", js_env)
+    high, low = js_env["HITL_CASE_ID"], js_env["HITL_CASE_ID_2"]
+    assert (r["publishable"]["status"], r["publishable"]["data"]) == (200, [])
+    assert [row["id"] for row in r["operator"]["data"]] == [high, low]
+    assert [row["id"] for row in r["secret"]["data"]] == [high, low]
+    assert r["joins"] == {"operator": "SUBSCRIBED", "publishable": "CHANNEL_ERROR"}
+    assert r["no_key"] == {
+        "status": 401,
+        "body": {
+            "message": "No API key found in request",
+            "hint": "No `apikey` request header or url param was found.",
+        },
+    }
+
+
+async def test_hosted_postgrest_refusals_reach_supabase_js(
+    js_env: dict[str, str], db: asyncpg.Connection
+) -> None:
+    # supabase/postgres 20220224211803_fix-postgrest-supautils.sql loads pg-safeupdate for
+    # PostgREST's role (safeupdate.c: 21000; PostgREST Error.hs: → 400); PostgREST v14.12
+    # Error.hs BadCrypto → PGRST301 "JWT cryptographic operation failed"
+    audit_rows = await db.fetchval("select count(*) from public.hil_audit")
+    r = await run_scenario("hosted_rest", js_env)
+    for key, verb in (("delete_all", "DELETE"), ("update_all", "UPDATE")):
+        assert r[key]["status"] == 400, r[key]
+        assert r[key]["error"]["code"] == "21000"
+        assert r[key]["error"]["message"] == f"{verb} requires a WHERE clause"
+    assert r["random_token"]["status"] == 401
+    assert r["random_token"]["error"]["code"] == "PGRST301"
+    assert r["random_token"]["error"]["message"] == "JWT cryptographic operation failed"
+    assert await db.fetchval("select count(*) from public.hil_audit") == audit_rows
+    assert await db.fetchval("select count(*) from public.cases where priority = 1") == 0
 
 
 # ---- REST broadcast ---------------------------------------------------------------------------

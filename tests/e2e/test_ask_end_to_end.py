@@ -224,3 +224,27 @@ async def test_platform_down_at_start_still_serves_and_refuses_with_a_fallback(
         result = await ask_human(url + "/mcp", API_KEY, "Hello?", timeout_seconds=10)
     assert result["status"] == "platform_unreachable"
     assert time.monotonic() - t0 < 5
+
+
+async def test_a_relay_configured_with_a_secret_key_answers_an_ask(stack: Stack) -> None:
+    """A project with legacy JWT keys off: the relay holds only an `sb_secret_` key.
+
+    supabase-py 2.34 sends it as `apikey` and `Authorization: Bearer sb_secret_…` on REST and as
+    the socket's `apikey` and the joins' access_token on Realtime; the gateway swaps it for the
+    service_role JWT (supabase/supabase docker/volumes/api/kong-entrypoint.sh LUA_AUTH_EXPR,
+    LUA_RT_WS_EXPR) and Realtime ignores an `sb_` access token in favour of the connect token.
+    """
+    secret_key = stack.devstack.env["SUPABASE_SECRET_KEY"]
+    assert secret_key.startswith("sb_secret_")
+    operator = stack.operator(answer_text=lambda case: "Yes, with the secret key.")
+    await operator.start()
+    try:
+        async with relay_process(stack.devstack, SUPABASE_SERVICE_ROLE_KEY=secret_key) as url:
+            result = await ask_human(
+                url + "/mcp", API_KEY, "Does the secret key work?", timeout_seconds=20
+            )
+    finally:
+        await operator.stop()
+    assert result["status"] == "answered"
+    assert result["answer"] == "Yes, with the secret key."
+    assert await answer_time(stack.db_url, str(result["case_id"])) is not None

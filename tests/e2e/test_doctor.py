@@ -87,11 +87,46 @@ async def test_the_anon_key_in_place_of_the_service_key_is_named(
     env = {**platform_env(devstack), "SUPABASE_SERVICE_ROLE_KEY": devstack.keys.anon_key}
     outcome = await doctor(tmp_path, **env)
     assert outcome.code == 1
-    assert "not the anon key" in outcome.line("service key")
+    assert "not the publishable or anon key" in outcome.line("service key")
     assert (
         outcome.line("migrations")
         == "FAIL migrations — not checked: the key is not the service role's"
     )
+
+
+async def test_a_secret_key_as_supabase_secret_key_passes_every_check(
+    devstack: Devstack, tmp_path: Path
+) -> None:
+    # A project with legacy JWT keys turned off has only sb_secret_ keys: supabase-py sends the
+    # key as apikey and bearer, the gateway maps it to the service_role JWT (gateway.py).
+    outcome = await doctor(
+        tmp_path, SUPABASE_URL=devstack.url, SUPABASE_SECRET_KEY=devstack.keys.secret_key
+    )
+    assert outcome.code == 0
+    assert all(line.startswith("ok ") for line in outcome.lines)
+    assert outcome.line("service key").startswith("ok   service key — accepted")
+
+
+async def test_an_unknown_secret_key_is_named(devstack: Devstack, tmp_path: Path) -> None:
+    # hosted's gateway: 401 {"message":"Invalid API key",...} before PostgREST
+    other = make_keys(secrets.token_urlsafe(32)).secret_key
+    env = {**platform_env(devstack), "SUPABASE_SERVICE_ROLE_KEY": other}
+    outcome = await doctor(tmp_path, **env)
+    assert outcome.code == 1
+    line = outcome.line("service key")
+    assert line.startswith("FAIL")
+    assert "refused SUPABASE_SERVICE_ROLE_KEY" in line
+    assert "secret keys (sb_secret_…)" in line
+
+
+async def test_a_publishable_key_in_place_of_the_secret_key_is_a_configuration_problem(
+    devstack: Devstack, tmp_path: Path
+) -> None:
+    env = {**platform_env(devstack), "SUPABASE_SERVICE_ROLE_KEY": devstack.keys.publishable_key}
+    outcome = await doctor(tmp_path, **env)
+    assert outcome.code == 1
+    text = "\n".join(outcome.lines)
+    assert "SUPABASE_SERVICE_ROLE_KEY: is a publishable key (sb_publishable_…)" in text
 
 
 async def test_an_unreachable_url_is_named(tmp_path: Path) -> None:

@@ -178,5 +178,36 @@ def test_supabase_backend_needs_its_url_and_service_role_key(
         "HITL_DEFAULT_TIMEOUT_SECONDS: must be between HITL_MIN_TIMEOUT_SECONDS (5) and "
         "HITL_MAX_TIMEOUT_SECONDS (600)",
         "SUPABASE_URL: is required (your project's API URL)",
-        "SUPABASE_SERVICE_ROLE_KEY: is required (the relay uses the service role)",
+        "SUPABASE_SERVICE_ROLE_KEY: is required (the relay uses the service role; a secret "
+        "key sb_secret_… may be given as SUPABASE_SECRET_KEY instead)",
+    ]
+
+
+def test_a_secret_key_may_be_given_under_supabases_own_name(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # the dashboard and `supabase status` call the new server key SUPABASE_SECRET_KEY
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HITL_INSECURE_LOCAL", "true")
+    monkeypatch.setenv("SUPABASE_URL", "https://project.supabase.co")
+    monkeypatch.setenv("SUPABASE_SECRET_KEY", "sb_secret_N7UND0UgjKTVK-Uodkm0Hg_xSvEMPvz")
+    loaded = load_settings()
+    assert loaded.supabase_service_role_key is not None
+    assert loaded.supabase_service_role_key.get_secret_value().startswith("sb_secret_")
+
+
+def test_a_publishable_key_as_the_service_key_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HITL_INSECURE_LOCAL", "true")
+    monkeypatch.setenv("SUPABASE_URL", "https://project.supabase.co")
+    monkeypatch.setenv(
+        "SUPABASE_SERVICE_ROLE_KEY", "sb_publishable_ACJWlzQHlZjBrEguHvfOxg_3BJgxAaH"
+    )
+    with pytest.raises(ConfigError) as e:
+        load_settings()
+    assert e.value.problems == [
+        "SUPABASE_SERVICE_ROLE_KEY: is a publishable key (sb_publishable_…), which acts as anon; "
+        "the relay needs a secret key (sb_secret_…) or the service_role key"
     ]
