@@ -155,3 +155,29 @@ def test_limits_come_from_hitl_realtime_environment_variables() -> None:
         RealtimeLimits.from_env({"HITL_REALTIME_MAX_CHANNELS_PER_CLIENT": "lots"})
     with pytest.raises(ValueError, match="greater than 0"):
         RealtimeLimits.from_env({"HITL_REALTIME_RATE_TICK_S": "0"})
+
+
+def test_hitl_devstack_limits_picks_a_hosted_plan_and_local_stays_the_default() -> None:
+    # supabase/supabase apps/docs/content/guides/realtime/limits.mdx, "Limits by plan"
+    def plan(env: dict[str, str]) -> tuple[int, ...]:
+        lim = RealtimeLimits.from_env(env)
+        return (
+            lim.max_concurrent_users,
+            lim.max_events_per_second,
+            lim.max_joins_per_second,
+            lim.max_channels_per_client,
+            lim.max_presence_events_per_second,
+            lim.max_payload_bytes,
+        )
+
+    assert plan({"HITL_DEVSTACK_LIMITS": "free"}) == (200, 100, 100, 100, 20, 256_500)
+    assert plan({"HITL_DEVSTACK_LIMITS": "pro"}) == (500, 500, 500, 100, 50, 3_000_500)
+    assert plan({}) == plan({"HITL_DEVSTACK_LIMITS": "local"})
+    assert plan({})[2] == 2500
+    # a HITL_REALTIME_* setting still applies on top of the profile
+    over = RealtimeLimits.from_env(
+        {"HITL_DEVSTACK_LIMITS": "Free", "HITL_REALTIME_MAX_JOINS_PER_SECOND": "7"}
+    )
+    assert (over.max_joins_per_second, over.max_events_per_second) == (7, 100)
+    with pytest.raises(ValueError, match=r"HITL_DEVSTACK_LIMITS: must be one of free, pro, local"):
+        RealtimeLimits.from_env({"HITL_DEVSTACK_LIMITS": "team"})
