@@ -415,6 +415,7 @@ class RealtimeService:
         if not sock.counted and self._users() >= self.limits.max_concurrent_users:
             raise JoinRefused("ConnectionRateLimitReached: Too many connected users")
         if self.joins.triggered:  # limit_joins/2
+            log.warning("realtime: ClientJoinRateLimitReached: Too many joins per second")
             raise JoinRefused(
                 "ClientJoinRateLimitReached: Too many joins per second", disconnect=True
             )
@@ -678,6 +679,10 @@ class RealtimeService:
             delivered.append(ch)
         self.events.add(len(delivered))
         if over_limit:  # handle_info(:update_rate_counter) on each receiving channel
+            if delivered:
+                log.warning(
+                    "realtime: MessagePerSecondRateLimitReached: Too many messages per second"
+                )
             for ch in delivered:
                 self._shutdown(ch, "Too many messages per second")
         return len(delivered)
