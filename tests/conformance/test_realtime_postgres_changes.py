@@ -35,6 +35,7 @@ from realtime import AsyncRealtimeChannel, RealtimeSubscribeStates
 from realtime_support import (
     PUBLIC,
     TIMEOUT_S,
+    V1,
     RtClients,
     collector,
     get,
@@ -361,3 +362,25 @@ async def test_leaving_deletes_the_channels_subscriptions(
         return await rows() == 0
 
     await wait_until(gone, "the channel's realtime.subscription rows deleted", TIMEOUT_S)
+
+
+async def test_the_pre_config_api_topic_names_the_table_and_events_come_named_by_type(
+    published: Devstack, raw: Any, db: asyncpg.Connection
+) -> None:
+    # realtime_channel.ex pg_change_params(false, ...): `realtime:<schema>:<table>[:<filter>]`;
+    # message_dispatcher.ex sends such joins the change as event INSERT/UPDATE/DELETE
+    sock = await raw(published, published.keys.service_role_key, vsn=V1)
+    reply = await sock.join("public:cases", {})
+    assert reply["payload"]["status"] == "ok"
+    (binding,) = reply["payload"]["response"]["postgres_changes"]
+    assert {k: v for k, v in binding.items() if k != "id"} == {"schema": "public", "table": "cases"}
+    system, _ = await sock.recv_until(lambda f: f["event"] == "system")
+    assert system["payload"]["message"] == "Subscribed to PostgreSQL"
+
+    case_id = await open_case(db)
+
+    change, _ = await sock.recv_until(lambda f: f["event"] == "INSERT")
+    assert change["topic"] == "realtime:public:cases"
+    assert change["ref"] is None
+    assert change["payload"]["type"] == "INSERT"
+    assert change["payload"]["record"]["id"] == case_id
