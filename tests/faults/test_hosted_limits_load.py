@@ -179,6 +179,9 @@ async def test_300_calls_at_50_a_second_on_the_free_plan_are_all_answered(
         f"after {total_s:.1f} s): {dict(statuses)}; call->answer p50 {p50:.2f} s, "
         f"p99 {p99:.2f} s, max {took[-1]:.2f} s; limits logged: {dict(refused) or 'none'}"
     )
+    # the devstack ran with the Free plan's numbers
+    started = (free_devstack.home / "devstack.out").read_text(errors="replace")
+    assert "realtime limits: 200 connections, 100 joins/s, 100 messages/s" in started
     assert {c: (results[c]["status"], results[c]["answer"]) for c in call_ids} == {
         c: ("answered", f"Answer for {c}") for c in call_ids
     }

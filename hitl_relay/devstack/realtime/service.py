@@ -207,6 +207,17 @@ class RealtimeService:
         if self._listen_task is not None and not self._listen_task.done():
             return  # already started
         self._stopping = False
+        lim = self.limits
+        log.info(
+            "realtime limits: %d connections, %d joins/s, %d messages/s, %d presence messages/s,"
+            " %d channels per connection, %d payload bytes",
+            lim.max_concurrent_users,
+            lim.max_joins_per_second,
+            lim.max_events_per_second,
+            lim.max_presence_events_per_second,
+            lim.max_channels_per_client,
+            lim.max_payload_bytes,
+        )
         await self._listen()
         self._listen_task = asyncio.create_task(self._keep_listening(), name="realtime-listen")
 
