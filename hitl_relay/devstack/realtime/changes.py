@@ -371,6 +371,10 @@ class PostgresChanges:
         if channel.pg_bindings and not channel.closed:
             self._schedule(channel, self._backoff())
 
+    def _forget(self, channel: Channel) -> None:
+        for binding in channel.pg_bindings:
+            self.by_subscription.pop(binding.subscription_id, None)
+
     def left(self, channel: Channel) -> None:
         """The channel ended: forget its subscriptions and delete their rows."""
         if channel.pg_task is not None:
@@ -409,6 +413,9 @@ class PostgresChanges:
             parsed = [(b, parse_params(b.params)) for b in channel.pg_bindings]
         except ParamsError as e:
             return "error", str(e), False
+        # Known before the rows commit, so a change polled right after the commit is routed.
+        for binding in channel.pg_bindings:
+            self.by_subscription[binding.subscription_id] = (channel, binding)
         try:
             await self._ensure_slot()
             async with self.service.ctx.pool.acquire() as conn, conn.transaction():
@@ -443,14 +450,15 @@ class PostgresChanges:
                             f"[{p.to_log()}]"
                         )
         except _InsertFailed as e:
+            self._forget(channel)
             return "error", str(e), False
         except DB_ERRORS as e:
+            self._forget(channel)
             log.warning("realtime: UnableToSubscribeToPostgres: %s", e)
             return "error", DB_TIMEOUTS, True
-        if channel.closed:
+        if channel.closed:  # left while subscribing: its rows must not outlive it
+            self.left(channel)
             return "ok", SUBSCRIBED, False
-        for binding in channel.pg_bindings:
-            self.by_subscription[binding.subscription_id] = (channel, binding)
         self._start_polling()
         return "ok", SUBSCRIBED, False
 
