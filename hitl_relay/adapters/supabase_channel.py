@@ -459,6 +459,7 @@ class RealtimeChannel:
             self.pool.pacer.pause(delay)
             self.rt.rejoin_timer.schedule_timeout(delay)
             self.pool.rate_limited += 1
+            self.pool.changed.notify()
             logger.bind(topic=self.topic).warning(
                 "realtime join refused ({}); joining again in {:.1f} s", reason, delay
             )

@@ -127,3 +127,39 @@ def test_realtime_py_sends_every_join_through_the_method_the_pacer_wraps() -> No
     assert "await self._rejoin()" in inspect.getsource(AsyncRealtimeChannel.subscribe)
     assert "await self._rejoin()" in inspect.getsource(AsyncRealtimeChannel._rejoin_if_connected)
     assert "channel._rejoin()" in inspect.getsource(AsyncRealtimeClient._rejoin_errored_channels)
+
+
+async def test_a_join_refused_for_connections_is_sent_again_in_seconds_not_30(
+    db_url: str,
+) -> None:
+    # `ConnectionRateLimitReached` (realtime_channel.ex limit_max_users/2) leaves the socket
+    # open, so only the channel's rejoin timer brings the join back: realtime-py sets it to 30 s,
+    # the pool to `rate_limited_rejoin_s` (1 s here). The join budget (12 s) is under 30 s.
+    stack = Devstack(
+        db_url,
+        make_keys(secrets.token_urlsafe(32)),
+        limits=RealtimeLimits(
+            max_concurrent_users=1, channel_error_backoff_s=0.05, connect_error_backoff_s=0.05
+        ),
+    )
+    await stack.start()
+    other = AsyncRealtimeClient(f"{stack.url}/realtime/v1", token=stack.keys.anon_key)
+    pool = SocketPool(f"{stack.url}/realtime/v1", stack.keys.service_role_key, TUNING)
+    try:
+        await other.connect()
+        await other.channel("lobby", {"config": {"private": False}}).subscribe()
+        case_id = uuid.uuid4()
+        sub = SupabaseSubscription(case_id)
+        attach = asyncio.create_task(pool.attach(f"case:{case_id}", "case", sub))
+        await pool.wait_until(lambda: pool.rate_limited > 0, 5.0)  # refused: the slot is taken
+        await other.close()  # the other user leaves
+
+        channel = await attach
+
+        assert channel.state == "joined"
+        assert pool.reconnects == 0  # the same socket: the rejoin timer did it
+        pool.detach(channel, sub)
+    finally:
+        await pool.aclose()
+        await other.close()
+        await stack.stop()
