@@ -103,6 +103,10 @@ class Settings(SecuritySettings, BaseSettings):
     no_operator_answers_at_once: bool = True
     presence_cache_ttl_seconds: float = Field(0.5, ge=0, le=1.0)
     channels_per_socket: int = Field(100, ge=1, le=100)
+    # Realtime channel joins this relay sends per second at most. Supabase limits joins per
+    # project (Free 100/s, Pro 500/s), shared with the operators' app and every replica: the
+    # default leaves Free half its budget; with N replicas use about limit / (2 * N).
+    realtime_joins_per_second: float = Field(50.0, gt=0, le=10_000)
     # Seconds a single platform request (rpc, join) may take before it counts as a failure.
     platform_timeout_seconds: float = Field(5.0, gt=0, le=60)
 

@@ -149,6 +149,7 @@ def tuning_from(settings: Settings) -> RealtimeTuning:
         channels_per_socket=settings.channels_per_socket,
         join_timeout_s=settings.platform_timeout_seconds,
         connect_timeout_s=settings.platform_timeout_seconds,
+        joins_per_second=settings.realtime_joins_per_second,
     )
 
 

@@ -24,6 +24,15 @@ The pool:
   period after the reply (the server's `phx_close` for the old join follows its reply, and
   realtime-py would hand it to a new channel of that topic: V1 frames carry no join_ref).
 
+- Paces its joins under the project's join rate (`joins_per_second`, set by
+  HITL_REALTIME_JOINS_PER_SECOND): every join realtime-py sends (the first one, its rejoin
+  timer, the rejoins after a reconnect) waits for the pacer. Supabase counts channel joins per
+  project (Free: 100 a second, Pro: 500; supabase/supabase `guides/realtime/limits.mdx`);
+  over the limit it refuses the join with `ClientJoinRateLimitReached` and drops the whole
+  socket (supabase/realtime `realtime_channel.ex` join/3). realtime-py then waits 30 s before
+  that channel's next join (`RATE_LIMITED_REJOIN_DELAY_SECONDS`); the pool instead pauses every
+  join for `rate_limited_rejoin_s` and has the channel rejoin after that pause.
+
 Verified against the devstack (tests/integration): after the server closes a socket (1001),
 realtime-py marks every joined or joining channel errored (CHANNEL_ERROR with the close
 exception) and, on the next successful `connect()`, re-sends their joins; the subscribe callback
@@ -46,6 +55,9 @@ from typing import Any, Literal, Protocol, cast
 from uuid import UUID
 
 import websockets
+from limits import RateLimitItem, RateLimitItemPerSecond
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 from loguru import logger
 from realtime import (
     AsyncRealtimeChannel,
@@ -89,6 +101,14 @@ PERMANENT_REFUSALS = (
     "Token has expired",
 )
 
+# Join refusals for a project-wide rate (realtime_channel.ex join/3); realtime-py waits 30 s after
+# them (channel.py RATE_LIMIT_ERROR_CODES), the pool only `rate_limited_rejoin_s`.
+RATE_LIMIT_REFUSALS = (
+    "ClientJoinRateLimitReached",
+    "ConnectionRateLimitReached",
+    "DatabaseConnectionRateLimitReached",
+)
+
 
 @dataclass(frozen=True)
 class RealtimeTuning:
@@ -114,6 +134,13 @@ class RealtimeTuning:
     # must not wait out the join timeout while the platform is down); shorter blips are waited
     # out.
     fail_joins_after_down_s: float = 1.0
+    # Joins sent per second at most, all sockets together (the project's limit is shared with
+    # every other client: the operators' app, other relay replicas). Half of Free's 100.
+    joins_per_second: float = 50.0
+    # After a join refused for the project's rate: no join for about this long (jittered over
+    # its upper half), then the refused channel rejoins. Realtime re-evaluates its rate every
+    # 5 s (Tenants.joins_per_second_rate tick).
+    rate_limited_rejoin_s: float = 5.0
 
     def reconnect_delay(self, attempt: int) -> float:
         """The pause before reconnect attempt `attempt` (1, 2, ...) after a failed one."""
@@ -212,6 +239,63 @@ class _Changed:
         return self._event.wait()
 
 
+class JoinPacer:
+    """At most `per_second` joins a second (a moving window, `limits`), and a pause for every
+    join after the project refused one for its rate."""
+
+    def __init__(self, per_second: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if per_second >= 1:
+            self.item: RateLimitItem = RateLimitItemPerSecond(int(per_second))
+        else:  # fewer than one a second: one per ceil(1 / rate) seconds
+            self.item = RateLimitItemPerSecond(1, math.ceil(1 / per_second))
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._clock = clock
+        self.paused_until = 0.0
+        self.waited = 0  # joins that had to wait (metrics for tests and benchmarks)
+
+    def pause(self, seconds: float) -> None:
+        self.paused_until = max(self.paused_until, self._clock() + seconds)
+
+    async def acquire(self) -> None:
+        waited = False
+        while True:
+            pause = self.paused_until - self._clock()
+            if pause <= 0 and self._limiter.hit(self.item, "joins"):
+                break
+            if pause <= 0:
+                stats = self._limiter.get_window_stats(self.item, "joins")
+                pause = max(0.001, stats.reset_time - time.time())
+            waited = True
+            await asyncio.sleep(min(pause, 1.0))  # pacing: the wait is the point
+        if waited:
+            self.waited += 1
+
+
+def pace_joins(rt: AsyncRealtimeChannel, pool: SocketPool) -> None:
+    """Send every join of `rt` through the pool's pacer.
+
+    A shim over realtime-py's private `AsyncRealtimeChannel._rejoin` (checked against the
+    installed realtime-py by tests/integration/test_realtime_join_pacing.py): realtime-py sends
+    every join through it (subscribe(), its rejoin timer, `_rejoin_errored_channels` after a
+    reconnect) and has no public hook to delay them. The wrapper returns at once and sends the
+    join from a pool task once the pacer allows it, so a reconnect (which awaits the rejoins of
+    every errored channel) is never held up by the pacing.
+    """
+    original = rt._rejoin
+
+    async def send_when_allowed() -> None:
+        await pool.pacer.acquire()
+        # Not for a channel left (or replaced) meanwhile: its slot on the server is gone.
+        current = rt.socket.channels.get(rt.topic) is rt
+        if current and not rt.is_leaving and rt.socket.is_connected:
+            await original()
+
+    async def paced_rejoin() -> None:
+        pool.spawn(send_when_allowed(), f"join {rt.topic}")
+
+    rt._rejoin = paced_rejoin  # type: ignore[method-assign]
+
+
 ChannelState = Literal["joining", "joined", "interrupted", "lost", "leaving"]
 
 
@@ -264,6 +348,7 @@ class RealtimeChannel:
                     rt.on_broadcast("session", self._on_session)
                 else:
                     rt.on_presence_sync(self._on_presence_sync)
+                pace_joins(rt, self.pool)
                 self.rt = rt
                 await rt.subscribe(self._on_state)
                 while self.state == "joining":
@@ -366,6 +451,18 @@ class RealtimeChannel:
         if reason is not None and reason.startswith(PERMANENT_REFUSALS):
             self.lose(f"join {self.topic} refused: {reason}")
             return
+        if reason is not None and reason.startswith(RATE_LIMIT_REFUSALS) and self.rt is not None:
+            # Instead of realtime-py's 30 s: every join pauses, then this one is sent again
+            # (the server also drops the socket; a reconnect rejoins it, paced, even sooner).
+            base = self.pool.tuning.rate_limited_rejoin_s
+            delay = base / 2 + random.uniform(0.0, base / 2)
+            self.pool.pacer.pause(delay)
+            self.rt.rejoin_timer.schedule_timeout(delay)
+            self.pool.rate_limited += 1
+            self.pool.changed.notify()
+            logger.bind(topic=self.topic).warning(
+                "realtime join refused ({}); joining again in {:.1f} s", reason, delay
+            )
         if reason is not None and reason.startswith("ChannelRateLimitReached"):
             # The server allows fewer channels per socket than configured: say so plainly.
             self.lose(
@@ -649,6 +746,8 @@ class SocketPool:
         # Every socket not yet closed, including idle ones on their way out.
         self._open: set[RealtimeSocket] = set()
         self.reconnects = 0
+        self.rate_limited = 0  # joins the platform refused for the project's rate
+        self.pacer = JoinPacer(tuning.joins_per_second)
         self._numbers = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False

@@ -20,8 +20,14 @@ from hitl_relay.devstack.keys import make_keys
 from hitl_relay.devstack.realtime import RealtimeLimits
 from hitl_relay.devstack.server import Devstack
 
-# Supabase's refusal backoffs (5 s / 2 s) made short, as in the shared `devstack` fixture.
-FAST_BACKOFFS: dict[str, Any] = {"channel_error_backoff_s": 0.05, "connect_error_backoff_s": 0.05}
+# Supabase's refusal backoffs (5 s / 2 s) made short, as in the shared `devstack` fixture, and
+# the 1-3 s Realtime waits before subscribing a join's postgres_changes.
+FAST_BACKOFFS: dict[str, Any] = {
+    "channel_error_backoff_s": 0.05,
+    "connect_error_backoff_s": 0.05,
+    "postgres_subscribe_min_s": 0.02,
+    "postgres_subscribe_max_s": 0.06,
+}
 
 # These tests exercise Realtime's protocol (broadcast with ack and self, presence, REST
 # broadcast, token refresh) on private `case:<uuid>` topics, which needs a client allowed to

@@ -8,12 +8,14 @@ raise ProtocolError (which closes only that socket), never anything else.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from realtime_support import kind3, parse_kind4
 
+from hitl_relay.devstack.realtime.changes import ParamsError, parse_params
 from hitl_relay.devstack.realtime.limits import RateCounter, RealtimeLimits
 from hitl_relay.devstack.realtime.serializer import (
     V1,
@@ -155,3 +157,85 @@ def test_limits_come_from_hitl_realtime_environment_variables() -> None:
         RealtimeLimits.from_env({"HITL_REALTIME_MAX_CHANNELS_PER_CLIENT": "lots"})
     with pytest.raises(ValueError, match="greater than 0"):
         RealtimeLimits.from_env({"HITL_REALTIME_RATE_TICK_S": "0"})
+
+
+def test_hitl_devstack_limits_picks_a_hosted_plan_and_local_stays_the_default() -> None:
+    # supabase/supabase apps/docs/content/guides/realtime/limits.mdx, "Limits by plan"
+    def plan(env: dict[str, str]) -> tuple[int, ...]:
+        lim = RealtimeLimits.from_env(env)
+        return (
+            lim.max_concurrent_users,
+            lim.max_events_per_second,
+            lim.max_joins_per_second,
+            lim.max_channels_per_client,
+            lim.max_presence_events_per_second,
+            lim.max_payload_bytes,
+        )
+
+    assert plan({"HITL_DEVSTACK_LIMITS": "free"}) == (200, 100, 100, 100, 20, 256_500)
+    assert plan({"HITL_DEVSTACK_LIMITS": "pro"}) == (500, 500, 500, 100, 50, 3_000_500)
+    assert plan({}) == plan({"HITL_DEVSTACK_LIMITS": "local"})
+    assert plan({})[2] == 2500
+    # a HITL_REALTIME_* setting still applies on top of the profile
+    over = RealtimeLimits.from_env(
+        {"HITL_DEVSTACK_LIMITS": "Free", "HITL_REALTIME_MAX_JOINS_PER_SECOND": "7"}
+    )
+    assert (over.max_joins_per_second, over.max_events_per_second) == (7, 100)
+    with pytest.raises(ValueError, match=r"HITL_DEVSTACK_LIMITS: must be one of free, pro, local"):
+        RealtimeLimits.from_env({"HITL_DEVSTACK_LIMITS": "team"})
+
+
+# supabase/realtime lib/extensions/postgres_cdc_rls/subscriptions.ex, the doctests of
+# parse_subscription_params/1 (Elixir tuples as Python tuples)
+PARSE_EXAMPLES: list[tuple[dict[str, Any], Any]] = [
+    (
+        {"schema": "public", "table": "messages", "filter": "subject=eq.hey"},
+        ("*", "public", "messages", (("subject", "eq", "hey", False),), None),
+    ),
+    (
+        {"schema": "public", "table": "messages", "filter": "subject=in.(hidee,ho)"},
+        ("*", "public", "messages", (("subject", "in", "{hidee,ho}", False),), None),
+    ),
+    (
+        {"schema": "public", "table": "messages", "filter": "subject=not.like.hey%"},
+        ("*", "public", "messages", (("subject", "like", "hey%", True),), None),
+    ),
+    (
+        {"schema": "public", "table": "messages", "filter": "id=gt.0,id=lt.100"},
+        ("*", "public", "messages", (("id", "gt", "0", False), ("id", "lt", "100", False)), None),
+    ),
+    (
+        {"schema": "public", "table": "messages", "filter": "   "},
+        ("*", "public", "messages", (), None),
+    ),
+    ({"schema": "public", "table": "messages"}, ("*", "public", "messages", (), None)),
+    ({"schema": "public"}, ("*", "public", "*", (), None)),
+    ({"table": "messages"}, ("*", "public", "messages", (), None)),
+    ({"event": "update", "table": "messages"}, ("UPDATE", "public", "messages", (), None)),
+    (
+        {"schema": "public", "table": "messages", "filter": "subject=foo.hey"},
+        'Error parsing `filter` params: ["foo", "hey"]',
+    ),
+    (
+        {"schema": "public", "table": "messages", "filter": "undefined"},
+        'Error parsing `filter` params: ["undefined"]',
+    ),
+    (
+        {},
+        "No subscription params provided. Please provide at least a `schema` or `table` to "
+        "subscribe to: %{}",
+    ),
+]
+
+
+@pytest.mark.parametrize(("params", "expected"), PARSE_EXAMPLES)
+def test_postgres_changes_params_parse_as_realtime_parses_them(
+    params: dict[str, Any], expected: Any
+) -> None:
+    if isinstance(expected, str):
+        with pytest.raises(ParamsError) as e:
+            parse_params(params)
+        assert str(e.value) == expected
+    else:
+        p = parse_params(params)
+        assert (p.action, p.schema, p.table, p.filters, p.select) == expected

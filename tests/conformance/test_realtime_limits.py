@@ -133,3 +133,44 @@ async def test_rest_broadcast_validation_errors_are_ecto_changeset_errors(stack:
         assert r.json() == {
             "error": "Unsupported Media Type. Use application/json or application/octet-stream"
         }
+
+
+async def test_a_connection_over_the_concurrent_users_limit_is_refused_at_join(
+    stack_with: StackWith, raw: OpenRaw
+) -> None:
+    # realtime_channel.ex limit_max_users/2: sockets that joined a channel count as users; a
+    # new one over the limit gets "ConnectionRateLimitReached: Too many connected users"
+    own = await stack_with(max_concurrent_users=1)
+    first, second = await raw(own, vsn=V2), await raw(own, vsn=V2)
+    assert (await first.join("room-a", PUBLIC))[4]["status"] == "ok"
+    assert (await first.join("room-b", PUBLIC))[4]["status"] == "ok"  # already counted
+
+    reply = await second.join("room-a", PUBLIC)
+
+    assert reply[4] == {
+        "response": {"reason": "ConnectionRateLimitReached: Too many connected users"},
+        "status": "error",
+    }
+
+
+async def test_presence_over_the_projects_presence_rate_closes_the_channel(
+    stack_with: StackWith, raw: OpenRaw
+) -> None:
+    # presence_handler.ex limit_presence_event/1 (Tenants.presence_events_per_second_rate) →
+    # realtime_channel.ex shutdown_response("Too many presence messages per second")
+    own = await stack_with(max_presence_events_per_second=1, rate_tick_s=0.005)
+    messages: list[str] = []
+    for i in range(200):
+        sock = await raw(own, vsn=V2)
+        topic = f"realtime:room-{i}"
+        assert (await sock.join(topic.removeprefix("realtime:"), PUBLIC))[4]["status"] == "ok"
+        for n in range(5):
+            track = {"type": "presence", "event": "track", "payload": {"n": n}}
+            await sock.send("1", str(n + 10), topic, "presence", track)
+            frame, _ = await sock.recv_until(lambda f: f[3] in ("phx_reply", "system"))
+            if frame[3] == "system":
+                messages.append(frame[4]["message"])
+                break
+        if messages:
+            break
+    assert messages == ["Too many presence messages per second"]

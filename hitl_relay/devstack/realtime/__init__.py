@@ -8,15 +8,16 @@ the supabase/realtime server sources module by module:
 - `authorization`: private channels through the `realtime.messages` RLS policies under the
   token's role with `realtime.topic()` set, in a transaction that always rolls back;
 - `presence`: Phoenix.Presence state and diffs;
-- `limits`: Supabase's limits and its per-project rate counter;
+- `limits`: Supabase's limits (profiles `free`, `pro`, `local`) and its per-project rate counter;
+- `changes`: postgres_changes, through Realtime's own SQL (`realtime.subscription`,
+  `realtime.apply_rls` over a temporary wal2json slot, `realtime.list_changes`);
 - `service`: the websocket endpoint (join, leave, heartbeat, broadcast with ack/self, presence,
   access_token, token expiry, duplicate joins, limits with Supabase's replies) and database
   broadcasts: rows `realtime.send` writes arrive by NOTIFY `hitl_realtime` after commit, in
   commit order, and go to every subscriber of the topic allowed to read them;
 - `api`: the REST broadcast endpoints.
 
-Not supported (see the devstack README): postgres_changes delivery (joins with bindings get
-Supabase's reply with ids, but no change events), binary kinds other than 3 from clients.
+Not supported (see the devstack README): binary kinds other than 3 from clients.
 """
 
 from hitl_relay.devstack.realtime.limits import RealtimeLimits

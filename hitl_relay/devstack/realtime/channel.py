@@ -14,6 +14,7 @@ from typing import Any
 from starlette.websockets import WebSocket
 
 from hitl_relay.devstack.realtime.authorization import Policies
+from hitl_relay.devstack.realtime.changes import Binding
 from hitl_relay.devstack.realtime.presence import TopicPresence
 from hitl_relay.devstack.realtime.serializer import Serializer
 
@@ -38,6 +39,7 @@ class Socket:
         self.closing: tuple[int, str] | None = None
         self.gone = False  # the client went away: nothing more can be sent
         self.done = asyncio.Event()
+        self.counted = False  # counted as a connected user (joined a channel once)
 
     def send(self, data: str | bytes) -> None:
         if self.closing is not None:
@@ -88,6 +90,9 @@ class Channel:
     presence_window_ends: float | None = None
     confirm_timer: asyncio.TimerHandle | None = None
     closed: bool = False
+    pg_bindings: list[Binding] = field(default_factory=list)
+    pg_new_api: bool = True  # the join had `config`: changes come as `postgres_changes`
+    pg_task: asyncio.Task[None] | None = None  # the pending postgres_subscribe
 
     @property
     def subtopic(self) -> str:

@@ -9,7 +9,8 @@ comments are where each rule comes from:
   confirm_token, shutdown_response),
 - `lib/realtime_web/channels/realtime_channel/{broadcast,presence}_handler.ex`,
 - `lib/realtime_web/channels/realtime_channel/message_dispatcher.ex` (fan-out and its gates),
-- `lib/realtime/tenants/replication_connection.ex` (database broadcasts, here fed by NOTIFY).
+- `lib/realtime/tenants/replication_connection.ex` (database broadcasts, here fed by NOTIFY),
+- `lib/extensions/postgres_cdc_rls/` (postgres_changes, in `changes.py`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from hitl_relay.devstack.realtime.authorization import (
     read_policies,
     write_policies,
 )
+from hitl_relay.devstack.realtime.changes import Binding, PostgresChanges
 from hitl_relay.devstack.realtime.channel import Channel, Socket, Topic, TopicKey
 from hitl_relay.devstack.realtime.limits import RateCounter, RealtimeLimits
 from hitl_relay.devstack.realtime.presence import Diff
@@ -174,6 +176,10 @@ class RealtimeService:
         # Per project, as Tenants.joins_per_second_rate / events_per_second_rate count them.
         self.joins = RateCounter(lim.max_joins_per_second, lim.rate_tick_s, lim.rate_buckets)
         self.events = RateCounter(lim.max_events_per_second, lim.rate_tick_s, lim.rate_buckets)
+        self.presence_events = RateCounter(
+            lim.max_presence_events_per_second, lim.rate_tick_s, lim.rate_buckets
+        )
+        self.changes = PostgresChanges(self)
         self.topics: dict[TopicKey, Topic] = {}
         self.sockets: set[Socket] = set()
         self._stopping = False
@@ -201,6 +207,17 @@ class RealtimeService:
         if self._listen_task is not None and not self._listen_task.done():
             return  # already started
         self._stopping = False
+        lim = self.limits
+        log.info(
+            "realtime limits: %d connections, %d joins/s, %d messages/s, %d presence messages/s,"
+            " %d channels per connection, %d payload bytes",
+            lim.max_concurrent_users,
+            lim.max_joins_per_second,
+            lim.max_events_per_second,
+            lim.max_presence_events_per_second,
+            lim.max_channels_per_client,
+            lim.max_payload_bytes,
+        )
         await self._listen()
         self._listen_task = asyncio.create_task(self._keep_listening(), name="realtime-listen")
 
@@ -226,6 +243,7 @@ class RealtimeService:
             _, pending = await asyncio.wait(waits, timeout=5)
             for w in pending:
                 w.cancel()
+        await self.changes.stop()
 
     async def _listen(self) -> None:
         conn = await asyncpg.connect(self.ctx.db_url)
@@ -405,7 +423,10 @@ class RealtimeService:
         token = _join_token(params, sock.token)
         if self._stopping:
             raise JoinRefused("RealtimeRestarting: Realtime is restarting, please standby")
+        if not sock.counted and self._users() >= self.limits.max_concurrent_users:
+            raise JoinRefused("ConnectionRateLimitReached: Too many connected users")
         if self.joins.triggered:  # limit_joins/2
+            log.warning("realtime: ClientJoinRateLimitReached: Too many joins per second")
             raise JoinRefused(
                 "ClientJoinRateLimitReached: Too many joins per second", disconnect=True
             )
@@ -432,7 +453,7 @@ class RealtimeService:
         replays: list[dict[str, Any]] = []
         if "replay" in broadcast:
             replays = await self._replay(subtopic, private, policies, broadcast["replay"])
-        changes = self._postgres_changes(params, config, subtopic)
+        bindings = self._postgres_changes(params, config, subtopic)
         key = presence.get("key")
         channel = Channel(
             socket=sock,
@@ -447,11 +468,16 @@ class RealtimeService:
             claims=claims,
             policies=policies,
             replayed=frozenset(str(r["id"]) for r in replays),
+            pg_bindings=bindings,
+            pg_new_api="config" in params,
         )
+        sock.counted = True  # UsersCounter.add/2
         sock.channels[msg.topic] = channel
         self._topic(channel.key).subscribers[channel] = None
         self._arm_confirm(channel)
+        changes = [{**b.params, "id": b.reply_id} for b in bindings]
         sock.reply(msg.join_ref, msg.ref, msg.topic, "ok", {"postgres_changes": changes})
+        self.changes.joined(channel)
         for row in replays:  # handle_info({:replay, messages}): channel pushes, in order
             self._push(channel, "broadcast", row["payload"])
         if _flag(broadcast.get("replication_ready")):
@@ -459,12 +485,16 @@ class RealtimeService:
         if presence_enabled and channel.can_read_presence():  # PresenceHandler.sync/1
             self._push(channel, "presence_state", self.topics[channel.key].presence.state())
 
+    def _users(self) -> int:
+        """UsersCounter.tenant_users/1: sockets that have joined a channel."""
+        return sum(1 for s in self.sockets if s.counted)
+
     @staticmethod
     def _postgres_changes(
         params: dict[str, Any], config: dict[str, Any], subtopic: str
-    ) -> list[dict[str, Any]]:
-        """The join reply's `postgres_changes`: each binding plus its `id`
-        (add_id_to_postgres_changes). No change events are ever sent (not supported)."""
+    ) -> list[Binding]:
+        """pg_change_params/5: each binding with the `id` of the join reply
+        (add_id_to_postgres_changes/1, a hash of the binding) and a subscription uuid."""
         if "config" in params:
             bindings = config.get("postgres_changes")
             entries = [b for b in bindings if b is not None] if isinstance(bindings, list) else []
@@ -473,7 +503,7 @@ class RealtimeService:
             entries = [dict(zip(("schema", "table", "filter"), parts, strict=False))]
         if not all(isinstance(b, dict) for b in entries):
             raise JoinRefused("Unknown Error on Channel")
-        return [{**b, "id": _phash(b)} for b in entries]
+        return [Binding(b, _phash(b), uuid.uuid1()) for b in entries]
 
     async def _replay(
         self, subtopic: str, private: bool, policies: Policies | None, replay: Any
@@ -532,12 +562,16 @@ class RealtimeService:
         channel.socket.push(channel.join_ref, None, channel.topic, event, payload)
 
     def _system(self, channel: Channel, status: str, message: str) -> None:
+        self.system(channel, "system", status, message)
+
+    def system(self, channel: Channel, extension: str, status: str, message: str) -> None:
+        """push_system_message/5."""
         self._push(
             channel,
             "system",
             {
                 "channel": channel.subtopic,
-                "extension": "system",
+                "extension": extension,
                 "message": message,
                 "status": status,
             },
@@ -559,6 +593,7 @@ class RealtimeService:
             del sock.channels[channel.topic]
         if channel.confirm_timer is not None:
             channel.confirm_timer.cancel()
+        self.changes.left(channel)
         topic = self.topics.get(channel.key)
         if topic is not None:
             topic.subscribers.pop(channel, None)
@@ -655,6 +690,10 @@ class RealtimeService:
             delivered.append(ch)
         self.events.add(len(delivered))
         if over_limit:  # handle_info(:update_rate_counter) on each receiving channel
+            if delivered:
+                log.warning(
+                    "realtime: MessagePerSecondRateLimitReached: Too many messages per second"
+                )
             for ch in delivered:
                 self._shutdown(ch, "Too many messages per second")
         return len(delivered)
@@ -689,6 +728,10 @@ class RealtimeService:
             return
         else:
             channel.presence_calls += 1
+        if self.presence_events.current_avg() > self.limits.max_presence_events_per_second:
+            self._shutdown(channel, "Too many presence messages per second")  # limit_presence_event
+            return
+        self.presence_events.add()
         event = str(payload["event"]).lower()
         if event == "track":
             await self._track(channel, msg, payload)
@@ -785,6 +828,7 @@ class RealtimeService:
             channel.policies = policies
         channel.claims = claims
         self._arm_confirm(channel)
+        self.changes.resubscribe(channel)  # the subscriptions carry the new claims
 
     # ---- database broadcasts (NOTIFY hitl_realtime) -------------------------------------
 
