@@ -16,7 +16,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +47,20 @@ def podman(*args: str, timeout: float = 120, check: bool = True) -> str:
     return done.stdout.strip()
 
 
+async def apodman(*args: str, check: bool = True) -> tuple[int, str, str]:
+    """podman without blocking the event loop the devstack's clients run on."""
+    proc = await asyncio.create_subprocess_exec(
+        PODMAN, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+    code = proc.returncode if proc.returncode is not None else -1
+    if check and code != 0:
+        raise AssertionError(f"podman {' '.join(args)} failed: {err.decode().strip()}")
+    return code, out.decode().strip(), err.decode().strip()
+
+
 @pytest.fixture(scope="module")
-def image() -> Iterator[str]:
+def image() -> str:
     """The image, built by scripts/image on a local Debian base (no registry is reachable)."""
     if shutil.which("podman") is None:
         pytest.fail("podman is not installed: run scripts/setup --containers (root)")
@@ -63,7 +75,7 @@ def image() -> Iterator[str]:
     built_s = time.monotonic() - t0
     size = int(podman("image", "inspect", "--format", "{{.Size}}", TAG))
     print(f"\nimage {TAG}: built in {built_s:.0f} s, {size / 1e6:.0f} MB")
-    yield TAG  # the image stays cached for the next run; its containers are removed below
+    return TAG  # the image stays cached for the next run; its containers are removed below
 
 
 @dataclass
@@ -97,13 +109,13 @@ async def relay_container(devstack: DevstackProcess, image: str) -> AsyncIterato
     env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
     env_file.chmod(0o600)
     name = f"hitl-relay-test-{uuid.uuid4().hex[:8]}"
-    cid = podman("run", "-d", "--name", name, "--env-file", str(env_file), image)
+    _, cid, _ = await apodman("run", "-d", "--name", name, "--env-file", str(env_file), image)
     try:
         url = f"http://127.0.0.1:{port}"
         await wait_http_ok(f"{url}/healthz", timeout_s=60)
         yield Container(cid, url)
     finally:
-        podman("rm", "-f", "-t", "0", cid, check=False)
+        await apodman("rm", "-f", "-t", "0", cid, check=False)
         env_file.unlink(missing_ok=True)
 
 
@@ -125,12 +137,10 @@ async def test_the_image_answers_a_call_runs_as_non_root_and_is_healthy(
 
                 await wait_until(ready, "the container's /readyz to answer 200", timeout_s=30)
             # the image's own HEALTHCHECK (on /readyz) passes
-            health = subprocess.run(
-                [PODMAN, "healthcheck", "run", relay.id], capture_output=True, text=True
-            )
-            assert health.returncode == 0, health.stdout + health.stderr
-            uid = podman("exec", relay.id, "id", "-u")
-            user = podman("inspect", "--format", "{{.Config.User}}", relay.id)
+            health = await apodman("healthcheck", "run", relay.id, check=False)
+            assert health[0] == 0, health
+            _, uid, _ = await apodman("exec", relay.id, "id", "-u")
+            _, user, _ = await apodman("inspect", "--format", "{{.Config.User}}", relay.id)
             result = await ask_human(
                 f"{relay.url}/mcp", API_KEY, "May I approve a 42 euro refund?", timeout_seconds=30
             )
@@ -152,12 +162,12 @@ async def test_stopping_the_container_drains_the_waiting_calls(
     await operator.start()
     try:
         async with relay_container(devstack_proc, image) as relay:
-            stop_signal = podman("image", "inspect", "--format", "{{.Config.StopSignal}}", image)
+            _, stop_signal, _ = await apodman(
+                "image", "inspect", "--format", "{{.Config.StopSignal}}", image
+            )
             questions = [f"Container shutdown {i} {uuid.uuid4().hex[:6]}" for i in range(CALLS)]
             calls = [
-                asyncio.create_task(
-                    ask_human(f"{relay.url}/mcp", API_KEY, q, timeout_seconds=120)
-                )
+                asyncio.create_task(ask_human(f"{relay.url}/mcp", API_KEY, q, timeout_seconds=120))
                 for q in questions
             ]
             cases = set()
@@ -166,16 +176,16 @@ async def test_stopping_the_container_drains_the_waiting_calls(
                 cases.add(str(case["case_id"]))
             t_stop = time.monotonic()
             # `podman stop` sends the image's STOPSIGNAL, then SIGKILL after -t seconds
-            stopping = asyncio.create_task(
-                asyncio.to_thread(podman, "stop", "-t", "30", relay.id, timeout=60)
-            )
+            stopping = asyncio.create_task(apodman("stop", "-t", "30", relay.id))
             results = await asyncio.wait_for(asyncio.gather(*calls), timeout=30)
             returned_s = time.monotonic() - t_stop
             await stopping
             exited_s = time.monotonic() - t_stop
-            state = json.loads(podman("inspect", "--format", "{{json .State}}", relay.id))
-            logs = subprocess.run([PODMAN, "logs", relay.id], capture_output=True, text=True)
-            log = logs.stdout + logs.stderr
+            state = json.loads(
+                (await apodman("inspect", "--format", "{{json .State}}", relay.id))[1]
+            )
+            _, out, err = await apodman("logs", relay.id)
+            log = out + err
     finally:
         await operator.stop()
     print(
