@@ -87,7 +87,8 @@ class Container:
 @asynccontextmanager
 async def relay_container(devstack: DevstackProcess, image: str) -> AsyncIterator[Container]:
     """The image serving on a free port of the host network, configured only by its environment
-    (from an env file, as a platform would inject it); removed on exit."""
+    (from an env file, as a platform would inject it), under the restrictions of the Kubernetes
+    manifests; removed on exit."""
     port = free_port()
     env = devstack.env
     settings = {
@@ -109,7 +110,11 @@ async def relay_container(devstack: DevstackProcess, image: str) -> AsyncIterato
     env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
     env_file.chmod(0o600)
     name = f"hitl-relay-test-{uuid.uuid4().hex[:8]}"
-    _, cid, _ = await apodman("run", "-d", "--name", name, "--env-file", str(env_file), image)
+    # as deploy/kubernetes runs it: read-only root (tmpfs /tmp), no capabilities, no new privileges
+    restricted = ["--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
+    _, cid, _ = await apodman(
+        "run", "-d", "--name", name, *restricted, "--env-file", str(env_file), image
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         await wait_http_ok(f"{url}/healthz", timeout_s=60)
