@@ -6,6 +6,7 @@ timeout the same everywhere (the relay's setting, the grace period, TimeoutStopS
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -100,6 +101,24 @@ def test_the_deployment_probes_drain_and_identity_fit_the_relay() -> None:
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert docs["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert docs["Service"]["spec"]["selector"].items() <= labels.items()
+
+
+def test_the_relay_accepts_the_settings_the_manifests_give_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    docs = manifests()
+    env = {**docs["ConfigMap"]["data"], **docs["Secret"]["stringData"]}
+    for item in container(docs)["env"]:
+        env[item["name"]] = item.get("value", "relay-7d9f8-abcde")  # the pod name, as resolved
+    for name in [n for n in os.environ if n.startswith(("HITL_", "SUPABASE_"))]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.host == "0.0.0.0"
+    assert settings.port == 8080
+    assert settings.instance_id == "relay-7d9f8-abcde"
+    assert settings.drain_timeout_seconds == float(env["HITL_DRAIN_TIMEOUT_SECONDS"])
 
 
 def test_the_ingress_example_streams_sse_longer_than_the_longest_wait() -> None:
