@@ -73,6 +73,9 @@ def image() -> str:
         timeout=1100,
     )
     built_s = time.monotonic() - t0
+    # earlier builds' untagged images would pile up in .hitl/containers (about 350 MB a build);
+    # the price is that the next build re-runs the dependency stage (about 15 s)
+    podman("image", "prune", "-f")
     size = int(podman("image", "inspect", "--format", "{{.Size}}", TAG))
     print(f"\nimage {TAG}: built in {built_s:.0f} s, {size / 1e6:.0f} MB")
     return TAG  # the image stays cached for the next run; its containers are removed below
