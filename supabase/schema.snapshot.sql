@@ -911,7 +911,7 @@ $$;
 CREATE FUNCTION public.hitl_schema_version() RETURNS text
     LANGUAGE sql IMMUTABLE
     SET search_path TO ''
-    AS $$ select '20261125003000'::text $$;
+    AS $$ select '20261206900000'::text $$;
 
 CREATE FUNCTION public.hitl_session_instance() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
@@ -1417,24 +1417,24 @@ $$;
 CREATE FUNCTION realtime.broadcast_changes(topic_name text, event_name text, operation text, table_name text, table_schema text, new record, old record, level text DEFAULT 'ROW'::text) RETURNS void
     LANGUAGE plpgsql
     AS $$
-    declare
-      row_data jsonb := '{}'::jsonb;
-    begin
-      if level = 'STATEMENT' then
-        raise exception 'function can only be triggered for each row, not for each statement';
-      end if;
-      if operation = 'INSERT' or operation = 'UPDATE' or operation = 'DELETE' then
-        row_data := jsonb_build_object(
-          'old_record', old, 'record', new, 'operation', operation,
-          'table', table_name, 'schema', table_schema);
-        perform realtime.send(row_data, event_name, topic_name);
-      else
-        raise exception 'Unexpected operation type: %', operation;
-      end if;
-    exception when others then
-      raise exception 'Failed to process the row: %', sqlerrm;
-    end;
-    $$;
+declare
+  row_data jsonb := '{}'::jsonb;
+begin
+  if level = 'STATEMENT' then
+    raise exception 'function can only be triggered for each row, not for each statement';
+  end if;
+  if operation = 'INSERT' or operation = 'UPDATE' or operation = 'DELETE' then
+    row_data := jsonb_build_object(
+      'old_record', old, 'record', new, 'operation', operation,
+      'table', table_name, 'schema', table_schema);
+    perform realtime.send(row_data, event_name, topic_name);
+  else
+    raise exception 'Unexpected operation type: %', operation;
+  end if;
+exception when others then
+  raise exception 'Failed to process the row: %', sqlerrm;
+end;
+$$;
 
 CREATE FUNCTION realtime.build_prepared_statement_sql(prepared_statement_name text, entity regclass, columns realtime.wal_column[]) RETURNS text
     LANGUAGE sql
@@ -1579,6 +1579,24 @@ begin
 end;
 $$;
 
+CREATE FUNCTION realtime.hitl_create_partitions() RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+declare
+  d date;
+  partition_name text;
+begin
+  for d in select generate_series(current_date - 1, current_date + 3, interval '1 day')::date loop
+    partition_name := 'messages_' || to_char(d, 'YYYY_MM_DD');
+    if to_regclass('realtime.' || partition_name) is null then
+      execute format('create table realtime.%I partition of realtime.messages'
+                     ' for values from (%L) to (%L)', partition_name, d, d + 1);
+      execute format('alter table realtime.%I owner to supabase_realtime_admin', partition_name);
+    end if;
+  end loop;
+end;
+$$;
+
 CREATE FUNCTION realtime.hitl_notify_message() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
@@ -1701,25 +1719,42 @@ $$;
 CREATE FUNCTION realtime.send(payload jsonb, event text, topic text, private boolean DEFAULT true) RETURNS void
     LANGUAGE plpgsql
     AS $$
-    declare
-      generated_id uuid;
-      final_payload jsonb;
-    begin
-      begin
-        generated_id := gen_random_uuid();
-        if payload ? 'id' then
-          final_payload := payload;
-        else
-          final_payload := jsonb_set(payload, '{id}', to_jsonb(generated_id));
-        end if;
-        execute format('set local realtime.topic to %L', topic);
-        insert into realtime.messages (id, payload, event, topic, private, extension)
-        values (generated_id, final_payload, event, topic, private, 'broadcast');
-      exception when others then
-        raise warning 'WarnSendingBroadcastMessage: %', sqlerrm;
-      end;
-    end;
-    $$;
+declare
+  generated_id uuid;
+  final_payload jsonb;
+begin
+  begin
+    generated_id := gen_random_uuid();
+    if payload ? 'id' then
+      final_payload := payload;
+    else
+      final_payload := jsonb_set(payload, '{id}', to_jsonb(generated_id));
+    end if;
+    execute format('set local realtime.topic to %L', topic);
+    insert into realtime.messages (id, payload, event, topic, private, extension)
+    values (generated_id, final_payload, event, topic, private, 'broadcast');
+  exception when others then
+    raise warning 'WarnSendingBroadcastMessage: %', sqlerrm;
+  end;
+end;
+$$;
+
+CREATE FUNCTION realtime.send_binary(payload bytea, event text, topic text, private boolean DEFAULT true) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+declare
+  generated_id uuid;
+begin
+  begin
+    generated_id := gen_random_uuid();
+    execute format('set local realtime.topic to %L', topic);
+    insert into realtime.messages (id, binary_payload, event, topic, private, extension)
+    values (generated_id, payload, event, topic, private, 'broadcast');
+  exception when others then
+    raise warning 'WarnSendingBroadcastMessage: %', sqlerrm;
+  end;
+end;
+$$;
 
 CREATE FUNCTION realtime.subscription_check_filters() RETURNS trigger
     LANGUAGE plpgsql
@@ -1843,8 +1878,8 @@ CREATE FUNCTION realtime.to_regrole(role_name text) RETURNS regrole
 CREATE FUNCTION realtime.topic() RETURNS text
     LANGUAGE sql STABLE
     AS $$
-      select nullif(current_setting('realtime.topic', true), '')::text
-    $$;
+  select nullif(current_setting('realtime.topic', true), '')::text
+$$;
 
 CREATE FUNCTION realtime.wal2json_escape_identifier(name text) RETURNS text
     LANGUAGE sql IMMUTABLE STRICT
@@ -2000,8 +2035,10 @@ CREATE TABLE realtime.messages (
     private boolean DEFAULT false,
     updated_at timestamp without time zone DEFAULT now() NOT NULL,
     inserted_at timestamp without time zone DEFAULT now() NOT NULL,
-    id uuid DEFAULT gen_random_uuid() NOT NULL
-);
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    binary_payload bytea
+)
+PARTITION BY RANGE (inserted_at);
 
 CREATE TABLE realtime.subscription (
     id bigint NOT NULL,
@@ -2064,6 +2101,9 @@ ALTER TABLE ONLY public.messages
 ALTER TABLE ONLY public.operator_activity
     ADD CONSTRAINT operator_activity_pkey PRIMARY KEY (id);
 
+ALTER TABLE realtime.messages
+    ADD CONSTRAINT messages_payload_exclusive CHECK (((payload IS NULL) OR (binary_payload IS NULL))) NOT VALID;
+
 ALTER TABLE ONLY realtime.messages
     ADD CONSTRAINT messages_pkey PRIMARY KEY (id, inserted_at);
 
@@ -2099,7 +2139,7 @@ CREATE INDEX operator_activity_operator_idx ON public.operator_activity USING bt
 
 CREATE INDEX ix_realtime_subscription_entity ON realtime.subscription USING btree (entity);
 
-CREATE INDEX messages_inserted_at_topic_index ON realtime.messages USING btree (inserted_at DESC, topic) WHERE ((extension = 'broadcast'::text) AND (private IS TRUE));
+CREATE INDEX messages_inserted_at_topic_index ON ONLY realtime.messages USING btree (inserted_at DESC, topic) WHERE ((extension = 'broadcast'::text) AND (private IS TRUE));
 
 CREATE UNIQUE INDEX subscription_subscription_id_entity_filters_action_filter_selec ON realtime.subscription USING btree (subscription_id, entity, filters, action_filter, COALESCE(selected_columns, '{}'::text[]));
 
@@ -2161,20 +2201,23 @@ ALTER TABLE public.messages ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE public.operator_activity ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY hitl_operators_receive ON realtime.messages FOR SELECT TO authenticated USING ((public.hitl_is_operator() AND ((realtime.topic() = 'operators'::text) OR (realtime.topic() ~~ 'case:%'::text)) AND (extension = ANY (ARRAY['broadcast'::text, 'presence'::text]))));
+CREATE POLICY hitl_operators_receive ON realtime.messages FOR SELECT TO authenticated USING ((public.hitl_is_operator() AND (((extension = 'broadcast'::text) AND ((realtime.topic() = 'operators'::text) OR (realtime.topic() ~~ 'case:%'::text))) OR ((extension = 'presence'::text) AND (realtime.topic() = 'operators'::text)))));
 
-CREATE POLICY hitl_operators_send ON realtime.messages FOR INSERT TO authenticated WITH CHECK ((public.hitl_is_operator() AND ((realtime.topic() = 'operators'::text) OR (realtime.topic() ~~ 'case:%'::text)) AND (extension = ANY (ARRAY['broadcast'::text, 'presence'::text]))));
+CREATE POLICY hitl_operators_send ON realtime.messages FOR INSERT TO authenticated WITH CHECK ((public.hitl_is_operator() AND (realtime.topic() = 'operators'::text) AND (extension = 'presence'::text)));
 
 ALTER TABLE realtime.messages ENABLE ROW LEVEL SECURITY;
 
+GRANT USAGE ON SCHEMA auth TO postgres;
 GRANT USAGE ON SCHEMA auth TO anon;
 GRANT USAGE ON SCHEMA auth TO authenticated;
 GRANT USAGE ON SCHEMA auth TO service_role;
 
+GRANT USAGE ON SCHEMA public TO postgres;
 GRANT USAGE ON SCHEMA public TO anon;
 GRANT USAGE ON SCHEMA public TO authenticated;
 GRANT USAGE ON SCHEMA public TO service_role;
 
+GRANT USAGE ON SCHEMA realtime TO postgres WITH GRANT OPTION;
 GRANT USAGE ON SCHEMA realtime TO anon;
 GRANT USAGE ON SCHEMA realtime TO authenticated;
 GRANT USAGE ON SCHEMA realtime TO service_role;
@@ -2198,12 +2241,22 @@ GRANT ALL ON FUNCTION auth.uid() TO service_role;
 REVOKE ALL ON FUNCTION public.hitl_answer(p_case_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_answer(p_case_id uuid) TO service_role;
 
+GRANT ALL ON FUNCTION public.hitl_attach_thread() TO anon;
+GRANT ALL ON FUNCTION public.hitl_attach_thread() TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_attach_thread() TO service_role;
+
+GRANT ALL ON FUNCTION public.hitl_audit_append_only() TO anon;
+GRANT ALL ON FUNCTION public.hitl_audit_append_only() TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_audit_append_only() TO service_role;
+
 REVOKE ALL ON FUNCTION public.hitl_call_history(p_call_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_call_history(p_call_id text) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_callback_on_answer() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_callback_on_answer() TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_callback_on_timeout() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_callback_on_timeout() TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_callback_result(p_id bigint, p_outcome text, p_detail jsonb, p_retry_in_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_callback_result(p_id bigint, p_outcome text, p_detail jsonb, p_retry_in_seconds integer) TO service_role;
@@ -2224,12 +2277,16 @@ REVOKE ALL ON FUNCTION public.hitl_expire_sessions() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_expire_sessions() TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_history(p jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_history(p jsonb) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_id(p jsonb, p_field text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_id(p jsonb, p_field text) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_int(p jsonb, p_field text, p_min integer, p_max integer, p_default integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_int(p jsonb, p_field text, p_min integer, p_max integer, p_default integer) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_invalid(p_field text, p_rule text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_invalid(p_field text, p_rule text) TO service_role;
 
 GRANT ALL ON FUNCTION public.hitl_is_operator() TO anon;
 GRANT ALL ON FUNCTION public.hitl_is_operator() TO authenticated;
@@ -2238,6 +2295,18 @@ GRANT ALL ON FUNCTION public.hitl_is_operator() TO service_role;
 REVOKE ALL ON FUNCTION public.hitl_is_relay_case(p_case_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_is_relay_case(p_case_id uuid) TO authenticated;
 GRANT ALL ON FUNCTION public.hitl_is_relay_case(p_case_id uuid) TO service_role;
+
+GRANT ALL ON FUNCTION public.hitl_on_case_opened() TO anon;
+GRANT ALL ON FUNCTION public.hitl_on_case_opened() TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_on_case_opened() TO service_role;
+
+GRANT ALL ON FUNCTION public.hitl_on_message() TO anon;
+GRANT ALL ON FUNCTION public.hitl_on_message() TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_on_message() TO service_role;
+
+GRANT ALL ON FUNCTION public.hitl_on_session_change() TO anon;
+GRANT ALL ON FUNCTION public.hitl_on_session_change() TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_on_session_change() TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_open_case(p jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_open_case(p jsonb) TO service_role;
@@ -2268,11 +2337,13 @@ REVOKE ALL ON FUNCTION public.hitl_schema_version() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_schema_version() TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_session_instance() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_session_instance() TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_success_metrics(p_from timestamp with time zone, p_to timestamp with time zone) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_success_metrics(p_from timestamp with time zone, p_to timestamp with time zone) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_text(p jsonb, p_field text, p_max integer, p_required boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_text(p jsonb, p_field text, p_max integer, p_required boolean) TO service_role;
 
 GRANT ALL ON FUNCTION realtime.apply_rls(wal jsonb, max_record_bytes integer) TO anon;
 GRANT ALL ON FUNCTION realtime.apply_rls(wal jsonb, max_record_bytes integer) TO authenticated;
@@ -2294,6 +2365,8 @@ GRANT ALL ON FUNCTION realtime.check_equality_op(op realtime.equality_op, type_ 
 GRANT ALL ON FUNCTION realtime.check_equality_op(op realtime.equality_op, type_ regtype, val_1 text, val_2 text, negate boolean) TO authenticated;
 GRANT ALL ON FUNCTION realtime.check_equality_op(op realtime.equality_op, type_ regtype, val_1 text, val_2 text, negate boolean) TO service_role;
 
+REVOKE ALL ON FUNCTION realtime.hitl_create_partitions() FROM PUBLIC;
+
 GRANT ALL ON FUNCTION realtime.is_visible_through_filters(columns realtime.wal_column[], filters realtime.user_defined_filter[]) TO anon;
 GRANT ALL ON FUNCTION realtime.is_visible_through_filters(columns realtime.wal_column[], filters realtime.user_defined_filter[]) TO authenticated;
 GRANT ALL ON FUNCTION realtime.is_visible_through_filters(columns realtime.wal_column[], filters realtime.user_defined_filter[]) TO service_role;
@@ -2301,10 +2374,6 @@ GRANT ALL ON FUNCTION realtime.is_visible_through_filters(columns realtime.wal_c
 GRANT ALL ON FUNCTION realtime.quote_wal2json(entity regclass) TO anon;
 GRANT ALL ON FUNCTION realtime.quote_wal2json(entity regclass) TO authenticated;
 GRANT ALL ON FUNCTION realtime.quote_wal2json(entity regclass) TO service_role;
-
-GRANT ALL ON FUNCTION realtime.send(payload jsonb, event text, topic text, private boolean) TO anon;
-GRANT ALL ON FUNCTION realtime.send(payload jsonb, event text, topic text, private boolean) TO authenticated;
-GRANT ALL ON FUNCTION realtime.send(payload jsonb, event text, topic text, private boolean) TO service_role;
 
 GRANT ALL ON FUNCTION realtime.subscription_check_filters() TO anon;
 GRANT ALL ON FUNCTION realtime.subscription_check_filters() TO authenticated;
@@ -2314,35 +2383,41 @@ GRANT ALL ON FUNCTION realtime.to_regrole(role_name text) TO anon;
 GRANT ALL ON FUNCTION realtime.to_regrole(role_name text) TO authenticated;
 GRANT ALL ON FUNCTION realtime.to_regrole(role_name text) TO service_role;
 
-GRANT ALL ON FUNCTION realtime.topic() TO anon;
-GRANT ALL ON FUNCTION realtime.topic() TO authenticated;
-GRANT ALL ON FUNCTION realtime.topic() TO service_role;
-
-GRANT SELECT ON TABLE public.cases TO anon;
-GRANT SELECT ON TABLE public.cases TO authenticated;
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.cases TO anon;
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.cases TO authenticated;
 GRANT ALL ON TABLE public.cases TO service_role;
 
 GRANT ALL ON TABLE public.hil_audit TO service_role;
 
+GRANT ALL ON SEQUENCE public.hil_audit_id_seq TO service_role;
+
 GRANT ALL ON TABLE public.hil_callbacks TO service_role;
+
+GRANT ALL ON SEQUENCE public.hil_callbacks_id_seq TO anon;
+GRANT ALL ON SEQUENCE public.hil_callbacks_id_seq TO authenticated;
+GRANT ALL ON SEQUENCE public.hil_callbacks_id_seq TO service_role;
 
 GRANT ALL ON TABLE public.hil_case_secrets TO service_role;
 
 GRANT ALL ON TABLE public.hil_rate_limits TO service_role;
 
-GRANT SELECT ON TABLE public.hil_sessions TO anon;
-GRANT SELECT ON TABLE public.hil_sessions TO authenticated;
 GRANT ALL ON TABLE public.hil_sessions TO service_role;
+GRANT SELECT ON TABLE public.hil_sessions TO authenticated;
 
-GRANT SELECT ON TABLE public.hitl_stats TO service_role;
+GRANT ALL ON TABLE public.hitl_stats TO service_role;
 
-GRANT SELECT ON TABLE public.messages TO anon;
-GRANT SELECT,INSERT ON TABLE public.messages TO authenticated;
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.messages TO anon;
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.messages TO authenticated;
 GRANT ALL ON TABLE public.messages TO service_role;
 
-GRANT SELECT ON TABLE public.operator_activity TO authenticated;
 GRANT ALL ON TABLE public.operator_activity TO service_role;
+GRANT SELECT ON TABLE public.operator_activity TO authenticated;
 
+GRANT ALL ON SEQUENCE public.operator_activity_id_seq TO anon;
+GRANT ALL ON SEQUENCE public.operator_activity_id_seq TO authenticated;
+GRANT ALL ON SEQUENCE public.operator_activity_id_seq TO service_role;
+
+GRANT SELECT,INSERT,UPDATE ON TABLE realtime.messages TO postgres;
 GRANT SELECT,INSERT,UPDATE ON TABLE realtime.messages TO anon;
 GRANT SELECT,INSERT,UPDATE ON TABLE realtime.messages TO authenticated;
 GRANT SELECT,INSERT,UPDATE ON TABLE realtime.messages TO service_role;
@@ -2350,3 +2425,33 @@ GRANT SELECT,INSERT,UPDATE ON TABLE realtime.messages TO service_role;
 GRANT SELECT ON TABLE realtime.subscription TO anon;
 GRANT SELECT ON TABLE realtime.subscription TO authenticated;
 GRANT SELECT ON TABLE realtime.subscription TO service_role;
+
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT ALL ON SEQUENCES  TO postgres;
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT ALL ON SEQUENCES  TO anon;
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT ALL ON SEQUENCES  TO authenticated;
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT ALL ON SEQUENCES  TO service_role;
+
+ALTER DEFAULT PRIVILEGES FOR ROLE supabase_admin IN SCHEMA public GRANT ALL ON SEQUENCES  TO postgres;
+ALTER DEFAULT PRIVILEGES FOR ROLE supabase_admin IN SCHEMA public GRANT ALL ON SEQUENCES  TO anon;
+ALTER DEFAULT PRIVILEGES FOR ROLE supabase_admin IN SCHEMA public GRANT ALL ON SEQUENCES  TO authenticated;
+ALTER DEFAULT PRIVILEGES FOR ROLE supabase_admin IN SCHEMA public GRANT ALL ON SEQUENCES  TO service_role;
+
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT ALL ON FUNCTIONS  TO postgres;
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT ALL ON FUNCTIONS  TO anon;
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT ALL ON FUNCTIONS  TO authenticated;
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT ALL ON FUNCTIONS  TO service_role;
+
+ALTER DEFAULT PRIVILEGES FOR ROLE supabase_admin IN SCHEMA public GRANT ALL ON FUNCTIONS  TO postgres;
+ALTER DEFAULT PRIVILEGES FOR ROLE supabase_admin IN SCHEMA public GRANT ALL ON FUNCTIONS  TO anon;
+ALTER DEFAULT PRIVILEGES FOR ROLE supabase_admin IN SCHEMA public GRANT ALL ON FUNCTIONS  TO authenticated;
+ALTER DEFAULT PRIVILEGES FOR ROLE supabase_admin IN SCHEMA public GRANT ALL ON FUNCTIONS  TO service_role;
+
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT ALL ON TABLES  TO postgres;
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT ALL ON TABLES  TO anon;
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT ALL ON TABLES  TO authenticated;
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT ALL ON TABLES  TO service_role;
+
+ALTER DEFAULT PRIVILEGES FOR ROLE supabase_admin IN SCHEMA public GRANT ALL ON TABLES  TO postgres;
+ALTER DEFAULT PRIVILEGES FOR ROLE supabase_admin IN SCHEMA public GRANT ALL ON TABLES  TO anon;
+ALTER DEFAULT PRIVILEGES FOR ROLE supabase_admin IN SCHEMA public GRANT ALL ON TABLES  TO authenticated;
+ALTER DEFAULT PRIVILEGES FOR ROLE supabase_admin IN SCHEMA public GRANT ALL ON TABLES  TO service_role;
