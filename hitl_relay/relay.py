@@ -79,6 +79,7 @@ from hitl_relay.ports import (
     SessionOutcome,
     Subscription,
     ThreadEntry,
+    WakeUp,
 )
 from hitl_relay.resilience import BreakerState, CircuitBreaker, retry_until
 
@@ -442,11 +443,13 @@ class Relay:
                                 call.delivery_ms = round(delay * 1000)
                         elif event.sender_type == "human" and event.kind == "clarification":
                             outcome = await self._confirm_clarification(event)
-                    elif isinstance(event, Reconnected):
+                    elif isinstance(event, Reconnected | WakeUp):
+                        # A wake-up proves nothing: only what the read returns counts.
                         outcome = await self._catch_up(opened.case_id)
                     elif (
                         isinstance(event, SessionEvent)
                         and event.session_id == opened.session_id
+                        and event.expires_at == opened.expires_at
                         and event.status == "expired"
                     ):
                         outcome = "expired"

@@ -346,6 +346,38 @@ begin
 end;
 $$;
 
+CREATE FUNCTION public.hitl_event_canonical(p_event text, p_payload jsonb, p_fields text[]) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO ''
+    AS $$
+  select p_event || coalesce(string_agg(
+    E'\n' || f || '=' || case when p_payload ->> f is null then '-'
+                              else length(p_payload ->> f)::text || ':' || (p_payload ->> f) end,
+    '' order by n), '')
+  from unnest(p_fields) with ordinality as t(f, n)
+$$;
+
+CREATE FUNCTION public.hitl_event_key() RETURNS text
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+  select encode(key, 'hex') from public.hitl_event_key where id = 1
+$$;
+
+CREATE FUNCTION public.hitl_event_key_pad(p_key bytea, p_byte integer) RETURNS bytea
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO ''
+    AS $$
+declare
+  v bytea := p_key || decode(repeat('00', 64 - octet_length(p_key)), 'hex');
+begin
+  for i in 0 .. 63 loop
+    v := set_byte(v, i, get_byte(v, i) # p_byte);
+  end loop;
+  return v;
+end;
+$$;
+
 CREATE FUNCTION public.hitl_expire_sessions() RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -463,18 +495,33 @@ CREATE FUNCTION public.hitl_is_relay_case(p_case_id uuid) RETURNS boolean
   select exists (select 1 from public.cases where id = p_case_id and source = 'mcp_voice')
 $$;
 
+CREATE FUNCTION public.hitl_message_defaults() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+begin
+  if current_user in ('authenticated', 'anon') then
+    new.id := gen_random_uuid();
+    new.created_at := now();
+  end if;
+  return new;
+end;
+$$;
+
 CREATE FUNCTION public.hitl_on_case_opened() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
 begin
   perform realtime.send(
-    jsonb_build_object(
+    public.hitl_sign_event('case_opened', jsonb_build_object(
       'case_id', new.id, 'priority', new.priority, 'urgency', new.urgency,
       'question', new.description, 'title', new.title,
       'deadline_at', new.metadata ->> 'deadline_at', 'expires_at', new.expires_at,
-      'retell_call_id', new.metadata ->> 'retell_call_id', 'source', new.source,
-      'thread', coalesce(new.metadata -> 'thread', '[]'::jsonb)),
+      'retell_call_id', new.metadata ->> 'retell_call_id', 'source', new.source),
+      array['case_id', 'priority', 'urgency', 'question', 'title', 'deadline_at', 'expires_at',
+            'retell_call_id', 'source'])
+      || jsonb_build_object('thread', coalesce(new.metadata -> 'thread', '[]'::jsonb)),
     'case_opened', 'operators', true);
   return null;
 end;
@@ -496,10 +543,12 @@ begin
     v_is_answer := found;
   end if;
   perform realtime.send(
-    jsonb_build_object(
+    public.hitl_sign_event('message', jsonb_build_object(
       'id', new.id, 'case_id', new.case_id, 'sender_type', new.sender_type,
       'sender_id', new.sender_id, 'content', new.content, 'kind', new.kind,
       'created_at', new.created_at, 'is_answer', v_is_answer),
+      array['id', 'case_id', 'sender_type', 'sender_id', 'content', 'kind', 'created_at',
+            'is_answer']),
     'message', 'case:' || new.case_id::text, true);
   return null;
 end;
@@ -511,8 +560,10 @@ CREATE FUNCTION public.hitl_on_session_change() RETURNS trigger
     AS $$
 begin
   perform realtime.send(
-    jsonb_build_object('session_id', new.id, 'case_id', new.case_id, 'status', new.status,
-                       'expires_at', new.expires_at),
+    public.hitl_sign_event('session', jsonb_build_object(
+      'session_id', new.id, 'case_id', new.case_id, 'status', new.status,
+      'expires_at', new.expires_at),
+      array['session_id', 'case_id', 'status', 'expires_at']),
     'session', 'case:' || new.case_id::text, true);
   return null;
 end;
@@ -864,7 +915,7 @@ $$;
 CREATE FUNCTION public.hitl_schema_version() RETURNS text
     LANGUAGE sql IMMUTABLE
     SET search_path TO ''
-    AS $$ select '20261125003000'::text $$;
+    AS $$ select '20261206100000'::text $$;
 
 CREATE FUNCTION public.hitl_session_instance() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
@@ -877,6 +928,23 @@ begin
         ->> 'x-hitl-instance', 128), '');
   end if;
   return new;
+end;
+$$;
+
+CREATE FUNCTION public.hitl_sign_event(p_event text, p_payload jsonb, p_fields text[]) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+  k record;
+  v_msg bytea := convert_to(public.hitl_event_canonical(p_event, p_payload, p_fields), 'UTF8');
+begin
+  select inner_pad, outer_pad into k from public.hitl_event_key where id = 1;
+  if not found then
+    return p_payload;  -- no key: the relay reads every event's case instead (still correct)
+  end if;
+  return p_payload || jsonb_build_object('sig',
+    encode(sha256(k.outer_pad || sha256(k.inner_pad || v_msg)), 'hex'));
 end;
 $$;
 
@@ -1154,6 +1222,18 @@ CREATE TABLE public.hil_sessions (
     CONSTRAINT hil_sessions_status_check CHECK ((status = ANY (ARRAY['waiting'::text, 'answered'::text, 'needs_info'::text, 'timed_out'::text, 'expired'::text, 'failed'::text, 'cancelled'::text])))
 );
 
+CREATE TABLE public.hitl_event_key (
+    id smallint DEFAULT 1 NOT NULL,
+    key bytea NOT NULL,
+    inner_pad bytea NOT NULL,
+    outer_pad bytea NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT hitl_event_key_id_check CHECK ((id = 1)),
+    CONSTRAINT hitl_event_key_inner_pad_check CHECK ((octet_length(inner_pad) = 64)),
+    CONSTRAINT hitl_event_key_key_check CHECK ((octet_length(key) = 32)),
+    CONSTRAINT hitl_event_key_outer_pad_check CHECK ((octet_length(outer_pad) = 64))
+);
+
 CREATE VIEW public.hitl_stats WITH (security_invoker='true') AS
  WITH s AS (
          SELECT s_1.status,
@@ -1245,6 +1325,9 @@ ALTER TABLE ONLY public.hil_rate_limits
 ALTER TABLE ONLY public.hil_sessions
     ADD CONSTRAINT hil_sessions_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY public.hitl_event_key
+    ADD CONSTRAINT hitl_event_key_pkey PRIMARY KEY (id);
+
 ALTER TABLE public.messages
     ADD CONSTRAINT messages_hitl_values CHECK (((sender_type = ANY (ARRAY['human'::text, 'ai'::text, 'system'::text])) AND (kind = ANY (ARRAY['answer'::text, 'clarification'::text, 'cannot_answer'::text, 'note'::text])) AND (octet_length(COALESCE(content, ''::text)) <= 65536))) NOT VALID;
 
@@ -1294,6 +1377,8 @@ CREATE TRIGGER hitl_callback_on_answer AFTER UPDATE OF answer_message_id ON publ
 
 CREATE TRIGGER hitl_callback_on_timeout AFTER UPDATE OF status ON public.hil_sessions FOR EACH ROW EXECUTE FUNCTION public.hitl_callback_on_timeout();
 
+CREATE TRIGGER hitl_message_defaults BEFORE INSERT ON public.messages FOR EACH ROW EXECUTE FUNCTION public.hitl_message_defaults();
+
 CREATE TRIGGER hitl_on_case_opened AFTER INSERT ON public.cases FOR EACH ROW WHEN ((new.source = 'mcp_voice'::text)) EXECUTE FUNCTION public.hitl_on_case_opened();
 
 CREATE TRIGGER hitl_on_message AFTER INSERT ON public.messages FOR EACH ROW EXECUTE FUNCTION public.hitl_on_message();
@@ -1327,6 +1412,8 @@ ALTER TABLE public.hil_case_secrets ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.hil_rate_limits ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE public.hil_sessions ENABLE ROW LEVEL SECURITY;
+
+ALTER TABLE public.hitl_event_key ENABLE ROW LEVEL SECURITY;
 
 CREATE POLICY hitl_operators_insert_messages ON public.messages FOR INSERT TO authenticated WITH CHECK ((public.hitl_is_operator() AND (sender_type = 'human'::text) AND (sender_id = auth.uid()) AND (kind = ANY (ARRAY['answer'::text, 'clarification'::text, 'cannot_answer'::text, 'note'::text])) AND public.hitl_is_relay_case(case_id)));
 
@@ -1401,6 +1488,13 @@ GRANT ALL ON FUNCTION public.hitl_close_session(p_session_id uuid, p_status text
 REVOKE ALL ON FUNCTION public.hitl_continue_case(p jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_continue_case(p jsonb) TO service_role;
 
+REVOKE ALL ON FUNCTION public.hitl_event_canonical(p_event text, p_payload jsonb, p_fields text[]) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.hitl_event_key() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_event_key() TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_event_key_pad(p_key bytea, p_byte integer) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION public.hitl_expire_sessions() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_expire_sessions() TO service_role;
 
@@ -1449,6 +1543,8 @@ REVOKE ALL ON FUNCTION public.hitl_schema_version() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_schema_version() TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_session_instance() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.hitl_sign_event(p_event text, p_payload jsonb, p_fields text[]) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION public.hitl_success_metrics(p_from timestamp with time zone, p_to timestamp with time zone) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_success_metrics(p_from timestamp with time zone, p_to timestamp with time zone) TO service_role;

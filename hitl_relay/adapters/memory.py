@@ -57,6 +57,7 @@ from hitl_relay.ports import (
     SuccessMetrics,
     ThreadEntry,
     ThreadMessage,
+    WakeUp,
 )
 from hitl_relay.readiness import EXPECTED_SCHEMA_VERSION
 
@@ -289,6 +290,7 @@ class MemoryPlatform:
 
     def _rpc(self, name: str) -> None:
         self.rpc_calls.append(name)
+        self.changed()
         if self.faults.rpc_down:
             raise PlatformUnavailable(f"{name}: platform down (injected)")
         left = self.faults.rpc_failures.get(name, 0)
@@ -302,6 +304,13 @@ class MemoryPlatform:
         for sub in list(self.subscriptions.get(case_id, ())):
             if sub.connected:
                 sub.deliver(event)
+
+    def forge_broadcast(self, case_id: UUID, event: str, payload: Mapping[str, Any]) -> None:
+        """A client's broadcast on `case:<case_id>` (an operator's token may send there): the
+        twin, like the Supabase adapter, cannot prove the database sent it, so subscribers get
+        only a `WakeUp`, whatever `event` and `payload` claim."""
+        del event, payload  # what a client claims is never read
+        self.broadcast(case_id, WakeUp(case_id))
 
     def post_message(
         self,

@@ -15,7 +15,7 @@ select results_eq(
   $$select topic, event, extension, private from realtime.messages where event = 'case_opened'$$,
   $$values ('operators', 'case_opened', 'broadcast', true)$$,
   'a relay case is announced once, privately, on operators');
-select is((select payload - 'id' - 'thread' from realtime.messages where event = 'case_opened'),
+select is((select payload - 'id' - 'thread' - 'sig' from realtime.messages where event = 'case_opened'),
   jsonb_build_object(
     'case_id', 'e0000000-0000-0000-0000-000000000001', 'priority', 5, 'urgency', 'high',
     'question', 'Is the store open on Sunday?', 'title', 'Is the store open on Sunday?',
@@ -47,7 +47,7 @@ select results_eq(
            ('case:e0000000-0000-0000-0000-000000000001', 'message', 'broadcast', true, 'system'),
            ('case:e0000000-0000-0000-0000-000000000001', 'message', 'broadcast', true, 'human')$$,
   'every message, whoever sent it, is broadcast privately on its case topic');
-select is((select payload from realtime.messages where payload ->> 'id' = 'f0000000-0000-0000-0000-000000000003'),
+select is((select payload - 'sig' from realtime.messages where payload ->> 'id' = 'f0000000-0000-0000-0000-000000000003'),
   jsonb_build_object('id', 'f0000000-0000-0000-0000-000000000003',
                      'case_id', 'e0000000-0000-0000-0000-000000000001', 'sender_type', 'human',
                      'sender_id', '0e000000-0000-0000-0000-000000000001', 'content', 'Yes, 10 to 4.',
@@ -63,7 +63,7 @@ select is((select count(*)::int from realtime.messages where event = 'session'),
 delete from realtime.messages;
 select public.hitl_close_session((select id from public.hil_sessions), 'answered');
 select results_eq(
-  $$select topic, event, private, payload - 'id' from realtime.messages$$,
+  $$select topic, event, private, payload - 'id' - 'sig' from realtime.messages$$,
   $$select 'case:e0000000-0000-0000-0000-000000000001', 'session', true,
            jsonb_build_object('session_id', s.id, 'case_id', s.case_id, 'status', 'answered',
                               'expires_at', s.expires_at)
