@@ -213,7 +213,10 @@ class Cluster:
                 shutil.chown(path, group=pwd.getpwnam(self._owner).pw_gid)
 
     def _prepare_log(self, log: Path) -> None:
-        log.touch(exist_ok=True)
+        # The server log holds statements and their parameters (answers, caller details):
+        # readable by the cluster's owner only, also when an older run left it wider.
+        log.touch(mode=0o600, exist_ok=True)
+        log.chmod(0o600)
         self._chown(log)
 
     def _run(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:

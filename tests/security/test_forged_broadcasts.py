@@ -379,6 +379,8 @@ async def test_forged_broadcasts_from_an_operator_leave_the_wait_and_the_real_an
 
             await operator.answer(UUID(case_id), "The committed answer")
             result = await asyncio.wait_for(call, 15)
+            # The committed answer's event was signed: taken as is, without a read.
+            assert store.reads == before + 3
         finally:
             call.cancel()
     assert (result.status, result.answer) == ("answered", "The committed answer")
