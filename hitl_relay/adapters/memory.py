@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import math
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -422,6 +423,21 @@ class MemoryPlatform:
         return sorted(entries, key=lambda e: e.asked_at)
 
 
+def _as_postgres_would_store(params: Mapping[str, Any]) -> None:
+    """Fail as the real platform does on what Postgres cannot hold: a non-finite number is not
+    JSON (PostgREST refuses the body), U+0000 is not text (22P05). Both reach the relay as
+    `PlatformUnavailable`, so input that slips past validation shows up in the breaker here
+    as it would in production."""
+    try:
+        text = json.dumps(params, allow_nan=False)
+    except ValueError:
+        raise PlatformUnavailable("hitl_open_case: PGRST102 non-finite number in JSON") from None
+    if "\\u0000" in text.replace("\\\\", ""):
+        raise PlatformUnavailable(
+            "hitl_open_case: 22P05 unsupported Unicode escape sequence (\\u0000)"
+        )
+
+
 def _text(value: object, name: str, limit: int, *, required: bool) -> str | None:
     if value is None:
         if required:
@@ -454,6 +470,7 @@ class MemoryCaseStore:
         await anyio.lowlevel.checkpoint()
         p = self._p
         p._rpc("open_case")
+        _as_postgres_would_store(request.as_rpc_params())
         question = _text(request.question, "question", 2000, required=True)
         assert question is not None
         _text(request.context, "context", 8000, required=False)

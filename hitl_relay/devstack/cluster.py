@@ -91,6 +91,9 @@ class Cluster:
         self._check_binaries()
         if not (self.datadir / "PG_VERSION").exists():
             self._init()
+        log = self.datadir.parent / f"{self.datadir.name}.log"
+        if log.exists():
+            log.chmod(0o600)  # left wider by an older version, whether running or not
         running = self._running_port()
         if running is not None:
             return self.url()

@@ -33,6 +33,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 MAX_HEADER_BYTES: Final = 32 * 1024
 HEADER_TIMEOUT_S: Final = 10.0
 MAX_PENDING_CONNECTIONS: Final = 256
+# How long a refused connection's further bytes are read and dropped before it is closed.
+LINGER_S: Final = 2.0
 
 _TOO_LARGE_BODY = f"request headers larger than {MAX_HEADER_BYTES} bytes\n".encode()
 _TOO_LARGE = (
@@ -62,6 +64,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._awaiting_headers = False
         self._header_bytes = 0
         self._header_timer: asyncio.TimerHandle | None = None
+        self._refused = False
 
     # ---- connection ---------------------------------------------------------------------
 
@@ -77,7 +80,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self.transport.is_closing():
+        if self._refused or self.transport.is_closing():
             return
         if not self._awaiting_headers and self.cycle is not None and self.cycle.response_complete:
             self._await_headers()  # the next request on a kept-alive connection
@@ -126,9 +129,15 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _refuse_too_large(self) -> None:
+        # A lingering close: send the 431 and our FIN, then discard what the client is still
+        # sending for a moment. Closing at once with unread data would make the kernel answer
+        # with a reset, which can destroy the 431 before the client reads it.
         self._headers_done()
+        self._refused = True
         self.transport.write(_TOO_LARGE)
-        self.transport.close()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
 
 
 def server_options() -> dict[str, Any]:

@@ -24,7 +24,6 @@ import pytest
 from devstack_clients import Operator
 from realtime import RealtimeChannelOptions, RealtimeSubscribeStates
 
-from hitl_relay.adapters import signed_events
 from hitl_relay.adapters.memory import MemoryPlatform
 from hitl_relay.adapters.supabase import supabase_backend
 from hitl_relay.clock import FakeClock
@@ -116,6 +115,8 @@ async def test_a_replayed_session_event_of_an_earlier_deadline_does_not_end_the_
 
 
 def test_any_change_to_a_signed_field_breaks_the_signature() -> None:
+    from hitl_relay.adapters import signed_events
+
     key = bytes(range(32))
     payload = forged_message(uuid4(), "Yes\nid=3:abc")
     payload["sig"] = signed_events.sign(key, "message", payload)
@@ -135,6 +136,8 @@ def test_any_change_to_a_signed_field_breaks_the_signature() -> None:
 
 
 def test_the_canonical_string_is_unambiguous_whatever_the_content_holds() -> None:
+    from hitl_relay.adapters import signed_events
+
     # Without length prefixes these two would read alike.
     a = {"session_id": "x", "case_id": "y\nstatus=1:z", "status": None, "expires_at": None}
     b = {"session_id": "x", "case_id": "y", "status": "z", "expires_at": None}
@@ -156,6 +159,8 @@ async def event_key(db: asyncpg.Connection) -> bytes:
 async def test_the_database_signature_verifies_for_every_event_it_sends(
     db: asyncpg.Connection,
 ) -> None:
+    from hitl_relay.adapters import signed_events
+
     key = await event_key(db)
     seen: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     await db.add_listener("hitl_realtime", lambda *a: seen.put_nowait(json.loads(a[3])))
