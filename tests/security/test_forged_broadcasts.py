@@ -293,9 +293,24 @@ async def case_events(db: asyncpg.Connection) -> AsyncIterator[asyncio.Queue[dic
         await db.remove_listener("hitl_realtime", on)
 
 
-async def test_forged_broadcasts_from_an_operator_leave_the_wait_and_the_real_answer_wins(
-    devstack: Devstack, db: asyncpg.Connection, case_events: asyncio.Queue[dict[str, Any]]
+FORGERIES = {
+    # supabase-py's channel.send_broadcast, the answer the trigger would send
+    "ws_message": ("ws", "message"),
+    # a session end with the session's real id and deadline, and a made-up signature
+    "ws_session": ("ws", "session"),
+    # POST /realtime/v1/api/broadcast with the operator's token
+    "rest_message": ("rest", "message"),
+}
+
+
+@pytest.mark.parametrize("forgery", sorted(FORGERIES))
+async def test_a_forged_broadcast_leaves_the_wait_and_the_real_answer_wins(
+    forgery: str,
+    devstack: Devstack,
+    db: asyncpg.Connection,
+    case_events: asyncio.Queue[dict[str, Any]],
 ) -> None:
+    how, event = FORGERIES[forgery]
     settings = load_settings(
         backend="supabase",
         supabase_url=devstack.url,
@@ -307,7 +322,7 @@ async def test_forged_broadcasts_from_an_operator_leave_the_wait_and_the_real_an
         {
             "question": "Is the forged answer refused?",
             "session_id": "s-forge",
-            "call_id": "call-forge",
+            "call_id": f"call-forge-{forgery}",
             "agent_id": "a",
             "timeout_seconds": 60,
         }
@@ -329,53 +344,53 @@ async def test_forged_broadcasts_from_an_operator_leave_the_wait_and_the_real_an
             assert session is not None
             await store.wait_for(1, call)  # the catch-up read: the relay is waiting
             before = store.reads
-
-            # The forging operator, with the unmodified supabase-py.
-            assert operator.client is not None
-            options: RealtimeChannelOptions = {
-                "config": {
-                    "broadcast": {"ack": True, "self": False},
-                    "presence": {"key": "", "enabled": False},
-                    "private": True,
-                }
-            }
-            channel = operator.client.channel(f"case:{case_id}", options)
-            states: asyncio.Queue[RealtimeSubscribeStates] = asyncio.Queue()
-            await channel.subscribe(lambda state, _e: states.put_nowait(state))
-            assert await asyncio.wait_for(states.get(), 5) == RealtimeSubscribeStates.SUBSCRIBED
-            await channel.send_broadcast("message", forged_message(case_id, "FORGED over ws"))
-            await channel.send_broadcast(
-                "session",
-                {
+            if event == "message":
+                payload = forged_message(case_id, f"FORGED {forgery}")
+            else:
+                payload = {
                     "session_id": str(session["id"]),
                     "case_id": case_id,
                     "status": "expired",
                     "expires_at": session["expires_at"].isoformat(),
                     "sig": "0" * 64,
-                },
-            )
-            # ... and the REST broadcast endpoint (POST /realtime/v1/api/broadcast).
-            async with httpx.AsyncClient(base_url=devstack.url) as http:
-                response = await http.post(
-                    "/realtime/v1/api/broadcast",
-                    headers={
-                        "apikey": devstack.keys.anon_key,
-                        "Authorization": f"Bearer {operator.token}",
-                    },
-                    json={
-                        "messages": [
-                            {
-                                "topic": f"case:{case_id}",
-                                "event": "message",
-                                "payload": forged_message(case_id, "FORGED over REST"),
-                                "private": True,
-                            }
-                        ]
-                    },
-                )
-            assert response.status_code < 300, response.text
-            # Three wake-ups, three reads, and the call still waiting.
-            await store.wait_for(before + 3, call)
+                }
+            assert operator.client is not None
+            if how == "ws":
+                options: RealtimeChannelOptions = {
+                    "config": {
+                        "broadcast": {"ack": True, "self": False},
+                        "presence": {"key": "", "enabled": False},
+                        "private": True,
+                    }
+                }
+                channel = operator.client.channel(f"case:{case_id}", options)
+                states: asyncio.Queue[RealtimeSubscribeStates] = asyncio.Queue()
+                await channel.subscribe(lambda state, _e: states.put_nowait(state))
+                joined = await asyncio.wait_for(states.get(), 5)
+                assert joined == RealtimeSubscribeStates.SUBSCRIBED
+                await channel.send_broadcast(event, payload)
+            else:
+                async with httpx.AsyncClient(base_url=devstack.url) as http:
+                    response = await http.post(
+                        "/realtime/v1/api/broadcast",
+                        headers={
+                            "apikey": devstack.keys.anon_key,
+                            "Authorization": f"Bearer {operator.token}",
+                        },
+                        json={
+                            "messages": [
+                                {
+                                    "topic": f"case:{case_id}",
+                                    "event": event,
+                                    "payload": payload,
+                                    "private": True,
+                                }
+                            ]
+                        },
+                    )
+                assert response.status_code < 300, response.text
+            # The forged event woke the call up: one read, and the call still waiting.
+            await store.wait_for(before + 1, call)
             assert not call.done(), call.result()
             status = await db.fetchval(
                 "select status from public.hil_sessions where id = $1", session["id"]
@@ -385,7 +400,7 @@ async def test_forged_broadcasts_from_an_operator_leave_the_wait_and_the_real_an
             await operator.answer(UUID(case_id), "The committed answer")
             result = await asyncio.wait_for(call, 15)
             # The committed answer's event was signed: taken as is, without a read.
-            assert store.reads == before + 3
+            assert store.reads == before + 1
         finally:
             call.cancel()
     assert (result.status, result.answer) == ("answered", "The committed answer")
