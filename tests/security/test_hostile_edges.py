@@ -25,6 +25,7 @@ from security_support import (
     make_settings,
     memory_backend,
     relay_app,
+    relay_breaker,
     retell_body,
 )
 
@@ -241,14 +242,6 @@ def test_non_finite_numbers_on_the_retell_endpoint_are_refused_naming_the_field(
     assert response.json()["error"] == "invalid_request"
     assert any(p["field"] == "caller_info" for p in response.json()["problems"]), response.json()
     assert relay.platform.cases == {}
-
-
-def relay_breaker(relay: Any) -> Any:
-    from hitl_relay.http_app import _relay_state_of
-
-    state = _relay_state_of(relay.client.app)
-    assert state is not None
-    return state.get().breaker
 
 
 # ---------------------------------------------------------------- one reading of a call id
