@@ -407,6 +407,15 @@ class CaseStore(Protocol):
         """
         ...
 
+    async def owned(self, case_id: UUID, owner: str) -> bool:
+        """`hitl_case_owned`: whether `case_id` was opened for `owner` (an API key's
+        fingerprint): some session of it has an idempotency key starting with `owner + ':'`.
+        False for an unknown case too, so a foreign case looks exactly like an unknown one.
+
+        Read-only, so safe to retry. Raises `PlatformUnavailable`.
+        """
+        ...
+
     async def call_history(self, call_id: str) -> list[ThreadEntry]:
         """`hitl_call_history`: the call's thread, one entry per relay case that any session
         with this `retell_call_id` belongs to, ordered by when it was first asked; each entry's

@@ -228,6 +228,15 @@ begin
 end;
 $$;
 
+CREATE FUNCTION public.hitl_case_owned(p_case_id uuid, p_owner text) RETURNS boolean
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+  select exists (
+    select 1 from public.hil_sessions
+     where case_id = p_case_id and starts_with(idempotency_key, p_owner || ':'))
+$$;
+
 CREATE FUNCTION public.hitl_case_reply(p_case_id uuid) RETURNS jsonb
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -1478,6 +1487,9 @@ GRANT ALL ON FUNCTION public.hitl_callback_result(p_id bigint, p_outcome text, p
 
 REVOKE ALL ON FUNCTION public.hitl_callbacks_claim(p_limit integer, p_lease_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_callbacks_claim(p_limit integer, p_lease_seconds integer) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_case_owned(p_case_id uuid, p_owner text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_case_owned(p_case_id uuid, p_owner text) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_case_reply(p_case_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_case_reply(p_case_id uuid) TO service_role;

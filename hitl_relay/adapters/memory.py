@@ -550,6 +550,14 @@ class MemoryCaseStore:
             status="waiting",
         )
 
+    async def owned(self, case_id: UUID, owner: str) -> bool:
+        p = self._p
+        p._rpc("case_owned")
+        return any(
+            p.sessions[session_id].case_id == case_id and key.startswith(owner + ":")
+            for key, session_id in p._by_key.items()
+        )
+
     async def answer(self, case_id: UUID) -> Answer | None:
         await anyio.lowlevel.checkpoint()
         self._p._rpc("answer")
@@ -849,6 +857,11 @@ class MemoryOperator:
     ) -> UUID:
         await anyio.lowlevel.checkpoint()
         return self._p.post_message(case_id, content, kind=kind, sender_type=sender_type).message_id
+
+    async def forge(self, case_id: UUID, event: str, payload: Mapping[str, Any]) -> None:
+        """Broadcast on `case:<case_id>` as a client (an operator's token may send there)."""
+        await anyio.lowlevel.checkpoint()
+        self._p.forge_broadcast(case_id, event, payload)
 
     async def ask_back(self, case_id: UUID, question: str) -> UUID:
         """Reply with a question instead of an answer (a `clarification` message)."""

@@ -175,6 +175,20 @@ begin
 end;
 $$;
 
+-- API keys are scoped: a case belongs to the relay key that opened it. The relay makes the
+-- idempotency key of a case it opens for a key `<key fingerprint>:<call id>:<sha256 of the
+-- question>` (a retry with the same key joins the same case; another key asking the same
+-- question in the same call gets its own), and asks this before reading or continuing a case
+-- for a key. Unknown and foreign cases answer alike (false).
+create or replace function public.hitl_case_owned(p_case_id uuid, p_owner text) returns boolean
+language sql stable security definer set search_path = '' as $$
+  select exists (
+    select 1 from public.hil_sessions
+     where case_id = p_case_id and starts_with(idempotency_key, p_owner || ':'))
+$$;
+revoke all on function public.hitl_case_owned(uuid, text) from public, anon, authenticated;
+grant execute on function public.hitl_case_owned(uuid, text) to service_role;
+
 -- The schema version is the newest migration's (see 20261125002300_hitl_schema_version.sql).
 create or replace function public.hitl_schema_version()
 returns text

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from security_support import (
     KEY_A,
+    KEY_B,
     RETELL_KEY,
     RetellSigner,
     bearer,
@@ -369,3 +370,36 @@ def test_the_postgres_log_is_readable_by_its_owner_only(pg_cluster: Cluster) -> 
     log = pg_cluster.datadir.parent / f"{pg_cluster.datadir.name}.log"
     assert log.exists()
     assert os.stat(log).st_mode & 0o777 == 0o600
+
+
+# ---------------------------------------------------------------- keys read only their own cases
+
+
+def test_a_key_reads_and_continues_only_the_cases_it_opened() -> None:
+    def call_as(relay: Any, key: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        headers = {**MCP_HEADERS, **bearer(key)}
+        response = relay.client.post("/mcp", content=tool_call(arguments, name), headers=headers)
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = rpc_result(response.text)["result"]
+        return result
+
+    with relay_app(make_settings(), auto_answer="Yes.") as relay:
+        asked = call_as(relay, KEY_A, "ask_human", ASK)
+        case_id = asked["structuredContent"]["case_id"]
+        own = call_as(relay, KEY_A, "get_human_answer", {"case_id": case_id})
+        foreign = call_as(relay, KEY_B, "get_human_answer", {"case_id": case_id})
+        unknown = call_as(
+            relay, KEY_B, "get_human_answer", {"case_id": "00000000-0000-4000-8000-000000000001"}
+        )
+        follow_up = call_as(
+            relay, KEY_B, "ask_human", {**ASK, "question": "And Sunday?", "case_id": case_id}
+        )
+    assert asked["structuredContent"]["status"] == "answered"
+    assert own["structuredContent"]["status"] == "answered"
+    for refused in (foreign, unknown, follow_up):
+        assert refused["isError"] is True
+        assert refused["structuredContent"]["problems"] == [
+            {"field": "case_id", "rule": "no such case"}
+        ]
+    # A foreign case reads exactly like an unknown one.
+    assert foreign["content"] == unknown["content"]
