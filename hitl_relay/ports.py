@@ -271,9 +271,10 @@ class SessionEvent:
     """A `session` broadcast on `case:<id>`: a session of this case changed status.
 
     Several sessions may share a case (a retried call after a timeout re-opens the same one; two
-    racing retries share one); the core reacts only to its own `session_id`, and only when
-    `expires_at` is its session's current deadline (an older event of a session re-opened since
-    is history). Delivered only when proved to come from the database, like `HumanMessage`.
+    racing retries share one); the core reacts only to its own `session_id`, and reads the
+    session's status before ending a wait on it (a genuine event of the session's earlier life,
+    replayed after a retry re-opened it, is history). Delivered only when proved to come from
+    the database, like `HumanMessage`.
     """
 
     session_id: UUID
@@ -402,6 +403,13 @@ class CaseStore(Protocol):
     async def reply(self, case_id: UUID) -> Answer | Clarification | None:
         """`hitl_case_reply`: `answer(case_id)` if there is one, else
         `pending_clarification(case_id)`, in one read (the relay's catch-up).
+
+        Read-only, so safe to retry. Raises `PlatformUnavailable`.
+        """
+        ...
+
+    async def session_status(self, session_id: UUID) -> SessionStatus | None:
+        """`hitl_session_status`: the session's committed status, None for an unknown session.
 
         Read-only, so safe to retry. Raises `PlatformUnavailable`.
         """

@@ -476,10 +476,9 @@ class Relay:
                     elif (
                         isinstance(event, SessionEvent)
                         and event.session_id == opened.session_id
-                        and event.expires_at == opened.expires_at
                         and event.status == "expired"
                     ):
-                        outcome = "expired"
+                        outcome = await self._confirm_expiry(opened.session_id)
             except PlatformUnavailable as e:
                 logger.bind(call_id=call.call_id, case_id=str(opened.case_id)).warning(
                     "channel lost, reading the answer every {} s: {}", POLL_INTERVAL_S, e.detail
@@ -530,6 +529,19 @@ class Relay:
                 "confirming a clarification failed, taking it as sent: {}", e.detail
             )
             return event.as_clarification()
+
+    async def _confirm_expiry(self, session_id: UUID) -> _Outcome:
+        """An `expired` event of this wait's session: end the wait only if the session is expired
+        now (the event may be an earlier life's, replayed after a retry re-opened the session).
+        If the platform cannot be read, keep waiting: the deadline still ends the wait."""
+        try:
+            status = await self.store.session_status(session_id)
+        except PlatformUnavailable as e:
+            logger.bind(session_id=str(session_id)).warning(
+                "confirming a session expiry failed, waiting on: {}", e.detail
+            )
+            return None
+        return "expired" if status == "expired" else None
 
     async def _cancel_at(self, scope: anyio.CancelScope, deadline: float) -> None:
         await self.clock.sleep(deadline - self.clock.monotonic())

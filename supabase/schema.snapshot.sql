@@ -940,6 +940,13 @@ begin
 end;
 $$;
 
+CREATE FUNCTION public.hitl_session_status(p_session_id uuid) RETURNS text
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+  select status from public.hil_sessions where id = p_session_id
+$$;
+
 CREATE FUNCTION public.hitl_sign_event(p_event text, p_payload jsonb, p_fields text[]) RETURNS jsonb
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO ''
@@ -1555,6 +1562,9 @@ REVOKE ALL ON FUNCTION public.hitl_schema_version() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_schema_version() TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_session_instance() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.hitl_session_status(p_session_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_session_status(p_session_id uuid) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_sign_event(p_event text, p_payload jsonb, p_fields text[]) FROM PUBLIC;
 

@@ -550,6 +550,11 @@ class MemoryCaseStore:
             status="waiting",
         )
 
+    async def session_status(self, session_id: UUID) -> SessionStatus | None:
+        self._p._rpc("session_status")
+        session = self._p.sessions.get(session_id)
+        return session.status if session is not None else None
+
     async def owned(self, case_id: UUID, owner: str) -> bool:
         p = self._p
         p._rpc("case_owned")

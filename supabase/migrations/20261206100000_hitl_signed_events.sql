@@ -189,6 +189,16 @@ $$;
 revoke all on function public.hitl_case_owned(uuid, text) from public, anon, authenticated;
 grant execute on function public.hitl_case_owned(uuid, text) to service_role;
 
+-- A session's status as committed: the relay reads it before ending a wait on a `session` event
+-- (a genuine event of the session's earlier life, replayed after a retry re-opened it, must not
+-- end the new wait).
+create or replace function public.hitl_session_status(p_session_id uuid) returns text
+language sql stable security definer set search_path = '' as $$
+  select status from public.hil_sessions where id = p_session_id
+$$;
+revoke all on function public.hitl_session_status(uuid) from public, anon, authenticated;
+grant execute on function public.hitl_session_status(uuid) to service_role;
+
 -- The schema version is the newest migration's (see 20261125002300_hitl_schema_version.sql).
 create or replace function public.hitl_schema_version()
 returns text

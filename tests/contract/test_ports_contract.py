@@ -334,3 +334,11 @@ async def test_owned_tells_the_key_that_opened_a_case_from_any_other(ports: Cont
     assert await ports.store.owned(opened.case_id, "key:bbbbbbbbbbbb") is False
     assert await ports.store.owned(opened.case_id, "key:aaaaaaaaaaa") is False  # a prefix
     assert await ports.store.owned(uuid.uuid4(), "key:aaaaaaaaaaaa") is False
+
+
+async def test_session_status_is_the_committed_status(ports: ContractPorts) -> None:
+    opened = await ports.store.open_case(open_request())
+    assert await ports.store.session_status(opened.session_id) == "waiting"
+    await ports.store.close_session(opened.session_id, "expired", {})
+    assert await ports.store.session_status(opened.session_id) == "expired"
+    assert await ports.store.session_status(uuid.uuid4()) is None
