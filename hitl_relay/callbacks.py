@@ -125,9 +125,38 @@ class Target:
         return name if self.port == default else f"{name}:{self.port}"
 
 
+# IPv6 ranges whose addresses carry an IPv4 address a router or the host's stack will reach:
+# IPv4-compatible (::a.b.c.d, RFC 4291 2.5.5.1, deprecated), NAT64 (64:ff9b::/96 RFC 6052, and the
+# local-use 64:ff9b:1::/48 RFC 8215), 6to4 (2002::/16 RFC 3056), Teredo (2001::/32 RFC 4380).
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """Every IPv4 address `address` carries, in each form a stack or a translator reads."""
+    found: list[ipaddress.IPv4Address] = []
+    if address.ipv4_mapped is not None:
+        found.append(address.ipv4_mapped)
+    low32 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address in _IPV4_COMPATIBLE or address in _NAT64:
+        found.append(low32)
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if address.teredo is not None:
+        found.extend(address.teredo)
+    return found
+
+
 def _public(address: IPAddress) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """A global unicast address that embeds no address which is not (checked on the address a
+    name resolved to, so a DNS name pointing at one of these forms is caught too)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in _NAT64_LOCAL or address.teredo is not None:
+            return False  # translated or tunnelled to wherever the operator's network says
+        embedded = _embedded_ipv4(address)
+        if embedded:
+            return all(_public(v4) for v4 in embedded)
     return address.is_global and not address.is_multicast
 
 

@@ -57,6 +57,7 @@ from hitl_relay.ports import Backend, Clock, SessionRecovery, SuccessMetricsSour
 from hitl_relay.readiness import ReadinessMonitor
 from hitl_relay.relay import Relay, build_relay
 from hitl_relay.security import SecurityLayer
+from hitl_relay.security.http_limits import server_options
 
 # Decides whether a request to /mcp may pass, from its headers.
 Authorize = Callable[[Headers], bool]
@@ -377,6 +378,7 @@ def serve(settings: Settings, app: ASGIApp) -> None:
         log_config=None,  # keep uvicorn's records in hitl_relay.logs' sink (JSON in production)
         server_header=False,
         timeout_graceful_shutdown=int(settings.drain_timeout_seconds) + 5,
+        **server_options(),
     )
     gc_tuning.tune(settings.gc_full_collection_every)
     RelayServer(config, settings.drain_timeout_seconds).run()
@@ -404,7 +406,7 @@ async def running(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Async
     bound = sock.getsockname()[1]
     config = uvicorn.Config(
         app, lifespan="on", log_config=None, log_level="warning", access_log=False,
-        server_header=False, timeout_graceful_shutdown=2,
+        server_header=False, timeout_graceful_shutdown=2, **server_options(),
     )  # fmt: skip
     server = _Embedded(config, drain_timeout_s=5.0)
     loop = asyncio.get_running_loop()

@@ -49,6 +49,7 @@ from hitl_relay.models import (
 )
 from hitl_relay.relay import Relay, build_relay
 from hitl_relay.resilience import BreakerState
+from hitl_relay.security.middleware import STATE_KEY
 
 SERVER_NAME = "hitl-relay"
 INSTRUCTIONS = (
@@ -187,7 +188,7 @@ class RelayMcpServer:
                 return render(await self._ask(ctx, relay, arguments))
             if params.name == "get_human_answer":
                 request = parse_get_answer_request(arguments)
-                return render(await relay.get_answer(request.case_id))
+                return render(await relay.get_answer(request.case_id, owner=key_of(ctx)))
             if params.name == "get_call_history":
                 history = parse_get_call_history_request(arguments)
                 return render(await relay.call_history(history.call_id))
@@ -209,7 +210,7 @@ class RelayMcpServer:
             except _GONE:
                 logger.debug("progress not delivered: the client is gone")
 
-        return await relay.ask(request, progress)
+        return await relay.ask(request, progress, owner=key_of(ctx))
 
     def _remember(self, ctx: Context) -> None:
         # The SDK (2.3) makes a ServerSession per request; the Connection behind it is the
@@ -217,6 +218,17 @@ class RelayMcpServer:
         connection = getattr(ctx.session, "_connection", None)
         if isinstance(connection, Connection) and connection.has_standalone_channel:
             self._connections.add(connection)
+
+
+def key_of(ctx: Context) -> str | None:
+    """The fingerprint of the API key that authenticated this request (None over stdio, or
+    when the relay serves without keys): cases are scoped to it."""
+    request = getattr(ctx, "request", None)
+    scope = getattr(request, "scope", None)
+    if not isinstance(scope, dict):
+        return None
+    key = (scope.get("state") or {}).get(STATE_KEY)
+    return key if isinstance(key, str) else None
 
 
 def render(result: AskResult | CallHistory) -> types.CallToolResult:

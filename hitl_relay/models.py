@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -89,16 +90,79 @@ class Turn(BaseModel):
     ]
 
 
-def _has_nul(value: object, depth: int = 0) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if depth > 64:
-        return False
-    if isinstance(value, Mapping):
-        return any(_has_nul(k, depth + 1) or _has_nul(v, depth + 1) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return any(_has_nul(v, depth + 1) for v in value)
-    return False
+# Deeper nesting than any caller description needs; deeper JSON is refused, never walked
+# partly (a check that stops at some depth lets what lies below reach Postgres).
+JSON_MAX_DEPTH = 32
+NON_FINITE_RULE = "must hold only finite numbers (no NaN, Infinity, or values such as 1e400)"
+
+
+def value_problem(value: object) -> str | None:
+    """Why `value` (decoded JSON) cannot be stored in Postgres text/jsonb, or None.
+
+    Walks every key and value iteratively, so no depth escapes it: U+0000 in any string
+    (Postgres text and jsonb cannot hold it), a non-finite float (NaN, Infinity, or 1e400,
+    which JSON decoders turn into infinity), nesting deeper than JSON_MAX_DEPTH.
+    """
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "must not contain NUL (U+0000) characters"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return NON_FINITE_RULE
+        elif isinstance(item, Mapping | list | tuple):
+            if depth >= JSON_MAX_DEPTH:
+                return f"must be nested at most {JSON_MAX_DEPTH} levels deep"
+            if isinstance(item, Mapping):
+                for k, v in item.items():
+                    stack.append((k, depth + 1))
+                    stack.append((v, depth + 1))
+            else:
+                stack.extend((v, depth + 1) for v in item)
+    return None
+
+
+class DuplicateKeyError(ValueError):
+    """A JSON object names the same key twice (readers disagree on which one counts)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"duplicate key {key[:64]!r} in a JSON object")
+        self.key = key
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKeyError(key)
+        out[key] = value
+    return out
+
+
+def loads_strict(data: bytes | str) -> Any:
+    """`json.loads` refusing duplicate keys at any depth (DuplicateKeyError); what the relay
+    reads itself (the rate limiter's call ids, the Retell body) so it never reads a body in a
+    way the tool would read differently. Raises ValueError (or RecursionError) on bad JSON."""
+    return json.loads(data, object_pairs_hook=_no_duplicates)
+
+
+def _alias_conflict(model: type[BaseModel], arguments: Mapping[str, Any]) -> InvalidRequest | None:
+    """A field given under both its name and its alias: which one counts would depend on the
+    reader (the rate limiter read one, the tool the other), so it is refused."""
+    for name, info in model.model_fields.items():
+        if info.alias and info.alias != name and name in arguments and info.alias in arguments:
+            return InvalidRequest(name, f"given twice (as {name} and {info.alias}): give it once")
+    return None
+
+
+def call_id_of(arguments: Mapping[str, Any]) -> str | None:
+    """The call id the tool will use for these arguments (None when it will refuse them)."""
+    if "call_id" in arguments and "callId" in arguments:
+        return None
+    value = arguments.get("call_id", arguments.get("callId"))
+    return value if isinstance(value, str) and value else None
 
 
 def _id_field(alias: str, description: str) -> Any:
@@ -187,8 +251,9 @@ class AskHumanRequest(BaseModel):
     def _no_nul(cls, value: Any) -> Any:
         # Postgres text and jsonb cannot hold U+0000: refused here, naming the field, instead of
         # failing on the platform (which would count against the circuit breaker).
-        if _has_nul(value):
-            raise ValueError("must not contain NUL (U+0000) characters")
+        problem = value_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("case_id")
@@ -461,6 +526,9 @@ def parse_ask_request(arguments: object) -> AskHumanRequest:
     """Validate raw tool arguments; raise `InvalidRequest` naming the field and the rule."""
     if not isinstance(arguments, Mapping):
         raise InvalidRequest("arguments", "must be an object")
+    conflict = _alias_conflict(AskHumanRequest, arguments)
+    if conflict is not None:
+        raise conflict
     try:
         return AskHumanRequest.model_validate(dict(arguments))
     except ValidationError as e:
@@ -470,6 +538,9 @@ def parse_ask_request(arguments: object) -> AskHumanRequest:
 def parse_get_call_history_request(arguments: object) -> GetCallHistoryRequest:
     if not isinstance(arguments, Mapping):
         raise InvalidRequest("arguments", "must be an object")
+    conflict = _alias_conflict(GetCallHistoryRequest, arguments)
+    if conflict is not None:
+        raise conflict
     try:
         return GetCallHistoryRequest.model_validate(dict(arguments))
     except ValidationError as e:
@@ -479,6 +550,9 @@ def parse_get_call_history_request(arguments: object) -> GetCallHistoryRequest:
 def parse_get_answer_request(arguments: object) -> GetHumanAnswerRequest:
     if not isinstance(arguments, Mapping):
         raise InvalidRequest("arguments", "must be an object")
+    conflict = _alias_conflict(GetHumanAnswerRequest, arguments)
+    if conflict is not None:
+        raise conflict
     try:
         return GetHumanAnswerRequest.model_validate(dict(arguments))
     except ValidationError as e:

@@ -12,6 +12,7 @@ How the core uses the ports, in the order that loses nothing (design.md):
                                                       join was confirmed, or a retried call)
     async for event in sub:                           HumanMessage / SessionEvent / Reconnected
         Reconnected → store.answer(...) again         (the gap while not listening)
+        WakeUp → store.answer(...) again              (an event nobody proved: read, not believe)
     await store.close_session(opened.session_id, outcome, detail)
 
 The clarification loop (issue 10): an operator may reply with a question instead of an answer
@@ -226,7 +227,9 @@ class ThreadEntry:
 
 @dataclass(frozen=True, slots=True)
 class HumanMessage:
-    """A `message` broadcast on `case:<id>`: any message inserted into the case, any sender.
+    """A `message` broadcast on `case:<id>`: any message inserted into the case, any sender,
+    delivered only when the adapter proved the database sent it (a client's broadcast of the
+    same shape arrives as `WakeUp`).
 
     `is_answer` is the platform's verdict: true for exactly one message per case (the one
     `CaseStore.answer` returns). The core takes a message as the answer only when `is_answer`
@@ -268,7 +271,10 @@ class SessionEvent:
     """A `session` broadcast on `case:<id>`: a session of this case changed status.
 
     Several sessions may share a case (a retried call after a timeout re-opens the same one; two
-    racing retries share one); the core reacts only to its own `session_id`.
+    racing retries share one); the core reacts only to its own `session_id`, and reads the
+    session's status before ending a wait on it (a genuine event of the session's earlier life,
+    replayed after a retry re-opened it, is history). Delivered only when proved to come from
+    the database, like `HumanMessage`.
     """
 
     session_id: UUID
@@ -288,7 +294,17 @@ class Reconnected:
     case_id: UUID
 
 
-ChannelEvent = HumanMessage | SessionEvent | Reconnected
+@dataclass(frozen=True, slots=True)
+class WakeUp:
+    """Something arrived on `case:<id>` that the adapter cannot prove the database sent (a
+    client's broadcast, an unsigned or badly signed event, or any event before the adapter holds
+    the database's event key). It carries nothing the core may believe: the core reads the case
+    (`CaseStore.reply`) and takes only what the database returns."""
+
+    case_id: UUID
+
+
+ChannelEvent = HumanMessage | SessionEvent | Reconnected | WakeUp
 
 
 @runtime_checkable
@@ -387,6 +403,22 @@ class CaseStore(Protocol):
     async def reply(self, case_id: UUID) -> Answer | Clarification | None:
         """`hitl_case_reply`: `answer(case_id)` if there is one, else
         `pending_clarification(case_id)`, in one read (the relay's catch-up).
+
+        Read-only, so safe to retry. Raises `PlatformUnavailable`.
+        """
+        ...
+
+    async def session_status(self, session_id: UUID) -> SessionStatus | None:
+        """`hitl_session_status`: the session's committed status, None for an unknown session.
+
+        Read-only, so safe to retry. Raises `PlatformUnavailable`.
+        """
+        ...
+
+    async def owned(self, case_id: UUID, owner: str) -> bool:
+        """`hitl_case_owned`: whether `case_id` was opened for `owner` (an API key's
+        fingerprint): some session of it has an idempotency key starting with `owner + ':'`.
+        False for an unknown case too, so a foreign case looks exactly like an unknown one.
 
         Read-only, so safe to retry. Raises `PlatformUnavailable`.
         """

@@ -41,6 +41,7 @@ already with an operator, and recording the caller's reply matters more than an 
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -79,8 +80,21 @@ from hitl_relay.ports import (
     SessionOutcome,
     Subscription,
     ThreadEntry,
+    WakeUp,
 )
 from hitl_relay.resilience import BreakerState, CircuitBreaker, retry_until
+
+
+def owned_idempotency_key(owner: str | None, request: AskHumanRequest) -> str | None:
+    """The idempotency key of a case opened for `owner`: the platform's default (call id +
+    sha256 of the question) behind the owner, so a retry with the same API key joins its case
+    and `CaseStore.owned` can tell whose it is. None without an owner (the platform's
+    default)."""
+    if owner is None:
+        return None
+    digest = hashlib.sha256(request.question.encode()).hexdigest()
+    return f"{owner}:{request.call_id}:{digest}"
+
 
 # (elapsed seconds, total seconds, message) → sent as an MCP progress notification.
 # Must not raise: a client that went away is the caller's business, not the wait's.
@@ -208,7 +222,11 @@ class Relay:
     # ---------------------------------------------------------------- ask_human
 
     async def ask(
-        self, request: AskHumanRequest, progress: ProgressCallback | None = None
+        self,
+        request: AskHumanRequest,
+        progress: ProgressCallback | None = None,
+        *,
+        owner: str | None = None,
     ) -> AskResult:
         """Ask an operator; return their answer, or the configured fallback and the case id.
 
@@ -232,7 +250,7 @@ class Relay:
         self._active += 1
         self.calls_taken += 1
         try:
-            result = await self._ask(request, progress, call)
+            result = await self._ask(request, progress, call, owner)
             outcome = result.status
             return result
         except InvalidRequest:
@@ -255,7 +273,11 @@ class Relay:
                 self._account(call, outcome)
 
     async def _ask(
-        self, request: AskHumanRequest, progress: ProgressCallback | None, call: _Call
+        self,
+        request: AskHumanRequest,
+        progress: ProgressCallback | None,
+        call: _Call,
+        owner: str | None,
     ) -> AskResult:
         s = self.settings
         timeout = request.timeout_seconds or s.default_timeout_seconds
@@ -283,6 +305,11 @@ class Relay:
 
         if call.follow_up_of is not None:
             call.case_id = call.follow_up_of
+            try:
+                await self._check_owner(call.follow_up_of, owner, call)
+            except PlatformUnavailable as e:
+                self._record(call, failure=str(e))
+                return self._fallback("platform_unreachable", call)
             continue_request = ContinueCase(
                 case_id=call.follow_up_of,
                 question=request.question,
@@ -311,6 +338,7 @@ class Relay:
             # Option B: the answer (or timeout) is also POSTed there, signed (hitl_relay.callbacks).
             callback_url=s.callback_url,
             webhook_secret=s.callback_secret.get_secret_value() if s.callback_secret else None,
+            idempotency_key=owned_idempotency_key(owner, request),
         )
         open_case = partial(self.store.open_case, open_request)
         return await self._run(call.case_id, open_case, call, deadline, progress, probe)
@@ -442,14 +470,15 @@ class Relay:
                                 call.delivery_ms = round(delay * 1000)
                         elif event.sender_type == "human" and event.kind == "clarification":
                             outcome = await self._confirm_clarification(event)
-                    elif isinstance(event, Reconnected):
+                    elif isinstance(event, Reconnected | WakeUp):
+                        # A wake-up proves nothing: only what the read returns counts.
                         outcome = await self._catch_up(opened.case_id)
                     elif (
                         isinstance(event, SessionEvent)
                         and event.session_id == opened.session_id
                         and event.status == "expired"
                     ):
-                        outcome = "expired"
+                        outcome = await self._confirm_expiry(opened.session_id)
             except PlatformUnavailable as e:
                 logger.bind(call_id=call.call_id, case_id=str(opened.case_id)).warning(
                     "channel lost, reading the answer every {} s: {}", POLL_INTERVAL_S, e.detail
@@ -501,6 +530,19 @@ class Relay:
             )
             return event.as_clarification()
 
+    async def _confirm_expiry(self, session_id: UUID) -> _Outcome:
+        """An `expired` event of this wait's session: end the wait only if the session is expired
+        now (the event may be an earlier life's, replayed after a retry re-opened the session).
+        If the platform cannot be read, keep waiting: the deadline still ends the wait."""
+        try:
+            status = await self.store.session_status(session_id)
+        except PlatformUnavailable as e:
+            logger.bind(session_id=str(session_id)).warning(
+                "confirming a session expiry failed, waiting on: {}", e.detail
+            )
+            return None
+        return "expired" if status == "expired" else None
+
     async def _cancel_at(self, scope: anyio.CancelScope, deadline: float) -> None:
         await self.clock.sleep(deadline - self.clock.monotonic())
         scope.cancel()
@@ -537,8 +579,11 @@ class Relay:
 
     # ---------------------------------------------------------------- get_human_answer
 
-    async def get_answer(self, case_id: str) -> AskResult:
-        """The answer of an earlier case if there is one now (`pending` if not); never waits."""
+    async def get_answer(self, case_id: str, *, owner: str | None = None) -> AskResult:
+        """The answer of an earlier case if there is one now (`pending` if not); never waits.
+
+        With `owner` (an API key's fingerprint) only a case that key opened: any other case id
+        is refused as `case_id: no such case`, exactly like an unknown one."""
         started = self.clock.monotonic()
         try:
             case_uuid = UUID(str(case_id))
@@ -548,6 +593,7 @@ class Relay:
         if self.breaker is not None and self.breaker.is_open:
             return self._fallback("platform_unreachable", call, case_id=case_uuid)
         try:
+            await self._check_owner(case_uuid, owner, call)
             found = await self._read(case_uuid)
         except PlatformUnavailable as e:
             self._record(call, failure=str(e))
@@ -562,6 +608,15 @@ class Relay:
                 message="No answer yet. You may check again a little later in the call.",
             )
         return self._from_answer(found, call)
+
+    async def _check_owner(self, case_id: UUID, owner: str | None, call: _Call) -> None:
+        """Refuse a case another API key opened as if it did not exist (`owner` None: no keys,
+        nothing to scope). Raises PlatformUnavailable when the platform cannot say."""
+        if owner is None:
+            return
+        if not await self.store.owned(case_id, owner):
+            self._record(call, failure=None)  # the platform answered: it is reachable
+            raise InvalidRequest("case_id", "no such case")
 
     # ---------------------------------------------------------------- get_call_history
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -47,6 +46,8 @@ from hitl_relay.models import (
     TURN_CONTENT_MAX,
     AskHumanRequest,
     AskResult,
+    DuplicateKeyError,
+    loads_strict,
     parse_ask_request,
 )
 from hitl_relay.relay import Relay
@@ -209,22 +210,26 @@ class RetellEndpoint:
         layer = self.layer
         origin = request_origin(request.scope)
         ip = str(origin.client) if origin is not None else "unknown"
-        spent = await layer.limiter.peek(layer.rules.auth_failures, ip)
-        if not spent.allowed:
-            layer.refused_by_limit("auth_failures", f"ip:{ip}", spent, PATH)
-            return too_many(spent)
         body = buffered_body(request.scope)
         if body is None:
             body = await request.body()
         check = verify_retell_signature(body, self._key, request.headers.get(SIGNATURE_HEADER))
         if not check.ok:
+            # The failed-auth budget applies to failures only: every Retell customer shares
+            # Retell's egress addresses, and a correctly signed request is never refused by it.
+            spent = await layer.limiter.peek(layer.rules.auth_failures, ip)
+            if not spent.allowed:
+                layer.refused_by_limit("auth_failures", f"ip:{ip}", spent, PATH)
+                return too_many(spent)
             return await self._refuse(ip, check.failure or "mismatch")
         assert check.digest is not None
         fresh = await layer.limiter.hit(layer.rules.replay, check.digest)
         if not fresh.allowed:
             return await self._refuse(ip, "replay")
         try:
-            payload = json.loads(body)
+            payload = loads_strict(body)
+        except DuplicateKeyError as e:
+            return JSONResponse({"error": "invalid_json", "detail": str(e)}, status_code=400)
         except (ValueError, RecursionError):
             return JSONResponse(
                 {"error": "invalid_json", "detail": "the body must be a JSON object"},

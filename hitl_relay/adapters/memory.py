@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import math
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -57,6 +58,7 @@ from hitl_relay.ports import (
     SuccessMetrics,
     ThreadEntry,
     ThreadMessage,
+    WakeUp,
 )
 from hitl_relay.readiness import EXPECTED_SCHEMA_VERSION
 
@@ -289,6 +291,7 @@ class MemoryPlatform:
 
     def _rpc(self, name: str) -> None:
         self.rpc_calls.append(name)
+        self.changed()
         if self.faults.rpc_down:
             raise PlatformUnavailable(f"{name}: platform down (injected)")
         left = self.faults.rpc_failures.get(name, 0)
@@ -302,6 +305,13 @@ class MemoryPlatform:
         for sub in list(self.subscriptions.get(case_id, ())):
             if sub.connected:
                 sub.deliver(event)
+
+    def forge_broadcast(self, case_id: UUID, event: str, payload: Mapping[str, Any]) -> None:
+        """A client's broadcast on `case:<case_id>` (an operator's token may send there): the
+        twin, like the Supabase adapter, cannot prove the database sent it, so subscribers get
+        only a `WakeUp`, whatever `event` and `payload` claim."""
+        del event, payload  # what a client claims is never read
+        self.broadcast(case_id, WakeUp(case_id))
 
     def post_message(
         self,
@@ -413,6 +423,21 @@ class MemoryPlatform:
         return sorted(entries, key=lambda e: e.asked_at)
 
 
+def _as_postgres_would_store(params: Mapping[str, Any]) -> None:
+    """Fail as the real platform does on what Postgres cannot hold: a non-finite number is not
+    JSON (PostgREST refuses the body), U+0000 is not text (22P05). Both reach the relay as
+    `PlatformUnavailable`, so input that slips past validation shows up in the breaker here
+    as it would in production."""
+    try:
+        text = json.dumps(params, allow_nan=False)
+    except ValueError:
+        raise PlatformUnavailable("hitl_open_case: PGRST102 non-finite number in JSON") from None
+    if "\\u0000" in text.replace("\\\\", ""):
+        raise PlatformUnavailable(
+            "hitl_open_case: 22P05 unsupported Unicode escape sequence (\\u0000)"
+        )
+
+
 def _text(value: object, name: str, limit: int, *, required: bool) -> str | None:
     if value is None:
         if required:
@@ -445,6 +470,7 @@ class MemoryCaseStore:
         await anyio.lowlevel.checkpoint()
         p = self._p
         p._rpc("open_case")
+        _as_postgres_would_store(request.as_rpc_params())
         question = _text(request.question, "question", 2000, required=True)
         assert question is not None
         _text(request.context, "context", 8000, required=False)
@@ -522,6 +548,19 @@ class MemoryCaseStore:
             expires_at=deadline,
             existed=False,
             status="waiting",
+        )
+
+    async def session_status(self, session_id: UUID) -> SessionStatus | None:
+        self._p._rpc("session_status")
+        session = self._p.sessions.get(session_id)
+        return session.status if session is not None else None
+
+    async def owned(self, case_id: UUID, owner: str) -> bool:
+        p = self._p
+        p._rpc("case_owned")
+        return any(
+            p.sessions[session_id].case_id == case_id and key.startswith(owner + ":")
+            for key, session_id in p._by_key.items()
         )
 
     async def answer(self, case_id: UUID) -> Answer | None:
@@ -823,6 +862,11 @@ class MemoryOperator:
     ) -> UUID:
         await anyio.lowlevel.checkpoint()
         return self._p.post_message(case_id, content, kind=kind, sender_type=sender_type).message_id
+
+    async def forge(self, case_id: UUID, event: str, payload: Mapping[str, Any]) -> None:
+        """Broadcast on `case:<case_id>` as a client (an operator's token may send there)."""
+        await anyio.lowlevel.checkpoint()
+        self._p.forge_broadcast(case_id, event, payload)
 
     async def ask_back(self, case_id: UUID, question: str) -> UUID:
         """Reply with a question instead of an answer (a `clarification` message)."""

@@ -28,9 +28,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import httpx
+from loguru import logger
 from postgrest.exceptions import APIError
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
+from hitl_relay.adapters.signed_events import EventKey
 from hitl_relay.adapters.supabase_channel import (
     RealtimeTuning,
     SocketPool,
@@ -203,7 +205,46 @@ async def build_platform(
     )
     if presence:
         platform.presence.start()
+    pool.spawn(load_event_key(client, pool.event_key, timeout_s), "event key")
     return platform
+
+
+async def load_event_key(
+    client: AsyncClient, event_key: EventKey, timeout_s: float, *, max_delay_s: float = 30.0
+) -> None:
+    """Read the database's event key (`hitl_event_key()`, service role only), retrying with
+    backoff while the platform is unreachable. Until it is read every channel event is only a
+    wake-up (one read each): slower, never wrong. A schema without the function is reported
+    once and left at that."""
+    delay = 0.5
+    while True:
+        try:
+            async with asyncio.timeout(timeout_s):
+                response = await client.rpc("hitl_event_key", {}).execute()
+        except APIError as e:
+            if e.code in SCHEMA_PROBLEM_CODES:
+                logger.warning(
+                    "hitl_event_key() is missing ({}): every channel event costs a read; "
+                    "apply the migrations",
+                    e.code,
+                )
+                return
+            logger.warning("reading the event key failed: {} {}", e.code, e.message)
+        except TRANSPORT_ERRORS as e:
+            logger.warning("reading the event key failed: {}: {}", type(e).__name__, e)
+        else:
+            data = response.data
+            try:
+                if not isinstance(data, str):
+                    raise ValueError(f"unexpected reply {data!r}")
+                event_key.set_hex(data)
+            except ValueError as e:
+                logger.error("the database's event key is unusable: {}", e)
+                return
+            logger.debug("event key loaded: channel events are verified")
+            return
+        await asyncio.sleep(delay)
+        delay = min(max_delay_s, delay * 2)
 
 
 @asynccontextmanager

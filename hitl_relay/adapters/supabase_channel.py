@@ -68,6 +68,7 @@ from realtime import (
 )
 
 from hitl_relay import metrics
+from hitl_relay.adapters.signed_events import EventKey
 from hitl_relay.adapters.supabase_store import (
     ShapeError,
     optional_str,
@@ -78,7 +79,7 @@ from hitl_relay.adapters.supabase_store import (
     parse_uuid,
 )
 from hitl_relay.errors import PlatformUnavailable
-from hitl_relay.ports import ChannelEvent, HumanMessage, Reconnected, SessionEvent
+from hitl_relay.ports import ChannelEvent, HumanMessage, Reconnected, SessionEvent, WakeUp
 
 # What websockets / realtime-py raise when a connection attempt fails (refused, handshake
 # refused with a status such as 401 or 429, TLS, DNS, our own timeout).
@@ -480,21 +481,29 @@ class RealtimeChannel:
             self.changed.notify()
 
     def _on_message(self, message: BroadcastPayload) -> None:
-        try:
-            event = parse_message(message["payload"])
-        except (ShapeError, KeyError, TypeError) as e:
-            logger.bind(topic=self.topic).warning("unreadable message broadcast: {}", e)
-            return
-        if event.case_id == self.case_id:
-            for listener in list(self.listeners):
-                listener.on_event(event)
+        self._on_broadcast("message", message, parse_message)
 
     def _on_session(self, message: BroadcastPayload) -> None:
-        try:
-            event = parse_session(message["payload"])
-        except (ShapeError, KeyError, TypeError) as e:
-            logger.bind(topic=self.topic).warning("unreadable session broadcast: {}", e)
+        self._on_broadcast("session", message, parse_session)
+
+    def _on_broadcast(
+        self,
+        name: str,
+        message: BroadcastPayload,
+        parse: Callable[[Mapping[str, Any]], HumanMessage | SessionEvent],
+    ) -> None:
+        """Deliver the event when its signature proves the database sent it; anything else on
+        the topic (a client's broadcast, an unsigned or unreadable event) is only a wake-up."""
+        if self.case_id is None:
             return
+        payload = message.get("payload")
+        event: HumanMessage | SessionEvent | WakeUp = WakeUp(self.case_id)
+        if isinstance(payload, Mapping) and self.pool.event_key.verify(name, payload):
+            try:
+                event = parse(payload)
+            except (ShapeError, KeyError, TypeError) as e:
+                logger.bind(topic=self.topic).warning("unreadable {} broadcast: {}", name, e)
+                return
         if event.case_id == self.case_id:
             for listener in list(self.listeners):
                 listener.on_event(event)
@@ -742,6 +751,8 @@ class SocketPool:
         self.realtime_url = realtime_url
         self.key = key
         self.tuning = tuning
+        # The database's key for event signatures (read after start; until then, wake-ups only).
+        self.event_key = EventKey()
         self.sockets: list[RealtimeSocket] = []
         # Every socket not yet closed, including idle ones on their way out.
         self._open: set[RealtimeSocket] = set()

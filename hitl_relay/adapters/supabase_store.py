@@ -279,6 +279,23 @@ class SupabaseCaseStore:
                 f"hitl_call_history returned an unexpected reply: {e}"
             ) from None
 
+    async def session_status(self, session_id: UUID) -> SessionStatus | None:
+        data = await self._rpc("hitl_session_status", {"p_session_id": str(session_id)})
+        if data is None or data == []:
+            return None
+        try:
+            return parse_session_status(data)
+        except ShapeError as e:
+            raise PlatformUnavailable(
+                f"hitl_session_status returned an unexpected reply: {e}"
+            ) from None
+
+    async def owned(self, case_id: UUID, owner: str) -> bool:
+        data = await self._rpc("hitl_case_owned", {"p_case_id": str(case_id), "p_owner": owner})
+        if not isinstance(data, bool):
+            raise PlatformUnavailable(f"hitl_case_owned returned an unexpected reply: {data!r}")
+        return data
+
     async def answer(self, case_id: UUID) -> Answer | None:
         data = await self._rpc("hitl_answer", {"p_case_id": str(case_id)})
         # SQL null: PostgREST renders `null`; supabase-py turns an empty body into [].

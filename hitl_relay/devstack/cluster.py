@@ -113,6 +113,9 @@ class Cluster:
         if not (self.datadir / "PG_VERSION").exists():
             self._init()
         self._check_layout()
+        log = self.datadir.parent / f"{self.datadir.name}.log"
+        if log.exists():
+            log.chmod(0o600)  # left wider by an older version, whether running or not
         running = self._running_port()
         if running is not None:
             return self.url()
@@ -252,7 +255,10 @@ class Cluster:
                 shutil.chown(path, group=pwd.getpwnam(self._owner).pw_gid)
 
     def _prepare_log(self, log: Path) -> None:
-        log.touch(exist_ok=True)
+        # The server log holds statements and their parameters (answers, caller details):
+        # readable by the cluster's owner only, also when an older run left it wider.
+        log.touch(mode=0o600, exist_ok=True)
+        log.chmod(0o600)
         self._chown(log)
 
     def _run(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:

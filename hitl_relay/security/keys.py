@@ -1,7 +1,9 @@
 """Bearer API keys: parse, check at start, compare in constant time, make new ones.
 
 `HITL_API_KEYS` lists keys as plain text or as `sha256:<hex>` of the key (so a deployment may
-keep only hashes). Several keys may be live at once (rotation: add the new key, move clients,
+keep only hashes; the prefix in any letter case). A plain entry of 64 hex digits is refused: it
+reads as a hash, and taken as a key the hash itself would authenticate.
+Several keys may be live at once (rotation: add the new key, move clients,
 drop the old one); `HITL_REVOKED_KEYS` refuses keys by hash even while still listed.
 Keys known to be public (the integration plan's example key is one) stop the relay at start.
 
@@ -50,11 +52,21 @@ def env_lines(key: str) -> list[str]:
     ]
 
 
+def _is_hashed(text: str) -> bool:
+    """`sha256:` in any letter case: a hashed entry, never a plain key."""
+    return text[: len(HASH_PREFIX)].lower() == HASH_PREFIX
+
+
+def _looks_like_a_hash(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text)
+
+
 def _hash_entry(entry: str) -> bytes | None:
-    """The digest of a `sha256:<hex>` (or bare 64-hex) entry; None if it is not one."""
+    """The digest of a `sha256:<hex>` (or, in revocation lists, bare 64-hex) entry; None if it
+    is not one."""
     text = entry.strip()
-    bare = text.removeprefix(HASH_PREFIX)
-    if len(bare) == 64:
+    bare = text[len(HASH_PREFIX) :] if _is_hashed(text) else text
+    if _looks_like_a_hash(bare):
         try:
             return bytes.fromhex(bare)
         except ValueError:
@@ -87,13 +99,21 @@ class KeyRing:
         keys: list[_Key] = []
         for number, entry in enumerate(entries, start=1):
             text = entry.strip()
-            if text.startswith(HASH_PREFIX):
+            if _is_hashed(text):
                 digest = _hash_entry(text)
                 if digest is None:
                     self.problems.append(
                         f"HITL_API_KEYS: entry #{number} must be sha256:<64 hex digits>"
                     )
                     continue
+            elif _looks_like_a_hash(text):
+                # Taken as a plain key, a hash would make the hash itself a live key.
+                self.problems.append(
+                    f"HITL_API_KEYS: entry #{number} is 64 hex digits, which reads as a SHA-256 "
+                    "hash: write a hashed key as sha256:<hex>; a plain key must not look like "
+                    "one (make one with `hitl-relay keygen`)"
+                )
+                continue
             else:
                 if len(text) < min_length:
                     self.problems.append(

@@ -184,6 +184,19 @@ class SecurityLayer:
             Middleware(AuthGuard, layer=self),
         ]
 
+    def host_allowed(self, headers: Headers) -> bool:
+        """The request's Host is one the MCP endpoint would accept (no host list: any)."""
+        security = transport_security_settings(self.settings)
+        if security is None:
+            return True
+        host = headers.get("host") or ""
+        for pattern in security.allowed_hosts:
+            if host == pattern:
+                return True
+            if pattern.endswith(":*") and host.rpartition(":")[0] == pattern[:-2]:
+                return True
+        return False
+
     def authorize(self, headers: Headers) -> bool:
         """The bearer check alone (the /mcp gate's `Authorize`)."""
         return self.identify(headers.get("authorization")) is not None

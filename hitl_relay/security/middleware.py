@@ -15,7 +15,6 @@ Every refusal is a small JSON body, counted in Prometheus and recorded in the au
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -25,6 +24,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hitl_relay import metrics
+from hitl_relay.models import DuplicateKeyError, call_id_of, loads_strict
 from hitl_relay.security.network import Origin
 from hitl_relay.security.ratelimit import Decision
 
@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 # Served to anyone who can reach the process (load balancers' probes).
 EXEMPT_PATHS = frozenset({"/healthz"})
+# Paths outside the MCP SDK's own Host check (it covers /mcp) that still tell something to whoever
+# reaches them: checked against the same host list (DNS rebinding).
+HOST_CHECKED = frozenset({"/metrics", "/readyz"})
 STATE_ORIGIN = "hitl_origin"
 STATE_BODY = "hitl_body"
 STATE_KEY = "hitl_key"
@@ -99,10 +102,15 @@ class NetworkGuard:
         mode = layer.settings.https_mode
         if mode != "off" and not origin.https:
             layer.record("https_required", f"ip:{origin.client}", "refused", path=scope["path"])
-            if mode == "redirect" and scope["type"] == "http":
+            if mode == "redirect" and scope["type"] == "http" and layer.settings.allowed_hosts:
                 url = _https_url(scope, layer.settings.allowed_hosts)
                 return RedirectResponse(url, status_code=308)
+            # No configured host to send the client to: refuse rather than redirect to
+            # whatever Host the client sent (an open redirect).
             return error_response(403, "https required")
+        if scope["path"] in HOST_CHECKED and not layer.host_allowed(Headers(scope=scope)):
+            layer.record("host_refused", f"ip:{origin.client}", "refused", path=scope["path"])
+            return error_response(421, "unknown host")
         if not layer.network.allowed(origin.client):
             layer.record("ip_refused", f"ip:{origin.client}", "refused", path=scope["path"])
             return error_response(403, "forbidden")
@@ -150,10 +158,10 @@ class NetworkGuard:
 
 def _https_url(scope: Scope, allowed_hosts: list[str]) -> str:
     headers = Headers(scope=scope)
-    host = headers.get("host") or "localhost"
+    host = headers.get("host") or ""
     if host.endswith(":80"):
         host = host[:-3]
-    if allowed_hosts and host not in allowed_hosts:
+    if host not in allowed_hosts:
         # Never redirect to a host name the client made up (an open redirect).
         host = allowed_hosts[0]
     path = scope.get("raw_path") or scope["path"].encode()
@@ -218,13 +226,15 @@ class AuthGuard:
         origin = request_origin(scope)
         ip = str(origin.client) if origin is not None else "unknown"
         path = scope["path"]
-        spent = await layer.limiter.peek(layer.rules.auth_failures, ip)
-        if not spent.allowed:
-            layer.refused_by_limit("auth_failures", f"ip:{ip}", spent, path)
-            return too_many(spent)
         headers = Headers(scope=scope)
         key = layer.identify(headers.get("authorization"))
         if key is None:
+            # The budget only slows down guessing: a valid key is never refused by it, so a
+            # stranger failing from a shared address (a NAT, Retell's egress) locks nobody out.
+            spent = await layer.limiter.peek(layer.rules.auth_failures, ip)
+            if not spent.allowed:
+                layer.refused_by_limit("auth_failures", f"ip:{ip}", spent, path)
+                return too_many(spent)
             await layer.limiter.hit(layer.rules.auth_failures, ip)
             metrics.auth_failures.inc()
             reason = "missing" if not headers.get("authorization") else "wrong"
@@ -237,7 +247,20 @@ class AuthGuard:
             return too_many(decision)
         body = buffered_body(scope)
         if scope["method"] == "POST" and body:
-            for call_id in tool_call_ids(body):
+            try:
+                call_ids = list(tool_call_ids(body))
+            except DuplicateKeyError as e:
+                # Readers of a body with a key twice disagree on its value: nobody reads it.
+                layer.record("invalid_json", key, "refused", path=path, reason=str(e))
+                return JSONResponse(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": None,
+                        "error": {"code": -32700, "message": f"Parse error: {e}"},
+                    },
+                    status_code=400,
+                )
+            for call_id in call_ids:
                 decision = await layer.limiter.hit(layer.rules.per_call, call_id)
                 if not decision.allowed:
                     layer.refused_by_limit("call", f"call:{call_id[:128]}", decision, path)
@@ -246,9 +269,12 @@ class AuthGuard:
 
 
 def tool_call_ids(body: bytes) -> Iterator[str]:
-    """The `call_id` (or `callId`) of each JSON-RPC `tools/call` in an MCP request body."""
+    """The call id of each JSON-RPC `tools/call` in an MCP request body, as the tool will read
+    it (`models.call_id_of`). Raises DuplicateKeyError for a body naming a key twice."""
     try:
-        parsed: Any = json.loads(body)
+        parsed: Any = loads_strict(body)
+    except DuplicateKeyError:
+        raise
     except (ValueError, RecursionError):
         return
     messages = parsed if isinstance(parsed, list) else [parsed]
@@ -259,8 +285,8 @@ def tool_call_ids(body: bytes) -> Iterator[str]:
         arguments = params.get("arguments") if isinstance(params, dict) else None
         if not isinstance(arguments, dict):
             continue
-        call_id = arguments.get("call_id", arguments.get("callId"))
-        if isinstance(call_id, str) and call_id:
+        call_id = call_id_of(arguments)
+        if call_id is not None:
             yield call_id
 
 

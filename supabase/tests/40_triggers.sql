@@ -25,7 +25,7 @@ select results_eq(
   $$select topic, event, extension, private from pg_temp.rt where event = 'case_opened'$$,
   $$values ('operators', 'case_opened', 'broadcast', true)$$,
   'a relay case is announced once, privately, on operators');
-select is((select payload - 'id' - 'thread' from pg_temp.rt where event = 'case_opened'),
+select is((select payload - 'id' - 'thread' - 'sig' from pg_temp.rt where event = 'case_opened'),
   jsonb_build_object(
     'case_id', 'e0000000-0000-0000-0000-000000000001', 'priority', 5, 'urgency', 'high',
     'question', 'Is the store open on Sunday?', 'title', 'Is the store open on Sunday?',
@@ -57,7 +57,7 @@ select results_eq(
            ('case:e0000000-0000-0000-0000-000000000001', 'message', 'broadcast', true, 'system'),
            ('case:e0000000-0000-0000-0000-000000000001', 'message', 'broadcast', true, 'human')$$,
   'every message, whoever sent it, is broadcast privately on its case topic');
-select is((select payload from pg_temp.rt where payload ->> 'id' = 'f0000000-0000-0000-0000-000000000003'),
+select is((select payload - 'sig' from pg_temp.rt where payload ->> 'id' = 'f0000000-0000-0000-0000-000000000003'),
   jsonb_build_object('id', 'f0000000-0000-0000-0000-000000000003',
                      'case_id', 'e0000000-0000-0000-0000-000000000001', 'sender_type', 'human',
                      'sender_id', '0e000000-0000-0000-0000-000000000001', 'content', 'Yes, 10 to 4.',
@@ -73,7 +73,7 @@ select is((select count(*)::int from pg_temp.rt where event = 'session'), 0,
 select pg_temp.rt_mark();
 select public.hitl_close_session((select id from public.hil_sessions), 'answered');
 select results_eq(
-  $$select topic, event, private, payload - 'id' from pg_temp.rt$$,
+  $$select topic, event, private, payload - 'id' - 'sig' from pg_temp.rt$$,
   $$select 'case:e0000000-0000-0000-0000-000000000001', 'session', true,
            jsonb_build_object('session_id', s.id, 'case_id', s.case_id, 'status', 'answered',
                               'expires_at', s.expires_at)

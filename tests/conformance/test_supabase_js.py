@@ -48,6 +48,7 @@ MESSAGE_FIELDS = {
     "kind",
     "created_at",
     "is_answer",
+    "sig",  # the database's signature (signed_events.py), over the fields above
 }
 V2, V1 = "2.0.0", "1.0.0"
 
@@ -393,6 +394,7 @@ async def test_message_rows_reach_case_subscriber_in_commit_order_with_contract_
         assert msg["type"] == "broadcast"
         assert set(msg["payload"]) == MESSAGE_FIELDS
         payload = dict(msg["payload"])
+        assert isinstance(payload.pop("sig"), str)
         assert payload.pop("is_answer") is (row["sender_type"] == "human")
         assert payload == row, "broadcast payload differs from the row PostgREST returned"
         # replication_connection.ex: UserBroadcast metadata %{"id" => realtime.messages.id}

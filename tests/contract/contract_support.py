@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Protocol
+from typing import Any, Protocol
 from uuid import UUID
 
 from hitl_relay.adapters.memory import MemoryCaseStore, MemoryPlatform
@@ -34,6 +34,10 @@ class OperatorSide(Protocol):
         kind: MessageKind = "answer",
         sender_type: SenderType = "human",
     ) -> UUID: ...
+
+    async def forge(self, case_id: UUID, event: str, payload: Mapping[str, Any]) -> None:
+        """Broadcast `event` on `case:<case_id>` as an operator's client (not the database)."""
+        ...
 
     async def go_online(self, operator_id: str = "operator-0") -> None: ...
 

@@ -4,9 +4,11 @@ the operators (supabase-py with an operator JWT, straight to the devstack) keep 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 from uuid import UUID, uuid4
 
+import httpx
 from contract_support import ContractPorts, InstanceStore
 from devstack_clients import Operator
 from fault_proxy import FaultProxy
@@ -62,6 +64,29 @@ class DevstackOperators:
             .execute()
         )
         return UUID(response.data[0]["id"])
+
+    async def forge(self, case_id: UUID, event: str, payload: Mapping[str, Any]) -> None:
+        """POST /realtime/v1/api/broadcast with the operator's token, as supabase-js's
+        `channel.httpSend` does."""
+        async with httpx.AsyncClient(base_url=self.devstack.url) as http:
+            response = await http.post(
+                "/realtime/v1/api/broadcast",
+                headers={
+                    "apikey": self.devstack.keys.anon_key,
+                    "Authorization": f"Bearer {self.answering.token}",
+                },
+                json={
+                    "messages": [
+                        {
+                            "topic": f"case:{case_id}",
+                            "event": event,
+                            "payload": dict(payload),
+                            "private": True,
+                        }
+                    ]
+                },
+            )
+        response.raise_for_status()
 
     async def go_online(self, operator_id: str = "operator-0") -> None:
         operator = Operator(self.devstack, operator_id=operator_id)

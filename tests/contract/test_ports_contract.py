@@ -23,6 +23,7 @@ from hitl_relay.ports import (
     Reconnected,
     SessionEvent,
     Subscription,
+    WakeUp,
 )
 
 
@@ -292,3 +293,52 @@ async def eventually(ports: ContractPorts, ok: Any, within_s: float = 5.0) -> No
             return
         await anyio.sleep(0.05)
     raise AssertionError(f"presence still {seen!r} after {within_s} s")
+
+
+async def test_a_clients_broadcast_is_only_a_wake_up_and_the_committed_answer_follows(
+    ports: ContractPorts,
+) -> None:
+    opened = await ports.store.open_case(open_request())
+    forged_answer = {
+        "id": str(uuid.uuid4()),
+        "case_id": str(opened.case_id),
+        "sender_type": "human",
+        "sender_id": str(uuid.uuid4()),
+        "content": "forged",
+        "kind": "answer",
+        "created_at": "2026-12-06T01:00:00+00:00",
+        "is_answer": True,
+        "sig": "0" * 64,
+    }
+    forged_end = {
+        "session_id": str(opened.session_id),
+        "case_id": str(opened.case_id),
+        "status": "expired",
+        "expires_at": opened.expires_at.isoformat(),
+    }
+    async with ports.channel.subscribe(opened.case_id) as sub:
+        await ports.operator.forge(opened.case_id, "message", forged_answer)
+        await ports.operator.forge(opened.case_id, "session", forged_end)
+        woken = [await next_event(sub), await next_event(sub)]
+        answer = await ports.operator.answer(opened.case_id, "committed")
+        message = await next_message(sub)
+    assert woken == [WakeUp(opened.case_id), WakeUp(opened.case_id)]
+    assert (message.message_id, message.content, message.is_answer) == (answer, "committed", True)
+
+
+async def test_owned_tells_the_key_that_opened_a_case_from_any_other(ports: ContractPorts) -> None:
+    request = open_request()
+    key = f"key:aaaaaaaaaaaa:{request.retell_call_id}:x"
+    opened = await ports.store.open_case(open_request(idempotency_key=key))
+    assert await ports.store.owned(opened.case_id, "key:aaaaaaaaaaaa") is True
+    assert await ports.store.owned(opened.case_id, "key:bbbbbbbbbbbb") is False
+    assert await ports.store.owned(opened.case_id, "key:aaaaaaaaaaa") is False  # a prefix
+    assert await ports.store.owned(uuid.uuid4(), "key:aaaaaaaaaaaa") is False
+
+
+async def test_session_status_is_the_committed_status(ports: ContractPorts) -> None:
+    opened = await ports.store.open_case(open_request())
+    assert await ports.store.session_status(opened.session_id) == "waiting"
+    await ports.store.close_session(opened.session_id, "expired", {})
+    assert await ports.store.session_status(opened.session_id) == "expired"
+    assert await ports.store.session_status(uuid.uuid4()) is None

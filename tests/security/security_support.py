@@ -184,3 +184,12 @@ def retell_body(
         "args": {"question": question, **args},
     }
     return json.dumps(payload).encode()
+
+
+def relay_breaker(relay: RelayApp) -> Any:
+    """The circuit breaker of the relay `relay_app` runs."""
+    from hitl_relay.http_app import _relay_state_of
+
+    state = _relay_state_of(relay.client.app)
+    assert state is not None
+    return state.get().breaker

@@ -1,21 +1,34 @@
 """Hypothesis fuzzing of everything a stranger controls: the Retell webhook body (signed, so it
 reaches the parser), the `ask_human` arguments (the model, and the MCP endpoint over HTTP).
-Never a 500, never a traceback in a response, never a case written for an invalid request."""
+
+Inputs include what JSON decoders let through although Postgres cannot store it: NaN, Infinity
+and 1e400, U+0000 at any depth, nesting deeper than any check, duplicate keys. Properties: never
+a 500, never a JSON-RPC error (the SDK's code 0 is an unhandled exception), never a traceback in
+a response or the logs, never a row for an invalid request, and the circuit breaker never moved
+by what a caller sends (the memory twin fails like Postgres on what it cannot store). 500
+examples per endpoint in the default run, 10,000 under `-m slow`."""
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from loguru import logger
 from security_support import (
     KEY_A,
     RETELL_KEY,
+    RelayApp,
     RetellSigner,
     bearer,
     make_settings,
     relay_app,
+    relay_breaker,
 )
 
 from hitl_relay.errors import InvalidRequest
@@ -41,13 +54,25 @@ NASTY = [
     "x" * 2001,
     " ",
 ]
+# Written as the number 1e400 into the JSON text (a decoder reads it as infinity).
+HUGE = "__1e400__"
+DEFAULT_EXAMPLES = 500
+SLOW_EXAMPLES = 10_000
+
+
+def deep(depth: int, leaf: Any) -> Any:
+    for _ in range(depth):
+        leaf = {"k": leaf} if depth % 2 else [leaf]
+    return leaf
+
+
 scalars = (
     st.none()
     | st.booleans()
     | st.integers(min_value=-(2**63), max_value=2**63)
-    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.floats()  # NaN and the infinities included
     | st.text(max_size=30)
-    | st.sampled_from(NASTY)
+    | st.sampled_from([*NASTY, HUGE])
 )
 json_values = st.recursive(
     scalars,
@@ -55,7 +80,7 @@ json_values = st.recursive(
         st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
     ),
     max_leaves=6,
-)
+) | st.builds(deep, st.integers(min_value=1, max_value=90), st.sampled_from(["a\x00b", HUGE, 1.5]))
 texts = st.text(max_size=80) | st.sampled_from(NASTY)
 # Field values: mostly strings and scalars of the wrong type, sometimes whole JSON trees.
 values = texts | scalars
@@ -90,6 +115,22 @@ plausible_arguments = st.fixed_dictionaries(
         if k not in ("question", "session_id", "call_id", "agent_id")
     },
 )
+# Well-formed asks whose caller_info holds what Postgres cannot store, so these reach the tool's
+# validation and, if it let one through, the store (where the twin fails like Postgres).
+hostile_values = (
+    st.sampled_from([float("nan"), float("inf"), float("-inf"), HUGE, "a\x00b"])
+    | st.builds(deep, st.integers(min_value=1, max_value=90), st.sampled_from(["a\x00b", HUGE]))
+    | json_values
+)
+hostile_asks = st.fixed_dictionaries(
+    {
+        "question": st.sampled_from(["May I refund?", "Is Saturday free?"]),
+        "session_id": st.just("session-1"),
+        "call_id": st.text(alphabet="abcdef0123456789", min_size=1, max_size=12),
+        "agent_id": st.just("agent-1"),
+        "caller_info": st.dictionaries(st.text(max_size=5), hostile_values, max_size=3),
+    }
+)
 call_objects = st.fixed_dictionaries(
     {},
     optional={
@@ -105,14 +146,35 @@ call_objects = st.fixed_dictionaries(
 )
 retell_payloads = (
     st.fixed_dictionaries(
-        {"args": plausible_arguments | tool_arguments | scalars},
+        {"args": hostile_asks | plausible_arguments | tool_arguments | scalars},
         optional={"name": values, "call": call_objects | scalars},
     )
     | plausible_arguments
     | tool_arguments
     | json_values
 )
-retell_bodies = retell_payloads.map(lambda p: json.dumps(p).encode()) | st.binary(max_size=200)
+
+
+def json_text(value: Any) -> str:
+    """JSON as a hostile client writes it: NaN/Infinity literals allowed, 1e400 where HUGE is."""
+    return json.dumps(value).replace(f'"{HUGE}"', "1e400")
+
+
+def with_duplicate(value: Any, key: str) -> str:
+    """`value`'s JSON with `key` written twice at the top (for an object)."""
+    text = json_text(value)
+    if isinstance(value, dict) and value:
+        return "{" + json.dumps(key) + ": " + json.dumps("first") + ", " + text[1:]
+    return text
+
+
+retell_bodies = (
+    retell_payloads.map(lambda p: json_text(p).encode())
+    | st.builds(with_duplicate, retell_payloads, st.sampled_from(["args", "call", "name"])).map(
+        str.encode
+    )
+    | st.binary(max_size=200)
+)
 
 KNOWN_FIELDS = set(AskHumanRequest.model_fields) | {"arguments", "body"}
 
@@ -139,14 +201,51 @@ def test_tool_arguments_either_validate_or_name_the_field_and_rule(arguments: An
     assert 1 <= request.priority <= 5
 
 
-def test_retell_bodies_never_cause_a_500_or_write_for_invalid_input() -> None:
+@contextmanager
+def watched_logs(caplog: pytest.LogCaptureFixture) -> Iterator[list[str]]:
+    """Every loguru record (with its exception, if any) while the block runs; std logging is
+    in `caplog`."""
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="DEBUG", format="{level} {message}\n{exception}")
+    caplog.set_level(logging.DEBUG)
+    try:
+        yield lines
+    finally:
+        logger.remove(sink)
+
+
+def no_traceback_logged(lines: list[str], caplog: pytest.LogCaptureFixture) -> None:
+    for line in lines:
+        no_traceback(line)
+    for record in caplog.records:
+        assert record.exc_info is None, record.getMessage()
+        no_traceback(record.getMessage())
+
+
+def breaker_unmoved(relay: RelayApp) -> None:
+    breaker = relay_breaker(relay)
+    assert breaker.last_error is None, breaker.last_error
+    assert breaker.state.name == "CLOSED"
+
+
+def consistent_rows(relay: RelayApp) -> None:
+    """No partial row: every case has its session, every session its case."""
+    platform = relay.platform
+    cases = set(platform.cases)
+    assert {s.case_id for s in platform.sessions.values()} == cases
+
+
+def fuzz_retell(examples: int, caplog: pytest.LogCaptureFixture) -> None:
     signer = RetellSigner()
     config = make_settings(retell_api_key=RETELL_KEY)
     outcomes: dict[str, int] = {}
-    with relay_app(config, auto_answer="Yes.", raise_server_exceptions=False) as relay:
+    with (
+        watched_logs(caplog) as lines,
+        relay_app(config, auto_answer="Yes.", raise_server_exceptions=False) as relay,
+    ):
 
         @given(body=retell_bodies)
-        @settings(FUZZ, max_examples=700)
+        @settings(FUZZ, max_examples=examples)
         def post(body: bytes) -> None:
             cases_before = len(relay.platform.cases)
             response = relay.client.post(PATH, content=body, headers=signer.headers(body))
@@ -160,27 +259,36 @@ def test_retell_bodies_never_cause_a_500_or_write_for_invalid_input() -> None:
             else:
                 assert data["status"] == "answered"
                 assert data["result"] == "Yes."
+            consistent_rows(relay)
+            breaker_unmoved(relay)
 
         post()
+        no_traceback_logged(lines, caplog)
     # the fuzzing reached every branch: malformed bodies, invalid asks and answered asks
     assert outcomes.get("invalid_json", 0) > 0
     assert outcomes.get("invalid_request", 0) > 0
     assert outcomes.get("answered", 0) > 0
 
 
-def test_mcp_tool_calls_never_cause_a_500_or_write_for_invalid_input() -> None:
+def fuzz_mcp(examples: int, caplog: pytest.LogCaptureFixture) -> None:
     headers = {
         **bearer(KEY_A),
         "accept": "application/json, text/event-stream",
         "content-type": "application/json",
         "mcp-protocol-version": "2025-06-18",
     }
-    outcomes = {"error": 0, "answered": 0}
-    with relay_app(make_settings(), auto_answer="Yes.", raise_server_exceptions=False) as relay:
+    outcomes = {"error": 0, "answered": 0, "refused": 0}
+    with (
+        watched_logs(caplog) as lines,
+        relay_app(make_settings(), auto_answer="Yes.", raise_server_exceptions=False) as relay,
+    ):
 
-        @given(arguments=plausible_arguments | tool_arguments)
-        @settings(FUZZ, max_examples=300)
-        def call(arguments: dict[str, Any]) -> None:
+        @given(
+            arguments=hostile_asks | plausible_arguments | tool_arguments,
+            duplicate=st.sampled_from([None, "call_id", "question", "caller_info"]),
+        )
+        @settings(FUZZ, max_examples=examples)
+        def call(arguments: dict[str, Any], duplicate: str | None) -> None:
             cases_before = len(relay.platform.cases)
             message = {
                 "jsonrpc": "2.0",
@@ -188,10 +296,19 @@ def test_mcp_tool_calls_never_cause_a_500_or_write_for_invalid_input() -> None:
                 "method": "tools/call",
                 "params": {"name": "ask_human", "arguments": arguments},
             }
-            response = relay.client.post("/mcp", content=json.dumps(message), headers=headers)
-            assert response.status_code == 200, response.text
+            body = json_text(message)
+            if duplicate is not None and arguments:
+                body = body.replace('"arguments": {', f'"arguments": {{"{duplicate}": "x", ', 1)
+            response = relay.client.post("/mcp", content=body, headers=headers)
             no_traceback(response.text)
+            if response.status_code == 400:  # a key written twice: nobody reads the body
+                outcomes["refused"] += 1
+                assert "duplicate key" in response.text
+                assert len(relay.platform.cases) == cases_before
+                return
+            assert response.status_code == 200, response.text
             data = json.loads(response.text.partition("data: ")[2])
+            assert "error" not in data, data  # a JSON-RPC error: an exception escaped the tool
             result = data["result"]
             if result["isError"]:
                 outcomes["error"] += 1
@@ -200,7 +317,35 @@ def test_mcp_tool_calls_never_cause_a_500_or_write_for_invalid_input() -> None:
             else:
                 outcomes["answered"] += 1
                 assert result["structuredContent"]["status"] == "answered"
+            consistent_rows(relay)
+            breaker_unmoved(relay)
 
         call()
+        no_traceback_logged(lines, caplog)
     assert outcomes["error"] > 0
     assert outcomes["answered"] > 0
+    assert outcomes["refused"] > 0
+
+
+def test_retell_bodies_never_cause_a_500_a_traceback_a_partial_row_or_a_breaker_move(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fuzz_retell(DEFAULT_EXAMPLES, caplog)
+
+
+def test_mcp_tool_calls_never_cause_a_500_a_traceback_a_partial_row_or_a_breaker_move(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fuzz_mcp(DEFAULT_EXAMPLES, caplog)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_retell_bodies_fuzzed_ten_thousand_times(caplog: pytest.LogCaptureFixture) -> None:
+    fuzz_retell(SLOW_EXAMPLES, caplog)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_mcp_tool_calls_fuzzed_ten_thousand_times(caplog: pytest.LogCaptureFixture) -> None:
+    fuzz_mcp(SLOW_EXAMPLES, caplog)

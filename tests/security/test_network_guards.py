@@ -139,7 +139,7 @@ def test_a_client_cannot_smuggle_https_past_a_proxy_that_appends() -> None:
 
 
 def test_plain_http_is_redirected_to_https_when_so_configured() -> None:
-    guarded = guarded_app(make_settings(https_mode="redirect"))
+    guarded = guarded_app(make_settings(https_mode="redirect", allowed_hosts="relay.example.com"))
     with guarded.client(base_url="http://relay.example.com") as client:
         response = client.get("/mcp?x=1", headers=bearer(KEY_A), follow_redirects=False)
     assert response.status_code == 308

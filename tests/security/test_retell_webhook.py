@@ -245,10 +245,11 @@ def test_failed_signatures_spend_the_address_budget() -> None:
     ) as relay:
         body = retell_body()
         bad = {"x-retell-signature": "v=1,d=" + "0" * 64}
-        codes = [relay.client.post(PATH, content=body, headers=bad).status_code for _ in (1, 2)]
+        codes = [relay.client.post(PATH, content=body, headers=bad).status_code for _ in (1, 2, 3)]
         good = relay.client.post(PATH, content=body, headers=RetellSigner().headers(body))
-    assert codes == [401, 401]
-    assert good.status_code == 429
+    assert codes == [401, 401, 429]
+    # Retell's customers share its egress addresses: a correct signature always passes.
+    assert good.status_code == 200
 
 
 def test_without_a_retell_key_the_endpoint_does_not_exist() -> None:
