@@ -108,6 +108,19 @@ async def devstack(db_url: str) -> AsyncIterator[Devstack]:
 
 
 @pytest.fixture
+async def app_case_topic_writes(devstack: Devstack) -> Devstack:
+    """The devstack, with an operators' app policy letting operators write on `case:` topics
+    (devstack_clients.APP_CASE_TOPIC_WRITES): for tests of what the relay does with events
+    a client sends there."""
+    from devstack_clients import APP_CASE_TOPIC_WRITES
+
+    from hitl_relay import migrate
+
+    await migrate.local_sql_editor(devstack.db_url, APP_CASE_TOPIC_WRITES)
+    return devstack
+
+
+@pytest.fixture
 async def db(db_url: str) -> AsyncIterator[asyncpg.Connection]:
     """A superuser connection to this test's fresh database."""
     conn = await asyncpg.connect(db_url)

@@ -15,6 +15,23 @@ from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
 from hitl_relay.devstack.server import Devstack
 
+# The relay's own policies deny operators any write on `case:` topics (the console only listens;
+# supabase/tests/60_rls.sql and tests/db/test_realtime_rights.py check that). An operators' app
+# may add policies for its own channels (typing indicators, say), and Realtime's write check sees
+# only topic and extension, so such a policy lets an operator broadcast any event there. Tests
+# that need a client allowed to write on `case:` topics (Realtime's protocol, or the relay's
+# refusal of forged events) add this one, through the SQL-editor path a hosted project would use.
+APP_CASE_TOPIC_WRITES = """
+create policy app_operators_write_case_topics on realtime.messages
+  for insert to authenticated with check (
+    public.hitl_is_operator() and realtime.topic() like 'case:%'
+    and realtime.messages.extension in ('broadcast', 'presence'));
+create policy app_operators_presence_case_topics on realtime.messages
+  for select to authenticated using (
+    public.hitl_is_operator() and realtime.topic() like 'case:%'
+    and realtime.messages.extension = 'presence');
+"""
+
 
 class Operator:
     """An operator of the operators' web app: supabase-py with an operator access token."""

@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from devstack_clients import APP_CASE_TOPIC_WRITES
 from realtime_support import Raw, RtClients
 from websockets.exceptions import ConnectionClosed
 
@@ -31,20 +32,9 @@ FAST_BACKOFFS: dict[str, Any] = {
 
 # These tests exercise Realtime's protocol (broadcast with ack and self, presence, REST
 # broadcast, token refresh) on private `case:<uuid>` topics, which needs a client allowed to
-# write there. The relay's own policies deny operators any write on `case:` topics (the console
-# only listens; supabase/tests/60_rls.sql and tests/db/test_realtime_rights.py check that), so,
-# as any app adds policies for its own channels, the conformance databases add this one,
-# through the SQL-editor path a hosted project would use.
-CONFORMANCE_POLICY = """
-create policy conformance_operators_write on realtime.messages
-  for insert to authenticated with check (
-    public.hitl_is_operator() and realtime.topic() like 'case:%'
-    and realtime.messages.extension in ('broadcast', 'presence'));
-create policy conformance_operators_presence on realtime.messages
-  for select to authenticated using (
-    public.hitl_is_operator() and realtime.topic() like 'case:%'
-    and realtime.messages.extension = 'presence');
-"""
+# write there: an app's policy (devstack_clients.APP_CASE_TOPIC_WRITES) is added to this
+# folder's template.
+CONFORMANCE_POLICY = APP_CASE_TOPIC_WRITES
 CONFORMANCE_TEMPLATE = f"hitl_ctpl_{os.getpid()}"
 
 

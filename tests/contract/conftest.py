@@ -21,7 +21,8 @@ def harness(request: pytest.FixtureRequest) -> tuple[str, object]:
     """The harness name and what it runs on (a sync fixture, so it may request the async
     `devstack` fixture only for the harness that needs one)."""
     if request.param == "supabase":
-        return request.param, request.getfixturevalue("devstack")
+        # the forged-broadcast contract test needs an operator allowed to write on `case:`
+        return request.param, request.getfixturevalue("app_case_topic_writes")
     return request.param, None
 
 

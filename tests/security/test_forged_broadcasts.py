@@ -1,7 +1,8 @@
 """Only committed rows count: a broadcast a client sends on `case:<id>` (an operator's token may
-send there) is at most a wake-up. The database signs its own `message`, `session` and
-`case_opened` events (migration 20261206100000_hitl_signed_events.sql); the relay takes an
-event as the committed row only when the signature verifies, and otherwise reads the case.
+send there where an operators' app grants it) is at most a wake-up. The database signs its own
+`message`, `session` and `case_opened` events (migration 20261206100000_hitl_signed_events.sql);
+the relay takes an event as the committed row only when the signature verifies, and otherwise
+reads the case.
 
 On the memory twin (`forge_broadcast`), and end to end on the devstack with the unmodified
 supabase-py as the forging operator (`channel.send_broadcast` and the REST broadcast endpoint).
@@ -306,11 +307,13 @@ FORGERIES = {
 @pytest.mark.parametrize("forgery", sorted(FORGERIES))
 async def test_a_forged_broadcast_leaves_the_wait_and_the_real_answer_wins(
     forgery: str,
-    devstack: Devstack,
+    app_case_topic_writes: Devstack,
     db: asyncpg.Connection,
     case_events: asyncio.Queue[dict[str, Any]],
 ) -> None:
     how, event = FORGERIES[forgery]
+    # The relay's own policies refuse operators' writes on `case:`; an app's may allow them.
+    devstack = app_case_topic_writes
     settings = load_settings(
         backend="supabase",
         supabase_url=devstack.url,
