@@ -239,6 +239,13 @@ CREATE FUNCTION public.hitl_case_reply(p_case_id uuid) RETURNS jsonb
     from (select public.hitl_answer(p_case_id) as answer) x
 $$;
 
+CREATE FUNCTION public.hitl_case_status(p_case_id uuid) RETURNS text
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+  select status from public.cases where id = p_case_id
+$$;
+
 CREATE FUNCTION public.hitl_close_session(p_session_id uuid, p_status text, p_detail jsonb DEFAULT '{}'::jsonb) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -647,6 +654,37 @@ begin
 end;
 $$;
 
+CREATE FUNCTION public.hitl_open_case_no_operator(p jsonb) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  r jsonb;
+  s public.hil_sessions;
+begin
+  r := public.hitl_open_case(p);
+  -- Ours to close: a new session, or one hitl_open_case just re-opened from a closed state (it
+  -- stamps `retried_at` with this transaction's now()); not one another relay is waiting on.
+  update public.hil_sessions
+     set status = 'no_operator', closed_at = now(),
+         metadata = metadata || jsonb_build_object('close', jsonb_build_object('outcome', 'no_operator'))
+   where id = (r ->> 'session_id')::uuid
+     and status = 'waiting'
+     and (not (r ->> 'existed')::boolean
+          or (metadata ->> 'retried_at')::timestamptz = now())
+     and not exists (select 1 from public.cases c
+                      where c.id = hil_sessions.case_id and c.answer_message_id is not null)
+  returning * into s;
+  if found then
+    insert into public.hil_audit (actor, action, case_id, session_id, outcome, detail)
+    values ('relay', 'close_session', s.case_id, s.id, 'no_operator',
+            jsonb_build_object('outcome', 'no_operator'));
+    r := r || jsonb_build_object('status', s.status);
+  end if;
+  return r;
+end;
+$$;
+
 CREATE FUNCTION public.hitl_operator_heartbeat(p_status text DEFAULT 'available'::text) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -864,7 +902,7 @@ $$;
 CREATE FUNCTION public.hitl_schema_version() RETURNS text
     LANGUAGE sql IMMUTABLE
     SET search_path TO ''
-    AS $$ select '20261125003000'::text $$;
+    AS $$ select '20261206200000'::text $$;
 
 CREATE FUNCTION public.hitl_session_instance() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
@@ -1151,7 +1189,7 @@ CREATE TABLE public.hil_sessions (
     closed_at timestamp with time zone,
     metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
     instance_id text,
-    CONSTRAINT hil_sessions_status_check CHECK ((status = ANY (ARRAY['waiting'::text, 'answered'::text, 'needs_info'::text, 'timed_out'::text, 'expired'::text, 'failed'::text, 'cancelled'::text])))
+    CONSTRAINT hil_sessions_status_check CHECK ((status = ANY (ARRAY['waiting'::text, 'answered'::text, 'needs_info'::text, 'timed_out'::text, 'expired'::text, 'failed'::text, 'cancelled'::text, 'no_operator'::text])))
 );
 
 CREATE VIEW public.hitl_stats WITH (security_invoker='true') AS
@@ -1395,6 +1433,9 @@ GRANT ALL ON FUNCTION public.hitl_callbacks_claim(p_limit integer, p_lease_secon
 REVOKE ALL ON FUNCTION public.hitl_case_reply(p_case_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_case_reply(p_case_id uuid) TO service_role;
 
+REVOKE ALL ON FUNCTION public.hitl_case_status(p_case_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_case_status(p_case_id uuid) TO service_role;
+
 REVOKE ALL ON FUNCTION public.hitl_close_session(p_session_id uuid, p_status text, p_detail jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_close_session(p_session_id uuid, p_status text, p_detail jsonb) TO service_role;
 
@@ -1422,6 +1463,9 @@ GRANT ALL ON FUNCTION public.hitl_is_relay_case(p_case_id uuid) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_open_case(p jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_open_case(p jsonb) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_open_case_no_operator(p jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_open_case_no_operator(p jsonb) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_operator_heartbeat(p_status text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_operator_heartbeat(p_status text) TO authenticated;

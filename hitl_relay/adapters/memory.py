@@ -524,6 +524,37 @@ class MemoryCaseStore:
             status="waiting",
         )
 
+    async def open_case_no_operator(self, request: OpenCase) -> OpenedCase:
+        """`open_case`, then the session closed as `no_operator` unless another relay waits on
+        it or the case has an answer (`hitl_open_case_no_operator`)."""
+        p = self._p
+        question = request.question if isinstance(request.question, str) else ""
+        key = request.idempotency_key or (
+            f"{request.retell_call_id}:{hashlib.sha256(question.encode()).hexdigest()}"
+        )
+        before = p._by_key.get(key)
+        waited_on = before is not None and p.sessions[before].status == "waiting"
+        opened = await self.open_case(request)
+        session = p.sessions[opened.session_id]
+        case = p.cases[opened.case_id]
+        if session.status != "waiting" or waited_on or case.answer_message_id is not None:
+            return opened
+        session.detail = {"outcome": "no_operator"}
+        p.set_session_status(session, "no_operator")
+        return OpenedCase(
+            case_id=opened.case_id,
+            session_id=opened.session_id,
+            expires_at=opened.expires_at,
+            existed=opened.existed,
+            status="no_operator",
+        )
+
+    async def case_status(self, case_id: UUID) -> str | None:
+        await anyio.lowlevel.checkpoint()
+        self._p._rpc("case_status")
+        case = self._p.cases.get(case_id)
+        return None if case is None else case.status
+
     async def answer(self, case_id: UUID) -> Answer | None:
         await anyio.lowlevel.checkpoint()
         self._p._rpc("answer")
