@@ -185,14 +185,22 @@ def serve(
 def doctor() -> None:
     """Check the configuration, the platform, the migrations and Realtime; say what to fix.
 
-    Reads what `serve` reads (environment, .env). One line per check; exit 0 when all pass.
+    Reads what `serve` reads (environment, .env), and for what they leave unset the local
+    stack's settings (.hitl/devstack.env, .hitl/relay.env) as `stats` and `answer` do. One line
+    per check; exit 0 when all pass.
     """
+    from functools import partial
+
+    from hitl_relay.config import load_settings
     from hitl_relay.doctor import run
     from hitl_relay.logs import LogOptions, configure_logging
 
     configure_logging(LogOptions(level="ERROR"))  # the checks' lines say it all
+    local, sources = _local_stack_settings()
+    if local:
+        typer.echo(f"reading the local stack's settings ({', '.join(sources)}) for what is unset")
     try:
-        lines, code = run()
+        lines, code = run(partial(load_settings, **local))
     except Exception as e:  # the process boundary: a line, never a stack trace
         lines, code = [f"FAIL doctor — unexpected error: {type(e).__name__}: {e}"], 1
     for line in lines:
@@ -314,6 +322,12 @@ def _print_ask_result(result: dict[str, object], call_id: str) -> None:
         typer.echo(f'reply with: hitl-relay ask --case-id {case} "<the caller\'s reply>"', err=True)
     elif status in ("timeout", "unclear_answer") and case:
         typer.echo(f"the case stays open for operators: hitl-relay answer {case} ...", err=True)
+    elif status == "no_operator" and case:
+        typer.echo(
+            f"nobody was on duty; the question is recorded in the operators' queue: "
+            f"hitl-relay answer {case} ...",
+            err=True,
+        )
 
 
 class _AskedCalls:
@@ -381,6 +395,39 @@ def dev(
     raise typer.Exit(asyncio.run(run_dev(once=once, home=home, relay_port=port)))
 
 
+def _local_stack_settings() -> tuple[dict[str, object], list[str]]:
+    """Settings of the local stack (`scripts/dev`) for what neither the environment nor .env
+    sets, as `stats` and `answer` read them: Supabase's from HITL_HOME/devstack.env, the
+    relay's API key from HITL_HOME/relay.env. Returns the overrides and the files used."""
+    from dotenv import dotenv_values
+
+    from hitl_relay.devstack.dev import read_env_file
+
+    home = Path(os.environ.get("HITL_HOME", ".hitl"))
+    dotenv = {k: v for k, v in dotenv_values(".env").items() if v} if Path(".env").exists() else {}
+
+    def unset(*names: str) -> bool:
+        return not any(os.environ.get(n) or dotenv.get(n) for n in names)
+
+    overrides: dict[str, object] = {}
+    sources: list[str] = []
+    stack = read_env_file(home / "devstack.env")
+    for name, field in (
+        ("SUPABASE_URL", "supabase_url"),
+        ("SUPABASE_SERVICE_ROLE_KEY", "supabase_service_role_key"),
+        ("SUPABASE_ANON_KEY", "supabase_anon_key"),
+    ):
+        if stack.get(name) and unset(name, f"HITL_{name}"):
+            overrides[field] = stack[name]
+    if overrides:
+        sources.append(str(home / "devstack.env"))
+    relay_key = read_env_file(home / "relay.env").get("HITL_API_KEY")
+    if relay_key and unset("HITL_API_KEYS"):
+        overrides["api_keys"] = [relay_key]
+        sources.append(str(home / "relay.env"))
+    return overrides, sources
+
+
 def _local_env() -> dict[str, str]:
     """Environment, completed from .hitl/devstack.env for local use."""
     from hitl_relay.devstack.dev import read_env_file
@@ -388,6 +435,19 @@ def _local_env() -> dict[str, str]:
     values = read_env_file(Path(os.environ.get("HITL_HOME", ".hitl")) / "devstack.env")
     values.update({k: v for k, v in os.environ.items() if k.startswith(("SUPABASE_", "HITL_"))})
     return values
+
+
+# What `answer` prints for each kind: what was actually sent.
+SENT_WORDS = {
+    "answer": "answered case {case_id}",
+    "cannot_answer": (
+        "sent cannot_answer on case {case_id} (the caller hears the unclear-answer fallback)"
+    ),
+    "clarification": (
+        "sent a clarification on case {case_id} (a question back; the case stays open until "
+        "the caller's reply is answered)"
+    ),
+}
 
 
 @app.command()
@@ -448,7 +508,7 @@ def answer(
         _fail(f"the platform refused the answer: {e.message}")
     except OSError as e:
         _fail(f"cannot reach {env['SUPABASE_URL']}: {e}")
-    typer.echo(f"answered case {case_id}")
+    typer.echo(SENT_WORDS[kind].format(case_id=case_id))
 
 
 def main() -> None:
