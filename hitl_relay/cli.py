@@ -385,14 +385,33 @@ def keygen(
 def dev(
     once: bool = typer.Option(False, "--once", help="Run the demo escalation, then exit."),
     port: int = typer.Option(8080, "--port", help="Relay port (a free one if taken)."),
+    nobody_on_duty: bool = typer.Option(
+        False,
+        "--nobody-on-duty",
+        help="Put no operator on duty: shows the no_operator path (the question is recorded).",
+    ),
+    keep_db: bool = typer.Option(
+        False, "--keep-db", help="Leave Postgres running on exit (faster next start)."
+    ),
 ) -> None:
-    """Local stack + relay + console, with one demo escalation (what scripts/dev runs)."""
+    """Local stack + relay + console, the local operator on duty, one demo escalation (what
+    scripts/dev runs). Ctrl-C or SIGTERM stops everything it started, Postgres included."""
     from hitl_relay.devstack.dev import run_dev
     from hitl_relay.logs import configure_logging
 
     configure_logging()
     home = Path(os.environ.get("HITL_HOME", ".hitl")).resolve()
-    raise typer.Exit(asyncio.run(run_dev(once=once, home=home, relay_port=port)))
+    raise typer.Exit(
+        asyncio.run(
+            run_dev(
+                once=once,
+                home=home,
+                relay_port=port,
+                nobody_on_duty=nobody_on_duty,
+                keep_db=keep_db,
+            )
+        )
+    )
 
 
 def _local_stack_settings() -> tuple[dict[str, object], list[str]]:
