@@ -496,6 +496,25 @@ class SuccessMetricsSource(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class JobHealth:
+    """The expiry job (`hitl-expire-sessions`, pg_cron) as the platform sees it: whether it is
+    scheduled in this database, and when its newest succeeded run ended (None: none yet)."""
+
+    scheduled: bool
+    last_success: datetime | None
+
+
+@runtime_checkable
+class JobHealthSource(Protocol):
+    """Whether the expiry job runs (`hitl_expiry_job`), for the "expiry job stale" alert;
+    implemented by the case stores."""
+
+    async def expiry_job(self) -> JobHealth:
+        """Read-only, so safe to retry. Raises `PlatformUnavailable`."""
+        ...
+
+
 @runtime_checkable
 class CaseChannel(Protocol):
     """Realtime subscriptions to case channels (`case:<uuid>`, private)."""

@@ -21,13 +21,14 @@ from typing import Any
 
 import anyio
 
+from hitl_relay import metrics
 from hitl_relay.ports import Check, PlatformReadiness, ReadinessProbe
 from hitl_relay.resilience import CircuitBreaker
 
 # The version of the newest migration this relay works with: `public.hitl_schema_version()`
 # must return it. A migration that changes the contract redefines the function with its own
 # version and bumps this constant (tests/db/test_schema_version.py enforces both).
-EXPECTED_SCHEMA_VERSION = "20261206200000"
+EXPECTED_SCHEMA_VERSION = "20261206200100"
 
 # The platform checks together stay under a second (a load balancer's probe timeout is ~1 s).
 CHECK_TIMEOUT_S = 0.8
@@ -153,7 +154,10 @@ class ReadinessMonitor:
         self.probes = 0  # platform probes run (tests check the cache with it)
 
     async def check(self) -> Readiness:
-        return summarise(await self._platform(), self._breaker, self._expected)
+        """The verdict (also set on the `hitl_ready` gauge, for the readiness alert)."""
+        readiness = summarise(await self._platform(), self._breaker, self._expected)
+        metrics.ready.set(1 if readiness.ready else 0)
+        return readiness
 
     async def _platform(self) -> PlatformReadiness:
         if self._probe is None:

@@ -384,6 +384,30 @@ begin
 end;
 $$;
 
+CREATE FUNCTION public.hitl_expiry_job() RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  v_jobid bigint;
+  v_last timestamptz;
+begin
+  begin
+    select jobid into v_jobid from cron.job where jobname = 'hitl-expire-sessions';
+  exception when undefined_table or invalid_schema_name or insufficient_privilege then
+    return jsonb_build_object('scheduled', false, 'last_success', null);
+  end;
+  if v_jobid is null then
+    return jsonb_build_object('scheduled', false, 'last_success', null);
+  end if;
+  -- Newest first by the primary key: stops at the first succeeded run however long the log.
+  select end_time into v_last from cron.job_run_details
+   where jobid = v_jobid and status = 'succeeded'
+   order by runid desc limit 1;
+  return jsonb_build_object('scheduled', true, 'last_success', v_last);
+end;
+$$;
+
 CREATE FUNCTION public.hitl_history(p jsonb) RETURNS jsonb
     LANGUAGE plpgsql
     AS $$
@@ -902,7 +926,7 @@ $$;
 CREATE FUNCTION public.hitl_schema_version() RETURNS text
     LANGUAGE sql IMMUTABLE
     SET search_path TO ''
-    AS $$ select '20261206200000'::text $$;
+    AS $$ select '20261206200100'::text $$;
 
 CREATE FUNCTION public.hitl_session_instance() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
@@ -1444,6 +1468,9 @@ GRANT ALL ON FUNCTION public.hitl_continue_case(p jsonb) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_expire_sessions() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_expire_sessions() TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_expiry_job() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_expiry_job() TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_history(p jsonb) FROM PUBLIC;
 

@@ -43,6 +43,7 @@ from hitl_relay.ports import (
     Clock,
     ContinueCase,
     HumanMessage,
+    JobHealth,
     MessageKind,
     OpenCase,
     OpenedCase,
@@ -211,6 +212,10 @@ class MemoryPlatform:
         # "realtime" is down between `disconnect()` and `reconnect()`.
         self.schema_version: str | None = EXPECTED_SCHEMA_VERSION
         self.realtime_connected = True
+        # The expiry job (`hitl_expiry_job`): scheduled here, and when `expire_sessions` (what
+        # the job runs) last ran.
+        self.expiry_scheduled = True
+        self.expiry_last_run: datetime | None = None
 
     def backend(self) -> Backend:
         return Backend(
@@ -372,6 +377,7 @@ class MemoryPlatform:
         ]
         for session in expired:
             self.set_session_status(session, "expired")
+        self.expiry_last_run = now
         self.changed()
         return len(expired) + len(cases)
 
@@ -548,6 +554,14 @@ class MemoryCaseStore:
             existed=opened.existed,
             status="no_operator",
         )
+
+    async def expiry_job(self) -> JobHealth:
+        await anyio.lowlevel.checkpoint()
+        p = self._p
+        p._rpc("expiry_job")
+        if not p.expiry_scheduled:
+            return JobHealth(scheduled=False, last_success=None)
+        return JobHealth(scheduled=True, last_success=p.expiry_last_run)
 
     async def case_status(self, case_id: UUID) -> str | None:
         await anyio.lowlevel.checkpoint()

@@ -35,6 +35,7 @@ from hitl_relay.ports import (
     Answer,
     Clarification,
     ContinueCase,
+    JobHealth,
     MessageKind,
     OpenCase,
     OpenedCase,
@@ -242,6 +243,20 @@ class SupabaseCaseStore:
         if not isinstance(data, str):
             raise PlatformUnavailable(f"hitl_case_status returned an unexpected reply: {data!r}")
         return data
+
+    async def expiry_job(self) -> JobHealth:
+        data = await self._rpc("hitl_expiry_job", {})
+        try:
+            if not isinstance(data, Mapping) or not isinstance(data.get("scheduled"), bool):
+                raise ShapeError(f"expected {{scheduled, last_success}}, got {data!r}")
+            last = data.get("last_success")
+            return JobHealth(
+                scheduled=data["scheduled"], last_success=None if last is None else parse_time(last)
+            )
+        except ShapeError as e:
+            raise PlatformUnavailable(
+                f"hitl_expiry_job returned an unexpected reply: {e}"
+            ) from None
 
     async def continue_case(self, request: ContinueCase) -> OpenedCase:
         data = await self._rpc("hitl_continue_case", {"p": request.as_rpc_params()})
