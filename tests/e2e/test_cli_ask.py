@@ -156,9 +156,7 @@ async def test_ask_with_nobody_on_duty_names_the_recorded_case_and_answer_says_w
     }
     sent = {}
     for kind in ("clarification", "cannot_answer", "answer"):
-        code, out, err = await run_cli(
-            operator_env, "answer", case_id, f"a {kind}", "--kind", kind
-        )
+        code, out, err = await run_cli(operator_env, "answer", case_id, f"a {kind}", "--kind", kind)
         assert (code, err) == (0, "")
         sent[kind] = out.strip()
     assert sent["clarification"].startswith(f"sent a clarification on case {case_id}")
