@@ -16,10 +16,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 from waiting import wait_until
 
 from hitl_relay.devstack.cluster import Cluster, free_port
+from hitl_relay.devstack.dev import read_env_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -214,6 +216,16 @@ async def test_the_readme_ask_and_answer_work_as_written_and_ctrl_c_stops_everyt
 async def test_with_nobody_on_duty_the_question_is_recorded_and_sigterm_stops_everything() -> None:
     async with clean_copy_dir() as (dest, env):
         dev = await start_dev(dest, env, "--nobody-on-duty")
+        relay_env = dest / ".hitl" / "relay.env"
+
+        async def relay_env_written() -> bool:
+            return relay_env.exists()  # replaced atomically: complete once it exists
+
+        await wait_until(relay_env_written, ".hitl/relay.env", timeout_s=240)
+        # Written once the relay serves: the first request after the file appears is answered.
+        url = read_env_file(relay_env)["HITL_MCP_URL"].removesuffix("/mcp")
+        async with httpx.AsyncClient(timeout=5) as client:
+            assert (await client.get(f"{url}/healthz")).status_code == 200
         await dev.wait_for("Ctrl-C stops everything")
         text = dev.text()
         assert "nobody is on duty" in text
