@@ -96,13 +96,18 @@ def devstack(
     db_port: int = typer.Option(
         54322, "--db-port", envvar="HITL_PG_PORT", help="Postgres port on 127.0.0.1."
     ),
+    keep_db: bool = typer.Option(
+        False, "--keep-db", help="Leave Postgres running on exit (default: stop it)."
+    ),
 ) -> None:
-    """Serve the local Supabase stand-in (REST, Realtime, Auth) until Ctrl-C."""
+    """Serve the local Supabase stand-in (REST, Realtime, Auth) until Ctrl-C, which stops it
+    and its Postgres (unless --keep-db)."""
     from hitl_relay.devstack.__main__ import main as devstack_main
     from hitl_relay.logs import configure_logging
 
     configure_logging()
-    raise typer.Exit(devstack_main(["--port", str(port), "--db-port", str(db_port)]))
+    argv = ["--port", str(port), "--db-port", str(db_port)] + (["--keep-db"] if keep_db else [])
+    raise typer.Exit(devstack_main(argv))
 
 
 @app.command()
