@@ -141,13 +141,18 @@ def devstack(
     db_port: int = typer.Option(
         54322, "--db-port", envvar="HITL_PG_PORT", help="Postgres port on 127.0.0.1."
     ),
+    keep_db: bool = typer.Option(
+        False, "--keep-db", help="Leave Postgres running on exit (default: stop it)."
+    ),
 ) -> None:
-    """Serve the local Supabase stand-in (REST, Realtime, Auth) until Ctrl-C."""
+    """Serve the local Supabase stand-in (REST, Realtime, Auth) until Ctrl-C, which stops it
+    and its Postgres (unless --keep-db)."""
     from hitl_relay.devstack.__main__ import main as devstack_main
     from hitl_relay.logs import configure_logging
 
     configure_logging()
-    raise typer.Exit(devstack_main(["--port", str(port), "--db-port", str(db_port)]))
+    argv = ["--port", str(port), "--db-port", str(db_port)] + (["--keep-db"] if keep_db else [])
+    raise typer.Exit(devstack_main(argv))
 
 
 @app.command()
@@ -230,14 +235,22 @@ def serve(
 def doctor() -> None:
     """Check the configuration, the platform, the migrations and Realtime; say what to fix.
 
-    Reads what `serve` reads (environment, .env). One line per check; exit 0 when all pass.
+    Reads what `serve` reads (environment, .env), and for what they leave unset the local
+    stack's settings (.hitl/devstack.env, .hitl/relay.env) as `stats` and `answer` do. One line
+    per check; exit 0 when all pass.
     """
+    from functools import partial
+
+    from hitl_relay.config import load_settings
     from hitl_relay.doctor import run
     from hitl_relay.logs import LogOptions, configure_logging
 
     configure_logging(LogOptions(level="ERROR"))  # the checks' lines say it all
+    local, sources = _local_stack_settings()
+    if local:
+        typer.echo(f"reading the local stack's settings ({', '.join(sources)}) for what is unset")
     try:
-        lines, code = run()
+        lines, code = run(partial(load_settings, **local))
     except Exception as e:  # the process boundary: a line, never a stack trace
         lines, code = [f"FAIL doctor — unexpected error: {type(e).__name__}: {e}"], 1
     for line in lines:
@@ -359,6 +372,12 @@ def _print_ask_result(result: dict[str, object], call_id: str) -> None:
         typer.echo(f'reply with: hitl-relay ask --case-id {case} "<the caller\'s reply>"', err=True)
     elif status in ("timeout", "unclear_answer") and case:
         typer.echo(f"the case stays open for operators: hitl-relay answer {case} ...", err=True)
+    elif status == "no_operator" and case:
+        typer.echo(
+            f"nobody was on duty; the question is recorded in the operators' queue: "
+            f"hitl-relay answer {case} ...",
+            err=True,
+        )
 
 
 class _AskedCalls:
@@ -416,14 +435,66 @@ def keygen(
 def dev(
     once: bool = typer.Option(False, "--once", help="Run the demo escalation, then exit."),
     port: int = typer.Option(8080, "--port", help="Relay port (a free one if taken)."),
+    nobody_on_duty: bool = typer.Option(
+        False,
+        "--nobody-on-duty",
+        help="Put no operator on duty: shows the no_operator path (the question is recorded).",
+    ),
+    keep_db: bool = typer.Option(
+        False, "--keep-db", help="Leave Postgres running on exit (faster next start)."
+    ),
 ) -> None:
-    """Local stack + relay + console, with one demo escalation (what scripts/dev runs)."""
+    """Local stack + relay + console, the local operator on duty, one demo escalation (what
+    scripts/dev runs). Ctrl-C or SIGTERM stops everything it started, Postgres included."""
     from hitl_relay.devstack.dev import run_dev
     from hitl_relay.logs import configure_logging
 
     configure_logging()
     home = Path(os.environ.get("HITL_HOME", ".hitl")).resolve()
-    raise typer.Exit(asyncio.run(run_dev(once=once, home=home, relay_port=port)))
+    raise typer.Exit(
+        asyncio.run(
+            run_dev(
+                once=once,
+                home=home,
+                relay_port=port,
+                nobody_on_duty=nobody_on_duty,
+                keep_db=keep_db,
+            )
+        )
+    )
+
+
+def _local_stack_settings() -> tuple[dict[str, object], list[str]]:
+    """Settings of the local stack (`scripts/dev`) for what neither the environment nor .env
+    sets, as `stats` and `answer` read them: Supabase's from HITL_HOME/devstack.env, the
+    relay's API key from HITL_HOME/relay.env. Returns the overrides and the files used."""
+    from dotenv import dotenv_values
+
+    from hitl_relay.devstack.dev import read_env_file
+
+    home = Path(os.environ.get("HITL_HOME", ".hitl"))
+    dotenv = {k: v for k, v in dotenv_values(".env").items() if v} if Path(".env").exists() else {}
+
+    def unset(*names: str) -> bool:
+        return not any(os.environ.get(n) or dotenv.get(n) for n in names)
+
+    overrides: dict[str, object] = {}
+    sources: list[str] = []
+    stack = read_env_file(home / "devstack.env")
+    for name, field in (
+        ("SUPABASE_URL", "supabase_url"),
+        ("SUPABASE_SERVICE_ROLE_KEY", "supabase_service_role_key"),
+        ("SUPABASE_ANON_KEY", "supabase_anon_key"),
+    ):
+        if stack.get(name) and unset(name, f"HITL_{name}"):
+            overrides[field] = stack[name]
+    if overrides:
+        sources.append(str(home / "devstack.env"))
+    relay_key = read_env_file(home / "relay.env").get("HITL_API_KEY")
+    if relay_key and unset("HITL_API_KEYS"):
+        overrides["api_keys"] = [relay_key]
+        sources.append(str(home / "relay.env"))
+    return overrides, sources
 
 
 def _local_env() -> dict[str, str]:
@@ -433,6 +504,19 @@ def _local_env() -> dict[str, str]:
     values = read_env_file(Path(os.environ.get("HITL_HOME", ".hitl")) / "devstack.env")
     values.update({k: v for k, v in os.environ.items() if k.startswith(("SUPABASE_", "HITL_"))})
     return values
+
+
+# What `answer` prints for each kind: what was actually sent.
+SENT_WORDS = {
+    "answer": "answered case {case_id}",
+    "cannot_answer": (
+        "sent cannot_answer on case {case_id} (the caller hears the unclear-answer fallback)"
+    ),
+    "clarification": (
+        "sent a clarification on case {case_id} (a question back; the case stays open until "
+        "the caller's reply is answered)"
+    ),
+}
 
 
 @app.command()
@@ -493,7 +577,7 @@ def answer(
         _fail(f"the platform refused the answer: {e.message}")
     except OSError as e:
         _fail(f"cannot reach {env['SUPABASE_URL']}: {e}")
-    typer.echo(f"answered case {case_id}")
+    typer.echo(SENT_WORDS[kind].format(case_id=case_id))
 
 
 def main() -> None:

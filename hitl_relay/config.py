@@ -19,12 +19,12 @@ from hitl_relay.security.settings import SecuritySettings
 
 DEFAULT_FALLBACKS = {
     "no_operator": (
-        "I'm sorry, none of my colleagues is available right now. I've noted your question "
-        "and someone will get back to you."
+        "I'm sorry, none of my colleagues is available right now. I've noted your question, "
+        "and a colleague will see it as soon as one is available."
     ),
     "platform_unreachable": (
-        "I'm sorry, I can't reach my colleagues at the moment. I've noted your question and "
-        "someone will get back to you."
+        "I'm sorry, I can't reach my colleagues at the moment, so I couldn't pass your "
+        "question on. Please try again a little later."
     ),
     "timeout": (
         "My colleague hasn't answered yet. I've passed your question on and someone will get "
@@ -99,7 +99,8 @@ class Settings(SecuritySettings, BaseSettings):
     fallback_timeout: str = Field(DEFAULT_FALLBACKS["timeout"], min_length=1)
     fallback_unclear_answer: str = Field(DEFAULT_FALLBACKS["unclear_answer"], min_length=1)
 
-    # With nobody present on `operators`, answer `no_operator` at once instead of waiting.
+    # With nobody present on `operators`, record the case and answer `no_operator` at once
+    # (with its case id) instead of waiting for an operator who is not there.
     no_operator_answers_at_once: bool = True
     presence_cache_ttl_seconds: float = Field(0.5, ge=0, le=1.0)
     channels_per_socket: int = Field(100, ge=1, le=100)

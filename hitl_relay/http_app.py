@@ -53,7 +53,14 @@ from hitl_relay.adapters import open_backend
 from hitl_relay.clock import SystemClock
 from hitl_relay.config import Settings
 from hitl_relay.mcp_server import RelayMcpServer
-from hitl_relay.ports import Backend, Clock, SessionRecovery, SuccessMetricsSource
+from hitl_relay.monitoring import Monitor
+from hitl_relay.ports import (
+    Backend,
+    Clock,
+    JobHealthSource,
+    SessionRecovery,
+    SuccessMetricsSource,
+)
 from hitl_relay.readiness import ReadinessMonitor
 from hitl_relay.relay import Relay, build_relay
 from hitl_relay.security import SecurityLayer
@@ -269,6 +276,13 @@ def create_app(
                         timeout_s=settings.platform_timeout_seconds,
                     )
                     tg.start_soon(refresher.run)
+                monitor = Monitor(
+                    connected.presence,
+                    state.readiness.check,
+                    connected.store if isinstance(connected.store, JobHealthSource) else None,
+                    timeout_s=settings.platform_timeout_seconds,
+                )
+                tg.start_soon(monitor.run)
                 yield {"relay_state": state, "mcp": mcp}
                 await relay.drain(settings.drain_timeout_seconds)
                 tg.cancel_scope.cancel()

@@ -12,7 +12,9 @@ stdout: in `stdio` mode stdout is the MCP stream):
 The level is `HITL_LOG_LEVEL` (default INFO). The stdlib `logging` of the libraries (uvicorn,
 mcp, httpx, websockets, realtime) is routed into the same sink at WARNING and above, the
 devstack's own stdlib loggers (`hitl_relay.*`) at the configured level, so a production log is
-all JSON.
+all JSON. A library's repeated warnings and errors (realtime-py's per-attempt connection errors
+while the platform is down) are let through once, then once a minute with a count
+(`RepeatFilter`).
 
 Secrets never reach a line: the values of the API keys, the Supabase keys and the callback and
 Retell secrets are replaced by `<secret>` wherever they appear, and extras named like a
@@ -28,7 +30,8 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
@@ -187,6 +190,44 @@ class _Sink:
         self.stream.flush()
 
 
+class RepeatFilter(logging.Filter):
+    """Lets the first of a run of like library warnings and errors through, then one a minute
+    with how many were held back.
+
+    realtime-py logs two ERROR lines per failed connection attempt, so while the platform is
+    down a relay would log dozens a minute; the adapter already logs each change of the
+    socket's state once (disconnected, reconnected after N failed attempts). "Like" means the
+    same logger, level and message once its numbers are masked (ports, errno, attempt counts).
+    """
+
+    _NUMBERS = re.compile(r"\d+")
+
+    def __init__(self, every_s: float = 60.0, clock: Callable[[], float] | None = None) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self.clock = clock or time.monotonic
+        # key → (when one was last let through, how many were held back since)
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or record.name.startswith("hitl_relay"):
+            return True
+        key = (record.name, record.levelno, self._NUMBERS.sub("#", record.getMessage()))
+        now = self.clock()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.every_s:
+            self._seen[key] = (seen[0], seen[1] + 1)
+            return False
+        if len(self._seen) > 1000:  # bounded: forget the runs that ended long ago
+            self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.every_s}
+        self._seen[key] = (now, 0)
+        if seen is not None and seen[1]:
+            message = record.getMessage()
+            record.msg = f"{message} (and {seen[1]} more like it in the last {now - seen[0]:.0f} s)"
+            record.args = None
+        return True
+
+
 class InterceptHandler(logging.Handler):
     """Hands stdlib `logging` records to loguru (loguru's documented recipe)."""
 
@@ -241,6 +282,7 @@ def configure_logging(
     for handler in list(root.handlers):
         root.removeHandler(handler)
     library = InterceptHandler(level=LIBRARY_LEVEL)
+    library.addFilter(RepeatFilter())
     root.addHandler(library)
     root.setLevel(min(LIBRARY_LEVEL, logging.getLevelName(options.level)))
     own = logging.getLogger("hitl_relay")

@@ -126,6 +126,29 @@ success_refreshed = Gauge(
     "When the success figures were last read from the database (Unix time; 0: never).",
     registry=REGISTRY,
 )
+# Watched in the background by `hitl_relay.monitoring` (the alert rules in deploy/prometheus/
+# use them): NaN means unknown (not read yet, or it could not be read).
+operators_online = Gauge(
+    "hitl_operators_online",
+    "Operators present on the operators channel (NaN: presence unknown).",
+    registry=REGISTRY,
+)
+ready = Gauge(
+    "hitl_ready", "1 when /readyz would answer ready, 0 when not (NaN: not checked yet).",
+    registry=REGISTRY,
+)  # fmt: skip
+expiry_last_run = Gauge(
+    "hitl_expiry_last_run_timestamp_seconds",
+    "When the expiry job (pg_cron hitl-expire-sessions) last succeeded (Unix time; 0: never; "
+    "NaN: unknown or not scheduled in the relay's database).",
+    registry=REGISTRY,
+)
+event_loop_lag = Histogram(
+    "hitl_event_loop_lag_seconds",
+    "How late a 0.5 s timer fired: the event loop was busy or paused (a full GC, CPU starvation).",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    registry=REGISTRY,
+)
 recovered_sessions = Counter(
     "hitl_recovered_sessions",
     "Sessions a restarted relay closed (its calls died with the old process), by status.",
@@ -141,7 +164,15 @@ for _kind in FALLBACK_KINDS:
     fallbacks.labels(kind=_kind)
 for _figure, _target in TARGETS.items():
     target.labels(figure=_figure).set(_target)
-for _gauge in (response_seconds_avg, success_rate, timeout_rate, operator_utilisation):
+for _gauge in (
+    response_seconds_avg,
+    success_rate,
+    timeout_rate,
+    operator_utilisation,
+    operators_online,
+    ready,
+    expiry_last_run,
+):
     _gauge.set(float("nan"))
 for _state in ("all", "finished", "answered", "timed_out"):
     success_window_cases.labels(state=_state)
@@ -162,12 +193,16 @@ __all__ = [
     "breaker_state",
     "case_creation_seconds",
     "delivery_seconds",
+    "event_loop_lag",
+    "expiry_last_run",
     "exposition",
     "fallbacks",
     "gc_pauses",
     "invocations",
     "operator_utilisation",
+    "operators_online",
     "rate_limited",
+    "ready",
     "realtime_channels",
     "realtime_sockets",
     "recovered_sessions",

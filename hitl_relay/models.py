@@ -49,7 +49,9 @@ result's case_id and the caller's reply (verbatim) as `question`. The same colle
 reply in the same case and answers there; the follow-up call waits with its own time limit.
 - timeout: nobody answered in time; say `message` to the caller. The case stays open: call \
 get_human_answer with `case_id` later in the call to pick up a late answer.
-- no_operator: no colleague is available right now; say `message` to the caller.
+- no_operator: no colleague is on duty right now; say `message` to the caller. The question \
+is recorded all the same (case_id) for the colleagues who come on duty: call get_human_answer \
+with `case_id` later in the call to pick up their answer.
 - platform_unreachable: the colleagues' system cannot be reached; say `message`.
 - unclear_answer: the colleague could not give a usable answer; say `message`.
 Never invent an answer when the status is not `answered`. `deadline_s` is this call's time \
@@ -60,7 +62,8 @@ earlier questions and answers of this call with each new question, so do not rep
 `context`. get_call_history returns the thread."""
 
 GET_HUMAN_ANSWER_DESCRIPTION = """\
-Check whether a colleague has answered an earlier ask_human question that timed out.
+Check whether a colleague has answered an earlier ask_human question that timed out (or was \
+recorded with no colleague on duty).
 
 Pass the `case_id` from that ask_human result. Returns at once: `status` is answered (with \
 `answer`), unclear_answer, needs_info (the colleague asked a question back, in \

@@ -41,8 +41,16 @@ Urgency = Literal["low", "medium", "high"]
 # The statuses `hitl_close_session` accepts (a session is `waiting` until closed);
 # `needs_info`: the operator asked back (clarification loop, issue 10).
 SessionOutcome = Literal["answered", "timed_out", "expired", "failed", "cancelled", "needs_info"]
+# `no_operator`: nobody was on duty; the case was recorded and its session closed at once.
 SessionStatus = Literal[
-    "waiting", "answered", "timed_out", "expired", "failed", "cancelled", "needs_info"
+    "waiting",
+    "answered",
+    "timed_out",
+    "expired",
+    "failed",
+    "cancelled",
+    "needs_info",
+    "no_operator",
 ]
 MessageKind = Literal["answer", "clarification", "cannot_answer", "note"]
 SenderType = Literal["human", "ai", "system"]
@@ -352,6 +360,28 @@ class CaseStore(Protocol):
         """
         ...
 
+    async def open_case_no_operator(self, request: OpenCase) -> OpenedCase:
+        """`hitl_open_case_no_operator`: nobody is on duty, so record the question all the same.
+
+        In one transaction: what `open_case` does (same validation, same idempotency, the case
+        open in the operators' queue), then the session is closed as `no_operator` (nobody
+        waits on it), and the result's `status` is `no_operator`. The session is left as
+        `open_case` left it, and `status` says so, when the case already has an answer (a
+        retry: `waiting`, the relay reads the answer) or another relay is waiting on it
+        (`waiting`). Safe to retry on `PlatformUnavailable`.
+
+        Raises what `open_case` raises.
+        """
+        ...
+
+    async def case_status(self, case_id: UUID) -> str | None:
+        """`hitl_case_status`: the case's status (`open`, `answered`, `expired`, ...), or None
+        for a case id that does not exist (`get_human_answer` then names `case_id`).
+
+        Read-only, so safe to retry. Raises `PlatformUnavailable`.
+        """
+        ...
+
     async def answer(self, case_id: UUID) -> Answer | None:
         """`hitl_answer`: the case's decided answer, or None (no answer yet, or unknown case).
 
@@ -495,6 +525,25 @@ class SuccessMetricsSource(Protocol):
 
         Read-only, so safe to retry. Raises `PlatformUnavailable`.
         """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class JobHealth:
+    """The expiry job (`hitl-expire-sessions`, pg_cron) as the platform sees it: whether it is
+    scheduled in this database, and when its newest succeeded run ended (None: none yet)."""
+
+    scheduled: bool
+    last_success: datetime | None
+
+
+@runtime_checkable
+class JobHealthSource(Protocol):
+    """Whether the expiry job runs (`hitl_expiry_job`), for the "expiry job stale" alert;
+    implemented by the case stores."""
+
+    async def expiry_job(self) -> JobHealth:
+        """Read-only, so safe to retry. Raises `PlatformUnavailable`."""
         ...
 
 

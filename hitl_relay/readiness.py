@@ -21,6 +21,7 @@ from typing import Any
 
 import anyio
 
+from hitl_relay import metrics
 from hitl_relay.ports import Check, PlatformReadiness, ReadinessProbe
 from hitl_relay.resilience import CircuitBreaker
 
@@ -153,7 +154,10 @@ class ReadinessMonitor:
         self.probes = 0  # platform probes run (tests check the cache with it)
 
     async def check(self) -> Readiness:
-        return summarise(await self._platform(), self._breaker, self._expected)
+        """The verdict (also set on the `hitl_ready` gauge, for the readiness alert)."""
+        readiness = summarise(await self._platform(), self._breaker, self._expected)
+        metrics.ready.set(1 if readiness.ready else 0)
+        return readiness
 
     async def _platform(self) -> PlatformReadiness:
         if self._probe is None:

@@ -5,7 +5,10 @@ loses nothing":
 
  1. validate (the edge parsed `AskHumanRequest`; the deadline bounds are checked here)
  2. circuit breaker open → `platform_unreachable` at once
- 3. nobody present on `operators` (cached presence) → `no_operator` at once, if configured
+ 3. nobody present on `operators` (cached presence), if configured: the case is recorded all
+    the same (`open_case_no_operator`: in the queue for whoever comes on duty, its session
+    closed as `no_operator`) and `no_operator` is returned at once with the case id, so
+    `get_human_answer` finds a later answer as after a timeout
  4. make the case id (so the channel name is known before the row exists)
  5. join `case:<id>` and `open_case` concurrently
  6. catch-up read once both are done: the answer, else a pending clarification
@@ -293,12 +296,11 @@ class Relay:
 
         if self._draining or (self.breaker is not None and self.breaker.is_open):
             return self._fallback("platform_unreachable", call)
-        if (
+        unattended = (
             call.follow_up_of is None
             and s.no_operator_answers_at_once
             and await self.presence.operators_online() == 0
-        ):
-            return self._fallback("no_operator", call)
+        )
         probe = self._claim_platform()
         if probe is None:
             return self._fallback("platform_unreachable", call)
@@ -340,8 +342,48 @@ class Relay:
             webhook_secret=s.callback_secret.get_secret_value() if s.callback_secret else None,
             idempotency_key=owned_idempotency_key(owner, request),
         )
+        if unattended:
+            return await self._record_unattended(open_request, call, deadline, probe)
         open_case = partial(self.store.open_case, open_request)
         return await self._run(call.case_id, open_case, call, deadline, progress, probe)
+
+    async def _record_unattended(
+        self, request: OpenCase, call: _Call, deadline: float, probe: bool
+    ) -> AskResult:
+        """Step 3: nobody on duty. The case is recorded all the same (in the queue for whoever
+        comes on duty, its session closed as `no_operator`) and the caller hears the fallback
+        at once, with the case id for `get_human_answer`. A retry whose case has an answer
+        meanwhile returns that answer."""
+        try:
+            opened = await retry_until(
+                partial(self.store.open_case_no_operator, request),
+                deadline=min(deadline, self.clock.monotonic() + OPEN_RETRY_BUDGET_S),
+                retry_on=(PlatformUnavailable,),
+                clock=self.clock.monotonic,
+            )
+        except PlatformUnavailable as e:
+            self._record(call, failure=str(e))
+            logger.bind(call_id=call.call_id).warning("platform unavailable: {}", e.detail)
+            return self._fallback("platform_unreachable", call)
+        except InvalidRequest:
+            self._record(call, failure=None)  # the platform answered: it is reachable
+            raise
+        finally:
+            if probe and not call.recorded:
+                self._record(call, failure="probe abandoned")
+        self._record(call, failure=None)
+        call.case_id = opened.case_id
+        created = self.clock.monotonic() - call.started
+        metrics.case_creation_seconds.observe(created)
+        call.create_ms = round(created * 1000)
+        if opened.status != "no_operator":
+            # A retry: its case may have been answered meanwhile (then its session waits again
+            # and is closed `answered`), or another relay is waiting on it.
+            found = await self._catch_up(opened.case_id)
+            if isinstance(found, Answer):
+                call.opened = opened
+                return self._finish(found, call)
+        return self._fallback("no_operator", call, case_id=opened.case_id)
 
     async def _run(
         self,
@@ -582,8 +624,10 @@ class Relay:
     async def get_answer(self, case_id: str, *, owner: str | None = None) -> AskResult:
         """The answer of an earlier case if there is one now (`pending` if not); never waits.
 
-        With `owner` (an API key's fingerprint) only a case that key opened: any other case id
-        is refused as `case_id: no such case`, exactly like an unknown one."""
+        Raises `InvalidRequest("case_id", ...)` for a malformed id or a case that does not
+        exist (a `pending` there would have the agent ask again and again for nothing). With
+        `owner` (an API key's fingerprint) only a case that key opened: any other case id is
+        refused as `case_id: no such case`, exactly like an unknown one."""
         started = self.clock.monotonic()
         try:
             case_uuid = UUID(str(case_id))
@@ -601,6 +645,13 @@ class Relay:
         if isinstance(found, Clarification):
             return self._needs_info(found, call)
         if found is None:
+            try:
+                known = await self.store.case_status(case_uuid)
+            except PlatformUnavailable as e:
+                self._record(call, failure=str(e))
+                return self._fallback("platform_unreachable", call, case_id=case_uuid)
+            if known is None:
+                raise InvalidRequest("case_id", "no such case")
             return AskResult(
                 status="pending",
                 case_id=str(case_uuid),

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import secrets
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import asyncpg
@@ -19,6 +20,7 @@ import pytest
 
 from hitl_relay.devstack.cluster import Cluster
 from hitl_relay.devstack.keys import make_keys
+from hitl_relay.devstack.pgtap import stop_unless_in_use
 from hitl_relay.devstack.server import Devstack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,12 +38,16 @@ def _pid_alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="session")
-def pg_cluster() -> Cluster:
-    """The session's Postgres 15 + pg_cron cluster (started if stopped, left running for reuse)."""
+def pg_cluster() -> Iterator[Cluster]:
+    """The session's Postgres 15 + pg_cron cluster: started if stopped, and stopped when the
+    session ends unless another live run still uses it or HITL_KEEP_TEST_PG=1."""
     home = Path(os.environ.get("HITL_HOME", ROOT / ".hitl"))
     cluster = Cluster(home / "test-pg", port=None)
     cluster.start()
-    return cluster
+    yield cluster
+    # In a thread of its own: the session's event loop may still be running in this one.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(stop_unless_in_use, cluster).result()
 
 
 @pytest.fixture(scope="session")

@@ -44,6 +44,7 @@ from hitl_relay.ports import (
     Clock,
     ContinueCase,
     HumanMessage,
+    JobHealth,
     MessageKind,
     OpenCase,
     OpenedCase,
@@ -213,6 +214,10 @@ class MemoryPlatform:
         # "realtime" is down between `disconnect()` and `reconnect()`.
         self.schema_version: str | None = EXPECTED_SCHEMA_VERSION
         self.realtime_connected = True
+        # The expiry job (`hitl_expiry_job`): scheduled here, and when `expire_sessions` (what
+        # the job runs) last ran.
+        self.expiry_scheduled = True
+        self.expiry_last_run: datetime | None = None
 
     def backend(self) -> Backend:
         return Backend(
@@ -382,6 +387,7 @@ class MemoryPlatform:
         ]
         for session in expired:
             self.set_session_status(session, "expired")
+        self.expiry_last_run = now
         self.changed()
         return len(expired) + len(cases)
 
@@ -562,6 +568,45 @@ class MemoryCaseStore:
             p.sessions[session_id].case_id == case_id and key.startswith(owner + ":")
             for key, session_id in p._by_key.items()
         )
+
+    async def open_case_no_operator(self, request: OpenCase) -> OpenedCase:
+        """`open_case`, then the session closed as `no_operator` unless another relay waits on
+        it or the case has an answer (`hitl_open_case_no_operator`)."""
+        p = self._p
+        question = request.question if isinstance(request.question, str) else ""
+        key = request.idempotency_key or (
+            f"{request.retell_call_id}:{hashlib.sha256(question.encode()).hexdigest()}"
+        )
+        before = p._by_key.get(key)
+        waited_on = before is not None and p.sessions[before].status == "waiting"
+        opened = await self.open_case(request)
+        session = p.sessions[opened.session_id]
+        case = p.cases[opened.case_id]
+        if session.status != "waiting" or waited_on or case.answer_message_id is not None:
+            return opened
+        session.detail = {"outcome": "no_operator"}
+        p.set_session_status(session, "no_operator")
+        return OpenedCase(
+            case_id=opened.case_id,
+            session_id=opened.session_id,
+            expires_at=opened.expires_at,
+            existed=opened.existed,
+            status="no_operator",
+        )
+
+    async def expiry_job(self) -> JobHealth:
+        await anyio.lowlevel.checkpoint()
+        p = self._p
+        p._rpc("expiry_job")
+        if not p.expiry_scheduled:
+            return JobHealth(scheduled=False, last_success=None)
+        return JobHealth(scheduled=True, last_success=p.expiry_last_run)
+
+    async def case_status(self, case_id: UUID) -> str | None:
+        await anyio.lowlevel.checkpoint()
+        self._p._rpc("case_status")
+        case = self._p.cases.get(case_id)
+        return None if case is None else case.status
 
     async def answer(self, case_id: UUID) -> Answer | None:
         await anyio.lowlevel.checkpoint()

@@ -1,7 +1,8 @@
 """`CaseStore` over PostgREST RPC (supabase-py `AsyncClient`), as the service role.
 
-Each method is one RPC, one transaction on the platform (`hitl_open_case`, `hitl_answer`,
-`hitl_close_session`, and for the clarification loop `hitl_continue_case`,
+Each method is one RPC, one transaction on the platform (`hitl_open_case`,
+`hitl_open_case_no_operator`, `hitl_answer`, `hitl_case_status`, `hitl_close_session`, and for
+the clarification loop `hitl_continue_case`,
 `hitl_pending_clarification`, `hitl_call_history`). Errors are translated once, here:
 
 - PostgREST `P0001` (our functions' `RAISE ... USING DETAIL = field, HINT = rule`) →
@@ -34,6 +35,7 @@ from hitl_relay.ports import (
     Answer,
     Clarification,
     ContinueCase,
+    JobHealth,
     MessageKind,
     OpenCase,
     OpenedCase,
@@ -228,6 +230,33 @@ class SupabaseCaseStore:
     async def open_case(self, request: OpenCase) -> OpenedCase:
         data = await self._rpc("hitl_open_case", {"p": request.as_rpc_params()})
         return _opened("hitl_open_case", data)
+
+    async def open_case_no_operator(self, request: OpenCase) -> OpenedCase:
+        data = await self._rpc("hitl_open_case_no_operator", {"p": request.as_rpc_params()})
+        return _opened("hitl_open_case_no_operator", data)
+
+    async def case_status(self, case_id: UUID) -> str | None:
+        data = await self._rpc("hitl_case_status", {"p_case_id": str(case_id)})
+        # SQL null: PostgREST renders `null`; supabase-py turns an empty body into [].
+        if data is None or data == []:
+            return None
+        if not isinstance(data, str):
+            raise PlatformUnavailable(f"hitl_case_status returned an unexpected reply: {data!r}")
+        return data
+
+    async def expiry_job(self) -> JobHealth:
+        data = await self._rpc("hitl_expiry_job", {})
+        try:
+            if not isinstance(data, Mapping) or not isinstance(data.get("scheduled"), bool):
+                raise ShapeError(f"expected {{scheduled, last_success}}, got {data!r}")
+            last = data.get("last_success")
+            return JobHealth(
+                scheduled=data["scheduled"], last_success=None if last is None else parse_time(last)
+            )
+        except ShapeError as e:
+            raise PlatformUnavailable(
+                f"hitl_expiry_job returned an unexpected reply: {e}"
+            ) from None
 
     async def continue_case(self, request: ContinueCase) -> OpenedCase:
         data = await self._rpc("hitl_continue_case", {"p": request.as_rpc_params()})

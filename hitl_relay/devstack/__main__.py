@@ -3,7 +3,8 @@
 Starts (or reuses) the Postgres cluster in HITL_HOME (default `.hitl`), applies `supabase/local/`
 and the migrations, then serves REST, Realtime and Auth on 127.0.0.1:54321. When ready it writes
 `HITL_HOME/devstack.env` (mode 0600) and prints one line starting with `devstack ready`. It stops
-cleanly on SIGINT or SIGTERM.
+cleanly on SIGINT or SIGTERM, Postgres included (unless `--keep-db` or HITL_KEEP_DB=1: then the
+cluster keeps running for the next start to reuse).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Options:
     port: int
     db_port: int
     home: Path
+    keep_db: bool = False
 
 
 def home_dir() -> Path:
@@ -60,12 +62,18 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         default=int(os.environ.get("HITL_PG_PORT", 54322)),
         help="Postgres port on 127.0.0.1 (default 54322, or HITL_PG_PORT)",
     )
+    parser.add_argument(
+        "--keep-db",
+        action="store_true",
+        default=os.environ.get("HITL_KEEP_DB", "") in ("1", "true"),
+        help="leave the Postgres cluster running on exit (default: stop it; or HITL_KEEP_DB=1)",
+    )
     args = parser.parse_args(argv)
     for name in ("port", "db_port"):
         value = getattr(args, name)
         if not 0 <= value <= 65535:
             parser.error(f"--{name.replace('_', '-')} must be a TCP port from 0 to 65535")
-    return Options(port=args.port, db_port=args.db_port, home=home_dir())
+    return Options(port=args.port, db_port=args.db_port, home=home_dir(), keep_db=args.keep_db)
 
 
 def _check_port_free(port: int) -> None:
@@ -107,11 +115,7 @@ def write_env(path: Path, values: dict[str, str]) -> None:
 
 
 async def serve(options: Options) -> None:
-    from hitl_relay import migrate
-    from hitl_relay.devstack.auth import LocalUser
     from hitl_relay.devstack.cluster import Cluster, ClusterError
-    from hitl_relay.devstack.keys import load_or_create
-    from hitl_relay.devstack.server import Devstack, DevstackError
 
     started = time.monotonic()
     stop = asyncio.Event()
@@ -125,6 +129,24 @@ async def serve(options: Options) -> None:
         db_url = await asyncio.to_thread(cluster.start)
     except ClusterError as e:
         raise StartError(str(e)) from None
+    try:
+        await _serve_on(options, db_url, stop, started)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if options.keep_db:
+            print(f"devstack: Postgres left running ({db_url}; --keep-db)", flush=True)
+        else:
+            await asyncio.to_thread(cluster.stop)
+
+
+async def _serve_on(options: Options, db_url: str, stop: asyncio.Event, started: float) -> None:
+    """Migrate, serve until `stop`; the caller stops the cluster."""
+    from hitl_relay import migrate
+    from hitl_relay.devstack.auth import LocalUser
+    from hitl_relay.devstack.keys import load_or_create
+    from hitl_relay.devstack.server import Devstack, DevstackError
+
     try:
         await migrate.apply(db_url, local=True)
     except migrate.MigrationError as e:
@@ -167,8 +189,6 @@ async def serve(options: Options) -> None:
         await stop.wait()
     finally:
         await stack.stop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

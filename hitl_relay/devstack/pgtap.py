@@ -9,6 +9,8 @@ must roll back what they change). Exit status is pg_prove's.
 Arguments ending in `.sql` choose test files (default: all); the others go to pg_prove.
 `--update-snapshot` instead rewrites `supabase/schema.snapshot.sql` from a fresh database built
 the same way (what `tests/db/test_snapshot.py` compares against).
+
+The cluster is stopped at the end unless another run still uses it or HITL_KEEP_TEST_PG=1.
 """
 
 from __future__ import annotations
@@ -96,10 +98,64 @@ async def update_snapshot(cluster: Cluster, name: str) -> Path:
     return migrate.SNAPSHOT
 
 
+# The databases a run of the suites keeps on the test cluster while it runs, named after the
+# run's process id (pytest's template, pg_prove's database, the snapshot's).
+RUN_DATABASE_PREFIXES = ("hitl_tpl_", "pgtap_", "snapshot_")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def runs_using(cluster: Cluster) -> list[int]:
+    """Process ids of other live runs (pytest, pgtap) with a database on the cluster."""
+    conn = await asyncpg.connect(cluster.url())
+    try:
+        names = [r["datname"] for r in await conn.fetch("select datname from pg_database")]
+    finally:
+        await conn.close()
+    pids = []
+    for name in names:
+        for prefix in RUN_DATABASE_PREFIXES:
+            suffix = name.removeprefix(prefix)
+            if name.startswith(prefix) and suffix.isdigit():
+                pid = int(suffix)
+                if pid != os.getpid() and _alive(pid):
+                    pids.append(pid)
+    return pids
+
+
+def stop_unless_in_use(cluster: Cluster) -> str:
+    """Stop the test cluster at the end of a run, unless HITL_KEEP_TEST_PG=1 or another live
+    run still has a database on it; returns what was done, for the log."""
+    if os.environ.get("HITL_KEEP_TEST_PG", "") in ("1", "true"):
+        return "kept (HITL_KEEP_TEST_PG=1)"
+    if not cluster.status().running:
+        return "not running"
+    others = asyncio.run(runs_using(cluster))
+    if others:
+        return f"kept: in use by run(s) {', '.join(map(str, others))}"
+    cluster.stop()
+    return "stopped"
+
+
 def main(argv: list[str]) -> int:
     home = Path(os.environ.get("HITL_HOME", ROOT / ".hitl"))
     cluster = Cluster(home / "test-pg", port=None)
     cluster.start()
+    try:
+        return _main(cluster, argv)
+    finally:
+        stop_unless_in_use(cluster)
+
+
+def _main(cluster: Cluster, argv: list[str]) -> int:
     if "--update-snapshot" in argv:
         path = asyncio.run(update_snapshot(cluster, f"snapshot_{os.getpid()}"))
         print(f"pgtap: wrote {path.relative_to(ROOT)}")

@@ -11,11 +11,12 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import ConsolePage, Stack
+from conftest import API_KEY, ConsolePage, Stack
 from playwright.async_api import Page, Route, expect
 from waiting import wait_until
 
 from hitl_relay import console as console_module
+from hitl_relay.mcp_client import connect
 
 pytestmark = pytest.mark.browser
 
@@ -599,3 +600,34 @@ async def test_a_password_session_survives_a_reload_and_sign_out_ends_it(
     await page.reload()
     await expect(sign_in).to_be_visible()
     await expect(page.locator("#workspace")).to_be_hidden()
+
+
+async def test_a_question_asked_with_nobody_on_duty_waits_in_the_queue_for_who_comes_later(
+    stack: Stack, open_console: OpenConsole
+) -> None:
+    await wait_until(lambda: _online_is(stack, 0), "the relay to see nobody on duty")
+    question = "Nobody on duty: can the courier come back tomorrow?"
+    asked = await stack.ask(question, timeout_seconds=30, priority=4)
+    result = await asked.result()
+    assert result["status"] == "no_operator"
+    assert result["case_id"]
+
+    console = await open_console()  # an operator comes on duty afterwards
+    await console.sign_in_with_token(stack.operators[0])
+    item = console.case_item(question)
+    await expect(item).to_be_visible()
+    await item.locator("button").click()
+    await expect(console.page.locator("#case-countdown-label")).to_have_text(
+        "Asked while nobody was on duty"
+    )
+    await console.page.get_by_label("Your answer").fill("Yes, tomorrow between 9 and 12.")
+    await console.page.get_by_role("button", name="Send answer").click()
+    await expect(item).to_have_count(0)
+
+    async with connect(stack.mcp_url, API_KEY) as client:
+        late = await client.call_tool("get_human_answer", {"case_id": result["case_id"]})
+    assert late.structured_content is not None
+    assert (late.structured_content["status"], late.structured_content["answer"]) == (
+        "answered",
+        "Yes, tomorrow between 9 and 12.",
+    )

@@ -133,3 +133,32 @@ async def test_follow_up_of_a_case_not_asked_from_here_says_to_pass_the_call_id(
     code, _, err = await run_cli(cli_env(stack, tmp_path), "ask", "--case-id", "nope", "Hi")
     assert code == 1
     assert "--case-id: must be a case id (a UUID)" in err
+
+
+async def test_ask_with_nobody_on_duty_names_the_recorded_case_and_answer_says_what_it_sent(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Nobody on duty: `ask` prints the case recorded in the queue; `answer --kind ...` prints
+    what was actually sent (a clarification is not an answer)."""
+    env = cli_env(stack, tmp_path)
+    code, out, err = await run_cli(env, "ask", "Is the shop open on Sunday?", "--timeout", "30")
+    assert code == 3
+    status_line = next(line for line in err.splitlines() if line.startswith("status:"))
+    assert status_line.startswith("status: no_operator  case: ")
+    case_id = status_line.split()[3]
+    assert f"recorded in the operators' queue: hitl-relay answer {case_id}" in err
+
+    devstack = stack.devstack.env
+    operator_env = {
+        **env,
+        **{k: devstack[k] for k in ("SUPABASE_URL", "SUPABASE_ANON_KEY")},
+        **{k: devstack[k] for k in ("HITL_OPERATOR_TOKEN", "HITL_OPERATOR_ID")},
+    }
+    sent = {}
+    for kind in ("clarification", "cannot_answer", "answer"):
+        code, out, err = await run_cli(operator_env, "answer", case_id, f"a {kind}", "--kind", kind)
+        assert (code, err) == (0, "")
+        sent[kind] = out.strip()
+    assert sent["clarification"].startswith(f"sent a clarification on case {case_id}")
+    assert sent["cannot_answer"].startswith(f"sent cannot_answer on case {case_id}")
+    assert sent["answer"] == f"answered case {case_id}"

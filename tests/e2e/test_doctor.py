@@ -167,3 +167,32 @@ async def test_bad_configuration_lists_every_problem_and_checks_nothing_else(
     text = "\n".join(outcome.lines)
     assert "HITL_PORT: Input should be a valid integer" in text
     assert "fix it in the environment or .env" in text
+
+
+async def test_doctor_reads_the_local_stacks_settings_like_stats_and_answer(
+    devstack: Devstack, tmp_path: Path
+) -> None:
+    """Nothing in the environment or .env: the local stack's files (what `scripts/dev`
+    writes) are read, and every check passes."""
+    home = tmp_path / ".hitl"
+    home.mkdir()
+    (home / "devstack.env").write_text(
+        f"SUPABASE_URL={devstack.url}\n"
+        f"SUPABASE_ANON_KEY={devstack.keys.anon_key}\n"
+        f"SUPABASE_SERVICE_ROLE_KEY={devstack.keys.service_role_key}\n"
+    )
+    (home / "relay.env").write_text(
+        f"HITL_MCP_URL=http://127.0.0.1:1/mcp\nHITL_API_KEY={generate_key()}\n"
+    )
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("HITL_", "SUPABASE_"))}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hitl_relay.cli", "doctor",
+        env=base, cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    lines = out.decode().splitlines()
+    print("\n".join(lines))
+    assert proc.returncode == 0, err.decode()
+    assert lines[0].startswith("reading the local stack's settings (")
+    assert all(line.startswith("ok ") for line in lines[1:])
+    assert len(lines) == 8

@@ -50,3 +50,15 @@ def test_no_operator_without_a_case_prints_only_the_fallback_and_status(
     out, err = printed(capsys, result)
     assert out == "Nobody is available.\n"
     assert err.splitlines() == ["status: no_operator  case: -  waited: 0 ms  call: cli-call-1"]
+
+
+def test_no_operator_with_a_recorded_case_says_where_it_is(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    result = AskResult(status="no_operator", case_id=CASE, message="Nobody is on duty.")
+    out, err = printed(capsys, result)
+    assert out == "Nobody is on duty.\n"
+    assert err.splitlines()[1] == (
+        f"nobody was on duty; the question is recorded in the operators' queue: "
+        f"hitl-relay answer {CASE} ..."
+    )

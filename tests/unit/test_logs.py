@@ -237,3 +237,36 @@ def test_the_start_line_is_a_json_log_line_when_logs_are_json() -> None:
     assert start_line(LogOptions(json=False), marker) == marker
     line = json.loads(start_line(make_settings(log_json=True), marker))
     assert (line["level"], line["message"], line["logger"]) == ("INFO", marker, "hitl_relay.cli")
+
+
+def test_a_librarys_repeated_errors_are_logged_once_then_once_a_minute_with_a_count(
+    restore_logging: None,
+) -> None:
+    """realtime-py logs two ERROR lines per failed connection attempt while the platform is
+    down; the sink gets each once, then once a minute with how many were held back."""
+    from hitl_relay.logs import RepeatFilter
+
+    stream = configured(restore_logging, log_json=True)
+    now = [0.0]
+    repeat = next(
+        f for h in logging.getLogger().handlers for f in h.filters if isinstance(f, RepeatFilter)
+    )
+    repeat.clock = lambda: now[0]
+    realtime = logging.getLogger("realtime._async.client")
+    for attempt in range(11):  # 22 lines in 5 s, as with the platform down
+        now[0] = attempt * 0.45
+        realtime.error("Connection attempt failed: [Errno 111] Connection refused")
+        realtime.error(
+            "Connection failed permanently after %d attempts. Error: [Errno 111]", attempt + 1
+        )
+    logging.getLogger("uvicorn.error").warning("another message passes")
+    now[0] = 61.0
+    realtime.error("Connection attempt failed: [Errno 111] Connection refused")
+
+    assert [x["message"] for x in json_lines(stream)] == [
+        "Connection attempt failed: [Errno 111] Connection refused",
+        "Connection failed permanently after 1 attempts. Error: [Errno 111]",
+        "another message passes",
+        "Connection attempt failed: [Errno 111] Connection refused"
+        " (and 10 more like it in the last 61 s)",
+    ]

@@ -228,6 +228,17 @@ async def test_get_human_answer_with_a_malformed_id_is_a_tool_error(relay: Relay
     assert "case_id: must be a case id (a UUID)" in result.content[0].text  # type: ignore[union-attr]
 
 
+async def test_get_human_answer_on_an_unknown_case_is_a_tool_error_naming_case_id(
+    relay: Relay,
+) -> None:
+    async with connect(relay.mcp_url, KEYS[0]) as client:
+        result = await client.call_tool(
+            "get_human_answer", {"case_id": "00000000-0000-4000-8000-00000000dead"}
+        )
+    assert result.is_error is True
+    assert "case_id: no such case" in result.content[0].text  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize("mode", MODES)
 async def test_client_hanging_up_mid_wait_cancels_the_wait_and_leaves_the_channel(
     relay: Relay, mode: str

@@ -149,6 +149,13 @@ async def test_get_answer_names_a_malformed_case_id() -> None:
     assert (e.value.field, e.value.rule) == ("case_id", "must be a case id (a UUID)")
 
 
+async def test_get_answer_on_an_unknown_case_is_an_error_naming_case_id() -> None:
+    relay = Relay(MemoryPlatform().backend(), make_settings())
+    with pytest.raises(InvalidRequest) as e:
+        await relay.get_answer("00000000-0000-4000-8000-00000000dead")
+    assert (e.value.field, e.value.rule) == ("case_id", "no such case")
+
+
 async def test_retry_of_the_same_call_and_question_joins_the_same_case(rig: Rig) -> None:
     async with asking(rig.relay, ask_request(), ask_request()) as (first, second):
         await rig.platform.wait_until(
@@ -253,16 +260,77 @@ async def test_session_expired_by_the_platform_ends_the_wait(rig: Rig) -> None:
     assert rig.platform.session_of(case_id).status == "expired"
 
 
-async def test_no_operator_present_answers_at_once_without_opening_a_case() -> None:
+async def test_no_operator_present_records_the_case_and_answers_at_once_with_its_id() -> None:
+    clock = FakeClock()
+    platform = MemoryPlatform(clock=clock, operators=0)
+    relay = Relay(platform.backend(), make_settings(), clock=clock)
+    request = ask_request(
+        context="Order 4411",
+        caller_info={"name": "Grace", "phone": "+15550100"},
+        priority=2,
+        urgency="low",
+        conversation_history=[{"role": "caller", "content": "A refund?"}],
+    )
+    result = await relay.ask(request)
+    assert result.status == "no_operator"
+    assert result.message == make_settings().fallback_no_operator
+    assert result.case_id is not None
+    case = platform.cases[UUID(result.case_id)]
+    assert (case.question, case.status, case.priority, case.urgency) == (
+        request.question,
+        "open",
+        2,
+        "low",
+    )
+    assert case.metadata["caller_info"] == {"name": "Grace", "phone": "+15550100"}
+    assert case.metadata["context"] == "Order 4411"
+    assert case.metadata["retell_call_id"] == request.call_id
+    assert case.metadata["conversation_history"] == [{"role": "caller", "content": "A refund?"}]
+    assert platform.session_of(case.id).status == "no_operator"
+    assert platform.joined_channels == 0  # nobody waits on it
+
+
+async def test_a_question_recorded_with_nobody_on_duty_is_answered_later_like_a_timeout() -> None:
     clock = FakeClock()
     platform = MemoryPlatform(clock=clock, operators=0)
     relay = Relay(platform.backend(), make_settings(), clock=clock)
     result = await relay.ask(ask_request())
-    assert result.status == "no_operator"
-    assert result.case_id is None
-    assert result.message == make_settings().fallback_no_operator
-    assert platform.cases == {}
-    assert platform.rpc_calls == []
+    assert result.case_id is not None
+    pending = await relay.get_answer(result.case_id)
+    assert (pending.status, pending.case_id) == ("pending", result.case_id)
+    await platform.operator.go_online()
+    await platform.operator.answer(UUID(result.case_id), "Yes, refund approved")
+    late = await relay.get_answer(result.case_id)
+    assert (late.status, late.answer) == ("answered", "Yes, refund approved")
+
+
+async def test_a_retry_with_nobody_on_duty_names_the_same_case_and_returns_its_answer() -> None:
+    clock = FakeClock()
+    platform = MemoryPlatform(clock=clock, operators=0)
+    relay = Relay(platform.backend(), make_settings(), clock=clock)
+    first = await relay.ask(ask_request())
+    again = await relay.ask(ask_request())
+    assert (again.status, again.case_id) == ("no_operator", first.case_id)
+    assert len(platform.cases) == 1
+    assert len(platform.sessions) == 1
+    assert first.case_id is not None
+    await platform.operator.answer(UUID(first.case_id), "Yes")
+    answered = await relay.ask(ask_request())
+    assert (answered.status, answered.answer, answered.case_id) == (
+        "answered",
+        "Yes",
+        first.case_id,
+    )
+    assert platform.session_of(UUID(first.case_id)).status == "answered"
+
+
+async def test_no_operator_with_the_platform_down_is_platform_unreachable() -> None:
+    platform = MemoryPlatform(operators=0)
+    relay = Relay(platform.backend(), make_settings())
+    platform.faults.rpc_down = True
+    with stamina.set_testing(True, attempts=2):
+        result = await relay.ask(ask_request())
+    assert (result.status, result.case_id) == ("platform_unreachable", None)
 
 
 async def test_no_operator_check_can_be_switched_off() -> None:

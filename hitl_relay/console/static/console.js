@@ -221,10 +221,12 @@
   function inQueue(c, now = Date.now()) {
     return c.status === OPEN && !(c.expiresAt && c.expiresAt <= now)
   }
-  /** `waiting` (a caller is on the line), `gone`, `needs_info` or null (no deadline known). */
+  /** `waiting` (a caller is on the line), `gone`, `needs_info`, `no_operator` (asked while
+   * nobody was on duty) or null (no deadline known). */
   function callerState(c, now = Date.now()) {
     if (c.status !== OPEN) return null
     if (c.sessionStatus === 'needs_info') return 'needs_info'
+    if (c.sessionStatus === 'no_operator') return 'no_operator'
     if (c.sessionStatus && c.sessionStatus !== 'waiting') return 'gone'
     if (!c.deadlineAt) return null
     return c.deadlineAt > now ? 'waiting' : 'gone'
@@ -686,6 +688,9 @@
       value = 'answer still delivered later'
     } else if (caller === 'needs_info') {
       label = 'Waiting for the caller’s reply'
+    } else if (caller === 'no_operator') {
+      label = 'Asked while nobody was on duty'
+      value = 'the agent can still pick up your answer'
     } else if (c.status === 'answered') {
       label = 'Answered'
     } else if (c.status !== OPEN) {
