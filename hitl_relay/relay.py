@@ -430,12 +430,20 @@ class Relay:
         async def open_case() -> None:
             nonlocal opened, open_error
             try:
-                opened = await retry_until(
-                    open_fn,
-                    deadline=min(deadline, self.clock.monotonic() + OPEN_RETRY_BUDGET_S),
-                    retry_on=(PlatformUnavailable,),
-                    clock=self.clock.monotonic,
-                )
+                # Shielded (and bounded): a client that goes away while the case is being
+                # committed must still learn its session, or no one closes it `cancelled`.
+                with anyio.CancelScope(shield=True) as scope:
+                    scope.deadline = anyio.current_time() + (
+                        OPEN_RETRY_BUDGET_S + self.settings.platform_timeout_seconds
+                    )
+                    opened = await retry_until(
+                        open_fn,
+                        deadline=min(deadline, self.clock.monotonic() + OPEN_RETRY_BUDGET_S),
+                        retry_on=(PlatformUnavailable,),
+                        clock=self.clock.monotonic,
+                    )
+                if opened is None:  # the shield's own bound ran out
+                    raise PlatformUnavailable("opening the case took too long")
                 call.opened = opened
                 call.case_id = opened.case_id
                 created = self.clock.monotonic() - call.started

@@ -107,6 +107,8 @@ class Faults:
     refuse_joins: bool = False
     # Session closes wait here until it is set (the caller must not wait for a close).
     close_gate: anyio.Event | None = None
+    # A new case is committed, then its reply waits here until it is set (a slow reply).
+    open_reply_gate: anyio.Event | None = None
     # RPC name ("open_case", "answer", "reply", "close_session", "continue_case",
     # "pending_clarification", "call_history") → how many next calls fail.
     rpc_failures: dict[str, int] = field(default_factory=dict)
@@ -548,6 +550,8 @@ class MemoryCaseStore:
         p.sessions[session.id] = session
         p._by_key[key] = session.id
         p.changed()
+        if p.faults.open_reply_gate is not None:
+            await p.faults.open_reply_gate.wait()
         return OpenedCase(
             case_id=case.id,
             session_id=session.id,

@@ -164,3 +164,18 @@ async def test_without_a_platform_failure_no_call_triggers_a_sweep() -> None:
     assert [r.status for r in results] == ["answered"] * 3
     assert rig.relay.sweeps == 0
     assert rig.platform.rpc_calls.count("reply") == 3  # each call's own catch-up read only
+
+
+async def test_a_client_gone_while_its_case_is_committed_still_closes_the_session() -> None:
+    """The case is committed but the reply has not arrived when the client goes away: the
+    relay still learns the session and closes it `cancelled` (a retry then waits anew)."""
+    rig = make_rig()
+    rig.platform.faults.open_reply_gate = gate = anyio.Event()
+    async with rig.relay.running(), anyio.create_task_group() as tg:
+        tg.start_soon(rig.relay.ask, ask_request())
+        await rig.platform.wait_until(lambda: len(rig.platform.cases) == 1)
+        tg.cancel_scope.cancel()  # the client went away
+        (case_id,) = rig.platform.cases
+        gate.set()
+    assert rig.platform.session_of(case_id).status == "cancelled"
+    assert rig.platform.cases[case_id].status == "open"
