@@ -208,7 +208,11 @@ class Relay:
     # ---------------------------------------------------------------- ask_human
 
     async def ask(
-        self, request: AskHumanRequest, progress: ProgressCallback | None = None
+        self,
+        request: AskHumanRequest,
+        progress: ProgressCallback | None = None,
+        *,
+        case_id: UUID | None = None,
     ) -> AskResult:
         """Ask an operator; return their answer, or the configured fallback and the case id.
 
@@ -219,6 +223,9 @@ class Relay:
         the platform refuses (`case_id`: no such case, belongs to another call, expired); every
         platform problem becomes a fallback result, never an exception. Cancellation (the client
         went away) closes the session as `cancelled` and leaves the channel; the case stays open.
+
+        `case_id` names the new case in advance (an MCP task records it before the case exists);
+        a follow-up's case is `request.case_id`.
         """
         new_case = request.case_id is None  # a follow-up's priority is its case's, not here
         call = _Call(
@@ -232,7 +239,7 @@ class Relay:
         self._active += 1
         self.calls_taken += 1
         try:
-            result = await self._ask(request, progress, call)
+            result = await self._ask(request, progress, call, case_id)
             outcome = result.status
             return result
         except InvalidRequest:
@@ -255,7 +262,11 @@ class Relay:
                 self._account(call, outcome)
 
     async def _ask(
-        self, request: AskHumanRequest, progress: ProgressCallback | None, call: _Call
+        self,
+        request: AskHumanRequest,
+        progress: ProgressCallback | None,
+        call: _Call,
+        new_case_id: UUID | None = None,
     ) -> AskResult:
         s = self.settings
         timeout = request.timeout_seconds or s.default_timeout_seconds
@@ -294,7 +305,7 @@ class Relay:
             continue_case = partial(self.store.continue_case, continue_request)
             return await self._run(call.case_id, continue_case, call, deadline, progress, probe)
 
-        call.case_id = uuid4()
+        call.case_id = new_case_id or uuid4()
         open_request = OpenCase(
             case_id=call.case_id,
             question=request.question,
