@@ -373,6 +373,8 @@ class TaskService:
             await anyio.sleep(task.poll_interval_ms / 1000)
             task = await self._read(ctx, params.task_id)
         result = await self._result_of(task)
+        # `resultType` is 2026-07-28 vocabulary: not on a 2025-11-25 wire.
+        result.pop("resultType", None)
         meta = dict(result.get("_meta") or {})
         meta[RELATED_TASK] = {"taskId": task.id}
         return {**result, "_meta": meta}

@@ -60,7 +60,8 @@ begin
   insert into public.hil_tasks (id, owner, case_id, tool, era, status, status_message, result,
                                 deadline_at, ttl_ms, poll_interval_ms, expires_at)
   values (p->>'id', p->>'owner', (p->>'case_id')::uuid, p->>'tool', p->>'era',
-          coalesce(p->>'status', 'working'), p->>'status_message', p->'result',
+          coalesce(p->>'status', 'working'), p->>'status_message',
+          nullif(p->'result', 'null'::jsonb),
           now() + make_interval(secs => (p->>'timeout_seconds')::double precision),
           v_ttl, (p->>'poll_interval_ms')::integer,
           now() + make_interval(secs => v_ttl / 1000.0))

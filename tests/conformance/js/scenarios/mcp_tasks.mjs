@@ -29,6 +29,8 @@ function askParams() {
     arguments: {
       question: env('QUESTION', 'May I offer the customer a refund?'),
       call_id: env('CALL_ID'),
+      session_id: `mcp-${env('CALL_ID')}`,
+      agent_id: 'agent_tasks',
       timeout_seconds: Number(env('TIMEOUT_SECONDS', '60')),
     },
   }
