@@ -54,7 +54,8 @@ async def run_tasks_scenario(
         stderr=asyncio.subprocess.PIPE,
         limit=16 * 1024 * 1024,
     )
-    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout is not None
+    assert proc.stderr is not None
     stdout, stderr = proc.stdout, proc.stderr
 
     async def read_stdout() -> list[str]:
@@ -132,8 +133,10 @@ async def test_ts_sdk_runs_ask_human_as_a_task_until_the_operator_answers(stack:
     created = seen["created"]
     assert created["status"] == "working"
     assert len(created["taskId"]) >= 43  # 256 random bits, url-safe base64
-    assert created["ttl"] >= 600_000 and created["pollInterval"] > 0
-    assert created["createdAt"].endswith("Z") and created["lastUpdatedAt"].endswith("Z")
+    assert created["ttl"] >= 600_000
+    assert created["pollInterval"] > 0
+    assert created["createdAt"].endswith("Z")
+    assert created["lastUpdatedAt"].endswith("Z")
     # Polled until terminal; the last poll saw `completed`.
     assert seen["statuses"][-1] == "completed"
     assert set(seen["statuses"]) <= {"working", "completed"}
@@ -156,9 +159,7 @@ async def test_a_task_outlives_the_relay_that_created_it(devstack_proc: Devstack
             await first.child.proc.wait()
         await operator.answer(case_id, "The order ships on Monday.")
         async with relay_process(devstack_proc) as second:
-            seen = await run_tasks_scenario(
-                scenario_env(second + "/mcp", "await", TASK_ID=task_id)
-            )
+            seen = await run_tasks_scenario(scenario_env(second + "/mcp", "await", TASK_ID=task_id))
     finally:
         await operator.stop()
     assert seen["statuses"][-1] == "completed"
@@ -216,7 +217,8 @@ async def test_an_expired_task_is_gone(stack: Stack) -> None:
     assert seen["get_error"]["code"] == INVALID_PARAMS
     assert seen["result_error"]["code"] == INVALID_PARAMS
     assert task_id not in [t["taskId"] for t in seen["list"]["tasks"]]
-    assert purged >= 1 and left == 0
+    assert purged >= 1
+    assert left == 0
 
 
 async def test_another_api_key_cannot_see_the_task(devstack_proc: DevstackProcess) -> None:
