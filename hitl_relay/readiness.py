@@ -27,7 +27,7 @@ from hitl_relay.resilience import CircuitBreaker
 # The version of the newest migration this relay works with: `public.hitl_schema_version()`
 # must return it. A migration that changes the contract redefines the function with its own
 # version and bumps this constant (tests/db/test_schema_version.py enforces both).
-EXPECTED_SCHEMA_VERSION = "20261125003000"
+EXPECTED_SCHEMA_VERSION = "20261206400000"
 
 # The platform checks together stay under a second (a load balancer's probe timeout is ~1 s).
 CHECK_TIMEOUT_S = 0.8

@@ -864,7 +864,7 @@ $$;
 CREATE FUNCTION public.hitl_schema_version() RETURNS text
     LANGUAGE sql IMMUTABLE
     SET search_path TO ''
-    AS $$ select '20261125003000'::text $$;
+    AS $$ select '20261206400000'::text $$;
 
 CREATE FUNCTION public.hitl_session_instance() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
@@ -970,6 +970,149 @@ select jsonb_build_object(
      'target', '> 0.70',
      'met', coalesce(handled_s / nullif(available_s, 0) > 0.70, false)))
 from figures
+$$;
+
+CREATE FUNCTION public.hitl_task_cancel(p_id text, p_owner text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  t public.hil_tasks;
+  s record;
+begin
+  select * into t from public.hil_tasks
+   where id = p_id and owner = p_owner and expires_at > now()
+   for update;
+  if not found then
+    return null;
+  end if;
+  -- Terminal too: a reply committed that the creating relay has not recorded yet (a poll
+  -- already reports the task completed).
+  if t.status not in ('working', 'input_required') or t.result is not null
+     or jsonb_strip_nulls(public.hitl_case_reply(t.case_id)) <> '{}'::jsonb then
+    return jsonb_build_object('terminal', true, 'task', public.hitl_task_json(t));
+  end if;
+  update public.hil_tasks
+     set status = 'cancelled', status_message = 'The task was cancelled by request.',
+         last_updated_at = now()
+   where id = p_id
+  returning * into t;
+  for s in select id from public.hil_sessions
+            where case_id = t.case_id and status = 'waiting'
+              and created_at >= t.created_at - interval '1 second'
+  loop
+    perform public.hitl_close_session(s.id, 'cancelled', jsonb_build_object('task', 'cancelled'));
+  end loop;
+  return jsonb_build_object('terminal', false, 'task', public.hitl_task_json(t));
+end
+$$;
+
+CREATE FUNCTION public.hitl_task_create(p jsonb) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  t public.hil_tasks;
+  v_ttl bigint := (p->>'ttl_ms')::bigint;
+begin
+  insert into public.hil_tasks (id, owner, case_id, tool, era, status, status_message, result,
+                                deadline_at, ttl_ms, poll_interval_ms, expires_at)
+  values (p->>'id', p->>'owner', (p->>'case_id')::uuid, p->>'tool', p->>'era',
+          coalesce(p->>'status', 'working'), p->>'status_message',
+          nullif(p->'result', 'null'::jsonb),
+          now() + make_interval(secs => (p->>'timeout_seconds')::double precision),
+          v_ttl, (p->>'poll_interval_ms')::integer,
+          now() + make_interval(secs => v_ttl / 1000.0))
+  returning * into t;
+  return public.hitl_task_json(t);
+end
+$$;
+
+CREATE FUNCTION public.hitl_task_finish(p_id text, p_status text, p_status_message text, p_result jsonb, p_case_id uuid) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  t public.hil_tasks;
+begin
+  if p_status is null or p_status not in ('input_required', 'completed', 'failed') then
+    perform public.hitl_invalid('p_status', 'must be one of input_required, completed, failed');
+  end if;
+  update public.hil_tasks
+     set status = p_status, status_message = p_status_message, result = p_result,
+         case_id = coalesce(p_case_id, case_id), last_updated_at = now()
+   where id = p_id and status in ('working', 'input_required')
+  returning * into t;
+  if not found then
+    select * into t from public.hil_tasks where id = p_id;
+  end if;
+  return case when t.id is null then null else public.hitl_task_json(t) end;
+end
+$$;
+
+CREATE FUNCTION public.hitl_task_get(p_id text, p_owner text) RETURNS jsonb
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+  select public.hitl_task_json(t) from public.hil_tasks t
+   where t.id = p_id and t.owner = p_owner and t.expires_at > now()
+$$;
+
+CREATE TABLE public.hil_tasks (
+    id text NOT NULL,
+    owner text NOT NULL,
+    case_id uuid NOT NULL,
+    tool text NOT NULL,
+    era text NOT NULL,
+    status text DEFAULT 'working'::text NOT NULL,
+    status_message text,
+    result jsonb,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    deadline_at timestamp with time zone NOT NULL,
+    ttl_ms bigint NOT NULL,
+    poll_interval_ms integer NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    CONSTRAINT hil_tasks_era_check CHECK ((era = ANY (ARRAY['2025-11-25'::text, '2026-07-28'::text]))),
+    CONSTRAINT hil_tasks_id_check CHECK (((length(id) >= 32) AND (length(id) <= 128))),
+    CONSTRAINT hil_tasks_owner_check CHECK ((owner ~ '^[0-9a-f]{64}$'::text)),
+    CONSTRAINT hil_tasks_poll_interval_ms_check CHECK ((poll_interval_ms > 0)),
+    CONSTRAINT hil_tasks_status_check CHECK ((status = ANY (ARRAY['working'::text, 'input_required'::text, 'completed'::text, 'failed'::text, 'cancelled'::text]))),
+    CONSTRAINT hil_tasks_ttl_ms_check CHECK ((ttl_ms > 0))
+);
+
+CREATE FUNCTION public.hitl_task_json(t public.hil_tasks) RETURNS jsonb
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+  select jsonb_build_object(
+    'id', t.id, 'case_id', t.case_id, 'tool', t.tool, 'era', t.era, 'status', t.status,
+    'status_message', t.status_message, 'result', t.result,
+    'created_at', t.created_at, 'last_updated_at', t.last_updated_at,
+    'deadline_at', t.deadline_at, 'ttl_ms', t.ttl_ms, 'poll_interval_ms', t.poll_interval_ms,
+    'now', now(),
+    'reply', case when t.result is null and t.status in ('working', 'input_required')
+                  then public.hitl_case_reply(t.case_id) end)
+$$;
+
+CREATE FUNCTION public.hitl_task_list(p_owner text, p_after_created timestamp with time zone, p_after_id text, p_limit integer) RETURNS jsonb
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+  select coalesce(jsonb_agg(public.hitl_task_json(t) order by t.created_at, t.id), '[]'::jsonb)
+    from (select * from public.hil_tasks
+           where owner = p_owner and expires_at > now()
+             and (p_after_created is null or (created_at, id) > (p_after_created, p_after_id))
+           order by created_at, id
+           limit greatest(1, least(p_limit, 100))) t
+$$;
+
+CREATE FUNCTION public.hitl_tasks_purge() RETURNS integer
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+  with gone as (delete from public.hil_tasks where expires_at <= now() returning 1)
+  select count(*)::integer from gone
 $$;
 
 CREATE FUNCTION public.hitl_text(p jsonb, p_field text, p_max integer, p_required boolean DEFAULT true) RETURNS text
@@ -1245,6 +1388,9 @@ ALTER TABLE ONLY public.hil_rate_limits
 ALTER TABLE ONLY public.hil_sessions
     ADD CONSTRAINT hil_sessions_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY public.hil_tasks
+    ADD CONSTRAINT hil_tasks_pkey PRIMARY KEY (id);
+
 ALTER TABLE public.messages
     ADD CONSTRAINT messages_hitl_values CHECK (((sender_type = ANY (ARRAY['human'::text, 'ai'::text, 'system'::text])) AND (kind = ANY (ARRAY['answer'::text, 'clarification'::text, 'cannot_answer'::text, 'note'::text])) AND (octet_length(COALESCE(content, ''::text)) <= 65536))) NOT VALID;
 
@@ -1279,6 +1425,12 @@ CREATE UNIQUE INDEX hil_sessions_idempotency_key_idx ON public.hil_sessions USIN
 CREATE INDEX hil_sessions_instance_waiting_idx ON public.hil_sessions USING btree (instance_id) WHERE (status = 'waiting'::text);
 
 CREATE INDEX hil_sessions_waiting_idx ON public.hil_sessions USING btree (expires_at) WHERE (status = 'waiting'::text);
+
+CREATE INDEX hil_tasks_case_idx ON public.hil_tasks USING btree (case_id);
+
+CREATE INDEX hil_tasks_expires_idx ON public.hil_tasks USING btree (expires_at);
+
+CREATE INDEX hil_tasks_owner_idx ON public.hil_tasks USING btree (owner, created_at, id);
 
 CREATE INDEX messages_case_idx ON public.messages USING btree (case_id, created_at);
 
@@ -1327,6 +1479,8 @@ ALTER TABLE public.hil_case_secrets ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.hil_rate_limits ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE public.hil_sessions ENABLE ROW LEVEL SECURITY;
+
+ALTER TABLE public.hil_tasks ENABLE ROW LEVEL SECURITY;
 
 CREATE POLICY hitl_operators_insert_messages ON public.messages FOR INSERT TO authenticated WITH CHECK ((public.hitl_is_operator() AND (sender_type = 'human'::text) AND (sender_id = auth.uid()) AND (kind = ANY (ARRAY['answer'::text, 'clarification'::text, 'cannot_answer'::text, 'note'::text])) AND public.hitl_is_relay_case(case_id)));
 
@@ -1452,6 +1606,28 @@ REVOKE ALL ON FUNCTION public.hitl_session_instance() FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION public.hitl_success_metrics(p_from timestamp with time zone, p_to timestamp with time zone) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_success_metrics(p_from timestamp with time zone, p_to timestamp with time zone) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_task_cancel(p_id text, p_owner text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_task_cancel(p_id text, p_owner text) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_task_create(p jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_task_create(p jsonb) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_task_finish(p_id text, p_status text, p_status_message text, p_result jsonb, p_case_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_task_finish(p_id text, p_status text, p_status_message text, p_result jsonb, p_case_id uuid) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_task_get(p_id text, p_owner text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_task_get(p_id text, p_owner text) TO service_role;
+
+GRANT ALL ON TABLE public.hil_tasks TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_task_json(t public.hil_tasks) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION public.hitl_task_list(p_owner text, p_after_created timestamp with time zone, p_after_id text, p_limit integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_task_list(p_owner text, p_after_created timestamp with time zone, p_after_id text, p_limit integer) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_tasks_purge() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_tasks_purge() TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_text(p jsonb, p_field text, p_max integer, p_required boolean) FROM PUBLIC;
 

@@ -182,3 +182,14 @@ begin
   end if;
 end
 $$;
+
+-- The contract changed: the relay's readiness check expects this version.
+create or replace function public.hitl_schema_version()
+returns text
+language sql
+immutable
+set search_path = ''
+as $$ select '20261206400000'::text $$;
+
+revoke all on function public.hitl_schema_version() from public, anon, authenticated;
+grant execute on function public.hitl_schema_version() to service_role;
