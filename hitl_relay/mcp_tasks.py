@@ -30,12 +30,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import secrets
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from functools import partial
+from typing import Any, Final
 from uuid import UUID, uuid4
 
 import anyio
@@ -44,15 +46,18 @@ import mcp_types as types
 from loguru import logger
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.shared.exceptions import MCPError
+from mcp_types import CLIENT_CAPABILITIES_META_KEY, SERVER_INFO_META_KEY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from hitl_relay.errors import HitlError, InvalidRequest
 from hitl_relay.models import AskHumanRequest, AskResult, parse_ask_request
 from hitl_relay.ports import Answer, Clarification
 from hitl_relay.relay import Relay
-from hitl_relay.task_store import TERMINAL, NewTask, TaskRecord, TaskStatus, TaskStore
+from hitl_relay.task_store import TERMINAL, Era, NewTask, TaskRecord, TaskStatus, TaskStore
 
 RELATED_TASK = "io.modelcontextprotocol/related-task"
+TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
+MODERN: Final = "2026-07-28"
 MODEL_IMMEDIATE_RESPONSE = "io.modelcontextprotocol/model-immediate-response"
 # The `tasks` server capability (2025-11-25): list, cancel, task-augmented tools/call.
 TASKS_CAPABILITY: dict[str, Any] = {
@@ -98,11 +103,14 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def effective_status(task: TaskRecord) -> TaskStatus:
+def effective_status(task: TaskRecord, modern: bool = False) -> TaskStatus:
     """The status a poll reports: the row's, or what the case's reply says when the creating
-    relay has not written the result yet (it may be gone)."""
+    relay has not written the result yet (it may be gone). The operator's question back is
+    `input_required` where the era can carry it to the client (2026-07-28 `inputRequests`)."""
     if task.status in TERMINAL or task.result is not None:
         return task.status
+    if isinstance(task.reply, Clarification) and modern:
+        return "input_required"
     if task.reply is not None:
         return "completed"
     if task.now > task.deadline_at + ORPHAN_GRACE:
@@ -115,6 +123,8 @@ def status_message(task: TaskRecord, status: TaskStatus) -> str:
         return task.status_message
     if status == "working":
         return "Waiting for a human colleague's answer."
+    if status == "input_required":
+        return "The colleague asked a question back: answer it with tasks/update."
     if isinstance(task.reply, Clarification):
         return "The colleague asked a question back (needs_info)."
     if isinstance(task.reply, Answer):
@@ -136,6 +146,56 @@ def task_json(task: TaskRecord) -> dict[str, Any]:
         "ttl": task.ttl_ms,
         "pollInterval": task.poll_interval_ms,
     }
+
+
+def task_json_modern(task: TaskRecord) -> dict[str, Any]:
+    """The `Task` fields of the tasks extension (SEP-2663): ttl in seconds, poll interval in ms."""
+    status = effective_status(task, modern=True)
+    return {
+        "taskId": task.id,
+        "status": status,
+        "statusMessage": status_message(task, status),
+        "createdAt": iso(task.created_at),
+        "lastUpdatedAt": iso(task.last_updated_at if status == task.status else task.now),
+        "ttlSeconds": math.ceil(task.ttl_ms / 1000),
+        "pollIntervalMilliseconds": task.poll_interval_ms,
+    }
+
+
+def clarification_key(clarification: Clarification) -> str:
+    # Unique over the task's life (SEP-2663 "Task Input Requests"): one key per operator message.
+    return f"clarification-{clarification.message_id}"
+
+
+def input_requests(clarification: Clarification) -> dict[str, Any]:
+    """The operator's question as a form elicitation the client puts to its user (the caller)."""
+    return {
+        clarification_key(clarification): {
+            "method": "elicitation/create",
+            "params": {
+                "mode": "form",
+                "message": clarification.content.strip(),
+                "requestedSchema": {
+                    "type": "object",
+                    "properties": {
+                        "reply": {
+                            "type": "string",
+                            "description": "The caller's answer to the colleague's question.",
+                        }
+                    },
+                    "required": ["reply"],
+                },
+            },
+        }
+    }
+
+
+def opted_in(params: Mapping[str, Any]) -> bool:
+    """SEP-2663: the client lists the extension in this request's own capabilities."""
+    meta = params.get("_meta")
+    caps = meta.get(CLIENT_CAPABILITIES_META_KEY) if isinstance(meta, Mapping) else None
+    extensions = caps.get("extensions") if isinstance(caps, Mapping) else None
+    return isinstance(extensions, Mapping) and TASKS_EXTENSION in extensions
 
 
 def encode_cursor(task: TaskRecord) -> str:
@@ -185,6 +245,7 @@ class TaskService:
         self.store: TaskStore | None = None
         self._group: anyio.abc.TaskGroup | None = None
         self._waits: dict[str, anyio.CancelScope] = {}
+        self._server: Any = None
 
     @property
     def available(self) -> bool:
@@ -194,6 +255,9 @@ class TaskService:
     async def running(self, store: TaskStore | None) -> AsyncIterator[TaskService]:
         """Serve tasks over `store` (None: this backend keeps no durable state, no tasks)."""
         self.store = store
+        if store is not None and self._server is not None:
+            # SEP-2663: advertised in the capabilities (server/discover); empty settings.
+            self._server.extensions[TASKS_EXTENSION] = {}
         try:
             async with anyio.create_task_group() as tg:
                 self._group = tg
@@ -206,6 +270,8 @@ class TaskService:
                     tg.cancel_scope.cancel()
         finally:
             self.store = None
+            if self._server is not None:
+                self._server.extensions.pop(TASKS_EXTENSION, None)
 
     def _store(self) -> TaskStore:
         if self.store is None:
@@ -216,31 +282,40 @@ class TaskService:
 
     def install(self, server: Any) -> None:
         """Register the tasks methods and the task-augmented tools/call on the SDK's Server."""
+        self._server = server
         server.add_request_handler("tasks/get", types.GetTaskRequestParams, self._on_get)
         server.add_request_handler(
             "tasks/result", types.GetTaskPayloadRequestParams, self._on_result
         )
         server.add_request_handler("tasks/list", types.PaginatedRequestParams, self._on_list)
         server.add_request_handler("tasks/cancel", types.CancelTaskRequestParams, self._on_cancel)
+        server.add_request_handler("tasks/update", UpdateTaskParams, self._on_update)
         server.middleware.append(self._middleware)
 
     async def _middleware(self, ctx: Context, call_next: CallNext) -> HandlerResult:
-        legacy = ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS
+        modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
         if ctx.method == "initialize" and self.available:
             result = await call_next(ctx)
             if isinstance(result, dict) and isinstance(result.get("capabilities"), dict):
                 result["capabilities"]["tasks"] = TASKS_CAPABILITY
             return result
         params = ctx.params or {}
-        if ctx.method == "tools/call" and legacy and params.get("task") is not None:
-            # The SDK sieves tools/call results to CallToolResult: a CreateTaskResult is
-            # answered here, before that (its shape is this module's to own).
-            return await self._create(ctx, params)
+        if ctx.method == "tools/call" and self.available:
+            # Answered here, before the SDK's handler layer: it sieves tools/call results to
+            # CallToolResult, and a CreateTaskResult is this module's shape to own.
+            if not modern and params.get("task") is not None:
+                return await self._create(ctx, params, "2025-11-25")
+            if modern and opted_in(params) and params.get("name") in TASK_TOOLS:
+                # SEP-2663: the server decides per request; ask_human always becomes a task
+                # for a client that lists the extension on this request.
+                created = await self._create(ctx, params, MODERN)
+                created["_meta"] = {SERVER_INFO_META_KEY: self._server.server_info_stamp}
+                return created
         return await call_next(ctx)
 
     # ------------------------------------------------------------------ creation
 
-    async def _create(self, ctx: Context, params: Mapping[str, Any]) -> dict[str, Any]:
+    async def _create(self, ctx: Context, params: Mapping[str, Any], era: Era) -> dict[str, Any]:
         store = self._store()
         name = params.get("name")
         if name not in TASK_TOOLS:
@@ -257,6 +332,14 @@ class TaskService:
         task_id = secrets.token_urlsafe(32)
         owner = owner_of(ctx)
         s = self._relay().settings
+        new_task = partial(
+            NewTask,
+            id=task_id,
+            owner=owner,
+            tool=str(name),
+            era=era,
+            poll_interval_ms=self.poll_interval_ms,
+        )
         try:
             request = parse_ask_request(params.get("arguments") or {})
             timeout = request.timeout_seconds or s.max_timeout_seconds
@@ -266,56 +349,63 @@ class TaskService:
                     f"must be between {s.min_timeout_seconds} and {s.max_timeout_seconds}",
                 )
         except InvalidRequest as e:
-            failed = self._rendering.render_invalid(e)
+            # 2025-11-25: a tool result with isError makes the task `failed`; 2026-07-28:
+            # `completed` (failed is for JSON-RPC errors only). Either way the result says why.
             record = await store.create_task(
-                NewTask(
-                    id=task_id,
-                    owner=owner,
+                new_task(
                     case_id=uuid4(),
-                    tool=str(name),
-                    era="2025-11-25",
+                    call={},
                     timeout_seconds=0,
                     ttl_ms=self._ttl(requested_ttl, 0),
-                    poll_interval_ms=self.poll_interval_ms,
-                    status="failed",
+                    status="failed" if era != MODERN else "completed",
                     status_message="Invalid arguments.",
-                    result=dump(failed),
+                    result=dump(self._rendering.render_invalid(e)),
                 )
             )
-            return self._created(record)
+            return self._created(record, era)
         request = request.model_copy(update={"timeout_seconds": timeout})
         case_id = UUID(request.case_id) if request.case_id else uuid4()
         record = await store.create_task(
-            NewTask(
-                id=task_id,
-                owner=owner,
+            new_task(
                 case_id=case_id,
-                tool=str(name),
-                era="2025-11-25",
+                call={
+                    "call_id": request.call_id,
+                    "session_id": request.session_id,
+                    "agent_id": request.agent_id,
+                },
                 timeout_seconds=timeout,
                 ttl_ms=self._ttl(requested_ttl, timeout),
-                poll_interval_ms=self.poll_interval_ms,
             )
         )
+        self._start_wait(record, request, case_id)
+        return self._created(record, era)
+
+    def _start_wait(self, record: TaskRecord, request: AskHumanRequest, case_id: UUID) -> None:
         if self._group is None:
             raise MCPError(code=types.INTERNAL_ERROR, message="The relay is not serving tasks")
         scope = anyio.CancelScope()
-        self._waits[task_id] = scope
-        self._group.start_soon(self._wait, task_id, request, case_id, scope)
-        return self._created(record)
+        self._waits[record.id] = scope
+        self._group.start_soon(self._wait, record, request, case_id, scope)
 
     def _ttl(self, requested: int | None, timeout_s: float) -> int:
         floor = int(timeout_s * 1000) + MIN_RETENTION_AFTER_WAIT_MS
         return max(floor, min(requested or DEFAULT_TTL_MS, MAX_TTL_MS))
 
-    def _created(self, record: TaskRecord) -> dict[str, Any]:
+    def _created(self, record: TaskRecord, era: Era) -> dict[str, Any]:
+        if era == MODERN:
+            return {"resultType": "task", **task_json_modern(record)}
         return {"task": task_json(record), "_meta": {MODEL_IMMEDIATE_RESPONSE: IMMEDIATE_TEXT}}
 
     async def _wait(
-        self, task_id: str, request: AskHumanRequest, case_id: UUID, scope: anyio.CancelScope
+        self,
+        record: TaskRecord,
+        request: AskHumanRequest,
+        case_id: UUID,
+        scope: anyio.CancelScope,
     ) -> None:
         """The accepting relay's wait: the blocking path, then the result into the task row."""
         relay: Relay = self._relay()
+        store = self._store()
         try:
             with scope:
                 result: AskResult = await relay.ask(request, None, case_id=case_id)
@@ -323,12 +413,16 @@ class TaskService:
                     # Shutting down: the fallback is this replica's, not the task's; leave the
                     # task working for the replicas that stay.
                     return
+                if result.status == "needs_info" and record.era == MODERN:
+                    # input_required, read from the case by every poll; tasks/update resumes.
+                    return
                 rendered = self._rendering.render(result)
-                status: TaskStatus = "failed" if rendered.is_error else "completed"
-                store = self._store()
+                status: TaskStatus = (
+                    "failed" if rendered.is_error and record.era != MODERN else "completed"
+                )
                 with anyio.CancelScope(shield=True):
                     await store.finish_task(
-                        task_id,
+                        record.id,
                         status,
                         None,
                         dump(rendered),
@@ -336,19 +430,18 @@ class TaskService:
                     )
         except InvalidRequest as e:
             # A follow-up the platform refused (no such case, another call's case, expired).
-            store = self._store()
             with anyio.CancelScope(shield=True):
                 await store.finish_task(
-                    task_id,
-                    "failed",
+                    record.id,
+                    "failed" if record.era != MODERN else "completed",
                     "Invalid arguments.",
                     dump(self._rendering.render_invalid(e)),
                     None,
                 )
         except HitlError as e:
-            logger.bind(task_id=task_id).warning("task result not recorded: {}", e)
+            logger.bind(task_id=record.id).warning("task result not recorded: {}", e)
         finally:
-            self._waits.pop(task_id, None)
+            self._waits.pop(record.id, None)
 
     # ------------------------------------------------------------------ polls
 
@@ -362,12 +455,24 @@ class TaskService:
         return found
 
     async def _on_get(self, ctx: Context, params: types.GetTaskRequestParams) -> dict[str, Any]:
-        return task_json(await self._read(ctx, params.task_id))
+        task = await self._read(ctx, params.task_id)
+        if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            return task_json(task)
+        # SEP-2663 DetailedTask: the result when completed, the input requests when the
+        # operator asked back.
+        body: dict[str, Any] = {"resultType": "complete", **task_json_modern(task)}
+        status = body["status"]
+        if status == "completed":
+            body["result"] = await self._result_of(task)
+        elif status == "input_required" and isinstance(task.reply, Clarification):
+            body["inputRequests"] = input_requests(task.reply)
+        return body
 
     async def _on_result(
         self, ctx: Context, params: types.GetTaskPayloadRequestParams
     ) -> dict[str, Any]:
         """The task's tool result; blocks (re-reading at the poll interval) until it has one."""
+        legacy_only(ctx)
         task = await self._read(ctx, params.task_id)
         while effective_status(task) not in TERMINAL:
             await anyio.sleep(task.poll_interval_ms / 1000)
@@ -396,11 +501,12 @@ class TaskService:
             case_id=str(task.case_id),
             waited_ms=max(0, round((task.deadline_at - task.created_at).total_seconds() * 1000)),
             deadline_s=round((task.deadline_at - task.created_at).total_seconds()),
-            message=self._relay().settings.fallback_timeout,
+            message=relay.settings.fallback_timeout,
         )
         return dump(self._rendering.render(timed_out))
 
     async def _on_list(self, ctx: Context, params: types.PaginatedRequestParams) -> dict[str, Any]:
+        legacy_only(ctx)  # SEP-2663 removed tasks/list
         after = decode_cursor(params.cursor) if params.cursor else None
         try:
             found = await self._store().list_tasks(owner_of(ctx), after, LIST_PAGE + 1)
@@ -415,10 +521,18 @@ class TaskService:
     async def _on_cancel(
         self, ctx: Context, params: types.CancelTaskRequestParams
     ) -> dict[str, Any]:
+        modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
         try:
             outcome = await self._store().cancel_task(params.task_id, owner_of(ctx))
         except HitlError as e:
             raise unavailable(e) from None
+        if outcome is not None and not outcome.was_terminal:
+            scope = self._waits.get(params.task_id)
+            if scope is not None:
+                scope.cancel()  # this replica waits: relay.ask closes the session `cancelled`
+        if modern:
+            # SEP-2663: an empty acknowledgement, even for an unknown (or another key's) task.
+            return {"resultType": "complete"}
         if outcome is None:
             raise not_found()
         if outcome.was_terminal:
@@ -428,10 +542,58 @@ class TaskService:
                 message="Cannot cancel task: already in terminal status "
                 f"{effective_status(outcome.task)!r}",
             )
-        scope = self._waits.get(params.task_id)
-        if scope is not None:
-            scope.cancel()  # this replica waits for it: relay.ask closes the session `cancelled`
         return task_json(outcome.task)
+
+    async def _on_update(self, ctx: Context, params: UpdateTaskParams) -> dict[str, Any]:
+        """SEP-2663 tasks/update: the caller's reply to the operator's question continues the
+        case (a follow-up, as `ask_human` with case_id would) on this replica. Always an empty
+        acknowledgement; responses to keys that are not outstanding are ignored."""
+        if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            raise MCPError(code=types.METHOD_NOT_FOUND, message="Method not found")
+        ack = {"resultType": "complete"}
+        owner = owner_of(ctx)
+        try:
+            task = await self._store().get_task(params.task_id, owner)
+        except HitlError as e:
+            raise unavailable(e) from None
+        if task is None or effective_status(task, modern=True) != "input_required":
+            return ack
+        assert isinstance(task.reply, Clarification)
+        response = params.input_responses.get(clarification_key(task.reply))
+        reply = response.get("content", {}).get("reply") if isinstance(response, dict) else None
+        if not isinstance(response, dict) or response.get("action") != "accept":
+            return ack
+        if not isinstance(reply, str) or not reply.strip():
+            return ack
+        s = self._relay().settings
+        follow_up = parse_ask_request(
+            {
+                **{k: v for k, v in task.call.items() if v is not None},
+                "question": reply.strip(),
+                "case_id": str(task.case_id),
+                "timeout_seconds": s.max_timeout_seconds,
+            }
+        )
+        try:
+            resumed = await self._store().resume_task(task.id, owner, s.max_timeout_seconds)
+        except HitlError as e:
+            raise unavailable(e) from None
+        if resumed is not None and task.id not in self._waits:
+            self._start_wait(resumed, follow_up, task.case_id)
+        return ack
+
+
+class UpdateTaskParams(types.RequestParams):
+    """`tasks/update` params (SEP-2663): the task and the client's responses by request key."""
+
+    task_id: str
+    input_responses: dict[str, Any] = {}
+    request_state: str | None = None
+
+
+def legacy_only(ctx: Context) -> None:
+    if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        raise MCPError(code=types.METHOD_NOT_FOUND, message="Method not found")
 
 
 def dump(result: types.CallToolResult) -> dict[str, Any]:

@@ -32,6 +32,8 @@ class NewTask:
     tool: str
     era: Era
     timeout_seconds: float
+    # call_id, session_id, agent_id: what a follow-up on another replica needs.
+    call: Mapping[str, Any]
     ttl_ms: int
     poll_interval_ms: int
     # A task that ends at once (invalid arguments) is created terminal, with its result.
@@ -45,6 +47,7 @@ class NewTask:
             "owner": self.owner,
             "case_id": str(self.case_id),
             "tool": self.tool,
+            "call": dict(self.call),
             "era": self.era,
             "timeout_seconds": self.timeout_seconds,
             "ttl_ms": self.ttl_ms,
@@ -60,6 +63,7 @@ class TaskRecord:
     id: str
     case_id: UUID
     tool: str
+    call: Mapping[str, Any]
     era: Era
     status: TaskStatus  # as stored; `mcp_tasks.effective_status` adds what the reply says
     status_message: str | None
@@ -96,6 +100,10 @@ class TaskStore(Protocol):
     ) -> TaskRecord | None: ...
 
     async def cancel_task(self, task_id: str, owner: str) -> Cancelled | None: ...
+
+    async def resume_task(
+        self, task_id: str, owner: str, timeout_seconds: float
+    ) -> TaskRecord | None: ...
 
     async def list_tasks(
         self, owner: str, after: tuple[datetime, str] | None, limit: int

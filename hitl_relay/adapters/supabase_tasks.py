@@ -38,13 +38,16 @@ def parse_task(data: Any) -> TaskRecord:
             raise ShapeError(f"unknown task status {status!r}")
         if era not in _ERAS:
             raise ShapeError(f"unknown era {era!r}")
-        result = data.get("result")
+        result, call = data.get("result"), data.get("call") or {}
+        if not isinstance(call, Mapping):
+            raise ShapeError(f"call: expected an object, got {call!r}")
         if result is not None and not isinstance(result, Mapping):
             raise ShapeError(f"result: expected an object or null, got {result!r}")
         return TaskRecord(
             id=str(data["id"]),
             case_id=parse_uuid(data["case_id"]),
             tool=str(data["tool"]),
+            call=call,
             era=cast(Era, era),
             status=cast(TaskStatus, status),
             status_message=optional_str(data.get("status_message")),
@@ -133,6 +136,13 @@ class SupabaseTaskStore:
             return Cancelled(task=parse_task(data.get("task")), was_terminal=data["terminal"])
         except ShapeError as e:
             raise PlatformUnavailable(f"{fn} returned an unexpected reply: {e}") from None
+
+    async def resume_task(
+        self, task_id: str, owner: str, timeout_seconds: float
+    ) -> TaskRecord | None:
+        fn = "hitl_task_resume"
+        params = {"p_id": task_id, "p_owner": owner, "p_timeout_seconds": timeout_seconds}
+        return self._task_or_none(fn, await self._call(fn, params))
 
     async def list_tasks(
         self, owner: str, after: tuple[datetime, str] | None, limit: int

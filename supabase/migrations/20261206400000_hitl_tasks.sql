@@ -14,6 +14,9 @@ create table if not exists public.hil_tasks (
   -- the case, so that the handle comes back at once).
   case_id uuid not null,
   tool text not null,
+  -- The call's identity (call_id, session_id, agent_id): a follow-up after the operator's
+  -- question (2026-07-28 tasks/update) continues the same call on any replica.
+  call jsonb not null default '{}'::jsonb,
   era text not null check (era in ('2025-11-25', '2026-07-28')),
   status text not null default 'working' check (
     status in ('working', 'input_required', 'completed', 'failed', 'cancelled')),
@@ -42,7 +45,8 @@ grant all on public.hil_tasks to service_role;
 create or replace function public.hitl_task_json(t public.hil_tasks) returns jsonb
 language sql stable security definer set search_path = public, pg_temp as $$
   select jsonb_build_object(
-    'id', t.id, 'case_id', t.case_id, 'tool', t.tool, 'era', t.era, 'status', t.status,
+    'id', t.id, 'case_id', t.case_id, 'tool', t.tool, 'call', t.call, 'era', t.era,
+    'status', t.status,
     'status_message', t.status_message, 'result', t.result,
     'created_at', t.created_at, 'last_updated_at', t.last_updated_at,
     'deadline_at', t.deadline_at, 'ttl_ms', t.ttl_ms, 'poll_interval_ms', t.poll_interval_ms,
@@ -57,9 +61,10 @@ declare
   t public.hil_tasks;
   v_ttl bigint := (p->>'ttl_ms')::bigint;
 begin
-  insert into public.hil_tasks (id, owner, case_id, tool, era, status, status_message, result,
+  insert into public.hil_tasks (id, owner, case_id, tool, call, era, status, status_message, result,
                                 deadline_at, ttl_ms, poll_interval_ms, expires_at)
-  values (p->>'id', p->>'owner', (p->>'case_id')::uuid, p->>'tool', p->>'era',
+  values (p->>'id', p->>'owner', (p->>'case_id')::uuid, p->>'tool',
+          coalesce(nullif(p->'call', 'null'::jsonb), '{}'::jsonb), p->>'era',
           coalesce(p->>'status', 'working'), p->>'status_message',
           nullif(p->'result', 'null'::jsonb),
           now() + make_interval(secs => (p->>'timeout_seconds')::double precision),
@@ -98,6 +103,24 @@ begin
   if not found then
     select * into t from public.hil_tasks where id = p_id;
   end if;
+  return case when t.id is null then null else public.hitl_task_json(t) end;
+end
+$$;
+
+-- 2026-07-28 tasks/update: the client answered the operator's question; a follow-up starts
+-- waiting with its own time limit. Null when there is no such live task for this key.
+create or replace function public.hitl_task_resume(p_id text, p_owner text,
+                                                   p_timeout_seconds double precision)
+returns jsonb
+language plpgsql security definer set search_path = public, pg_temp as $$
+declare
+  t public.hil_tasks;
+begin
+  update public.hil_tasks
+     set deadline_at = now() + make_interval(secs => p_timeout_seconds), last_updated_at = now()
+   where id = p_id and owner = p_owner and expires_at > now()
+     and status in ('working', 'input_required') and result is null
+  returning * into t;
   return case when t.id is null then null else public.hitl_task_json(t) end;
 end
 $$;
@@ -164,11 +187,14 @@ revoke all on function public.hitl_task_get(text, text) from public, anon, authe
 revoke all on function public.hitl_task_finish(text, text, text, jsonb, uuid)
   from public, anon, authenticated;
 revoke all on function public.hitl_task_cancel(text, text) from public, anon, authenticated;
+revoke all on function public.hitl_task_resume(text, text, double precision)
+  from public, anon, authenticated;
 revoke all on function public.hitl_task_list(text, timestamptz, text, integer)
   from public, anon, authenticated;
 revoke all on function public.hitl_tasks_purge() from public, anon, authenticated;
 grant execute on function public.hitl_task_create(jsonb), public.hitl_task_get(text, text),
   public.hitl_task_finish(text, text, text, jsonb, uuid), public.hitl_task_cancel(text, text),
+  public.hitl_task_resume(text, text, double precision),
   public.hitl_task_list(text, timestamptz, text, integer), public.hitl_tasks_purge()
   to service_role;
 
