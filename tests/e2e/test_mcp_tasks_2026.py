@@ -184,38 +184,37 @@ async def test_tasks_cancel_is_an_acknowledgement_and_cancels_the_task(stack: St
     operator = await started_operator(stack)
     tasks = TasksExtension()
     try:
-        async with client_with(stack.mcp_url, tasks) as client:
-            async with anyio.create_task_group() as tg:
+        async with client_with(stack.mcp_url, tasks) as client, anyio.create_task_group() as tg:
 
-                async def call() -> None:
-                    try:
-                        await client.call_tool("ask_human", ask_args("Cancel me?"))
-                    except Exception as e:  # the resolver reports the cancelled task
-                        tasks.polls.append({"error": str(e)})
-
-                tg.start_soon(call)
-                await operator.next_case()
-
-                async def created() -> bool:
-                    return bool(tasks.created)
-
-                await wait_until(created, "the task handle")
-                task_id = tasks.created[0].task_id
-                ack = await client.session.send_request(
-                    CancelTaskRequest(params=TaskIdParams(task_id=task_id)),
-                    types.EmptyResult,
-                )
-                unknown = await client.session.send_request(
-                    CancelTaskRequest(params=TaskIdParams(task_id="no-such-task-" + "x" * 40)),
-                    types.EmptyResult,
-                )
-                db = await asyncpg.connect(stack.db_url)
+            async def call() -> None:
                 try:
-                    stored = await db.fetchval(
-                        "select status from public.hil_tasks where id = $1", task_id
-                    )
-                finally:
-                    await db.close()
+                    await client.call_tool("ask_human", ask_args("Cancel me?"))
+                except Exception as e:  # the resolver reports the cancelled task
+                    tasks.polls.append({"error": str(e)})
+
+            tg.start_soon(call)
+            await operator.next_case()
+
+            async def created() -> bool:
+                return bool(tasks.created)
+
+            await wait_until(created, "the task handle")
+            task_id = tasks.created[0].task_id
+            ack = await client.session.send_request(
+                CancelTaskRequest(params=TaskIdParams(task_id=task_id)),
+                types.EmptyResult,
+            )
+            unknown = await client.session.send_request(
+                CancelTaskRequest(params=TaskIdParams(task_id="no-such-task-" + "x" * 40)),
+                types.EmptyResult,
+            )
+            db = await asyncpg.connect(stack.db_url)
+            try:
+                stored = await db.fetchval(
+                    "select status from public.hil_tasks where id = $1", task_id
+                )
+            finally:
+                await db.close()
     finally:
         await operator.stop()
     assert ack.result_type == "complete"
