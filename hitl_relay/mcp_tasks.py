@@ -66,7 +66,6 @@ TASKS_CAPABILITY: dict[str, Any] = {
     "requests": {"tools": {"call": {}}},
 }
 TASK_TOOLS = frozenset({"ask_human"})
-DEFAULT_POLL_INTERVAL_MS = 1000
 DEFAULT_TTL_MS = 60 * 60 * 1000  # an hour: time to come back for an answer
 MAX_TTL_MS = 24 * 60 * 60 * 1000
 # A task outlives its wait by at least this long, so the result is there to fetch.
@@ -236,12 +235,9 @@ class TaskService:
         self,
         relay: Callable[[], Relay],
         rendering: Rendering,
-        *,
-        poll_interval_ms: int = DEFAULT_POLL_INTERVAL_MS,
     ) -> None:
         self._relay = relay
         self._rendering = rendering
-        self.poll_interval_ms = poll_interval_ms
         self.store: TaskStore | None = None
         self._group: anyio.abc.TaskGroup | None = None
         self._waits: dict[str, anyio.CancelScope] = {}
@@ -338,7 +334,7 @@ class TaskService:
             owner=owner,
             tool=str(name),
             era=era,
-            poll_interval_ms=self.poll_interval_ms,
+            poll_interval_ms=s.task_poll_interval_ms,
         )
         try:
             request = parse_ask_request(params.get("arguments") or {})
