@@ -31,7 +31,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from bench.run import ROOT, DbLoad, run_realtime, stack
+from bench.run import ROOT, DbLoad, _wait_for_cases, run_realtime, stack
 from bench.stats import percentile
 from hitl_relay.devstack.operator_sim import SimulatedOperator
 
@@ -88,7 +88,7 @@ async def run_tasks(
     tasks: dict[str, str] = {}  # task id → question
     polls = 0
     first_completed: dict[str, datetime] = {}
-    stop = asyncio.Event()
+    stop, all_seen = asyncio.Event(), asyncio.Event()
     async with httpx.AsyncClient(timeout=120, limits=limits) as http:
         rpc = Rpc(http, mcp_url, api_key)
         t0 = time.monotonic()
@@ -101,6 +101,8 @@ async def run_tasks(
                 polls += 1
                 if task["status"] == "completed":
                     first_completed[task_id] = datetime.now(UTC)
+                    if len(first_completed) == level:
+                        all_seen.set()
                     return
                 interval_s = task["pollInterval"] / 1000
 
@@ -133,9 +135,8 @@ async def run_tasks(
             creators = [tg.create_task(create(i, tg)) for i in range(level)]
             await asyncio.gather(*creators)
             # every case open (operators see them) before the quiet phase
-            deadline = time.monotonic() + 120
-            while len(operator.opened) < level and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)  # a progress check, bounded
+            questions = {q: i for i, q in enumerate(tasks.values())}
+            cases = await _wait_for_cases(operator, questions, deadline_s=60 + level / 4)
             stmts_before = await _statements(db_url)
             polls_before, before, t_wait = polls, await load.sample(), time.monotonic()
             await asyncio.sleep(args.wait)  # the measurement window itself
@@ -143,7 +144,6 @@ async def run_tasks(
             stmts_after = await _statements(db_url)
             window = time.monotonic() - t_wait
             # answer every case, spread over `spread` seconds
-            cases = {c: c for c in operator.opened}
             sent: dict[str, str] = {}
 
             async def answer(case_id: str) -> None:
@@ -152,8 +152,7 @@ async def run_tasks(
                 sent[case_id] = got.message_id
 
             await asyncio.gather(*(answer(c) for c in cases))
-            while len(first_completed) < level:
-                await asyncio.sleep(0.05)  # pollers finish on their own; bounded by the TaskGroup
+            await all_seen.wait()
             stop.set()
 
     commits = await _commits(db_url, list(sent.values()))
@@ -272,7 +271,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     os.environ["HITL_TASK_POLL_INTERVAL_MS"] = str(args.poll_ms)
     os.environ["HITL_RATE_LIMIT_PER_KEY"] = "100000/second"
     os.environ["HITL_RATE_LIMIT_PER_IP"] = "100000/second"
-    report: dict[str, Any] = {"machine": os.uname().nodename, "started": datetime.now(UTC).isoformat()}
+    report: dict[str, Any] = {
+        "machine": os.uname().nodename,
+        "started": datetime.now(UTC).isoformat(),
+    }
     async with stack(home, log_dir=log_dir) as s:
         if not args.skip_blocking:
             blocking = await run_realtime(
