@@ -299,14 +299,18 @@ class TaskService:
         if ctx.method == "tools/call" and self.available:
             # Answered here, before the SDK's handler layer: it sieves tools/call results to
             # CallToolResult, and a CreateTaskResult is this module's shape to own.
-            if not modern and params.get("task") is not None:
-                return await self._create(ctx, params, "2025-11-25")
-            if modern and opted_in(params) and params.get("name") in TASK_TOOLS:
-                # SEP-2663: the server decides per request; ask_human always becomes a task
-                # for a client that lists the extension on this request.
-                created = await self._create(ctx, params, MODERN)
-                created["_meta"] = {SERVER_INFO_META_KEY: self._server.server_info_stamp}
-                return created
+            try:
+                if not modern and params.get("task") is not None:
+                    return await self._create(ctx, params, "2025-11-25")
+                if modern and opted_in(params) and params.get("name") in TASK_TOOLS:
+                    # SEP-2663: the server decides per request; ask_human always becomes a
+                    # task for a client that lists the extension on this request.
+                    created = await self._create(ctx, params, MODERN)
+                    created["_meta"] = {SERVER_INFO_META_KEY: self._server.server_info_stamp}
+                    return created
+            except HitlError as e:
+                # The task could not be recorded: nothing was accepted, the client may retry.
+                raise unavailable(e) from None
         return await call_next(ctx)
 
     # ------------------------------------------------------------------ creation
