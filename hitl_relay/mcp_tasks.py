@@ -58,6 +58,7 @@ from hitl_relay.task_store import TERMINAL, Era, NewTask, TaskRecord, TaskStatus
 RELATED_TASK = "io.modelcontextprotocol/related-task"
 TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
 MODERN: Final = "2026-07-28"
+TASKS_VERSION: Final = "2025-11-25"  # the handshake-era version that has tasks/*
 MODEL_IMMEDIATE_RESPONSE = "io.modelcontextprotocol/model-immediate-response"
 # The `tasks` server capability (2025-11-25): list, cancel, task-augmented tools/call.
 TASKS_CAPABILITY: dict[str, Any] = {
@@ -292,7 +293,12 @@ class TaskService:
         modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
         if ctx.method == "initialize" and self.available:
             result = await call_next(ctx)
-            if isinstance(result, dict) and isinstance(result.get("capabilities"), dict):
+            # Tasks exist from 2025-11-25 on; an older negotiated version gets no capability.
+            if (
+                isinstance(result, dict)
+                and result.get("protocolVersion") == TASKS_VERSION
+                and isinstance(result.get("capabilities"), dict)
+            ):
                 result["capabilities"]["tasks"] = TASKS_CAPABILITY
             return result
         params = ctx.params or {}
@@ -300,7 +306,8 @@ class TaskService:
             # Answered here, before the SDK's handler layer: it sieves tools/call results to
             # CallToolResult, and a CreateTaskResult is this module's shape to own.
             try:
-                if not modern and params.get("task") is not None:
+                legacy_tasks = ctx.protocol_version == TASKS_VERSION
+                if legacy_tasks and params.get("task") is not None:
                     return await self._create(ctx, params, "2025-11-25")
                 if modern and opted_in(params) and params.get("name") in TASK_TOOLS:
                     # SEP-2663: the server decides per request; ask_human always becomes a
