@@ -33,6 +33,7 @@ import httpx
 
 from bench.run import ROOT, DbLoad, _wait_for_cases, run_realtime, stack
 from bench.stats import percentile
+from hitl_relay.devstack.cluster import free_port
 from hitl_relay.devstack.operator_sim import SimulatedOperator
 
 VERSION = "2025-11-25"
@@ -279,9 +280,16 @@ async def _plan(db_url: str, task_id: str) -> list[str]:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    home = Path(os.environ.get("HITL_HOME", ROOT / ".hitl"))
-    log_dir = home / f"bench-tasks-{uuid.uuid4().hex[:6]}"
+    # A home of its own: a fresh devstack on free ports, never one a stale env file points at.
+    home = Path(os.environ.get("HITL_HOME", ROOT / ".hitl")) / "bench-tasks"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "devstack.env").unlink(missing_ok=True)
+    os.environ["HITL_HOME"] = str(home)
+    log_dir = home / f"run-{uuid.uuid4().hex[:6]}"
     log_dir.mkdir(parents=True, exist_ok=True)
+    # Never the fixed local ports (another scripts/dev may hold them).
+    os.environ.setdefault("HITL_PG_PORT", str(free_port()))
+    os.environ.setdefault("HITL_DEVSTACK_PORT", str(free_port()))
     # One key polls for all N tasks: lift the per-key and per-IP limits for the measurement.
     os.environ["HITL_TASK_POLL_INTERVAL_MS"] = str(args.poll_ms)
     os.environ["HITL_RATE_LIMIT_PER_KEY"] = "100000/second"
