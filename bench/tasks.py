@@ -211,6 +211,7 @@ def _round(value: float | None) -> float | None:
 async def _statements(db_url: str) -> dict[str, int]:
     conn = await asyncpg.connect(db_url)
     try:
+        await conn.execute("create extension if not exists pg_stat_statements")
         rows = await conn.fetch(
             "select query, calls from pg_stat_statements"
             " where dbid = (select oid from pg_database where datname = current_database())"
