@@ -11,6 +11,9 @@ Built on the SDK's low-level `Server`, which serves both protocol eras: the hand
 versions (2025-03-26, 2025-06-18, ... via `initialize`) and the newest per-request envelope.
 While the circuit breaker is open the tools' descriptions say they are unavailable, and the
 server can tell connected stdio clients through `notifications/tools/list_changed`.
+
+With a Postgres-backed store, `ask_human` also runs as an MCP task for clients that opt in
+(`hitl_relay.mcp_tasks`, both protocol eras); everyone else gets the blocking call.
 """
 
 from __future__ import annotations
