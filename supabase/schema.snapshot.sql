@@ -1015,9 +1015,10 @@ declare
   t public.hil_tasks;
   v_ttl bigint := (p->>'ttl_ms')::bigint;
 begin
-  insert into public.hil_tasks (id, owner, case_id, tool, era, status, status_message, result,
+  insert into public.hil_tasks (id, owner, case_id, tool, call, era, status, status_message, result,
                                 deadline_at, ttl_ms, poll_interval_ms, expires_at)
-  values (p->>'id', p->>'owner', (p->>'case_id')::uuid, p->>'tool', p->>'era',
+  values (p->>'id', p->>'owner', (p->>'case_id')::uuid, p->>'tool',
+          coalesce(nullif(p->'call', 'null'::jsonb), '{}'::jsonb), p->>'era',
           coalesce(p->>'status', 'working'), p->>'status_message',
           nullif(p->'result', 'null'::jsonb),
           now() + make_interval(secs => (p->>'timeout_seconds')::double precision),
@@ -1063,6 +1064,7 @@ CREATE TABLE public.hil_tasks (
     owner text NOT NULL,
     case_id uuid NOT NULL,
     tool text NOT NULL,
+    call jsonb DEFAULT '{}'::jsonb NOT NULL,
     era text NOT NULL,
     status text DEFAULT 'working'::text NOT NULL,
     status_message text,
@@ -1086,7 +1088,8 @@ CREATE FUNCTION public.hitl_task_json(t public.hil_tasks) RETURNS jsonb
     SET search_path TO 'public', 'pg_temp'
     AS $$
   select jsonb_build_object(
-    'id', t.id, 'case_id', t.case_id, 'tool', t.tool, 'era', t.era, 'status', t.status,
+    'id', t.id, 'case_id', t.case_id, 'tool', t.tool, 'call', t.call, 'era', t.era,
+    'status', t.status,
     'status_message', t.status_message, 'result', t.result,
     'created_at', t.created_at, 'last_updated_at', t.last_updated_at,
     'deadline_at', t.deadline_at, 'ttl_ms', t.ttl_ms, 'poll_interval_ms', t.poll_interval_ms,
@@ -1105,6 +1108,22 @@ CREATE FUNCTION public.hitl_task_list(p_owner text, p_after_created timestamp wi
              and (p_after_created is null or (created_at, id) > (p_after_created, p_after_id))
            order by created_at, id
            limit greatest(1, least(p_limit, 100))) t
+$$;
+
+CREATE FUNCTION public.hitl_task_resume(p_id text, p_owner text, p_timeout_seconds double precision) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  t public.hil_tasks;
+begin
+  update public.hil_tasks
+     set deadline_at = now() + make_interval(secs => p_timeout_seconds), last_updated_at = now()
+   where id = p_id and owner = p_owner and expires_at > now()
+     and status in ('working', 'input_required') and result is null
+  returning * into t;
+  return case when t.id is null then null else public.hitl_task_json(t) end;
+end
 $$;
 
 CREATE FUNCTION public.hitl_tasks_purge() RETURNS integer
@@ -1625,6 +1644,9 @@ REVOKE ALL ON FUNCTION public.hitl_task_json(t public.hil_tasks) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION public.hitl_task_list(p_owner text, p_after_created timestamp with time zone, p_after_id text, p_limit integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_task_list(p_owner text, p_after_created timestamp with time zone, p_after_id text, p_limit integer) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_task_resume(p_id text, p_owner text, p_timeout_seconds double precision) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_task_resume(p_id text, p_owner text, p_timeout_seconds double precision) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_tasks_purge() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_tasks_purge() TO service_role;
