@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from conftest import API_KEY, DevstackProcess, Stack, relay_child, relay_process
 
@@ -241,3 +242,50 @@ async def test_another_api_key_cannot_see_the_task(devstack_proc: DevstackProces
     # The creating key sees it (and, in `peek`, cancels it).
     assert mine["get"]["taskId"] == task_id
     assert task_id in [t["taskId"] for t in mine["list"]["tasks"]]
+
+
+async def rpc(mcp_url: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """One JSON-RPC request on the 2025-11-25 wire (the relay is stateless: no session)."""
+    headers = {
+        "Authorization": f"Bearer {API_KEY}",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2025-11-25",
+    }
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.post(mcp_url, json=body, headers=headers)
+    text = r.text
+    if r.headers.get("content-type", "").startswith("text/event-stream"):
+        text = [line[5:] for line in text.splitlines() if line.startswith("data:")][-1]
+    reply: dict[str, Any] = json.loads(text)
+    return reply
+
+
+async def test_a_task_with_invalid_arguments_fails_with_the_tool_error_as_its_result(
+    stack: Stack,
+) -> None:
+    created = await rpc(
+        stack.mcp_url,
+        "tools/call",
+        {"name": "ask_human", "arguments": {"question": ""}, "task": {"ttl": 60_000}},
+    )
+    task = created["result"]["task"]
+    # Spec "Task Status": a tool result with isError makes a tool-call task `failed`.
+    assert task["status"] == "failed"
+    result = (await rpc(stack.mcp_url, "tasks/result", {"taskId": task["taskId"]}))["result"]
+    assert result["isError"] is True
+    assert "question" in {p["field"] for p in result["structuredContent"]["problems"]}
+    assert result["_meta"][RELATED_TASK] == {"taskId": task["taskId"]}
+    assert "resultType" not in result
+
+
+async def test_a_tool_without_task_support_refuses_a_task_with_method_not_found(
+    stack: Stack,
+) -> None:
+    reply = await rpc(
+        stack.mcp_url,
+        "tools/call",
+        {"name": "get_call_history", "arguments": {"call_id": "c"}, "task": {}},
+    )
+    # Spec "Tool-Level Negotiation": taskSupport absent → -32601.
+    assert reply["error"]["code"] == -32601
