@@ -573,14 +573,23 @@ class TaskService:
         if not isinstance(reply, str) or not reply.strip():
             return ack
         s = self._relay().settings
-        follow_up = parse_ask_request(
-            {
-                **{k: v for k, v in task.call.items() if v is not None},
-                "question": reply.strip(),
-                "case_id": str(task.case_id),
-                "timeout_seconds": s.max_timeout_seconds,
-            }
-        )
+        try:
+            follow_up = parse_ask_request(
+                {
+                    **{k: v for k, v in task.call.items() if v is not None},
+                    "question": reply.strip(),
+                    "case_id": str(task.case_id),
+                    "timeout_seconds": s.max_timeout_seconds,
+                }
+            )
+        except InvalidRequest as e:
+            # The reply breaks a rule of ask_human's question (e.g. its length): say which.
+            problems = "; ".join(
+                f"inputResponses.{clarification_key(task.reply)}.content.reply: {rule}"
+                for field, rule in e.problems
+                if field == "question"
+            )
+            raise MCPError(code=types.INVALID_PARAMS, message=problems or str(e)) from None
         try:
             resumed = await self._store().resume_task(task.id, owner, s.max_timeout_seconds)
         except HitlError as e:

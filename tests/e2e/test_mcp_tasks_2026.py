@@ -23,6 +23,7 @@ import mcp_types as types
 from conftest import API_KEY, Stack
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 from tasks_extension_client import (
     IDENTIFIER,
     CancelTaskRequest,
@@ -222,3 +223,32 @@ async def test_tasks_cancel_is_an_acknowledgement_and_cancels_the_task(stack: St
     assert stored == "cancelled"
     # The polling client saw it end: the resolver raised for the cancelled task.
     assert "cancelled" in str(tasks.polls[-1].get("error") or tasks.polls[-1].get("status"))
+
+
+async def test_a_reply_that_breaks_the_question_rules_is_refused_naming_the_field(
+    stack: Stack,
+) -> None:
+    operator = await started_operator(stack)
+
+    async def on_input(key: str, request: dict[str, Any]) -> dict[str, Any]:
+        return {"action": "accept", "content": {"reply": "x" * 2001}}
+
+    tasks = TasksExtension(on_input=on_input)
+    refused: list[MCPError] = []
+    try:
+        async with client_with(stack.mcp_url, tasks) as client, anyio.create_task_group() as tg:
+
+            async def call() -> None:
+                try:
+                    await client.call_tool("ask_human", ask_args("Long reply?"))
+                except MCPError as e:
+                    refused.append(e)
+
+            tg.start_soon(call)
+            case_id = str((await operator.next_case())["case_id"])
+            await operator.answer(case_id, "Tell me everything.", kind="clarification")
+    finally:
+        await operator.stop()
+    assert refused[0].error.code == -32602
+    assert "content.reply" in refused[0].error.message
+    assert "2000" in refused[0].error.message
