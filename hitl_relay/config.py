@@ -87,6 +87,8 @@ class Settings(SecuritySettings, BaseSettings):
     default_timeout_seconds: int = Field(45, ge=1, le=3600)
     min_timeout_seconds: int = Field(5, ge=1, le=3600)
     max_timeout_seconds: int = Field(600, ge=1, le=3600)
+    # MCP tasks: the poll interval suggested to clients (ms), the cost of one indexed read each.
+    task_poll_interval_ms: int = Field(1000, ge=100, le=60_000)
     # How often a waiting call sends an MCP progress notification.
     progress_interval_seconds: float = Field(5.0, gt=0, le=60)
     # How long a case stays answerable by operators (and `get_human_answer`); None: platform's 1 h.

@@ -49,7 +49,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hitl_relay import console, gc_tuning, metrics, recovery, retell, success
-from hitl_relay.adapters import open_backend
+from hitl_relay.adapters import open_backend, task_store_for
 from hitl_relay.clock import SystemClock
 from hitl_relay.config import Settings
 from hitl_relay.mcp_server import RelayMcpServer
@@ -254,7 +254,8 @@ def create_app(
             recovered = await recovery.recover_on_start(
                 connected.store, settings.instance_id, settings.platform_timeout_seconds
             )
-            async with relay.running(), anyio.create_task_group() as tg:
+            tasks = mcp.tasks.running(task_store_for(connected.store))
+            async with relay.running(), tasks, anyio.create_task_group() as tg:
                 state.relay = relay
                 state.readiness = ReadinessMonitor(connected.readiness, relay.breaker)
                 tg.start_soon(mcp.watch_breaker)

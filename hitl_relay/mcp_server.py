@@ -11,6 +11,9 @@ Built on the SDK's low-level `Server`, which serves both protocol eras: the hand
 versions (2025-03-26, 2025-06-18, ... via `initialize`) and the newest per-request envelope.
 While the circuit breaker is open the tools' descriptions say they are unavailable, and the
 server can tell connected stdio clients through `notifications/tools/list_changed`.
+
+With a Postgres-backed store, `ask_human` also runs as an MCP task for clients that opt in
+(`hitl_relay.mcp_tasks`, both protocol eras); everyone else gets the blocking call.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from mcp.shared.exceptions import MCPError
 from hitl_relay import __version__, metrics
 from hitl_relay.config import Settings
 from hitl_relay.errors import InvalidRequest
+from hitl_relay.mcp_tasks import Rendering, TaskService
 from hitl_relay.models import (
     ASK_HUMAN_DESCRIPTION,
     GET_CALL_HISTORY_DESCRIPTION,
@@ -49,7 +53,7 @@ from hitl_relay.models import (
 )
 from hitl_relay.relay import Relay, build_relay
 from hitl_relay.resilience import BreakerState
-from hitl_relay.security.middleware import STATE_KEY
+from hitl_relay.security.middleware import key_of
 
 SERVER_NAME = "hitl-relay"
 INSTRUCTIONS = (
@@ -62,6 +66,13 @@ INSTRUCTIONS = (
 UNAVAILABLE_NOTE = (
     "UNAVAILABLE RIGHT NOW: the colleagues' system cannot be reached, so this tool returns "
     "status platform_unreachable at once. Tell the caller someone will get back to them.\n\n"
+)
+TASKS_NOTE = (
+    "\n\nAs a task: clients that support MCP tasks may call this tool as a task (a chat agent, "
+    "or any wait longer than the client's request timeout): the call returns a task handle at "
+    "once and the colleague's answer is the task's result, kept for the task's ttl and "
+    "readable from any relay replica. A caller on the line (voice, 30-60 s) is better served "
+    "by a plain call, which returns the answer the moment it arrives."
 )
 # Errors of a client that went away while we reported progress: the wait goes on regardless.
 _GONE = (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream)
@@ -77,7 +88,8 @@ class RelayMcpServer:
         self._relay = relay
         # Connections that can carry server-initiated notifications (stdio, stateful HTTP).
         self._connections: weakref.WeakSet[Connection] = weakref.WeakSet()
-        self._tools: dict[bool, list[types.Tool]] = {}  # breaker open? → the tool list
+        # (breaker open?, tasks served?) → the tool list
+        self._tools: dict[tuple[bool, bool], list[types.Tool]] = {}
         self.server: Server[Any] = Server(
             SERVER_NAME,
             version=__version__,
@@ -89,6 +101,9 @@ class RelayMcpServer:
             # without this it would run a whole tools/list through its middleware each time.
             get_tool_input_schema=self._tool_input_schema,
         )
+        # MCP tasks (hitl_relay.mcp_tasks): served once `tasks.running(store)` has a store.
+        self.tasks = TaskService(relay, Rendering(render=render, render_invalid=render_invalid))
+        self.tasks.install(self.server)
 
     def initialization_options(self) -> InitializationOptions:
         return self.server.create_initialization_options(NotificationOptions(tools_changed=True))
@@ -97,21 +112,25 @@ class RelayMcpServer:
         relay = self._relay()
         unavailable = relay.breaker is not None and relay.breaker.is_open
         # Built once per state: the SDK lists the tools on every request to check arguments.
-        cached = self._tools.get(unavailable)
+        key = (unavailable, self.tasks.available)
+        cached = self._tools.get(key)
         if cached is None:
-            cached = self._tools[unavailable] = self._make_tools(unavailable)
+            cached = self._tools[key] = self._make_tools(*key)
         return list(cached)
 
-    def _make_tools(self, unavailable: bool) -> list[types.Tool]:
+    def _make_tools(self, unavailable: bool, tasks: bool = False) -> list[types.Tool]:
         note = UNAVAILABLE_NOTE if unavailable else ""
+        # 2025-11-25: a tool that may run as a task says so (absent means "forbidden").
+        execution = types.ToolExecution(task_support="optional") if tasks else None
         output_schema = tool_schema(AskResult)
         return [
             types.Tool(
                 name="ask_human",
                 title="Ask a human colleague",
-                description=note + ASK_HUMAN_DESCRIPTION,
+                description=note + ASK_HUMAN_DESCRIPTION + (TASKS_NOTE if tasks else ""),
                 input_schema=tool_schema(AskHumanRequest),
                 output_schema=output_schema,
+                execution=execution,
                 annotations=types.ToolAnnotations(
                     title="Ask a human colleague",
                     read_only_hint=False,
@@ -220,17 +239,6 @@ class RelayMcpServer:
             self._connections.add(connection)
 
 
-def key_of(ctx: Context) -> str | None:
-    """The fingerprint of the API key that authenticated this request (None over stdio, or
-    when the relay serves without keys): cases are scoped to it."""
-    request = getattr(ctx, "request", None)
-    scope = getattr(request, "scope", None)
-    if not isinstance(scope, dict):
-        return None
-    key = (scope.get("state") or {}).get(STATE_KEY)
-    return key if isinstance(key, str) else None
-
-
 def render(result: AskResult | CallHistory) -> types.CallToolResult:
     return types.CallToolResult(
         content=[types.TextContent(text=result.text())],
@@ -253,12 +261,13 @@ def render_invalid(error: InvalidRequest) -> types.CallToolResult:
 
 async def serve_stdio(settings: Settings) -> None:
     """Serve MCP over stdin/stdout until the client closes it (`hitl-relay stdio`)."""
-    from hitl_relay.adapters import open_backend
+    from hitl_relay.adapters import open_backend, task_store_for
 
     async with open_backend(settings) as backend, anyio.create_task_group() as tg:
         relay = build_relay(backend, settings)
         mcp = RelayMcpServer(lambda: relay)
         tg.start_soon(mcp.watch_breaker)
-        async with relay.running(), stdio_server() as (read_stream, write_stream):
+        tasks = mcp.tasks.running(task_store_for(backend.store))
+        async with relay.running(), tasks, stdio_server() as (read_stream, write_stream):
             await mcp.server.run(read_stream, write_stream, mcp.initialization_options())
         tg.cancel_scope.cancel()

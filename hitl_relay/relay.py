@@ -230,6 +230,7 @@ class Relay:
         progress: ProgressCallback | None = None,
         *,
         owner: str | None = None,
+        case_id: UUID | None = None,
     ) -> AskResult:
         """Ask an operator; return their answer, or the configured fallback and the case id.
 
@@ -240,6 +241,9 @@ class Relay:
         the platform refuses (`case_id`: no such case, belongs to another call, expired); every
         platform problem becomes a fallback result, never an exception. Cancellation (the client
         went away) closes the session as `cancelled` and leaves the channel; the case stays open.
+
+        `case_id` names the new case in advance (an MCP task records it before the case exists);
+        a follow-up's case is `request.case_id`.
         """
         new_case = request.case_id is None  # a follow-up's priority is its case's, not here
         call = _Call(
@@ -253,7 +257,7 @@ class Relay:
         self._active += 1
         self.calls_taken += 1
         try:
-            result = await self._ask(request, progress, call, owner)
+            result = await self._ask(request, progress, call, owner, case_id)
             outcome = result.status
             return result
         except InvalidRequest:
@@ -281,6 +285,7 @@ class Relay:
         progress: ProgressCallback | None,
         call: _Call,
         owner: str | None,
+        new_case_id: UUID | None = None,
     ) -> AskResult:
         s = self.settings
         timeout = request.timeout_seconds or s.default_timeout_seconds
@@ -323,7 +328,7 @@ class Relay:
             continue_case = partial(self.store.continue_case, continue_request)
             return await self._run(call.case_id, continue_case, call, deadline, progress, probe)
 
-        call.case_id = uuid4()
+        call.case_id = new_case_id or uuid4()
         open_request = OpenCase(
             case_id=call.case_id,
             question=request.question,

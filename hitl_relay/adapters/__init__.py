@@ -20,6 +20,7 @@ import anyio
 if TYPE_CHECKING:
     from hitl_relay.config import Settings
     from hitl_relay.ports import Backend
+    from hitl_relay.task_store import TaskStore
 
 
 @asynccontextmanager
@@ -46,3 +47,13 @@ async def open_backend(settings: Settings) -> AsyncIterator[Backend]:
     backend_cm: AbstractAsyncContextManager[Backend] = supabase.supabase_backend(settings)
     async with backend_cm as backend:
         yield backend
+
+
+def task_store_for(store: object) -> TaskStore | None:
+    """The durable MCP task store beside a backend's case store: Postgres-backed stores only
+    (the memory backend keeps nothing across processes, so it serves no tasks)."""
+    if type(store).__module__ != "hitl_relay.adapters.supabase_store":
+        return None
+    supabase_tasks = importlib.import_module("hitl_relay.adapters.supabase_tasks")
+    found: TaskStore | None = supabase_tasks.task_store_for(store)
+    return found

@@ -227,6 +227,10 @@ class SupabaseCaseStore:
             raise PlatformUnavailable(f"{fn}: {type(e).__name__}: {detail}") from None
         return response.data
 
+    async def rpc(self, fn: str, params: Mapping[str, Any]) -> Any:
+        """One RPC with this store's bound and error translation (for `supabase_tasks`)."""
+        return await self._rpc(fn, params)
+
     async def open_case(self, request: OpenCase) -> OpenedCase:
         data = await self._rpc("hitl_open_case", {"p": request.as_rpc_params()})
         return _opened("hitl_open_case", data)

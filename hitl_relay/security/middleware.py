@@ -41,6 +41,18 @@ STATE_BODY = "hitl_body"
 STATE_KEY = "hitl_key"
 
 
+def key_of(ctx: object) -> str | None:
+    """The fingerprint of the API key that authenticated an MCP request (`ctx`: the SDK's
+    request context; None over stdio, or when the relay serves without keys): cases are scoped
+    to it."""
+    request = getattr(ctx, "request", None)
+    scope = getattr(request, "scope", None)
+    if not isinstance(scope, dict):
+        return None
+    key = (scope.get("state") or {}).get(STATE_KEY)
+    return key if isinstance(key, str) else None
+
+
 def request_origin(scope: Scope) -> Origin | None:
     state = scope.get("state") or {}
     found = state.get(STATE_ORIGIN)

