@@ -6,6 +6,53 @@ CREATE SCHEMA realtime;
 
 CREATE SCHEMA supabase_migrations;
 
+CREATE TYPE realtime.action AS ENUM (
+    'INSERT',
+    'UPDATE',
+    'DELETE',
+    'TRUNCATE',
+    'ERROR'
+);
+
+CREATE TYPE realtime.equality_op AS ENUM (
+    'eq',
+    'neq',
+    'lt',
+    'lte',
+    'gt',
+    'gte',
+    'in',
+    'like',
+    'ilike',
+    'is',
+    'match',
+    'imatch',
+    'isdistinct'
+);
+
+CREATE TYPE realtime.user_defined_filter AS (
+	column_name text,
+	op realtime.equality_op,
+	value text,
+	negate boolean
+);
+
+CREATE TYPE realtime.wal_column AS (
+	name text,
+	type_name text,
+	type_oid oid,
+	value jsonb,
+	is_pkey boolean,
+	is_selectable boolean
+);
+
+CREATE TYPE realtime.wal_rls AS (
+	wal jsonb,
+	is_rls_enabled boolean,
+	subscription_ids uuid[],
+	errors text[]
+);
+
 CREATE FUNCTION auth.email() RETURNS text
     LANGUAGE sql STABLE
     AS $$
@@ -228,6 +275,15 @@ begin
 end;
 $$;
 
+CREATE FUNCTION public.hitl_case_owned(p_case_id uuid, p_owner text) RETURNS boolean
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+  select exists (
+    select 1 from public.hil_sessions
+     where case_id = p_case_id and starts_with(idempotency_key, p_owner || ':'))
+$$;
+
 CREATE FUNCTION public.hitl_case_reply(p_case_id uuid) RETURNS jsonb
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -237,6 +293,13 @@ CREATE FUNCTION public.hitl_case_reply(p_case_id uuid) RETURNS jsonb
     'clarification', case when x.answer is null
                           then public.hitl_pending_clarification(p_case_id) end)
     from (select public.hitl_answer(p_case_id) as answer) x
+$$;
+
+CREATE FUNCTION public.hitl_case_status(p_case_id uuid) RETURNS text
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+  select status from public.cases where id = p_case_id
 $$;
 
 CREATE FUNCTION public.hitl_close_session(p_session_id uuid, p_status text, p_detail jsonb DEFAULT '{}'::jsonb) RETURNS jsonb
@@ -346,6 +409,38 @@ begin
 end;
 $$;
 
+CREATE FUNCTION public.hitl_event_canonical(p_event text, p_payload jsonb, p_fields text[]) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO ''
+    AS $$
+  select p_event || coalesce(string_agg(
+    E'\n' || f || '=' || case when p_payload ->> f is null then '-'
+                              else length(p_payload ->> f)::text || ':' || (p_payload ->> f) end,
+    '' order by n), '')
+  from unnest(p_fields) with ordinality as t(f, n)
+$$;
+
+CREATE FUNCTION public.hitl_event_key() RETURNS text
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+  select encode(key, 'hex') from public.hitl_event_key where id = 1
+$$;
+
+CREATE FUNCTION public.hitl_event_key_pad(p_key bytea, p_byte integer) RETURNS bytea
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO ''
+    AS $$
+declare
+  v bytea := p_key || decode(repeat('00', 64 - octet_length(p_key)), 'hex');
+begin
+  for i in 0 .. 63 loop
+    v := set_byte(v, i, get_byte(v, i) # p_byte);
+  end loop;
+  return v;
+end;
+$$;
+
 CREATE FUNCTION public.hitl_expire_sessions() RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -374,6 +469,30 @@ begin
   select 'cron', 'expire_session', case_id, id, 'expired' from expired;
   get diagnostics n_sessions = row_count;
   return n_sessions + n_cases;
+end;
+$$;
+
+CREATE FUNCTION public.hitl_expiry_job() RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  v_jobid bigint;
+  v_last timestamptz;
+begin
+  begin
+    select jobid into v_jobid from cron.job where jobname = 'hitl-expire-sessions';
+  exception when undefined_table or invalid_schema_name or insufficient_privilege then
+    return jsonb_build_object('scheduled', false, 'last_success', null);
+  end;
+  if v_jobid is null then
+    return jsonb_build_object('scheduled', false, 'last_success', null);
+  end if;
+  -- Newest first by the primary key: stops at the first succeeded run however long the log.
+  select end_time into v_last from cron.job_run_details
+   where jobid = v_jobid and status = 'succeeded'
+   order by runid desc limit 1;
+  return jsonb_build_object('scheduled', true, 'last_success', v_last);
 end;
 $$;
 
@@ -463,18 +582,33 @@ CREATE FUNCTION public.hitl_is_relay_case(p_case_id uuid) RETURNS boolean
   select exists (select 1 from public.cases where id = p_case_id and source = 'mcp_voice')
 $$;
 
+CREATE FUNCTION public.hitl_message_defaults() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+begin
+  if current_user in ('authenticated', 'anon') then
+    new.id := gen_random_uuid();
+    new.created_at := now();
+  end if;
+  return new;
+end;
+$$;
+
 CREATE FUNCTION public.hitl_on_case_opened() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
 begin
   perform realtime.send(
-    jsonb_build_object(
+    public.hitl_sign_event('case_opened', jsonb_build_object(
       'case_id', new.id, 'priority', new.priority, 'urgency', new.urgency,
       'question', new.description, 'title', new.title,
       'deadline_at', new.metadata ->> 'deadline_at', 'expires_at', new.expires_at,
-      'retell_call_id', new.metadata ->> 'retell_call_id', 'source', new.source,
-      'thread', coalesce(new.metadata -> 'thread', '[]'::jsonb)),
+      'retell_call_id', new.metadata ->> 'retell_call_id', 'source', new.source),
+      array['case_id', 'priority', 'urgency', 'question', 'title', 'deadline_at', 'expires_at',
+            'retell_call_id', 'source'])
+      || jsonb_build_object('thread', coalesce(new.metadata -> 'thread', '[]'::jsonb)),
     'case_opened', 'operators', true);
   return null;
 end;
@@ -496,10 +630,12 @@ begin
     v_is_answer := found;
   end if;
   perform realtime.send(
-    jsonb_build_object(
+    public.hitl_sign_event('message', jsonb_build_object(
       'id', new.id, 'case_id', new.case_id, 'sender_type', new.sender_type,
       'sender_id', new.sender_id, 'content', new.content, 'kind', new.kind,
       'created_at', new.created_at, 'is_answer', v_is_answer),
+      array['id', 'case_id', 'sender_type', 'sender_id', 'content', 'kind', 'created_at',
+            'is_answer']),
     'message', 'case:' || new.case_id::text, true);
   return null;
 end;
@@ -511,8 +647,10 @@ CREATE FUNCTION public.hitl_on_session_change() RETURNS trigger
     AS $$
 begin
   perform realtime.send(
-    jsonb_build_object('session_id', new.id, 'case_id', new.case_id, 'status', new.status,
-                       'expires_at', new.expires_at),
+    public.hitl_sign_event('session', jsonb_build_object(
+      'session_id', new.id, 'case_id', new.case_id, 'status', new.status,
+      'expires_at', new.expires_at),
+      array['session_id', 'case_id', 'status', 'expires_at']),
     'session', 'case:' || new.case_id::text, true);
   return null;
 end;
@@ -644,6 +782,37 @@ begin
   return jsonb_build_object(
     'case_id', s.case_id, 'session_id', s.id, 'expires_at', s.expires_at,
     'existed', v_existed, 'status', s.status);
+end;
+$$;
+
+CREATE FUNCTION public.hitl_open_case_no_operator(p jsonb) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  r jsonb;
+  s public.hil_sessions;
+begin
+  r := public.hitl_open_case(p);
+  -- Ours to close: a new session, or one hitl_open_case just re-opened from a closed state (it
+  -- stamps `retried_at` with this transaction's now()); not one another relay is waiting on.
+  update public.hil_sessions
+     set status = 'no_operator', closed_at = now(),
+         metadata = metadata || jsonb_build_object('close', jsonb_build_object('outcome', 'no_operator'))
+   where id = (r ->> 'session_id')::uuid
+     and status = 'waiting'
+     and (not (r ->> 'existed')::boolean
+          or (metadata ->> 'retried_at')::timestamptz = now())
+     and not exists (select 1 from public.cases c
+                      where c.id = hil_sessions.case_id and c.answer_message_id is not null)
+  returning * into s;
+  if found then
+    insert into public.hil_audit (actor, action, case_id, session_id, outcome, detail)
+    values ('relay', 'close_session', s.case_id, s.id, 'no_operator',
+            jsonb_build_object('outcome', 'no_operator'));
+    r := r || jsonb_build_object('status', s.status);
+  end if;
+  return r;
 end;
 $$;
 
@@ -864,7 +1033,7 @@ $$;
 CREATE FUNCTION public.hitl_schema_version() RETURNS text
     LANGUAGE sql IMMUTABLE
     SET search_path TO ''
-    AS $$ select '20261206400000'::text $$;
+    AS $$ select '20261206900000'::text $$;
 
 CREATE FUNCTION public.hitl_session_instance() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
@@ -877,6 +1046,30 @@ begin
         ->> 'x-hitl-instance', 128), '');
   end if;
   return new;
+end;
+$$;
+
+CREATE FUNCTION public.hitl_session_status(p_session_id uuid) RETURNS text
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+  select status from public.hil_sessions where id = p_session_id
+$$;
+
+CREATE FUNCTION public.hitl_sign_event(p_event text, p_payload jsonb, p_fields text[]) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+  k record;
+  v_msg bytea := convert_to(public.hitl_event_canonical(p_event, p_payload, p_fields), 'UTF8');
+begin
+  select inner_pad, outer_pad into k from public.hitl_event_key where id = 1;
+  if not found then
+    return p_payload;  -- no key: the relay reads every event's case instead (still correct)
+  end if;
+  return p_payload || jsonb_build_object('sig',
+    encode(sha256(k.outer_pad || sha256(k.inner_pad || v_msg)), 'hex'));
 end;
 $$;
 
@@ -1159,27 +1352,558 @@ begin
 end;
 $$;
 
+CREATE FUNCTION realtime.apply_rls(wal jsonb, max_record_bytes integer DEFAULT (1024 * 1024)) RETURNS SETOF realtime.wal_rls
+    LANGUAGE plpgsql
+    AS $$
+declare
+    -- Regclass of the table e.g. public.notes
+    entity_ regclass = (quote_ident(wal ->> 'schema') || '.' || quote_ident(wal ->> 'table'))::regclass;
+
+    -- I, U, D, T: insert, update ...
+    action realtime.action = (
+        case wal ->> 'action'
+            when 'I' then 'INSERT'
+            when 'U' then 'UPDATE'
+            when 'D' then 'DELETE'
+            else 'ERROR'
+        end
+    );
+
+    -- Is row level security enabled for the table
+    is_rls_enabled bool = relrowsecurity from pg_class where oid = entity_;
+
+    subscriptions realtime.subscription[] = array_agg(subs)
+        from
+            realtime.subscription subs
+        where
+            subs.entity = entity_
+            -- Filter by action early - only get subscriptions interested in this action
+            -- action_filter column can be: '*' (all), 'INSERT', 'UPDATE', or 'DELETE'
+            and (subs.action_filter = '*' or subs.action_filter = action::text);
+
+    -- Subscription vars
+    working_role regrole;
+    working_selected_columns text[];
+    claimed_role regrole;
+    claims jsonb;
+
+    subscription_id uuid;
+    subscription_has_access bool;
+    visible_to_subscription_ids uuid[] = '{}';
+
+    -- structured info for wal's columns
+    columns realtime.wal_column[];
+    -- previous identity values for update/delete
+    old_columns realtime.wal_column[];
+
+    error_record_exceeds_max_size boolean = octet_length(wal::text) > max_record_bytes;
+
+    -- Primary jsonb output for record
+    output jsonb;
+
+    -- Loop record for iterating unique roles (outer loop)
+    role_record record;
+    -- Loop record for iterating unique selected_columns within a role (inner loop)
+    cols_record record;
+    -- Subscription ids visible at the role level (before fanning out by selected_columns)
+    visible_role_sub_ids uuid[] = '{}';
+
+begin
+    perform set_config('role', null, true);
+
+    columns =
+        array_agg(
+            (
+                x->>'name',
+                x->>'type',
+                x->>'typeoid',
+                realtime.cast(
+                    (x->'value') #>> '{}',
+                    coalesce(
+                        (x->>'typeoid')::regtype, -- null when wal2json version <= 2.4
+                        (x->>'type')::regtype
+                    )
+                ),
+                (pks ->> 'name') is not null,
+                true
+            )::realtime.wal_column
+        )
+        from
+            jsonb_array_elements(wal -> 'columns') x
+            left join jsonb_array_elements(wal -> 'pk') pks
+                on (x ->> 'name') = (pks ->> 'name');
+
+    old_columns =
+        array_agg(
+            (
+                x->>'name',
+                x->>'type',
+                x->>'typeoid',
+                realtime.cast(
+                    (x->'value') #>> '{}',
+                    coalesce(
+                        (x->>'typeoid')::regtype, -- null when wal2json version <= 2.4
+                        (x->>'type')::regtype
+                    )
+                ),
+                (pks ->> 'name') is not null,
+                true
+            )::realtime.wal_column
+        )
+        from
+            jsonb_array_elements(wal -> 'identity') x
+            left join jsonb_array_elements(wal -> 'pk') pks
+                on (x ->> 'name') = (pks ->> 'name');
+
+    for role_record in
+        select claims_role
+        from (select distinct claims_role from unnest(subscriptions)) t
+        order by claims_role::text
+    loop
+        working_role := role_record.claims_role;
+
+        -- Update `is_selectable` for columns and old_columns (once per role)
+        columns =
+            array_agg(
+                (
+                    c.name,
+                    c.type_name,
+                    c.type_oid,
+                    c.value,
+                    c.is_pkey,
+                    pg_catalog.has_column_privilege(working_role, entity_, c.name, 'SELECT')
+                )::realtime.wal_column
+            )
+            from
+                unnest(columns) c;
+
+        old_columns =
+                array_agg(
+                    (
+                        c.name,
+                        c.type_name,
+                        c.type_oid,
+                        c.value,
+                        c.is_pkey,
+                        pg_catalog.has_column_privilege(working_role, entity_, c.name, 'SELECT')
+                    )::realtime.wal_column
+                )
+                from
+                    unnest(old_columns) c;
+
+        if action <> 'DELETE' and count(1) = 0 from unnest(columns) c where c.is_pkey then
+            -- Fan out 400 error per distinct selected_columns for this role
+            for cols_record in
+                select selected_columns
+                from (select distinct selected_columns from unnest(subscriptions) s where s.claims_role = working_role) t
+                order by coalesce(array_to_string(selected_columns, ','), '')
+            loop
+                working_selected_columns := cols_record.selected_columns;
+                return next (
+                    jsonb_build_object(
+                        'schema', wal ->> 'schema',
+                        'table', wal ->> 'table',
+                        'type', action
+                    ),
+                    is_rls_enabled,
+                    (select array_agg(s.subscription_id) from unnest(subscriptions) as s where s.claims_role = working_role and (s.selected_columns is not distinct from working_selected_columns)),
+                    array['Error 400: Bad Request, no primary key']
+                )::realtime.wal_rls;
+            end loop;
+
+        -- The claims role does not have SELECT permission to the primary key of entity
+        elsif action <> 'DELETE' and sum(c.is_selectable::int) <> count(1) from unnest(columns) c where c.is_pkey then
+            -- Fan out 401 error per distinct selected_columns for this role
+            for cols_record in
+                select selected_columns
+                from (select distinct selected_columns from unnest(subscriptions) s where s.claims_role = working_role) t
+                order by coalesce(array_to_string(selected_columns, ','), '')
+            loop
+                working_selected_columns := cols_record.selected_columns;
+                return next (
+                    jsonb_build_object(
+                        'schema', wal ->> 'schema',
+                        'table', wal ->> 'table',
+                        'type', action
+                    ),
+                    is_rls_enabled,
+                    (select array_agg(s.subscription_id) from unnest(subscriptions) as s where s.claims_role = working_role and (s.selected_columns is not distinct from working_selected_columns)),
+                    array['Error 401: Unauthorized']
+                )::realtime.wal_rls;
+            end loop;
+
+        else
+            -- Create the prepared statement (once per role)
+            if is_rls_enabled and action <> 'DELETE' then
+                if (select 1 from pg_prepared_statements where name = 'walrus_rls_stmt' limit 1) > 0 then
+                    deallocate walrus_rls_stmt;
+                end if;
+                execute realtime.build_prepared_statement_sql('walrus_rls_stmt', entity_, columns);
+            end if;
+
+            -- Collect all visible subscription IDs for this role (filter check + RLS check)
+            visible_role_sub_ids = '{}';
+
+            for subscription_id, claims in (
+                    select
+                        subs.subscription_id,
+                        subs.claims
+                    from
+                        unnest(subscriptions) subs
+                    where
+                        subs.entity = entity_
+                        and subs.claims_role = working_role
+                        and (
+                            realtime.is_visible_through_filters(columns, subs.filters)
+                            or (
+                              action = 'DELETE'
+                              and realtime.is_visible_through_filters(old_columns, subs.filters)
+                            )
+                        )
+            ) loop
+
+                if not is_rls_enabled or action = 'DELETE' then
+                    visible_role_sub_ids = visible_role_sub_ids || subscription_id;
+                else
+                    -- Check if RLS allows the role to see the record
+                    perform
+                        -- Trim leading and trailing quotes from working_role because set_config
+                        -- doesn't recognize the role as valid if they are included
+                        set_config('role', trim(both '"' from working_role::text), true),
+                        set_config('request.jwt.claims', claims::text, true);
+
+                    execute 'execute walrus_rls_stmt' into subscription_has_access;
+
+                    -- Reset the role on every FOR..LOOP batch execution.
+                    -- The first batch of 10 rows is pre-fetched using the current connection role (PG internal behaviour)
+                    -- then we have to reset it again otherwise it would use the role defined in the `set_config` above
+                    -- to fetch the remaining rows when rows>10, which could be a user-defined role that lacks execution grants.
+                    -- The flow is:
+                    --   1. run batch with conn role
+                    --   2. set_config working_role
+                    --   3. execute walrus
+                    --   4. reset role (revert)
+                    --   5. repeat
+                    perform set_config('role', null, true);
+
+                    if subscription_has_access then
+                        visible_role_sub_ids = visible_role_sub_ids || subscription_id;
+                    end if;
+                end if;
+            end loop;
+
+            perform set_config('role', null, true);
+
+            -- Inner loop: per distinct selected_columns for this role
+            for cols_record in
+                select selected_columns
+                from (select distinct selected_columns from unnest(subscriptions) s where s.claims_role = working_role) t
+                order by coalesce(array_to_string(selected_columns, ','), '')
+            loop
+                working_selected_columns := cols_record.selected_columns;
+
+                output = jsonb_build_object(
+                    'schema', wal ->> 'schema',
+                    'table', wal ->> 'table',
+                    'type', action,
+                    'commit_timestamp', to_char(
+                        ((wal ->> 'timestamp')::timestamptz at time zone 'utc'),
+                        'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'
+                    ),
+                    'columns', (
+                        select
+                            jsonb_agg(
+                                jsonb_build_object(
+                                    'name', pa.attname,
+                                    'type', pt.typname
+                                )
+                                order by pa.attnum asc
+                            )
+                        from
+                            pg_attribute pa
+                            join pg_type pt
+                                on pa.atttypid = pt.oid
+                            left join (
+                                select unnest(conkey) as pkey_attnum
+                                from pg_constraint
+                                where conrelid = entity_ and contype = 'p'
+                            ) pk on pk.pkey_attnum = pa.attnum
+                        where
+                            attrelid = entity_
+                            and attnum > 0
+                            and pg_catalog.has_column_privilege(working_role, entity_, pa.attname, 'SELECT')
+                            and (working_selected_columns is null or pa.attname = any(working_selected_columns) or pk.pkey_attnum is not null)
+                    )
+                )
+                -- Add "record" key for insert and update
+                || case
+                    when action in ('INSERT', 'UPDATE') then
+                        jsonb_build_object(
+                            'record',
+                            (
+                                select
+                                    jsonb_object_agg(
+                                        -- if unchanged toast, get column name and value from old record
+                                        coalesce((c).name, (oc).name),
+                                        case
+                                            when (c).name is null then (oc).value
+                                            else (c).value
+                                        end
+                                    )
+                                from
+                                    unnest(columns) c
+                                    full outer join unnest(old_columns) oc
+                                        on (c).name = (oc).name
+                                where
+                                    coalesce((c).is_selectable, (oc).is_selectable)
+                                    and (working_selected_columns is null or coalesce((c).name, (oc).name) = any(working_selected_columns) or coalesce((c).is_pkey, (oc).is_pkey))
+                                    and ( not error_record_exceeds_max_size or (octet_length((c).value::text) <= 64))
+                            )
+                        )
+                    else '{}'::jsonb
+                end
+                -- Add "old_record" key for update and delete
+                || case
+                    when action = 'UPDATE' then
+                        jsonb_build_object(
+                                'old_record',
+                                (
+                                    select jsonb_object_agg((c).name, (c).value)
+                                    from unnest(old_columns) c
+                                    where
+                                        (c).is_selectable
+                                        and (working_selected_columns is null or (c).name = any(working_selected_columns) or (c).is_pkey)
+                                        and ( not error_record_exceeds_max_size or (octet_length((c).value::text) <= 64))
+                                )
+                            )
+                    when action = 'DELETE' then
+                        jsonb_build_object(
+                            'old_record',
+                            (
+                                select jsonb_object_agg((c).name, (c).value)
+                                from unnest(old_columns) c
+                                where
+                                    (c).is_selectable
+                                    and (working_selected_columns is null or (c).name = any(working_selected_columns) or (c).is_pkey)
+                                    and ( not error_record_exceeds_max_size or (octet_length((c).value::text) <= 64))
+                                    and ( not is_rls_enabled or (c).is_pkey ) -- if RLS enabled, we can't secure deletes so filter to pkey
+                            )
+                        )
+                    else '{}'::jsonb
+                end;
+
+                -- Filter visible_role_sub_ids to those matching the current selected_columns group
+                visible_to_subscription_ids = coalesce(
+                    (
+                        select array_agg(s.subscription_id)
+                        from unnest(subscriptions) s
+                        where s.claims_role = working_role
+                          and (s.selected_columns is not distinct from working_selected_columns)
+                          and s.subscription_id = any(visible_role_sub_ids)
+                    ),
+                    '{}'::uuid[]
+                );
+
+                return next (
+                    output,
+                    is_rls_enabled,
+                    visible_to_subscription_ids,
+                    case
+                        when error_record_exceeds_max_size then array['Error 413: Payload Too Large']
+                        else '{}'
+                    end
+                )::realtime.wal_rls;
+            end loop;
+
+        end if;
+    end loop;
+
+    perform set_config('role', null, true);
+end;
+$$;
+
 CREATE FUNCTION realtime.broadcast_changes(topic_name text, event_name text, operation text, table_name text, table_schema text, new record, old record, level text DEFAULT 'ROW'::text) RETURNS void
     LANGUAGE plpgsql
     AS $$
-    declare
-      row_data jsonb := '{}'::jsonb;
-    begin
-      if level = 'STATEMENT' then
-        raise exception 'function can only be triggered for each row, not for each statement';
-      end if;
-      if operation = 'INSERT' or operation = 'UPDATE' or operation = 'DELETE' then
-        row_data := jsonb_build_object(
-          'old_record', old, 'record', new, 'operation', operation,
-          'table', table_name, 'schema', table_schema);
-        perform realtime.send(row_data, event_name, topic_name);
-      else
-        raise exception 'Unexpected operation type: %', operation;
-      end if;
-    exception when others then
-      raise exception 'Failed to process the row: %', sqlerrm;
+declare
+  row_data jsonb := '{}'::jsonb;
+begin
+  if level = 'STATEMENT' then
+    raise exception 'function can only be triggered for each row, not for each statement';
+  end if;
+  if operation = 'INSERT' or operation = 'UPDATE' or operation = 'DELETE' then
+    row_data := jsonb_build_object(
+      'old_record', old, 'record', new, 'operation', operation,
+      'table', table_name, 'schema', table_schema);
+    perform realtime.send(row_data, event_name, topic_name);
+  else
+    raise exception 'Unexpected operation type: %', operation;
+  end if;
+exception when others then
+  raise exception 'Failed to process the row: %', sqlerrm;
+end;
+$$;
+
+CREATE FUNCTION realtime.build_prepared_statement_sql(prepared_statement_name text, entity regclass, columns realtime.wal_column[]) RETURNS text
+    LANGUAGE sql
+    AS $$
+      /*
+      Builds a sql string that, if executed, creates a prepared statement to
+      tests retrive a row from *entity* by its primary key columns.
+      Example
+          select realtime.build_prepared_statement_sql('public.notes', '{"id"}'::text[], '{"bigint"}'::text[])
+      */
+          select
+      'prepare ' || prepared_statement_name || ' as
+          select
+              exists(
+                  select
+                      1
+                  from
+                      ' || entity || '
+                  where
+                      ' || string_agg(quote_ident(pkc.name) || '=' || quote_nullable(pkc.value #>> '{}') , ' and ') || '
+              )'
+          from
+              unnest(columns) pkc
+          where
+              pkc.is_pkey
+          group by
+              entity
+      $$;
+
+CREATE FUNCTION realtime."cast"(val text, type_ regtype) RETURNS jsonb
+    LANGUAGE plpgsql IMMUTABLE
+    AS $$
+declare
+  res jsonb;
+begin
+  if type_::text = 'bytea' then
+    return to_jsonb(val);
+  end if;
+  execute format('select to_jsonb(%L::'|| type_::text || ')', val) into res;
+  return res;
+end
+$$;
+
+CREATE FUNCTION realtime.check_equality_op(op realtime.equality_op, type_ regtype, val_1 text, val_2 text) RETURNS boolean
+    LANGUAGE plpgsql IMMUTABLE
+    AS $$
+/*
+Casts *val_1* and *val_2* as type *type_* and check the *op* condition for truthiness
+*/
+declare
+    op_symbol text = (
+        case
+            when op = 'eq' then '='
+            when op = 'neq' then '!='
+            when op = 'lt' then '<'
+            when op = 'lte' then '<='
+            when op = 'gt' then '>'
+            when op = 'gte' then '>='
+            when op = 'in' then '= any'
+            else 'UNKNOWN OP'
+        end
+    );
+    res boolean;
+begin
+    execute format(
+        'select %L::'|| type_::text || ' ' || op_symbol
+        || ' ( %L::'
+        || (
+            case
+                when op = 'in' then type_::text || '[]'
+                else type_::text end
+        )
+        || ')', val_1, val_2) into res;
+    return res;
+end;
+$$;
+
+CREATE FUNCTION realtime.check_equality_op(op realtime.equality_op, type_ regtype, val_1 text, val_2 text, negate boolean) RETURNS boolean
+    LANGUAGE plpgsql STABLE
+    AS $$
+declare
+    op_symbol text;
+    res boolean;
+begin
+    -- IS DISTINCT FROM / IS NOT DISTINCT FROM: infix, both sides typed literals
+    if op = 'isdistinct' then
+        execute format(
+            'select %L::%s %s %L::%s',
+            val_1,
+            type_::text,
+            case when negate then 'IS NOT DISTINCT FROM' else 'IS DISTINCT FROM' end,
+            val_2,
+            type_::text
+        ) into res;
+        return res;
+    end if;
+
+    -- IS requires a keyword RHS (NULL, TRUE, FALSE, UNKNOWN), not a typed literal
+    if op = 'is' then
+        if val_2 not in ('null', 'true', 'false', 'unknown') then
+            raise exception 'invalid value for is filter: must be null, true, false, or unknown';
+        end if;
+        execute format(
+            'select %L::%s %s %s',
+            val_1,
+            type_::text,
+            case when negate then 'IS NOT' else 'IS' end,
+            upper(val_2)
+        ) into res;
+        return res;
+    end if;
+
+    op_symbol = case
+        when op = 'eq'    then '='
+        when op = 'neq'   then '!='
+        when op = 'lt'    then '<'
+        when op = 'lte'   then '<='
+        when op = 'gt'    then '>'
+        when op = 'gte'   then '>='
+        when op = 'in'    then '= any'
+        when op = 'like'   then 'LIKE'
+        when op = 'ilike'  then 'ILIKE'
+        when op = 'match'  then '~'
+        when op = 'imatch' then '~*'
+        else null
     end;
-    $$;
+
+    if op_symbol is null then
+        raise exception 'unsupported equality operator: %', op::text;
+    end if;
+
+    execute format(
+        'select %L::%s %s (%L::%s)',
+        val_1,
+        type_::text,
+        op_symbol,
+        val_2,
+        case when op = 'in' then type_::text || '[]' else type_::text end
+    ) into res;
+
+    return case when negate then not res else res end;
+end;
+$$;
+
+CREATE FUNCTION realtime.hitl_create_partitions() RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+declare
+  d date;
+  partition_name text;
+begin
+  for d in select generate_series(current_date - 1, current_date + 3, interval '1 day')::date loop
+    partition_name := 'messages_' || to_char(d, 'YYYY_MM_DD');
+    if to_regclass('realtime.' || partition_name) is null then
+      execute format('create table realtime.%I partition of realtime.messages'
+                     ' for values from (%L) to (%L)', partition_name, d, d + 1);
+      execute format('alter table realtime.%I owner to supabase_realtime_admin', partition_name);
+    end if;
+  end loop;
+end;
+$$;
 
 CREATE FUNCTION realtime.hitl_notify_message() RETURNS trigger
     LANGUAGE plpgsql
@@ -1198,34 +1922,279 @@ begin
 end;
 $$;
 
+CREATE FUNCTION realtime.is_visible_through_filters(columns realtime.wal_column[], filters realtime.user_defined_filter[]) RETURNS boolean
+    LANGUAGE sql STABLE
+    AS $$
+    select
+        filters is null
+        or array_length(filters, 1) is null
+        or coalesce(
+            count(col.name) = count(1)
+            and sum(
+                realtime.check_equality_op(
+                    op:=f.op,
+                    type_:=coalesce(col.type_oid::regtype, col.type_name::regtype),
+                    val_1:=col.value #>> '{}',
+                    val_2:=f.value,
+                    negate:=coalesce(f.negate, false)
+                )::int
+            ) filter (where col.name is not null) = count(col.name),
+            false
+        )
+    from
+        unnest(filters) f
+        left join unnest(columns) col
+            on f.column_name = col.name;
+$$;
+
+CREATE FUNCTION realtime.list_changes(publication name, slot_name name, max_changes integer, max_record_bytes integer) RETURNS TABLE(wal jsonb, is_rls_enabled boolean, subscription_ids uuid[], errors text[], slot_changes_count bigint)
+    LANGUAGE sql
+    SET log_min_messages TO 'fatal'
+    AS $$
+  WITH pub AS (
+    SELECT
+      concat_ws(
+        ',',
+        CASE WHEN bool_or(pubinsert) THEN 'insert' ELSE NULL END,
+        CASE WHEN bool_or(pubupdate) THEN 'update' ELSE NULL END,
+        CASE WHEN bool_or(pubdelete) THEN 'delete' ELSE NULL END
+      ) AS w2j_actions,
+      coalesce(
+        string_agg(
+          realtime.quote_wal2json(format('%I.%I', schemaname, tablename)::regclass),
+          ','
+        ) filter (WHERE ppt.tablename IS NOT NULL),
+        ''
+      ) AS w2j_add_tables
+    FROM pg_publication pp
+    LEFT JOIN pg_publication_tables ppt ON pp.pubname = ppt.pubname
+    WHERE pp.pubname = publication
+    GROUP BY pp.pubname
+    LIMIT 1
+  ),
+  -- MATERIALIZED ensures pg_logical_slot_get_changes is called exactly once
+  w2j AS MATERIALIZED (
+    SELECT x.*, pub.w2j_add_tables
+    FROM pub,
+         pg_logical_slot_get_changes(
+           slot_name, null, max_changes,
+           'include-pk', 'true',
+           'include-transaction', 'false',
+           'include-timestamp', 'true',
+           'include-type-oids', 'true',
+           'format-version', '2',
+           'actions', pub.w2j_actions,
+           'add-tables', pub.w2j_add_tables
+         ) x
+  ),
+  slot_count AS (
+    SELECT count(*)::bigint AS cnt
+    FROM w2j
+    WHERE w2j.w2j_add_tables <> ''
+  ),
+  rls_filtered AS (
+    SELECT xyz.wal, xyz.is_rls_enabled, xyz.subscription_ids, xyz.errors
+    FROM w2j,
+         realtime.apply_rls(
+           wal := w2j.data::jsonb,
+           max_record_bytes := max_record_bytes
+         ) xyz(wal, is_rls_enabled, subscription_ids, errors)
+    WHERE w2j.w2j_add_tables <> ''
+      AND xyz.subscription_ids[1] IS NOT NULL
+  )
+  SELECT rf.wal, rf.is_rls_enabled, rf.subscription_ids, rf.errors, sc.cnt
+  FROM rls_filtered rf, slot_count sc
+
+  UNION ALL
+
+  SELECT null, null, null, null, sc.cnt
+  FROM slot_count sc
+  WHERE NOT EXISTS (SELECT 1 FROM rls_filtered)
+$$;
+
+CREATE FUNCTION realtime.quote_wal2json(entity regclass) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT
+    AS $$
+  SELECT
+    realtime.wal2json_escape_identifier(nsp.nspname::text)
+    || '.'
+    || realtime.wal2json_escape_identifier(pc.relname::text)
+  FROM pg_class pc
+  JOIN pg_namespace nsp ON pc.relnamespace = nsp.oid
+  WHERE pc.oid = entity
+$$;
+
 CREATE FUNCTION realtime.send(payload jsonb, event text, topic text, private boolean DEFAULT true) RETURNS void
     LANGUAGE plpgsql
     AS $$
-    declare
-      generated_id uuid;
-      final_payload jsonb;
-    begin
-      begin
-        generated_id := gen_random_uuid();
-        if payload ? 'id' then
-          final_payload := payload;
-        else
-          final_payload := jsonb_set(payload, '{id}', to_jsonb(generated_id));
+declare
+  generated_id uuid;
+  final_payload jsonb;
+begin
+  begin
+    generated_id := gen_random_uuid();
+    if payload ? 'id' then
+      final_payload := payload;
+    else
+      final_payload := jsonb_set(payload, '{id}', to_jsonb(generated_id));
+    end if;
+    execute format('set local realtime.topic to %L', topic);
+    insert into realtime.messages (id, payload, event, topic, private, extension)
+    values (generated_id, final_payload, event, topic, private, 'broadcast');
+  exception when others then
+    raise warning 'WarnSendingBroadcastMessage: %', sqlerrm;
+  end;
+end;
+$$;
+
+CREATE FUNCTION realtime.send_binary(payload bytea, event text, topic text, private boolean DEFAULT true) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+declare
+  generated_id uuid;
+begin
+  begin
+    generated_id := gen_random_uuid();
+    execute format('set local realtime.topic to %L', topic);
+    insert into realtime.messages (id, binary_payload, event, topic, private, extension)
+    values (generated_id, payload, event, topic, private, 'broadcast');
+  exception when others then
+    raise warning 'WarnSendingBroadcastMessage: %', sqlerrm;
+  end;
+end;
+$$;
+
+CREATE FUNCTION realtime.subscription_check_filters() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+declare
+    col_names text[] = coalesce(
+            array_agg(a.attname order by a.attnum),
+            '{}'::text[]
+        )
+        from
+            pg_catalog.pg_attribute a
+        where
+            a.attrelid = new.entity
+            and a.attnum > 0
+            and not a.attisdropped
+            and pg_catalog.has_column_privilege(
+                (new.claims ->> 'role'),
+                a.attrelid,
+                a.attnum,
+                'SELECT'
+            );
+    filter realtime.user_defined_filter;
+    col_type regtype;
+    in_val jsonb;
+    selected_col text;
+begin
+    for filter in select * from unnest(new.filters) loop
+        if not filter.column_name = any(col_names) then
+            raise exception 'invalid column for filter %', filter.column_name;
         end if;
-        execute format('set local realtime.topic to %L', topic);
-        insert into realtime.messages (id, payload, event, topic, private, extension)
-        values (generated_id, final_payload, event, topic, private, 'broadcast');
-      exception when others then
-        raise warning 'WarnSendingBroadcastMessage: %', sqlerrm;
-      end;
-    end;
-    $$;
+
+        col_type = (
+            select atttypid::regtype
+            from pg_catalog.pg_attribute
+            where attrelid = new.entity
+                  and attname = filter.column_name
+        );
+        if col_type is null then
+            raise exception 'failed to lookup type for column %', filter.column_name;
+        end if;
+
+        if filter.op = 'in'::realtime.equality_op then
+            in_val = realtime.cast(filter.value, (col_type::text || '[]')::regtype);
+            if coalesce(jsonb_array_length(in_val), 0) > 100 then
+                raise exception 'too many values for `in` filter. Maximum 100';
+            end if;
+        elsif filter.op = 'is'::realtime.equality_op then
+            -- `is` requires a keyword RHS rather than a typed literal
+            if filter.value not in ('null', 'true', 'false', 'unknown') then
+                raise exception 'invalid value for is filter: must be null, true, false, or unknown';
+            end if;
+            -- IS NULL works for any type, but IS TRUE/FALSE/UNKNOWN require a boolean
+            -- operand. Reject the non-null keywords on non-boolean columns here so they
+            -- don't abort apply_rls at WAL time.
+            if filter.value <> 'null' and col_type <> 'boolean'::regtype then
+                raise exception 'is % filter requires a boolean column, got %', filter.value, col_type::text;
+            end if;
+        elsif filter.op in ('like'::realtime.equality_op, 'ilike'::realtime.equality_op) then
+            -- like/ilike apply the text pattern operator (~~); reject column types that
+            -- have no such operator instead of failing at WAL time
+            if not exists (
+                select 1 from pg_catalog.pg_operator
+                where oprname = '~~' and oprleft = col_type
+            ) then
+                raise exception 'operator % requires a text-compatible column type, got %', filter.op::text, col_type::text;
+            end if;
+        elsif filter.op in ('match'::realtime.equality_op, 'imatch'::realtime.equality_op) then
+            -- match/imatch apply the regex operators ~ / ~*; reject column types that have
+            -- no such operator (e.g. integer) instead of failing at WAL time, mirroring the
+            -- like/ilike guard above.
+            if not exists (
+                select 1 from pg_catalog.pg_operator
+                where oprname = case when filter.op = 'imatch'::realtime.equality_op then '~*' else '~' end
+                  and oprleft = col_type
+                  and oprright = col_type
+                  and oprresult = 'boolean'::regtype
+            ) then
+                raise exception 'operator % requires a text-compatible column type, got %', filter.op::text, col_type::text;
+            end if;
+            -- validate the regex eagerly so a bad pattern is rejected here, not inside
+            -- apply_rls where it would abort the WAL stream for the entity
+            begin
+                perform '' ~ filter.value;
+            exception when others then
+                raise exception 'invalid regular expression for % filter: %', filter.op::text, sqlerrm;
+            end;
+        else
+            -- eq/neq/lt/lte/gt/gte: value must be coercable to the type
+            perform realtime.cast(filter.value, col_type);
+        end if;
+    end loop;
+
+    if new.selected_columns is not null then
+        for selected_col in select * from unnest(new.selected_columns) loop
+            if not selected_col = any(col_names) then
+                raise exception 'invalid column for select %', selected_col;
+            end if;
+        end loop;
+    end if;
+
+    -- Apply consistent order to filters so the unique constraint can't be tricked by a
+    -- different filter order. negate is part of the sort key.
+    new.filters = coalesce(
+        array_agg(f order by f.column_name, f.op, f.value, f.negate),
+        '{}'
+    ) from unnest(new.filters) f;
+
+    new.selected_columns = (
+        select array_agg(c order by c)
+        from unnest(new.selected_columns) c
+    );
+
+    return new;
+end;
+$$;
+
+CREATE FUNCTION realtime.to_regrole(role_name text) RETURNS regrole
+    LANGUAGE sql IMMUTABLE
+    AS $$ select role_name::regrole $$;
 
 CREATE FUNCTION realtime.topic() RETURNS text
     LANGUAGE sql STABLE
     AS $$
-      select nullif(current_setting('realtime.topic', true), '')::text
-    $$;
+  select nullif(current_setting('realtime.topic', true), '')::text
+$$;
+
+CREATE FUNCTION realtime.wal2json_escape_identifier(name text) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT
+    AS $$
+  -- Prefix `\`, `,`, `.`, and any whitespace with `\`
+  SELECT regexp_replace(name, '([\\,.[:space:]])', '\\\1', 'g')
+$$;
 
 CREATE TABLE public.cases (
     id uuid DEFAULT gen_random_uuid() NOT NULL,
@@ -1313,7 +2282,19 @@ CREATE TABLE public.hil_sessions (
     closed_at timestamp with time zone,
     metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
     instance_id text,
-    CONSTRAINT hil_sessions_status_check CHECK ((status = ANY (ARRAY['waiting'::text, 'answered'::text, 'needs_info'::text, 'timed_out'::text, 'expired'::text, 'failed'::text, 'cancelled'::text])))
+    CONSTRAINT hil_sessions_status_check CHECK ((status = ANY (ARRAY['waiting'::text, 'answered'::text, 'needs_info'::text, 'timed_out'::text, 'expired'::text, 'failed'::text, 'cancelled'::text, 'no_operator'::text])))
+);
+
+CREATE TABLE public.hitl_event_key (
+    id smallint DEFAULT 1 NOT NULL,
+    key bytea NOT NULL,
+    inner_pad bytea NOT NULL,
+    outer_pad bytea NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT hitl_event_key_id_check CHECK ((id = 1)),
+    CONSTRAINT hitl_event_key_inner_pad_check CHECK ((octet_length(inner_pad) = 64)),
+    CONSTRAINT hitl_event_key_key_check CHECK ((octet_length(key) = 32)),
+    CONSTRAINT hitl_event_key_outer_pad_check CHECK ((octet_length(outer_pad) = 64))
 );
 
 CREATE VIEW public.hitl_stats WITH (security_invoker='true') AS
@@ -1374,7 +2355,31 @@ CREATE TABLE realtime.messages (
     private boolean DEFAULT false,
     updated_at timestamp without time zone DEFAULT now() NOT NULL,
     inserted_at timestamp without time zone DEFAULT now() NOT NULL,
-    id uuid DEFAULT gen_random_uuid() NOT NULL
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    binary_payload bytea
+)
+PARTITION BY RANGE (inserted_at);
+
+CREATE TABLE realtime.subscription (
+    id bigint NOT NULL,
+    subscription_id uuid NOT NULL,
+    entity regclass NOT NULL,
+    claims jsonb NOT NULL,
+    created_at timestamp without time zone DEFAULT timezone('utc'::text, now()) NOT NULL,
+    action_filter text DEFAULT '*'::text,
+    selected_columns text[],
+    filters realtime.user_defined_filter[] DEFAULT '{}'::realtime.user_defined_filter[] NOT NULL,
+    claims_role regrole GENERATED ALWAYS AS (realtime.to_regrole((claims ->> 'role'::text))) STORED NOT NULL,
+    CONSTRAINT subscription_action_filter_check CHECK ((action_filter = ANY (ARRAY['*'::text, 'INSERT'::text, 'UPDATE'::text, 'DELETE'::text])))
+);
+
+ALTER TABLE realtime.subscription ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME realtime.subscription_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
 );
 
 CREATE TABLE supabase_migrations.schema_migrations (
@@ -1410,6 +2415,9 @@ ALTER TABLE ONLY public.hil_sessions
 ALTER TABLE ONLY public.hil_tasks
     ADD CONSTRAINT hil_tasks_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY public.hitl_event_key
+    ADD CONSTRAINT hitl_event_key_pkey PRIMARY KEY (id);
+
 ALTER TABLE public.messages
     ADD CONSTRAINT messages_hitl_values CHECK (((sender_type = ANY (ARRAY['human'::text, 'ai'::text, 'system'::text])) AND (kind = ANY (ARRAY['answer'::text, 'clarification'::text, 'cannot_answer'::text, 'note'::text])) AND (octet_length(COALESCE(content, ''::text)) <= 65536))) NOT VALID;
 
@@ -1419,8 +2427,14 @@ ALTER TABLE ONLY public.messages
 ALTER TABLE ONLY public.operator_activity
     ADD CONSTRAINT operator_activity_pkey PRIMARY KEY (id);
 
+ALTER TABLE realtime.messages
+    ADD CONSTRAINT messages_payload_exclusive CHECK (((payload IS NULL) OR (binary_payload IS NULL))) NOT VALID;
+
 ALTER TABLE ONLY realtime.messages
     ADD CONSTRAINT messages_pkey PRIMARY KEY (id, inserted_at);
+
+ALTER TABLE ONLY realtime.subscription
+    ADD CONSTRAINT pk_subscription PRIMARY KEY (id);
 
 ALTER TABLE ONLY supabase_migrations.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
@@ -1455,7 +2469,11 @@ CREATE INDEX messages_case_idx ON public.messages USING btree (case_id, created_
 
 CREATE INDEX operator_activity_operator_idx ON public.operator_activity USING btree (operator_id, last_seen_at DESC);
 
-CREATE INDEX messages_inserted_at_topic_index ON realtime.messages USING btree (inserted_at DESC, topic) WHERE ((extension = 'broadcast'::text) AND (private IS TRUE));
+CREATE INDEX ix_realtime_subscription_entity ON realtime.subscription USING btree (entity);
+
+CREATE INDEX messages_inserted_at_topic_index ON ONLY realtime.messages USING btree (inserted_at DESC, topic) WHERE ((extension = 'broadcast'::text) AND (private IS TRUE));
+
+CREATE UNIQUE INDEX subscription_subscription_id_entity_filters_action_filter_selec ON realtime.subscription USING btree (subscription_id, entity, filters, action_filter, COALESCE(selected_columns, '{}'::text[]));
 
 CREATE TRIGGER hitl_attach_thread BEFORE INSERT ON public.cases FOR EACH ROW WHEN ((new.source = 'mcp_voice'::text)) EXECUTE FUNCTION public.hitl_attach_thread();
 
@@ -1464,6 +2482,8 @@ CREATE TRIGGER hitl_audit_append_only BEFORE UPDATE ON public.hil_audit FOR EACH
 CREATE TRIGGER hitl_callback_on_answer AFTER UPDATE OF answer_message_id ON public.cases FOR EACH ROW EXECUTE FUNCTION public.hitl_callback_on_answer();
 
 CREATE TRIGGER hitl_callback_on_timeout AFTER UPDATE OF status ON public.hil_sessions FOR EACH ROW EXECUTE FUNCTION public.hitl_callback_on_timeout();
+
+CREATE TRIGGER hitl_message_defaults BEFORE INSERT ON public.messages FOR EACH ROW EXECUTE FUNCTION public.hitl_message_defaults();
 
 CREATE TRIGGER hitl_on_case_opened AFTER INSERT ON public.cases FOR EACH ROW WHEN ((new.source = 'mcp_voice'::text)) EXECUTE FUNCTION public.hitl_on_case_opened();
 
@@ -1474,6 +2494,8 @@ CREATE TRIGGER hitl_on_session_change AFTER UPDATE OF status ON public.hil_sessi
 CREATE TRIGGER hitl_session_instance BEFORE INSERT OR UPDATE OF status ON public.hil_sessions FOR EACH ROW EXECUTE FUNCTION public.hitl_session_instance();
 
 CREATE TRIGGER hitl_notify_message AFTER INSERT ON realtime.messages FOR EACH ROW WHEN ((new.extension = 'broadcast'::text)) EXECUTE FUNCTION realtime.hitl_notify_message();
+
+CREATE TRIGGER tr_check_filters BEFORE INSERT OR UPDATE ON realtime.subscription FOR EACH ROW EXECUTE FUNCTION realtime.subscription_check_filters();
 
 ALTER TABLE ONLY public.hil_callbacks
     ADD CONSTRAINT hil_callbacks_case_id_fkey FOREIGN KEY (case_id) REFERENCES public.cases(id) ON DELETE CASCADE;
@@ -1501,6 +2523,8 @@ ALTER TABLE public.hil_sessions ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE public.hil_tasks ENABLE ROW LEVEL SECURITY;
 
+ALTER TABLE public.hitl_event_key ENABLE ROW LEVEL SECURITY;
+
 CREATE POLICY hitl_operators_insert_messages ON public.messages FOR INSERT TO authenticated WITH CHECK ((public.hitl_is_operator() AND (sender_type = 'human'::text) AND (sender_id = auth.uid()) AND (kind = ANY (ARRAY['answer'::text, 'clarification'::text, 'cannot_answer'::text, 'note'::text])) AND public.hitl_is_relay_case(case_id)));
 
 CREATE POLICY hitl_operators_read_cases ON public.cases FOR SELECT TO authenticated USING (((source = 'mcp_voice'::text) AND public.hitl_is_operator()));
@@ -1515,20 +2539,23 @@ ALTER TABLE public.messages ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE public.operator_activity ENABLE ROW LEVEL SECURITY;
 
-CREATE POLICY hitl_operators_receive ON realtime.messages FOR SELECT TO authenticated USING ((public.hitl_is_operator() AND ((realtime.topic() = 'operators'::text) OR (realtime.topic() ~~ 'case:%'::text)) AND (extension = ANY (ARRAY['broadcast'::text, 'presence'::text]))));
+CREATE POLICY hitl_operators_receive ON realtime.messages FOR SELECT TO authenticated USING ((public.hitl_is_operator() AND (((extension = 'broadcast'::text) AND ((realtime.topic() = 'operators'::text) OR (realtime.topic() ~~ 'case:%'::text))) OR ((extension = 'presence'::text) AND (realtime.topic() = 'operators'::text)))));
 
-CREATE POLICY hitl_operators_send ON realtime.messages FOR INSERT TO authenticated WITH CHECK ((public.hitl_is_operator() AND ((realtime.topic() = 'operators'::text) OR (realtime.topic() ~~ 'case:%'::text)) AND (extension = ANY (ARRAY['broadcast'::text, 'presence'::text]))));
+CREATE POLICY hitl_operators_send ON realtime.messages FOR INSERT TO authenticated WITH CHECK ((public.hitl_is_operator() AND (realtime.topic() = 'operators'::text) AND (extension = 'presence'::text)));
 
 ALTER TABLE realtime.messages ENABLE ROW LEVEL SECURITY;
 
+GRANT USAGE ON SCHEMA auth TO postgres;
 GRANT USAGE ON SCHEMA auth TO anon;
 GRANT USAGE ON SCHEMA auth TO authenticated;
 GRANT USAGE ON SCHEMA auth TO service_role;
 
+GRANT USAGE ON SCHEMA public TO postgres;
 GRANT USAGE ON SCHEMA public TO anon;
 GRANT USAGE ON SCHEMA public TO authenticated;
 GRANT USAGE ON SCHEMA public TO service_role;
 
+GRANT USAGE ON SCHEMA realtime TO postgres WITH GRANT OPTION;
 GRANT USAGE ON SCHEMA realtime TO anon;
 GRANT USAGE ON SCHEMA realtime TO authenticated;
 GRANT USAGE ON SCHEMA realtime TO service_role;
@@ -1552,12 +2579,22 @@ GRANT ALL ON FUNCTION auth.uid() TO service_role;
 REVOKE ALL ON FUNCTION public.hitl_answer(p_case_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_answer(p_case_id uuid) TO service_role;
 
+GRANT ALL ON FUNCTION public.hitl_attach_thread() TO anon;
+GRANT ALL ON FUNCTION public.hitl_attach_thread() TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_attach_thread() TO service_role;
+
+GRANT ALL ON FUNCTION public.hitl_audit_append_only() TO anon;
+GRANT ALL ON FUNCTION public.hitl_audit_append_only() TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_audit_append_only() TO service_role;
+
 REVOKE ALL ON FUNCTION public.hitl_call_history(p_call_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_call_history(p_call_id text) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_callback_on_answer() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_callback_on_answer() TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_callback_on_timeout() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_callback_on_timeout() TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_callback_result(p_id bigint, p_outcome text, p_detail jsonb, p_retry_in_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_callback_result(p_id bigint, p_outcome text, p_detail jsonb, p_retry_in_seconds integer) TO service_role;
@@ -1565,8 +2602,14 @@ GRANT ALL ON FUNCTION public.hitl_callback_result(p_id bigint, p_outcome text, p
 REVOKE ALL ON FUNCTION public.hitl_callbacks_claim(p_limit integer, p_lease_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_callbacks_claim(p_limit integer, p_lease_seconds integer) TO service_role;
 
+REVOKE ALL ON FUNCTION public.hitl_case_owned(p_case_id uuid, p_owner text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_case_owned(p_case_id uuid, p_owner text) TO service_role;
+
 REVOKE ALL ON FUNCTION public.hitl_case_reply(p_case_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_case_reply(p_case_id uuid) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_case_status(p_case_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_case_status(p_case_id uuid) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_close_session(p_session_id uuid, p_status text, p_detail jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_close_session(p_session_id uuid, p_status text, p_detail jsonb) TO service_role;
@@ -1574,16 +2617,32 @@ GRANT ALL ON FUNCTION public.hitl_close_session(p_session_id uuid, p_status text
 REVOKE ALL ON FUNCTION public.hitl_continue_case(p jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_continue_case(p jsonb) TO service_role;
 
+REVOKE ALL ON FUNCTION public.hitl_event_canonical(p_event text, p_payload jsonb, p_fields text[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_event_canonical(p_event text, p_payload jsonb, p_fields text[]) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_event_key() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_event_key() TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_event_key_pad(p_key bytea, p_byte integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_event_key_pad(p_key bytea, p_byte integer) TO service_role;
+
 REVOKE ALL ON FUNCTION public.hitl_expire_sessions() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_expire_sessions() TO service_role;
 
+REVOKE ALL ON FUNCTION public.hitl_expiry_job() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_expiry_job() TO service_role;
+
 REVOKE ALL ON FUNCTION public.hitl_history(p jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_history(p jsonb) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_id(p jsonb, p_field text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_id(p jsonb, p_field text) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_int(p jsonb, p_field text, p_min integer, p_max integer, p_default integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_int(p jsonb, p_field text, p_min integer, p_max integer, p_default integer) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_invalid(p_field text, p_rule text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_invalid(p_field text, p_rule text) TO service_role;
 
 GRANT ALL ON FUNCTION public.hitl_is_operator() TO anon;
 GRANT ALL ON FUNCTION public.hitl_is_operator() TO authenticated;
@@ -1593,8 +2652,27 @@ REVOKE ALL ON FUNCTION public.hitl_is_relay_case(p_case_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_is_relay_case(p_case_id uuid) TO authenticated;
 GRANT ALL ON FUNCTION public.hitl_is_relay_case(p_case_id uuid) TO service_role;
 
+GRANT ALL ON FUNCTION public.hitl_message_defaults() TO anon;
+GRANT ALL ON FUNCTION public.hitl_message_defaults() TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_message_defaults() TO service_role;
+
+GRANT ALL ON FUNCTION public.hitl_on_case_opened() TO anon;
+GRANT ALL ON FUNCTION public.hitl_on_case_opened() TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_on_case_opened() TO service_role;
+
+GRANT ALL ON FUNCTION public.hitl_on_message() TO anon;
+GRANT ALL ON FUNCTION public.hitl_on_message() TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_on_message() TO service_role;
+
+GRANT ALL ON FUNCTION public.hitl_on_session_change() TO anon;
+GRANT ALL ON FUNCTION public.hitl_on_session_change() TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_on_session_change() TO service_role;
+
 REVOKE ALL ON FUNCTION public.hitl_open_case(p jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_open_case(p jsonb) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_open_case_no_operator(p jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_open_case_no_operator(p jsonb) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_operator_heartbeat(p_status text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_operator_heartbeat(p_status text) TO authenticated;
@@ -1622,6 +2700,12 @@ REVOKE ALL ON FUNCTION public.hitl_schema_version() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_schema_version() TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_session_instance() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_session_instance() TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_session_status(p_session_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_session_status(p_session_id uuid) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_sign_event(p_event text, p_payload jsonb, p_fields text[]) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION public.hitl_success_metrics(p_from timestamp with time zone, p_to timestamp with time zone) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_success_metrics(p_from timestamp with time zone, p_to timestamp with time zone) TO service_role;
@@ -1641,6 +2725,7 @@ GRANT ALL ON FUNCTION public.hitl_task_get(p_id text, p_owner text) TO service_r
 GRANT ALL ON TABLE public.hil_tasks TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_task_json(t public.hil_tasks) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_task_json(t public.hil_tasks) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_task_list(p_owner text, p_after_created timestamp with time zone, p_after_id text, p_limit integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_task_list(p_owner text, p_after_created timestamp with time zone, p_after_id text, p_limit integer) TO service_role;
@@ -1652,40 +2737,117 @@ REVOKE ALL ON FUNCTION public.hitl_tasks_purge() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_tasks_purge() TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_text(p jsonb, p_field text, p_max integer, p_required boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_text(p jsonb, p_field text, p_max integer, p_required boolean) TO service_role;
 
-GRANT ALL ON FUNCTION realtime.send(payload jsonb, event text, topic text, private boolean) TO anon;
-GRANT ALL ON FUNCTION realtime.send(payload jsonb, event text, topic text, private boolean) TO authenticated;
-GRANT ALL ON FUNCTION realtime.send(payload jsonb, event text, topic text, private boolean) TO service_role;
+GRANT ALL ON FUNCTION realtime.apply_rls(wal jsonb, max_record_bytes integer) TO anon;
+GRANT ALL ON FUNCTION realtime.apply_rls(wal jsonb, max_record_bytes integer) TO authenticated;
+GRANT ALL ON FUNCTION realtime.apply_rls(wal jsonb, max_record_bytes integer) TO service_role;
 
-GRANT ALL ON FUNCTION realtime.topic() TO anon;
-GRANT ALL ON FUNCTION realtime.topic() TO authenticated;
-GRANT ALL ON FUNCTION realtime.topic() TO service_role;
+GRANT ALL ON FUNCTION realtime.build_prepared_statement_sql(prepared_statement_name text, entity regclass, columns realtime.wal_column[]) TO anon;
+GRANT ALL ON FUNCTION realtime.build_prepared_statement_sql(prepared_statement_name text, entity regclass, columns realtime.wal_column[]) TO authenticated;
+GRANT ALL ON FUNCTION realtime.build_prepared_statement_sql(prepared_statement_name text, entity regclass, columns realtime.wal_column[]) TO service_role;
 
-GRANT SELECT ON TABLE public.cases TO anon;
-GRANT SELECT ON TABLE public.cases TO authenticated;
+GRANT ALL ON FUNCTION realtime."cast"(val text, type_ regtype) TO anon;
+GRANT ALL ON FUNCTION realtime."cast"(val text, type_ regtype) TO authenticated;
+GRANT ALL ON FUNCTION realtime."cast"(val text, type_ regtype) TO service_role;
+
+GRANT ALL ON FUNCTION realtime.check_equality_op(op realtime.equality_op, type_ regtype, val_1 text, val_2 text) TO anon;
+GRANT ALL ON FUNCTION realtime.check_equality_op(op realtime.equality_op, type_ regtype, val_1 text, val_2 text) TO authenticated;
+GRANT ALL ON FUNCTION realtime.check_equality_op(op realtime.equality_op, type_ regtype, val_1 text, val_2 text) TO service_role;
+
+GRANT ALL ON FUNCTION realtime.check_equality_op(op realtime.equality_op, type_ regtype, val_1 text, val_2 text, negate boolean) TO anon;
+GRANT ALL ON FUNCTION realtime.check_equality_op(op realtime.equality_op, type_ regtype, val_1 text, val_2 text, negate boolean) TO authenticated;
+GRANT ALL ON FUNCTION realtime.check_equality_op(op realtime.equality_op, type_ regtype, val_1 text, val_2 text, negate boolean) TO service_role;
+
+REVOKE ALL ON FUNCTION realtime.hitl_create_partitions() FROM PUBLIC;
+
+GRANT ALL ON FUNCTION realtime.is_visible_through_filters(columns realtime.wal_column[], filters realtime.user_defined_filter[]) TO anon;
+GRANT ALL ON FUNCTION realtime.is_visible_through_filters(columns realtime.wal_column[], filters realtime.user_defined_filter[]) TO authenticated;
+GRANT ALL ON FUNCTION realtime.is_visible_through_filters(columns realtime.wal_column[], filters realtime.user_defined_filter[]) TO service_role;
+
+GRANT ALL ON FUNCTION realtime.quote_wal2json(entity regclass) TO anon;
+GRANT ALL ON FUNCTION realtime.quote_wal2json(entity regclass) TO authenticated;
+GRANT ALL ON FUNCTION realtime.quote_wal2json(entity regclass) TO service_role;
+
+GRANT ALL ON FUNCTION realtime.subscription_check_filters() TO anon;
+GRANT ALL ON FUNCTION realtime.subscription_check_filters() TO authenticated;
+GRANT ALL ON FUNCTION realtime.subscription_check_filters() TO service_role;
+
+GRANT ALL ON FUNCTION realtime.to_regrole(role_name text) TO anon;
+GRANT ALL ON FUNCTION realtime.to_regrole(role_name text) TO authenticated;
+GRANT ALL ON FUNCTION realtime.to_regrole(role_name text) TO service_role;
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.cases TO anon;
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.cases TO authenticated;
 GRANT ALL ON TABLE public.cases TO service_role;
 
 GRANT ALL ON TABLE public.hil_audit TO service_role;
 
+GRANT ALL ON SEQUENCE public.hil_audit_id_seq TO service_role;
+
 GRANT ALL ON TABLE public.hil_callbacks TO service_role;
+
+GRANT ALL ON SEQUENCE public.hil_callbacks_id_seq TO anon;
+GRANT ALL ON SEQUENCE public.hil_callbacks_id_seq TO authenticated;
+GRANT ALL ON SEQUENCE public.hil_callbacks_id_seq TO service_role;
 
 GRANT ALL ON TABLE public.hil_case_secrets TO service_role;
 
 GRANT ALL ON TABLE public.hil_rate_limits TO service_role;
 
-GRANT SELECT ON TABLE public.hil_sessions TO anon;
-GRANT SELECT ON TABLE public.hil_sessions TO authenticated;
 GRANT ALL ON TABLE public.hil_sessions TO service_role;
+GRANT SELECT ON TABLE public.hil_sessions TO authenticated;
 
-GRANT SELECT ON TABLE public.hitl_stats TO service_role;
+GRANT ALL ON TABLE public.hitl_event_key TO service_role;
 
-GRANT SELECT ON TABLE public.messages TO anon;
-GRANT SELECT,INSERT ON TABLE public.messages TO authenticated;
+GRANT ALL ON TABLE public.hitl_stats TO service_role;
+
+GRANT SELECT,INSERT,DELETE ON TABLE public.messages TO anon;
+GRANT SELECT,INSERT,DELETE ON TABLE public.messages TO authenticated;
 GRANT ALL ON TABLE public.messages TO service_role;
 
-GRANT SELECT ON TABLE public.operator_activity TO authenticated;
 GRANT ALL ON TABLE public.operator_activity TO service_role;
+GRANT SELECT ON TABLE public.operator_activity TO authenticated;
 
+GRANT ALL ON SEQUENCE public.operator_activity_id_seq TO anon;
+GRANT ALL ON SEQUENCE public.operator_activity_id_seq TO authenticated;
+GRANT ALL ON SEQUENCE public.operator_activity_id_seq TO service_role;
+
+GRANT SELECT,INSERT,UPDATE ON TABLE realtime.messages TO postgres;
 GRANT SELECT,INSERT,UPDATE ON TABLE realtime.messages TO anon;
 GRANT SELECT,INSERT,UPDATE ON TABLE realtime.messages TO authenticated;
 GRANT SELECT,INSERT,UPDATE ON TABLE realtime.messages TO service_role;
+
+GRANT SELECT ON TABLE realtime.subscription TO anon;
+GRANT SELECT ON TABLE realtime.subscription TO authenticated;
+GRANT SELECT ON TABLE realtime.subscription TO service_role;
+
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT ALL ON SEQUENCES  TO postgres;
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT ALL ON SEQUENCES  TO anon;
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT ALL ON SEQUENCES  TO authenticated;
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT ALL ON SEQUENCES  TO service_role;
+
+ALTER DEFAULT PRIVILEGES FOR ROLE supabase_admin IN SCHEMA public GRANT ALL ON SEQUENCES  TO postgres;
+ALTER DEFAULT PRIVILEGES FOR ROLE supabase_admin IN SCHEMA public GRANT ALL ON SEQUENCES  TO anon;
+ALTER DEFAULT PRIVILEGES FOR ROLE supabase_admin IN SCHEMA public GRANT ALL ON SEQUENCES  TO authenticated;
+ALTER DEFAULT PRIVILEGES FOR ROLE supabase_admin IN SCHEMA public GRANT ALL ON SEQUENCES  TO service_role;
+
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT ALL ON FUNCTIONS  TO postgres;
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT ALL ON FUNCTIONS  TO anon;
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT ALL ON FUNCTIONS  TO authenticated;
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT ALL ON FUNCTIONS  TO service_role;
+
+ALTER DEFAULT PRIVILEGES FOR ROLE supabase_admin IN SCHEMA public GRANT ALL ON FUNCTIONS  TO postgres;
+ALTER DEFAULT PRIVILEGES FOR ROLE supabase_admin IN SCHEMA public GRANT ALL ON FUNCTIONS  TO anon;
+ALTER DEFAULT PRIVILEGES FOR ROLE supabase_admin IN SCHEMA public GRANT ALL ON FUNCTIONS  TO authenticated;
+ALTER DEFAULT PRIVILEGES FOR ROLE supabase_admin IN SCHEMA public GRANT ALL ON FUNCTIONS  TO service_role;
+
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT ALL ON TABLES  TO postgres;
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT ALL ON TABLES  TO anon;
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT ALL ON TABLES  TO authenticated;
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT ALL ON TABLES  TO service_role;
+
+ALTER DEFAULT PRIVILEGES FOR ROLE supabase_admin IN SCHEMA public GRANT ALL ON TABLES  TO postgres;
+ALTER DEFAULT PRIVILEGES FOR ROLE supabase_admin IN SCHEMA public GRANT ALL ON TABLES  TO anon;
+ALTER DEFAULT PRIVILEGES FOR ROLE supabase_admin IN SCHEMA public GRANT ALL ON TABLES  TO authenticated;
+ALTER DEFAULT PRIVILEGES FOR ROLE supabase_admin IN SCHEMA public GRANT ALL ON TABLES  TO service_role;
