@@ -227,10 +227,14 @@ async def test_another_api_key_cannot_see_the_task(devstack_proc: DevstackProces
     operator = await started_operator(stack)
     try:
         async with relay_process(devstack_proc, HITL_API_KEYS=f"{API_KEY},{OTHER_KEY}") as url:
-            task_id, _case_id = await create_task(url + "/mcp", operator)
+            task_id, case_id = await create_task(url + "/mcp", operator)
             other = await run_tasks_scenario(
                 {**scenario_env(url + "/mcp", "peek", TASK_ID=task_id), "API_KEY": OTHER_KEY}
             )
+            # The task's case belongs to its key, as a blocking call's case does.
+            lookup = {"name": "get_human_answer", "arguments": {"case_id": case_id}}
+            others_lookup = await rpc(url + "/mcp", "tools/call", lookup, key=OTHER_KEY)
+            my_lookup = await rpc(url + "/mcp", "tools/call", lookup)
             mine = await run_tasks_scenario(scenario_env(url + "/mcp", "peek", TASK_ID=task_id))
     finally:
         await operator.stop()
@@ -239,15 +243,20 @@ async def test_another_api_key_cannot_see_the_task(devstack_proc: DevstackProces
         assert other[f"{method}_error"]["code"] == INVALID_PARAMS, other
         assert "Task not found" in other[f"{method}_error"]["message"]
     assert task_id not in [t["taskId"] for t in other["list"]["tasks"]]
+    assert others_lookup["result"]["isError"] is True, others_lookup
+    assert "case_id: no such case" in others_lookup["result"]["content"][0]["text"]
+    assert my_lookup["result"]["structuredContent"]["status"] == "pending", my_lookup
     # The creating key sees it (and, in `peek`, cancels it).
     assert mine["get"]["taskId"] == task_id
     assert task_id in [t["taskId"] for t in mine["list"]["tasks"]]
 
 
-async def rpc(mcp_url: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+async def rpc(
+    mcp_url: str, method: str, params: dict[str, Any], key: str = API_KEY
+) -> dict[str, Any]:
     """One JSON-RPC request on the 2025-11-25 wire (the relay is stateless: no session)."""
     headers = {
-        "Authorization": f"Bearer {API_KEY}",
+        "Authorization": f"Bearer {key}",
         "Accept": "application/json, text/event-stream",
         "MCP-Protocol-Version": "2025-11-25",
     }
