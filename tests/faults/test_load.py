@@ -28,6 +28,7 @@ from fault_stack import (
     sessions_by_call,
     wait_all_waiting,
 )
+from waiting import wait_until
 
 from hitl_relay.adapters.supabase_store import MAX_IN_FLIGHT
 from hitl_relay.mcp_client import connect
@@ -106,6 +107,14 @@ async def test_a_thousand_waiting_calls_stay_within_the_pools_bounds(
             asyncio.create_task(ask(agents[i % AGENTS], c, results)) for i, c in enumerate(call_ids)
         ]
         await wait_all_waiting(db_url, call_ids, timeout_s=300)
+
+        # A session waits in the database as soon as its case is open; its channel join runs
+        # beside the open and is paced (HITL_REALTIME_JOINS_PER_SECOND), so it can finish later.
+        async def all_joined() -> bool:
+            exposed = (await http.get(f"{relay.url}/metrics")).text
+            return gauge(exposed, "hitl_realtime_channels") >= CALLS
+
+        await wait_until(all_joined, f"{CALLS} case channels joined", timeout_s=120)
         all_waiting_s = time.monotonic() - t0
         rss_waiting = rss_bytes(pid)
         links = tcp_links_to(pid, devstack_up.port)
