@@ -95,7 +95,8 @@ CREATE FUNCTION public.hitl_answer(p_case_id uuid) RETURNS jsonb
     AS $$
   select jsonb_build_object(
     'message_id', m.id, 'case_id', m.case_id, 'content', m.content, 'kind', m.kind,
-    'sender_id', m.sender_id, 'created_at', m.created_at)
+    'sender_id', m.sender_id, 'created_at', m.created_at, 'option_index', m.option_index,
+    'option', c.options ->> m.option_index)
   from public.cases c
   join public.messages m on m.id = c.answer_message_id
   where c.id = p_case_id
@@ -124,6 +125,76 @@ CREATE FUNCTION public.hitl_audit_append_only() RETURNS trigger
 begin
   raise exception using errcode = '42501', message = 'hil_audit is append-only',
     hint = 'audit rows are never updated; hitl_purge deletes old ones';
+end;
+$$;
+
+CREATE FUNCTION public.hitl_before_case_update() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+  if current_user not in ('authenticated', 'anon') then
+    return new; -- the service role and the security-definer functions
+  end if;
+  if (to_jsonb(new) - 'claimed_by' - 'claimed_at' - 'claim_expires_at')
+     is distinct from (to_jsonb(old) - 'claimed_by' - 'claimed_at' - 'claim_expires_at') then
+    raise exception using errcode = '42501',
+      message = 'operators may change only claimed_by of a case';
+  end if;
+  if new.claimed_by is null then
+    new.claimed_at := null;
+    new.claim_expires_at := null;
+  elsif new.claimed_by is distinct from old.claimed_by
+        or old.claim_expires_at is null or old.claim_expires_at <= now() then
+    if not public.hitl_operator_present(new.claimed_by) then
+      raise exception using errcode = 'P0001', detail = 'claimed_by',
+        message = 'invalid claimed_by: you are not available (no heartbeat seen): go available first';
+    end if;
+    new.claimed_at := now();
+    new.claim_expires_at := now() + make_interval(
+      secs => (public.hitl_setting('claim_ttl_seconds', '120') #>> '{}')::int);
+  else
+    new.claimed_at := old.claimed_at;
+    new.claim_expires_at := old.claim_expires_at;
+  end if;
+  return new;
+end;
+$$;
+
+CREATE FUNCTION public.hitl_before_message() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  c public.cases;
+begin
+  select * into c from public.cases where id = new.case_id;
+  if not found or c.source is distinct from 'mcp_voice' then
+    return new;
+  end if;
+  if new.option_index is not null then
+    if new.sender_type <> 'human' or new.kind <> 'answer' then
+      perform public.hitl_invalid('option_index', 'only a human answer may choose an option');
+    end if;
+    if c.options is null or new.option_index not between 0 and jsonb_array_length(c.options) - 1 then
+      perform public.hitl_invalid('option_index', format('must be one of the case''s options (0 to %s)',
+        coalesce(jsonb_array_length(c.options), 0) - 1));
+    end if;
+    if btrim(coalesce(new.content, '')) = '' then
+      new.content := c.options ->> new.option_index;
+    elsif btrim(new.content) <> c.options ->> new.option_index then
+      perform public.hitl_invalid('content', 'must be the chosen option''s text (or empty)');
+    end if;
+  end if;
+  if new.sender_type = 'human' and public.hitl_is_operator() then
+    if not (c.skills <@ public.hitl_operator_skills()) then
+      perform public.hitl_invalid('case_id', 'needs skills you do not have');
+    end if;
+    if c.claimed_by is not null and c.claimed_by is distinct from auth.uid()
+       and public.hitl_claim_live(c.claimed_by, c.claim_expires_at) then
+      perform public.hitl_invalid('case_id', 'is claimed by another operator');
+    end if;
+  end if;
+  return new;
 end;
 $$;
 
@@ -286,6 +357,12 @@ CREATE FUNCTION public.hitl_case_reply(p_case_id uuid) RETURNS jsonb
     from (select public.hitl_answer(p_case_id) as answer) x
 $$;
 
+CREATE FUNCTION public.hitl_claim_live(p_claimed_by uuid, p_expires timestamp with time zone) RETURNS boolean
+    LANGUAGE sql STABLE
+    AS $$
+  select p_claimed_by is not null and p_expires > now() and public.hitl_operator_present(p_claimed_by)
+$$;
+
 CREATE FUNCTION public.hitl_close_session(p_session_id uuid, p_status text, p_detail jsonb DEFAULT '{}'::jsonb) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -390,6 +467,61 @@ begin
   return jsonb_build_object(
     'case_id', s.case_id, 'session_id', s.id, 'expires_at', s.expires_at,
     'existed', v_existed, 'status', s.status);
+end;
+$$;
+
+CREATE FUNCTION public.hitl_escalate() RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  v_unclaimed jsonb := public.hitl_setting('escalate_unclaimed_seconds', '{}');
+  v_before int := (public.hitl_setting('escalate_before_deadline_seconds', '10') #>> '{}')::int;
+  r record;
+  v_reason text;
+  n integer := 0;
+  v_payload jsonb;
+begin
+  for r in
+    select c.id, c.priority, c.created_at, c.claimed_by, c.claim_expires_at, c.escalated_for,
+           c.description, c.metadata ->> 'retell_call_id' as call_id,
+           (select max(h.expires_at) from public.hil_sessions h
+             where h.case_id = c.id and h.status = 'waiting') as deadline
+      from public.cases c
+     where c.source = 'mcp_voice' and c.status = 'open' and c.answer_message_id is null
+       and (c.expires_at is null or c.expires_at > now())
+     order by c.priority desc, c.created_at
+       for update of c skip locked
+  loop
+    v_reason := null;
+    if not public.hitl_claim_live(r.claimed_by, r.claim_expires_at)
+       and not ('unclaimed' = any (r.escalated_for))
+       and v_unclaimed ? r.priority::text
+       and now() - r.created_at >= make_interval(secs => (v_unclaimed ->> r.priority::text)::int) then
+      v_reason := 'unclaimed';
+    elsif public.hitl_claim_live(r.claimed_by, r.claim_expires_at)
+       and not ('deadline' = any (r.escalated_for))
+       and r.deadline is not null and r.deadline > now()
+       and r.deadline - now() <= make_interval(secs => v_before) then
+      v_reason := 'deadline';
+    end if;
+    continue when v_reason is null;
+    update public.cases
+       set priority = least(5, priority + 1), escalated_at = now(),
+           escalation_level = escalation_level + 1, escalated_for = escalated_for || v_reason
+     where id = r.id;
+    v_payload := jsonb_build_object(
+      'case_id', r.id, 'reason', v_reason, 'priority', least(5, r.priority + 1),
+      'previous_priority', r.priority, 'claimed_by', r.claimed_by, 'deadline_at', r.deadline,
+      'question', r.description, 'retell_call_id', r.call_id, 'escalated_at', now());
+    perform realtime.send(v_payload, 'escalated', 'operators', true);
+    perform realtime.send(v_payload, 'escalated', 'case:' || r.id::text, true);
+    insert into public.hil_notifications (case_id, reason, payload) values (r.id, v_reason, v_payload);
+    insert into public.hil_audit (actor, action, case_id, outcome, detail)
+    values ('escalation', 'escalate', r.id, v_reason, v_payload);
+    n := n + 1;
+  end loop;
+  return n;
 end;
 $$;
 
@@ -510,6 +642,15 @@ CREATE FUNCTION public.hitl_is_relay_case(p_case_id uuid) RETURNS boolean
   select exists (select 1 from public.cases where id = p_case_id and source = 'mcp_voice')
 $$;
 
+CREATE FUNCTION public.hitl_notification_done(p_id bigint, p_error text DEFAULT NULL::text) RETURNS void
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+  update public.hil_notifications
+     set sent_at = case when p_error is null then now() end, last_error = p_error
+   where id = p_id
+$$;
+
 CREATE FUNCTION public.hitl_on_case_opened() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -527,12 +668,32 @@ begin
 end;
 $$;
 
+CREATE FUNCTION public.hitl_on_claim() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  v_payload jsonb := jsonb_build_object(
+    'case_id', new.id, 'claimed_by', new.claimed_by, 'claimed_at', new.claimed_at,
+    'claim_expires_at', new.claim_expires_at, 'previous', old.claimed_by);
+begin
+  perform realtime.send(v_payload, 'claim', 'case:' || new.id::text, true);
+  perform realtime.send(v_payload, 'claim', 'operators', true);
+  insert into public.hil_audit (actor, action, case_id, outcome, detail)
+  values (coalesce(new.claimed_by, old.claimed_by)::text,
+          case when new.claimed_by is null then 'release' else 'claim' end,
+          new.id, 'ok', v_payload);
+  return null;
+end;
+$$;
+
 CREATE FUNCTION public.hitl_on_message() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
 declare
   v_is_answer boolean := false;
+  v_option text;
 begin
   if new.sender_type = 'human' and new.kind in ('answer', 'cannot_answer') then
     update public.cases
@@ -542,12 +703,32 @@ begin
      where id = new.case_id and answer_message_id is null;
     v_is_answer := found;
   end if;
+  if new.option_index is not null then
+    select options ->> new.option_index into v_option from public.cases where id = new.case_id;
+  end if;
   perform realtime.send(
     jsonb_build_object(
       'id', new.id, 'case_id', new.case_id, 'sender_type', new.sender_type,
       'sender_id', new.sender_id, 'content', new.content, 'kind', new.kind,
-      'created_at', new.created_at, 'is_answer', v_is_answer),
+      'created_at', new.created_at, 'is_answer', v_is_answer,
+      'option_index', new.option_index, 'option', v_option),
     'message', 'case:' || new.case_id::text, true);
+  return null;
+end;
+$$;
+
+CREATE FUNCTION public.hitl_on_message_audit() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+  insert into public.hil_audit (actor, action, case_id, outcome, detail)
+  select coalesce(new.sender_id::text, 'unknown'), 'answer', new.case_id,
+         case when c.answer_message_id = new.id then 'decided' else 'late' end,
+         jsonb_build_object('message_id', new.id, 'kind', new.kind,
+                            'option_index', new.option_index, 'claimed_by', c.claimed_by)
+    from public.cases c
+   where c.id = new.case_id and c.source = 'mcp_voice';
   return null;
 end;
 $$;
@@ -566,6 +747,33 @@ end;
 $$;
 
 CREATE FUNCTION public.hitl_open_case(p jsonb) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  v_options jsonb;
+  v_skills text[];
+  r jsonb;
+begin
+  if p is null or jsonb_typeof(p) <> 'object' then
+    perform public.hitl_invalid('p', 'must be a JSON object');
+  end if;
+  v_options := public.hitl_options(p);
+  v_skills := public.hitl_skills(p);
+  r := public.hitl_open_case_core(p);
+  if not (r ->> 'existed')::boolean then
+    v_skills := array(
+      select distinct s from unnest(v_skills || coalesce(
+        (select a.skills from public.hil_agent_skills a where a.agent_id = p ->> 'retell_agent_id'),
+        '{}')) s order by 1);
+    update public.cases set options = v_options, skills = v_skills
+     where id = (r ->> 'case_id')::uuid;
+  end if;
+  return r;
+end;
+$$;
+
+CREATE FUNCTION public.hitl_open_case_core(p jsonb) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
@@ -725,6 +933,90 @@ begin
 end;
 $$;
 
+CREATE FUNCTION public.hitl_operator_present(p_operator uuid) RETURNS boolean
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+  select exists (
+    select 1 from public.operator_activity a
+     where a.operator_id = p_operator and a.status = 'available'
+       and a.last_seen_at >= now() - make_interval(
+             secs => (public.hitl_setting('claim_presence_seconds', '90') #>> '{}')::int))
+$$;
+
+CREATE FUNCTION public.hitl_operator_queue() RETURNS TABLE(case_id uuid, priority integer, deadline_at timestamp with time zone, claimed_by uuid, claim_live boolean, skills text[], escalation_level integer)
+    LANGUAGE sql STABLE
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+  select c.id, c.priority, coalesce(s.expires_at, (c.metadata ->> 'deadline_at')::timestamptz),
+         c.claimed_by, public.hitl_claim_live(c.claimed_by, c.claim_expires_at), c.skills,
+         c.escalation_level
+    from public.cases c
+    left join lateral (
+      select max(h.expires_at) as expires_at from public.hil_sessions h
+       where h.case_id = c.id and h.status = 'waiting') s on true
+   where c.source = 'mcp_voice' and c.status = 'open'
+     and (c.expires_at is null or c.expires_at > now())
+     and c.skills <@ public.hitl_operator_skills()
+     and (c.claimed_by is null or c.claimed_by = auth.uid()
+          or not public.hitl_claim_live(c.claimed_by, c.claim_expires_at))
+   order by c.priority desc,
+            coalesce(s.expires_at, (c.metadata ->> 'deadline_at')::timestamptz) asc nulls last,
+            c.created_at asc
+$$;
+
+CREATE FUNCTION public.hitl_operator_skills() RETURNS text[]
+    LANGUAGE sql STABLE
+    AS $$
+  select coalesce(array(
+    select lower(s) from jsonb_array_elements_text(
+      case when jsonb_typeof(auth.jwt() -> 'app_metadata' -> 'hitl_skills') = 'array'
+           then auth.jwt() -> 'app_metadata' -> 'hitl_skills' else '[]'::jsonb end) s), '{}')
+$$;
+
+CREATE FUNCTION public.hitl_option_bounds() RETURNS jsonb
+    LANGUAGE sql IMMUTABLE
+    AS $$
+  select '{"min": 2, "max": 6, "max_chars": 80}'::jsonb
+$$;
+
+CREATE FUNCTION public.hitl_options(p jsonb) RETURNS jsonb
+    LANGUAGE plpgsql IMMUTABLE
+    AS $$
+declare
+  v jsonb := p -> 'options';
+  b jsonb := public.hitl_option_bounds();
+  v_seen text[] := '{}';
+  v_item jsonb;
+  v_text text;
+begin
+  if v is null or jsonb_typeof(v) = 'null' then
+    return null;
+  end if;
+  if jsonb_typeof(v) <> 'array' then
+    perform public.hitl_invalid('options', 'must be a list of strings');
+  end if;
+  if jsonb_array_length(v) not between (b ->> 'min')::int and (b ->> 'max')::int then
+    perform public.hitl_invalid('options', format('must have %s to %s items', b ->> 'min', b ->> 'max'));
+  end if;
+  for v_item in select value from jsonb_array_elements(v) loop
+    if jsonb_typeof(v_item) <> 'string' or btrim(v_item #>> '{}') = '' then
+      perform public.hitl_invalid('options', 'each must be a non-empty string');
+    end if;
+    v_text := btrim(v_item #>> '{}');
+    if char_length(v_text) > (b ->> 'max_chars')::int then
+      perform public.hitl_invalid('options', format('each must be at most %s characters', b ->> 'max_chars'));
+    end if;
+    if lower(v_text) = any (v_seen) then
+      perform public.hitl_invalid('options', 'must not repeat an option');
+    end if;
+    v_seen := v_seen || lower(v_text);
+  end loop;
+  return (select jsonb_agg(btrim(value #>> '{}') order by ord)
+            from jsonb_array_elements(v) with ordinality as t(value, ord));
+end;
+$$;
+
 CREATE FUNCTION public.hitl_pending_clarification(p_case_id uuid) RETURNS jsonb
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -740,6 +1032,28 @@ CREATE FUNCTION public.hitl_pending_clarification(p_case_id uuid) RETURNS jsonb
                       where c.id = m.case_id and c.answer_message_id is not null)
    order by m.created_at desc, m.id desc
    limit 1
+$$;
+
+CREATE TABLE public.hil_notifications (
+    id bigint NOT NULL,
+    case_id uuid,
+    reason text NOT NULL,
+    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    sent_at timestamp with time zone,
+    attempts integer DEFAULT 0 NOT NULL,
+    last_error text
+);
+
+CREATE FUNCTION public.hitl_pending_notifications(p_limit integer DEFAULT 20) RETURNS SETOF public.hil_notifications
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+  update public.hil_notifications n set attempts = attempts + 1
+   where n.id in (select id from public.hil_notifications
+                   where sent_at is null and attempts < 10
+                   order by created_at limit p_limit for update skip locked)
+  returning n.*
 $$;
 
 CREATE FUNCTION public.hitl_purge(p_older_than interval) RETURNS jsonb
@@ -908,6 +1222,23 @@ begin
 end;
 $$;
 
+CREATE FUNCTION public.hitl_release_claims() RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  n integer;
+begin
+  if not public.hitl_is_operator() or auth.uid() is null then
+    raise exception using errcode = '42501', message = 'only operators hold claims';
+  end if;
+  update public.cases set claimed_by = null, claimed_at = null, claim_expires_at = null
+   where claimed_by = auth.uid() and source = 'mcp_voice' and status = 'open';
+  get diagnostics n = row_count;
+  return n;
+end;
+$$;
+
 CREATE FUNCTION public.hitl_schema_version() RETURNS text
     LANGUAGE sql IMMUTABLE
     SET search_path TO ''
@@ -924,6 +1255,31 @@ begin
         ->> 'x-hitl-instance', 128), '');
   end if;
   return new;
+end;
+$$;
+
+CREATE FUNCTION public.hitl_setting(p_key text, p_default jsonb) RETURNS jsonb
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+  select coalesce((select value from public.hil_settings where key = p_key), p_default)
+$$;
+
+CREATE FUNCTION public.hitl_skills(p jsonb) RETURNS text[]
+    LANGUAGE plpgsql IMMUTABLE
+    AS $$
+declare
+  v jsonb := p -> 'skills';
+begin
+  if v is null or jsonb_typeof(v) = 'null' then
+    return '{}';
+  end if;
+  if jsonb_typeof(v) <> 'array' or jsonb_array_length(v) > 8
+     or exists (select 1 from jsonb_array_elements(v) e
+                 where jsonb_typeof(e) <> 'string' or char_length(e #>> '{}') not between 1 and 64) then
+    perform public.hitl_invalid('skills', 'must be a list of at most 8 names of 1 to 64 characters');
+  end if;
+  return array(select distinct lower(e #>> '{}') from jsonb_array_elements(v) e order by 1);
 end;
 $$;
 
@@ -1900,7 +2256,20 @@ CREATE TABLE public.cases (
     metadata jsonb DEFAULT '{}'::jsonb,
     answered_at timestamp with time zone,
     expires_at timestamp with time zone,
-    answer_message_id uuid
+    answer_message_id uuid,
+    options jsonb,
+    skills text[] DEFAULT '{}'::text[] NOT NULL,
+    claimed_by uuid,
+    claimed_at timestamp with time zone,
+    claim_expires_at timestamp with time zone,
+    escalated_at timestamp with time zone,
+    escalation_level integer DEFAULT 0 NOT NULL,
+    escalated_for text[] DEFAULT '{}'::text[] NOT NULL
+);
+
+CREATE TABLE public.hil_agent_skills (
+    agent_id text NOT NULL,
+    skills text[] DEFAULT '{}'::text[] NOT NULL
 );
 
 CREATE TABLE public.hil_audit (
@@ -1954,6 +2323,15 @@ CREATE TABLE public.hil_case_secrets (
     created_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
+ALTER TABLE public.hil_notifications ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.hil_notifications_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
 CREATE TABLE public.hil_rate_limits (
     key text NOT NULL,
     window_seconds integer NOT NULL,
@@ -1975,6 +2353,12 @@ CREATE TABLE public.hil_sessions (
     metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
     instance_id text,
     CONSTRAINT hil_sessions_status_check CHECK ((status = ANY (ARRAY['waiting'::text, 'answered'::text, 'needs_info'::text, 'timed_out'::text, 'expired'::text, 'failed'::text, 'cancelled'::text])))
+);
+
+CREATE TABLE public.hil_settings (
+    key text NOT NULL,
+    value jsonb NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
 CREATE VIEW public.hitl_stats WITH (security_invoker='true') AS
@@ -2005,7 +2389,8 @@ CREATE TABLE public.messages (
     sender_type text,
     sender_id uuid,
     content text,
-    kind text DEFAULT 'answer'::text NOT NULL
+    kind text DEFAULT 'answer'::text NOT NULL,
+    option_index integer
 );
 
 CREATE TABLE public.operator_activity (
@@ -2074,6 +2459,9 @@ ALTER TABLE public.cases
 ALTER TABLE ONLY public.cases
     ADD CONSTRAINT cases_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY public.hil_agent_skills
+    ADD CONSTRAINT hil_agent_skills_pkey PRIMARY KEY (agent_id);
+
 ALTER TABLE ONLY public.hil_audit
     ADD CONSTRAINT hil_audit_pkey PRIMARY KEY (id);
 
@@ -2086,11 +2474,17 @@ ALTER TABLE ONLY public.hil_callbacks
 ALTER TABLE ONLY public.hil_case_secrets
     ADD CONSTRAINT hil_case_secrets_pkey PRIMARY KEY (case_id);
 
+ALTER TABLE ONLY public.hil_notifications
+    ADD CONSTRAINT hil_notifications_pkey PRIMARY KEY (id);
+
 ALTER TABLE ONLY public.hil_rate_limits
     ADD CONSTRAINT hil_rate_limits_pkey PRIMARY KEY (key, window_seconds, window_start);
 
 ALTER TABLE ONLY public.hil_sessions
     ADD CONSTRAINT hil_sessions_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.hil_settings
+    ADD CONSTRAINT hil_settings_pkey PRIMARY KEY (key);
 
 ALTER TABLE public.messages
     ADD CONSTRAINT messages_hitl_values CHECK (((sender_type = ANY (ARRAY['human'::text, 'ai'::text, 'system'::text])) AND (kind = ANY (ARRAY['answer'::text, 'clarification'::text, 'cannot_answer'::text, 'note'::text])) AND (octet_length(COALESCE(content, ''::text)) <= 65536))) NOT VALID;
@@ -2121,6 +2515,8 @@ CREATE INDEX hil_audit_case_idx ON public.hil_audit USING btree (case_id);
 
 CREATE INDEX hil_callbacks_due_idx ON public.hil_callbacks USING btree (next_attempt_at) WHERE ((delivered_at IS NULL) AND (failed_at IS NULL));
 
+CREATE INDEX hil_notifications_unsent_idx ON public.hil_notifications USING btree (created_at) WHERE (sent_at IS NULL);
+
 CREATE INDEX hil_rate_limits_window_idx ON public.hil_rate_limits USING btree (window_start);
 
 CREATE INDEX hil_sessions_call_idx ON public.hil_sessions USING btree (retell_call_id, created_at);
@@ -2147,13 +2543,21 @@ CREATE TRIGGER hitl_attach_thread BEFORE INSERT ON public.cases FOR EACH ROW WHE
 
 CREATE TRIGGER hitl_audit_append_only BEFORE UPDATE ON public.hil_audit FOR EACH ROW EXECUTE FUNCTION public.hitl_audit_append_only();
 
+CREATE TRIGGER hitl_before_case_update BEFORE UPDATE ON public.cases FOR EACH ROW WHEN ((old.source = 'mcp_voice'::text)) EXECUTE FUNCTION public.hitl_before_case_update();
+
+CREATE TRIGGER hitl_before_message BEFORE INSERT ON public.messages FOR EACH ROW EXECUTE FUNCTION public.hitl_before_message();
+
 CREATE TRIGGER hitl_callback_on_answer AFTER UPDATE OF answer_message_id ON public.cases FOR EACH ROW EXECUTE FUNCTION public.hitl_callback_on_answer();
 
 CREATE TRIGGER hitl_callback_on_timeout AFTER UPDATE OF status ON public.hil_sessions FOR EACH ROW EXECUTE FUNCTION public.hitl_callback_on_timeout();
 
 CREATE TRIGGER hitl_on_case_opened AFTER INSERT ON public.cases FOR EACH ROW WHEN ((new.source = 'mcp_voice'::text)) EXECUTE FUNCTION public.hitl_on_case_opened();
 
+CREATE TRIGGER hitl_on_claim AFTER UPDATE OF claimed_by ON public.cases FOR EACH ROW WHEN (((old.source = 'mcp_voice'::text) AND (old.claimed_by IS DISTINCT FROM new.claimed_by))) EXECUTE FUNCTION public.hitl_on_claim();
+
 CREATE TRIGGER hitl_on_message AFTER INSERT ON public.messages FOR EACH ROW EXECUTE FUNCTION public.hitl_on_message();
+
+CREATE TRIGGER hitl_on_message_audit AFTER INSERT ON public.messages FOR EACH ROW WHEN (((new.sender_type = 'human'::text) AND (new.kind = ANY (ARRAY['answer'::text, 'cannot_answer'::text])))) EXECUTE FUNCTION public.hitl_on_message_audit();
 
 CREATE TRIGGER hitl_on_session_change AFTER UPDATE OF status ON public.hil_sessions FOR EACH ROW WHEN ((old.status IS DISTINCT FROM new.status)) EXECUTE FUNCTION public.hitl_on_session_change();
 
@@ -2169,6 +2573,9 @@ ALTER TABLE ONLY public.hil_callbacks
 ALTER TABLE ONLY public.hil_case_secrets
     ADD CONSTRAINT hil_case_secrets_case_id_fkey FOREIGN KEY (case_id) REFERENCES public.cases(id) ON DELETE CASCADE;
 
+ALTER TABLE ONLY public.hil_notifications
+    ADD CONSTRAINT hil_notifications_case_id_fkey FOREIGN KEY (case_id) REFERENCES public.cases(id) ON DELETE CASCADE;
+
 ALTER TABLE ONLY public.hil_sessions
     ADD CONSTRAINT hil_sessions_case_id_fkey FOREIGN KEY (case_id) REFERENCES public.cases(id) ON DELETE CASCADE;
 
@@ -2177,15 +2584,23 @@ ALTER TABLE ONLY public.messages
 
 ALTER TABLE public.cases ENABLE ROW LEVEL SECURITY;
 
+ALTER TABLE public.hil_agent_skills ENABLE ROW LEVEL SECURITY;
+
 ALTER TABLE public.hil_audit ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE public.hil_callbacks ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE public.hil_case_secrets ENABLE ROW LEVEL SECURITY;
 
+ALTER TABLE public.hil_notifications ENABLE ROW LEVEL SECURITY;
+
 ALTER TABLE public.hil_rate_limits ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE public.hil_sessions ENABLE ROW LEVEL SECURITY;
+
+ALTER TABLE public.hil_settings ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY hitl_operators_claim_cases ON public.cases FOR UPDATE TO authenticated USING (((source = 'mcp_voice'::text) AND (status = 'open'::text) AND public.hitl_is_operator() AND (skills <@ public.hitl_operator_skills()) AND ((claimed_by IS NULL) OR (claimed_by = auth.uid()) OR (NOT public.hitl_claim_live(claimed_by, claim_expires_at))))) WITH CHECK (((source = 'mcp_voice'::text) AND ((claimed_by IS NULL) OR (claimed_by = auth.uid()))));
 
 CREATE POLICY hitl_operators_insert_messages ON public.messages FOR INSERT TO authenticated WITH CHECK ((public.hitl_is_operator() AND (sender_type = 'human'::text) AND (sender_id = auth.uid()) AND (kind = ANY (ARRAY['answer'::text, 'clarification'::text, 'cannot_answer'::text, 'note'::text])) AND public.hitl_is_relay_case(case_id)));
 
@@ -2249,6 +2664,14 @@ GRANT ALL ON FUNCTION public.hitl_audit_append_only() TO anon;
 GRANT ALL ON FUNCTION public.hitl_audit_append_only() TO authenticated;
 GRANT ALL ON FUNCTION public.hitl_audit_append_only() TO service_role;
 
+GRANT ALL ON FUNCTION public.hitl_before_case_update() TO anon;
+GRANT ALL ON FUNCTION public.hitl_before_case_update() TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_before_case_update() TO service_role;
+
+GRANT ALL ON FUNCTION public.hitl_before_message() TO anon;
+GRANT ALL ON FUNCTION public.hitl_before_message() TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_before_message() TO service_role;
+
 REVOKE ALL ON FUNCTION public.hitl_call_history(p_call_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_call_history(p_call_id text) TO service_role;
 
@@ -2267,11 +2690,18 @@ GRANT ALL ON FUNCTION public.hitl_callbacks_claim(p_limit integer, p_lease_secon
 REVOKE ALL ON FUNCTION public.hitl_case_reply(p_case_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_case_reply(p_case_id uuid) TO service_role;
 
+GRANT ALL ON FUNCTION public.hitl_claim_live(p_claimed_by uuid, p_expires timestamp with time zone) TO anon;
+GRANT ALL ON FUNCTION public.hitl_claim_live(p_claimed_by uuid, p_expires timestamp with time zone) TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_claim_live(p_claimed_by uuid, p_expires timestamp with time zone) TO service_role;
+
 REVOKE ALL ON FUNCTION public.hitl_close_session(p_session_id uuid, p_status text, p_detail jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_close_session(p_session_id uuid, p_status text, p_detail jsonb) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_continue_case(p jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_continue_case(p jsonb) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_escalate() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_escalate() TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_expire_sessions() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_expire_sessions() TO service_role;
@@ -2296,13 +2726,24 @@ REVOKE ALL ON FUNCTION public.hitl_is_relay_case(p_case_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_is_relay_case(p_case_id uuid) TO authenticated;
 GRANT ALL ON FUNCTION public.hitl_is_relay_case(p_case_id uuid) TO service_role;
 
+REVOKE ALL ON FUNCTION public.hitl_notification_done(p_id bigint, p_error text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_notification_done(p_id bigint, p_error text) TO service_role;
+
 GRANT ALL ON FUNCTION public.hitl_on_case_opened() TO anon;
 GRANT ALL ON FUNCTION public.hitl_on_case_opened() TO authenticated;
 GRANT ALL ON FUNCTION public.hitl_on_case_opened() TO service_role;
 
+GRANT ALL ON FUNCTION public.hitl_on_claim() TO anon;
+GRANT ALL ON FUNCTION public.hitl_on_claim() TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_on_claim() TO service_role;
+
 GRANT ALL ON FUNCTION public.hitl_on_message() TO anon;
 GRANT ALL ON FUNCTION public.hitl_on_message() TO authenticated;
 GRANT ALL ON FUNCTION public.hitl_on_message() TO service_role;
+
+GRANT ALL ON FUNCTION public.hitl_on_message_audit() TO anon;
+GRANT ALL ON FUNCTION public.hitl_on_message_audit() TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_on_message_audit() TO service_role;
 
 GRANT ALL ON FUNCTION public.hitl_on_session_change() TO anon;
 GRANT ALL ON FUNCTION public.hitl_on_session_change() TO authenticated;
@@ -2311,12 +2752,40 @@ GRANT ALL ON FUNCTION public.hitl_on_session_change() TO service_role;
 REVOKE ALL ON FUNCTION public.hitl_open_case(p jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_open_case(p jsonb) TO service_role;
 
+REVOKE ALL ON FUNCTION public.hitl_open_case_core(p jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_open_case_core(p jsonb) TO service_role;
+
 REVOKE ALL ON FUNCTION public.hitl_operator_heartbeat(p_status text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_operator_heartbeat(p_status text) TO authenticated;
 GRANT ALL ON FUNCTION public.hitl_operator_heartbeat(p_status text) TO service_role;
 
+REVOKE ALL ON FUNCTION public.hitl_operator_present(p_operator uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_operator_present(p_operator uuid) TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_operator_present(p_operator uuid) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_operator_queue() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_operator_queue() TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_operator_queue() TO service_role;
+
+GRANT ALL ON FUNCTION public.hitl_operator_skills() TO anon;
+GRANT ALL ON FUNCTION public.hitl_operator_skills() TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_operator_skills() TO service_role;
+
+GRANT ALL ON FUNCTION public.hitl_option_bounds() TO anon;
+GRANT ALL ON FUNCTION public.hitl_option_bounds() TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_option_bounds() TO service_role;
+
+GRANT ALL ON FUNCTION public.hitl_options(p jsonb) TO anon;
+GRANT ALL ON FUNCTION public.hitl_options(p jsonb) TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_options(p jsonb) TO service_role;
+
 REVOKE ALL ON FUNCTION public.hitl_pending_clarification(p_case_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_pending_clarification(p_case_id uuid) TO service_role;
+
+GRANT ALL ON TABLE public.hil_notifications TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_pending_notifications(p_limit integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_pending_notifications(p_limit integer) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_purge(p_older_than interval) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_purge(p_older_than interval) TO service_role;
@@ -2333,11 +2802,23 @@ GRANT ALL ON FUNCTION public.hitl_rate_limit_peek(p_key text, p_limits jsonb) TO
 REVOKE ALL ON FUNCTION public.hitl_recover_sessions(p_instance_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_recover_sessions(p_instance_id text) TO service_role;
 
+REVOKE ALL ON FUNCTION public.hitl_release_claims() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_release_claims() TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_release_claims() TO service_role;
+
 REVOKE ALL ON FUNCTION public.hitl_schema_version() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_schema_version() TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_session_instance() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_session_instance() TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_setting(p_key text, p_default jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_setting(p_key text, p_default jsonb) TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_setting(p_key text, p_default jsonb) TO service_role;
+
+GRANT ALL ON FUNCTION public.hitl_skills(p jsonb) TO anon;
+GRANT ALL ON FUNCTION public.hitl_skills(p jsonb) TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_skills(p jsonb) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_success_metrics(p_from timestamp with time zone, p_to timestamp with time zone) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_success_metrics(p_from timestamp with time zone, p_to timestamp with time zone) TO service_role;
@@ -2387,6 +2868,8 @@ GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.cases TO anon;
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.cases TO authenticated;
 GRANT ALL ON TABLE public.cases TO service_role;
 
+GRANT ALL ON TABLE public.hil_agent_skills TO service_role;
+
 GRANT ALL ON TABLE public.hil_audit TO service_role;
 
 GRANT ALL ON SEQUENCE public.hil_audit_id_seq TO service_role;
@@ -2399,10 +2882,14 @@ GRANT ALL ON SEQUENCE public.hil_callbacks_id_seq TO service_role;
 
 GRANT ALL ON TABLE public.hil_case_secrets TO service_role;
 
+GRANT ALL ON SEQUENCE public.hil_notifications_id_seq TO service_role;
+
 GRANT ALL ON TABLE public.hil_rate_limits TO service_role;
 
 GRANT ALL ON TABLE public.hil_sessions TO service_role;
 GRANT SELECT ON TABLE public.hil_sessions TO authenticated;
+
+GRANT ALL ON TABLE public.hil_settings TO service_role;
 
 GRANT ALL ON TABLE public.hitl_stats TO service_role;
 
