@@ -72,6 +72,10 @@ class OpenCase:
     idempotency_key: str | None = None
     # None: the platform's default (1 h) for how long the case stays answerable.
     case_ttl_seconds: int | None = None
+    # One-tap answers offered to the operator (None: free text only).
+    options: Sequence[str] | None = None
+    # Skills an answering operator must hold (routing); the platform adds the agent id's own.
+    skills: Sequence[str] = ()
 
     def as_rpc_params(self) -> dict[str, Any]:
         """The JSON object `public.hitl_open_case(p jsonb)` takes (None-valued options left out)."""
@@ -93,6 +97,8 @@ class OpenCase:
             "webhook_secret": self.webhook_secret,
             "idempotency_key": self.idempotency_key,
             "case_ttl_seconds": self.case_ttl_seconds,
+            "options": list(self.options) if self.options is not None else None,
+            "skills": list(self.skills) if self.skills else None,
         }
         params.update({k: v for k, v in optional.items() if v is not None})
         return params
@@ -157,6 +163,9 @@ class Answer:
     kind: MessageKind
     sender_id: str | None
     created_at: datetime
+    # The one-tap option the operator chose (its 0-based index and text), if any.
+    option_index: int | None = None
+    option: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +251,9 @@ class HumanMessage:
     kind: MessageKind
     created_at: datetime
     is_answer: bool
+    # The one-tap option chosen (index and text), as the platform's broadcast names it.
+    option_index: int | None = None
+    option: str | None = None
 
     def as_answer(self) -> Answer:
         return Answer(
@@ -251,6 +263,8 @@ class HumanMessage:
             kind=self.kind,
             sender_id=self.sender_id,
             created_at=self.created_at,
+            option_index=self.option_index,
+            option=self.option,
         )
 
     def as_clarification(self) -> Clarification:

@@ -311,6 +311,8 @@ class Relay:
             # Option B: the answer (or timeout) is also POSTed there, signed (hitl_relay.callbacks).
             callback_url=s.callback_url,
             webhook_secret=s.callback_secret.get_secret_value() if s.callback_secret else None,
+            options=request.options,
+            skills=request.skills or (),
         )
         open_case = partial(self.store.open_case, open_request)
         return await self._run(call.case_id, open_case, call, deadline, progress, probe)
@@ -593,6 +595,9 @@ class Relay:
             waited_ms=self._waited_ms(call),
             deadline_s=call.deadline_s,
             message=text,
+            option_index=answer.option_index,
+            option=answer.option,
+            answered_by=answer.sender_id,
         )
 
     def _needs_info(self, clarification: Clarification, call: _Call) -> AskResult:

@@ -34,6 +34,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from hitl_relay.clock import SystemClock
 from hitl_relay.errors import InvalidRequest, NotFound, PlatformUnavailable
+from hitl_relay.models import option_rule
 from hitl_relay.ports import (
     Answer,
     Backend,
@@ -76,6 +77,8 @@ class MemCase:
     expires_at: datetime
     answer_message_id: UUID | None = None
     answered_at: datetime | None = None
+    options: list[str] | None = None
+    skills: tuple[str, ...] = ()
 
 
 @dataclass
@@ -311,11 +314,27 @@ class MemoryPlatform:
         kind: MessageKind = "answer",
         sender_type: SenderType = "human",
         sender_id: str | None = "operator-0",
+        option_index: int | None = None,
     ) -> HumanMessage:
         """Insert a message into a case, as the `messages` insert trigger does it."""
         case = self.cases.get(case_id)
         if case is None:
             raise NotFound(f"case {case_id}")
+        option: str | None = None
+        if option_index is not None:
+            # hitl_before_message: the option must be the case's; its text is the content.
+            if sender_type != "human" or kind != "answer":
+                raise InvalidRequest("option_index", "only a human answer may choose an option")
+            if case.options is None or not 0 <= option_index < len(case.options):
+                top = len(case.options or ()) - 1
+                raise InvalidRequest(
+                    "option_index", f"must be one of the case's options (0 to {top})"
+                )
+            option = case.options[option_index]
+            if not content.strip():
+                content = option
+            elif content.strip() != option:
+                raise InvalidRequest("content", "must be the chosen option's text (or empty)")
         is_answer = (
             sender_type == "human"
             and kind in ("answer", "cannot_answer")
@@ -330,6 +349,8 @@ class MemoryPlatform:
             kind=kind,
             created_at=self.clock.now(),
             is_answer=is_answer,
+            option_index=option_index,
+            option=option,
         )
         if is_answer:
             case.answer_message_id = message.message_id
@@ -457,6 +478,12 @@ class MemoryCaseStore:
             raise InvalidRequest("urgency", "must be one of low, medium, high")
         if len(request.conversation_history) > 200:
             raise InvalidRequest("conversation_history", "must have at most 200 turns")
+        options = None
+        if request.options is not None:
+            try:
+                options = option_rule(list(request.options))
+            except ValueError as e:
+                raise InvalidRequest("options", str(e)) from None
         key = request.idempotency_key or (
             f"{request.retell_call_id}:{hashlib.sha256(question.encode()).hexdigest()}"
         )
@@ -498,6 +525,8 @@ class MemoryCaseStore:
             },
             created_at=now,
             expires_at=now + timedelta(seconds=ttl),
+            options=options,
+            skills=tuple(sorted({k.lower() for k in request.skills})),
         )
         if thread:
             case.metadata["thread"] = [entry.as_json() for entry in thread]
@@ -820,9 +849,12 @@ class MemoryOperator:
         *,
         kind: MessageKind = "answer",
         sender_type: SenderType = "human",
+        option_index: int | None = None,
     ) -> UUID:
         await anyio.lowlevel.checkpoint()
-        return self._p.post_message(case_id, content, kind=kind, sender_type=sender_type).message_id
+        return self._p.post_message(
+            case_id, content, kind=kind, sender_type=sender_type, option_index=option_index
+        ).message_id
 
     async def ask_back(self, case_id: UUID, question: str) -> UUID:
         """Reply with a question instead of an answer (a `clarification` message)."""

@@ -115,9 +115,20 @@ def api_error(fn: str, e: APIError) -> InvalidRequest | NotFound | PlatformUnava
     return PlatformUnavailable(f"{fn}: {e.code or '?'} {e.message or ''}".rstrip())
 
 
+def parse_option(data: Mapping[str, Any]) -> tuple[int | None, str | None]:
+    """The chosen one-tap option of an answer (`option_index`, `option`), if any."""
+    index = data.get("option_index")
+    if index is None:
+        return None, None
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        raise ShapeError(f"option_index must be a non-negative integer, got {index!r}")
+    return index, optional_str(data.get("option"))
+
+
 def parse_answer(data: Mapping[str, Any]) -> Answer:
     """`hitl_answer`'s object (also what a catch-up read returns)."""
     try:
+        option_index, option = parse_option(data)
         return Answer(
             message_id=parse_uuid(data["message_id"]),
             case_id=parse_uuid(data["case_id"]),
@@ -125,6 +136,8 @@ def parse_answer(data: Mapping[str, Any]) -> Answer:
             kind=parse_kind(data.get("kind", "answer")),
             sender_id=optional_str(data.get("sender_id")),
             created_at=parse_time(data["created_at"]),
+            option_index=option_index,
+            option=option,
         )
     except KeyError as e:
         raise ShapeError(f"missing key {e}") from None

@@ -180,8 +180,12 @@ begin
       select distinct s from unnest(v_skills || coalesce(
         (select a.skills from public.hil_agent_skills a where a.agent_id = p ->> 'retell_agent_id'),
         '{}')) s order by 1);
-    update public.cases set options = v_options, skills = v_skills
-     where id = (r ->> 'case_id')::uuid;
+    -- only when there is something to stamp: a plain case gets no extra UPDATE (which
+    -- postgres_changes subscribers would see)
+    if v_options is not null or cardinality(v_skills) > 0 then
+      update public.cases set options = v_options, skills = v_skills
+       where id = (r ->> 'case_id')::uuid;
+    end if;
   end if;
   return r;
 end;

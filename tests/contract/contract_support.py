@@ -33,6 +33,7 @@ class OperatorSide(Protocol):
         *,
         kind: MessageKind = "answer",
         sender_type: SenderType = "human",
+        option_index: int | None = None,
     ) -> UUID: ...
 
     async def go_online(self, operator_id: str = "operator-0") -> None: ...
