@@ -480,6 +480,47 @@ class SuccessMetricsSource(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """An escalation to announce (a row of `hil_notifications`, taken by
+    `hitl_pending_notifications`): `reason` is `unclaimed` or `deadline`; `payload` carries
+    the case id, question, new priority and deadline."""
+
+    id: int
+    case_id: UUID | None
+    reason: str
+    payload: Mapping[str, Any]
+    attempts: int
+
+
+@runtime_checkable
+class EscalationStore(Protocol):
+    """Escalation on the platform (`hitl_escalate` and its notification outbox)."""
+
+    async def escalate(self) -> int:
+        """Run `hitl_escalate()` once: the number of cases escalated now. Safe to call from
+        every replica and pg_cron at once. Raises `PlatformUnavailable`."""
+        ...
+
+    async def pending_notifications(self, limit: int) -> list[Notification]:
+        """Take up to `limit` unsent notifications (each take counts an attempt)."""
+        ...
+
+    async def notification_done(self, notification_id: int, error: str | None) -> None:
+        """Mark a notification sent (`error` None) or failed for now (it is taken again)."""
+        ...
+
+
+@runtime_checkable
+class Notifier(Protocol):
+    """One notification channel (a Slack-compatible webhook, e-mail): `send` delivers once or
+    raises `DeliveryFailed`; retrying is the caller's business."""
+
+    name: str
+
+    async def send(self, notification: Notification) -> None: ...
+
+
 @runtime_checkable
 class CaseChannel(Protocol):
     """Realtime subscriptions to case channels (`case:<uuid>`, private)."""

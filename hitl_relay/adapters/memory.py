@@ -45,6 +45,7 @@ from hitl_relay.ports import (
     ContinueCase,
     HumanMessage,
     MessageKind,
+    Notification,
     OpenCase,
     OpenedCase,
     PlatformReadiness,
@@ -79,6 +80,22 @@ class MemCase:
     answered_at: datetime | None = None
     options: list[str] | None = None
     skills: tuple[str, ...] = ()
+    escalated_for: list[str] = field(default_factory=list)
+
+
+# hil_settings.escalate_unclaimed_seconds's default, per priority.
+ESCALATE_UNCLAIMED_S = {5: 5, 4: 8, 3: 12, 2: 20, 1: 30}
+
+
+@dataclass
+class _MemNotification:
+    id: int
+    case_id: UUID
+    reason: str
+    payload: dict[str, Any]
+    attempts: int = 0
+    sent_at: datetime | None = None
+    last_error: str | None = None
 
 
 @dataclass
@@ -192,6 +209,7 @@ class MemoryPlatform:
         self.sessions: dict[UUID, MemSession] = {}
         self._by_key: dict[str, UUID] = {}
         self.messages: list[HumanMessage] = []
+        self.notifications: list[_MemNotification] = []
         self.subscriptions: dict[UUID, set[MemorySubscription]] = {}
         self.faults = Faults()
         # None: presence unknown (not joined yet); a set: the operators present.
@@ -666,6 +684,70 @@ class MemoryCaseStore:
             handled_s=_round(Decimal(handled_us) / 10**6, 3),
             available_s=_round(Decimal(available_us) / 10**6, 3),
         )
+
+    async def escalate(self) -> int:
+        """`hitl_escalate`'s unclaimed rule (the twin has no claims): an open, unanswered case
+        older than its priority's threshold gets priority + 1 and a notification, once."""
+        await anyio.lowlevel.checkpoint()
+        p = self._p
+        p._rpc("escalate")
+        now = p.clock.now()
+        count = 0
+        for case in p.cases.values():
+            threshold = ESCALATE_UNCLAIMED_S.get(case.priority)
+            if (
+                case.status != "open"
+                or case.answer_message_id is not None
+                or "unclaimed" in case.escalated_for
+                or threshold is None
+                or (now - case.created_at).total_seconds() < threshold
+            ):
+                continue
+            case.escalated_for.append("unclaimed")
+            previous, case.priority = case.priority, min(5, case.priority + 1)
+            p.notifications.append(
+                _MemNotification(
+                    id=len(p.notifications) + 1,
+                    case_id=case.id,
+                    reason="unclaimed",
+                    payload={
+                        "case_id": str(case.id),
+                        "reason": "unclaimed",
+                        "priority": case.priority,
+                        "previous_priority": previous,
+                        "question": case.question,
+                    },
+                )
+            )
+            count += 1
+        p.changed()
+        return count
+
+    async def pending_notifications(self, limit: int) -> list[Notification]:
+        await anyio.lowlevel.checkpoint()
+        self._p._rpc("pending_notifications")
+        taken = [n for n in self._p.notifications if n.sent_at is None and n.attempts < 10]
+        out = []
+        for n in taken[:limit]:
+            n.attempts += 1
+            out.append(
+                Notification(
+                    id=n.id,
+                    case_id=n.case_id,
+                    reason=n.reason,
+                    payload=n.payload,
+                    attempts=n.attempts,
+                )
+            )
+        return out
+
+    async def notification_done(self, notification_id: int, error: str | None) -> None:
+        await anyio.lowlevel.checkpoint()
+        self._p._rpc("notification_done")
+        n = self._p.notifications[notification_id - 1]
+        n.sent_at = self._p.clock.now() if error is None else None
+        n.last_error = error
+        self._p.changed()
 
     async def continue_case(self, request: ContinueCase) -> OpenedCase:
         await anyio.lowlevel.checkpoint()

@@ -35,6 +35,7 @@ from hitl_relay.ports import (
     Clarification,
     ContinueCase,
     MessageKind,
+    Notification,
     OpenCase,
     OpenedCase,
     RecoveredSessions,
@@ -325,6 +326,35 @@ class SupabaseCaseStore:
                 f"hitl_recover_sessions returned an unexpected reply: {data!r}"
             )
         return RecoveredSessions(expired=expired, cancelled=cancelled)
+
+    async def escalate(self) -> int:
+        data = await self._rpc("hitl_escalate", {})
+        if not isinstance(data, int) or isinstance(data, bool):
+            raise PlatformUnavailable(f"hitl_escalate returned an unexpected reply: {data!r}")
+        return data
+
+    async def pending_notifications(self, limit: int) -> list[Notification]:
+        data = await self._rpc("hitl_pending_notifications", {"p_limit": limit})
+        try:
+            if not isinstance(data, list):
+                raise ShapeError(f"expected an array, got {data!r}")
+            return [
+                Notification(
+                    id=int(row["id"]),
+                    case_id=parse_uuid(row["case_id"]) if row.get("case_id") else None,
+                    reason=str(row["reason"]),
+                    payload=dict(row.get("payload") or {}),
+                    attempts=int(row.get("attempts") or 0),
+                )
+                for row in data
+            ]
+        except (KeyError, TypeError, ValueError, ShapeError) as e:
+            raise PlatformUnavailable(
+                f"hitl_pending_notifications returned an unexpected reply: {e}"
+            ) from None
+
+    async def notification_done(self, notification_id: int, error: str | None) -> None:
+        await self._rpc("hitl_notification_done", {"p_id": notification_id, "p_error": error})
 
     async def success_metrics(self, start: datetime, end: datetime) -> SuccessMetrics:
         data = await self._rpc(
