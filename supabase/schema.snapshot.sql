@@ -964,9 +964,8 @@ CREATE FUNCTION public.hitl_operator_queue() RETURNS TABLE(case_id uuid, priorit
      and c.skills <@ public.hitl_operator_skills()
      and (c.claimed_by is null or c.claimed_by = auth.uid()
           or not public.hitl_claim_live(c.claimed_by, c.claim_expires_at))
-   order by c.priority desc,
-            coalesce(s.expires_at, (c.metadata ->> 'deadline_at')::timestamptz) asc nulls last,
-            c.created_at asc
+   -- callers still on the line first (a case whose caller is gone stays answerable, later)
+   order by (s.expires_at is null), c.priority desc, s.expires_at asc, c.created_at asc
 $$;
 
 CREATE FUNCTION public.hitl_operator_skills() RETURNS text[]

@@ -349,7 +349,8 @@ $$;
 revoke all on function public.hitl_release_claims() from public, anon;
 grant execute on function public.hitl_release_claims() to authenticated;
 
--- The cases the calling operator can take, best first: highest priority, nearest deadline.
+-- The cases the calling operator can take, best first: callers still waiting, then highest
+-- priority, then nearest deadline.
 -- Security invoker: row-level security decides what the operator sees at all.
 create or replace function public.hitl_operator_queue()
 returns table (case_id uuid, priority integer, deadline_at timestamptz, claimed_by uuid,
@@ -367,9 +368,8 @@ language sql stable security invoker set search_path = public, pg_temp as $$
      and c.skills <@ public.hitl_operator_skills()
      and (c.claimed_by is null or c.claimed_by = auth.uid()
           or not public.hitl_claim_live(c.claimed_by, c.claim_expires_at))
-   order by c.priority desc,
-            coalesce(s.expires_at, (c.metadata ->> 'deadline_at')::timestamptz) asc nulls last,
-            c.created_at asc
+   -- callers still on the line first (a case whose caller is gone stays answerable, later)
+   order by (s.expires_at is null), c.priority desc, s.expires_at asc, c.created_at asc
 $$;
 revoke all on function public.hitl_operator_queue() from public, anon;
 grant execute on function public.hitl_operator_queue() to authenticated, service_role;

@@ -1,7 +1,7 @@
 -- Claims (one holder, under RLS, stamped and broadcast), claim expiry (time and presence),
 -- routing (skills and order), one-tap options, and escalation (hitl_escalate).
 begin;
-select plan(38);
+select plan(39);
 
 create function pg_temp.state(p_sql text) returns text language plpgsql as $$
 begin
@@ -84,6 +84,16 @@ select results_eq($$select case_id from public.hitl_operator_queue()$$,
            ('c1000000-0000-0000-0000-000000000001'::uuid)$$,
   'an operator with the skills is offered the skilled case too, highest priority first');
 reset role;
+
+-- a caller who is gone: their case stays answerable but comes after every waiting caller
+update public.hil_sessions set status = 'timed_out' where case_id = 'c1000000-0000-0000-0000-000000000003';
+select pg_temp.as_operator('0b000000-0000-0000-0000-000000000002', '["billing", "German"]');
+select results_eq($$select case_id from public.hitl_operator_queue()$$,
+  $$values ('c1000000-0000-0000-0000-000000000002'::uuid), ('c1000000-0000-0000-0000-000000000001'::uuid),
+           ('c1000000-0000-0000-0000-000000000003'::uuid)$$,
+  'a case whose caller is gone comes after the waiting callers, whatever its priority');
+reset role;
+update public.hil_sessions set status = 'waiting' where case_id = 'c1000000-0000-0000-0000-000000000003';
 
 -- claims ----------------------------------------------------------------------------------------
 select pg_temp.as_operator('0b000000-0000-0000-0000-000000000001');
