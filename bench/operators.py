@@ -359,7 +359,8 @@ def plot(results: list[Result], path: Path) -> None:
 
 def table(results: list[Result]) -> str:
     lines = [
-        "| features | avg response (s) | success | timeouts | utilisation | time to claim p50 / p90 / p99 (s) | wasted duplicate answers | escalations |",
+        "| features | avg response (s) | success | timeouts | utilisation "
+        "| time to claim p50 / p90 / p99 (s) | wasted duplicate answers | escalations |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
