@@ -2693,7 +2693,7 @@ GRANT ALL ON FUNCTION public.hitl_callbacks_claim(p_limit integer, p_lease_secon
 REVOKE ALL ON FUNCTION public.hitl_case_reply(p_case_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_case_reply(p_case_id uuid) TO service_role;
 
-GRANT ALL ON FUNCTION public.hitl_claim_live(p_claimed_by uuid, p_expires timestamp with time zone) TO anon;
+REVOKE ALL ON FUNCTION public.hitl_claim_live(p_claimed_by uuid, p_expires timestamp with time zone) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_claim_live(p_claimed_by uuid, p_expires timestamp with time zone) TO authenticated;
 GRANT ALL ON FUNCTION public.hitl_claim_live(p_claimed_by uuid, p_expires timestamp with time zone) TO service_role;
 
@@ -2770,15 +2770,15 @@ REVOKE ALL ON FUNCTION public.hitl_operator_queue() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_operator_queue() TO authenticated;
 GRANT ALL ON FUNCTION public.hitl_operator_queue() TO service_role;
 
-GRANT ALL ON FUNCTION public.hitl_operator_skills() TO anon;
+REVOKE ALL ON FUNCTION public.hitl_operator_skills() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_operator_skills() TO authenticated;
 GRANT ALL ON FUNCTION public.hitl_operator_skills() TO service_role;
 
-GRANT ALL ON FUNCTION public.hitl_option_bounds() TO anon;
+REVOKE ALL ON FUNCTION public.hitl_option_bounds() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_option_bounds() TO authenticated;
 GRANT ALL ON FUNCTION public.hitl_option_bounds() TO service_role;
 
-GRANT ALL ON FUNCTION public.hitl_options(p jsonb) TO anon;
+REVOKE ALL ON FUNCTION public.hitl_options(p jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_options(p jsonb) TO authenticated;
 GRANT ALL ON FUNCTION public.hitl_options(p jsonb) TO service_role;
 
@@ -2819,7 +2819,7 @@ REVOKE ALL ON FUNCTION public.hitl_setting(p_key text, p_default jsonb) FROM PUB
 GRANT ALL ON FUNCTION public.hitl_setting(p_key text, p_default jsonb) TO authenticated;
 GRANT ALL ON FUNCTION public.hitl_setting(p_key text, p_default jsonb) TO service_role;
 
-GRANT ALL ON FUNCTION public.hitl_skills(p jsonb) TO anon;
+REVOKE ALL ON FUNCTION public.hitl_skills(p jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_skills(p jsonb) TO authenticated;
 GRANT ALL ON FUNCTION public.hitl_skills(p jsonb) TO service_role;
 

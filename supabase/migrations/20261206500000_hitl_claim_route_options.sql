@@ -518,6 +518,15 @@ $$;
 revoke all on function public.hitl_notification_done(bigint, text) from public, anon, authenticated;
 grant execute on function public.hitl_notification_done(bigint, text) to service_role;
 
+-- Helpers: nothing for anon; operators need the ones their policies and queue call.
+revoke all on function public.hitl_option_bounds(), public.hitl_options(jsonb),
+  public.hitl_skills(jsonb), public.hitl_operator_skills(),
+  public.hitl_claim_live(uuid, timestamptz) from public, anon;
+grant execute on function public.hitl_operator_skills(), public.hitl_claim_live(uuid, timestamptz)
+  to authenticated, service_role;
+grant execute on function public.hitl_option_bounds(), public.hitl_options(jsonb),
+  public.hitl_skills(jsonb) to service_role;
+
 do $$
 begin
   if exists (select 1 from pg_extension where extname = 'pg_cron') then
