@@ -14,7 +14,9 @@
 --   "away" in the console releases its claims at once (hitl_release_claims).
 -- * Routing: a case may require skills (cases.skills, from the agent's `skills` argument plus
 --   hil_agent_skills for its agent id); an operator holds skills in their JWT's
---   app_metadata.hitl_skills (only an administrator can write app_metadata). An operator may
+--   app_metadata.hitl_skills (only the service role can write app_metadata, while a user can
+--   rewrite their own user_metadata: supabase/splinter lint 0015 "RLS references
+--   user_metadata"; supabase-dart AdminUserAttributes.appMetadata). An operator may
 --   claim and answer only cases whose skills they all hold; hitl_operator_queue() lists the
 --   cases an operator can take, highest priority first, then nearest deadline.
 -- * Escalation: hitl_escalate() raises the priority of a case left unclaimed past
@@ -274,6 +276,11 @@ create policy hitl_operators_claim_cases on public.cases
   with check (source = 'mcp_voice' and (claimed_by is null or claimed_by = auth.uid()));
 
 -- Operators' updates of a relay case may change the claim only; the claim is stamped here.
+-- Hosted projects grant UPDATE on public tables to `authenticated` by default (Supabase's
+-- "Database API 42501 errors" guide; supabase/postgres init scripts), so the claim policy alone
+-- would let an operator rewrite any column of a claimable case: this trigger refuses that with
+-- 42501, which PostgREST answers with 403 (docs.postgrest.org, references/errors, "HTTP Status
+-- Codes"); hitl_invalid's P0001 becomes 400 with `details` naming the field.
 create or replace function public.hitl_before_case_update() returns trigger
 language plpgsql as $$
 begin
