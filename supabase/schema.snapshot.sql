@@ -482,6 +482,11 @@ declare
   n integer := 0;
   v_payload jsonb;
 begin
+  -- Claims that lapsed (their time, or their holder's heartbeat) are released here, so every
+  -- console hears the release (hitl_on_claim) within one round instead of judging it alone.
+  update public.cases c set claimed_by = null, claimed_at = null, claim_expires_at = null
+   where c.source = 'mcp_voice' and c.status = 'open' and c.claimed_by is not null
+     and not public.hitl_claim_live(c.claimed_by, c.claim_expires_at);
   for r in
     select c.id, c.priority, c.created_at, c.claimed_by, c.claim_expires_at, c.escalated_for,
            c.description, c.metadata ->> 'retell_call_id' as call_id,

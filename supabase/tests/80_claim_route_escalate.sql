@@ -1,7 +1,7 @@
 -- Claims (one holder, under RLS, stamped and broadcast), claim expiry (time and presence),
 -- routing (skills and order), one-tap options, and escalation (hitl_escalate).
 begin;
-select plan(39);
+select plan(41);
 
 create function pg_temp.state(p_sql text) returns text language plpgsql as $$
 begin
@@ -196,6 +196,16 @@ update public.hil_sessions set expires_at = now() + interval '5 seconds'
  where case_id = 'c1000000-0000-0000-0000-000000000002';
 select is(public.hitl_escalate(), 1, 'a claimed case unanswered close to its deadline is escalated');
 select is(public.hitl_escalate(), 0, 'each reason escalates a case once');
+-- the holder stops heartbeating: the next round releases the claim, and says so
+update public.operator_activity set started_at = now() - interval '10 minutes', last_seen_at = now() - interval '2 minutes'
+ where operator_id = '0b000000-0000-0000-0000-000000000001';
+select public.hitl_escalate();
+select is((select claimed_by from public.cases where id = 'c1000000-0000-0000-0000-000000000002'), null,
+  'an escalation round releases a claim whose holder left');
+select is((select action || ':' || actor from public.hil_audit
+            where case_id = 'c1000000-0000-0000-0000-000000000002' and action in ('claim', 'release')
+            order by id desc limit 1),
+  'release:0b000000-0000-0000-0000-000000000001', 'the release is audited (and broadcast by the same trigger)');
 
 select * from finish();
 rollback;
