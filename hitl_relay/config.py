@@ -133,6 +133,22 @@ class Settings(SecuritySettings, BaseSettings):
     success_window_seconds: float = Field(3600.0, ge=60, le=30 * 86400)
     success_refresh_seconds: float = Field(30.0, ge=1, le=3600)
 
+    # Escalation (hitl_relay.escalation): how often this relay runs hitl_escalate and sends
+    # its notifications (0: never; pg_cron still runs it every minute).
+    escalation_interval_seconds: float = Field(5.0, ge=0, le=3600)
+    # A Slack-compatible incoming webhook for escalations (the URL is the credential), and an
+    # optional HMAC secret for receivers that verify `x-hitl-signature`.
+    notify_webhook_url: SecretStr | None = None
+    notify_webhook_secret: SecretStr | None = None
+    # E-mail for escalations: SMTP server, STARTTLS before AUTH, sender and recipients.
+    notify_smtp_host: str | None = None
+    notify_smtp_port: int = Field(587, ge=1, le=65535)
+    notify_smtp_username: str | None = None
+    notify_smtp_password: SecretStr | None = None
+    notify_smtp_starttls: bool = True
+    notify_email_from: str = "hitl-relay@localhost"
+    notify_email_to: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
     # Demo/test backend only: a simulated operator answers every case with this text.
     memory_auto_answer: str | None = None
     memory_auto_answer_delay_seconds: float = Field(0.5, ge=0, le=600)
@@ -140,7 +156,7 @@ class Settings(SecuritySettings, BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "notify_email_to", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -6,6 +6,7 @@
     ├── Unauthorized                  missing/wrong API key → HTTP 401 {"error": "unauthorized"}
     ├── RateLimited(retry_after_s)    over a limit → HTTP 429 with Retry-After
     ├── NotFound                      unknown case id → MCP isError / HTTP 404
+    ├── DeliveryFailed                a notification channel refused or was unreachable (logged)
     └── ConfigError(problems)         invalid settings → the process refuses to start
 
 Adapters translate their libraries' exceptions into these; nothing above the ports sees an
@@ -30,6 +31,16 @@ class InvalidRequest(HitlError):
         # Every problem found, the first one being (field, rule): callers fix them all at once.
         self.problems: list[tuple[str, str]] = [(field, rule), *also]
         super().__init__("; ".join(f"{f}: {r}" for f, r in self.problems))
+
+
+class DeliveryFailed(HitlError):
+    """A notification (webhook, e-mail) was not delivered; `retryable` when trying again may
+    help (network errors, 429, 5xx, temporary SMTP failures)."""
+
+    def __init__(self, detail: str, *, retryable: bool = True) -> None:
+        self.detail = detail
+        self.retryable = retryable
+        super().__init__(detail)
 
 
 class PlatformUnavailable(HitlError):

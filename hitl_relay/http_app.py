@@ -50,13 +50,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hitl_relay import console, gc_tuning, metrics, recovery, retell, success
 from hitl_relay.adapters import open_backend, task_store_for
+from hitl_relay.adapters.notify import build_notifiers
 from hitl_relay.clock import SystemClock
 from hitl_relay.config import Settings
+from hitl_relay.escalation import Escalator
 from hitl_relay.mcp_server import RelayMcpServer
 from hitl_relay.monitoring import Monitor
 from hitl_relay.ports import (
     Backend,
     Clock,
+    EscalationStore,
     JobHealthSource,
     SessionRecovery,
     SuccessMetricsSource,
@@ -182,6 +185,7 @@ class RelayState:
     relay: Relay | None = None
     readiness: ReadinessMonitor | None = None
     mcp_requests: InFlight | None = None
+    escalator: Escalator | None = None
 
     def get(self) -> Relay:
         if self.relay is None:
@@ -284,6 +288,19 @@ def create_app(
                     timeout_s=settings.platform_timeout_seconds,
                 )
                 tg.start_soon(monitor.run)
+                if (
+                    isinstance(connected.store, EscalationStore)
+                    and settings.escalation_interval_seconds > 0
+                ):
+                    escalator = Escalator(
+                        connected.store,
+                        build_notifiers(settings),
+                        relay_clock,
+                        interval_s=settings.escalation_interval_seconds,
+                        timeout_s=settings.platform_timeout_seconds,
+                    )
+                    state.escalator = escalator
+                    tg.start_soon(escalator.run)
                 yield {"relay_state": state, "mcp": mcp}
                 await relay.drain(settings.drain_timeout_seconds)
                 tg.cancel_scope.cancel()

@@ -29,6 +29,12 @@ HISTORY_MAX_TURNS = 200
 TURN_CONTENT_MAX = 8000
 TIMEOUT_MIN = 5
 TIMEOUT_MAX = 600
+# One-tap answers: the bounds' one home (hitl_option_bounds() in SQL is tested against them).
+OPTIONS_MIN = 2
+OPTIONS_MAX = 6
+OPTION_MAX_CHARS = 80
+SKILLS_MAX = 8
+SKILL_MAX_CHARS = 64
 
 ASK_HUMAN_DESCRIPTION = """\
 Ask a human colleague (an operator) a question during a live call and wait for the answer.
@@ -54,6 +60,9 @@ is recorded all the same (case_id) for the colleagues who come on duty: call get
 with `case_id` later in the call to pick up their answer.
 - platform_unreachable: the colleagues' system cannot be reached; say `message`.
 - unclear_answer: the colleague could not give a usable answer; say `message`.
+If you pass `options` (2-6 short answers such as "approve", "deny"), the colleague can answer \
+with one tap; an answered result then carries `option_index` (0-based) and `option` (its text) \
+so you can branch on it; `option_index` is null when they typed a free answer instead.
 Never invent an answer when the status is not `answered`. `deadline_s` is this call's time \
 limit and `waited_ms` how long it waited.
 
@@ -168,6 +177,22 @@ def call_id_of(arguments: Mapping[str, Any]) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def option_rule(options: list[str]) -> list[str]:
+    """The options trimmed, or ValueError naming the rule (the tool's and the memory twin's
+    check; `hitl_options` in SQL applies the same bounds)."""
+    if not OPTIONS_MIN <= len(options) <= OPTIONS_MAX:
+        raise ValueError(f"must have {OPTIONS_MIN} to {OPTIONS_MAX} items (got {len(options)})")
+    cleaned = [v.strip() for v in options]
+    for number, text in enumerate(cleaned):
+        if not text:
+            raise ValueError(f"item {number} must not be empty")
+        if len(text) > OPTION_MAX_CHARS:
+            raise ValueError(f"item {number} must be at most {OPTION_MAX_CHARS} characters")
+        if text.lower() in (t.lower() for t in cleaned[:number]):
+            raise ValueError(f"item {number} repeats an earlier option")
+    return cleaned
+
+
 def _id_field(alias: str, description: str) -> Any:
     return Field(alias=alias, min_length=1, max_length=ID_MAX, description=description)
 
@@ -241,6 +266,40 @@ class AskHumanRequest(BaseModel):
             "the same case (the colleague answers there). Leave it out for a new question."
         ),
     )
+
+    options: list[str] | None = Field(
+        None,
+        description=(
+            f"Optional one-tap answers for the colleague, {OPTIONS_MIN} to {OPTIONS_MAX} short "
+            f"distinct texts of at most {OPTION_MAX_CHARS} characters, e.g. ['approve', 'deny', "
+            "'approve up to 50 euros']. They may still type a free answer."
+        ),
+    )
+    skills: list[str] | None = Field(
+        None,
+        description=(
+            f"Optional skills or teams the answering colleague needs (at most {SKILLS_MAX} names, "
+            "e.g. ['billing', 'german']). Only colleagues holding all of them are offered the case."
+        ),
+    )
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else option_rule(value)
+
+    @field_validator("skills")
+    @classmethod
+    def _skills(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if len(value) > SKILLS_MAX or any(
+            not 1 <= len(v.strip()) <= SKILL_MAX_CHARS for v in value
+        ):
+            raise ValueError(
+                f"must be at most {SKILLS_MAX} names of 1 to {SKILL_MAX_CHARS} characters"
+            )
+        return sorted({v.strip().lower() for v in value})
 
     @field_validator("question")
     @classmethod
@@ -362,10 +421,23 @@ class AskResult(BaseModel):
             "the fallback line for the status."
         )
     )
+    option_index: int | None = Field(
+        None,
+        ge=0,
+        description="When answered with one of your `options`: its 0-based index, else null.",
+    )
+    option: str | None = Field(
+        None, description="When answered with one of your `options`: its text, else null."
+    )
+    answered_by: str | None = Field(
+        None, description="The id of the colleague who answered (for your records), else null."
+    )
 
     def text(self) -> str:
         """The tool result's text content: what to say, plus the facts an agent acts on."""
         if self.status == "answered" and self.answer is not None:
+            if self.option_index is not None:
+                return f"{self.answer} [option_index: {self.option_index}]"
             return self.answer
         if self.status == "needs_info" and self.clarification is not None:
             return (
@@ -458,6 +530,7 @@ _FIELD_RULES = {
     "urgency": "must be one of low, medium, high",
     "timeout_seconds": f"must be between {TIMEOUT_MIN} and {TIMEOUT_MAX}",
     "case_id": "must be a case id (a UUID)",
+    "options": f"must have {OPTIONS_MIN} to {OPTIONS_MAX} items",
 }
 _RANGE_TYPES = {
     "greater_than_equal",

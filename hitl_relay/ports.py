@@ -81,6 +81,10 @@ class OpenCase:
     idempotency_key: str | None = None
     # None: the platform's default (1 h) for how long the case stays answerable.
     case_ttl_seconds: int | None = None
+    # One-tap answers offered to the operator (None: free text only).
+    options: Sequence[str] | None = None
+    # Skills an answering operator must hold (routing); the platform adds the agent id's own.
+    skills: Sequence[str] = ()
 
     def as_rpc_params(self) -> dict[str, Any]:
         """The JSON object `public.hitl_open_case(p jsonb)` takes (None-valued options left out)."""
@@ -102,6 +106,8 @@ class OpenCase:
             "webhook_secret": self.webhook_secret,
             "idempotency_key": self.idempotency_key,
             "case_ttl_seconds": self.case_ttl_seconds,
+            "options": list(self.options) if self.options is not None else None,
+            "skills": list(self.skills) if self.skills else None,
         }
         params.update({k: v for k, v in optional.items() if v is not None})
         return params
@@ -166,6 +172,9 @@ class Answer:
     kind: MessageKind
     sender_id: str | None
     created_at: datetime
+    # The one-tap option the operator chose (its 0-based index and text), if any.
+    option_index: int | None = None
+    option: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +262,9 @@ class HumanMessage:
     kind: MessageKind
     created_at: datetime
     is_answer: bool
+    # The one-tap option chosen (index and text), as the platform's broadcast names it.
+    option_index: int | None = None
+    option: str | None = None
 
     def as_answer(self) -> Answer:
         return Answer(
@@ -262,6 +274,8 @@ class HumanMessage:
             kind=self.kind,
             sender_id=self.sender_id,
             created_at=self.created_at,
+            option_index=self.option_index,
+            option=self.option,
         )
 
     def as_clarification(self) -> Clarification:
@@ -545,6 +559,46 @@ class JobHealthSource(Protocol):
     async def expiry_job(self) -> JobHealth:
         """Read-only, so safe to retry. Raises `PlatformUnavailable`."""
         ...
+
+
+class Notification:
+    """An escalation to announce (a row of `hil_notifications`, taken by
+    `hitl_pending_notifications`): `reason` is `unclaimed` or `deadline`; `payload` carries
+    the case id, question, new priority and deadline."""
+
+    id: int
+    case_id: UUID | None
+    reason: str
+    payload: Mapping[str, Any]
+    attempts: int
+
+
+@runtime_checkable
+class EscalationStore(Protocol):
+    """Escalation on the platform (`hitl_escalate` and its notification outbox)."""
+
+    async def escalate(self) -> int:
+        """Run `hitl_escalate()` once: the number of cases escalated now. Safe to call from
+        every replica and pg_cron at once. Raises `PlatformUnavailable`."""
+        ...
+
+    async def pending_notifications(self, limit: int) -> list[Notification]:
+        """Take up to `limit` unsent notifications (each take counts an attempt)."""
+        ...
+
+    async def notification_done(self, notification_id: int, error: str | None) -> None:
+        """Mark a notification sent (`error` None) or failed for now (it is taken again)."""
+        ...
+
+
+@runtime_checkable
+class Notifier(Protocol):
+    """One notification channel (a Slack-compatible webhook, e-mail): `send` delivers once or
+    raises `DeliveryFailed`; retrying is the caller's business."""
+
+    name: str
+
+    async def send(self, notification: Notification) -> None: ...
 
 
 @runtime_checkable

@@ -346,6 +346,8 @@ class Relay:
             callback_url=s.callback_url,
             webhook_secret=s.callback_secret.get_secret_value() if s.callback_secret else None,
             idempotency_key=owned_idempotency_key(owner, request),
+            options=request.options,
+            skills=request.skills or (),
         )
         if unattended:
             return await self._record_unattended(open_request, call, deadline, probe)
@@ -712,6 +714,9 @@ class Relay:
             waited_ms=self._waited_ms(call),
             deadline_s=call.deadline_s,
             message=text,
+            option_index=answer.option_index,
+            option=answer.option,
+            answered_by=answer.sender_id,
         )
 
     def _needs_info(self, clarification: Clarification, call: _Call) -> AskResult:

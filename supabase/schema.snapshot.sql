@@ -95,7 +95,8 @@ CREATE FUNCTION public.hitl_answer(p_case_id uuid) RETURNS jsonb
     AS $$
   select jsonb_build_object(
     'message_id', m.id, 'case_id', m.case_id, 'content', m.content, 'kind', m.kind,
-    'sender_id', m.sender_id, 'created_at', m.created_at)
+    'sender_id', m.sender_id, 'created_at', m.created_at, 'option_index', m.option_index,
+    'option', c.options ->> m.option_index)
   from public.cases c
   join public.messages m on m.id = c.answer_message_id
   where c.id = p_case_id
@@ -124,6 +125,76 @@ CREATE FUNCTION public.hitl_audit_append_only() RETURNS trigger
 begin
   raise exception using errcode = '42501', message = 'hil_audit is append-only',
     hint = 'audit rows are never updated; hitl_purge deletes old ones';
+end;
+$$;
+
+CREATE FUNCTION public.hitl_before_case_update() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+  if current_user not in ('authenticated', 'anon') then
+    return new; -- the service role and the security-definer functions
+  end if;
+  if (to_jsonb(new) - 'claimed_by' - 'claimed_at' - 'claim_expires_at')
+     is distinct from (to_jsonb(old) - 'claimed_by' - 'claimed_at' - 'claim_expires_at') then
+    raise exception using errcode = '42501',
+      message = 'operators may change only claimed_by of a case';
+  end if;
+  if new.claimed_by is null then
+    new.claimed_at := null;
+    new.claim_expires_at := null;
+  elsif new.claimed_by is distinct from old.claimed_by
+        or old.claim_expires_at is null or old.claim_expires_at <= now() then
+    if not public.hitl_operator_present(new.claimed_by) then
+      raise exception using errcode = 'P0001', detail = 'claimed_by',
+        message = 'invalid claimed_by: you are not available (no heartbeat seen): go available first';
+    end if;
+    new.claimed_at := now();
+    new.claim_expires_at := now() + make_interval(
+      secs => (public.hitl_setting('claim_ttl_seconds', '120') #>> '{}')::int);
+  else
+    new.claimed_at := old.claimed_at;
+    new.claim_expires_at := old.claim_expires_at;
+  end if;
+  return new;
+end;
+$$;
+
+CREATE FUNCTION public.hitl_before_message() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  c public.cases;
+begin
+  select * into c from public.cases where id = new.case_id;
+  if not found or c.source is distinct from 'mcp_voice' then
+    return new;
+  end if;
+  if new.option_index is not null then
+    if new.sender_type <> 'human' or new.kind <> 'answer' then
+      perform public.hitl_invalid('option_index', 'only a human answer may choose an option');
+    end if;
+    if c.options is null or new.option_index not between 0 and jsonb_array_length(c.options) - 1 then
+      perform public.hitl_invalid('option_index', format('must be one of the case''s options (0 to %s)',
+        coalesce(jsonb_array_length(c.options), 0) - 1));
+    end if;
+    if btrim(coalesce(new.content, '')) = '' then
+      new.content := c.options ->> new.option_index;
+    elsif btrim(new.content) <> c.options ->> new.option_index then
+      perform public.hitl_invalid('content', 'must be the chosen option''s text (or empty)');
+    end if;
+  end if;
+  if new.sender_type = 'human' and public.hitl_is_operator() then
+    if not (c.skills <@ public.hitl_operator_skills()) then
+      perform public.hitl_invalid('case_id', 'needs skills you do not have');
+    end if;
+    if c.claimed_by is not null and c.claimed_by is distinct from auth.uid()
+       and public.hitl_claim_live(c.claimed_by, c.claim_expires_at) then
+      perform public.hitl_invalid('case_id', 'is claimed by another operator');
+    end if;
+  end if;
+  return new;
 end;
 $$;
 
@@ -275,15 +346,6 @@ begin
 end;
 $$;
 
-CREATE FUNCTION public.hitl_case_owned(p_case_id uuid, p_owner text) RETURNS boolean
-    LANGUAGE sql STABLE SECURITY DEFINER
-    SET search_path TO ''
-    AS $$
-  select exists (
-    select 1 from public.hil_sessions
-     where case_id = p_case_id and starts_with(idempotency_key, p_owner || ':'))
-$$;
-
 CREATE FUNCTION public.hitl_case_reply(p_case_id uuid) RETURNS jsonb
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -295,11 +357,10 @@ CREATE FUNCTION public.hitl_case_reply(p_case_id uuid) RETURNS jsonb
     from (select public.hitl_answer(p_case_id) as answer) x
 $$;
 
-CREATE FUNCTION public.hitl_case_status(p_case_id uuid) RETURNS text
-    LANGUAGE sql STABLE SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
+CREATE FUNCTION public.hitl_claim_live(p_claimed_by uuid, p_expires timestamp with time zone) RETURNS boolean
+    LANGUAGE sql STABLE
     AS $$
-  select status from public.cases where id = p_case_id
+  select p_claimed_by is not null and p_expires > now() and public.hitl_operator_present(p_claimed_by)
 $$;
 
 CREATE FUNCTION public.hitl_close_session(p_session_id uuid, p_status text, p_detail jsonb DEFAULT '{}'::jsonb) RETURNS jsonb
@@ -409,35 +470,63 @@ begin
 end;
 $$;
 
-CREATE FUNCTION public.hitl_event_canonical(p_event text, p_payload jsonb, p_fields text[]) RETURNS text
-    LANGUAGE sql IMMUTABLE
-    SET search_path TO ''
-    AS $$
-  select p_event || coalesce(string_agg(
-    E'\n' || f || '=' || case when p_payload ->> f is null then '-'
-                              else length(p_payload ->> f)::text || ':' || (p_payload ->> f) end,
-    '' order by n), '')
-  from unnest(p_fields) with ordinality as t(f, n)
-$$;
-
-CREATE FUNCTION public.hitl_event_key() RETURNS text
-    LANGUAGE sql STABLE SECURITY DEFINER
-    SET search_path TO ''
-    AS $$
-  select encode(key, 'hex') from public.hitl_event_key where id = 1
-$$;
-
-CREATE FUNCTION public.hitl_event_key_pad(p_key bytea, p_byte integer) RETURNS bytea
-    LANGUAGE plpgsql IMMUTABLE
-    SET search_path TO ''
+CREATE FUNCTION public.hitl_escalate() RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
     AS $$
 declare
-  v bytea := p_key || decode(repeat('00', 64 - octet_length(p_key)), 'hex');
+  v_unclaimed jsonb := public.hitl_setting('escalate_unclaimed_seconds', '{}');
+  v_before int := (public.hitl_setting('escalate_before_deadline_seconds', '10') #>> '{}')::int;
+  r record;
+  v_reason text;
+  n integer := 0;
+  v_payload jsonb;
 begin
-  for i in 0 .. 63 loop
-    v := set_byte(v, i, get_byte(v, i) # p_byte);
+  -- Claims that lapsed (their time, or their holder's heartbeat) are released here, so every
+  -- console hears the release (hitl_on_claim) within one round instead of judging it alone.
+  update public.cases c set claimed_by = null, claimed_at = null, claim_expires_at = null
+   where c.source = 'mcp_voice' and c.status = 'open' and c.claimed_by is not null
+     and not public.hitl_claim_live(c.claimed_by, c.claim_expires_at);
+  for r in
+    select c.id, c.priority, c.created_at, c.claimed_by, c.claim_expires_at, c.escalated_for,
+           c.description, c.metadata ->> 'retell_call_id' as call_id,
+           (select max(h.expires_at) from public.hil_sessions h
+             where h.case_id = c.id and h.status = 'waiting') as deadline
+      from public.cases c
+     where c.source = 'mcp_voice' and c.status = 'open' and c.answer_message_id is null
+       and (c.expires_at is null or c.expires_at > now())
+     order by c.priority desc, c.created_at
+       for update of c skip locked
+  loop
+    v_reason := null;
+    if not public.hitl_claim_live(r.claimed_by, r.claim_expires_at)
+       and not ('unclaimed' = any (r.escalated_for))
+       and v_unclaimed ? r.priority::text
+       and now() - r.created_at >= make_interval(secs => (v_unclaimed ->> r.priority::text)::int) then
+      v_reason := 'unclaimed';
+    elsif public.hitl_claim_live(r.claimed_by, r.claim_expires_at)
+       and not ('deadline' = any (r.escalated_for))
+       and r.deadline is not null and r.deadline > now()
+       and r.deadline - now() <= make_interval(secs => v_before) then
+      v_reason := 'deadline';
+    end if;
+    continue when v_reason is null;
+    update public.cases
+       set priority = least(5, priority + 1), escalated_at = now(),
+           escalation_level = escalation_level + 1, escalated_for = escalated_for || v_reason
+     where id = r.id;
+    v_payload := jsonb_build_object(
+      'case_id', r.id, 'reason', v_reason, 'priority', least(5, r.priority + 1),
+      'previous_priority', r.priority, 'claimed_by', r.claimed_by, 'deadline_at', r.deadline,
+      'question', r.description, 'retell_call_id', r.call_id, 'escalated_at', now());
+    perform realtime.send(v_payload, 'escalated', 'operators', true);
+    perform realtime.send(v_payload, 'escalated', 'case:' || r.id::text, true);
+    insert into public.hil_notifications (case_id, reason, payload) values (r.id, v_reason, v_payload);
+    insert into public.hil_audit (actor, action, case_id, outcome, detail)
+    values ('escalation', 'escalate', r.id, v_reason, v_payload);
+    n := n + 1;
   end loop;
-  return v;
+  return n;
 end;
 $$;
 
@@ -469,30 +558,6 @@ begin
   select 'cron', 'expire_session', case_id, id, 'expired' from expired;
   get diagnostics n_sessions = row_count;
   return n_sessions + n_cases;
-end;
-$$;
-
-CREATE FUNCTION public.hitl_expiry_job() RETURNS jsonb
-    LANGUAGE plpgsql STABLE SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
-    AS $$
-declare
-  v_jobid bigint;
-  v_last timestamptz;
-begin
-  begin
-    select jobid into v_jobid from cron.job where jobname = 'hitl-expire-sessions';
-  exception when undefined_table or invalid_schema_name or insufficient_privilege then
-    return jsonb_build_object('scheduled', false, 'last_success', null);
-  end;
-  if v_jobid is null then
-    return jsonb_build_object('scheduled', false, 'last_success', null);
-  end if;
-  -- Newest first by the primary key: stops at the first succeeded run however long the log.
-  select end_time into v_last from cron.job_run_details
-   where jobid = v_jobid and status = 'succeeded'
-   order by runid desc limit 1;
-  return jsonb_build_object('scheduled', true, 'last_success', v_last);
 end;
 $$;
 
@@ -582,17 +647,13 @@ CREATE FUNCTION public.hitl_is_relay_case(p_case_id uuid) RETURNS boolean
   select exists (select 1 from public.cases where id = p_case_id and source = 'mcp_voice')
 $$;
 
-CREATE FUNCTION public.hitl_message_defaults() RETURNS trigger
-    LANGUAGE plpgsql
-    SET search_path TO ''
+CREATE FUNCTION public.hitl_notification_done(p_id bigint, p_error text DEFAULT NULL::text) RETURNS void
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
     AS $$
-begin
-  if current_user in ('authenticated', 'anon') then
-    new.id := gen_random_uuid();
-    new.created_at := now();
-  end if;
-  return new;
-end;
+  update public.hil_notifications
+     set sent_at = case when p_error is null then now() end, last_error = p_error
+   where id = p_id
 $$;
 
 CREATE FUNCTION public.hitl_on_case_opened() RETURNS trigger
@@ -601,15 +662,32 @@ CREATE FUNCTION public.hitl_on_case_opened() RETURNS trigger
     AS $$
 begin
   perform realtime.send(
-    public.hitl_sign_event('case_opened', jsonb_build_object(
+    jsonb_build_object(
       'case_id', new.id, 'priority', new.priority, 'urgency', new.urgency,
       'question', new.description, 'title', new.title,
       'deadline_at', new.metadata ->> 'deadline_at', 'expires_at', new.expires_at,
-      'retell_call_id', new.metadata ->> 'retell_call_id', 'source', new.source),
-      array['case_id', 'priority', 'urgency', 'question', 'title', 'deadline_at', 'expires_at',
-            'retell_call_id', 'source'])
-      || jsonb_build_object('thread', coalesce(new.metadata -> 'thread', '[]'::jsonb)),
+      'retell_call_id', new.metadata ->> 'retell_call_id', 'source', new.source,
+      'thread', coalesce(new.metadata -> 'thread', '[]'::jsonb)),
     'case_opened', 'operators', true);
+  return null;
+end;
+$$;
+
+CREATE FUNCTION public.hitl_on_claim() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  v_payload jsonb := jsonb_build_object(
+    'case_id', new.id, 'claimed_by', new.claimed_by, 'claimed_at', new.claimed_at,
+    'claim_expires_at', new.claim_expires_at, 'previous', old.claimed_by);
+begin
+  perform realtime.send(v_payload, 'claim', 'case:' || new.id::text, true);
+  perform realtime.send(v_payload, 'claim', 'operators', true);
+  insert into public.hil_audit (actor, action, case_id, outcome, detail)
+  values (coalesce(new.claimed_by, old.claimed_by)::text,
+          case when new.claimed_by is null then 'release' else 'claim' end,
+          new.id, 'ok', v_payload);
   return null;
 end;
 $$;
@@ -620,6 +698,7 @@ CREATE FUNCTION public.hitl_on_message() RETURNS trigger
     AS $$
 declare
   v_is_answer boolean := false;
+  v_option text;
 begin
   if new.sender_type = 'human' and new.kind in ('answer', 'cannot_answer') then
     update public.cases
@@ -629,14 +708,32 @@ begin
      where id = new.case_id and answer_message_id is null;
     v_is_answer := found;
   end if;
+  if new.option_index is not null then
+    select options ->> new.option_index into v_option from public.cases where id = new.case_id;
+  end if;
   perform realtime.send(
-    public.hitl_sign_event('message', jsonb_build_object(
+    jsonb_build_object(
       'id', new.id, 'case_id', new.case_id, 'sender_type', new.sender_type,
       'sender_id', new.sender_id, 'content', new.content, 'kind', new.kind,
-      'created_at', new.created_at, 'is_answer', v_is_answer),
-      array['id', 'case_id', 'sender_type', 'sender_id', 'content', 'kind', 'created_at',
-            'is_answer']),
+      'created_at', new.created_at, 'is_answer', v_is_answer,
+      'option_index', new.option_index, 'option', v_option),
     'message', 'case:' || new.case_id::text, true);
+  return null;
+end;
+$$;
+
+CREATE FUNCTION public.hitl_on_message_audit() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+  insert into public.hil_audit (actor, action, case_id, outcome, detail)
+  select coalesce(new.sender_id::text, 'unknown'), 'answer', new.case_id,
+         case when c.answer_message_id = new.id then 'decided' else 'late' end,
+         jsonb_build_object('message_id', new.id, 'kind', new.kind,
+                            'option_index', new.option_index, 'claimed_by', c.claimed_by)
+    from public.cases c
+   where c.id = new.case_id and c.source = 'mcp_voice';
   return null;
 end;
 $$;
@@ -647,16 +744,45 @@ CREATE FUNCTION public.hitl_on_session_change() RETURNS trigger
     AS $$
 begin
   perform realtime.send(
-    public.hitl_sign_event('session', jsonb_build_object(
-      'session_id', new.id, 'case_id', new.case_id, 'status', new.status,
-      'expires_at', new.expires_at),
-      array['session_id', 'case_id', 'status', 'expires_at']),
+    jsonb_build_object('session_id', new.id, 'case_id', new.case_id, 'status', new.status,
+                       'expires_at', new.expires_at),
     'session', 'case:' || new.case_id::text, true);
   return null;
 end;
 $$;
 
 CREATE FUNCTION public.hitl_open_case(p jsonb) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  v_options jsonb;
+  v_skills text[];
+  r jsonb;
+begin
+  if p is null or jsonb_typeof(p) <> 'object' then
+    perform public.hitl_invalid('p', 'must be a JSON object');
+  end if;
+  v_options := public.hitl_options(p);
+  v_skills := public.hitl_skills(p);
+  r := public.hitl_open_case_core(p);
+  if not (r ->> 'existed')::boolean then
+    v_skills := array(
+      select distinct s from unnest(v_skills || coalesce(
+        (select a.skills from public.hil_agent_skills a where a.agent_id = p ->> 'retell_agent_id'),
+        '{}')) s order by 1);
+    -- only when there is something to stamp: a plain case gets no extra UPDATE (which
+    -- postgres_changes subscribers would see)
+    if v_options is not null or cardinality(v_skills) > 0 then
+      update public.cases set options = v_options, skills = v_skills
+       where id = (r ->> 'case_id')::uuid;
+    end if;
+  end if;
+  return r;
+end;
+$$;
+
+CREATE FUNCTION public.hitl_open_case_core(p jsonb) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
@@ -785,37 +911,6 @@ begin
 end;
 $$;
 
-CREATE FUNCTION public.hitl_open_case_no_operator(p jsonb) RETURNS jsonb
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
-    AS $$
-declare
-  r jsonb;
-  s public.hil_sessions;
-begin
-  r := public.hitl_open_case(p);
-  -- Ours to close: a new session, or one hitl_open_case just re-opened from a closed state (it
-  -- stamps `retried_at` with this transaction's now()); not one another relay is waiting on.
-  update public.hil_sessions
-     set status = 'no_operator', closed_at = now(),
-         metadata = metadata || jsonb_build_object('close', jsonb_build_object('outcome', 'no_operator'))
-   where id = (r ->> 'session_id')::uuid
-     and status = 'waiting'
-     and (not (r ->> 'existed')::boolean
-          or (metadata ->> 'retried_at')::timestamptz = now())
-     and not exists (select 1 from public.cases c
-                      where c.id = hil_sessions.case_id and c.answer_message_id is not null)
-  returning * into s;
-  if found then
-    insert into public.hil_audit (actor, action, case_id, session_id, outcome, detail)
-    values ('relay', 'close_session', s.case_id, s.id, 'no_operator',
-            jsonb_build_object('outcome', 'no_operator'));
-    r := r || jsonb_build_object('status', s.status);
-  end if;
-  return r;
-end;
-$$;
-
 CREATE FUNCTION public.hitl_operator_heartbeat(p_status text DEFAULT 'available'::text) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -847,6 +942,89 @@ begin
 end;
 $$;
 
+CREATE FUNCTION public.hitl_operator_present(p_operator uuid) RETURNS boolean
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+  select exists (
+    select 1 from public.operator_activity a
+     where a.operator_id = p_operator and a.status = 'available'
+       and a.last_seen_at >= now() - make_interval(
+             secs => (public.hitl_setting('claim_presence_seconds', '90') #>> '{}')::int))
+$$;
+
+CREATE FUNCTION public.hitl_operator_queue() RETURNS TABLE(case_id uuid, priority integer, deadline_at timestamp with time zone, claimed_by uuid, claim_live boolean, skills text[], escalation_level integer)
+    LANGUAGE sql STABLE
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+  select c.id, c.priority, coalesce(s.expires_at, (c.metadata ->> 'deadline_at')::timestamptz),
+         c.claimed_by, public.hitl_claim_live(c.claimed_by, c.claim_expires_at), c.skills,
+         c.escalation_level
+    from public.cases c
+    left join lateral (
+      select max(h.expires_at) as expires_at from public.hil_sessions h
+       where h.case_id = c.id and h.status = 'waiting') s on true
+   where c.source = 'mcp_voice' and c.status = 'open'
+     and (c.expires_at is null or c.expires_at > now())
+     and c.skills <@ public.hitl_operator_skills()
+     and (c.claimed_by is null or c.claimed_by = auth.uid()
+          or not public.hitl_claim_live(c.claimed_by, c.claim_expires_at))
+   -- callers still on the line first (a case whose caller is gone stays answerable, later)
+   order by (s.expires_at is null), c.priority desc, s.expires_at asc, c.created_at asc
+$$;
+
+CREATE FUNCTION public.hitl_operator_skills() RETURNS text[]
+    LANGUAGE sql STABLE
+    AS $$
+  select coalesce(array(
+    select lower(s) from jsonb_array_elements_text(
+      case when jsonb_typeof(auth.jwt() -> 'app_metadata' -> 'hitl_skills') = 'array'
+           then auth.jwt() -> 'app_metadata' -> 'hitl_skills' else '[]'::jsonb end) s), '{}')
+$$;
+
+CREATE FUNCTION public.hitl_option_bounds() RETURNS jsonb
+    LANGUAGE sql IMMUTABLE
+    AS $$
+  select '{"min": 2, "max": 6, "max_chars": 80}'::jsonb
+$$;
+
+CREATE FUNCTION public.hitl_options(p jsonb) RETURNS jsonb
+    LANGUAGE plpgsql IMMUTABLE
+    AS $$
+declare
+  v jsonb := p -> 'options';
+  b jsonb := public.hitl_option_bounds();
+  v_seen text[] := '{}';
+  v_item jsonb;
+  v_text text;
+begin
+  if v is null or jsonb_typeof(v) = 'null' then
+    return null;
+  end if;
+  if jsonb_typeof(v) <> 'array' then
+    perform public.hitl_invalid('options', 'must be a list of strings');
+  end if;
+  if jsonb_array_length(v) not between (b ->> 'min')::int and (b ->> 'max')::int then
+    perform public.hitl_invalid('options', format('must have %s to %s items', b ->> 'min', b ->> 'max'));
+  end if;
+  for v_item in select value from jsonb_array_elements(v) loop
+    if jsonb_typeof(v_item) <> 'string' or btrim(v_item #>> '{}') = '' then
+      perform public.hitl_invalid('options', 'each must be a non-empty string');
+    end if;
+    v_text := btrim(v_item #>> '{}');
+    if char_length(v_text) > (b ->> 'max_chars')::int then
+      perform public.hitl_invalid('options', format('each must be at most %s characters', b ->> 'max_chars'));
+    end if;
+    if lower(v_text) = any (v_seen) then
+      perform public.hitl_invalid('options', 'must not repeat an option');
+    end if;
+    v_seen := v_seen || lower(v_text);
+  end loop;
+  return (select jsonb_agg(btrim(value #>> '{}') order by ord)
+            from jsonb_array_elements(v) with ordinality as t(value, ord));
+end;
+$$;
+
 CREATE FUNCTION public.hitl_pending_clarification(p_case_id uuid) RETURNS jsonb
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -862,6 +1040,28 @@ CREATE FUNCTION public.hitl_pending_clarification(p_case_id uuid) RETURNS jsonb
                       where c.id = m.case_id and c.answer_message_id is not null)
    order by m.created_at desc, m.id desc
    limit 1
+$$;
+
+CREATE TABLE public.hil_notifications (
+    id bigint NOT NULL,
+    case_id uuid,
+    reason text NOT NULL,
+    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    sent_at timestamp with time zone,
+    attempts integer DEFAULT 0 NOT NULL,
+    last_error text
+);
+
+CREATE FUNCTION public.hitl_pending_notifications(p_limit integer DEFAULT 20) RETURNS SETOF public.hil_notifications
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+  update public.hil_notifications n set attempts = attempts + 1
+   where n.id in (select id from public.hil_notifications
+                   where sent_at is null and attempts < 10
+                   order by created_at limit p_limit for update skip locked)
+  returning n.*
 $$;
 
 CREATE FUNCTION public.hitl_purge(p_older_than interval) RETURNS jsonb
@@ -1030,6 +1230,23 @@ begin
 end;
 $$;
 
+CREATE FUNCTION public.hitl_release_claims() RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  n integer;
+begin
+  if not public.hitl_is_operator() or auth.uid() is null then
+    raise exception using errcode = '42501', message = 'only operators hold claims';
+  end if;
+  update public.cases set claimed_by = null, claimed_at = null, claim_expires_at = null
+   where claimed_by = auth.uid() and source = 'mcp_voice' and status = 'open';
+  get diagnostics n = row_count;
+  return n;
+end;
+$$;
+
 CREATE FUNCTION public.hitl_schema_version() RETURNS text
     LANGUAGE sql IMMUTABLE
     SET search_path TO ''
@@ -1049,27 +1266,28 @@ begin
 end;
 $$;
 
-CREATE FUNCTION public.hitl_session_status(p_session_id uuid) RETURNS text
+CREATE FUNCTION public.hitl_setting(p_key text, p_default jsonb) RETURNS jsonb
     LANGUAGE sql STABLE SECURITY DEFINER
-    SET search_path TO ''
+    SET search_path TO 'public', 'pg_temp'
     AS $$
-  select status from public.hil_sessions where id = p_session_id
+  select coalesce((select value from public.hil_settings where key = p_key), p_default)
 $$;
 
-CREATE FUNCTION public.hitl_sign_event(p_event text, p_payload jsonb, p_fields text[]) RETURNS jsonb
-    LANGUAGE plpgsql STABLE SECURITY DEFINER
-    SET search_path TO ''
+CREATE FUNCTION public.hitl_skills(p jsonb) RETURNS text[]
+    LANGUAGE plpgsql IMMUTABLE
     AS $$
 declare
-  k record;
-  v_msg bytea := convert_to(public.hitl_event_canonical(p_event, p_payload, p_fields), 'UTF8');
+  v jsonb := p -> 'skills';
 begin
-  select inner_pad, outer_pad into k from public.hitl_event_key where id = 1;
-  if not found then
-    return p_payload;  -- no key: the relay reads every event's case instead (still correct)
+  if v is null or jsonb_typeof(v) = 'null' then
+    return '{}';
   end if;
-  return p_payload || jsonb_build_object('sig',
-    encode(sha256(k.outer_pad || sha256(k.inner_pad || v_msg)), 'hex'));
+  if jsonb_typeof(v) <> 'array' or jsonb_array_length(v) > 8
+     or exists (select 1 from jsonb_array_elements(v) e
+                 where jsonb_typeof(e) <> 'string' or char_length(e #>> '{}') not between 1 and 64) then
+    perform public.hitl_invalid('skills', 'must be a list of at most 8 names of 1 to 64 characters');
+  end if;
+  return array(select distinct lower(e #>> '{}') from jsonb_array_elements(v) e order by 1);
 end;
 $$;
 
@@ -1163,168 +1381,6 @@ select jsonb_build_object(
      'target', '> 0.70',
      'met', coalesce(handled_s / nullif(available_s, 0) > 0.70, false)))
 from figures
-$$;
-
-CREATE FUNCTION public.hitl_task_cancel(p_id text, p_owner text) RETURNS jsonb
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
-    AS $$
-declare
-  t public.hil_tasks;
-  s record;
-begin
-  select * into t from public.hil_tasks
-   where id = p_id and owner = p_owner and expires_at > now()
-   for update;
-  if not found then
-    return null;
-  end if;
-  -- Terminal too: a reply committed that the creating relay has not recorded yet (a poll
-  -- already reports the task completed).
-  if t.status not in ('working', 'input_required') or t.result is not null
-     or jsonb_strip_nulls(public.hitl_case_reply(t.case_id)) <> '{}'::jsonb then
-    return jsonb_build_object('terminal', true, 'task', public.hitl_task_json(t));
-  end if;
-  update public.hil_tasks
-     set status = 'cancelled', status_message = 'The task was cancelled by request.',
-         last_updated_at = now()
-   where id = p_id
-  returning * into t;
-  for s in select id from public.hil_sessions
-            where case_id = t.case_id and status = 'waiting'
-              and created_at >= t.created_at - interval '1 second'
-  loop
-    perform public.hitl_close_session(s.id, 'cancelled', jsonb_build_object('task', 'cancelled'));
-  end loop;
-  return jsonb_build_object('terminal', false, 'task', public.hitl_task_json(t));
-end
-$$;
-
-CREATE FUNCTION public.hitl_task_create(p jsonb) RETURNS jsonb
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
-    AS $$
-declare
-  t public.hil_tasks;
-  v_ttl bigint := (p->>'ttl_ms')::bigint;
-begin
-  insert into public.hil_tasks (id, owner, case_id, tool, call, era, status, status_message, result,
-                                deadline_at, ttl_ms, poll_interval_ms, expires_at)
-  values (p->>'id', p->>'owner', (p->>'case_id')::uuid, p->>'tool',
-          coalesce(nullif(p->'call', 'null'::jsonb), '{}'::jsonb), p->>'era',
-          coalesce(p->>'status', 'working'), p->>'status_message',
-          nullif(p->'result', 'null'::jsonb),
-          now() + make_interval(secs => (p->>'timeout_seconds')::double precision),
-          v_ttl, (p->>'poll_interval_ms')::integer,
-          now() + make_interval(secs => v_ttl / 1000.0))
-  returning * into t;
-  return public.hitl_task_json(t);
-end
-$$;
-
-CREATE FUNCTION public.hitl_task_finish(p_id text, p_status text, p_status_message text, p_result jsonb, p_case_id uuid) RETURNS jsonb
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
-    AS $$
-declare
-  t public.hil_tasks;
-begin
-  if p_status is null or p_status not in ('input_required', 'completed', 'failed') then
-    perform public.hitl_invalid('p_status', 'must be one of input_required, completed, failed');
-  end if;
-  update public.hil_tasks
-     set status = p_status, status_message = p_status_message, result = p_result,
-         case_id = coalesce(p_case_id, case_id), last_updated_at = now()
-   where id = p_id and status in ('working', 'input_required')
-  returning * into t;
-  if not found then
-    select * into t from public.hil_tasks where id = p_id;
-  end if;
-  return case when t.id is null then null else public.hitl_task_json(t) end;
-end
-$$;
-
-CREATE FUNCTION public.hitl_task_get(p_id text, p_owner text) RETURNS jsonb
-    LANGUAGE sql STABLE SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
-    AS $$
-  select public.hitl_task_json(t) from public.hil_tasks t
-   where t.id = p_id and t.owner = p_owner and t.expires_at > now()
-$$;
-
-CREATE TABLE public.hil_tasks (
-    id text NOT NULL,
-    owner text NOT NULL,
-    case_id uuid NOT NULL,
-    tool text NOT NULL,
-    call jsonb DEFAULT '{}'::jsonb NOT NULL,
-    era text NOT NULL,
-    status text DEFAULT 'working'::text NOT NULL,
-    status_message text,
-    result jsonb,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    last_updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    deadline_at timestamp with time zone NOT NULL,
-    ttl_ms bigint NOT NULL,
-    poll_interval_ms integer NOT NULL,
-    expires_at timestamp with time zone NOT NULL,
-    CONSTRAINT hil_tasks_era_check CHECK ((era = ANY (ARRAY['2025-11-25'::text, '2026-07-28'::text]))),
-    CONSTRAINT hil_tasks_id_check CHECK (((length(id) >= 32) AND (length(id) <= 128))),
-    CONSTRAINT hil_tasks_owner_check CHECK ((owner ~ '^[0-9a-f]{64}$'::text)),
-    CONSTRAINT hil_tasks_poll_interval_ms_check CHECK ((poll_interval_ms > 0)),
-    CONSTRAINT hil_tasks_status_check CHECK ((status = ANY (ARRAY['working'::text, 'input_required'::text, 'completed'::text, 'failed'::text, 'cancelled'::text]))),
-    CONSTRAINT hil_tasks_ttl_ms_check CHECK ((ttl_ms > 0))
-);
-
-CREATE FUNCTION public.hitl_task_json(t public.hil_tasks) RETURNS jsonb
-    LANGUAGE sql STABLE SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
-    AS $$
-  select jsonb_build_object(
-    'id', t.id, 'case_id', t.case_id, 'tool', t.tool, 'call', t.call, 'era', t.era,
-    'status', t.status,
-    'status_message', t.status_message, 'result', t.result,
-    'created_at', t.created_at, 'last_updated_at', t.last_updated_at,
-    'deadline_at', t.deadline_at, 'ttl_ms', t.ttl_ms, 'poll_interval_ms', t.poll_interval_ms,
-    'now', now(),
-    'reply', case when t.result is null and t.status in ('working', 'input_required')
-                  then public.hitl_case_reply(t.case_id) end)
-$$;
-
-CREATE FUNCTION public.hitl_task_list(p_owner text, p_after_created timestamp with time zone, p_after_id text, p_limit integer) RETURNS jsonb
-    LANGUAGE sql STABLE SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
-    AS $$
-  select coalesce(jsonb_agg(public.hitl_task_json(t) order by t.created_at, t.id), '[]'::jsonb)
-    from (select * from public.hil_tasks
-           where owner = p_owner and expires_at > now()
-             and (p_after_created is null or (created_at, id) > (p_after_created, p_after_id))
-           order by created_at, id
-           limit greatest(1, least(p_limit, 100))) t
-$$;
-
-CREATE FUNCTION public.hitl_task_resume(p_id text, p_owner text, p_timeout_seconds double precision) RETURNS jsonb
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
-    AS $$
-declare
-  t public.hil_tasks;
-begin
-  update public.hil_tasks
-     set deadline_at = now() + make_interval(secs => p_timeout_seconds), last_updated_at = now()
-   where id = p_id and owner = p_owner and expires_at > now()
-     and status in ('working', 'input_required') and result is null
-  returning * into t;
-  return case when t.id is null then null else public.hitl_task_json(t) end;
-end
-$$;
-
-CREATE FUNCTION public.hitl_tasks_purge() RETURNS integer
-    LANGUAGE sql SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
-    AS $$
-  with gone as (delete from public.hil_tasks where expires_at <= now() returning 1)
-  select count(*)::integer from gone
 $$;
 
 CREATE FUNCTION public.hitl_text(p jsonb, p_field text, p_max integer, p_required boolean DEFAULT true) RETURNS text
@@ -2208,7 +2264,20 @@ CREATE TABLE public.cases (
     metadata jsonb DEFAULT '{}'::jsonb,
     answered_at timestamp with time zone,
     expires_at timestamp with time zone,
-    answer_message_id uuid
+    answer_message_id uuid,
+    options jsonb,
+    skills text[] DEFAULT '{}'::text[] NOT NULL,
+    claimed_by uuid,
+    claimed_at timestamp with time zone,
+    claim_expires_at timestamp with time zone,
+    escalated_at timestamp with time zone,
+    escalation_level integer DEFAULT 0 NOT NULL,
+    escalated_for text[] DEFAULT '{}'::text[] NOT NULL
+);
+
+CREATE TABLE public.hil_agent_skills (
+    agent_id text NOT NULL,
+    skills text[] DEFAULT '{}'::text[] NOT NULL
 );
 
 CREATE TABLE public.hil_audit (
@@ -2262,6 +2331,15 @@ CREATE TABLE public.hil_case_secrets (
     created_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
+ALTER TABLE public.hil_notifications ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.hil_notifications_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
 CREATE TABLE public.hil_rate_limits (
     key text NOT NULL,
     window_seconds integer NOT NULL,
@@ -2282,19 +2360,13 @@ CREATE TABLE public.hil_sessions (
     closed_at timestamp with time zone,
     metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
     instance_id text,
-    CONSTRAINT hil_sessions_status_check CHECK ((status = ANY (ARRAY['waiting'::text, 'answered'::text, 'needs_info'::text, 'timed_out'::text, 'expired'::text, 'failed'::text, 'cancelled'::text, 'no_operator'::text])))
+    CONSTRAINT hil_sessions_status_check CHECK ((status = ANY (ARRAY['waiting'::text, 'answered'::text, 'needs_info'::text, 'timed_out'::text, 'expired'::text, 'failed'::text, 'cancelled'::text])))
 );
 
-CREATE TABLE public.hitl_event_key (
-    id smallint DEFAULT 1 NOT NULL,
-    key bytea NOT NULL,
-    inner_pad bytea NOT NULL,
-    outer_pad bytea NOT NULL,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT hitl_event_key_id_check CHECK ((id = 1)),
-    CONSTRAINT hitl_event_key_inner_pad_check CHECK ((octet_length(inner_pad) = 64)),
-    CONSTRAINT hitl_event_key_key_check CHECK ((octet_length(key) = 32)),
-    CONSTRAINT hitl_event_key_outer_pad_check CHECK ((octet_length(outer_pad) = 64))
+CREATE TABLE public.hil_settings (
+    key text NOT NULL,
+    value jsonb NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
 CREATE VIEW public.hitl_stats WITH (security_invoker='true') AS
@@ -2325,7 +2397,8 @@ CREATE TABLE public.messages (
     sender_type text,
     sender_id uuid,
     content text,
-    kind text DEFAULT 'answer'::text NOT NULL
+    kind text DEFAULT 'answer'::text NOT NULL,
+    option_index integer
 );
 
 CREATE TABLE public.operator_activity (
@@ -2394,6 +2467,9 @@ ALTER TABLE public.cases
 ALTER TABLE ONLY public.cases
     ADD CONSTRAINT cases_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY public.hil_agent_skills
+    ADD CONSTRAINT hil_agent_skills_pkey PRIMARY KEY (agent_id);
+
 ALTER TABLE ONLY public.hil_audit
     ADD CONSTRAINT hil_audit_pkey PRIMARY KEY (id);
 
@@ -2406,17 +2482,17 @@ ALTER TABLE ONLY public.hil_callbacks
 ALTER TABLE ONLY public.hil_case_secrets
     ADD CONSTRAINT hil_case_secrets_pkey PRIMARY KEY (case_id);
 
+ALTER TABLE ONLY public.hil_notifications
+    ADD CONSTRAINT hil_notifications_pkey PRIMARY KEY (id);
+
 ALTER TABLE ONLY public.hil_rate_limits
     ADD CONSTRAINT hil_rate_limits_pkey PRIMARY KEY (key, window_seconds, window_start);
 
 ALTER TABLE ONLY public.hil_sessions
     ADD CONSTRAINT hil_sessions_pkey PRIMARY KEY (id);
 
-ALTER TABLE ONLY public.hil_tasks
-    ADD CONSTRAINT hil_tasks_pkey PRIMARY KEY (id);
-
-ALTER TABLE ONLY public.hitl_event_key
-    ADD CONSTRAINT hitl_event_key_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY public.hil_settings
+    ADD CONSTRAINT hil_settings_pkey PRIMARY KEY (key);
 
 ALTER TABLE public.messages
     ADD CONSTRAINT messages_hitl_values CHECK (((sender_type = ANY (ARRAY['human'::text, 'ai'::text, 'system'::text])) AND (kind = ANY (ARRAY['answer'::text, 'clarification'::text, 'cannot_answer'::text, 'note'::text])) AND (octet_length(COALESCE(content, ''::text)) <= 65536))) NOT VALID;
@@ -2447,6 +2523,8 @@ CREATE INDEX hil_audit_case_idx ON public.hil_audit USING btree (case_id);
 
 CREATE INDEX hil_callbacks_due_idx ON public.hil_callbacks USING btree (next_attempt_at) WHERE ((delivered_at IS NULL) AND (failed_at IS NULL));
 
+CREATE INDEX hil_notifications_unsent_idx ON public.hil_notifications USING btree (created_at) WHERE (sent_at IS NULL);
+
 CREATE INDEX hil_rate_limits_window_idx ON public.hil_rate_limits USING btree (window_start);
 
 CREATE INDEX hil_sessions_call_idx ON public.hil_sessions USING btree (retell_call_id, created_at);
@@ -2458,12 +2536,6 @@ CREATE UNIQUE INDEX hil_sessions_idempotency_key_idx ON public.hil_sessions USIN
 CREATE INDEX hil_sessions_instance_waiting_idx ON public.hil_sessions USING btree (instance_id) WHERE (status = 'waiting'::text);
 
 CREATE INDEX hil_sessions_waiting_idx ON public.hil_sessions USING btree (expires_at) WHERE (status = 'waiting'::text);
-
-CREATE INDEX hil_tasks_case_idx ON public.hil_tasks USING btree (case_id);
-
-CREATE INDEX hil_tasks_expires_idx ON public.hil_tasks USING btree (expires_at);
-
-CREATE INDEX hil_tasks_owner_idx ON public.hil_tasks USING btree (owner, created_at, id);
 
 CREATE INDEX messages_case_idx ON public.messages USING btree (case_id, created_at);
 
@@ -2479,15 +2551,21 @@ CREATE TRIGGER hitl_attach_thread BEFORE INSERT ON public.cases FOR EACH ROW WHE
 
 CREATE TRIGGER hitl_audit_append_only BEFORE UPDATE ON public.hil_audit FOR EACH ROW EXECUTE FUNCTION public.hitl_audit_append_only();
 
+CREATE TRIGGER hitl_before_case_update BEFORE UPDATE ON public.cases FOR EACH ROW WHEN ((old.source = 'mcp_voice'::text)) EXECUTE FUNCTION public.hitl_before_case_update();
+
+CREATE TRIGGER hitl_before_message BEFORE INSERT ON public.messages FOR EACH ROW EXECUTE FUNCTION public.hitl_before_message();
+
 CREATE TRIGGER hitl_callback_on_answer AFTER UPDATE OF answer_message_id ON public.cases FOR EACH ROW EXECUTE FUNCTION public.hitl_callback_on_answer();
 
 CREATE TRIGGER hitl_callback_on_timeout AFTER UPDATE OF status ON public.hil_sessions FOR EACH ROW EXECUTE FUNCTION public.hitl_callback_on_timeout();
 
-CREATE TRIGGER hitl_message_defaults BEFORE INSERT ON public.messages FOR EACH ROW EXECUTE FUNCTION public.hitl_message_defaults();
-
 CREATE TRIGGER hitl_on_case_opened AFTER INSERT ON public.cases FOR EACH ROW WHEN ((new.source = 'mcp_voice'::text)) EXECUTE FUNCTION public.hitl_on_case_opened();
 
+CREATE TRIGGER hitl_on_claim AFTER UPDATE OF claimed_by ON public.cases FOR EACH ROW WHEN (((old.source = 'mcp_voice'::text) AND (old.claimed_by IS DISTINCT FROM new.claimed_by))) EXECUTE FUNCTION public.hitl_on_claim();
+
 CREATE TRIGGER hitl_on_message AFTER INSERT ON public.messages FOR EACH ROW EXECUTE FUNCTION public.hitl_on_message();
+
+CREATE TRIGGER hitl_on_message_audit AFTER INSERT ON public.messages FOR EACH ROW WHEN (((new.sender_type = 'human'::text) AND (new.kind = ANY (ARRAY['answer'::text, 'cannot_answer'::text])))) EXECUTE FUNCTION public.hitl_on_message_audit();
 
 CREATE TRIGGER hitl_on_session_change AFTER UPDATE OF status ON public.hil_sessions FOR EACH ROW WHEN ((old.status IS DISTINCT FROM new.status)) EXECUTE FUNCTION public.hitl_on_session_change();
 
@@ -2503,6 +2581,9 @@ ALTER TABLE ONLY public.hil_callbacks
 ALTER TABLE ONLY public.hil_case_secrets
     ADD CONSTRAINT hil_case_secrets_case_id_fkey FOREIGN KEY (case_id) REFERENCES public.cases(id) ON DELETE CASCADE;
 
+ALTER TABLE ONLY public.hil_notifications
+    ADD CONSTRAINT hil_notifications_case_id_fkey FOREIGN KEY (case_id) REFERENCES public.cases(id) ON DELETE CASCADE;
+
 ALTER TABLE ONLY public.hil_sessions
     ADD CONSTRAINT hil_sessions_case_id_fkey FOREIGN KEY (case_id) REFERENCES public.cases(id) ON DELETE CASCADE;
 
@@ -2511,19 +2592,23 @@ ALTER TABLE ONLY public.messages
 
 ALTER TABLE public.cases ENABLE ROW LEVEL SECURITY;
 
+ALTER TABLE public.hil_agent_skills ENABLE ROW LEVEL SECURITY;
+
 ALTER TABLE public.hil_audit ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE public.hil_callbacks ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE public.hil_case_secrets ENABLE ROW LEVEL SECURITY;
 
+ALTER TABLE public.hil_notifications ENABLE ROW LEVEL SECURITY;
+
 ALTER TABLE public.hil_rate_limits ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE public.hil_sessions ENABLE ROW LEVEL SECURITY;
 
-ALTER TABLE public.hil_tasks ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.hil_settings ENABLE ROW LEVEL SECURITY;
 
-ALTER TABLE public.hitl_event_key ENABLE ROW LEVEL SECURITY;
+CREATE POLICY hitl_operators_claim_cases ON public.cases FOR UPDATE TO authenticated USING (((source = 'mcp_voice'::text) AND (status = 'open'::text) AND public.hitl_is_operator() AND (skills <@ public.hitl_operator_skills()) AND ((claimed_by IS NULL) OR (claimed_by = auth.uid()) OR (NOT public.hitl_claim_live(claimed_by, claim_expires_at))))) WITH CHECK (((source = 'mcp_voice'::text) AND ((claimed_by IS NULL) OR (claimed_by = auth.uid()))));
 
 CREATE POLICY hitl_operators_insert_messages ON public.messages FOR INSERT TO authenticated WITH CHECK ((public.hitl_is_operator() AND (sender_type = 'human'::text) AND (sender_id = auth.uid()) AND (kind = ANY (ARRAY['answer'::text, 'clarification'::text, 'cannot_answer'::text, 'note'::text])) AND public.hitl_is_relay_case(case_id)));
 
@@ -2587,6 +2672,14 @@ GRANT ALL ON FUNCTION public.hitl_audit_append_only() TO anon;
 GRANT ALL ON FUNCTION public.hitl_audit_append_only() TO authenticated;
 GRANT ALL ON FUNCTION public.hitl_audit_append_only() TO service_role;
 
+GRANT ALL ON FUNCTION public.hitl_before_case_update() TO anon;
+GRANT ALL ON FUNCTION public.hitl_before_case_update() TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_before_case_update() TO service_role;
+
+GRANT ALL ON FUNCTION public.hitl_before_message() TO anon;
+GRANT ALL ON FUNCTION public.hitl_before_message() TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_before_message() TO service_role;
+
 REVOKE ALL ON FUNCTION public.hitl_call_history(p_call_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_call_history(p_call_id text) TO service_role;
 
@@ -2602,14 +2695,12 @@ GRANT ALL ON FUNCTION public.hitl_callback_result(p_id bigint, p_outcome text, p
 REVOKE ALL ON FUNCTION public.hitl_callbacks_claim(p_limit integer, p_lease_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_callbacks_claim(p_limit integer, p_lease_seconds integer) TO service_role;
 
-REVOKE ALL ON FUNCTION public.hitl_case_owned(p_case_id uuid, p_owner text) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.hitl_case_owned(p_case_id uuid, p_owner text) TO service_role;
-
 REVOKE ALL ON FUNCTION public.hitl_case_reply(p_case_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_case_reply(p_case_id uuid) TO service_role;
 
-REVOKE ALL ON FUNCTION public.hitl_case_status(p_case_id uuid) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.hitl_case_status(p_case_id uuid) TO service_role;
+REVOKE ALL ON FUNCTION public.hitl_claim_live(p_claimed_by uuid, p_expires timestamp with time zone) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_claim_live(p_claimed_by uuid, p_expires timestamp with time zone) TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_claim_live(p_claimed_by uuid, p_expires timestamp with time zone) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_close_session(p_session_id uuid, p_status text, p_detail jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_close_session(p_session_id uuid, p_status text, p_detail jsonb) TO service_role;
@@ -2617,20 +2708,11 @@ GRANT ALL ON FUNCTION public.hitl_close_session(p_session_id uuid, p_status text
 REVOKE ALL ON FUNCTION public.hitl_continue_case(p jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_continue_case(p jsonb) TO service_role;
 
-REVOKE ALL ON FUNCTION public.hitl_event_canonical(p_event text, p_payload jsonb, p_fields text[]) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.hitl_event_canonical(p_event text, p_payload jsonb, p_fields text[]) TO service_role;
-
-REVOKE ALL ON FUNCTION public.hitl_event_key() FROM PUBLIC;
-GRANT ALL ON FUNCTION public.hitl_event_key() TO service_role;
-
-REVOKE ALL ON FUNCTION public.hitl_event_key_pad(p_key bytea, p_byte integer) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.hitl_event_key_pad(p_key bytea, p_byte integer) TO service_role;
+REVOKE ALL ON FUNCTION public.hitl_escalate() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_escalate() TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_expire_sessions() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_expire_sessions() TO service_role;
-
-REVOKE ALL ON FUNCTION public.hitl_expiry_job() FROM PUBLIC;
-GRANT ALL ON FUNCTION public.hitl_expiry_job() TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_history(p jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_history(p jsonb) TO service_role;
@@ -2652,17 +2734,24 @@ REVOKE ALL ON FUNCTION public.hitl_is_relay_case(p_case_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_is_relay_case(p_case_id uuid) TO authenticated;
 GRANT ALL ON FUNCTION public.hitl_is_relay_case(p_case_id uuid) TO service_role;
 
-GRANT ALL ON FUNCTION public.hitl_message_defaults() TO anon;
-GRANT ALL ON FUNCTION public.hitl_message_defaults() TO authenticated;
-GRANT ALL ON FUNCTION public.hitl_message_defaults() TO service_role;
+REVOKE ALL ON FUNCTION public.hitl_notification_done(p_id bigint, p_error text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_notification_done(p_id bigint, p_error text) TO service_role;
 
 GRANT ALL ON FUNCTION public.hitl_on_case_opened() TO anon;
 GRANT ALL ON FUNCTION public.hitl_on_case_opened() TO authenticated;
 GRANT ALL ON FUNCTION public.hitl_on_case_opened() TO service_role;
 
+GRANT ALL ON FUNCTION public.hitl_on_claim() TO anon;
+GRANT ALL ON FUNCTION public.hitl_on_claim() TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_on_claim() TO service_role;
+
 GRANT ALL ON FUNCTION public.hitl_on_message() TO anon;
 GRANT ALL ON FUNCTION public.hitl_on_message() TO authenticated;
 GRANT ALL ON FUNCTION public.hitl_on_message() TO service_role;
+
+GRANT ALL ON FUNCTION public.hitl_on_message_audit() TO anon;
+GRANT ALL ON FUNCTION public.hitl_on_message_audit() TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_on_message_audit() TO service_role;
 
 GRANT ALL ON FUNCTION public.hitl_on_session_change() TO anon;
 GRANT ALL ON FUNCTION public.hitl_on_session_change() TO authenticated;
@@ -2671,15 +2760,40 @@ GRANT ALL ON FUNCTION public.hitl_on_session_change() TO service_role;
 REVOKE ALL ON FUNCTION public.hitl_open_case(p jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_open_case(p jsonb) TO service_role;
 
-REVOKE ALL ON FUNCTION public.hitl_open_case_no_operator(p jsonb) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.hitl_open_case_no_operator(p jsonb) TO service_role;
+REVOKE ALL ON FUNCTION public.hitl_open_case_core(p jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_open_case_core(p jsonb) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_operator_heartbeat(p_status text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_operator_heartbeat(p_status text) TO authenticated;
 GRANT ALL ON FUNCTION public.hitl_operator_heartbeat(p_status text) TO service_role;
 
+REVOKE ALL ON FUNCTION public.hitl_operator_present(p_operator uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_operator_present(p_operator uuid) TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_operator_present(p_operator uuid) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_operator_queue() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_operator_queue() TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_operator_queue() TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_operator_skills() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_operator_skills() TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_operator_skills() TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_option_bounds() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_option_bounds() TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_option_bounds() TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_options(p jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_options(p jsonb) TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_options(p jsonb) TO service_role;
+
 REVOKE ALL ON FUNCTION public.hitl_pending_clarification(p_case_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_pending_clarification(p_case_id uuid) TO service_role;
+
+GRANT ALL ON TABLE public.hil_notifications TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_pending_notifications(p_limit integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_pending_notifications(p_limit integer) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_purge(p_older_than interval) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_purge(p_older_than interval) TO service_role;
@@ -2696,45 +2810,26 @@ GRANT ALL ON FUNCTION public.hitl_rate_limit_peek(p_key text, p_limits jsonb) TO
 REVOKE ALL ON FUNCTION public.hitl_recover_sessions(p_instance_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_recover_sessions(p_instance_id text) TO service_role;
 
+REVOKE ALL ON FUNCTION public.hitl_release_claims() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_release_claims() TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_release_claims() TO service_role;
+
 REVOKE ALL ON FUNCTION public.hitl_schema_version() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_schema_version() TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_session_instance() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_session_instance() TO service_role;
 
-REVOKE ALL ON FUNCTION public.hitl_session_status(p_session_id uuid) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.hitl_session_status(p_session_id uuid) TO service_role;
+REVOKE ALL ON FUNCTION public.hitl_setting(p_key text, p_default jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_setting(p_key text, p_default jsonb) TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_setting(p_key text, p_default jsonb) TO service_role;
 
-REVOKE ALL ON FUNCTION public.hitl_sign_event(p_event text, p_payload jsonb, p_fields text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.hitl_skills(p jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_skills(p jsonb) TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_skills(p jsonb) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_success_metrics(p_from timestamp with time zone, p_to timestamp with time zone) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_success_metrics(p_from timestamp with time zone, p_to timestamp with time zone) TO service_role;
-
-REVOKE ALL ON FUNCTION public.hitl_task_cancel(p_id text, p_owner text) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.hitl_task_cancel(p_id text, p_owner text) TO service_role;
-
-REVOKE ALL ON FUNCTION public.hitl_task_create(p jsonb) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.hitl_task_create(p jsonb) TO service_role;
-
-REVOKE ALL ON FUNCTION public.hitl_task_finish(p_id text, p_status text, p_status_message text, p_result jsonb, p_case_id uuid) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.hitl_task_finish(p_id text, p_status text, p_status_message text, p_result jsonb, p_case_id uuid) TO service_role;
-
-REVOKE ALL ON FUNCTION public.hitl_task_get(p_id text, p_owner text) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.hitl_task_get(p_id text, p_owner text) TO service_role;
-
-GRANT ALL ON TABLE public.hil_tasks TO service_role;
-
-REVOKE ALL ON FUNCTION public.hitl_task_json(t public.hil_tasks) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.hitl_task_json(t public.hil_tasks) TO service_role;
-
-REVOKE ALL ON FUNCTION public.hitl_task_list(p_owner text, p_after_created timestamp with time zone, p_after_id text, p_limit integer) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.hitl_task_list(p_owner text, p_after_created timestamp with time zone, p_after_id text, p_limit integer) TO service_role;
-
-REVOKE ALL ON FUNCTION public.hitl_task_resume(p_id text, p_owner text, p_timeout_seconds double precision) FROM PUBLIC;
-GRANT ALL ON FUNCTION public.hitl_task_resume(p_id text, p_owner text, p_timeout_seconds double precision) TO service_role;
-
-REVOKE ALL ON FUNCTION public.hitl_tasks_purge() FROM PUBLIC;
-GRANT ALL ON FUNCTION public.hitl_tasks_purge() TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_text(p jsonb, p_field text, p_max integer, p_required boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_text(p jsonb, p_field text, p_max integer, p_required boolean) TO service_role;
@@ -2781,6 +2876,8 @@ GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.cases TO anon;
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.cases TO authenticated;
 GRANT ALL ON TABLE public.cases TO service_role;
 
+GRANT ALL ON TABLE public.hil_agent_skills TO service_role;
+
 GRANT ALL ON TABLE public.hil_audit TO service_role;
 
 GRANT ALL ON SEQUENCE public.hil_audit_id_seq TO service_role;
@@ -2793,17 +2890,19 @@ GRANT ALL ON SEQUENCE public.hil_callbacks_id_seq TO service_role;
 
 GRANT ALL ON TABLE public.hil_case_secrets TO service_role;
 
+GRANT ALL ON SEQUENCE public.hil_notifications_id_seq TO service_role;
+
 GRANT ALL ON TABLE public.hil_rate_limits TO service_role;
 
 GRANT ALL ON TABLE public.hil_sessions TO service_role;
 GRANT SELECT ON TABLE public.hil_sessions TO authenticated;
 
-GRANT ALL ON TABLE public.hitl_event_key TO service_role;
+GRANT ALL ON TABLE public.hil_settings TO service_role;
 
 GRANT ALL ON TABLE public.hitl_stats TO service_role;
 
-GRANT SELECT,INSERT,DELETE ON TABLE public.messages TO anon;
-GRANT SELECT,INSERT,DELETE ON TABLE public.messages TO authenticated;
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.messages TO anon;
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.messages TO authenticated;
 GRANT ALL ON TABLE public.messages TO service_role;
 
 GRANT ALL ON TABLE public.operator_activity TO service_role;

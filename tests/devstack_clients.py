@@ -57,21 +57,20 @@ class Operator:
             await self.client.realtime.close()
             await self.client.postgrest.aclose()
 
-    async def answer(self, case_id: UUID, content: str, kind: str = "answer") -> UUID:
+    async def answer(
+        self, case_id: UUID, content: str, kind: str = "answer", option_index: int | None = None
+    ) -> UUID:
         assert self.client is not None
-        response = (
-            await self.client.table("messages")
-            .insert(
-                {
-                    "case_id": str(case_id),
-                    "sender_type": "human",
-                    "sender_id": str(self.id),
-                    "content": content,
-                    "kind": kind,
-                }
-            )
-            .execute()
-        )
+        row: dict[str, Any] = {
+            "case_id": str(case_id),
+            "sender_type": "human",
+            "sender_id": str(self.id),
+            "content": content,
+            "kind": kind,
+        }
+        if option_index is not None:
+            row["option_index"] = option_index
+        response = await self.client.table("messages").insert(row).execute()
         return UUID(response.data[0]["id"])
 
     async def go_online(self) -> None:

@@ -35,6 +35,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from hitl_relay.clock import SystemClock
 from hitl_relay.errors import InvalidRequest, NotFound, PlatformUnavailable
+from hitl_relay.models import option_rule
 from hitl_relay.ports import (
     Answer,
     Backend,
@@ -46,6 +47,7 @@ from hitl_relay.ports import (
     HumanMessage,
     JobHealth,
     MessageKind,
+    Notification,
     OpenCase,
     OpenedCase,
     PlatformReadiness,
@@ -79,6 +81,24 @@ class MemCase:
     expires_at: datetime
     answer_message_id: UUID | None = None
     answered_at: datetime | None = None
+    options: list[str] | None = None
+    skills: tuple[str, ...] = ()
+    escalated_for: list[str] = field(default_factory=list)
+
+
+# hil_settings.escalate_unclaimed_seconds's default, per priority.
+ESCALATE_UNCLAIMED_S = {5: 5, 4: 8, 3: 12, 2: 20, 1: 30}
+
+
+@dataclass
+class _MemNotification:
+    id: int
+    case_id: UUID
+    reason: str
+    payload: dict[str, Any]
+    attempts: int = 0
+    sent_at: datetime | None = None
+    last_error: str | None = None
 
 
 @dataclass
@@ -194,6 +214,7 @@ class MemoryPlatform:
         self.sessions: dict[UUID, MemSession] = {}
         self._by_key: dict[str, UUID] = {}
         self.messages: list[HumanMessage] = []
+        self.notifications: list[_MemNotification] = []
         self.subscriptions: dict[UUID, set[MemorySubscription]] = {}
         self.faults = Faults()
         # None: presence unknown (not joined yet); a set: the operators present.
@@ -328,11 +349,27 @@ class MemoryPlatform:
         kind: MessageKind = "answer",
         sender_type: SenderType = "human",
         sender_id: str | None = "operator-0",
+        option_index: int | None = None,
     ) -> HumanMessage:
         """Insert a message into a case, as the `messages` insert trigger does it."""
         case = self.cases.get(case_id)
         if case is None:
             raise NotFound(f"case {case_id}")
+        option: str | None = None
+        if option_index is not None:
+            # hitl_before_message: the option must be the case's; its text is the content.
+            if sender_type != "human" or kind != "answer":
+                raise InvalidRequest("option_index", "only a human answer may choose an option")
+            if case.options is None or not 0 <= option_index < len(case.options):
+                top = len(case.options or ()) - 1
+                raise InvalidRequest(
+                    "option_index", f"must be one of the case's options (0 to {top})"
+                )
+            option = case.options[option_index]
+            if not content.strip():
+                content = option
+            elif content.strip() != option:
+                raise InvalidRequest("content", "must be the chosen option's text (or empty)")
         is_answer = (
             sender_type == "human"
             and kind in ("answer", "cannot_answer")
@@ -347,6 +384,8 @@ class MemoryPlatform:
             kind=kind,
             created_at=self.clock.now(),
             is_answer=is_answer,
+            option_index=option_index,
+            option=option,
         )
         if is_answer:
             case.answer_message_id = message.message_id
@@ -491,6 +530,12 @@ class MemoryCaseStore:
             raise InvalidRequest("urgency", "must be one of low, medium, high")
         if len(request.conversation_history) > 200:
             raise InvalidRequest("conversation_history", "must have at most 200 turns")
+        options = None
+        if request.options is not None:
+            try:
+                options = option_rule(list(request.options))
+            except ValueError as e:
+                raise InvalidRequest("options", str(e)) from None
         key = request.idempotency_key or (
             f"{request.retell_call_id}:{hashlib.sha256(question.encode()).hexdigest()}"
         )
@@ -532,6 +577,8 @@ class MemoryCaseStore:
             },
             created_at=now,
             expires_at=now + timedelta(seconds=ttl),
+            options=options,
+            skills=tuple(sorted({k.lower() for k in request.skills})),
         )
         if thread:
             case.metadata["thread"] = [entry.as_json() for entry in thread]
@@ -726,6 +773,70 @@ class MemoryCaseStore:
             available_s=_round(Decimal(available_us) / 10**6, 3),
         )
 
+    async def escalate(self) -> int:
+        """`hitl_escalate`'s unclaimed rule (the twin has no claims): an open, unanswered case
+        older than its priority's threshold gets priority + 1 and a notification, once."""
+        await anyio.lowlevel.checkpoint()
+        p = self._p
+        p._rpc("escalate")
+        now = p.clock.now()
+        count = 0
+        for case in p.cases.values():
+            threshold = ESCALATE_UNCLAIMED_S.get(case.priority)
+            if (
+                case.status != "open"
+                or case.answer_message_id is not None
+                or "unclaimed" in case.escalated_for
+                or threshold is None
+                or (now - case.created_at).total_seconds() < threshold
+            ):
+                continue
+            case.escalated_for.append("unclaimed")
+            previous, case.priority = case.priority, min(5, case.priority + 1)
+            p.notifications.append(
+                _MemNotification(
+                    id=len(p.notifications) + 1,
+                    case_id=case.id,
+                    reason="unclaimed",
+                    payload={
+                        "case_id": str(case.id),
+                        "reason": "unclaimed",
+                        "priority": case.priority,
+                        "previous_priority": previous,
+                        "question": case.question,
+                    },
+                )
+            )
+            count += 1
+        p.changed()
+        return count
+
+    async def pending_notifications(self, limit: int) -> list[Notification]:
+        await anyio.lowlevel.checkpoint()
+        self._p._rpc("pending_notifications")
+        taken = [n for n in self._p.notifications if n.sent_at is None and n.attempts < 10]
+        out = []
+        for n in taken[:limit]:
+            n.attempts += 1
+            out.append(
+                Notification(
+                    id=n.id,
+                    case_id=n.case_id,
+                    reason=n.reason,
+                    payload=n.payload,
+                    attempts=n.attempts,
+                )
+            )
+        return out
+
+    async def notification_done(self, notification_id: int, error: str | None) -> None:
+        await anyio.lowlevel.checkpoint()
+        self._p._rpc("notification_done")
+        n = self._p.notifications[notification_id - 1]
+        n.sent_at = self._p.clock.now() if error is None else None
+        n.last_error = error
+        self._p.changed()
+
     async def continue_case(self, request: ContinueCase) -> OpenedCase:
         await anyio.lowlevel.checkpoint()
         p = self._p
@@ -908,9 +1019,12 @@ class MemoryOperator:
         *,
         kind: MessageKind = "answer",
         sender_type: SenderType = "human",
+        option_index: int | None = None,
     ) -> UUID:
         await anyio.lowlevel.checkpoint()
-        return self._p.post_message(case_id, content, kind=kind, sender_type=sender_type).message_id
+        return self._p.post_message(
+            case_id, content, kind=kind, sender_type=sender_type, option_index=option_index
+        ).message_id
 
     async def forge(self, case_id: UUID, event: str, payload: Mapping[str, Any]) -> None:
         """Broadcast on `case:<case_id>` as a client (an operator's token may send there)."""

@@ -73,6 +73,7 @@ from hitl_relay.adapters.supabase_store import (
     ShapeError,
     optional_str,
     parse_kind,
+    parse_option,
     parse_sender_type,
     parse_session_status,
     parse_time,
@@ -197,6 +198,7 @@ def refusal_reason(error: Exception | None) -> str | None:
 def parse_message(payload: Mapping[str, Any]) -> HumanMessage:
     """A `message` broadcast (the messages trigger's `realtime.send` payload)."""
     try:
+        option_index, option = parse_option(payload)
         return HumanMessage(
             message_id=parse_uuid(payload["id"]),
             case_id=parse_uuid(payload["case_id"]),
@@ -206,6 +208,8 @@ def parse_message(payload: Mapping[str, Any]) -> HumanMessage:
             kind=parse_kind(payload.get("kind", "answer")),
             created_at=parse_time(payload["created_at"]),
             is_answer=payload.get("is_answer") is True,
+            option_index=option_index,
+            option=option,
         )
     except KeyError as e:
         raise ShapeError(f"missing key {e}") from None

@@ -37,6 +37,7 @@ from hitl_relay.ports import (
     ContinueCase,
     JobHealth,
     MessageKind,
+    Notification,
     OpenCase,
     OpenedCase,
     RecoveredSessions,
@@ -117,9 +118,20 @@ def api_error(fn: str, e: APIError) -> InvalidRequest | NotFound | PlatformUnava
     return PlatformUnavailable(f"{fn}: {e.code or '?'} {e.message or ''}".rstrip())
 
 
+def parse_option(data: Mapping[str, Any]) -> tuple[int | None, str | None]:
+    """The chosen one-tap option of an answer (`option_index`, `option`), if any."""
+    index = data.get("option_index")
+    if index is None:
+        return None, None
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        raise ShapeError(f"option_index must be a non-negative integer, got {index!r}")
+    return index, optional_str(data.get("option"))
+
+
 def parse_answer(data: Mapping[str, Any]) -> Answer:
     """`hitl_answer`'s object (also what a catch-up read returns)."""
     try:
+        option_index, option = parse_option(data)
         return Answer(
             message_id=parse_uuid(data["message_id"]),
             case_id=parse_uuid(data["case_id"]),
@@ -127,6 +139,8 @@ def parse_answer(data: Mapping[str, Any]) -> Answer:
             kind=parse_kind(data.get("kind", "answer")),
             sender_id=optional_str(data.get("sender_id")),
             created_at=parse_time(data["created_at"]),
+            option_index=option_index,
+            option=option,
         )
     except KeyError as e:
         raise ShapeError(f"missing key {e}") from None
@@ -362,6 +376,35 @@ class SupabaseCaseStore:
                 f"hitl_recover_sessions returned an unexpected reply: {data!r}"
             )
         return RecoveredSessions(expired=expired, cancelled=cancelled)
+
+    async def escalate(self) -> int:
+        data = await self._rpc("hitl_escalate", {})
+        if not isinstance(data, int) or isinstance(data, bool):
+            raise PlatformUnavailable(f"hitl_escalate returned an unexpected reply: {data!r}")
+        return data
+
+    async def pending_notifications(self, limit: int) -> list[Notification]:
+        data = await self._rpc("hitl_pending_notifications", {"p_limit": limit})
+        try:
+            if not isinstance(data, list):
+                raise ShapeError(f"expected an array, got {data!r}")
+            return [
+                Notification(
+                    id=int(row["id"]),
+                    case_id=parse_uuid(row["case_id"]) if row.get("case_id") else None,
+                    reason=str(row["reason"]),
+                    payload=dict(row.get("payload") or {}),
+                    attempts=int(row.get("attempts") or 0),
+                )
+                for row in data
+            ]
+        except (KeyError, TypeError, ValueError, ShapeError) as e:
+            raise PlatformUnavailable(
+                f"hitl_pending_notifications returned an unexpected reply: {e}"
+            ) from None
+
+    async def notification_done(self, notification_id: int, error: str | None) -> None:
+        await self._rpc("hitl_notification_done", {"p_id": notification_id, "p_error": error})
 
     async def success_metrics(self, start: datetime, end: datetime) -> SuccessMetrics:
         data = await self._rpc(

@@ -95,22 +95,21 @@ class SimulatedOperator:
             await asyncio.sleep(random.uniform(lo, hi))  # the operator thinking, not sync
         await self.answer(str(case["case_id"]), self.answer_text(case))
 
-    async def answer(self, case_id: str, content: str, kind: str = "answer") -> SentAnswer:
+    async def answer(
+        self, case_id: str, content: str, kind: str = "answer", option_index: int | None = None
+    ) -> SentAnswer:
         assert self._client is not None, "start() first"
         sent = time.monotonic()
-        response = (
-            await self._client.table("messages")
-            .insert(
-                {
-                    "case_id": case_id,
-                    "sender_type": "human",
-                    "sender_id": self.operator_id,
-                    "content": content,
-                    "kind": kind,
-                }
-            )
-            .execute()
-        )
+        row_in: dict[str, Any] = {
+            "case_id": case_id,
+            "sender_type": "human",
+            "sender_id": self.operator_id,
+            "content": content,
+            "kind": kind,
+        }
+        if option_index is not None:
+            row_in["option_index"] = option_index  # a one-tap answer; the text comes from SQL
+        response = await self._client.table("messages").insert(row_in).execute()
         rows = response.data
         if not isinstance(rows, list) or not rows or not isinstance(rows[0], dict):
             raise RuntimeError(f"insert into messages returned {rows!r}")
@@ -125,6 +124,23 @@ class SimulatedOperator:
         )
         self.answered[case_id] = record
         return record
+
+    async def heartbeat(self) -> None:
+        """Record availability as the console does (a claim needs a recent heartbeat)."""
+        assert self._client is not None, "start() first"
+        await self._client.rpc("hitl_operator_heartbeat", {"p_status": "available"}).execute()
+
+    async def claim(self, case_id: str) -> bool:
+        """Claim a case as the console does: one row update under RLS; False if someone else
+        holds it (RLS filters the row out, nothing is updated)."""
+        assert self._client is not None, "start() first"
+        response = (
+            await self._client.table("cases")
+            .update({"claimed_by": self.operator_id})
+            .eq("id", case_id)
+            .execute()
+        )
+        return bool(response.data)
 
     async def stop(self) -> None:
         for task in list(self._tasks):

@@ -10,7 +10,9 @@ select has_table('public', t, format('public.%s exists', t))
                     'operator_activity']) t;
 select columns_are('public', 'cases',
   array['id', 'created_at', 'title', 'description', 'status', 'priority', 'urgency', 'source',
-        'metadata', 'answered_at', 'expires_at', 'answer_message_id'],
+        'metadata', 'answered_at', 'expires_at', 'answer_message_id', 'options', 'skills',
+        'claimed_by', 'claimed_at', 'claim_expires_at', 'escalated_at', 'escalation_level',
+        'escalated_for'],
   'cases has the contract''s columns');
 select col_type_is('public', 'cases', 'id', 'uuid', 'cases.id is a uuid');
 select col_type_is('public', 'cases', 'metadata', 'jsonb', 'cases.metadata is jsonb');
@@ -19,7 +21,7 @@ select col_type_is('public', 'cases', 'expires_at', 'timestamp with time zone', 
 select col_is_pk('public', 'cases', 'id', 'cases is keyed by id');
 
 select columns_are('public', 'messages',
-  array['id', 'case_id', 'created_at', 'sender_type', 'sender_id', 'content', 'kind'],
+  array['id', 'case_id', 'created_at', 'sender_type', 'sender_id', 'content', 'kind', 'option_index'],
   'messages has the contract''s columns');
 select col_not_null('public', 'messages', 'kind', 'messages.kind is not null');
 select col_default_is('public', 'messages', 'kind', 'answer', 'messages.kind defaults to answer');
@@ -101,8 +103,8 @@ select is(
     join pg_namespace n on n.oid = c.relnamespace
    where n.nspname = 'public' and c.relkind = 'r' and not c.relrowsecurity),
   null, 'row-level security is enabled on every public table');
-select policies_are('public', 'cases', array['hitl_operators_read_cases'],
-  'cases: operators read, nothing else');
+select policies_are('public', 'cases', array['hitl_operators_read_cases', 'hitl_operators_claim_cases'],
+  'cases: operators read, and claim (a trigger lets the claim columns alone change)');
 select policies_are('public', 'messages',
   array['hitl_operators_read_messages', 'hitl_operators_insert_messages'],
   'messages: operators read and insert');

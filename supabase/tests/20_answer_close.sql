@@ -37,7 +37,8 @@ select is(public.hitl_answer('aaaaaaaa-0000-0000-0000-000000000001') - 'created_
   jsonb_build_object('message_id', 'bbbbbbbb-0000-0000-0000-000000000004',
                      'case_id', 'aaaaaaaa-0000-0000-0000-000000000001',
                      'content', 'Yes, within 30 days.', 'kind', 'answer',
-                     'sender_id', 'cccccccc-0000-0000-0000-000000000001'),
+                     'sender_id', 'cccccccc-0000-0000-0000-000000000001',
+                     'option_index', null, 'option', null),
   'the first human answer is the answer, a later one is not');
 select is((public.hitl_answer('aaaaaaaa-0000-0000-0000-000000000001') ->> 'created_at')::timestamptz,
   (select created_at from public.messages where id = 'bbbbbbbb-0000-0000-0000-000000000004'),

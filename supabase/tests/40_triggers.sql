@@ -61,8 +61,9 @@ select is((select payload - 'sig' from pg_temp.rt where payload ->> 'id' = 'f000
   jsonb_build_object('id', 'f0000000-0000-0000-0000-000000000003',
                      'case_id', 'e0000000-0000-0000-0000-000000000001', 'sender_type', 'human',
                      'sender_id', '0e000000-0000-0000-0000-000000000001', 'content', 'Yes, 10 to 4.',
-                     'kind', 'answer', 'created_at', now(), 'is_answer', true),
-  'the message payload is the message (its own id kept) and whether it is the answer');
+                     'kind', 'answer', 'created_at', now(), 'is_answer', true,
+                     'option_index', null, 'option', null),
+  'the message payload is the message (its own id kept), whether it is the answer, and the option chosen');
 select is((select id from pg_temp.rt where payload ->> 'id' = 'f0000000-0000-0000-0000-000000000003')
             <> 'f0000000-0000-0000-0000-000000000003'::uuid, true,
   'the realtime row has its own id, the payload keeps the message id');

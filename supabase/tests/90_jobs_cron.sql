@@ -2,7 +2,7 @@
 -- name with minute syntax, re-scheduling overwrites instead of duplicating, and each job's
 -- command runs.
 begin;
-select plan(12);
+select plan(13);
 
 select has_extension('pg_cron', 'pg_cron is installed where the migrations ran');
 -- (cron.job's text columns have their own collation: compare as JSON)
@@ -24,7 +24,12 @@ select is(
   jsonb_build_object('schedule', '*/5 * * * *', 'command', 'select public.hitl_tasks_purge()',
                      'active', true),
   'hitl-purge-tasks deletes expired MCP tasks every five minutes');
-select is((select count(*)::int from cron.job where jobname like 'hitl-%'), 3, 'exactly the three hitl jobs');
+select is(
+  (select jsonb_build_object('schedule', schedule, 'command', command, 'active', active)
+     from cron.job where jobname = 'hitl-escalate'),
+  jsonb_build_object('schedule', '* * * * *', 'command', 'select public.hitl_escalate()', 'active', true),
+  'hitl-escalate runs every minute (the relay calls it more often)');
+select is((select count(*)::int from cron.job where jobname like 'hitl-%'), 4, 'exactly the four hitl jobs');
 select is((select username::text from cron.job where jobname = 'hitl-expire-sessions'), current_user::text,
   'the jobs run as the role that applied the migrations');
 
@@ -32,7 +37,7 @@ select is((select username::text from cron.job where jobname = 'hitl-expire-sess
 create temp table ids as select jobid from cron.job where jobname = 'hitl-expire-sessions';
 select cron.schedule('hitl-expire-sessions', '* * * * *', 'select public.hitl_expire_sessions()');
 select cron.schedule('hitl-purge', '17 3 * * *', $cmd$select public.hitl_purge(interval '30 days')$cmd$);
-select is((select count(*)::int from cron.job where jobname like 'hitl-%'), 3,
+select is((select count(*)::int from cron.job where jobname like 'hitl-%'), 4,
   're-scheduling by name does not duplicate the jobs');
 select is((select jobid from cron.job where jobname = 'hitl-expire-sessions'), (select jobid from ids),
   're-scheduling keeps the job');

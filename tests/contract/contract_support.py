@@ -33,6 +33,7 @@ class OperatorSide(Protocol):
         *,
         kind: MessageKind = "answer",
         sender_type: SenderType = "human",
+        option_index: int | None = None,
     ) -> UUID: ...
 
     async def forge(self, case_id: UUID, event: str, payload: Mapping[str, Any]) -> None:

@@ -48,9 +48,10 @@ class DevstackOperators:
         *,
         kind: MessageKind = "answer",
         sender_type: SenderType = "human",
+        option_index: int | None = None,
     ) -> UUID:
         if sender_type == "human":
-            return await self.answering.answer(case_id, content, kind)
+            return await self.answering.answer(case_id, content, kind, option_index)
         response = (
             await self.service.table("messages")
             .insert(

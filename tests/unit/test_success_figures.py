@@ -203,8 +203,12 @@ async def relay_on(platform: MemoryPlatform, clock: FakeClock) -> AsyncIterator[
     async def backend(_settings: Any) -> AsyncIterator[Backend]:
         yield platform.backend()
 
+    # Only the success refresher sleeps on the fake clock here (no escalation timer).
     settings = make_settings(
-        api_keys="key-one-0123456789", success_window_seconds=3 * 3600, success_refresh_seconds=30
+        api_keys="key-one-0123456789",
+        success_window_seconds=3 * 3600,
+        success_refresh_seconds=30,
+        escalation_interval_seconds=0,
     )
     async with running(create_app(settings, backend=backend, clock=clock)) as url:
         yield url

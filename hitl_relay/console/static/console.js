@@ -24,8 +24,11 @@
   const URGENCY_RANK = { high: 3, medium: 2, low: 1 }
   const OPEN = 'open'
   const CASE_COLUMNS =
-    'id,title,description,status,priority,urgency,source,metadata,created_at,expires_at,answered_at,answer_message_id'
-  const MESSAGE_COLUMNS = 'id,case_id,sender_type,sender_id,content,kind,created_at'
+    'id,title,description,status,priority,urgency,source,metadata,created_at,expires_at,answered_at,answer_message_id,' +
+    'options,skills,claimed_by,claimed_at,claim_expires_at,escalation_level'
+  const MESSAGE_COLUMNS = 'id,case_id,sender_type,sender_id,content,kind,created_at,option_index'
+  // A claim held this long without an answer shows as idle (the holder may be stuck).
+  const CLAIM_IDLE_MS = 15000
   const ANSWERED_FIRST = 'Another operator answered first; their answer was delivered and yours is kept on the case.'
   const KIND_LABEL = {
     answer: 'Answer',
@@ -80,6 +83,7 @@
     audio: null,
     live: 'connecting',
     signingOut: false,
+    routable: null, // case ids this operator can take (hitl_operator_queue), null until read
   }
 
   // ---- helpers -------------------------------------------------------------------------------
@@ -166,6 +170,12 @@
       thread: asArray(meta.thread),
       callId: asText(meta.retell_call_id),
       agentId: asText(meta.retell_agent_id),
+      options: asArray(row.options).map(asText),
+      skills: asArray(row.skills).map(asText),
+      claimedBy: row.claimed_by || null,
+      claimedAt: ms(row.claimed_at),
+      claimExpiresAt: ms(row.claim_expires_at),
+      escalationLevel: Number(row.escalation_level) || 0,
       detailed: true,
     }
   }
@@ -188,6 +198,12 @@
       thread: asArray(p.thread),
       callId: asText(p.retell_call_id),
       agentId: '',
+      options: [],
+      skills: [],
+      claimedBy: null,
+      claimedAt: null,
+      claimExpiresAt: null,
+      escalationLevel: 0,
       detailed: false,
     }
   }
@@ -231,16 +247,95 @@
     if (!c.deadlineAt) return null
     return c.deadlineAt > now ? 'waiting' : 'gone'
   }
+  // ---- claims and routing ----------------------------------------------------------------------
+  /** `mine`, `other` (someone else holds it, as far as this console knows) or null. The database
+   *  decides for real (a claim also lapses when its holder stops heartbeating). */
+  function claimState(c, now = Date.now()) {
+    if (!c.claimedBy || (c.claimExpiresAt && c.claimExpiresAt <= now)) return null
+    return state.user && c.claimedBy === state.user.id ? 'mine' : 'other'
+  }
+  function claimIdle(c, now = Date.now()) {
+    return !!claimState(c, now) && c.claimedAt && now - c.claimedAt >= CLAIM_IDLE_MS
+  }
+  /** Cases this operator can take first (routing: hitl_operator_queue), then claimed ones;
+   *  within each, highest priority, then nearest deadline, then oldest. */
   function byPriority(a, b) {
+    const rank = (c) => (claimState(c) === 'other' ? 1 : 0)
     return (
+      rank(a) - rank(b) ||
       b.priority - a.priority ||
+      (a.deadlineAt || Infinity) - (b.deadlineAt || Infinity) ||
       (URGENCY_RANK[b.urgency] || 0) - (URGENCY_RANK[a.urgency] || 0) ||
       (a.createdAt || 0) - (b.createdAt || 0)
     )
   }
+  function routedToMe(c) {
+    // Until the routing read arrives every case shows; then only what this operator can take,
+    // plus what someone else holds (so the claim is visible) unless its skills are not ours.
+    if (!state.routable) return true
+    const mine = mySkills()
+    return state.routable.has(c.id) || (claimState(c) === 'other' && c.skills.every((k) => mine.includes(k)))
+  }
   function queuedCases() {
     const now = Date.now()
-    return [...state.cases.values()].filter((c) => inQueue(c, now)).sort(byPriority)
+    return [...state.cases.values()].filter((c) => inQueue(c, now) && routedToMe(c)).sort(byPriority)
+  }
+  async function refreshRouting() {
+    const client = state.client
+    if (!client) return
+    const { data, error } = await client.rpc('hitl_operator_queue')
+    if (client !== state.client || error) return // routing refines the queue; it never empties it
+    state.routable = new Set((data || []).map((r) => r.case_id))
+    renderQueue()
+  }
+  function mySkills() {
+    const skills = asArray(state.user?.appMetadata?.hitl_skills)
+    return skills.map((k) => asText(k).toLowerCase())
+  }
+  async function claimCase(release = false) {
+    const c = state.cases.get(state.selectedId)
+    if (!c || !state.client || !state.user) return
+    await heartbeat('available') // a claim needs a recent heartbeat
+    const { data, error } = await state.client
+      .from('cases')
+      .update({ claimed_by: release ? null : state.user.id })
+      .eq('id', c.id)
+      .select('id,claimed_by,claimed_at,claim_expires_at')
+    if (error) {
+      setClaimStatus(`Not claimed: ${error.message}`, 'error')
+    } else if (!data || data.length === 0) {
+      setClaimStatus(release ? 'Nothing to release.' : 'Someone else holds this case.', 'warn')
+      await refreshCase(c.id)
+    } else {
+      onClaim({ case_id: c.id, ...data[0] })
+      setClaimStatus(release ? 'Released: any operator may take it.' : 'Claimed: the case is yours until you answer.', 'ok')
+    }
+  }
+  function onClaim(p) {
+    const c = state.cases.get(p.case_id)
+    if (!c) return
+    c.claimedBy = p.claimed_by || null
+    c.claimedAt = ms(p.claimed_at)
+    c.claimExpiresAt = ms(p.claim_expires_at)
+    renderQueue()
+    if (c.id === state.selectedId) renderCase()
+  }
+  function onEscalated(p) {
+    const c = state.cases.get(p.case_id)
+    if (!c) return
+    c.priority = clampPriority(p.priority)
+    c.escalationLevel += 1
+    document.body.dataset.lastEscalation = `${c.id} ${p.reason}`
+    alertFor(c)
+    const why = p.reason === 'deadline' ? 'claimed but unanswered, the caller is about to give up' : 'nobody has taken it yet'
+    announce(`Escalated to priority ${c.priority}: ${why}. ${c.question.slice(0, 120)}`, true)
+    renderQueue()
+    if (c.id === state.selectedId) renderCase()
+  }
+  function setClaimStatus(text, kind) {
+    const node = $('claim-status')
+    setText(node, text)
+    node.dataset.kind = kind
   }
 
   // ---- realtime: case channels ----------------------------------------------------------------
@@ -324,6 +419,7 @@
       if (c.status === OPEN && !open.has(c.id) && c.detailed) refreshCase(c.id)
     }
     await loadSessions([...open])
+    await refreshRouting()
     renderQueue()
     if (state.selectedId) renderCase()
   }
@@ -370,10 +466,10 @@
     }
   }
 
-  async function sendMessage(kind) {
+  async function sendMessage(kind, optionIndex = null) {
     const c = state.cases.get(state.selectedId)
     if (!c || !state.client || !state.user) return
-    const text = $('answer-text').value
+    const text = optionIndex === null ? $('answer-text').value : c.options[optionIndex]
     if (kind !== 'cannot_answer' && !text.trim()) {
       setAnswerStatus(kind === 'answer' ? 'Write an answer first.' : 'Write the question for the caller first.', 'error')
       $('answer-text').focus()
@@ -383,7 +479,14 @@
     setAnswerStatus('Sending…', 'info')
     const { data, error } = await state.client
       .from('messages')
-      .insert({ case_id: c.id, sender_type: 'human', sender_id: state.user.id, content: text.trim(), kind })
+      .insert({
+        case_id: c.id,
+        sender_type: 'human',
+        sender_id: state.user.id,
+        content: text.trim(),
+        kind,
+        ...(optionIndex === null ? {} : { option_index: optionIndex }),
+      })
       .select(MESSAGE_COLUMNS)
       .single()
     setBusy(false)
@@ -392,7 +495,7 @@
       return
     }
     if (data && !c.messages.has(data.id)) c.messages.set(data.id, { ...data, createdAt: ms(data.created_at) })
-    $('answer-text').value = ''
+    if (optionIndex === null) $('answer-text').value = ''
     const done = {
       answer: 'Answer sent. The voice agent has it.',
       clarification: 'Question sent. The agent asks the caller; their reply appears here.',
@@ -425,6 +528,8 @@
       config: { private: true, presence: { key: state.user.id } },
     })
     channel.on('broadcast', { event: 'case_opened' }, (msg) => onCaseOpened(asObject(msg.payload)))
+    channel.on('broadcast', { event: 'claim' }, (msg) => onClaim(asObject(msg.payload)))
+    channel.on('broadcast', { event: 'escalated' }, (msg) => onEscalated(asObject(msg.payload)))
     channel.on('presence', { event: 'sync' }, renderPresence)
     channel.subscribe(async (status, err) => {
       if (status === 'SUBSCRIBED') {
@@ -453,6 +558,7 @@
       const kind = isVoice(c) ? 'voice case' : 'case'
       announce(`New ${kind}, priority ${c.priority}, ${c.urgency} urgency: ${c.question.slice(0, 140)}`, c.priority >= 5)
       refreshCase(c.id) // context, caller and history come with the row
+      refreshRouting()
     }
   }
 
@@ -567,6 +673,10 @@
       // Away: off the presence list, so the relay does not count on us.
       await state.operators.untrack()
       heartbeat('away')
+      // Away: our claims go back to the queue at once (they would lapse within 90 s anyway).
+      state.client?.rpc('hitl_release_claims').then(({ error }) => {
+        if (error) console.warn('hitl-console: releasing claims failed:', error.message)
+      })
     }
   }
 
@@ -602,6 +712,8 @@
         isVoice(c) ? el('span', { class: 'badge voice', title: 'A caller is on the phone with the voice agent' }, '☎ Voice') : null,
         el('span', { class: `badge prio prio-${c.priority}`, title: `Priority ${c.priority} of 5` }, `P${c.priority}`),
         el('span', { class: `badge urgency urgency-${c.urgency}` }, c.urgency),
+        claimBadge(c),
+        c.escalationLevel > 0 ? el('span', { class: 'badge escalated', title: 'Escalated: waited too long' }, '⚠ escalated') : null,
       )
       const button = el(
         'button',
@@ -617,6 +729,7 @@
           class: `case-item prio-${c.priority}${isVoice(c) ? ' is-voice' : ''}${c.id === state.selectedId ? ' selected' : ''}`,
           'data-case-id': c.id,
           'data-priority': c.priority,
+          'data-claim': claimState(c) || 'unclaimed',
         },
         button,
       )
@@ -639,6 +752,14 @@
     for (const id of [...state.caseChannels.keys()]) if (!keep.has(id)) unwatchCase(id)
     for (const [id, c] of [...state.cases]) if (!keep.has(id) && c.status !== OPEN) state.cases.delete(id)
     tick()
+  }
+
+  function claimBadge(c) {
+    const held = claimState(c)
+    if (!held) return el('span', { class: 'badge claim unclaimed', title: 'Nobody has taken this case yet' }, 'unclaimed')
+    const who = held === 'mine' ? 'you' : `operator ${shortId(c.claimedBy)}`
+    const idle = claimIdle(c) ? ' · idle' : ''
+    return el('span', { class: `badge claim claimed-${held}${idle ? ' idle' : ''}`, title: `Claimed by ${who}` }, `claimed by ${who}${idle}`)
   }
 
   /** Countdowns and warning styles, four times a second, without rebuilding anything. */
@@ -814,13 +935,39 @@
           el('span', { class: 'kind' }, isAnswer ? `${KIND_LABEL[m.kind] || m.kind} · delivered` : KIND_LABEL[m.kind] || m.kind),
           el('time', { class: 'when', datetime: m.created_at }, formatClock(m.createdAt)),
           el('p', { class: 'content' }, m.content || (m.kind === 'cannot_answer' ? '(no note)' : '')),
+          m.option_index !== null && m.option_index !== undefined ? el('span', { class: 'option-chosen' }, `one-tap option ${Number(m.option_index) + 1}`) : null,
         ),
       )
     }
     show($('case-messages-empty'), sorted.length === 0)
 
     const open = c.status === OPEN
-    for (const id of ['answer-text', 'send-answer', 'ask-back', 'cannot-answer']) $(id).disabled = !open || state.busy
+    const held = claimState(c)
+    const blocked = held === 'other' // the database refuses our answer while their claim is live
+    for (const id of ['answer-text', 'send-answer', 'ask-back', 'cannot-answer']) $(id).disabled = !open || state.busy || blocked
+    const claimNode = $('claim-state')
+    claimNode.dataset.claim = held || 'unclaimed'
+    setText(
+      claimNode,
+      !open
+        ? ''
+        : held === 'mine'
+          ? `You hold this case${c.claimExpiresAt ? ` until ${formatClock(c.claimExpiresAt)}` : ''}.`
+          : held === 'other'
+            ? `Claimed by operator ${shortId(c.claimedBy)}${claimIdle(c) ? ' (idle)' : ''}.`
+            : 'Unclaimed: claim it so nobody else works on it.',
+    )
+    show($('claim-case'), open && !held)
+    show($('release-case'), open && held === 'mine')
+    const options = $('answer-options')
+    clear(options)
+    c.options.forEach((text, index) => {
+      const b = el('button', { type: 'button', class: 'option', 'data-option-index': String(index) }, text)
+      b.disabled = !open || state.busy || blocked
+      b.addEventListener('click', () => sendMessage('answer', index))
+      options.append(b)
+    })
+    show(options, c.options.length > 0)
     $('answer-form').classList.toggle('closed', !open)
     if (!open && !$('answer-status').textContent) {
       setAnswerStatus(c.status === 'answered' ? 'This case is answered.' : `This case is ${c.status}.`, 'info')
@@ -886,7 +1033,8 @@
     const claims = decodeJwt(accessToken)
     state.client = client
     state.mode = mode
-    state.user = { id: claims.sub, email: claims.email || '', exp: claims.exp || null }
+    state.user = { id: claims.sub, email: claims.email || '', exp: claims.exp || null, appMetadata: asObject(claims.app_metadata) }
+    state.routable = null
     state.signingOut = false
     // Realtime must carry the operator's token before the first join (private channels).
     await client.realtime.setAuth(accessToken)
@@ -999,6 +1147,8 @@
         setText($('sign-in-error'), `Sign-in failed: ${e.message}`)
       }
     })
+    $('claim-case').addEventListener('click', () => claimCase(false))
+    $('release-case').addEventListener('click', () => claimCase(true))
     $('answer-form').addEventListener('submit', (ev) => {
       ev.preventDefault()
       sendMessage('answer')
