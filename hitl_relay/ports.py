@@ -561,6 +561,7 @@ class JobHealthSource(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
 class Notification:
     """An escalation to announce (a row of `hil_notifications`, taken by
     `hitl_pending_notifications`): `reason` is `unclaimed` or `deadline`; `payload` carries

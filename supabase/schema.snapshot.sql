@@ -346,6 +346,15 @@ begin
 end;
 $$;
 
+CREATE FUNCTION public.hitl_case_owned(p_case_id uuid, p_owner text) RETURNS boolean
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+  select exists (
+    select 1 from public.hil_sessions
+     where case_id = p_case_id and starts_with(idempotency_key, p_owner || ':'))
+$$;
+
 CREATE FUNCTION public.hitl_case_reply(p_case_id uuid) RETURNS jsonb
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -355,6 +364,13 @@ CREATE FUNCTION public.hitl_case_reply(p_case_id uuid) RETURNS jsonb
     'clarification', case when x.answer is null
                           then public.hitl_pending_clarification(p_case_id) end)
     from (select public.hitl_answer(p_case_id) as answer) x
+$$;
+
+CREATE FUNCTION public.hitl_case_status(p_case_id uuid) RETURNS text
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+  select status from public.cases where id = p_case_id
 $$;
 
 CREATE FUNCTION public.hitl_claim_live(p_claimed_by uuid, p_expires timestamp with time zone) RETURNS boolean
@@ -530,6 +546,38 @@ begin
 end;
 $$;
 
+CREATE FUNCTION public.hitl_event_canonical(p_event text, p_payload jsonb, p_fields text[]) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO ''
+    AS $$
+  select p_event || coalesce(string_agg(
+    E'\n' || f || '=' || case when p_payload ->> f is null then '-'
+                              else length(p_payload ->> f)::text || ':' || (p_payload ->> f) end,
+    '' order by n), '')
+  from unnest(p_fields) with ordinality as t(f, n)
+$$;
+
+CREATE FUNCTION public.hitl_event_key() RETURNS text
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+  select encode(key, 'hex') from public.hitl_event_key where id = 1
+$$;
+
+CREATE FUNCTION public.hitl_event_key_pad(p_key bytea, p_byte integer) RETURNS bytea
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO ''
+    AS $$
+declare
+  v bytea := p_key || decode(repeat('00', 64 - octet_length(p_key)), 'hex');
+begin
+  for i in 0 .. 63 loop
+    v := set_byte(v, i, get_byte(v, i) # p_byte);
+  end loop;
+  return v;
+end;
+$$;
+
 CREATE FUNCTION public.hitl_expire_sessions() RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -558,6 +606,30 @@ begin
   select 'cron', 'expire_session', case_id, id, 'expired' from expired;
   get diagnostics n_sessions = row_count;
   return n_sessions + n_cases;
+end;
+$$;
+
+CREATE FUNCTION public.hitl_expiry_job() RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  v_jobid bigint;
+  v_last timestamptz;
+begin
+  begin
+    select jobid into v_jobid from cron.job where jobname = 'hitl-expire-sessions';
+  exception when undefined_table or invalid_schema_name or insufficient_privilege then
+    return jsonb_build_object('scheduled', false, 'last_success', null);
+  end;
+  if v_jobid is null then
+    return jsonb_build_object('scheduled', false, 'last_success', null);
+  end if;
+  -- Newest first by the primary key: stops at the first succeeded run however long the log.
+  select end_time into v_last from cron.job_run_details
+   where jobid = v_jobid and status = 'succeeded'
+   order by runid desc limit 1;
+  return jsonb_build_object('scheduled', true, 'last_success', v_last);
 end;
 $$;
 
@@ -647,6 +719,19 @@ CREATE FUNCTION public.hitl_is_relay_case(p_case_id uuid) RETURNS boolean
   select exists (select 1 from public.cases where id = p_case_id and source = 'mcp_voice')
 $$;
 
+CREATE FUNCTION public.hitl_message_defaults() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO ''
+    AS $$
+begin
+  if current_user in ('authenticated', 'anon') then
+    new.id := gen_random_uuid();
+    new.created_at := now();
+  end if;
+  return new;
+end;
+$$;
+
 CREATE FUNCTION public.hitl_notification_done(p_id bigint, p_error text DEFAULT NULL::text) RETURNS void
     LANGUAGE sql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -662,12 +747,14 @@ CREATE FUNCTION public.hitl_on_case_opened() RETURNS trigger
     AS $$
 begin
   perform realtime.send(
-    jsonb_build_object(
+    public.hitl_sign_event('case_opened', jsonb_build_object(
       'case_id', new.id, 'priority', new.priority, 'urgency', new.urgency,
       'question', new.description, 'title', new.title,
       'deadline_at', new.metadata ->> 'deadline_at', 'expires_at', new.expires_at,
-      'retell_call_id', new.metadata ->> 'retell_call_id', 'source', new.source,
-      'thread', coalesce(new.metadata -> 'thread', '[]'::jsonb)),
+      'retell_call_id', new.metadata ->> 'retell_call_id', 'source', new.source),
+      array['case_id', 'priority', 'urgency', 'question', 'title', 'deadline_at', 'expires_at',
+            'retell_call_id', 'source'])
+      || jsonb_build_object('thread', coalesce(new.metadata -> 'thread', '[]'::jsonb)),
     'case_opened', 'operators', true);
   return null;
 end;
@@ -712,11 +799,13 @@ begin
     select options ->> new.option_index into v_option from public.cases where id = new.case_id;
   end if;
   perform realtime.send(
-    jsonb_build_object(
+    public.hitl_sign_event('message', jsonb_build_object(
       'id', new.id, 'case_id', new.case_id, 'sender_type', new.sender_type,
       'sender_id', new.sender_id, 'content', new.content, 'kind', new.kind,
       'created_at', new.created_at, 'is_answer', v_is_answer,
       'option_index', new.option_index, 'option', v_option),
+      array['id', 'case_id', 'sender_type', 'sender_id', 'content', 'kind', 'created_at',
+            'is_answer', 'option_index', 'option']),
     'message', 'case:' || new.case_id::text, true);
   return null;
 end;
@@ -744,8 +833,10 @@ CREATE FUNCTION public.hitl_on_session_change() RETURNS trigger
     AS $$
 begin
   perform realtime.send(
-    jsonb_build_object('session_id', new.id, 'case_id', new.case_id, 'status', new.status,
-                       'expires_at', new.expires_at),
+    public.hitl_sign_event('session', jsonb_build_object(
+      'session_id', new.id, 'case_id', new.case_id, 'status', new.status,
+      'expires_at', new.expires_at),
+      array['session_id', 'case_id', 'status', 'expires_at']),
     'session', 'case:' || new.case_id::text, true);
   return null;
 end;
@@ -908,6 +999,37 @@ begin
   return jsonb_build_object(
     'case_id', s.case_id, 'session_id', s.id, 'expires_at', s.expires_at,
     'existed', v_existed, 'status', s.status);
+end;
+$$;
+
+CREATE FUNCTION public.hitl_open_case_no_operator(p jsonb) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  r jsonb;
+  s public.hil_sessions;
+begin
+  r := public.hitl_open_case(p);
+  -- Ours to close: a new session, or one hitl_open_case just re-opened from a closed state (it
+  -- stamps `retried_at` with this transaction's now()); not one another relay is waiting on.
+  update public.hil_sessions
+     set status = 'no_operator', closed_at = now(),
+         metadata = metadata || jsonb_build_object('close', jsonb_build_object('outcome', 'no_operator'))
+   where id = (r ->> 'session_id')::uuid
+     and status = 'waiting'
+     and (not (r ->> 'existed')::boolean
+          or (metadata ->> 'retried_at')::timestamptz = now())
+     and not exists (select 1 from public.cases c
+                      where c.id = hil_sessions.case_id and c.answer_message_id is not null)
+  returning * into s;
+  if found then
+    insert into public.hil_audit (actor, action, case_id, session_id, outcome, detail)
+    values ('relay', 'close_session', s.case_id, s.id, 'no_operator',
+            jsonb_build_object('outcome', 'no_operator'));
+    r := r || jsonb_build_object('status', s.status);
+  end if;
+  return r;
 end;
 $$;
 
@@ -1266,11 +1388,35 @@ begin
 end;
 $$;
 
+CREATE FUNCTION public.hitl_session_status(p_session_id uuid) RETURNS text
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+  select status from public.hil_sessions where id = p_session_id
+$$;
+
 CREATE FUNCTION public.hitl_setting(p_key text, p_default jsonb) RETURNS jsonb
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
   select coalesce((select value from public.hil_settings where key = p_key), p_default)
+$$;
+
+CREATE FUNCTION public.hitl_sign_event(p_event text, p_payload jsonb, p_fields text[]) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO ''
+    AS $$
+declare
+  k record;
+  v_msg bytea := convert_to(public.hitl_event_canonical(p_event, p_payload, p_fields), 'UTF8');
+begin
+  select inner_pad, outer_pad into k from public.hitl_event_key where id = 1;
+  if not found then
+    return p_payload;  -- no key: the relay reads every event's case instead (still correct)
+  end if;
+  return p_payload || jsonb_build_object('sig',
+    encode(sha256(k.outer_pad || sha256(k.inner_pad || v_msg)), 'hex'));
+end;
 $$;
 
 CREATE FUNCTION public.hitl_skills(p jsonb) RETURNS text[]
@@ -1381,6 +1527,168 @@ select jsonb_build_object(
      'target', '> 0.70',
      'met', coalesce(handled_s / nullif(available_s, 0) > 0.70, false)))
 from figures
+$$;
+
+CREATE FUNCTION public.hitl_task_cancel(p_id text, p_owner text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  t public.hil_tasks;
+  s record;
+begin
+  select * into t from public.hil_tasks
+   where id = p_id and owner = p_owner and expires_at > now()
+   for update;
+  if not found then
+    return null;
+  end if;
+  -- Terminal too: a reply committed that the creating relay has not recorded yet (a poll
+  -- already reports the task completed).
+  if t.status not in ('working', 'input_required') or t.result is not null
+     or jsonb_strip_nulls(public.hitl_case_reply(t.case_id)) <> '{}'::jsonb then
+    return jsonb_build_object('terminal', true, 'task', public.hitl_task_json(t));
+  end if;
+  update public.hil_tasks
+     set status = 'cancelled', status_message = 'The task was cancelled by request.',
+         last_updated_at = now()
+   where id = p_id
+  returning * into t;
+  for s in select id from public.hil_sessions
+            where case_id = t.case_id and status = 'waiting'
+              and created_at >= t.created_at - interval '1 second'
+  loop
+    perform public.hitl_close_session(s.id, 'cancelled', jsonb_build_object('task', 'cancelled'));
+  end loop;
+  return jsonb_build_object('terminal', false, 'task', public.hitl_task_json(t));
+end
+$$;
+
+CREATE FUNCTION public.hitl_task_create(p jsonb) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  t public.hil_tasks;
+  v_ttl bigint := (p->>'ttl_ms')::bigint;
+begin
+  insert into public.hil_tasks (id, owner, case_id, tool, call, era, status, status_message, result,
+                                deadline_at, ttl_ms, poll_interval_ms, expires_at)
+  values (p->>'id', p->>'owner', (p->>'case_id')::uuid, p->>'tool',
+          coalesce(nullif(p->'call', 'null'::jsonb), '{}'::jsonb), p->>'era',
+          coalesce(p->>'status', 'working'), p->>'status_message',
+          nullif(p->'result', 'null'::jsonb),
+          now() + make_interval(secs => (p->>'timeout_seconds')::double precision),
+          v_ttl, (p->>'poll_interval_ms')::integer,
+          now() + make_interval(secs => v_ttl / 1000.0))
+  returning * into t;
+  return public.hitl_task_json(t);
+end
+$$;
+
+CREATE FUNCTION public.hitl_task_finish(p_id text, p_status text, p_status_message text, p_result jsonb, p_case_id uuid) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  t public.hil_tasks;
+begin
+  if p_status is null or p_status not in ('input_required', 'completed', 'failed') then
+    perform public.hitl_invalid('p_status', 'must be one of input_required, completed, failed');
+  end if;
+  update public.hil_tasks
+     set status = p_status, status_message = p_status_message, result = p_result,
+         case_id = coalesce(p_case_id, case_id), last_updated_at = now()
+   where id = p_id and status in ('working', 'input_required')
+  returning * into t;
+  if not found then
+    select * into t from public.hil_tasks where id = p_id;
+  end if;
+  return case when t.id is null then null else public.hitl_task_json(t) end;
+end
+$$;
+
+CREATE FUNCTION public.hitl_task_get(p_id text, p_owner text) RETURNS jsonb
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+  select public.hitl_task_json(t) from public.hil_tasks t
+   where t.id = p_id and t.owner = p_owner and t.expires_at > now()
+$$;
+
+CREATE TABLE public.hil_tasks (
+    id text NOT NULL,
+    owner text NOT NULL,
+    case_id uuid NOT NULL,
+    tool text NOT NULL,
+    call jsonb DEFAULT '{}'::jsonb NOT NULL,
+    era text NOT NULL,
+    status text DEFAULT 'working'::text NOT NULL,
+    status_message text,
+    result jsonb,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    deadline_at timestamp with time zone NOT NULL,
+    ttl_ms bigint NOT NULL,
+    poll_interval_ms integer NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    CONSTRAINT hil_tasks_era_check CHECK ((era = ANY (ARRAY['2025-11-25'::text, '2026-07-28'::text]))),
+    CONSTRAINT hil_tasks_id_check CHECK (((length(id) >= 32) AND (length(id) <= 128))),
+    CONSTRAINT hil_tasks_owner_check CHECK ((owner ~ '^[0-9a-f]{64}$'::text)),
+    CONSTRAINT hil_tasks_poll_interval_ms_check CHECK ((poll_interval_ms > 0)),
+    CONSTRAINT hil_tasks_status_check CHECK ((status = ANY (ARRAY['working'::text, 'input_required'::text, 'completed'::text, 'failed'::text, 'cancelled'::text]))),
+    CONSTRAINT hil_tasks_ttl_ms_check CHECK ((ttl_ms > 0))
+);
+
+CREATE FUNCTION public.hitl_task_json(t public.hil_tasks) RETURNS jsonb
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+  select jsonb_build_object(
+    'id', t.id, 'case_id', t.case_id, 'tool', t.tool, 'call', t.call, 'era', t.era,
+    'status', t.status,
+    'status_message', t.status_message, 'result', t.result,
+    'created_at', t.created_at, 'last_updated_at', t.last_updated_at,
+    'deadline_at', t.deadline_at, 'ttl_ms', t.ttl_ms, 'poll_interval_ms', t.poll_interval_ms,
+    'now', now(),
+    'reply', case when t.result is null and t.status in ('working', 'input_required')
+                  then public.hitl_case_reply(t.case_id) end)
+$$;
+
+CREATE FUNCTION public.hitl_task_list(p_owner text, p_after_created timestamp with time zone, p_after_id text, p_limit integer) RETURNS jsonb
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+  select coalesce(jsonb_agg(public.hitl_task_json(t) order by t.created_at, t.id), '[]'::jsonb)
+    from (select * from public.hil_tasks
+           where owner = p_owner and expires_at > now()
+             and (p_after_created is null or (created_at, id) > (p_after_created, p_after_id))
+           order by created_at, id
+           limit greatest(1, least(p_limit, 100))) t
+$$;
+
+CREATE FUNCTION public.hitl_task_resume(p_id text, p_owner text, p_timeout_seconds double precision) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  t public.hil_tasks;
+begin
+  update public.hil_tasks
+     set deadline_at = now() + make_interval(secs => p_timeout_seconds), last_updated_at = now()
+   where id = p_id and owner = p_owner and expires_at > now()
+     and status in ('working', 'input_required') and result is null
+  returning * into t;
+  return case when t.id is null then null else public.hitl_task_json(t) end;
+end
+$$;
+
+CREATE FUNCTION public.hitl_tasks_purge() RETURNS integer
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+  with gone as (delete from public.hil_tasks where expires_at <= now() returning 1)
+  select count(*)::integer from gone
 $$;
 
 CREATE FUNCTION public.hitl_text(p jsonb, p_field text, p_max integer, p_required boolean DEFAULT true) RETURNS text
@@ -2360,13 +2668,25 @@ CREATE TABLE public.hil_sessions (
     closed_at timestamp with time zone,
     metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
     instance_id text,
-    CONSTRAINT hil_sessions_status_check CHECK ((status = ANY (ARRAY['waiting'::text, 'answered'::text, 'needs_info'::text, 'timed_out'::text, 'expired'::text, 'failed'::text, 'cancelled'::text])))
+    CONSTRAINT hil_sessions_status_check CHECK ((status = ANY (ARRAY['waiting'::text, 'answered'::text, 'needs_info'::text, 'timed_out'::text, 'expired'::text, 'failed'::text, 'cancelled'::text, 'no_operator'::text])))
 );
 
 CREATE TABLE public.hil_settings (
     key text NOT NULL,
     value jsonb NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+CREATE TABLE public.hitl_event_key (
+    id smallint DEFAULT 1 NOT NULL,
+    key bytea NOT NULL,
+    inner_pad bytea NOT NULL,
+    outer_pad bytea NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT hitl_event_key_id_check CHECK ((id = 1)),
+    CONSTRAINT hitl_event_key_inner_pad_check CHECK ((octet_length(inner_pad) = 64)),
+    CONSTRAINT hitl_event_key_key_check CHECK ((octet_length(key) = 32)),
+    CONSTRAINT hitl_event_key_outer_pad_check CHECK ((octet_length(outer_pad) = 64))
 );
 
 CREATE VIEW public.hitl_stats WITH (security_invoker='true') AS
@@ -2494,6 +2814,12 @@ ALTER TABLE ONLY public.hil_sessions
 ALTER TABLE ONLY public.hil_settings
     ADD CONSTRAINT hil_settings_pkey PRIMARY KEY (key);
 
+ALTER TABLE ONLY public.hil_tasks
+    ADD CONSTRAINT hil_tasks_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.hitl_event_key
+    ADD CONSTRAINT hitl_event_key_pkey PRIMARY KEY (id);
+
 ALTER TABLE public.messages
     ADD CONSTRAINT messages_hitl_values CHECK (((sender_type = ANY (ARRAY['human'::text, 'ai'::text, 'system'::text])) AND (kind = ANY (ARRAY['answer'::text, 'clarification'::text, 'cannot_answer'::text, 'note'::text])) AND (octet_length(COALESCE(content, ''::text)) <= 65536))) NOT VALID;
 
@@ -2537,6 +2863,12 @@ CREATE INDEX hil_sessions_instance_waiting_idx ON public.hil_sessions USING btre
 
 CREATE INDEX hil_sessions_waiting_idx ON public.hil_sessions USING btree (expires_at) WHERE (status = 'waiting'::text);
 
+CREATE INDEX hil_tasks_case_idx ON public.hil_tasks USING btree (case_id);
+
+CREATE INDEX hil_tasks_expires_idx ON public.hil_tasks USING btree (expires_at);
+
+CREATE INDEX hil_tasks_owner_idx ON public.hil_tasks USING btree (owner, created_at, id);
+
 CREATE INDEX messages_case_idx ON public.messages USING btree (case_id, created_at);
 
 CREATE INDEX operator_activity_operator_idx ON public.operator_activity USING btree (operator_id, last_seen_at DESC);
@@ -2558,6 +2890,8 @@ CREATE TRIGGER hitl_before_message BEFORE INSERT ON public.messages FOR EACH ROW
 CREATE TRIGGER hitl_callback_on_answer AFTER UPDATE OF answer_message_id ON public.cases FOR EACH ROW EXECUTE FUNCTION public.hitl_callback_on_answer();
 
 CREATE TRIGGER hitl_callback_on_timeout AFTER UPDATE OF status ON public.hil_sessions FOR EACH ROW EXECUTE FUNCTION public.hitl_callback_on_timeout();
+
+CREATE TRIGGER hitl_message_defaults BEFORE INSERT ON public.messages FOR EACH ROW EXECUTE FUNCTION public.hitl_message_defaults();
 
 CREATE TRIGGER hitl_on_case_opened AFTER INSERT ON public.cases FOR EACH ROW WHEN ((new.source = 'mcp_voice'::text)) EXECUTE FUNCTION public.hitl_on_case_opened();
 
@@ -2607,6 +2941,10 @@ ALTER TABLE public.hil_rate_limits ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.hil_sessions ENABLE ROW LEVEL SECURITY;
 
 ALTER TABLE public.hil_settings ENABLE ROW LEVEL SECURITY;
+
+ALTER TABLE public.hil_tasks ENABLE ROW LEVEL SECURITY;
+
+ALTER TABLE public.hitl_event_key ENABLE ROW LEVEL SECURITY;
 
 CREATE POLICY hitl_operators_claim_cases ON public.cases FOR UPDATE TO authenticated USING (((source = 'mcp_voice'::text) AND (status = 'open'::text) AND public.hitl_is_operator() AND (skills <@ public.hitl_operator_skills()) AND ((claimed_by IS NULL) OR (claimed_by = auth.uid()) OR (NOT public.hitl_claim_live(claimed_by, claim_expires_at))))) WITH CHECK (((source = 'mcp_voice'::text) AND ((claimed_by IS NULL) OR (claimed_by = auth.uid()))));
 
@@ -2695,8 +3033,14 @@ GRANT ALL ON FUNCTION public.hitl_callback_result(p_id bigint, p_outcome text, p
 REVOKE ALL ON FUNCTION public.hitl_callbacks_claim(p_limit integer, p_lease_seconds integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_callbacks_claim(p_limit integer, p_lease_seconds integer) TO service_role;
 
+REVOKE ALL ON FUNCTION public.hitl_case_owned(p_case_id uuid, p_owner text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_case_owned(p_case_id uuid, p_owner text) TO service_role;
+
 REVOKE ALL ON FUNCTION public.hitl_case_reply(p_case_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_case_reply(p_case_id uuid) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_case_status(p_case_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_case_status(p_case_id uuid) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_claim_live(p_claimed_by uuid, p_expires timestamp with time zone) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_claim_live(p_claimed_by uuid, p_expires timestamp with time zone) TO authenticated;
@@ -2711,8 +3055,20 @@ GRANT ALL ON FUNCTION public.hitl_continue_case(p jsonb) TO service_role;
 REVOKE ALL ON FUNCTION public.hitl_escalate() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_escalate() TO service_role;
 
+REVOKE ALL ON FUNCTION public.hitl_event_canonical(p_event text, p_payload jsonb, p_fields text[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_event_canonical(p_event text, p_payload jsonb, p_fields text[]) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_event_key() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_event_key() TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_event_key_pad(p_key bytea, p_byte integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_event_key_pad(p_key bytea, p_byte integer) TO service_role;
+
 REVOKE ALL ON FUNCTION public.hitl_expire_sessions() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_expire_sessions() TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_expiry_job() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_expiry_job() TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_history(p jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_history(p jsonb) TO service_role;
@@ -2733,6 +3089,10 @@ GRANT ALL ON FUNCTION public.hitl_is_operator() TO service_role;
 REVOKE ALL ON FUNCTION public.hitl_is_relay_case(p_case_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_is_relay_case(p_case_id uuid) TO authenticated;
 GRANT ALL ON FUNCTION public.hitl_is_relay_case(p_case_id uuid) TO service_role;
+
+GRANT ALL ON FUNCTION public.hitl_message_defaults() TO anon;
+GRANT ALL ON FUNCTION public.hitl_message_defaults() TO authenticated;
+GRANT ALL ON FUNCTION public.hitl_message_defaults() TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_notification_done(p_id bigint, p_error text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_notification_done(p_id bigint, p_error text) TO service_role;
@@ -2762,6 +3122,9 @@ GRANT ALL ON FUNCTION public.hitl_open_case(p jsonb) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_open_case_core(p jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_open_case_core(p jsonb) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_open_case_no_operator(p jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_open_case_no_operator(p jsonb) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_operator_heartbeat(p_status text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_operator_heartbeat(p_status text) TO authenticated;
@@ -2820,9 +3183,14 @@ GRANT ALL ON FUNCTION public.hitl_schema_version() TO service_role;
 REVOKE ALL ON FUNCTION public.hitl_session_instance() FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_session_instance() TO service_role;
 
+REVOKE ALL ON FUNCTION public.hitl_session_status(p_session_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_session_status(p_session_id uuid) TO service_role;
+
 REVOKE ALL ON FUNCTION public.hitl_setting(p_key text, p_default jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_setting(p_key text, p_default jsonb) TO authenticated;
 GRANT ALL ON FUNCTION public.hitl_setting(p_key text, p_default jsonb) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_sign_event(p_event text, p_payload jsonb, p_fields text[]) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION public.hitl_skills(p jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_skills(p jsonb) TO authenticated;
@@ -2830,6 +3198,32 @@ GRANT ALL ON FUNCTION public.hitl_skills(p jsonb) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_success_metrics(p_from timestamp with time zone, p_to timestamp with time zone) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_success_metrics(p_from timestamp with time zone, p_to timestamp with time zone) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_task_cancel(p_id text, p_owner text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_task_cancel(p_id text, p_owner text) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_task_create(p jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_task_create(p jsonb) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_task_finish(p_id text, p_status text, p_status_message text, p_result jsonb, p_case_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_task_finish(p_id text, p_status text, p_status_message text, p_result jsonb, p_case_id uuid) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_task_get(p_id text, p_owner text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_task_get(p_id text, p_owner text) TO service_role;
+
+GRANT ALL ON TABLE public.hil_tasks TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_task_json(t public.hil_tasks) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_task_json(t public.hil_tasks) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_task_list(p_owner text, p_after_created timestamp with time zone, p_after_id text, p_limit integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_task_list(p_owner text, p_after_created timestamp with time zone, p_after_id text, p_limit integer) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_task_resume(p_id text, p_owner text, p_timeout_seconds double precision) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_task_resume(p_id text, p_owner text, p_timeout_seconds double precision) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_tasks_purge() FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_tasks_purge() TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_text(p jsonb, p_field text, p_max integer, p_required boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_text(p jsonb, p_field text, p_max integer, p_required boolean) TO service_role;
@@ -2899,10 +3293,12 @@ GRANT SELECT ON TABLE public.hil_sessions TO authenticated;
 
 GRANT ALL ON TABLE public.hil_settings TO service_role;
 
+GRANT ALL ON TABLE public.hitl_event_key TO service_role;
+
 GRANT ALL ON TABLE public.hitl_stats TO service_role;
 
-GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.messages TO anon;
-GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.messages TO authenticated;
+GRANT SELECT,INSERT,DELETE ON TABLE public.messages TO anon;
+GRANT SELECT,INSERT,DELETE ON TABLE public.messages TO authenticated;
 GRANT ALL ON TABLE public.messages TO service_role;
 
 GRANT ALL ON TABLE public.operator_activity TO service_role;

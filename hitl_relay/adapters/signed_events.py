@@ -32,6 +32,8 @@ SIGNED_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
         "kind",
         "created_at",
         "is_answer",
+        "option_index",
+        "option",
     ),
     "session": ("session_id", "case_id", "status", "expires_at"),
     "case_opened": (

@@ -208,7 +208,7 @@ language sql stable security definer set search_path = public, pg_temp as $$
 $$;
 
 -- The `message` broadcast names the chosen option (index and text), so the relay and every
--- console have it without a read. Otherwise as 20261125000300_hitl_triggers.sql.
+-- console have it without a read; both are signed with the rest (as 20261206100000_hitl_signed_events.sql).
 create or replace function public.hitl_on_message() returns trigger
 language plpgsql security definer set search_path = public, pg_temp as $$
 declare
@@ -227,11 +227,13 @@ begin
     select options ->> new.option_index into v_option from public.cases where id = new.case_id;
   end if;
   perform realtime.send(
-    jsonb_build_object(
+    public.hitl_sign_event('message', jsonb_build_object(
       'id', new.id, 'case_id', new.case_id, 'sender_type', new.sender_type,
       'sender_id', new.sender_id, 'content', new.content, 'kind', new.kind,
       'created_at', new.created_at, 'is_answer', v_is_answer,
       'option_index', new.option_index, 'option', v_option),
+      array['id', 'case_id', 'sender_type', 'sender_id', 'content', 'kind', 'created_at',
+            'is_answer', 'option_index', 'option']),
     'message', 'case:' || new.case_id::text, true);
   return null;
 end;
