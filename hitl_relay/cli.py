@@ -25,7 +25,7 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 @db_app.command("start")
 def db_start() -> None:
     """Create (first time) and start the local cluster; print its URL."""
-    from hitl_relay.devstack.cluster import ClusterError, default_cluster
+    from hitl_devstack.cluster import ClusterError, default_cluster
 
     try:
         typer.echo(default_cluster().start())
@@ -36,7 +36,7 @@ def db_start() -> None:
 @db_app.command("stop")
 def db_stop() -> None:
     """Stop the local cluster (fast shutdown)."""
-    from hitl_relay.devstack.cluster import ClusterError, default_cluster
+    from hitl_devstack.cluster import ClusterError, default_cluster
 
     try:
         default_cluster().stop()
@@ -48,7 +48,7 @@ def db_stop() -> None:
 @db_app.command("status")
 def db_status() -> None:
     """Say whether the local cluster runs, and where."""
-    from hitl_relay.devstack.cluster import default_cluster
+    from hitl_devstack.cluster import default_cluster
 
     status = default_cluster().status()
     typer.echo(str(status))
@@ -58,7 +58,7 @@ def db_status() -> None:
 @db_app.command("url")
 def db_url() -> None:
     """Print the local cluster's connection URL."""
-    from hitl_relay.devstack.cluster import default_cluster
+    from hitl_devstack.cluster import default_cluster
 
     typer.echo(default_cluster().url())
 
@@ -86,7 +86,7 @@ def migrate(
     from hitl_relay import migrate as migrations
 
     if database_url is None:
-        from hitl_relay.devstack.cluster import default_cluster
+        from hitl_devstack.cluster import default_cluster
 
         database_url = default_cluster().url()
         local = True
@@ -147,7 +147,7 @@ def devstack(
 ) -> None:
     """Serve the local Supabase stand-in (REST, Realtime, Auth) until Ctrl-C, which stops it
     and its Postgres (unless --keep-db)."""
-    from hitl_relay.devstack.__main__ import main as devstack_main
+    from hitl_devstack.__main__ import main as devstack_main
     from hitl_relay.logs import configure_logging
 
     configure_logging()
@@ -446,7 +446,7 @@ def dev(
 ) -> None:
     """Local stack + relay + console, the local operator on duty, one demo escalation (what
     scripts/dev runs). Ctrl-C or SIGTERM stops everything it started, Postgres included."""
-    from hitl_relay.devstack.dev import run_dev
+    from hitl_devstack.dev import run_dev
     from hitl_relay.logs import configure_logging
 
     configure_logging()
@@ -470,7 +470,7 @@ def _local_stack_settings() -> tuple[dict[str, object], list[str]]:
     relay's API key from HITL_HOME/relay.env. Returns the overrides and the files used."""
     from dotenv import dotenv_values
 
-    from hitl_relay.devstack.dev import read_env_file
+    from hitl_devstack.dev import read_env_file
 
     home = Path(os.environ.get("HITL_HOME", ".hitl"))
     dotenv = {k: v for k, v in dotenv_values(".env").items() if v} if Path(".env").exists() else {}
@@ -499,7 +499,7 @@ def _local_stack_settings() -> tuple[dict[str, object], list[str]]:
 
 def _local_env() -> dict[str, str]:
     """Environment, completed from .hitl/devstack.env for local use."""
-    from hitl_relay.devstack.dev import read_env_file
+    from hitl_devstack.dev import read_env_file
 
     values = read_env_file(Path(os.environ.get("HITL_HOME", ".hitl")) / "devstack.env")
     values.update({k: v for k, v in os.environ.items() if k.startswith(("SUPABASE_", "HITL_"))})

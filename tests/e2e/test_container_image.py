@@ -26,8 +26,8 @@ import pytest
 from conftest import API_KEY, DevstackProcess, Stack
 from waiting import wait_until
 
-from hitl_relay.devstack.cluster import free_port
-from hitl_relay.devstack.dev import wait_http_ok
+from hitl_devstack.cluster import free_port
+from hitl_devstack.dev import wait_http_ok
 from hitl_relay.mcp_client import ask_human
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]

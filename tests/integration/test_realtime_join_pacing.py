@@ -23,11 +23,11 @@ from integration_support import FAST
 from realtime import AsyncRealtimeChannel, AsyncRealtimeClient
 from waiting import wait_until
 
+from hitl_devstack.keys import make_keys
+from hitl_devstack.realtime import RealtimeLimits
+from hitl_devstack.server import Devstack
 from hitl_relay.adapters.supabase import SupabaseSubscription
 from hitl_relay.adapters.supabase_channel import RealtimeChannel, SocketPool
-from hitl_relay.devstack.keys import make_keys
-from hitl_relay.devstack.realtime import RealtimeLimits
-from hitl_relay.devstack.server import Devstack
 
 CHANNELS = 12  # per wave; two waves, one after the other
 # A limit of 10 joins a second, averaged over 4 ticks of 0.5 s: 5 joins in the first tick

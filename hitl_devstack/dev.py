@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 if TYPE_CHECKING:
-    from hitl_relay.devstack.operator_sim import SimulatedOperator
+    from hitl_devstack.operator_sim import SimulatedOperator
 
 READY_TIMEOUT_S = 90.0
 
@@ -214,7 +214,7 @@ async def start_stack(
 ) -> DevStack:
     """Start (or reuse) the devstack, then start a relay on it; write .hitl/relay.env once the
     relay answers."""
-    from hitl_relay.devstack.cluster import _port_is_free, free_port
+    from hitl_devstack.cluster import _port_is_free, free_port
 
     base_env = {**os.environ, "HITL_HOME": str(home)}
     relay_env_path = home / "relay.env"
@@ -223,7 +223,7 @@ async def start_stack(
     env = read_env_file(home / "devstack.env")
     reused = await _devstack_alive(env)
     if not reused:
-        argv = [python(), "-m", "hitl_relay.devstack"] + (["--keep-db"] if keep_db else [])
+        argv = [python(), "-m", "hitl_devstack"] + (["--keep-db"] if keep_db else [])
         devstack = await children.spawn("devstack", argv, base_env, home / "devstack.log")
         await devstack.wait_for_line("devstack ready")
         env = read_env_file(home / "devstack.env")
@@ -253,7 +253,7 @@ async def start_stack(
 def local_operator(env: dict[str, str]) -> SimulatedOperator:
     """The local operator (the devstack's operator@hitl.local), through the same clients and
     presence payload as the console (`{operator_id, status: 'available'}` under its user id)."""
-    from hitl_relay.devstack.operator_sim import SimulatedOperator
+    from hitl_devstack.operator_sim import SimulatedOperator
 
     return SimulatedOperator(
         env["SUPABASE_URL"],

@@ -23,18 +23,18 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from hitl_relay.devstack.keys import TokenError
-from hitl_relay.devstack.realtime.authorization import (
+from hitl_devstack.keys import TokenError
+from hitl_devstack.realtime.authorization import (
     AuthContext,
     DatabaseUnavailable,
     Policies,
     RlsPolicyError,
     write_policies,
 )
-from hitl_relay.devstack.realtime.serializer import dumps
+from hitl_devstack.realtime.serializer import dumps
 
 if TYPE_CHECKING:
-    from hitl_relay.devstack.realtime.service import RealtimeService
+    from hitl_devstack.realtime.service import RealtimeService
 
 PAYLOAD_TOO_LARGE = "Payload size exceeds tenant limit"
 BLANK = "can't be blank"

@@ -35,13 +35,13 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from hitl_relay.devstack.realtime.authorization import CONNECTION_ERRORS
+from hitl_devstack.realtime.authorization import CONNECTION_ERRORS
 
 if TYPE_CHECKING:
-    from hitl_relay.devstack.realtime.channel import Channel
-    from hitl_relay.devstack.realtime.service import RealtimeService
+    from hitl_devstack.realtime.channel import Channel
+    from hitl_devstack.realtime.service import RealtimeService
 
-log = logging.getLogger("hitl_relay.devstack.realtime")
+log = logging.getLogger("hitl_devstack.realtime")
 DB_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, asyncpg.PostgresError)
 
 PUBLICATION = "supabase_realtime"  # db_settings.ex default

@@ -24,10 +24,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from hitl_relay.devstack.keys import OPERATOR_ROLE_CLAIM, TokenError
+from hitl_devstack.keys import OPERATOR_ROLE_CLAIM, TokenError
 
 if TYPE_CHECKING:
-    from hitl_relay.devstack.server import DevstackContext
+    from hitl_devstack.server import DevstackContext
 
 API_VERSION = "2024-01-01"
 ACCESS_TOKEN_TTL_S = 3600  # GoTrue's default jwt_expiry

@@ -1,4 +1,4 @@
-"""`python -m hitl_relay.devstack`: the local Supabase stand-in for the relay and the console.
+"""`python -m hitl_devstack`: the local Supabase stand-in for the relay and the console.
 
 Starts (or reuses) the Postgres cluster in HITL_HOME (default `.hitl`), applies `supabase/local/`
 and the migrations, then serves REST, Realtime and Auth on 127.0.0.1:54321. When ready it writes
@@ -29,7 +29,7 @@ READY_MARKER = "devstack ready"
 OPERATOR_EMAIL = "operator@hitl.local"
 OPERATOR_TOKEN_TTL_S = 7 * 24 * 3600
 
-log = logging.getLogger("hitl_relay.devstack")
+log = logging.getLogger("hitl_devstack")
 
 
 class StartError(RuntimeError):
@@ -49,7 +49,7 @@ def home_dir() -> Path:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
-    parser = argparse.ArgumentParser(prog="python -m hitl_relay.devstack", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m hitl_devstack", description=__doc__)
     parser.add_argument(
         "--port",
         type=int,
@@ -108,14 +108,14 @@ def write_env(path: Path, values: dict[str, str]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write("# written by `python -m hitl_relay.devstack`; local secrets, never commit\n")
+        f.write("# written by `python -m hitl_devstack`; local secrets, never commit\n")
         f.writelines(f"{key}={value}\n" for key, value in values.items())
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
 
 
 async def serve(options: Options) -> None:
-    from hitl_relay.devstack.cluster import Cluster, ClusterError
+    from hitl_devstack.cluster import Cluster, ClusterError
 
     started = time.monotonic()
     stop = asyncio.Event()
@@ -142,10 +142,10 @@ async def serve(options: Options) -> None:
 
 async def _serve_on(options: Options, db_url: str, stop: asyncio.Event, started: float) -> None:
     """Migrate, serve until `stop`; the caller stops the cluster."""
+    from hitl_devstack.auth import LocalUser
+    from hitl_devstack.keys import load_or_create
+    from hitl_devstack.server import Devstack, DevstackError
     from hitl_relay import migrate
-    from hitl_relay.devstack.auth import LocalUser
-    from hitl_relay.devstack.keys import load_or_create
-    from hitl_relay.devstack.server import Devstack, DevstackError
 
     try:
         await migrate.apply(db_url, local=True)

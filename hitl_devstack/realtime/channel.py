@@ -13,12 +13,12 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
-from hitl_relay.devstack.realtime.authorization import Policies
-from hitl_relay.devstack.realtime.changes import Binding
-from hitl_relay.devstack.realtime.presence import TopicPresence
-from hitl_relay.devstack.realtime.serializer import Serializer
+from hitl_devstack.realtime.authorization import Policies
+from hitl_devstack.realtime.changes import Binding
+from hitl_devstack.realtime.presence import TopicPresence
+from hitl_devstack.realtime.serializer import Serializer
 
-log = logging.getLogger("hitl_relay.devstack.realtime")
+log = logging.getLogger("hitl_devstack.realtime")
 
 # Frames queued for a client that does not read; past this the socket is closed, never the server.
 SEND_QUEUE_LIMIT = 50_000

@@ -1,7 +1,7 @@
 """The devstack's HTTP process: one Starlette app on uvicorn, embedded in the caller's event loop.
 
 It mounts the PostgREST subset at `/rest/v1`, the Realtime subset at `/realtime/v1` (when
-`hitl_relay.devstack.realtime` is present) and the Auth subset at `/auth/v1`, all sharing one
+`hitl_devstack.realtime` is present) and the Auth subset at `/auth/v1`, all sharing one
 asyncpg pool. `Devstack` is what tests, `hitl-relay devstack` and benchmarks start.
 """
 
@@ -26,14 +26,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from hitl_relay.devstack.auth import LocalUser
-from hitl_relay.devstack.gateway import ApiGateway
-from hitl_relay.devstack.keys import LocalKeys
+from hitl_devstack.auth import LocalUser
+from hitl_devstack.gateway import ApiGateway
+from hitl_devstack.keys import LocalKeys
 
 if TYPE_CHECKING:
-    from hitl_relay.devstack.realtime import RealtimeLimits
+    from hitl_devstack.realtime import RealtimeLimits
 
-log = logging.getLogger("hitl_relay.devstack")
+log = logging.getLogger("hitl_devstack")
 
 POOL_MIN_SIZE = 1
 POOL_MAX_SIZE = 20
@@ -89,9 +89,9 @@ class _EmbeddedServer(uvicorn.Server):
 
 def _realtime_service(ctx: DevstackContext) -> _Service | None:
     try:
-        module = importlib.import_module("hitl_relay.devstack.realtime")
+        module = importlib.import_module("hitl_devstack.realtime")
     except ModuleNotFoundError as e:
-        if e.name != "hitl_relay.devstack.realtime":
+        if e.name != "hitl_devstack.realtime":
             raise
         return None
     service: _Service = module.RealtimeService(ctx)
@@ -149,7 +149,7 @@ class Devstack:
             raise
 
     async def _start(self) -> None:
-        from hitl_relay.devstack import auth, rest
+        from hitl_devstack import auth, rest
 
         self._socket = self._bind()
         self.port = int(self._socket.getsockname()[1])
