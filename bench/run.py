@@ -49,7 +49,8 @@ from mcp.client.streamable_http import streamable_http_client
 from bench.stats import LevelResult
 from bench.success import OnDuty, close_session, success_figures
 from hitl_devstack.cluster import free_port
-from hitl_devstack.dev import Child, python, read_env_file, spawn, wait_http_ok
+from hitl_devstack.dev import Child, python, spawn, wait_http_ok
+from hitl_devstack.envfile import read_env_file
 from hitl_devstack.operator_sim import SimulatedOperator
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hitl_devstack.envfile import write_env_file
+
 DEFAULT_PORT = 54321  # the Supabase CLI's API port
 READY_MARKER = "devstack ready"
 OPERATOR_EMAIL = "operator@hitl.local"
@@ -102,18 +104,6 @@ def _read_or_create(path: Path, make: str) -> str:
     return make
 
 
-def write_env(path: Path, values: dict[str, str]) -> None:
-    """Write KEY=value lines with mode 0600 (the file holds the service-role key)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write("# written by `python -m hitl_devstack`; local secrets, never commit\n")
-        f.writelines(f"{key}={value}\n" for key, value in values.items())
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-
-
 async def serve(options: Options) -> None:
     from hitl_devstack.cluster import Cluster, ClusterError
 
@@ -162,7 +152,7 @@ async def _serve_on(options: Options, db_url: str, stop: asyncio.Event, started:
         raise StartError(str(e)) from None
     try:
         env_path = options.home / "devstack.env"
-        write_env(
+        write_env_file(
             env_path,
             {
                 "SUPABASE_URL": stack.url,
@@ -180,6 +170,7 @@ async def _serve_on(options: Options, db_url: str, stop: asyncio.Event, started:
                     operator_id, email=OPERATOR_EMAIL, operator=True, ttl_s=OPERATOR_TOKEN_TTL_S
                 ),
             },
+            header="written by `python -m hitl_devstack`; local secrets, never commit",
         )
         print(
             f"{READY_MARKER} at {stack.url} in {time.monotonic() - started:.1f} s "

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from hitl_devstack.envfile import read_env_file, write_env_file
+
 if TYPE_CHECKING:
     from hitl_devstack.operator_sim import SimulatedOperator
 
@@ -40,30 +42,6 @@ READY_TIMEOUT_S = 90.0
 
 class DevError(RuntimeError):
     """Something the demo needs did not come up; the message says what and where the log is."""
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    values: dict[str, str] = {}
-    if not path.exists():
-        return values
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        values[key.strip()] = value.strip().strip('"').strip("'")
-    return values
-
-
-def write_env_file(path: Path, values: dict[str, str]) -> None:
-    """KEY=value lines, mode 0600, replaced atomically: a reader waiting for the file never
-    sees it half written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.writelines(f"{k}={v}\n" for k, v in values.items())
-    os.replace(tmp, path)
 
 
 @dataclass

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from hitl_devstack.cluster import Cluster, free_port
-from hitl_devstack.dev import Child, python, read_env_file, spawn, wait_http_ok
+from hitl_devstack.dev import Child, python, spawn, wait_http_ok
+from hitl_devstack.envfile import read_env_file
 from hitl_devstack.keys import make_keys
 from hitl_devstack.operator_sim import SimulatedOperator
 

@@ -21,7 +21,7 @@ import pytest
 from waiting import wait_until
 
 from hitl_devstack.cluster import Cluster, free_port
-from hitl_devstack.dev import read_env_file
+from hitl_devstack.envfile import read_env_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
