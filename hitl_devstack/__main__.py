@@ -132,7 +132,7 @@ async def serve(options: Options) -> None:
 
 async def _serve_on(options: Options, db_url: str, stop: asyncio.Event, started: float) -> None:
     """Migrate, serve until `stop`; the caller stops the cluster."""
-    from hitl_devstack.auth import LocalUser
+    from hitl_devstack.context import LocalUser
     from hitl_devstack.keys import load_or_create
     from hitl_devstack.server import Devstack, DevstackError
     from hitl_relay import migrate

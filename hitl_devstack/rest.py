@@ -33,7 +33,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 if TYPE_CHECKING:
-    from hitl_devstack.server import DevstackContext
+    from hitl_devstack.context import DevstackContext
 
 log = logging.getLogger("hitl_devstack.rest")
 

@@ -1,19 +1,17 @@
 """The devstack's HTTP process: one Starlette app on uvicorn, embedded in the caller's event loop.
 
-It mounts the PostgREST subset at `/rest/v1`, the Realtime subset at `/realtime/v1` (when
-`hitl_devstack.realtime` is present) and the Auth subset at `/auth/v1`, all sharing one
-asyncpg pool. `Devstack` is what tests, `hitl-relay devstack` and benchmarks start.
+It mounts the PostgREST subset at `/rest/v1`, the Realtime subset at `/realtime/v1` and the Auth
+subset at `/auth/v1`, all sharing one asyncpg pool (`DevstackContext`). `Devstack` is what
+tests, `hitl-relay devstack` and benchmarks start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
@@ -26,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from hitl_devstack.auth import LocalUser
+from hitl_devstack.context import DevstackContext, LocalUser
 from hitl_devstack.gateway import ApiGateway
 from hitl_devstack.keys import LocalKeys
 
@@ -43,17 +41,6 @@ EXPOSED_HEADERS = ["Content-Range", "Content-Profile", "Preference-Applied", "Lo
 
 class DevstackError(RuntimeError):
     """The devstack could not start (port taken, database unreachable); the message says why."""
-
-
-@dataclass
-class DevstackContext:
-    """What every devstack service shares: the database pool, the keys, the limits."""
-
-    pool: asyncpg.Pool
-    keys: LocalKeys
-    db_url: str
-    limits: RealtimeLimits | None = None  # None: Supabase's defaults (or HITL_REALTIME_* env)
-    users: Sequence[LocalUser] = ()  # who may sign in through /auth/v1
 
 
 class _Service(Protocol):
@@ -87,14 +74,10 @@ class _EmbeddedServer(uvicorn.Server):
             await server.wait_closed()
 
 
-def _realtime_service(ctx: DevstackContext) -> _Service | None:
-    try:
-        module = importlib.import_module("hitl_devstack.realtime")
-    except ModuleNotFoundError as e:
-        if e.name != "hitl_devstack.realtime":
-            raise
-        return None
-    service: _Service = module.RealtimeService(ctx)
+def _realtime_service(ctx: DevstackContext) -> _Service:
+    from hitl_devstack.realtime import RealtimeService
+
+    service: _Service = RealtimeService(ctx)
     return service
 
 
@@ -183,9 +166,8 @@ class Devstack:
         ]
         routes.append(Mount("/auth/v1", routes=auth.routes(self.ctx)))
         self.realtime = _realtime_service(self.ctx)
-        if self.realtime is not None:
-            await self.realtime.start()
-            routes.append(Mount("/realtime/v1", routes=self.realtime.routes()))
+        await self.realtime.start()
+        routes.append(Mount("/realtime/v1", routes=self.realtime.routes()))
         app = Starlette(
             routes=routes,
             middleware=[

@@ -41,8 +41,8 @@ from hitl_devstack.realtime.authorization import (
     read_policies,
     write_policies,
 )
-from hitl_devstack.realtime.changes import Binding, PostgresChanges
-from hitl_devstack.realtime.channel import Channel, Socket, Topic, TopicKey
+from hitl_devstack.realtime.changes import PostgresChanges
+from hitl_devstack.realtime.channel import Binding, Channel, Socket, Topic, TopicKey
 from hitl_devstack.realtime.limits import RateCounter, RealtimeLimits
 from hitl_devstack.realtime.presence import Diff
 from hitl_devstack.realtime.serializer import (

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from hitl_devstack.auth import LocalUser
+from hitl_devstack.context import LocalUser
 from hitl_devstack.keys import make_keys
 from hitl_devstack.realtime import RealtimeLimits
 from hitl_devstack.server import Devstack

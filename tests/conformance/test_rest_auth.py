@@ -15,7 +15,7 @@ from rest_support import SUPABASE_TIMEOUT_WARNING, case_input
 from supabase import AsyncClient, acreate_client
 from supabase_auth.errors import AuthApiError
 
-from hitl_devstack.auth import LocalUser
+from hitl_devstack.context import LocalUser
 from hitl_devstack.keys import make_keys
 from hitl_devstack.server import Devstack
 

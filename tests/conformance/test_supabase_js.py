@@ -28,7 +28,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from hitl_devstack.auth import LocalUser
+from hitl_devstack.context import LocalUser
 from hitl_devstack.server import Devstack
 
 pytestmark = pytest.mark.node
