@@ -54,7 +54,7 @@ from hitl_relay.ports import (
 INSTANCE_HEADER = "x-hitl-instance"
 
 # What httpx/h2 raise for connect, read, write, pool and protocol problems, plus our bound.
-TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx.HTTPError, OSError, TimeoutError)
+TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError, OSError, TimeoutError)
 
 _SESSION_STATUSES = frozenset(get_args(SessionStatus))
 _MESSAGE_KINDS = frozenset(get_args(MessageKind))

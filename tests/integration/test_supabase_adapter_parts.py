@@ -1,14 +1,21 @@
 """The Supabase adapter's pure parts, without a platform: error translation, broadcast parsing,
-how a refused join is told from a dropped socket, and the reconnect backoff's bounds."""
+how a refused join is told from a dropped socket, the reconnect backoff's bounds, and the event
+key's reading (retried until the platform answers)."""
 
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
+from typing import Any
 
+import httpx
 import pytest
+import stamina
 import websockets
 from postgrest.exceptions import APIError
 
+from hitl_relay.adapters.signed_events import EventKey
+from hitl_relay.adapters.supabase import load_event_key
 from hitl_relay.adapters.supabase_channel import (
     RealtimeTuning,
     parse_message,
@@ -133,3 +140,39 @@ def test_reconnect_delays_double_to_the_cap_and_stay_in_their_upper_half() -> No
         delays = [tuning.reconnect_delay(attempt) for _ in range(200)]
         assert all(ceiling / 2 <= d <= ceiling for d in delays), attempt
         assert len(set(delays)) > 1  # jittered
+
+
+class EventKeyRpc:
+    """A supabase client whose `rpc("hitl_event_key")` gives each outcome in turn."""
+
+    def __init__(self, *outcomes: object) -> None:
+        self.outcomes = list(outcomes)
+        self.calls = 0
+
+    def rpc(self, name: str, params: dict[str, Any]) -> EventKeyRpc:
+        assert (name, params) == ("hitl_event_key", {})
+        return self
+
+    async def execute(self) -> SimpleNamespace:
+        self.calls += 1
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return SimpleNamespace(data=outcome)
+
+
+async def test_the_event_key_is_read_again_until_the_platform_answers() -> None:
+    unavailable = APIError({"code": "PGRST002", "message": "schema cache", "hint": None})
+    client = EventKeyRpc(httpx.ConnectError("refused"), unavailable, "ab" * 32)
+    key = EventKey()
+    with stamina.set_testing(True, attempts=3):  # no waits; a fourth attempt would fail
+        await load_event_key(client, key, timeout_s=1.0)  # type: ignore[arg-type]
+    assert (key.key, client.calls) == (bytes.fromhex("ab" * 32), 3)
+
+
+async def test_a_schema_without_the_event_key_function_is_not_asked_again() -> None:
+    missing = APIError({"code": "PGRST202", "message": "function not found", "hint": None})
+    client = EventKeyRpc(missing)
+    key = EventKey()
+    await load_event_key(client, key, timeout_s=1.0)  # type: ignore[arg-type]
+    assert (key.key, client.calls) == (None, 1)
