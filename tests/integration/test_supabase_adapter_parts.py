@@ -22,7 +22,7 @@ from hitl_relay.adapters.supabase_channel import (
     parse_session,
     refusal_reason,
 )
-from hitl_relay.adapters.supabase_store import ShapeError, api_error, parse_opened
+from hitl_relay.adapters.supabase_store import ShapeError, api_error, parse_answer, parse_opened
 from hitl_relay.errors import InvalidRequest, NotFound, PlatformUnavailable
 
 
@@ -67,7 +67,7 @@ def test_every_other_platform_error_is_platform_unavailable_with_its_code(
 
 
 def test_a_reply_without_the_contracts_shape_is_refused() -> None:
-    with pytest.raises(ShapeError, match="missing key 'session_id'"):
+    with pytest.raises(ShapeError, match="session_id: Field required"):
         parse_opened(
             {
                 "case_id": str(uuid.uuid4()),
@@ -76,7 +76,7 @@ def test_a_reply_without_the_contracts_shape_is_refused() -> None:
                 "status": "waiting",
             }
         )
-    with pytest.raises(ShapeError, match="unknown session status"):
+    with pytest.raises(ShapeError, match="status: Input should be 'waiting'"):
         parse_opened(
             {
                 "case_id": str(uuid.uuid4()),
@@ -104,9 +104,9 @@ def test_a_message_broadcast_is_parsed_and_is_answer_must_be_literally_true() ->
     assert (message.message_id, message.case_id, message.content) == (message_id, case_id, "Yes")
     assert message.is_answer is False
     assert parse_message({**payload, "is_answer": True}).is_answer is True
-    with pytest.raises(ShapeError, match="unknown sender_type"):
+    with pytest.raises(ShapeError, match="sender_type: Input should be"):
         parse_message({**payload, "sender_type": "robot"})
-    with pytest.raises(ShapeError, match="time zone"):
+    with pytest.raises(ShapeError, match=r"created_at: .*time zone"):
         parse_message({**payload, "created_at": "2026-11-25T08:00:00"})
 
 
@@ -176,3 +176,28 @@ async def test_a_schema_without_the_event_key_function_is_not_asked_again() -> N
     key = EventKey()
     await load_event_key(client, key, timeout_s=1.0)  # type: ignore[arg-type]
     assert (key.key, client.calls) == (None, 1)
+
+
+def test_an_answer_reply_names_its_wrong_field_and_defaults_its_optional_ones() -> None:
+    reply = {
+        "message_id": str(uuid.uuid4()),
+        "case_id": str(uuid.uuid4()),
+        "content": None,
+        "created_at": "2026-11-25T08:00:00Z",
+        "option": "Tuesday",  # without an option_index: no option was chosen
+    }
+    answer = parse_answer(reply)
+    assert (answer.content, answer.kind, answer.option_index, answer.option) == (
+        "",
+        "answer",
+        None,
+        None,
+    )
+    chosen = parse_answer({**reply, "option_index": 1})
+    assert (chosen.option_index, chosen.option) == (1, "Tuesday")
+    with pytest.raises(ShapeError, match="option_index: Input should be greater than or equal"):
+        parse_answer({**reply, "option_index": -1})
+    with pytest.raises(ShapeError, match="option_index: Input should be a valid integer"):
+        parse_answer({**reply, "option_index": True})
+    with pytest.raises(ShapeError, match="message_id: Input should be a valid UUID"):
+        parse_answer({**reply, "message_id": "not-a-uuid"})
