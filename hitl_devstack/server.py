@@ -50,11 +50,28 @@ class _Service(Protocol):
 
 
 class _EmbeddedServer(uvicorn.Server):
-    """uvicorn without its signal handlers: the embedding process owns SIGINT/SIGTERM."""
+    """uvicorn without its signal handlers (the embedding process owns SIGINT/SIGTERM), and with
+    `startup_over`: set once its start-up has run (`started` then says whether it listens)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.startup_over = asyncio.Event()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().startup(sockets=sockets)
+        finally:
+            self.startup_over.set()
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().serve(sockets=sockets)
+        finally:
+            self.startup_over.set()  # ended before its start-up (an error in uvicorn's set-up)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """uvicorn's shutdown without its fixed 100 ms pauses: tests stop a devstack each."""
@@ -192,33 +209,18 @@ class Devstack:
             timeout_graceful_shutdown=5,
             ws_max_size=16 * 1024 * 1024,
         )
-        self._server = _EmbeddedServer(config)
-        started = asyncio.get_running_loop().create_future()
-        self._serve_task = asyncio.create_task(
-            self._serve(self._server, self._socket, started), name=f"devstack:{self.port}"
+        self._server = server = _EmbeddedServer(config)
+        self._serve_task = task = asyncio.create_task(
+            server.serve(sockets=[self._socket]), name=f"devstack:{self.port}"
         )
-        await started
-
-    async def _serve(
-        self, server: _EmbeddedServer, sock: socket.socket, started: asyncio.Future[None]
-    ) -> None:
-        original_startup = server.startup
-
-        async def startup(sockets: list[socket.socket] | None = None) -> None:
-            await original_startup(sockets=sockets)
-            if not started.done():
-                started.set_result(None)
-
-        server.startup = startup  # type: ignore[method-assign]
-        try:
-            await server.serve(sockets=[sock])
-        except BaseException as e:
-            if not started.done():
-                started.set_exception(DevstackError(f"the HTTP server did not start: {e!r}"))
-            raise
-        finally:
-            if not started.done():
-                started.set_exception(DevstackError("the HTTP server stopped during start-up"))
+        await server.startup_over.wait()
+        if not server.started:
+            error = task.exception() if task.done() and not task.cancelled() else None
+            raise DevstackError(
+                f"the HTTP server did not start: {error!r}"
+                if error is not None
+                else "the HTTP server stopped during start-up"
+            )
 
     async def stop(self) -> None:
         """Close realtime sockets (code 1001), stop serving, close the pool. Idempotent."""

@@ -417,11 +417,28 @@ def serve(settings: Settings, app: ASGIApp) -> None:
 
 
 class _Embedded(RelayServer):
-    """uvicorn inside someone else's event loop: the embedder owns the signals."""
+    """uvicorn inside someone else's event loop: the embedder owns the signals. `startup_over`
+    is set once its start-up has run (`started` then says whether it listens)."""
+
+    def __init__(self, config: uvicorn.Config, drain_timeout_s: float) -> None:
+        super().__init__(config, drain_timeout_s)
+        self.startup_over = asyncio.Event()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().startup(sockets=sockets)
+        finally:
+            self.startup_over.set()
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().serve(sockets=sockets)
+        finally:
+            self.startup_over.set()  # ended before its start-up
 
 
 @asynccontextmanager
@@ -441,27 +458,11 @@ async def running(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Async
         server_header=False, timeout_graceful_shutdown=2, **server_options(),
     )  # fmt: skip
     server = _Embedded(config, drain_timeout_s=5.0)
-    loop = asyncio.get_running_loop()
-    started: asyncio.Future[None] = loop.create_future()
-    original_startup = server.startup
-
-    async def startup(sockets: list[socket.socket] | None = None) -> None:
-        await original_startup(sockets=sockets)
-        if not started.done():
-            started.set_result(None)
-
-    server.startup = startup  # type: ignore[method-assign]
-
-    async def serve() -> None:
-        try:
-            await server.serve(sockets=[sock])
-        finally:
-            if not started.done():
-                started.set_exception(RuntimeError(f"the HTTP server on {host} did not start"))
-
-    task = loop.create_task(serve(), name=f"hitl-relay http {host}:{bound}")
+    task = asyncio.create_task(server.serve(sockets=[sock]), name=f"hitl-relay http {host}:{bound}")
     try:
-        await started
+        await server.startup_over.wait()
+        if not server.started:
+            raise RuntimeError(f"the HTTP server on {host} did not start")
         yield f"http://[{host}]:{bound}" if ":" in host else f"http://{host}:{bound}"
     finally:
         server.should_exit = True
