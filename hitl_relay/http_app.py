@@ -15,8 +15,8 @@ Every route sits behind `hitl_relay.security` (HTTPS, IP allowlist, rate limits,
 Origin/CORS, bearer keys on /mcp): `create_app` builds one `SecurityLayer` from the settings.
 
 The app owns the platform connection for its lifetime (Starlette lifespan). Request
-authorisation is one replaceable function (`Authorize`); the default accepts any configured
-key in constant time. `hitl_relay.security` builds the fuller checks on top.
+authorisation is one replaceable function (`Authorize`); `hitl_relay.security` supplies the
+bearer-key check (constant time per key) and the fuller checks around it.
 
 More routes (the Retell webhook, the console) come in through `create_app(extra_routes=...)`;
 their handlers reach the running relay as `request.state.relay_state.get()` (Starlette
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -78,30 +77,6 @@ BackendFactory = Callable[[Settings], AbstractAsyncContextManager[Backend]]
 QUIET_BEFORE_EXIT_S = 0.3
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
-def bearer_key_ok(authorization: str | None, keys: Sequence[str]) -> bool:
-    """True when `Authorization: Bearer <key>` names one of `keys` (constant time per key)."""
-    if not authorization or not keys:
-        return False
-    scheme, _, presented = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not presented.strip():
-        return False
-    candidate = presented.strip().encode()
-    # Compare against every key, no early exit: timing says nothing about which one matched.
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(candidate, key.encode())
-    return matched
-
-
-def api_key_authorizer(keys: Sequence[str]) -> Authorize:
-    frozen = tuple(keys)
-
-    def authorize(headers: Headers) -> bool:
-        return bearer_key_ok(headers.get("authorization"), frozen)
-
-    return authorize
 
 
 class RequireAuthorization:

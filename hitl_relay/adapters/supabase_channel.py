@@ -337,7 +337,6 @@ class RealtimeChannel:
         self.lost_reason = ""
         self.rt: AsyncRealtimeChannel | None = None
         self.join_task: asyncio.Task[None] | None = None
-        self.joined_at: float | None = None
         self.changed = _Changed()
 
     # ---- join / leave ---------------------------------------------------------------------
@@ -455,9 +454,7 @@ class RealtimeChannel:
         if state == RealtimeSubscribeStates.SUBSCRIBED:
             was = self.state
             self.state = "joined"
-            if was == "joining":
-                self.joined_at = time.monotonic()
-            elif was == "interrupted":
+            if was == "interrupted":
                 logger.bind(topic=self.topic).debug("realtime channel rejoined")
                 if self.case_id is not None:
                     for listener in list(self.listeners):
