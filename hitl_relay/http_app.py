@@ -433,7 +433,14 @@ async def running(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Async
         server_header=False, timeout_graceful_shutdown=2, **server_options(),
     )  # fmt: skip
     server = _Embedded(config, drain_timeout_s=5.0)
-    task = asyncio.create_task(server.serve(sockets=[sock]), name=f"hitl-relay http {host}:{bound}")
+
+    async def serve() -> None:
+        try:
+            await server.serve(sockets=[sock])
+        except SystemExit as e:  # uvicorn exits when the app's start-up fails: not our process
+            raise RuntimeError(f"the HTTP server on {host} did not start (exit {e.code})") from None
+
+    task = asyncio.create_task(serve(), name=f"hitl-relay http {host}:{bound}")
     try:
         await server.startup_over.wait()
         if not server.started:
