@@ -120,10 +120,6 @@ def parse_uuid(value: Any) -> UUID:
     return validate(_UUID, value)
 
 
-def optional_str(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
 def parse_session_status(value: Any) -> SessionStatus:
     return validate(_SESSION_STATUS, value)
 

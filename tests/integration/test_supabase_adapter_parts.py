@@ -23,7 +23,9 @@ from hitl_relay.adapters.supabase_channel import (
     refusal_reason,
 )
 from hitl_relay.adapters.supabase_store import ShapeError, api_error, parse_answer, parse_opened
+from hitl_relay.adapters.supabase_tasks import parse_task
 from hitl_relay.errors import InvalidRequest, NotFound, PlatformUnavailable
+from hitl_relay.ports import Answer
 
 
 def test_a_raised_rule_becomes_invalid_request_naming_field_and_rule() -> None:
@@ -201,3 +203,35 @@ def test_an_answer_reply_names_its_wrong_field_and_defaults_its_optional_ones() 
         parse_answer({**reply, "option_index": True})
     with pytest.raises(ShapeError, match="message_id: Input should be a valid UUID"):
         parse_answer({**reply, "message_id": "not-a-uuid"})
+
+
+def test_a_task_row_is_parsed_and_a_wrong_one_names_its_field() -> None:
+    case_id, answer_id = uuid.uuid4(), uuid.uuid4()
+    at = "2026-11-25T08:00:00+00:00"
+    row = {
+        "id": "task-1",
+        "case_id": str(case_id),
+        "tool": "ask_human",
+        "call": None,
+        "era": "2025-11-25",
+        "status": "working",
+        "created_at": at,
+        "last_updated_at": at,
+        "deadline_at": at,
+        "ttl_ms": 60000,
+        "poll_interval_ms": 1000,
+        "now": at,
+        "reply": {
+            "answer": {"message_id": str(answer_id), "case_id": str(case_id), "created_at": at},
+            "clarification": None,
+        },
+    }
+    task = parse_task(row)
+    assert (task.call, task.status, task.ttl_ms) == ({}, "working", 60000)
+    assert isinstance(task.reply, Answer)
+    assert task.reply.message_id == answer_id
+    assert parse_task({**row, "reply": None}).reply is None
+    with pytest.raises(ShapeError, match="status: Input should be"):
+        parse_task({**row, "status": "sleeping"})
+    with pytest.raises(ShapeError, match="now: Field required"):
+        parse_task({k: v for k, v in row.items() if k != "now"})
