@@ -48,9 +48,10 @@ from mcp.client.streamable_http import streamable_http_client
 
 from bench.stats import LevelResult
 from bench.success import OnDuty, close_session, success_figures
-from hitl_relay.devstack.cluster import free_port
-from hitl_relay.devstack.dev import Child, python, read_env_file, spawn, wait_http_ok
-from hitl_relay.devstack.operator_sim import SimulatedOperator
+from hitl_devstack.cluster import free_port
+from hitl_devstack.dev import Child, python, spawn, wait_http_ok
+from hitl_devstack.envfile import read_env_file
+from hitl_devstack.operator_sim import SimulatedOperator
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +96,7 @@ async def stack(home: Path, *, log_dir: Path) -> AsyncIterator[Stack]:
     base_env = {**os.environ, "HITL_HOME": str(home)}
     if not await _devstack_alive(env):
         devstack = await spawn(
-            "devstack", [python(), "-m", "hitl_relay.devstack"], base_env, log_dir / "devstack.log"
+            "devstack", [python(), "-m", "hitl_devstack"], base_env, log_dir / "devstack.log"
         )
         await devstack.wait_for_line("devstack ready")
         env = read_env_file(env_file)

@@ -33,8 +33,8 @@ import httpx
 
 from bench.run import ROOT, DbLoad, _wait_for_cases, run_realtime, stack
 from bench.stats import percentile
-from hitl_relay.devstack.cluster import free_port
-from hitl_relay.devstack.operator_sim import SimulatedOperator
+from hitl_devstack.cluster import free_port
+from hitl_devstack.operator_sim import SimulatedOperator
 
 VERSION = "2025-11-25"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, NoReturn
 
 import typer
@@ -13,54 +14,11 @@ if TYPE_CHECKING:
     from hitl_relay.config import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-db_app = typer.Typer(no_args_is_help=True, help="The local Postgres 15 + pg_cron cluster.")
-app.add_typer(db_app, name="db")
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
-
-
-@db_app.command("start")
-def db_start() -> None:
-    """Create (first time) and start the local cluster; print its URL."""
-    from hitl_relay.devstack.cluster import ClusterError, default_cluster
-
-    try:
-        typer.echo(default_cluster().start())
-    except ClusterError as e:
-        _fail(str(e))
-
-
-@db_app.command("stop")
-def db_stop() -> None:
-    """Stop the local cluster (fast shutdown)."""
-    from hitl_relay.devstack.cluster import ClusterError, default_cluster
-
-    try:
-        default_cluster().stop()
-    except ClusterError as e:
-        _fail(str(e))
-    typer.echo("stopped")
-
-
-@db_app.command("status")
-def db_status() -> None:
-    """Say whether the local cluster runs, and where."""
-    from hitl_relay.devstack.cluster import default_cluster
-
-    status = default_cluster().status()
-    typer.echo(str(status))
-    raise typer.Exit(0 if status.running else 3)
-
-
-@db_app.command("url")
-def db_url() -> None:
-    """Print the local cluster's connection URL."""
-    from hitl_relay.devstack.cluster import default_cluster
-
-    typer.echo(default_cluster().url())
 
 
 @app.command()
@@ -86,9 +44,10 @@ def migrate(
     from hitl_relay import migrate as migrations
 
     if database_url is None:
-        from hitl_relay.devstack.cluster import default_cluster
-
-        database_url = default_cluster().url()
+        stack = _devstack_commands()
+        if stack is None:
+            _fail("--database-url (or DATABASE_URL): required (no local cluster here)", code=2)
+        database_url = stack.local_database_url()
         local = True
 
     def notice(text: str) -> None:
@@ -134,28 +93,6 @@ def migrate(
 
 
 @app.command()
-def devstack(
-    port: int = typer.Option(
-        54321, "--port", envvar="HITL_DEVSTACK_PORT", help="API port on 127.0.0.1."
-    ),
-    db_port: int = typer.Option(
-        54322, "--db-port", envvar="HITL_PG_PORT", help="Postgres port on 127.0.0.1."
-    ),
-    keep_db: bool = typer.Option(
-        False, "--keep-db", help="Leave Postgres running on exit (default: stop it)."
-    ),
-) -> None:
-    """Serve the local Supabase stand-in (REST, Realtime, Auth) until Ctrl-C, which stops it
-    and its Postgres (unless --keep-db)."""
-    from hitl_relay.devstack.__main__ import main as devstack_main
-    from hitl_relay.logs import configure_logging
-
-    configure_logging()
-    argv = ["--port", str(port), "--db-port", str(db_port)] + (["--keep-db"] if keep_db else [])
-    raise typer.Exit(devstack_main(argv))
-
-
-@app.command()
 def stats(
     hours: float = typer.Option(24.0, "--hours", min=0.01, help="Window: the last N hours."),
     json_out: bool = typer.Option(False, "--json", help="Print the raw JSON."),
@@ -168,14 +105,9 @@ def stats(
 
     url = os.environ.get("SUPABASE_URL")
     key = os.environ.get("SUPABASE_SERVICE_ROLE_KEY") or os.environ.get("SUPABASE_SECRET_KEY")
-    env_file = Path(os.environ.get("HITL_HOME", ".hitl")) / "devstack.env"
-    if (not url or not key) and env_file.exists():
-        for line in env_file.read_text().splitlines():
-            name, _, value = line.partition("=")
-            if name == "SUPABASE_URL" and not url:
-                url = value.strip()
-            if name == "SUPABASE_SERVICE_ROLE_KEY" and not key:
-                key = value.strip()
+    stack = _env_file(Path(os.environ.get("HITL_HOME", ".hitl")) / "devstack.env")
+    url = url or stack.get("SUPABASE_URL")
+    key = key or stack.get("SUPABASE_SERVICE_ROLE_KEY")
     if not url or not key:
         _fail("set SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY (or start the devstack)")
     try:
@@ -186,6 +118,13 @@ def stats(
         typer.echo(json.dumps(metrics, indent=2))
     else:
         render(metrics)
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    """The non-empty values a .env-style file sets ({} when there is no such file)."""
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(path).items() if v} if path.is_file() else {}
 
 
 def _relay_settings(**overrides: object) -> Settings:
@@ -431,56 +370,19 @@ def keygen(
         typer.echo(hash_line)
 
 
-@app.command()
-def dev(
-    once: bool = typer.Option(False, "--once", help="Run the demo escalation, then exit."),
-    port: int = typer.Option(8080, "--port", help="Relay port (a free one if taken)."),
-    nobody_on_duty: bool = typer.Option(
-        False,
-        "--nobody-on-duty",
-        help="Put no operator on duty: shows the no_operator path (the question is recorded).",
-    ),
-    keep_db: bool = typer.Option(
-        False, "--keep-db", help="Leave Postgres running on exit (faster next start)."
-    ),
-) -> None:
-    """Local stack + relay + console, the local operator on duty, one demo escalation (what
-    scripts/dev runs). Ctrl-C or SIGTERM stops everything it started, Postgres included."""
-    from hitl_relay.devstack.dev import run_dev
-    from hitl_relay.logs import configure_logging
-
-    configure_logging()
-    home = Path(os.environ.get("HITL_HOME", ".hitl")).resolve()
-    raise typer.Exit(
-        asyncio.run(
-            run_dev(
-                once=once,
-                home=home,
-                relay_port=port,
-                nobody_on_duty=nobody_on_duty,
-                keep_db=keep_db,
-            )
-        )
-    )
-
-
 def _local_stack_settings() -> tuple[dict[str, object], list[str]]:
     """Settings of the local stack (`scripts/dev`) for what neither the environment nor .env
     sets, as `stats` and `answer` read them: Supabase's from HITL_HOME/devstack.env, the
     relay's API key from HITL_HOME/relay.env. Returns the overrides and the files used."""
-    from dotenv import dotenv_values
-
-    from hitl_relay.devstack.dev import read_env_file
-
     home = Path(os.environ.get("HITL_HOME", ".hitl"))
-    dotenv = {k: v for k, v in dotenv_values(".env").items() if v} if Path(".env").exists() else {}
+    dotenv = _env_file(Path(".env"))
 
     def unset(*names: str) -> bool:
         return not any(os.environ.get(n) or dotenv.get(n) for n in names)
 
     overrides: dict[str, object] = {}
     sources: list[str] = []
-    stack = read_env_file(home / "devstack.env")
+    stack = _env_file(home / "devstack.env")
     for name, field in (
         ("SUPABASE_URL", "supabase_url"),
         ("SUPABASE_SERVICE_ROLE_KEY", "supabase_service_role_key"),
@@ -490,7 +392,7 @@ def _local_stack_settings() -> tuple[dict[str, object], list[str]]:
             overrides[field] = stack[name]
     if overrides:
         sources.append(str(home / "devstack.env"))
-    relay_key = read_env_file(home / "relay.env").get("HITL_API_KEY")
+    relay_key = _env_file(home / "relay.env").get("HITL_API_KEY")
     if relay_key and unset("HITL_API_KEYS"):
         overrides["api_keys"] = [relay_key]
         sources.append(str(home / "relay.env"))
@@ -499,9 +401,7 @@ def _local_stack_settings() -> tuple[dict[str, object], list[str]]:
 
 def _local_env() -> dict[str, str]:
     """Environment, completed from .hitl/devstack.env for local use."""
-    from hitl_relay.devstack.dev import read_env_file
-
-    values = read_env_file(Path(os.environ.get("HITL_HOME", ".hitl")) / "devstack.env")
+    values = _env_file(Path(os.environ.get("HITL_HOME", ".hitl")) / "devstack.env")
     values.update({k: v for k, v in os.environ.items() if k.startswith(("SUPABASE_", "HITL_"))})
     return values
 
@@ -578,6 +478,28 @@ def answer(
     except OSError as e:
         _fail(f"cannot reach {env['SUPABASE_URL']}: {e}")
     typer.echo(SENT_WORDS[kind].format(case_id=case_id))
+
+
+def _devstack_commands() -> ModuleType | None:
+    """The local stack's commands (`devstack`, `dev`, `db`): the product's one import of the
+    devstack, which a checkout installs beside it (scripts/setup) and the image does not."""
+    try:
+        from hitl_devstack import cli as devstack_cli
+    except ModuleNotFoundError as e:
+        if e.name != "hitl_devstack":
+            raise
+        return None
+    return devstack_cli
+
+
+def _configure_default_logging() -> None:
+    from hitl_relay.logs import configure_logging
+
+    configure_logging()
+
+
+if (_stack := _devstack_commands()) is not None:
+    _stack.register(app, _configure_default_logging)
 
 
 def main() -> None:

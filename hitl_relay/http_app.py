@@ -15,8 +15,8 @@ Every route sits behind `hitl_relay.security` (HTTPS, IP allowlist, rate limits,
 Origin/CORS, bearer keys on /mcp): `create_app` builds one `SecurityLayer` from the settings.
 
 The app owns the platform connection for its lifetime (Starlette lifespan). Request
-authorisation is one replaceable function (`Authorize`); the default accepts any configured
-key in constant time. `hitl_relay.security` builds the fuller checks on top.
+authorisation is one replaceable function (`Authorize`); `hitl_relay.security` supplies the
+bearer-key check (constant time per key) and the fuller checks around it.
 
 More routes (the Retell webhook, the console) come in through `create_app(extra_routes=...)`;
 their handlers reach the running relay as `request.state.relay_state.get()` (Starlette
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -78,30 +77,6 @@ BackendFactory = Callable[[Settings], AbstractAsyncContextManager[Backend]]
 QUIET_BEFORE_EXIT_S = 0.3
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
-def bearer_key_ok(authorization: str | None, keys: Sequence[str]) -> bool:
-    """True when `Authorization: Bearer <key>` names one of `keys` (constant time per key)."""
-    if not authorization or not keys:
-        return False
-    scheme, _, presented = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not presented.strip():
-        return False
-    candidate = presented.strip().encode()
-    # Compare against every key, no early exit: timing says nothing about which one matched.
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(candidate, key.encode())
-    return matched
-
-
-def api_key_authorizer(keys: Sequence[str]) -> Authorize:
-    frozen = tuple(keys)
-
-    def authorize(headers: Headers) -> bool:
-        return bearer_key_ok(headers.get("authorization"), frozen)
-
-    return authorize
 
 
 class RequireAuthorization:
@@ -417,11 +392,28 @@ def serve(settings: Settings, app: ASGIApp) -> None:
 
 
 class _Embedded(RelayServer):
-    """uvicorn inside someone else's event loop: the embedder owns the signals."""
+    """uvicorn inside someone else's event loop: the embedder owns the signals. `startup_over`
+    is set once its start-up has run (`started` then says whether it listens)."""
+
+    def __init__(self, config: uvicorn.Config, drain_timeout_s: float) -> None:
+        super().__init__(config, drain_timeout_s)
+        self.startup_over = asyncio.Event()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().startup(sockets=sockets)
+        finally:
+            self.startup_over.set()
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().serve(sockets=sockets)
+        finally:
+            self.startup_over.set()  # ended before its start-up
 
 
 @asynccontextmanager
@@ -441,27 +433,18 @@ async def running(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Async
         server_header=False, timeout_graceful_shutdown=2, **server_options(),
     )  # fmt: skip
     server = _Embedded(config, drain_timeout_s=5.0)
-    loop = asyncio.get_running_loop()
-    started: asyncio.Future[None] = loop.create_future()
-    original_startup = server.startup
-
-    async def startup(sockets: list[socket.socket] | None = None) -> None:
-        await original_startup(sockets=sockets)
-        if not started.done():
-            started.set_result(None)
-
-    server.startup = startup  # type: ignore[method-assign]
 
     async def serve() -> None:
         try:
             await server.serve(sockets=[sock])
-        finally:
-            if not started.done():
-                started.set_exception(RuntimeError(f"the HTTP server on {host} did not start"))
+        except SystemExit as e:  # uvicorn exits when the app's start-up fails: not our process
+            raise RuntimeError(f"the HTTP server on {host} did not start (exit {e.code})") from None
 
-    task = loop.create_task(serve(), name=f"hitl-relay http {host}:{bound}")
+    task = asyncio.create_task(serve(), name=f"hitl-relay http {host}:{bound}")
     try:
-        await started
+        await server.startup_over.wait()
+        if not server.started:
+            raise RuntimeError(f"the HTTP server on {host} did not start")
         yield f"http://[{host}]:{bound}" if ":" in host else f"http://{host}:{bound}"
     finally:
         server.should_exit = True

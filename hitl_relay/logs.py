@@ -11,10 +11,10 @@ stdout: in `stdio` mode stdout is the MCP stream):
 
 The level is `HITL_LOG_LEVEL` (default INFO). The stdlib `logging` of the libraries (uvicorn,
 mcp, httpx, websockets, realtime) is routed into the same sink at WARNING and above, the
-devstack's own stdlib loggers (`hitl_relay.*`) at the configured level, so a production log is
-all JSON. A library's repeated warnings and errors (realtime-py's per-attempt connection errors
-while the platform is down) are let through once, then once a minute with a count
-(`RepeatFilter`).
+stdlib loggers of our own packages (`hitl_relay.*`, `hitl_devstack.*`) at the configured level,
+so a production log is all JSON. A library's repeated warnings and errors (realtime-py's
+per-attempt connection errors while the platform is down) are let through once, then once a
+minute with a count (`RepeatFilter`).
 
 Secrets never reach a line: the values of the API keys, the Supabase keys and the callback and
 Retell secrets are replaced by `<secret>` wherever they appear, and extras named like a
@@ -48,6 +48,9 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Libraries' stdlib loggers below this level are dropped (uvicorn's access lines, httpx's
 # request lines): the relay's own per-call line says what happened.
 LIBRARY_LEVEL = logging.WARNING
+# Stdlib loggers named under these packages log at the configured level, not at LIBRARY_LEVEL
+# (the devstack is a package of its own, run by `hitl-relay devstack`/`dev` with these logs).
+OWN_LOGGERS = ("hitl_relay", "hitl_devstack")
 # Extras whose name says they hold a credential.
 _CREDENTIAL_NAME = re.compile(
     r"(^|_)(authorization|api_?key|apikey|password|secret|token|service_role_key)s?$", re.I
@@ -277,7 +280,7 @@ def configure_logging(
     logger.remove()
     sink_id = logger.add(_Sink(out, options, colour), level=options.level, catch=True)
 
-    # stdlib: libraries at WARNING, the devstack's own loggers (hitl_relay.*) at the level.
+    # stdlib: libraries at WARNING, our own loggers (the relay's, the devstack's) at the level.
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -285,13 +288,14 @@ def configure_logging(
     library.addFilter(RepeatFilter())
     root.addHandler(library)
     root.setLevel(min(LIBRARY_LEVEL, logging.getLevelName(options.level)))
-    own = logging.getLogger("hitl_relay")
-    for handler in list(own.handlers):
-        if isinstance(handler, InterceptHandler):
-            own.removeHandler(handler)
-    own.addHandler(InterceptHandler(level=options.level))
-    own.setLevel(options.level)
-    own.propagate = False
+    for name in OWN_LOGGERS:
+        own = logging.getLogger(name)
+        for handler in list(own.handlers):
+            if isinstance(handler, InterceptHandler):
+                own.removeHandler(handler)
+        own.addHandler(InterceptHandler(level=options.level))
+        own.setLevel(options.level)
+        own.propagate = False
     # uvicorn keeps its own handlers unless told otherwise: hand them to the root as well.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi"):
         lib = logging.getLogger(name)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import anyio
+import stamina
 from loguru import logger
 
 from hitl_relay import metrics
@@ -71,19 +72,28 @@ async def retry_in_background(
     """Try again with exponential backoff until the platform answers (run in the app's task
     group; cancelled with it). Gives up (None) once `calls_taken()` is not 0: this process's own
     sessions would be closed with the old ones."""
-    backoff = first_backoff_s
-    while True:
-        await anyio.sleep(backoff)
-        if calls_taken():
-            logger.bind(instance_id=instance_id).warning(
-                "session recovery abandoned: this relay is serving calls now; the sessions its "
-                "previous process left waiting expire by the expiry job"
-            )
-            return None
-        try:
-            return await recover_sessions(store, instance_id)
-        except PlatformUnavailable as e:
-            backoff = min(max_backoff_s, backoff * 2)
-            logger.bind(instance_id=instance_id).warning(
-                "session recovery failed again, retrying in {} s: {}", backoff, e
-            )
+    log = logger.bind(instance_id=instance_id)
+    await anyio.sleep(first_backoff_s)  # the try at start has just failed
+    async for attempt in stamina.retry_context(
+        on=PlatformUnavailable,
+        attempts=None,
+        timeout=None,
+        wait_initial=min(max_backoff_s, first_backoff_s * 2),
+        wait_max=max_backoff_s,
+        wait_jitter=0.0,
+    ):
+        with attempt:
+            if calls_taken():
+                log.warning(
+                    "session recovery abandoned: this relay is serving calls now; the sessions "
+                    "its previous process left waiting expire by the expiry job"
+                )
+                return None
+            try:
+                return await recover_sessions(store, instance_id)
+            except PlatformUnavailable as e:
+                log.warning(
+                    "session recovery failed again, retrying in {} s: {}", attempt.next_wait, e
+                )
+                raise
+    raise AssertionError("unreachable: the retries are unbounded")  # pragma: no cover

@@ -18,10 +18,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from hitl_relay.devstack.cluster import Cluster
-from hitl_relay.devstack.keys import make_keys
-from hitl_relay.devstack.pgtap import stop_unless_in_use
-from hitl_relay.devstack.server import Devstack
+from hitl_devstack.cluster import Cluster
+from hitl_devstack.keys import make_keys
+from hitl_devstack.pgtap import stop_unless_in_use
+from hitl_devstack.server import Devstack
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE_PREFIX = "hitl_tpl_"
@@ -101,7 +101,7 @@ async def db_url(pg_cluster: Cluster, template_db: str) -> AsyncIterator[str]:
 async def devstack(db_url: str) -> AsyncIterator[Devstack]:
     """A started devstack (REST, Realtime, Auth) on this test's database, on a free port, with
     keys from a fresh random secret; `.url`, `.keys`, `.db_url`."""
-    from hitl_relay.devstack.realtime import RealtimeLimits
+    from hitl_devstack.realtime import RealtimeLimits
 
     # Supabase's refusal backoffs (5 s / 2 s) made short so refusal tests stay fast.
     limits = RealtimeLimits(channel_error_backoff_s=0.05, connect_error_backoff_s=0.05)

@@ -13,7 +13,7 @@ from uuid import UUID
 from realtime import AsyncRealtimeChannel, RealtimeChannelOptions, RealtimeSubscribeStates
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
-from hitl_relay.devstack.server import Devstack
+from hitl_devstack.server import Devstack
 
 # The relay's own policies deny operators any write on `case:` topics (the console only listens;
 # supabase/tests/60_rls.sql and tests/db/test_realtime_rights.py check that). An operators' app

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import httpx
+import stamina
 from loguru import logger
 from postgrest.exceptions import APIError
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
@@ -216,23 +217,31 @@ async def load_event_key(
     backoff while the platform is unreachable. Until it is read every channel event is only a
     wake-up (one read each): slower, never wrong. A schema without the function is reported
     once and left at that."""
-    delay = 0.5
-    while True:
-        try:
-            async with asyncio.timeout(timeout_s):
-                response = await client.rpc("hitl_event_key", {}).execute()
-        except APIError as e:
-            if e.code in SCHEMA_PROBLEM_CODES:
-                logger.warning(
-                    "hitl_event_key() is missing ({}): every channel event costs a read; "
-                    "apply the migrations",
-                    e.code,
-                )
-                return
-            logger.warning("reading the event key failed: {} {}", e.code, e.message)
-        except TRANSPORT_ERRORS as e:
-            logger.warning("reading the event key failed: {}: {}", type(e).__name__, e)
-        else:
+    async for attempt in stamina.retry_context(
+        on=(APIError, *TRANSPORT_ERRORS),
+        attempts=None,
+        timeout=None,
+        wait_initial=0.5,
+        wait_max=max_delay_s,
+        wait_jitter=0.0,
+    ):
+        with attempt:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    response = await client.rpc("hitl_event_key", {}).execute()
+            except APIError as e:
+                if e.code in SCHEMA_PROBLEM_CODES:
+                    logger.warning(
+                        "hitl_event_key() is missing ({}): every channel event costs a read; "
+                        "apply the migrations",
+                        e.code,
+                    )
+                    return
+                logger.warning("reading the event key failed: {} {}", e.code, e.message)
+                raise
+            except TRANSPORT_ERRORS as e:
+                logger.warning("reading the event key failed: {}: {}", type(e).__name__, e)
+                raise
             data = response.data
             try:
                 if not isinstance(data, str):
@@ -243,8 +252,6 @@ async def load_event_key(
                 return
             logger.debug("event key loaded: channel events are verified")
             return
-        await asyncio.sleep(delay)
-        delay = min(max_delay_s, delay * 2)
 
 
 @asynccontextmanager

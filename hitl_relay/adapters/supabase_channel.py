@@ -48,7 +48,7 @@ import math
 import random
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, cast
@@ -59,6 +59,7 @@ from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 from loguru import logger
+from pydantic import TypeAdapter
 from realtime import (
     AsyncRealtimeChannel,
     AsyncRealtimeClient,
@@ -68,19 +69,27 @@ from realtime import (
 )
 
 from hitl_relay import metrics
+from hitl_relay.adapters import realtime_internals
 from hitl_relay.adapters.signed_events import EventKey
 from hitl_relay.adapters.supabase_store import (
+    OptionIndex,
+    Reply,
     ShapeError,
-    optional_str,
-    parse_kind,
-    parse_option,
-    parse_sender_type,
-    parse_session_status,
-    parse_time,
+    Time,
     parse_uuid,
+    validate,
 )
 from hitl_relay.errors import PlatformUnavailable
-from hitl_relay.ports import ChannelEvent, HumanMessage, Reconnected, SessionEvent, WakeUp
+from hitl_relay.ports import (
+    ChannelEvent,
+    HumanMessage,
+    MessageKind,
+    Reconnected,
+    SenderType,
+    SessionEvent,
+    SessionStatus,
+    WakeUp,
+)
 
 # What websockets / realtime-py raise when a connection attempt fails (refused, handshake
 # refused with a status such as 401 or 429, TLS, DNS, our own timeout).
@@ -195,38 +204,55 @@ def refusal_reason(error: Exception | None) -> str | None:
     return reason if isinstance(reason, str) else None
 
 
-def parse_message(payload: Mapping[str, Any]) -> HumanMessage:
+class MessageBroadcast(Reply):
     """A `message` broadcast (the messages trigger's `realtime.send` payload)."""
-    try:
-        option_index, option = parse_option(payload)
-        return HumanMessage(
-            message_id=parse_uuid(payload["id"]),
-            case_id=parse_uuid(payload["case_id"]),
-            sender_type=parse_sender_type(payload.get("sender_type")),
-            sender_id=optional_str(payload.get("sender_id")),
-            content=str(payload.get("content") or ""),
-            kind=parse_kind(payload.get("kind", "answer")),
-            created_at=parse_time(payload["created_at"]),
-            is_answer=payload.get("is_answer") is True,
-            option_index=option_index,
-            option=option,
-        )
-    except KeyError as e:
-        raise ShapeError(f"missing key {e}") from None
+
+    id: UUID
+    case_id: UUID
+    sender_type: SenderType
+    sender_id: str | None = None
+    content: str | None = None
+    kind: MessageKind = "answer"
+    created_at: Time
+    option_index: OptionIndex | None = None
+    option: str | None = None
+
+
+class SessionBroadcast(Reply):
+    """A `session` broadcast (a session's status changed)."""
+
+    session_id: UUID
+    case_id: UUID
+    status: SessionStatus
+    expires_at: Time | None = None
+
+
+_MESSAGE = TypeAdapter(MessageBroadcast)
+_SESSION = TypeAdapter(SessionBroadcast)
+
+
+def parse_message(payload: Mapping[str, Any]) -> HumanMessage:
+    m = validate(_MESSAGE, payload)
+    # `is_answer` is the platform's verdict: only a JSON true makes the message the answer.
+    return HumanMessage(
+        message_id=m.id,
+        case_id=m.case_id,
+        sender_type=m.sender_type,
+        sender_id=m.sender_id,
+        content=m.content or "",
+        kind=m.kind,
+        created_at=m.created_at,
+        is_answer=payload.get("is_answer") is True,
+        option_index=m.option_index,
+        option=m.option if m.option_index is not None else None,
+    )
 
 
 def parse_session(payload: Mapping[str, Any]) -> SessionEvent:
-    """A `session` broadcast (a session's status changed)."""
-    try:
-        expires_at = payload.get("expires_at")
-        return SessionEvent(
-            session_id=parse_uuid(payload["session_id"]),
-            case_id=parse_uuid(payload["case_id"]),
-            status=parse_session_status(payload["status"]),
-            expires_at=parse_time(expires_at) if expires_at is not None else None,
-        )
-    except KeyError as e:
-        raise ShapeError(f"missing key {e}") from None
+    s = validate(_SESSION, payload)
+    return SessionEvent(
+        session_id=s.session_id, case_id=s.case_id, status=s.status, expires_at=s.expires_at
+    )
 
 
 class _Changed:
@@ -277,28 +303,19 @@ class JoinPacer:
 
 
 def pace_joins(rt: AsyncRealtimeChannel, pool: SocketPool) -> None:
-    """Send every join of `rt` through the pool's pacer.
+    """Send every join of `rt` (subscribe(), its rejoin timer, the rejoins after a reconnect)
+    once the pool's pacer allows it, from a pool task."""
 
-    A shim over realtime-py's private `AsyncRealtimeChannel._rejoin` (checked against the
-    installed realtime-py by tests/integration/test_realtime_join_pacing.py): realtime-py sends
-    every join through it (subscribe(), its rejoin timer, `_rejoin_errored_channels` after a
-    reconnect) and has no public hook to delay them. The wrapper returns at once and sends the
-    join from a pool task once the pacer allows it, so a reconnect (which awaits the rejoins of
-    every errored channel) is never held up by the pacing.
-    """
-    original = rt._rejoin
-
-    async def send_when_allowed() -> None:
+    async def send_when_allowed(send: Callable[[], Awaitable[None]]) -> None:
         await pool.pacer.acquire()
         # Not for a channel left (or replaced) meanwhile: its slot on the server is gone.
         current = rt.socket.channels.get(rt.topic) is rt
         if current and not rt.is_leaving and rt.socket.is_connected:
-            await original()
+            await send()
 
-    async def paced_rejoin() -> None:
-        pool.spawn(send_when_allowed(), f"join {rt.topic}")
-
-    rt._rejoin = paced_rejoin  # type: ignore[method-assign]
+    realtime_internals.send_joins_through(
+        rt, lambda send: pool.spawn(send_when_allowed(send), f"join {rt.topic}")
+    )
 
 
 ChannelState = Literal["joining", "joined", "interrupted", "lost", "leaving"]
@@ -320,7 +337,6 @@ class RealtimeChannel:
         self.lost_reason = ""
         self.rt: AsyncRealtimeChannel | None = None
         self.join_task: asyncio.Task[None] | None = None
-        self.joined_at: float | None = None
         self.changed = _Changed()
 
     # ---- join / leave ---------------------------------------------------------------------
@@ -438,9 +454,7 @@ class RealtimeChannel:
         if state == RealtimeSubscribeStates.SUBSCRIBED:
             was = self.state
             self.state = "joined"
-            if was == "joining":
-                self.joined_at = time.monotonic()
-            elif was == "interrupted":
+            if was == "interrupted":
                 logger.bind(topic=self.topic).debug("realtime channel rejoined")
                 if self.case_id is not None:
                     for listener in list(self.listeners):
@@ -462,7 +476,7 @@ class RealtimeChannel:
             base = self.pool.tuning.rate_limited_rejoin_s
             delay = base / 2 + random.uniform(0.0, base / 2)
             self.pool.pacer.pause(delay)
-            self.rt.rejoin_timer.schedule_timeout(delay)
+            realtime_internals.rejoin_in(self.rt, delay)
             self.pool.rate_limited += 1
             self.pool.changed.notify()
             logger.bind(topic=self.topic).warning(
@@ -671,7 +685,7 @@ class RealtimeSocket:
         """realtime-py's listener task ended while the socket still counts as connected (an
         exception escaped it): nothing will be received or rejoined on this socket again, so
         its channels are lost (the core falls back to reading) and the socket is replaced."""
-        task = self.client._listen_task  # realtime-py exposes no other sign of this
+        task = realtime_internals.listener_task(self.client)
         if not self.client.is_connected or task is None or not task.done():
             return False
         error = None if task.cancelled() else task.exception()
@@ -706,7 +720,7 @@ class RealtimeSocket:
             await self._ping()
 
     async def _ping(self) -> None:
-        ws = self.client._ws_connection  # realtime-py has no ping API
+        ws = realtime_internals.websocket(self.client)
         if ws is None:
             return
         try:
@@ -735,11 +749,8 @@ class RealtimeSocket:
         self.poke()
         for rt in list(self.client.channels.values()):
             # realtime-py's timers would otherwise outlive the socket by up to a push timeout.
-            rt.rejoin_timer.reset()
-            rt.join_push.destroy()
-            for push in list(rt.messages_waiting_for_ack.values()):
-                push.destroy()
-        ws = self.client._ws_connection
+            realtime_internals.stop_timers(rt)
+        ws = realtime_internals.websocket(self.client)
         try:
             async with asyncio.timeout(self.pool.tuning.ping_timeout_s):
                 await self.client.close()

@@ -23,11 +23,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, cast, get_args
+from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
 import httpx
 from postgrest.exceptions import APIError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    TypeAdapter,
+    ValidationError,
+)
 from supabase import AsyncClient
 
 from hitl_relay.errors import InvalidRequest, NotFound, PlatformUnavailable
@@ -54,57 +63,65 @@ from hitl_relay.ports import (
 INSTANCE_HEADER = "x-hitl-instance"
 
 # What httpx/h2 raise for connect, read, write, pool and protocol problems, plus our bound.
-TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx.HTTPError, OSError, TimeoutError)
-
-_SESSION_STATUSES = frozenset(get_args(SessionStatus))
-_MESSAGE_KINDS = frozenset(get_args(MessageKind))
-_SENDER_TYPES = frozenset(get_args(SenderType))
+TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError, OSError, TimeoutError)
 
 
 class ShapeError(ValueError):
     """A platform reply that does not have the contract's shape."""
 
 
-def parse_time(value: Any) -> datetime:
+def _time_text(value: Any) -> datetime:
     """A timestamptz as PostgREST / realtime.send render it (ISO 8601, offset or `Z`)."""
     if not isinstance(value, str):
-        raise ShapeError(f"expected a timestamp, got {value!r}")
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as e:
-        raise ShapeError(f"expected a timestamp, got {value!r}") from e
+        raise ValueError("expected a timestamp")
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     if parsed.tzinfo is None:
-        raise ShapeError(f"expected a timestamp with a time zone, got {value!r}")
+        raise ValueError("expected a timestamp with a time zone")
     return parsed
 
 
-def parse_uuid(value: Any) -> UUID:
+# The reply's field types: no coercion the platform's JSON would never need (a number is not a
+# string, a boolean not a number), so another shape is refused instead of guessed at.
+Time = Annotated[datetime, BeforeValidator(_time_text)]
+Number = Annotated[float, Field(strict=True)]
+Count = Annotated[int, Field(strict=True)]
+OptionIndex = Annotated[int, Field(strict=True, ge=0)]
+
+
+class Reply(BaseModel):
+    """An object in a platform reply: the keys the contract names; others are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+T = TypeVar("T")
+
+
+def validate(shape: TypeAdapter[T], data: Any) -> T:
+    """`data` as `shape`, or a ShapeError naming the first wrong field and its rule."""
     try:
-        return UUID(str(value))
-    except ValueError as e:
-        raise ShapeError(f"expected a UUID, got {value!r}") from e
+        return shape.validate_python(data)
+    except ValidationError as e:
+        first = e.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "reply"
+        raise ShapeError(f"{where}: {first['msg']}, got {first['input']!r}") from None
 
 
-def optional_str(value: Any) -> str | None:
-    return None if value is None else str(value)
+_TIME: TypeAdapter[datetime] = TypeAdapter(Time)
+_UUID: TypeAdapter[UUID] = TypeAdapter(UUID)
+_SESSION_STATUS: TypeAdapter[SessionStatus] = TypeAdapter(SessionStatus)
 
 
-def parse_kind(value: Any) -> MessageKind:
-    if value not in _MESSAGE_KINDS:
-        raise ShapeError(f"unknown message kind {value!r}")
-    return cast(MessageKind, value)
+def parse_time(value: Any) -> datetime:
+    return validate(_TIME, value)
 
 
-def parse_sender_type(value: Any) -> SenderType:
-    if value not in _SENDER_TYPES:
-        raise ShapeError(f"unknown sender_type {value!r}")
-    return cast(SenderType, value)
+def parse_uuid(value: Any) -> UUID:
+    return validate(_UUID, value)
 
 
 def parse_session_status(value: Any) -> SessionStatus:
-    if value not in _SESSION_STATUSES:
-        raise ShapeError(f"unknown session status {value!r}")
-    return cast(SessionStatus, value)
+    return validate(_SESSION_STATUS, value)
 
 
 def api_error(fn: str, e: APIError) -> InvalidRequest | NotFound | PlatformUnavailable:
@@ -118,99 +135,124 @@ def api_error(fn: str, e: APIError) -> InvalidRequest | NotFound | PlatformUnava
     return PlatformUnavailable(f"{fn}: {e.code or '?'} {e.message or ''}".rstrip())
 
 
-def parse_option(data: Mapping[str, Any]) -> tuple[int | None, str | None]:
-    """The chosen one-tap option of an answer (`option_index`, `option`), if any."""
-    index = data.get("option_index")
-    if index is None:
-        return None, None
-    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-        raise ShapeError(f"option_index must be a non-negative integer, got {index!r}")
-    return index, optional_str(data.get("option"))
-
-
-def parse_answer(data: Mapping[str, Any]) -> Answer:
+class AnswerReply(Reply):
     """`hitl_answer`'s object (also what a catch-up read returns)."""
-    try:
-        option_index, option = parse_option(data)
+
+    message_id: UUID
+    case_id: UUID
+    content: str | None = None
+    kind: MessageKind = "answer"
+    sender_id: str | None = None
+    created_at: Time
+    option_index: OptionIndex | None = None  # the chosen one-tap option, if any
+    option: str | None = None
+
+    def port(self) -> Answer:
         return Answer(
-            message_id=parse_uuid(data["message_id"]),
-            case_id=parse_uuid(data["case_id"]),
-            content=str(data.get("content") or ""),
-            kind=parse_kind(data.get("kind", "answer")),
-            sender_id=optional_str(data.get("sender_id")),
-            created_at=parse_time(data["created_at"]),
-            option_index=option_index,
-            option=option,
+            message_id=self.message_id,
+            case_id=self.case_id,
+            content=self.content or "",
+            kind=self.kind,
+            sender_id=self.sender_id,
+            created_at=self.created_at,
+            option_index=self.option_index,
+            option=self.option if self.option_index is not None else None,
         )
-    except KeyError as e:
-        raise ShapeError(f"missing key {e}") from None
 
 
-def parse_clarification(data: Mapping[str, Any]) -> Clarification:
+class ClarificationReply(Reply):
     """`hitl_pending_clarification`'s object."""
-    try:
+
+    message_id: UUID
+    case_id: UUID
+    content: str | None = None
+    sender_id: str | None = None
+    created_at: Time
+
+    def port(self) -> Clarification:
         return Clarification(
-            message_id=parse_uuid(data["message_id"]),
-            case_id=parse_uuid(data["case_id"]),
-            content=str(data.get("content") or ""),
-            sender_id=optional_str(data.get("sender_id")),
-            created_at=parse_time(data["created_at"]),
+            message_id=self.message_id,
+            case_id=self.case_id,
+            content=self.content or "",
+            sender_id=self.sender_id,
+            created_at=self.created_at,
         )
-    except KeyError as e:
-        raise ShapeError(f"missing key {e}") from None
+
+
+class ThreadMessageReply(Reply):
+    sender_type: SenderType
+    kind: MessageKind
+    content: str | None = None
+    created_at: Time
+
+
+class ThreadEntryReply(Reply):
+    """One element of `hitl_call_history`'s array."""
+
+    case_id: UUID
+    question: str | None = None
+    status: str
+    asked_at: Time
+    answer: str | None = None
+    answer_kind: MessageKind | None = None
+    answered_at: Time | None = None
+    exchanges: list[ThreadMessageReply] | None = None
+
+    def port(self) -> ThreadEntry:
+        return ThreadEntry(
+            case_id=self.case_id,
+            question=self.question or "",
+            status=self.status,
+            asked_at=self.asked_at,
+            answer=self.answer,
+            answer_kind=self.answer_kind,
+            answered_at=self.answered_at,
+            exchanges=tuple(
+                ThreadMessage(m.sender_type, m.kind, m.content or "", m.created_at)
+                for m in self.exchanges or ()
+            ),
+        )
+
+
+class OpenedReply(Reply):
+    """`hitl_open_case`'s `{case_id, session_id, expires_at, existed, status}`."""
+
+    case_id: UUID
+    session_id: UUID
+    expires_at: Time
+    existed: StrictBool
+    status: SessionStatus
+
+    def port(self) -> OpenedCase:
+        return OpenedCase(
+            case_id=self.case_id,
+            session_id=self.session_id,
+            expires_at=self.expires_at,
+            existed=self.existed,
+            status=self.status,
+        )
+
+
+_ANSWER = TypeAdapter(AnswerReply)
+_CLARIFICATION = TypeAdapter(ClarificationReply)
+_THREAD_ENTRY = TypeAdapter(ThreadEntryReply)
+_OPENED = TypeAdapter(OpenedReply)
+
+
+def parse_answer(data: Any) -> Answer:
+    return validate(_ANSWER, data).port()
+
+
+def parse_clarification(data: Any) -> Clarification:
+    return validate(_CLARIFICATION, data).port()
 
 
 def parse_thread_entry(data: Any) -> ThreadEntry:
-    """One element of `hitl_call_history`'s array."""
-    if not isinstance(data, Mapping):
-        raise ShapeError(f"expected an object, got {data!r}")
-    try:
-        exchanges = data.get("exchanges") or []
-        if not isinstance(exchanges, list):
-            raise ShapeError(f"exchanges must be an array, got {exchanges!r}")
-        messages = []
-        for m in exchanges:
-            if not isinstance(m, Mapping):
-                raise ShapeError(f"expected an object, got {m!r}")
-            messages.append(
-                ThreadMessage(
-                    sender_type=parse_sender_type(m.get("sender_type")),
-                    kind=parse_kind(m.get("kind")),
-                    content=str(m.get("content") or ""),
-                    created_at=parse_time(m["created_at"]),
-                )
-            )
-        answer_kind = data.get("answer_kind")
-        answered_at = data.get("answered_at")
-        return ThreadEntry(
-            case_id=parse_uuid(data["case_id"]),
-            question=str(data.get("question") or ""),
-            status=str(data["status"]),
-            asked_at=parse_time(data["asked_at"]),
-            answer=optional_str(data.get("answer")),
-            answer_kind=parse_kind(answer_kind) if answer_kind is not None else None,
-            answered_at=parse_time(answered_at) if answered_at is not None else None,
-            exchanges=tuple(messages),
-        )
-    except KeyError as e:
-        raise ShapeError(f"missing key {e}") from None
+    return validate(_THREAD_ENTRY, data).port()
 
 
-def parse_opened(data: Mapping[str, Any]) -> OpenedCase:
-    """`hitl_open_case`'s `{case_id, session_id, expires_at, existed, status}`."""
-    try:
-        existed = data["existed"]
-        if not isinstance(existed, bool):
-            raise ShapeError(f"existed must be a boolean, got {existed!r}")
-        return OpenedCase(
-            case_id=parse_uuid(data["case_id"]),
-            session_id=parse_uuid(data["session_id"]),
-            expires_at=parse_time(data["expires_at"]),
-            existed=existed,
-            status=parse_session_status(data["status"]),
-        )
-    except KeyError as e:
-        raise ShapeError(f"missing key {e}") from None
+def parse_opened(data: Any) -> OpenedCase:
+    return validate(_OPENED, data).port()
 
 
 # RPCs in flight at once (and the HTTP client's connection limit: `build_platform`).
@@ -418,51 +460,52 @@ class SupabaseCaseStore:
             ) from None
 
 
-def _number(value: Any, name: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ShapeError(f"{name} must be a number or null, got {value!r}")
-    return float(value)
+class Figure(Reply):
+    """One of `hitl_success_metrics`' figures: {value, target, met, ...}."""
+
+    value: Number | None
 
 
-def _count(data: Mapping[str, Any], name: str) -> int:
-    value = data.get(name)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ShapeError(f"{name} must be an integer, got {value!r}")
-    return value
+class Utilisation(Figure):
+    handled_s: Number | None = None
+    available_s: Number | None = None
 
 
-def _figure(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-    figure = data.get(name)
-    if not isinstance(figure, Mapping):
-        raise ShapeError(f"{name} must be an object, got {figure!r}")
-    return figure
+class SuccessMetricsReply(Reply):
+    """`hitl_success_metrics`' object: counts plus one figure each."""
+
+    cases: Count
+    finished: Count
+    answered: Count
+    timed_out: Count
+    avg_response_s: Figure
+    success_rate: Figure
+    timeout_rate: Figure
+    operator_utilisation: Utilisation
+
+
+_SUCCESS_METRICS = TypeAdapter(SuccessMetricsReply)
 
 
 def parse_success_metrics(data: Any) -> SuccessMetrics:
-    """`hitl_success_metrics`' object: counts plus one {value, target, met, ...} per figure."""
-    if not isinstance(data, Mapping):
-        raise ShapeError(f"expected an object, got {data!r}")
-    utilisation = _figure(data, "operator_utilisation")
+    reply = validate(_SUCCESS_METRICS, data)
+    utilisation = reply.operator_utilisation
     return SuccessMetrics(
-        cases=_count(data, "cases"),
-        finished=_count(data, "finished"),
-        answered=_count(data, "answered"),
-        timed_out=_count(data, "timed_out"),
-        avg_response_s=_number(_figure(data, "avg_response_s").get("value"), "avg_response_s"),
-        success_rate=_number(_figure(data, "success_rate").get("value"), "success_rate"),
-        timeout_rate=_number(_figure(data, "timeout_rate").get("value"), "timeout_rate"),
-        operator_utilisation=_number(utilisation.get("value"), "operator_utilisation"),
-        handled_s=_number(utilisation.get("handled_s"), "handled_s") or 0.0,
-        available_s=_number(utilisation.get("available_s"), "available_s") or 0.0,
+        cases=reply.cases,
+        finished=reply.finished,
+        answered=reply.answered,
+        timed_out=reply.timed_out,
+        avg_response_s=reply.avg_response_s.value,
+        success_rate=reply.success_rate.value,
+        timeout_rate=reply.timeout_rate.value,
+        operator_utilisation=utilisation.value,
+        handled_s=utilisation.handled_s or 0.0,
+        available_s=utilisation.available_s or 0.0,
     )
 
 
 def _opened(fn: str, data: Any) -> OpenedCase:
     try:
-        if not isinstance(data, Mapping):
-            raise ShapeError(f"expected an object, got {data!r}")
         return parse_opened(data)
     except ShapeError as e:
         raise PlatformUnavailable(f"{fn} returned an unexpected reply: {e}") from None

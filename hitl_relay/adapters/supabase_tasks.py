@@ -9,73 +9,90 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, cast, get_args
+from typing import Any
 from uuid import UUID
 
+from pydantic import StrictBool, TypeAdapter
+
 from hitl_relay.adapters.supabase_store import (
+    AnswerReply,
+    ClarificationReply,
+    Reply,
     ShapeError,
     SupabaseCaseStore,
-    optional_str,
-    parse_answer,
-    parse_clarification,
-    parse_time,
-    parse_uuid,
+    Time,
+    validate,
 )
 from hitl_relay.errors import PlatformUnavailable
 from hitl_relay.ports import Answer, Clarification
 from hitl_relay.task_store import Cancelled, Era, NewTask, TaskRecord, TaskStatus
 
-_STATUSES = frozenset(get_args(TaskStatus))
-_ERAS = frozenset(get_args(Era))
+
+class CaseReplyReply(Reply):
+    """`hitl_case_reply`'s {answer, clarification}: an answer always wins."""
+
+    answer: AnswerReply | None = None
+    clarification: ClarificationReply | None = None
+
+    def port(self) -> Answer | Clarification | None:
+        if self.answer is not None:
+            return self.answer.port()
+        return self.clarification.port() if self.clarification is not None else None
+
+
+class TaskReply(Reply):
+    """A task row as the task functions return it."""
+
+    id: str
+    case_id: UUID
+    tool: str
+    call: dict[str, Any] | None = None
+    era: Era
+    status: TaskStatus
+    status_message: str | None = None
+    result: dict[str, Any] | None = None
+    created_at: Time
+    last_updated_at: Time
+    deadline_at: Time
+    ttl_ms: int
+    poll_interval_ms: int
+    now: Time  # the database's clock at the read
+    reply: CaseReplyReply | None = None
+
+    def port(self) -> TaskRecord:
+        return TaskRecord(
+            id=self.id,
+            case_id=self.case_id,
+            tool=self.tool,
+            call=self.call or {},
+            era=self.era,
+            status=self.status,
+            status_message=self.status_message,
+            result=self.result,
+            created_at=self.created_at,
+            last_updated_at=self.last_updated_at,
+            deadline_at=self.deadline_at,
+            ttl_ms=self.ttl_ms,
+            poll_interval_ms=self.poll_interval_ms,
+            now=self.now,
+            reply=self.reply.port() if self.reply is not None else None,
+        )
+
+
+class CancelReply(Reply):
+    """`hitl_task_cancel`'s {terminal, task}."""
+
+    terminal: StrictBool
+    task: TaskReply
+
+
+_TASK = TypeAdapter(TaskReply)
+_TASKS = TypeAdapter(list[TaskReply])
+_CANCEL = TypeAdapter(CancelReply)
 
 
 def parse_task(data: Any) -> TaskRecord:
-    if not isinstance(data, Mapping):
-        raise ShapeError(f"expected an object, got {data!r}")
-    try:
-        status, era = data["status"], data["era"]
-        if status not in _STATUSES:
-            raise ShapeError(f"unknown task status {status!r}")
-        if era not in _ERAS:
-            raise ShapeError(f"unknown era {era!r}")
-        result, call = data.get("result"), data.get("call") or {}
-        if not isinstance(call, Mapping):
-            raise ShapeError(f"call: expected an object, got {call!r}")
-        if result is not None and not isinstance(result, Mapping):
-            raise ShapeError(f"result: expected an object or null, got {result!r}")
-        return TaskRecord(
-            id=str(data["id"]),
-            case_id=parse_uuid(data["case_id"]),
-            tool=str(data["tool"]),
-            call=call,
-            era=cast(Era, era),
-            status=cast(TaskStatus, status),
-            status_message=optional_str(data.get("status_message")),
-            result=result,
-            created_at=parse_time(data["created_at"]),
-            last_updated_at=parse_time(data["last_updated_at"]),
-            deadline_at=parse_time(data["deadline_at"]),
-            ttl_ms=int(data["ttl_ms"]),
-            poll_interval_ms=int(data["poll_interval_ms"]),
-            now=parse_time(data["now"]),
-            reply=_reply(data.get("reply")),
-        )
-    except KeyError as e:
-        raise ShapeError(f"missing key {e}") from None
-
-
-def _reply(data: Any) -> Answer | Clarification | None:
-    """`hitl_case_reply`'s {answer, clarification} (an answer always wins), or null."""
-    if data is None:
-        return None
-    if not isinstance(data, Mapping):
-        raise ShapeError(f"reply: expected an object or null, got {data!r}")
-    answer, clarification = data.get("answer"), data.get("clarification")
-    if isinstance(answer, Mapping):
-        return parse_answer(answer)
-    if isinstance(clarification, Mapping):
-        return parse_clarification(clarification)
-    return None
+    return validate(_TASK, data).port()
 
 
 class SupabaseTaskStore:
@@ -131,9 +148,8 @@ class SupabaseTaskStore:
         if data is None or data == []:
             return None
         try:
-            if not isinstance(data, Mapping) or not isinstance(data.get("terminal"), bool):
-                raise ShapeError(f"expected {{terminal, task}}, got {data!r}")
-            return Cancelled(task=parse_task(data.get("task")), was_terminal=data["terminal"])
+            cancel = validate(_CANCEL, data)
+            return Cancelled(task=cancel.task.port(), was_terminal=cancel.terminal)
         except ShapeError as e:
             raise PlatformUnavailable(f"{fn} returned an unexpected reply: {e}") from None
 
@@ -156,9 +172,7 @@ class SupabaseTaskStore:
         }
         data = await self._call(fn, params)
         try:
-            if not isinstance(data, list):
-                raise ShapeError(f"expected an array, got {data!r}")
-            return [parse_task(item) for item in data]
+            return [task.port() for task in validate(_TASKS, data)]
         except ShapeError as e:
             raise PlatformUnavailable(f"{fn} returned an unexpected reply: {e}") from None
 

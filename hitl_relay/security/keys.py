@@ -154,9 +154,6 @@ class KeyRing:
             return None
         return self.identify(presented)
 
-    def authorizes(self, authorization: str | None) -> bool:
-        return self.identify_authorization(authorization) is not None
-
 
 def bearer_token(authorization: str | None) -> str | None:
     if not authorization:

@@ -2,7 +2,7 @@
 -- memberships, and the default privileges of `public`. Run by the cluster's superuser
 -- (`supabase_admin`) through `hitl-relay migrate --local` (the devstack and tests) only; never to
 -- a real project. Every statement mirrors one in supabase/postgres (migrations/db/init-scripts/
--- and migrations/db/migrations/), named beside it; hitl_relay/devstack/README.md has the table.
+-- and migrations/db/migrations/), named beside it; hitl_devstack/README.md has the table.
 -- Roles are cluster-wide and this file runs once per database, so each step is guarded.
 do $$
 begin

@@ -24,11 +24,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from hitl_devstack.context import LocalUser
+from hitl_devstack.keys import make_keys
+from hitl_devstack.realtime import RealtimeLimits
+from hitl_devstack.server import Devstack
 from hitl_relay.config import Settings
-from hitl_relay.devstack.auth import LocalUser
-from hitl_relay.devstack.keys import make_keys
-from hitl_relay.devstack.realtime import RealtimeLimits
-from hitl_relay.devstack.server import Devstack
 from hitl_relay.http_app import create_app, running
 from hitl_relay.mcp_client import connect
 

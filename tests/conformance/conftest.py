@@ -15,11 +15,11 @@ from devstack_clients import APP_CASE_TOPIC_WRITES
 from realtime_support import Raw, RtClients
 from websockets.exceptions import ConnectionClosed
 
+from hitl_devstack.cluster import Cluster
+from hitl_devstack.keys import make_keys
+from hitl_devstack.realtime import RealtimeLimits
+from hitl_devstack.server import Devstack
 from hitl_relay import migrate
-from hitl_relay.devstack.cluster import Cluster
-from hitl_relay.devstack.keys import make_keys
-from hitl_relay.devstack.realtime import RealtimeLimits
-from hitl_relay.devstack.server import Devstack
 
 # Supabase's refusal backoffs (5 s / 2 s) made short, as in the shared `devstack` fixture, and
 # the 1-3 s Realtime waits before subscribing a join's postgres_changes.

@@ -20,7 +20,7 @@ from realtime import AsyncRealtimeChannel, AsyncRealtimeClient, RealtimeSubscrib
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from hitl_relay.devstack.server import Devstack
+from hitl_devstack.server import Devstack
 
 V1 = "1.0.0"
 V2 = "2.0.0"

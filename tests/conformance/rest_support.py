@@ -12,7 +12,7 @@ from typing import Any
 
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
-from hitl_relay.devstack.server import Devstack
+from hitl_devstack.server import Devstack
 
 SUPABASE_TIMEOUT_WARNING = (
     r"ignore:The '\w+' parameter is deprecated. Please configure it in the http client"

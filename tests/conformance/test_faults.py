@@ -29,7 +29,7 @@ from realtime_support import (
     subscribe,
 )
 
-from hitl_relay.devstack.server import Devstack
+from hitl_devstack.server import Devstack
 
 OpenRaw = Callable[..., Awaitable[Raw]]
 StackWith = Callable[..., Awaitable[Devstack]]

@@ -35,7 +35,7 @@ from realtime_support import (
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from hitl_relay.devstack.server import Devstack
+from hitl_devstack.server import Devstack
 
 OpenRaw = Callable[..., Awaitable[Raw]]
 
@@ -461,7 +461,7 @@ async def test_a_refused_handshake_is_http_401_with_supabases_error_json(
 ) -> None:
     # user_socket.ex:141-171 handle_error/error_response: {status, %{error: message}}
     if apikey == "wrong-secret":
-        from hitl_relay.devstack.keys import make_keys
+        from hitl_devstack.keys import make_keys
 
         apikey = make_keys("another-secret-entirely-0123456789").anon_key
     elif apikey == "expired":

@@ -15,9 +15,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from realtime_support import kind3, parse_kind4
 
-from hitl_relay.devstack.realtime.changes import ParamsError, parse_params
-from hitl_relay.devstack.realtime.limits import RateCounter, RealtimeLimits
-from hitl_relay.devstack.realtime.serializer import (
+from hitl_devstack.realtime.changes import ParamsError, parse_params
+from hitl_devstack.realtime.limits import RateCounter, RealtimeLimits
+from hitl_devstack.realtime.serializer import (
     V1,
     V2,
     ProtocolError,

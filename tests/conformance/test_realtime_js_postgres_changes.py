@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 from test_supabase_js import V1, V2, frames, join_reply, run_scenario
 
-from hitl_relay.devstack.server import Devstack
+from hitl_devstack.server import Devstack
 
 pytestmark = pytest.mark.node
 

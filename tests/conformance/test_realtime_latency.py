@@ -24,7 +24,7 @@ import pytest
 from realtime import RealtimeSubscribeStates
 from realtime_support import RtClients, private, subscribe
 
-from hitl_relay.devstack.server import Devstack
+from hitl_devstack.server import Devstack
 
 pytestmark = pytest.mark.bench
 

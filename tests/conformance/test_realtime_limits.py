@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 from realtime_support import PUBLIC, V2, Raw
 
-from hitl_relay.devstack.server import Devstack
+from hitl_devstack.server import Devstack
 
 OpenRaw = Callable[..., Awaitable[Raw]]
 StackWith = Callable[..., Awaitable[Devstack]]

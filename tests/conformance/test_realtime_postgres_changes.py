@@ -45,7 +45,7 @@ from realtime_support import (
 )
 from waiting import wait_until
 
-from hitl_relay.devstack.server import Devstack
+from hitl_devstack.server import Devstack
 
 SUBSCRIBED = {
     "channel": "",

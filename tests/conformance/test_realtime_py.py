@@ -31,7 +31,7 @@ from realtime_support import (
 )
 from supabase import acreate_client
 
-from hitl_relay.devstack.server import Devstack
+from hitl_devstack.server import Devstack
 
 SUBSCRIBED = RealtimeSubscribeStates.SUBSCRIBED
 CHANNEL_ERROR = RealtimeSubscribeStates.CHANNEL_ERROR

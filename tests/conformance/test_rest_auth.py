@@ -15,9 +15,9 @@ from rest_support import SUPABASE_TIMEOUT_WARNING, case_input
 from supabase import AsyncClient, acreate_client
 from supabase_auth.errors import AuthApiError
 
-from hitl_relay.devstack.auth import LocalUser
-from hitl_relay.devstack.keys import make_keys
-from hitl_relay.devstack.server import Devstack
+from hitl_devstack.context import LocalUser
+from hitl_devstack.keys import make_keys
+from hitl_devstack.server import Devstack
 
 pytestmark = pytest.mark.filterwarnings(SUPABASE_TIMEOUT_WARNING)
 

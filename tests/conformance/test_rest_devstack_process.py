@@ -1,4 +1,4 @@
-"""`python -m hitl_relay.devstack` as a newcomer runs it: from a bare HITL_HOME to a ready line.
+"""`python -m hitl_devstack` as a newcomer runs it: from a bare HITL_HOME to a ready line.
 
 The process gets its own HITL_HOME (a fresh cluster on a free port, destroyed afterwards) and
 a free API port, so it never touches 54321/54322 or the test cluster.
@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hitl_relay.devstack.cluster import Cluster, free_port
+from hitl_devstack.cluster import Cluster, free_port
 
 READY_TIMEOUT_S = 60.0
 ENV_KEYS = {
@@ -51,7 +51,7 @@ async def start(home: Path, port: int, db_port: int) -> asyncio.subprocess.Proce
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "hitl_relay.devstack",
+        "hitl_devstack",
         "--port",
         str(port),
         "--db-port",

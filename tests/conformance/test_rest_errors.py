@@ -19,8 +19,8 @@ import pytest
 from postgrest.exceptions import APIError
 from rest_support import SUPABASE_TIMEOUT_WARNING, Clients, case_input
 
-from hitl_relay.devstack import rest
-from hitl_relay.devstack.server import Devstack
+from hitl_devstack import rest
+from hitl_devstack.server import Devstack
 
 pytestmark = pytest.mark.filterwarnings(SUPABASE_TIMEOUT_WARNING)
 
@@ -226,7 +226,7 @@ async def test_unexpected_failure_is_a_generic_500_and_a_logged_traceback(
         raise RuntimeError("internal detail that must not leak")
 
     monkeypatch.setattr(rest, "select_list", broken)
-    with caplog.at_level(logging.ERROR, logger="hitl_relay.devstack.rest"):
+    with caplog.at_level(logging.ERROR, logger="hitl_devstack.rest"):
         r = await http.get("/cases?select=id")
 
     assert r.status_code == 500

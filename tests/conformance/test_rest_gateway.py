@@ -26,13 +26,13 @@ from supabase import acreate_client
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from hitl_relay.devstack.keys import (
+from hitl_devstack.keys import (
     PROJECT_REF,
     make_keys,
     opaque_key,
     opaque_key_is_well_formed,
 )
-from hitl_relay.devstack.server import Devstack
+from hitl_devstack.server import Devstack
 
 pytestmark = pytest.mark.filterwarnings(SUPABASE_TIMEOUT_WARNING)
 

@@ -15,7 +15,7 @@ import pytest
 from postgrest.exceptions import APIError
 from rest_support import SUPABASE_TIMEOUT_WARNING, Clients, case_input
 
-from hitl_relay.devstack.server import Devstack
+from hitl_devstack.server import Devstack
 
 pytestmark = pytest.mark.filterwarnings(SUPABASE_TIMEOUT_WARNING)
 

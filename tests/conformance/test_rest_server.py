@@ -11,8 +11,8 @@ import time
 import httpx
 import pytest
 
-from hitl_relay.devstack.keys import make_keys
-from hitl_relay.devstack.server import Devstack, DevstackError
+from hitl_devstack.keys import make_keys
+from hitl_devstack.server import Devstack, DevstackError
 
 
 async def test_port_zero_binds_a_free_port_and_serves_until_stopped(db_url: str) -> None:

@@ -28,8 +28,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from hitl_relay.devstack.auth import LocalUser
-from hitl_relay.devstack.server import Devstack
+from hitl_devstack.context import LocalUser
+from hitl_devstack.server import Devstack
 
 pytestmark = pytest.mark.node
 

@@ -14,10 +14,10 @@ from devstack_clients import Operator
 from fault_proxy import FaultProxy
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
+from hitl_devstack.server import Devstack
 from hitl_relay.adapters.supabase import RealtimeTuning, SupabaseCaseStore, build_platform
 from hitl_relay.adapters.supabase_store import INSTANCE_HEADER
 from hitl_relay.config import load_settings
-from hitl_relay.devstack.server import Devstack
 from hitl_relay.ports import MessageKind, SenderType
 
 TUNING = RealtimeTuning(

@@ -1,4 +1,4 @@
-"""The local Postgres helper (`hitl_relay.devstack.cluster`): create, start, reuse, stop, and clear
+"""The local Postgres helper (`hitl_devstack.cluster`): create, start, reuse, stop, and clear
 errors for a taken port or missing binaries. Uses its own data directory under tmp_path."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from hitl_relay.devstack import cluster as cluster_module
-from hitl_relay.devstack.cluster import Cluster, ClusterError, free_port
+from hitl_devstack import cluster as cluster_module
+from hitl_devstack.cluster import Cluster, ClusterError, free_port
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """The migrations on a hosted-shaped database: applied by the non-superuser `postgres`, one
-transaction per file, as `supabase db push` applies them (hitl_relay/devstack/README.md,
+transaction per file, as `supabase db push` applies them (hitl_devstack/README.md,
 "Hosted behaviour: database").
 
 - After every single file, no table of ours is readable or writable by `anon` or by a signed-in
@@ -22,9 +22,9 @@ import asyncpg
 import pytest
 from typer.testing import CliRunner, Result
 
+from hitl_devstack.cluster import Cluster
 from hitl_relay import migrate
 from hitl_relay.cli import app
-from hitl_relay.devstack.cluster import Cluster
 
 API_ROLES = ("anon", "authenticated")
 # A signed-in user who is not an operator (no app_metadata.hitl_role), and nobody at all.

@@ -10,8 +10,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from hitl_devstack.cluster import Cluster, free_port
 from hitl_relay import migrate
-from hitl_relay.devstack.cluster import Cluster, free_port
 
 ALL_VERSIONS = [m.version for m in migrate.migrations()]
 

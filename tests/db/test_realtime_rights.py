@@ -15,7 +15,7 @@ import httpx
 from devstack_clients import Operator
 from realtime import RealtimeSubscribeStates
 
-from hitl_relay.devstack.server import Devstack
+from hitl_devstack.server import Devstack
 
 
 async def rest_broadcast(stack: Devstack, token: str, topic: str, payload: dict[str, Any]) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from waiting import wait_until
 
-from hitl_relay.devstack.cluster import Cluster
+from hitl_devstack.cluster import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from hitl_relay.devstack.cluster import Cluster, free_port
-from hitl_relay.devstack.dev import Child, python, read_env_file, spawn, wait_http_ok
-from hitl_relay.devstack.keys import make_keys
-from hitl_relay.devstack.operator_sim import SimulatedOperator
+from hitl_devstack.cluster import Cluster, free_port
+from hitl_devstack.dev import Child, python, spawn, wait_http_ok
+from hitl_devstack.envfile import read_env_file
+from hitl_devstack.keys import make_keys
+from hitl_devstack.operator_sim import SimulatedOperator
 
 API_KEY = "e2e-key-" + uuid.uuid4().hex
 
@@ -48,7 +49,7 @@ class DevstackProcess:
             "HITL_REALTIME_CONNECT_ERROR_BACKOFF_S": "0.05",
         }
         self.child = await spawn(
-            "devstack", [python(), "-m", "hitl_relay.devstack"], env, self.home / "devstack.out"
+            "devstack", [python(), "-m", "hitl_devstack"], env, self.home / "devstack.out"
         )
         await self.child.wait_for_line("devstack ready", timeout_s=60)
 

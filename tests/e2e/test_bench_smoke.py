@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from hitl_relay.devstack.cluster import Cluster, free_port
+from hitl_devstack.cluster import Cluster, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

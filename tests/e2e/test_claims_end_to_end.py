@@ -15,7 +15,7 @@ import pytest
 from conftest import API_KEY, Stack
 from postgrest.exceptions import APIError
 
-from hitl_relay.devstack.operator_sim import SimulatedOperator
+from hitl_devstack.operator_sim import SimulatedOperator
 from hitl_relay.mcp_client import connect
 
 OPERATORS = 20

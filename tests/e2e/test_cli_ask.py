@@ -15,7 +15,7 @@ import asyncpg
 from conftest import API_KEY, Stack
 from waiting import wait_until
 
-from hitl_relay.devstack.operator_sim import SimulatedOperator
+from hitl_devstack.operator_sim import SimulatedOperator
 
 HITL_RELAY = str(Path(sys.executable).parent / "hitl-relay")
 

@@ -26,8 +26,8 @@ import pytest
 from conftest import API_KEY, DevstackProcess, Stack
 from waiting import wait_until
 
-from hitl_relay.devstack.cluster import free_port
-from hitl_relay.devstack.dev import wait_http_ok
+from hitl_devstack.cluster import free_port
+from hitl_devstack.dev import wait_http_ok
 from hitl_relay.mcp_client import ask_human
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -209,16 +209,25 @@ async def test_stopping_the_container_drains_the_waiting_calls(
     assert {r["case_id"] for r in results} == cases
 
 
-def test_the_image_has_no_build_tool_or_cache_and_has_the_pre_stop_sleep(image: str) -> None:
+def test_the_image_has_no_build_tool_cache_or_devstack_and_has_the_pre_stop_sleep(
+    image: str,
+) -> None:
     probe = (
-        "import json, os, shutil\n"
+        "import importlib.util, json, os, shutil\n"
         "tools = [t for t in ('gcc', 'cc', 'c++', 'make', 'uv') if shutil.which(t)]\n"
         "caches = [p for p in ('/root/.cache', '/opt/uv', '/src', '/app/.venv/bin/uv')"
         " if os.path.exists(p)]\n"
         "pre_stop = shutil.which('sleep') is not None\n"
+        "devstack = importlib.util.find_spec('hitl_devstack') is not None\n"
         "print(json.dumps({'tools': tools, 'caches': caches, 'uid': os.getuid(),"
-        " 'pre_stop': pre_stop}))\n"
+        " 'pre_stop': pre_stop, 'devstack': devstack}))\n"
     )
     found = json.loads(podman("run", "--rm", "--entrypoint", "python3", image, "-c", probe))
-    # the Kubernetes preStop hook runs `sleep` in the image
-    assert found == {"tools": [], "caches": [], "uid": 10001, "pre_stop": True}
+    # the Kubernetes preStop hook runs `sleep` in the image; the image ships the product only
+    assert found == {
+        "tools": [],
+        "caches": [],
+        "uid": 10001,
+        "pre_stop": True,
+        "devstack": False,
+    }

@@ -20,8 +20,8 @@ import httpx
 import pytest
 from waiting import wait_until
 
-from hitl_relay.devstack.cluster import Cluster, free_port
-from hitl_relay.devstack.dev import read_env_file
+from hitl_devstack.cluster import Cluster, free_port
+from hitl_devstack.envfile import read_env_file
 
 ROOT = Path(__file__).resolve().parents[2]
 

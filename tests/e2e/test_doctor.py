@@ -13,9 +13,9 @@ from pathlib import Path
 
 import asyncpg
 
-from hitl_relay.devstack.cluster import free_port
-from hitl_relay.devstack.keys import make_keys
-from hitl_relay.devstack.server import Devstack
+from hitl_devstack.cluster import free_port
+from hitl_devstack.keys import make_keys
+from hitl_devstack.server import Devstack
 from hitl_relay.readiness import EXPECTED_SCHEMA_VERSION
 from hitl_relay.security import generate_key
 

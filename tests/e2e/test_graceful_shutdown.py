@@ -11,7 +11,7 @@ import uuid
 import asyncpg
 from conftest import API_KEY, DevstackProcess, Stack, relay_child, relay_process
 
-from hitl_relay.devstack.operator_sim import SimulatedOperator
+from hitl_devstack.operator_sim import SimulatedOperator
 from hitl_relay.mcp_client import ask_human, connect
 
 CALLS = 20

@@ -24,7 +24,7 @@ import httpx
 import pytest
 from conftest import API_KEY, DevstackProcess, Stack, relay_child, relay_process
 
-from hitl_relay.devstack.operator_sim import SimulatedOperator
+from hitl_devstack.operator_sim import SimulatedOperator
 
 pytestmark = pytest.mark.node
 

@@ -32,7 +32,7 @@ from tasks_extension_client import (
 )
 from waiting import wait_until
 
-from hitl_relay.devstack.operator_sim import SimulatedOperator
+from hitl_devstack.operator_sim import SimulatedOperator
 
 MODERN = "2026-07-28"
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 
+from hitl_devstack.server import Devstack
 from hitl_relay.config import Settings
-from hitl_relay.devstack.server import Devstack
 from hitl_relay.http_app import create_app, running
 from hitl_relay.mcp_client import connect
 from hitl_relay.security import generate_key

@@ -28,8 +28,8 @@ from fault_stack import sessions_by_call
 from inprocess_relay import ask, relay_on
 from waiting import wait_until
 
-from hitl_relay.devstack.cluster import Cluster
-from hitl_relay.devstack.server import Devstack
+from hitl_devstack.cluster import Cluster
+from hitl_devstack.server import Devstack
 
 CALL_TIMEOUT_S = 150  # the call's own deadline: far beyond the next cron minute
 

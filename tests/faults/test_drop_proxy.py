@@ -32,8 +32,8 @@ from fault_stack import (
     relay_child,
 )
 
-from hitl_relay.devstack.dev import python, spawn
-from hitl_relay.devstack.operator_sim import SimulatedOperator
+from hitl_devstack.dev import python, spawn
+from hitl_devstack.operator_sim import SimulatedOperator
 from hitl_relay.mcp_client import connect
 
 PROXY = Path(__file__).resolve().parents[1] / "fault_proxy.py"

@@ -25,8 +25,8 @@ import asyncpg
 import pytest
 from fault_stack import API_KEY, e2e, relay_child
 
-from hitl_relay.devstack.cluster import Cluster, free_port
-from hitl_relay.devstack.dev import python, spawn
+from hitl_devstack.cluster import Cluster, free_port
+from hitl_devstack.dev import python, spawn
 from hitl_relay.mcp_client import connect
 
 CALLS = 300
@@ -50,7 +50,7 @@ class FreeDevstack(e2e.DevstackProcess):  # type: ignore[misc, name-defined]
             if name.startswith("HITL_REALTIME_"):
                 del env[name]  # the profile's numbers and Supabase's backoffs, nothing else
         self.child = await spawn(
-            "devstack", [python(), "-m", "hitl_relay.devstack"], env, self.home / "devstack.out"
+            "devstack", [python(), "-m", "hitl_devstack"], env, self.home / "devstack.out"
         )
         await self.child.wait_for_line("devstack ready", timeout_s=60)
 

@@ -26,11 +26,11 @@ from inprocess_relay import readyz as readyz_of
 from inprocess_relay import relay_on
 from waiting import wait_until
 
+from hitl_devstack.cluster import Cluster, free_port
+from hitl_devstack.keys import make_keys
+from hitl_devstack.realtime import RealtimeLimits
+from hitl_devstack.server import Devstack
 from hitl_relay import migrate
-from hitl_relay.devstack.cluster import Cluster, free_port
-from hitl_relay.devstack.keys import make_keys
-from hitl_relay.devstack.realtime import RealtimeLimits
-from hitl_relay.devstack.server import Devstack
 
 ROOT = Path(__file__).resolve().parents[2]
 FALLBACK_BOUND_S = 1.0  # issue 7: platform_unreachable within about a second

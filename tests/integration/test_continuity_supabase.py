@@ -16,9 +16,9 @@ from uuid import UUID, uuid4
 import asyncpg
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
+from hitl_devstack.server import Devstack
 from hitl_relay.adapters.supabase import supabase_backend
 from hitl_relay.config import load_settings
-from hitl_relay.devstack.server import Devstack
 from hitl_relay.models import AskHumanRequest, AskResult
 from hitl_relay.relay import Relay
 

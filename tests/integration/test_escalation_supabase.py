@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import asyncpg
 from integration_support import open_request, platform_on
 
+from hitl_devstack.server import Devstack
 from hitl_relay.clock import SystemClock
-from hitl_relay.devstack.server import Devstack
 from hitl_relay.errors import DeliveryFailed
 from hitl_relay.escalation import Escalator
 from hitl_relay.ports import Notification

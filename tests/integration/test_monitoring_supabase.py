@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import asyncpg
 from integration_support import platform_on
 
+from hitl_devstack.server import Devstack
 from hitl_relay import metrics
-from hitl_relay.devstack.server import Devstack
 from hitl_relay.monitoring import Monitor
 from hitl_relay.ports import JobHealth
 

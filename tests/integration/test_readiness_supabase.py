@@ -10,8 +10,8 @@ import asyncpg
 import httpx
 from waiting import wait_until
 
+from hitl_devstack.server import Devstack
 from hitl_relay.config import Settings
-from hitl_relay.devstack.server import Devstack
 from hitl_relay.http_app import create_app, running
 from hitl_relay.readiness import EXPECTED_SCHEMA_VERSION
 

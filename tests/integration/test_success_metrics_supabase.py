@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 from integration_support import platform_on
 
+from hitl_devstack.server import Devstack
 from hitl_relay import metrics
 from hitl_relay.clock import FakeClock
-from hitl_relay.devstack.server import Devstack
 from hitl_relay.success import SuccessRefresher
 
 END = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)

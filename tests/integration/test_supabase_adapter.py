@@ -26,10 +26,10 @@ from integration_support import (
     wait_presence,
 )
 
+from hitl_devstack.cluster import free_port
+from hitl_devstack.server import Devstack
 from hitl_relay.adapters.supabase import SupabaseSubscription, build_platform
 from hitl_relay.adapters.supabase_channel import SocketPool
-from hitl_relay.devstack.cluster import free_port
-from hitl_relay.devstack.server import Devstack
 from hitl_relay.errors import InvalidRequest, NotFound, PlatformUnavailable
 from hitl_relay.ports import ContinueCase, HumanMessage, Reconnected, SessionEvent
 from hitl_relay.relay import Relay

@@ -1,22 +1,31 @@
 """The Supabase adapter's pure parts, without a platform: error translation, broadcast parsing,
-how a refused join is told from a dropped socket, and the reconnect backoff's bounds."""
+how a refused join is told from a dropped socket, the reconnect backoff's bounds, and the event
+key's reading (retried until the platform answers)."""
 
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
+from typing import Any
 
+import httpx
 import pytest
+import stamina
 import websockets
 from postgrest.exceptions import APIError
 
+from hitl_relay.adapters.signed_events import EventKey
+from hitl_relay.adapters.supabase import load_event_key
 from hitl_relay.adapters.supabase_channel import (
     RealtimeTuning,
     parse_message,
     parse_session,
     refusal_reason,
 )
-from hitl_relay.adapters.supabase_store import ShapeError, api_error, parse_opened
+from hitl_relay.adapters.supabase_store import ShapeError, api_error, parse_answer, parse_opened
+from hitl_relay.adapters.supabase_tasks import parse_task
 from hitl_relay.errors import InvalidRequest, NotFound, PlatformUnavailable
+from hitl_relay.ports import Answer
 
 
 def test_a_raised_rule_becomes_invalid_request_naming_field_and_rule() -> None:
@@ -60,7 +69,7 @@ def test_every_other_platform_error_is_platform_unavailable_with_its_code(
 
 
 def test_a_reply_without_the_contracts_shape_is_refused() -> None:
-    with pytest.raises(ShapeError, match="missing key 'session_id'"):
+    with pytest.raises(ShapeError, match="session_id: Field required"):
         parse_opened(
             {
                 "case_id": str(uuid.uuid4()),
@@ -69,7 +78,7 @@ def test_a_reply_without_the_contracts_shape_is_refused() -> None:
                 "status": "waiting",
             }
         )
-    with pytest.raises(ShapeError, match="unknown session status"):
+    with pytest.raises(ShapeError, match="status: Input should be 'waiting'"):
         parse_opened(
             {
                 "case_id": str(uuid.uuid4()),
@@ -97,9 +106,9 @@ def test_a_message_broadcast_is_parsed_and_is_answer_must_be_literally_true() ->
     assert (message.message_id, message.case_id, message.content) == (message_id, case_id, "Yes")
     assert message.is_answer is False
     assert parse_message({**payload, "is_answer": True}).is_answer is True
-    with pytest.raises(ShapeError, match="unknown sender_type"):
+    with pytest.raises(ShapeError, match="sender_type: Input should be"):
         parse_message({**payload, "sender_type": "robot"})
-    with pytest.raises(ShapeError, match="time zone"):
+    with pytest.raises(ShapeError, match=r"created_at: .*time zone"):
         parse_message({**payload, "created_at": "2026-11-25T08:00:00"})
 
 
@@ -133,3 +142,96 @@ def test_reconnect_delays_double_to_the_cap_and_stay_in_their_upper_half() -> No
         delays = [tuning.reconnect_delay(attempt) for _ in range(200)]
         assert all(ceiling / 2 <= d <= ceiling for d in delays), attempt
         assert len(set(delays)) > 1  # jittered
+
+
+class EventKeyRpc:
+    """A supabase client whose `rpc("hitl_event_key")` gives each outcome in turn."""
+
+    def __init__(self, *outcomes: object) -> None:
+        self.outcomes = list(outcomes)
+        self.calls = 0
+
+    def rpc(self, name: str, params: dict[str, Any]) -> EventKeyRpc:
+        assert (name, params) == ("hitl_event_key", {})
+        return self
+
+    async def execute(self) -> SimpleNamespace:
+        self.calls += 1
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return SimpleNamespace(data=outcome)
+
+
+async def test_the_event_key_is_read_again_until_the_platform_answers() -> None:
+    unavailable = APIError({"code": "PGRST002", "message": "schema cache", "hint": None})
+    client = EventKeyRpc(httpx.ConnectError("refused"), unavailable, "ab" * 32)
+    key = EventKey()
+    with stamina.set_testing(True, attempts=3):  # no waits; a fourth attempt would fail
+        await load_event_key(client, key, timeout_s=1.0)  # type: ignore[arg-type]
+    assert (key.key, client.calls) == (bytes.fromhex("ab" * 32), 3)
+
+
+async def test_a_schema_without_the_event_key_function_is_not_asked_again() -> None:
+    missing = APIError({"code": "PGRST202", "message": "function not found", "hint": None})
+    client = EventKeyRpc(missing)
+    key = EventKey()
+    await load_event_key(client, key, timeout_s=1.0)  # type: ignore[arg-type]
+    assert (key.key, client.calls) == (None, 1)
+
+
+def test_an_answer_reply_names_its_wrong_field_and_defaults_its_optional_ones() -> None:
+    reply = {
+        "message_id": str(uuid.uuid4()),
+        "case_id": str(uuid.uuid4()),
+        "content": None,
+        "created_at": "2026-11-25T08:00:00Z",
+        "option": "Tuesday",  # without an option_index: no option was chosen
+    }
+    answer = parse_answer(reply)
+    assert (answer.content, answer.kind, answer.option_index, answer.option) == (
+        "",
+        "answer",
+        None,
+        None,
+    )
+    chosen = parse_answer({**reply, "option_index": 1})
+    assert (chosen.option_index, chosen.option) == (1, "Tuesday")
+    with pytest.raises(ShapeError, match="option_index: Input should be greater than or equal"):
+        parse_answer({**reply, "option_index": -1})
+    with pytest.raises(ShapeError, match="option_index: Input should be a valid integer"):
+        parse_answer({**reply, "option_index": True})
+    with pytest.raises(ShapeError, match="message_id: Input should be a valid UUID"):
+        parse_answer({**reply, "message_id": "not-a-uuid"})
+
+
+def test_a_task_row_is_parsed_and_a_wrong_one_names_its_field() -> None:
+    case_id, answer_id = uuid.uuid4(), uuid.uuid4()
+    at = "2026-11-25T08:00:00+00:00"
+    row = {
+        "id": "task-1",
+        "case_id": str(case_id),
+        "tool": "ask_human",
+        "call": None,
+        "era": "2025-11-25",
+        "status": "working",
+        "created_at": at,
+        "last_updated_at": at,
+        "deadline_at": at,
+        "ttl_ms": 60000,
+        "poll_interval_ms": 1000,
+        "now": at,
+        "reply": {
+            "answer": {"message_id": str(answer_id), "case_id": str(case_id), "created_at": at},
+            "clarification": None,
+        },
+    }
+    task = parse_task(row)
+    assert (task.call, task.status, task.ttl_ms) == ({}, "working", 60000)
+    assert isinstance(task.reply, Answer)
+    assert task.reply.message_id == answer_id
+    assert parse_task({**row, "reply": None}).reply is None
+    with pytest.raises(ShapeError, match="status: Input should be"):
+        parse_task({**row, "status": "sleeping"})
+    with pytest.raises(ShapeError, match="now: Field required"):
+        parse_task({k: v for k, v in row.items() if k != "now"})

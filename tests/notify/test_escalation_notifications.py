@@ -31,12 +31,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from waiting import wait_until
 
+from hitl_devstack.cluster import free_port
 from hitl_relay.adapters.memory import MemoryPlatform
 from hitl_relay.adapters.notify import EmailNotifier, WebhookNotifier
 from hitl_relay.callbacks import SIGNATURE_HEADER, verify_callback_signature
 from hitl_relay.clock import SystemClock
 from hitl_relay.config import Settings
-from hitl_relay.devstack.cluster import free_port
 from hitl_relay.escalation import Escalator
 from hitl_relay.models import AskHumanRequest
 from hitl_relay.relay import Relay

@@ -21,13 +21,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from test_security_on_devstack import Broadcasts, answer, relay_on
 
+from hitl_devstack.server import Devstack
 from hitl_relay.callbacks import (
     SIGNATURE_HEADER,
     CallbackSender,
     CallbackWorker,
     verify_callback_signature,
 )
-from hitl_relay.devstack.server import Devstack
 from hitl_relay.http_app import running
 from hitl_relay.retell import PATH
 

@@ -125,7 +125,7 @@ async def test_retries_stop_within_the_time_budget(receiver: Receiver) -> None:
 
 
 async def test_an_unreachable_receiver_is_retried_then_reported_failed() -> None:
-    from hitl_relay.devstack.cluster import free_port
+    from hitl_devstack.cluster import free_port
 
     delivery = await local_sender(budget_s=0.3, max_attempts=3).deliver(
         f"http://127.0.0.1:{free_port()}/hook", SECRET, {"event": "answer"}

@@ -25,11 +25,11 @@ import pytest
 from devstack_clients import Operator
 from realtime import RealtimeChannelOptions, RealtimeSubscribeStates
 
+from hitl_devstack.server import Devstack
 from hitl_relay.adapters.memory import MemoryPlatform
 from hitl_relay.adapters.supabase import supabase_backend
 from hitl_relay.clock import FakeClock
 from hitl_relay.config import Settings, load_settings
-from hitl_relay.devstack.server import Devstack
 from hitl_relay.models import AskHumanRequest
 from hitl_relay.ports import Answer, Clarification, SessionEvent
 from hitl_relay.relay import Relay

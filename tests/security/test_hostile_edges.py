@@ -30,10 +30,10 @@ from security_support import (
     retell_body,
 )
 
+from hitl_devstack.cluster import Cluster
 from hitl_relay.adapters.memory import MemoryPlatform
 from hitl_relay.callbacks import vet_callback_url
 from hitl_relay.config import Settings
-from hitl_relay.devstack.cluster import Cluster
 from hitl_relay.errors import InvalidRequest
 from hitl_relay.http_app import create_app, running
 from hitl_relay.models import parse_ask_request

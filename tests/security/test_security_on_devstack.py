@@ -17,8 +17,8 @@ import httpx
 import pytest
 from security_support import KEY_A, RETELL_KEY, RetellSigner, bearer, make_settings, retell_body
 
+from hitl_devstack.server import Devstack
 from hitl_relay.config import Settings
-from hitl_relay.devstack.server import Devstack
 from hitl_relay.http_app import create_app, running
 from hitl_relay.retell import PATH
 from hitl_relay.security import PostgresRateLimiter, Rule, SecurityLayer

@@ -162,7 +162,7 @@ def test_stdlib_logging_of_the_libraries_lands_in_the_sink(restore_logging: None
     stream = configured(restore_logging, log_json=True)
     logging.getLogger("uvicorn.error").warning("port %d is busy", 8080)
     logging.getLogger("httpx").info("HTTP Request: GET /rest/v1/cases 200")  # below WARNING
-    logging.getLogger("hitl_relay.devstack").info("devstack ready")  # own: at the setting
+    logging.getLogger("hitl_devstack").info("devstack ready")  # own: at the setting
     try:
         raise RuntimeError("socket closed")
     except RuntimeError:
@@ -175,7 +175,7 @@ def test_stdlib_logging_of_the_libraries_lands_in_the_sink(restore_logging: None
         ("ERROR", "handler crashed"),
     ]
     assert "RuntimeError: socket closed" in lines[2]["exception"]
-    assert [x["logger"] for x in lines] == ["uvicorn.error", "hitl_relay.devstack", "mcp.server"]
+    assert [x["logger"] for x in lines] == ["uvicorn.error", "hitl_devstack", "mcp.server"]
 
 
 def test_secrets_never_appear_in_a_log_line(restore_logging: None) -> None:

@@ -23,19 +23,20 @@ from hitl_relay import metrics
 from hitl_relay.models import Status
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGE = ROOT / "hitl_relay"
+# The product and the devstack (its messages meet whoever runs scripts/dev or the tests).
+PACKAGES = (ROOT / "hitl_relay", ROOT / "hitl_devstack")
 DOC = ROOT / "docs" / "troubleshooting.md"
 
 # Emulations of Supabase's own services (their messages are Supabase's, documented there) and
 # the in-memory test twin (it mirrors the SQL rules, which are checked from the migrations).
 EXCLUDED = (
-    "adapters/memory.py",
-    "devstack/rest.py",
-    "devstack/auth.py",
-    "devstack/keys.py",
-    "devstack/realtime/",
-    "devstack/operator_sim.py",
-    "devstack/pgtap.py",
+    "hitl_relay/adapters/memory.py",
+    "hitl_devstack/rest.py",
+    "hitl_devstack/auth.py",
+    "hitl_devstack/keys.py",
+    "hitl_devstack/realtime/",
+    "hitl_devstack/operator_sim.py",
+    "hitl_devstack/pgtap.py",
 )
 # Calls whose string arguments are messages someone reads.
 MESSAGE_CALLS = {
@@ -107,16 +108,18 @@ def is_loguru_or_log(node: ast.Call) -> bool:
 
 def python_messages() -> Iterator[tuple[str, str]]:
     """(where, literal text) for every message in the package."""
-    for path in sorted(PACKAGE.rglob("*.py")):
-        rel = path.relative_to(PACKAGE).as_posix()
-        if rel.startswith(EXCLUDED):
+    files = [(package, path) for package in PACKAGES for path in sorted(package.rglob("*.py"))]
+    for package, path in files:
+        rel = path.relative_to(package).as_posix()  # as the file lists above name it
+        where_in_repo = path.relative_to(ROOT).as_posix()
+        if where_in_repo.startswith(EXCLUDED):
             continue
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if not isinstance(node, ast.Call):
                 continue
             name = call_name(node)
-            where = f"hitl_relay/{rel}:{node.lineno}"
+            where = f"{where_in_repo}:{node.lineno}"
             args: list[ast.expr] = list(node.args)
             if name == "InvalidRequest" and len(args) == 2:
                 field, rule = args

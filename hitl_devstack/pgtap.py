@@ -24,10 +24,10 @@ from pathlib import Path
 
 import asyncpg
 
+from hitl_devstack.cluster import Cluster
 from hitl_relay import migrate
-from hitl_relay.devstack.cluster import Cluster
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "supabase" / "tests"
 
 

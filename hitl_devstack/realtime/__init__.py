@@ -20,7 +20,7 @@ the supabase/realtime server sources module by module:
 Not supported (see the devstack README): binary kinds other than 3 from clients.
 """
 
-from hitl_relay.devstack.realtime.limits import RealtimeLimits
-from hitl_relay.devstack.realtime.service import NOTIFY_CHANNEL, RealtimeService
+from hitl_devstack.realtime.limits import RealtimeLimits
+from hitl_devstack.realtime.service import NOTIFY_CHANNEL, RealtimeService
 
 __all__ = ["NOTIFY_CHANNEL", "RealtimeLimits", "RealtimeService"]

@@ -16,60 +16,20 @@ import json
 import secrets
 import time
 import uuid
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from hitl_relay.devstack.keys import OPERATOR_ROLE_CLAIM, TokenError
+from hitl_devstack.context import LocalUser, iso_utc
+from hitl_devstack.keys import TokenError
 
 if TYPE_CHECKING:
-    from hitl_relay.devstack.server import DevstackContext
+    from hitl_devstack.context import DevstackContext
 
 API_VERSION = "2024-01-01"
 ACCESS_TOKEN_TTL_S = 3600  # GoTrue's default jwt_expiry
-
-
-@dataclass(frozen=True)
-class LocalUser:
-    """A user the devstack can sign in; `operator` sets `app_metadata.hitl_role`."""
-
-    email: str
-    password: str
-    id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    operator: bool = True
-    created_at: str = field(default_factory=lambda: _iso(time.time()))
-
-    def app_metadata(self) -> dict[str, Any]:
-        meta: dict[str, Any] = {"provider": "email", "providers": ["email"]}
-        if self.operator:
-            meta[OPERATOR_ROLE_CLAIM] = "operator"
-        return meta
-
-    def as_json(self, signed_in_at: str | None = None) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "aud": "authenticated",
-            "role": "authenticated",
-            "email": self.email,
-            "email_confirmed_at": self.created_at,
-            "phone": "",
-            "confirmed_at": self.created_at,
-            "last_sign_in_at": signed_in_at or self.created_at,
-            "app_metadata": self.app_metadata(),
-            "user_metadata": {},
-            "identities": [],
-            "created_at": self.created_at,
-            "updated_at": signed_in_at or self.created_at,
-            "is_anonymous": False,
-        }
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _error(status: int, code: str, message: str) -> Response:
@@ -197,7 +157,7 @@ class AuthApi:
             "expires_in": ACCESS_TOKEN_TTL_S,
             "expires_at": expires_at,
             "refresh_token": refresh_token,
-            "user": user.as_json(_iso(now)),
+            "user": user.as_json(iso_utc(now)),
         }
 
 

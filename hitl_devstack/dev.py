@@ -32,38 +32,16 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from hitl_devstack.envfile import read_env_file, write_env_file
+
 if TYPE_CHECKING:
-    from hitl_relay.devstack.operator_sim import SimulatedOperator
+    from hitl_devstack.operator_sim import SimulatedOperator
 
 READY_TIMEOUT_S = 90.0
 
 
 class DevError(RuntimeError):
     """Something the demo needs did not come up; the message says what and where the log is."""
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    values: dict[str, str] = {}
-    if not path.exists():
-        return values
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        values[key.strip()] = value.strip().strip('"').strip("'")
-    return values
-
-
-def write_env_file(path: Path, values: dict[str, str]) -> None:
-    """KEY=value lines, mode 0600, replaced atomically: a reader waiting for the file never
-    sees it half written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.writelines(f"{k}={v}\n" for k, v in values.items())
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -214,7 +192,7 @@ async def start_stack(
 ) -> DevStack:
     """Start (or reuse) the devstack, then start a relay on it; write .hitl/relay.env once the
     relay answers."""
-    from hitl_relay.devstack.cluster import _port_is_free, free_port
+    from hitl_devstack.cluster import _port_is_free, free_port
 
     base_env = {**os.environ, "HITL_HOME": str(home)}
     relay_env_path = home / "relay.env"
@@ -223,7 +201,7 @@ async def start_stack(
     env = read_env_file(home / "devstack.env")
     reused = await _devstack_alive(env)
     if not reused:
-        argv = [python(), "-m", "hitl_relay.devstack"] + (["--keep-db"] if keep_db else [])
+        argv = [python(), "-m", "hitl_devstack"] + (["--keep-db"] if keep_db else [])
         devstack = await children.spawn("devstack", argv, base_env, home / "devstack.log")
         await devstack.wait_for_line("devstack ready")
         env = read_env_file(home / "devstack.env")
@@ -253,7 +231,7 @@ async def start_stack(
 def local_operator(env: dict[str, str]) -> SimulatedOperator:
     """The local operator (the devstack's operator@hitl.local), through the same clients and
     presence payload as the console (`{operator_id, status: 'available'}` under its user id)."""
-    from hitl_relay.devstack.operator_sim import SimulatedOperator
+    from hitl_devstack.operator_sim import SimulatedOperator
 
     return SimulatedOperator(
         env["SUPABASE_URL"],

@@ -18,23 +18,41 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from hitl_relay.devstack.keys import TokenError
-from hitl_relay.devstack.realtime.authorization import (
+from hitl_devstack.keys import TokenError
+from hitl_devstack.realtime.authorization import (
     AuthContext,
     DatabaseUnavailable,
     Policies,
     RlsPolicyError,
     write_policies,
 )
-from hitl_relay.devstack.realtime.serializer import dumps
+from hitl_devstack.realtime.serializer import dumps
 
 if TYPE_CHECKING:
-    from hitl_relay.devstack.realtime.service import RealtimeService
+    from hitl_devstack.realtime.limits import RateCounter, RealtimeLimits
+
+
+class BroadcastHost(Protocol):
+    """What the REST broadcast endpoints need of the Realtime service (`RealtimeService` is
+    one): its context (keys, pool), its limits and rate counter, and delivery to the sockets."""
+
+    ctx: Any
+    limits: RealtimeLimits
+    events: RateCounter
+
+    def deliver_broadcast(
+        self, subtopic: str, private: bool, event: str, payload: dict[str, Any], msg_id: Any
+    ) -> None: ...
+
+    def deliver_user_broadcast(
+        self, subtopic: str, private: bool, event: str, body: bytes, is_json: bool
+    ) -> None: ...
+
 
 PAYLOAD_TOO_LARGE = "Payload size exceeds tenant limit"
 BLANK = "can't be blank"
@@ -53,7 +71,7 @@ def _token(request: Request) -> str | None:
     return request.headers.get("apikey") or None
 
 
-def _claims(service: RealtimeService, request: Request) -> dict[str, Any] | None:
+def _claims(service: BroadcastHost, request: Request) -> dict[str, Any] | None:
     token = _token(request)
     if token is None:
         return None
@@ -65,7 +83,7 @@ def _claims(service: RealtimeService, request: Request) -> dict[str, Any] | None
 
 
 async def _can_write(
-    service: RealtimeService, request: Request, claims: dict[str, Any], topic: str
+    service: BroadcastHost, request: Request, claims: dict[str, Any], topic: str
 ) -> bool:
     """get_write_authorizations for this token on `topic` (raises RlsPolicyError /
     DatabaseUnavailable)."""
@@ -105,7 +123,7 @@ def _message_errors(m: Any, max_bytes: int) -> dict[str, list[str]]:
     return errors
 
 
-async def batch_broadcast(service: RealtimeService, request: Request) -> Response:
+async def batch_broadcast(service: BroadcastHost, request: Request) -> Response:
     claims = _claims(service, request)
     if claims is None:
         return _unauthorized()
@@ -159,7 +177,7 @@ def _content_kind(request: Request) -> str | None:
     return None
 
 
-async def single_broadcast(service: RealtimeService, request: Request) -> Response:
+async def single_broadcast(service: BroadcastHost, request: Request) -> Response:
     kind = _content_kind(request)
     if kind is None:
         return JSONResponse(

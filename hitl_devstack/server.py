@@ -1,19 +1,17 @@
 """The devstack's HTTP process: one Starlette app on uvicorn, embedded in the caller's event loop.
 
-It mounts the PostgREST subset at `/rest/v1`, the Realtime subset at `/realtime/v1` (when
-`hitl_relay.devstack.realtime` is present) and the Auth subset at `/auth/v1`, all sharing one
-asyncpg pool. `Devstack` is what tests, `hitl-relay devstack` and benchmarks start.
+It mounts the PostgREST subset at `/rest/v1`, the Realtime subset at `/realtime/v1` and the Auth
+subset at `/auth/v1`, all sharing one asyncpg pool (`DevstackContext`). `Devstack` is what
+tests, `hitl-relay devstack` and benchmarks start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
@@ -26,14 +24,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from hitl_relay.devstack.auth import LocalUser
-from hitl_relay.devstack.gateway import ApiGateway
-from hitl_relay.devstack.keys import LocalKeys
+from hitl_devstack.context import DevstackContext, LocalUser
+from hitl_devstack.gateway import ApiGateway
+from hitl_devstack.keys import LocalKeys
 
 if TYPE_CHECKING:
-    from hitl_relay.devstack.realtime import RealtimeLimits
+    from hitl_devstack.realtime import RealtimeLimits
 
-log = logging.getLogger("hitl_relay.devstack")
+log = logging.getLogger("hitl_devstack")
 
 POOL_MIN_SIZE = 1
 POOL_MAX_SIZE = 20
@@ -45,17 +43,6 @@ class DevstackError(RuntimeError):
     """The devstack could not start (port taken, database unreachable); the message says why."""
 
 
-@dataclass
-class DevstackContext:
-    """What every devstack service shares: the database pool, the keys, the limits."""
-
-    pool: asyncpg.Pool
-    keys: LocalKeys
-    db_url: str
-    limits: RealtimeLimits | None = None  # None: Supabase's defaults (or HITL_REALTIME_* env)
-    users: Sequence[LocalUser] = ()  # who may sign in through /auth/v1
-
-
 class _Service(Protocol):
     def routes(self) -> list[BaseRoute]: ...
     async def start(self) -> None: ...
@@ -63,11 +50,28 @@ class _Service(Protocol):
 
 
 class _EmbeddedServer(uvicorn.Server):
-    """uvicorn without its signal handlers: the embedding process owns SIGINT/SIGTERM."""
+    """uvicorn without its signal handlers (the embedding process owns SIGINT/SIGTERM), and with
+    `startup_over`: set once its start-up has run (`started` then says whether it listens)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.startup_over = asyncio.Event()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().startup(sockets=sockets)
+        finally:
+            self.startup_over.set()
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().serve(sockets=sockets)
+        finally:
+            self.startup_over.set()  # ended before its start-up (an error in uvicorn's set-up)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """uvicorn's shutdown without its fixed 100 ms pauses: tests stop a devstack each."""
@@ -87,14 +91,10 @@ class _EmbeddedServer(uvicorn.Server):
             await server.wait_closed()
 
 
-def _realtime_service(ctx: DevstackContext) -> _Service | None:
-    try:
-        module = importlib.import_module("hitl_relay.devstack.realtime")
-    except ModuleNotFoundError as e:
-        if e.name != "hitl_relay.devstack.realtime":
-            raise
-        return None
-    service: _Service = module.RealtimeService(ctx)
+def _realtime_service(ctx: DevstackContext) -> _Service:
+    from hitl_devstack.realtime import RealtimeService
+
+    service: _Service = RealtimeService(ctx)
     return service
 
 
@@ -149,7 +149,7 @@ class Devstack:
             raise
 
     async def _start(self) -> None:
-        from hitl_relay.devstack import auth, rest
+        from hitl_devstack import auth, rest
 
         self._socket = self._bind()
         self.port = int(self._socket.getsockname()[1])
@@ -183,9 +183,8 @@ class Devstack:
         ]
         routes.append(Mount("/auth/v1", routes=auth.routes(self.ctx)))
         self.realtime = _realtime_service(self.ctx)
-        if self.realtime is not None:
-            await self.realtime.start()
-            routes.append(Mount("/realtime/v1", routes=self.realtime.routes()))
+        await self.realtime.start()
+        routes.append(Mount("/realtime/v1", routes=self.realtime.routes()))
         app = Starlette(
             routes=routes,
             middleware=[
@@ -210,33 +209,18 @@ class Devstack:
             timeout_graceful_shutdown=5,
             ws_max_size=16 * 1024 * 1024,
         )
-        self._server = _EmbeddedServer(config)
-        started = asyncio.get_running_loop().create_future()
-        self._serve_task = asyncio.create_task(
-            self._serve(self._server, self._socket, started), name=f"devstack:{self.port}"
+        self._server = server = _EmbeddedServer(config)
+        self._serve_task = task = asyncio.create_task(
+            server.serve(sockets=[self._socket]), name=f"devstack:{self.port}"
         )
-        await started
-
-    async def _serve(
-        self, server: _EmbeddedServer, sock: socket.socket, started: asyncio.Future[None]
-    ) -> None:
-        original_startup = server.startup
-
-        async def startup(sockets: list[socket.socket] | None = None) -> None:
-            await original_startup(sockets=sockets)
-            if not started.done():
-                started.set_result(None)
-
-        server.startup = startup  # type: ignore[method-assign]
-        try:
-            await server.serve(sockets=[sock])
-        except BaseException as e:
-            if not started.done():
-                started.set_exception(DevstackError(f"the HTTP server did not start: {e!r}"))
-            raise
-        finally:
-            if not started.done():
-                started.set_exception(DevstackError("the HTTP server stopped during start-up"))
+        await server.startup_over.wait()
+        if not server.started:
+            error = task.exception() if task.done() and not task.cancelled() else None
+            raise DevstackError(
+                f"the HTTP server did not start: {error!r}"
+                if error is not None
+                else "the HTTP server stopped during start-up"
+            )
 
     async def stop(self) -> None:
         """Close realtime sockets (code 1001), stop serving, close the pool. Idempotent."""

@@ -8,22 +8,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.websockets import WebSocket
 
-from hitl_relay.devstack.realtime.authorization import Policies
-from hitl_relay.devstack.realtime.changes import Binding
-from hitl_relay.devstack.realtime.presence import TopicPresence
-from hitl_relay.devstack.realtime.serializer import Serializer
+from hitl_devstack.realtime.authorization import Policies
+from hitl_devstack.realtime.presence import TopicPresence
+from hitl_devstack.realtime.serializer import Serializer
 
-log = logging.getLogger("hitl_relay.devstack.realtime")
+log = logging.getLogger("hitl_devstack.realtime")
 
 # Frames queued for a client that does not read; past this the socket is closed, never the server.
 SEND_QUEUE_LIMIT = 50_000
 
 TopicKey = tuple[str, bool]  # (sub-topic, private): private and public topics never mix
+
+
+@dataclass(eq=False)
+class Binding:
+    """One `postgres_changes` entry of a join: the id in the join reply (phash) and the
+    subscription id Realtime writes to `realtime.subscription` (a uuid1)."""
+
+    params: dict[str, Any]
+    reply_id: int
+    subscription_id: uuid.UUID
 
 
 class Socket:

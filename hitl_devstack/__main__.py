@@ -1,4 +1,4 @@
-"""`python -m hitl_relay.devstack`: the local Supabase stand-in for the relay and the console.
+"""`python -m hitl_devstack`: the local Supabase stand-in for the relay and the console.
 
 Starts (or reuses) the Postgres cluster in HITL_HOME (default `.hitl`), applies `supabase/local/`
 and the migrations, then serves REST, Realtime and Auth on 127.0.0.1:54321. When ready it writes
@@ -24,12 +24,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hitl_devstack.envfile import write_env_file
+
 DEFAULT_PORT = 54321  # the Supabase CLI's API port
 READY_MARKER = "devstack ready"
 OPERATOR_EMAIL = "operator@hitl.local"
 OPERATOR_TOKEN_TTL_S = 7 * 24 * 3600
 
-log = logging.getLogger("hitl_relay.devstack")
+log = logging.getLogger("hitl_devstack")
 
 
 class StartError(RuntimeError):
@@ -49,7 +51,7 @@ def home_dir() -> Path:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
-    parser = argparse.ArgumentParser(prog="python -m hitl_relay.devstack", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m hitl_devstack", description=__doc__)
     parser.add_argument(
         "--port",
         type=int,
@@ -102,20 +104,8 @@ def _read_or_create(path: Path, make: str) -> str:
     return make
 
 
-def write_env(path: Path, values: dict[str, str]) -> None:
-    """Write KEY=value lines with mode 0600 (the file holds the service-role key)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write("# written by `python -m hitl_relay.devstack`; local secrets, never commit\n")
-        f.writelines(f"{key}={value}\n" for key, value in values.items())
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-
-
 async def serve(options: Options) -> None:
-    from hitl_relay.devstack.cluster import Cluster, ClusterError
+    from hitl_devstack.cluster import Cluster, ClusterError
 
     started = time.monotonic()
     stop = asyncio.Event()
@@ -142,10 +132,10 @@ async def serve(options: Options) -> None:
 
 async def _serve_on(options: Options, db_url: str, stop: asyncio.Event, started: float) -> None:
     """Migrate, serve until `stop`; the caller stops the cluster."""
+    from hitl_devstack.context import LocalUser
+    from hitl_devstack.keys import load_or_create
+    from hitl_devstack.server import Devstack, DevstackError
     from hitl_relay import migrate
-    from hitl_relay.devstack.auth import LocalUser
-    from hitl_relay.devstack.keys import load_or_create
-    from hitl_relay.devstack.server import Devstack, DevstackError
 
     try:
         await migrate.apply(db_url, local=True)
@@ -162,7 +152,7 @@ async def _serve_on(options: Options, db_url: str, stop: asyncio.Event, started:
         raise StartError(str(e)) from None
     try:
         env_path = options.home / "devstack.env"
-        write_env(
+        write_env_file(
             env_path,
             {
                 "SUPABASE_URL": stack.url,
@@ -180,6 +170,7 @@ async def _serve_on(options: Options, db_url: str, stop: asyncio.Event, started:
                     operator_id, email=OPERATOR_EMAIL, operator=True, ttl_s=OPERATOR_TOKEN_TTL_S
                 ),
             },
+            header="written by `python -m hitl_devstack`; local secrets, never commit",
         )
         print(
             f"{READY_MARKER} at {stack.url} in {time.monotonic() - started:.1f} s "

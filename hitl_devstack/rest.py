@@ -8,7 +8,7 @@ request runs in one transaction under the role of its JWT (`set_config('role', .
 
 Identifiers are never taken from the request into SQL: tables, columns and functions are looked
 up in a per-process copy of the catalog (refreshed on a miss) and quoted; every value is a bind
-parameter cast to the column's type. See `hitl_relay/devstack/README.md` for what is supported.
+parameter cast to the column's type. See `hitl_devstack/README.md` for what is supported.
 """
 
 # ruff: noqa: S608 - SQL is built from catalog identifiers (quoted) and bind placeholders only
@@ -33,9 +33,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 if TYPE_CHECKING:
-    from hitl_relay.devstack.server import DevstackContext
+    from hitl_devstack.context import DevstackContext
 
-log = logging.getLogger("hitl_relay.devstack.rest")
+log = logging.getLogger("hitl_devstack.rest")
 
 SCHEMA = "public"
 EXPOSED_SCHEMAS = (SCHEMA,)
@@ -57,7 +57,6 @@ IS_VALUES = {
     "false": "is false",
     "unknown": "is unknown",
 }
-IDENT = r'(?:"(?:[^"]|"")+"|[^\s,.:()"\-][^\s,.:()"]*?)'
 
 
 # ---- errors -------------------------------------------------------------------------------

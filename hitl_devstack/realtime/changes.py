@@ -31,17 +31,18 @@ import random
 import re
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncpg
 
-from hitl_relay.devstack.realtime.authorization import CONNECTION_ERRORS
+from hitl_devstack.realtime.authorization import CONNECTION_ERRORS
+from hitl_devstack.realtime.channel import Binding
+from hitl_devstack.realtime.limits import RateCounter, RealtimeLimits
 
 if TYPE_CHECKING:
-    from hitl_relay.devstack.realtime.channel import Channel
-    from hitl_relay.devstack.realtime.service import RealtimeService
+    from hitl_devstack.realtime.channel import Channel
 
-log = logging.getLogger("hitl_relay.devstack.realtime")
+log = logging.getLogger("hitl_devstack.realtime")
 DB_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, asyncpg.PostgresError)
 
 PUBLICATION = "supabase_realtime"  # db_settings.ex default
@@ -291,20 +292,20 @@ def _exception_message(e: asyncpg.PostgresError) -> str:
     return f"{getattr(e, 'severity', None) or 'ERROR'} {e.sqlstate} ({name}) {e}"
 
 
-@dataclass(eq=False)
-class Binding:
-    """One `postgres_changes` entry of a join: the id in the join reply (phash) and the
-    subscription id Realtime writes to `realtime.subscription` (a uuid1)."""
+class ChangesHost(Protocol):
+    """What the poller needs of the Realtime service (`RealtimeService` is one)."""
 
-    params: dict[str, Any]
-    reply_id: int
-    subscription_id: uuid.UUID
+    ctx: Any  # the DevstackContext: its pool and db_url
+    limits: RealtimeLimits
+    events: RateCounter
+
+    def system(self, channel: Channel, extension: str, status: str, message: str) -> None: ...
 
 
 class PostgresChanges:
     """The poller and the subscription manager of one devstack."""
 
-    def __init__(self, service: RealtimeService) -> None:
+    def __init__(self, service: ChangesHost) -> None:
         self.service = service
         self.by_subscription: dict[uuid.UUID, tuple[Channel, Binding]] = {}
         self.slot = f"{SLOT_PREFIX}_{uuid.uuid4().hex[:12]}"

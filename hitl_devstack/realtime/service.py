@@ -30,9 +30,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from hitl_relay.devstack.keys import TokenError
-from hitl_relay.devstack.realtime import api
-from hitl_relay.devstack.realtime.authorization import (
+from hitl_devstack.keys import TokenError
+from hitl_devstack.realtime import api
+from hitl_devstack.realtime.authorization import (
     CONNECTION_ERRORS,
     AuthContext,
     DatabaseUnavailable,
@@ -41,11 +41,11 @@ from hitl_relay.devstack.realtime.authorization import (
     read_policies,
     write_policies,
 )
-from hitl_relay.devstack.realtime.changes import Binding, PostgresChanges
-from hitl_relay.devstack.realtime.channel import Channel, Socket, Topic, TopicKey
-from hitl_relay.devstack.realtime.limits import RateCounter, RealtimeLimits
-from hitl_relay.devstack.realtime.presence import Diff
-from hitl_relay.devstack.realtime.serializer import (
+from hitl_devstack.realtime.changes import PostgresChanges
+from hitl_devstack.realtime.channel import Binding, Channel, Socket, Topic, TopicKey
+from hitl_devstack.realtime.limits import RateCounter, RealtimeLimits
+from hitl_devstack.realtime.presence import Diff
+from hitl_devstack.realtime.serializer import (
     Message,
     ProtocolError,
     Serializer,
@@ -55,7 +55,7 @@ from hitl_relay.devstack.realtime.serializer import (
     negotiate,
 )
 
-log = logging.getLogger("hitl_relay.devstack.realtime")
+log = logging.getLogger("hitl_devstack.realtime")
 
 NOTIFY_CHANNEL = "hitl_realtime"
 CONFIRM_TOKEN_INTERVAL_S = 300.0  # realtime_channel.ex @confirm_token_ms_interval

@@ -32,7 +32,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from hitl_relay.devstack.keys import OPAQUE_PREFIX, LocalKeys
+from hitl_devstack.keys import OPAQUE_PREFIX, LocalKeys
 
 GUARDED_PREFIXES = ("/rest/v1/", "/auth/v1/", "/realtime/v1/")
 # kong.yml: auth-v1-open, -open-callback, -open-authorize, -open-jwks have no key-auth

@@ -1,0 +1,73 @@
+"""The one place the relay reaches past realtime-py's public API, and why.
+
+The socket pool (supabase_channel.py) supervises its sockets itself (see its docstring), and
+realtime-py 2.34.1 offers no public way to do five things that needs:
+
+- tell that its listener task died (an exception escaped it; nothing is received or rejoined on
+  that socket again, yet `is_connected` stays true): `AsyncRealtimeClient._listen_task`;
+- ping the WebSocket and abort a stalled connection (it has no ping of its own):
+  `AsyncRealtimeClient._ws_connection`;
+- have a channel refused for the project's join rate rejoin after a few seconds instead of its
+  fixed 30 s: `AsyncRealtimeChannel.rejoin_timer`;
+- stop a channel's timers when its socket closes (they would outlive it by up to a push
+  timeout): `rejoin_timer`, `join_push`, `messages_waiting_for_ack`;
+- hold every join until the pool's pacer allows it (subscribe(), the rejoin timer and the
+  rejoins after a reconnect all send it through `AsyncRealtimeChannel._rejoin`).
+
+tests/unit/test_realtime_internals.py checks each of these against the installed realtime-py
+(that the names exist and behave as assumed here): an upgrade that changes them fails there,
+not in production. Nothing else in the relay touches realtime-py's internals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from realtime import AsyncRealtimeChannel, AsyncRealtimeClient
+from websockets.asyncio.client import ClientConnection
+
+# The realtime-py release these were read from (realtime/_async/client.py, channel.py, timer.py).
+READ_FROM_REALTIME = "2.34.1"
+
+
+def listener_task(client: AsyncRealtimeClient) -> asyncio.Task[Any] | None:
+    """The task that reads the socket (None before connect() and after close())."""
+    task: asyncio.Task[Any] | None = client._listen_task
+    return task
+
+
+def websocket(client: AsyncRealtimeClient) -> ClientConnection | None:
+    """The open WebSocket connection (None when not connected)."""
+    ws: ClientConnection | None = client._ws_connection
+    return ws
+
+
+def rejoin_in(channel: AsyncRealtimeChannel, delay_s: float) -> None:
+    """Have the channel send its join again after `delay_s` (if its socket is connected then),
+    replacing any rejoin realtime-py had scheduled."""
+    channel.rejoin_timer.schedule_timeout(delay_s)
+
+
+def stop_timers(channel: AsyncRealtimeChannel) -> None:
+    """Cancel the channel's rejoin timer and the timeouts of its pending pushes."""
+    channel.rejoin_timer.reset()
+    channel.join_push.destroy()
+    for push in list(channel.messages_waiting_for_ack.values()):
+        push.destroy()
+
+
+def send_joins_through(
+    channel: AsyncRealtimeChannel,
+    schedule: Callable[[Callable[[], Awaitable[None]]], object],
+) -> None:
+    """Hand every join of `channel` to `schedule(send)` instead of sending it: `send()` sends it
+    as realtime-py would have. The replacement returns at once, so a reconnect (which awaits
+    the rejoin of every errored channel) is never held up by whatever `schedule` waits for."""
+    original: Callable[[], Awaitable[None]] = channel._rejoin
+
+    async def scheduled() -> None:
+        schedule(original)
+
+    channel._rejoin = scheduled  # type: ignore[method-assign]
