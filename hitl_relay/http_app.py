@@ -48,7 +48,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from hitl_relay import console, gc_tuning, metrics, recovery, retell, success
+from hitl_relay import callbacks, console, gc_tuning, metrics, recovery, retell, success
 from hitl_relay.adapters import open_backend, task_store_for
 from hitl_relay.adapters.notify import build_notifiers
 from hitl_relay.clock import SystemClock
@@ -214,6 +214,21 @@ def transport_security(settings: Settings) -> TransportSecuritySettings | None:
     return transport_security_settings(settings)
 
 
+def outbox_worker(settings: Settings, connected: Backend) -> callbacks.CallbackWorker | None:
+    """The worker delivering the platform's queued callbacks: on when HITL_CALLBACK_WORKER says
+    so, by default when a callback URL is configured on the Supabase backend."""
+    wanted = settings.callback_worker
+    if wanted is None:
+        wanted = bool(settings.callback_url) and settings.backend == "supabase"
+    return callbacks.callback_worker(
+        connected.outbox,
+        wanted=wanted,
+        allow_private=settings.callback_allow_private,
+        timeout_s=settings.callback_timeout_seconds,
+        budget_s=settings.callback_budget_seconds,
+    )
+
+
 def console_config(settings: Settings) -> console.ConsoleConfig:
     """What the operator console at /console may know: the URL and the public anon key."""
     anon = settings.supabase_anon_key
@@ -251,7 +266,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, object]]:
-        async with backend(settings) as connected, manager.run(), layer.running():
+        async with backend(settings) as connected, manager.run(), layer.running(connected):
             relay_clock = clock or SystemClock()
             relay = build_relay(connected, settings, clock=relay_clock)
             # Before serving: a retried call must not race the closing of its old session.
@@ -288,6 +303,9 @@ def create_app(
                     timeout_s=settings.platform_timeout_seconds,
                 )
                 tg.start_soon(monitor.run)
+                outbox = outbox_worker(settings, connected)
+                if outbox is not None:
+                    tg.start_soon(outbox.run)
                 if (
                     isinstance(connected.store, EscalationStore)
                     and settings.escalation_interval_seconds > 0

@@ -37,6 +37,8 @@ from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 from uuid import UUID
 
+from hitl_relay.service_ports import AuditStore, CallbackOutbox, RateLimitStore
+
 Urgency = Literal["low", "medium", "high"]
 # The statuses `hitl_close_session` accepts (a session is `waiting` until closed);
 # `needs_info`: the operator asked back (clarification loop, issue 10).
@@ -700,9 +702,13 @@ class ReadinessProbe(Protocol):
 @dataclass(frozen=True, slots=True)
 class Backend:
     """The three platform ports a running relay uses, built together by one adapter, plus
-    its readiness probe when it has one."""
+    its readiness probe and the edge's service ports (`service_ports`) when it has them, all
+    on the adapter's one connection."""
 
     store: CaseStore
     channel: CaseChannel
     presence: OperatorPresence
     readiness: ReadinessProbe | None = None
+    audit: AuditStore | None = None
+    rate_limits: RateLimitStore | None = None
+    outbox: CallbackOutbox | None = None

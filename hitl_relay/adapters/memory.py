@@ -33,6 +33,7 @@ from uuid import UUID, uuid4
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from hitl_relay.adapters.memory_services import CallbackCase, MemoryServices
 from hitl_relay.clock import SystemClock
 from hitl_relay.errors import InvalidRequest, NotFound, PlatformUnavailable
 from hitl_relay.models import option_rule
@@ -228,6 +229,8 @@ class MemoryPlatform:
         self.replies_read: list[UUID] = []  # the case of each `reply` read, in order
         # `operator_activity` rows with status available: (operator id, started_at, last_seen_at).
         self.availability: list[tuple[str, datetime, datetime]] = []
+        self.case_secrets: dict[UUID, str] = {}
+        self.services = MemoryServices(self.clock, self._callback_case)
         self.store = MemoryCaseStore(self)
         self.channel = MemoryCaseChannel(self)
         self.presence = MemoryPresence(self, ttl_s=presence_ttl_s)
@@ -244,7 +247,26 @@ class MemoryPlatform:
 
     def backend(self) -> Backend:
         return Backend(
-            store=self.store, channel=self.channel, presence=self.presence, readiness=self
+            store=self.store,
+            channel=self.channel,
+            presence=self.presence,
+            readiness=self,
+            audit=self.services,
+            rate_limits=self.services,
+            outbox=self.services,
+        )
+
+    def _callback_case(self, case_id: UUID) -> CallbackCase | None:
+        case = self.cases.get(case_id)
+        if case is None:
+            return None
+        answer = next((m for m in self.messages if m.message_id == case.answer_message_id), None)
+        return CallbackCase(
+            callback_url=case.metadata.get("callback_url"),
+            webhook_secret=self.case_secrets.get(case_id),
+            call_id=case.metadata.get("retell_call_id"),
+            answer=answer,
+            answered_at=case.answered_at,
         )
 
     async def readiness(self, timeout_s: float) -> PlatformReadiness:
@@ -393,6 +415,8 @@ class MemoryPlatform:
             if case.status == "open":
                 case.status = "answered"
         self.messages.append(message)
+        if is_answer:
+            self.services.queue_callback(case_id, "answer")
         self.broadcast(case_id, message)
         self.changed()
         return message
@@ -401,6 +425,8 @@ class MemoryPlatform:
         if session.status == status:
             return
         session.status = status
+        if status == "timed_out":
+            self.services.queue_callback(session.case_id, "timeout", session.id)
         self.broadcast(
             session.case_id,
             SessionEvent(
@@ -582,6 +608,10 @@ class MemoryCaseStore:
         )
         if thread:
             case.metadata["thread"] = [entry.as_json() for entry in thread]
+        if request.callback_url:
+            case.metadata["callback_url"] = request.callback_url
+        if request.webhook_secret:
+            p.case_secrets[case.id] = request.webhook_secret
         session = MemSession(
             id=uuid4(),
             case_id=case.id,

@@ -40,6 +40,7 @@ from hitl_relay.adapters.supabase_channel import (
     SupabasePresence,
     SupabaseSubscription,
 )
+from hitl_relay.adapters.supabase_services import SupabaseServices
 from hitl_relay.adapters.supabase_store import (
     INSTANCE_HEADER,
     MAX_IN_FLIGHT,
@@ -78,10 +79,17 @@ class SupabasePlatform:
     store: SupabaseCaseStore
     channel: SupabaseCaseChannel
     presence: SupabasePresence
+    services: SupabaseServices
 
     def backend(self) -> Backend:
         return Backend(
-            store=self.store, channel=self.channel, presence=self.presence, readiness=self
+            store=self.store,
+            channel=self.channel,
+            presence=self.presence,
+            readiness=self,
+            audit=self.services,
+            rate_limits=self.services,
+            outbox=self.services,
         )
 
     async def readiness(self, timeout_s: float) -> PlatformReadiness:
@@ -195,11 +203,13 @@ async def build_platform(
         await http.aclose()
         raise
     pool = SocketPool(f"{url}/realtime/v1", key, tuning)
+    store = SupabaseCaseStore(client, timeout_s)
     platform = SupabasePlatform(
         client=client,
         http=http,
         pool=pool,
-        store=SupabaseCaseStore(client, timeout_s),
+        store=store,
+        services=SupabaseServices(client, store),
         channel=SupabaseCaseChannel(pool),
         presence=SupabasePresence(pool, settings.presence_cache_ttl_seconds),
     )

@@ -230,16 +230,21 @@ class SupabaseCaseStore:
         # which at a thousand waiting calls costs more CPU than the requests themselves.
         self._in_flight = asyncio.Semaphore(max_in_flight)
 
-    async def _rpc(self, fn: str, params: Mapping[str, Any]) -> Any:
+    async def execute(self, label: str, query: Any) -> Any:
+        """One PostgREST request (a supabase-py builder) with this store's bound, in-flight
+        limit and error translation; its `data`."""
         try:
             async with asyncio.timeout(self._timeout_s), self._in_flight:
-                response = await self._client.rpc(fn, dict(params)).execute()
+                response = await query.execute()
         except APIError as e:
-            raise api_error(fn, e) from None
+            raise api_error(label, e) from None
         except TRANSPORT_ERRORS as e:
             detail = str(e) or "no reply in time"
-            raise PlatformUnavailable(f"{fn}: {type(e).__name__}: {detail}") from None
+            raise PlatformUnavailable(f"{label}: {type(e).__name__}: {detail}") from None
         return response.data
+
+    async def _rpc(self, fn: str, params: Mapping[str, Any]) -> Any:
+        return await self.execute(fn, self._client.rpc(fn, dict(params)))
 
     async def rpc(self, fn: str, params: Mapping[str, Any]) -> Any:
         """One RPC with this store's bound and error translation (for `supabase_tasks`)."""

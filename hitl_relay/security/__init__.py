@@ -22,7 +22,7 @@ from hitl_relay.security.audit import (
     LogAuditSink,
     MemoryAuditSink,
     NullAuditSink,
-    SupabaseAuditSink,
+    PlatformAuditSink,
     ThrottledAuditSink,
     redacted,
 )
@@ -37,9 +37,9 @@ from hitl_relay.security.layer import SecurityLayer
 from hitl_relay.security.ratelimit import (
     Decision,
     MemoryRateLimiter,
-    PostgresRateLimiter,
     RateLimiter,
     Rule,
+    SharedRateLimiter,
 )
 from hitl_relay.security.settings import SecuritySettings
 
@@ -53,12 +53,12 @@ __all__ = [
     "MemoryAuditSink",
     "MemoryRateLimiter",
     "NullAuditSink",
-    "PostgresRateLimiter",
+    "PlatformAuditSink",
     "RateLimiter",
     "Rule",
     "SecurityLayer",
     "SecuritySettings",
-    "SupabaseAuditSink",
+    "SharedRateLimiter",
     "ThrottledAuditSink",
     "env_lines",
     "generate_key",

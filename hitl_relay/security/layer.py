@@ -4,7 +4,7 @@ The HTTP app uses it in three places:
 
     layer = SecurityLayer(settings)                    # refuses bad keys (ConfigError)
     Starlette(..., middleware=layer.middleware())      # guards, outermost first
-    async with layer.running(): ...                    # in the lifespan: audit writer
+    async with layer.running(backend): ...             # in the lifespan: audit writer
 
 plus `layer.authorize` (the bearer check for the /mcp gate), `layer.transport_security()`
 (the MCP SDK's DNS-rebinding protection) and `layer.limiter` / `layer.rules` for endpoints that
@@ -18,20 +18,21 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import anyio
 from limits import RateLimitItemPerSecond
+from loguru import logger
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from hitl_relay import metrics
+from hitl_relay.ports import Backend
 from hitl_relay.security.audit import (
     AuditEvent,
     AuditSink,
     LogAuditSink,
     NullAuditSink,
-    SupabaseAuditSink,
+    PlatformAuditSink,
     ThrottledAuditSink,
     install_log_redaction,
 )
@@ -46,14 +47,13 @@ from hitl_relay.security.network import NetworkPolicy
 from hitl_relay.security.ratelimit import (
     Decision,
     MemoryRateLimiter,
-    PostgresRateLimiter,
     RateLimiter,
     Rule,
+    SharedRateLimiter,
 )
 from hitl_relay.security.settings import LOOPBACK_HOSTS
 
 if TYPE_CHECKING:
-    from hitl_relay.callbacks import CallbackWorker
     from hitl_relay.config import Settings
 
 PROTECTED_PATHS = ("/mcp",)
@@ -97,24 +97,13 @@ def default_audit_sink(settings: Settings) -> AuditSink:
         choice = "supabase" if settings.backend == "supabase" else "log"
     if choice == "none":
         return NullAuditSink()
-    if choice == "supabase" and settings.supabase_url and settings.supabase_service_role_key:
-        sink: AuditSink = SupabaseAuditSink(
-            settings.supabase_url, settings.supabase_service_role_key.get_secret_value()
-        )
-    else:
-        sink = LogAuditSink()
+    sink: AuditSink = PlatformAuditSink() if choice == "supabase" else LogAuditSink()
     return ThrottledAuditSink(sink)
 
 
 def default_limiter(settings: Settings) -> RateLimiter:
-    if (
-        settings.rate_limit_storage == "postgres"
-        and settings.supabase_url
-        and settings.supabase_service_role_key
-    ):
-        return PostgresRateLimiter(
-            settings.supabase_url, settings.supabase_service_role_key.get_secret_value()
-        )
+    if settings.rate_limit_storage == "postgres":
+        return SharedRateLimiter()
     return MemoryRateLimiter()
 
 
@@ -212,38 +201,25 @@ class SecurityLayer:
         return transport_security_settings(self.settings)
 
     @asynccontextmanager
-    async def running(self) -> AsyncIterator[None]:
-        """For the app's lifespan: runs the audit writer, closes the limiter's client."""
+    async def running(self, backend: Backend | None = None) -> AsyncIterator[None]:
+        """For the app's lifespan: attaches the backend's audit and rate-limit ports, runs the
+        audit writer, closes the limiter."""
         async with AsyncExitStack() as stack:
             sink: Any = self.audit
             inner = sink.inner if isinstance(sink, ThrottledAuditSink) else sink
-            if isinstance(inner, SupabaseAuditSink):
-                await stack.enter_async_context(inner.running())
+            if isinstance(inner, PlatformAuditSink):
+                if backend is not None and backend.audit is not None:
+                    await stack.enter_async_context(inner.running(backend.audit))
+                else:
+                    logger.warning("the backend keeps no audit trail: auditing to the log")
+                    if isinstance(sink, ThrottledAuditSink):
+                        sink.inner = LogAuditSink()
+                    else:
+                        self.audit = LogAuditSink()
+            if isinstance(self.limiter, SharedRateLimiter) and backend is not None:
+                self.limiter.store = backend.rate_limits
             stack.push_async_callback(self.limiter.aclose)
-            worker = self.callback_worker()
-            if worker is not None:
-                tg = await stack.enter_async_context(anyio.create_task_group())
-                tg.start_soon(worker.run)
-                stack.callback(tg.cancel_scope.cancel)
             yield
-
-    def callback_worker(self) -> CallbackWorker | None:
-        """The outbox worker delivering signed callbacks, when callbacks are configured."""
-        from hitl_relay.callbacks import CallbackSender, CallbackWorker
-
-        settings = self.settings
-        wanted = settings.callback_worker
-        if wanted is None:
-            wanted = bool(settings.callback_url) and settings.backend == "supabase"
-        key = settings.supabase_service_role_key
-        if not wanted or not settings.supabase_url or key is None:
-            return None
-        sender = CallbackSender(
-            allow_private=settings.callback_allow_private,
-            timeout_s=settings.callback_timeout_seconds,
-            budget_s=settings.callback_budget_seconds,
-        )
-        return CallbackWorker(settings.supabase_url, key.get_secret_value(), sender)
 
     # ------------------------------------------------------------ recording
 

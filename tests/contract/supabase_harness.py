@@ -149,6 +149,16 @@ async def supabase_ports(devstack: Devstack) -> AsyncIterator[ContractPorts]:
             .execute()
         )
 
+    async def audit_rows(actor: str) -> list[dict[str, Any]]:
+        response = await (
+            service.table("hil_audit")
+            .select("actor,action,outcome,case_id,session_id,detail,at")
+            .eq("actor", actor)
+            .order("id")
+            .execute()
+        )
+        return list(response.data)
+
     try:
         yield ContractPorts(
             store=platform.store,
@@ -160,6 +170,8 @@ async def supabase_ports(devstack: Devstack) -> AsyncIterator[ContractPorts]:
             joined_channels=lambda: platform.channel.subscriptions,
             store_for=store_for,
             pass_deadline=pass_deadline,
+            services=platform.services,
+            audit_rows=audit_rows,
         )
     finally:
         await operators.aclose()
