@@ -8,19 +8,18 @@ How the core uses the ports, in the order that loses nothing (design.md):
 
     async with channel.subscribe(case_id) as sub:   ─┐ concurrently: neither waits
     opened = await store.open_case(OpenCase(...))    ─┘ for the other
-    answer = await store.answer(opened.case_id)       catch-up read (anything sent before the
+    found = await store.reply(opened.case_id)         catch-up read (anything sent before the
                                                       join was confirmed, or a retried call)
     async for event in sub:                           HumanMessage / SessionEvent / Reconnected
-        Reconnected → store.answer(...) again         (the gap while not listening)
-        WakeUp → store.answer(...) again              (an event nobody proved: read, not believe)
+        Reconnected → store.reply(...) again          (the gap while not listening)
+        WakeUp → store.reply(...) again               (an event nobody proved: read, not believe)
     await store.close_session(opened.session_id, outcome, detail)
 
-The clarification loop (issue 10): an operator may reply with a question instead of an answer
-(a human message of kind `clarification`). The catch-up read is then `answer`, and when there is
-none `pending_clarification`; the wait ends with `needs_info`. The agent asks the caller and the
-follow-up runs `continue_case` (instead of `open_case`) on the same case and channel. Every
-relay case of one call belongs to the call's thread (`call_history`), which the platform attaches
-to each new case of the call.
+An operator may reply with a question instead of an answer (a human message of kind
+`clarification`): the catch-up read returns it when there is no answer, and the wait ends with
+`needs_info`. The agent asks the caller and the follow-up runs `continue_case` (instead of
+`open_case`) on the same case and channel. Every relay case of one call belongs to the call's
+thread (`call_history`), which the platform attaches to each new case of the call.
 
 Every adapter method raises only `hitl_relay.errors` types: `InvalidRequest` for input the
 platform refuses (never retried), `PlatformUnavailable` for anything transport- or server-side
@@ -41,7 +40,7 @@ from hitl_relay.service_ports import AuditStore, CallbackOutbox, RateLimitStore
 
 Urgency = Literal["low", "medium", "high"]
 # The statuses `hitl_close_session` accepts (a session is `waiting` until closed);
-# `needs_info`: the operator asked back (clarification loop, issue 10).
+# `needs_info`: the operator asked back (a clarification) instead of answering.
 SessionOutcome = Literal["answered", "timed_out", "expired", "failed", "cancelled", "needs_info"]
 # `no_operator`: nobody was on duty; the case was recorded and its session closed at once.
 SessionStatus = Literal[
@@ -398,13 +397,6 @@ class CaseStore(Protocol):
         """
         ...
 
-    async def answer(self, case_id: UUID) -> Answer | None:
-        """`hitl_answer`: the case's decided answer, or None (no answer yet, or unknown case).
-
-        Read-only, so safe to retry. Raises `PlatformUnavailable`.
-        """
-        ...
-
     async def close_session(
         self, session_id: UUID, status: SessionOutcome, detail: Mapping[str, Any] | None = None
     ) -> bool:
@@ -437,18 +429,11 @@ class CaseStore(Protocol):
         """
         ...
 
-    async def pending_clarification(self, case_id: UUID) -> Clarification | None:
-        """`hitl_pending_clarification`: the newest human `clarification` message of the case
-        with no `ai` message after it, or None (none, answered since, replied to, or unknown
-        case). Never returns anything once the case has an answer: an answer always wins.
-
-        Read-only, so safe to retry. Raises `PlatformUnavailable`.
-        """
-        ...
-
     async def reply(self, case_id: UUID) -> Answer | Clarification | None:
-        """`hitl_case_reply`: `answer(case_id)` if there is one, else
-        `pending_clarification(case_id)`, in one read (the relay's catch-up).
+        """`hitl_case_reply`: the case's decided answer (the first human answer) if there is one,
+        else its pending clarification (the newest human `clarification` message with no `ai`
+        message after it), else None (also for an unknown case); one read, the relay's
+        catch-up. An answer always wins over a clarification.
 
         Read-only, so safe to retry. Raises `PlatformUnavailable`.
         """
@@ -491,7 +476,7 @@ class RecoveredSessions:
 
 @runtime_checkable
 class SessionRecovery(Protocol):
-    """Session recovery after a relay restart (issue 7), implemented by the case stores.
+    """Session recovery after a relay restart, implemented by the case stores.
 
     Each relay process has an instance id (`HITL_INSTANCE_ID`); a session records the instance
     waiting on it when it starts (or starts again) waiting. A process that dies takes its
@@ -534,7 +519,7 @@ class SuccessMetrics:
 
 @runtime_checkable
 class SuccessMetricsSource(Protocol):
-    """The plan's success figures, read from the platform (issue 10), by the case stores."""
+    """The plan's success figures, read from the platform, by the case stores."""
 
     async def success_metrics(self, start: datetime, end: datetime) -> SuccessMetrics:
         """`hitl_success_metrics(start, end)`: the figures over [start, end).

@@ -104,7 +104,7 @@ def owned_idempotency_key(owner: str | None, request: AskHumanRequest) -> str | 
 ProgressCallback = Callable[[float, float, str], Awaitable[None]]
 
 # How long opening a case may be retried before the call falls back: a voice call cannot wait
-# for an outage (issue 7: platform_unreachable within about a second).
+# for an outage: it hears platform_unreachable within about a second.
 OPEN_RETRY_BUDGET_S = 1.0
 # The last catch-up read at the deadline may delay the fallback by at most this much.
 FINAL_READ_BUDGET_S = 0.5

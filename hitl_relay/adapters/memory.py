@@ -10,8 +10,8 @@ good, RPCs failing. `MemoryOperator` is the operators' side: it answers, asks ba
 Call threads and the clarification loop follow `20261125000700_hitl_threads.sql`: a new case of
 a call carries the call's earlier cases in `metadata["thread"]` (JSON-shaped, as the
 `hitl_attach_thread` trigger stores it), `continue_case` adds the caller's reply as an `ai`
-note and a new waiting session, `pending_clarification` and `call_history` read like their SQL
-twins. Messages with equal timestamps keep insertion order (SQL breaks such ties by id).
+note and a new waiting session, `reply` and `call_history` read like their SQL twins. Messages
+with equal timestamps keep insertion order (SQL breaks such ties by id).
 
 For tests and demos only (`HITL_BACKEND=memory`): nothing is persisted.
 """
@@ -130,8 +130,8 @@ class Faults:
     close_gate: anyio.Event | None = None
     # A new case is committed, then its reply waits here until it is set (a slow reply).
     open_reply_gate: anyio.Event | None = None
-    # RPC name ("open_case", "answer", "reply", "close_session", "continue_case",
-    # "pending_clarification", "call_history") → how many next calls fail.
+    # RPC name ("open_case", "reply", "close_session", "continue_case", "call_history") → how
+    # many next calls fail.
     rpc_failures: dict[str, int] = field(default_factory=dict)
     rpc_down: bool = False
     # Realtime lost its database connection while the sockets stay joined: what is committed
@@ -689,11 +689,6 @@ class MemoryCaseStore:
         case = self._p.cases.get(case_id)
         return None if case is None else case.status
 
-    async def answer(self, case_id: UUID) -> Answer | None:
-        await anyio.lowlevel.checkpoint()
-        self._p._rpc("answer")
-        return self._answer_of(case_id)
-
     def _answer_of(self, case_id: UUID) -> Answer | None:
         p = self._p
         case = p.cases.get(case_id)
@@ -927,11 +922,6 @@ class MemoryCaseStore:
             existed=False,
             status="waiting",
         )
-
-    async def pending_clarification(self, case_id: UUID) -> Clarification | None:
-        await anyio.lowlevel.checkpoint()
-        self._p._rpc("pending_clarification")
-        return self._pending_of(case_id)
 
     def _pending_of(self, case_id: UUID) -> Clarification | None:
         p = self._p

@@ -1,9 +1,9 @@
 """`CaseStore` over PostgREST RPC (supabase-py `AsyncClient`), as the service role.
 
 Each method is one RPC, one transaction on the platform (`hitl_open_case`,
-`hitl_open_case_no_operator`, `hitl_answer`, `hitl_case_status`, `hitl_close_session`, and for
-the clarification loop `hitl_continue_case`,
-`hitl_pending_clarification`, `hitl_call_history`). Errors are translated once, here:
+`hitl_open_case_no_operator`, `hitl_case_reply`, `hitl_case_status`, `hitl_close_session`, and
+for the clarification loop `hitl_continue_case` and `hitl_call_history`). Errors are translated
+once, here:
 
 - PostgREST `P0001` (our functions' `RAISE ... USING DETAIL = field, HINT = rule`) →
   `InvalidRequest(field, rule)`; the one exception is `p_session_id` / "no such session" →
@@ -147,7 +147,7 @@ def parse_answer(data: Mapping[str, Any]) -> Answer:
 
 
 def parse_clarification(data: Mapping[str, Any]) -> Clarification:
-    """`hitl_pending_clarification`'s object."""
+    """A pending clarification as `hitl_case_reply` renders it."""
     try:
         return Clarification(
             message_id=parse_uuid(data["message_id"]),
@@ -285,19 +285,6 @@ class SupabaseCaseStore:
         data = await self._rpc("hitl_continue_case", {"p": request.as_rpc_params()})
         return _opened("hitl_continue_case", data)
 
-    async def pending_clarification(self, case_id: UUID) -> Clarification | None:
-        data = await self._rpc("hitl_pending_clarification", {"p_case_id": str(case_id)})
-        if data is None or data == []:
-            return None
-        try:
-            if not isinstance(data, Mapping):
-                raise ShapeError(f"expected an object or null, got {data!r}")
-            return parse_clarification(data)
-        except ShapeError as e:
-            raise PlatformUnavailable(
-                f"hitl_pending_clarification returned an unexpected reply: {e}"
-            ) from None
-
     async def reply(self, case_id: UUID) -> Answer | Clarification | None:
         data = await self._rpc("hitl_case_reply", {"p_case_id": str(case_id)})
         try:
@@ -347,18 +334,6 @@ class SupabaseCaseStore:
         if not isinstance(data, bool):
             raise PlatformUnavailable(f"hitl_case_owned returned an unexpected reply: {data!r}")
         return data
-
-    async def answer(self, case_id: UUID) -> Answer | None:
-        data = await self._rpc("hitl_answer", {"p_case_id": str(case_id)})
-        # SQL null: PostgREST renders `null`; supabase-py turns an empty body into [].
-        if data is None or data == []:
-            return None
-        try:
-            if not isinstance(data, Mapping):
-                raise ShapeError(f"expected an object or null, got {data!r}")
-            return parse_answer(data)
-        except ShapeError as e:
-            raise PlatformUnavailable(f"hitl_answer returned an unexpected reply: {e}") from None
 
     async def close_session(
         self, session_id: UUID, status: SessionOutcome, detail: Mapping[str, Any] | None = None

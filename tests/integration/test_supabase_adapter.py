@@ -47,10 +47,10 @@ async def test_a_case_is_opened_answered_and_closed_through_rest(devstack: Devst
             False,
             "waiting",
         )
-        assert await store.answer(opened.case_id) is None
+        assert await store.reply(opened.case_id) is None
         async with Operator(devstack) as operator:
             message_id = await operator.answer(opened.case_id, "Yes, Saturday is free")
-        answer = await store.answer(opened.case_id)
+        answer = await store.reply(opened.case_id)
         assert answer is not None
         assert (answer.message_id, answer.content, answer.kind) == (
             message_id,
@@ -102,7 +102,7 @@ async def test_an_unreachable_platform_is_platform_unavailable_at_once() -> None
     platform = await build_platform(settings_for(url, "x.y.z"), tuning=FAST, presence=False)
     try:
         with pytest.raises(PlatformUnavailable) as e:
-            await platform.store.answer(uuid.uuid4())
+            await platform.store.reply(uuid.uuid4())
         with pytest.raises(PlatformUnavailable):
             async with platform.channel.subscribe(uuid.uuid4()):
                 pass
@@ -202,7 +202,7 @@ async def test_ai_and_system_messages_are_heard_but_never_as_the_answer(
             await insert_message(service, opened.case_id, "ai", "Let me check", kind="answer")
             await insert_message(service, opened.case_id, "system", "Operator notified")
             heard = [await next_of(sub, HumanMessage) for _ in range(2)]
-            assert await platform.store.answer(opened.case_id) is None
+            assert await platform.store.reply(opened.case_id) is None
             await operator.answer(opened.case_id, "It is free")
             human = await next_of(sub, HumanMessage)
     assert [(m.sender_type, m.is_answer) for m in heard] == [("ai", False), ("system", False)]
@@ -343,7 +343,7 @@ async def test_a_devstack_restart_mid_wait_rejoins_and_the_catch_up_finds_the_mi
             await devstack.start()  # same port
             reconnected = await next_of(sub, Reconnected, within_s=10)
             rejoin_s = time.monotonic() - restarted
-            answer = await platform.store.answer(opened.case_id)
+            answer = await platform.store.reply(opened.case_id)
             await insert_message(service, opened.case_id, "ai", "after the restart")
             after = await next_of(sub, HumanMessage)
     assert reconnected.case_id == opened.case_id
