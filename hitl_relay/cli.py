@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
+from hitl_relay.models import TIMEOUT_MAX, TIMEOUT_MIN
+
 if TYPE_CHECKING:
     from hitl_relay.config import Settings
 
@@ -279,7 +281,9 @@ def ask(
     question: str = typer.Argument(
         ..., help="The question for the operator (with --case-id: the caller's reply)."
     ),
-    timeout: int = typer.Option(None, "--timeout", min=5, max=600, help="Seconds to wait."),
+    timeout: int = typer.Option(
+        None, "--timeout", min=TIMEOUT_MIN, max=TIMEOUT_MAX, help="Seconds to wait."
+    ),
     call_id: str = typer.Option(
         None, "--call-id", help="Call id (default: a new one; with --case-id: the case's call)."
     ),

@@ -15,6 +15,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from hitl_relay.errors import ConfigError
+from hitl_relay.models import TIMEOUT_DEFAULT, TIMEOUT_MAX, TIMEOUT_MIN
 from hitl_relay.security.settings import SecuritySettings
 
 DEFAULT_FALLBACKS = {
@@ -84,9 +85,11 @@ class Settings(SecuritySettings, BaseSettings):
     # Bearer keys accepted on /mcp, comma separated (several at once for rotation).
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
 
-    default_timeout_seconds: int = Field(45, ge=1, le=3600)
-    min_timeout_seconds: int = Field(5, ge=1, le=3600)
-    max_timeout_seconds: int = Field(600, ge=1, le=3600)
+    # A call's time limit: the default and the window a tool call may choose from, inside the
+    # bounds every layer enforces (models.TIMEOUT_MIN/MAX, which SQL checks again).
+    default_timeout_seconds: int = Field(TIMEOUT_DEFAULT, ge=TIMEOUT_MIN, le=TIMEOUT_MAX)
+    min_timeout_seconds: int = Field(TIMEOUT_MIN, ge=TIMEOUT_MIN, le=TIMEOUT_MAX)
+    max_timeout_seconds: int = Field(TIMEOUT_MAX, ge=TIMEOUT_MIN, le=TIMEOUT_MAX)
     # MCP tasks: the poll interval suggested to clients (ms), the cost of one indexed read each.
     task_poll_interval_ms: int = Field(1000, ge=100, le=60_000)
     # How often a waiting call sends an MCP progress notification.

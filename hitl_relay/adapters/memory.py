@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import math
+import unicodedata
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -36,7 +37,16 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from hitl_relay.adapters.memory_services import CallbackCase, MemoryServices
 from hitl_relay.clock import SystemClock
 from hitl_relay.errors import InvalidRequest, NotFound, PlatformUnavailable
-from hitl_relay.models import option_rule
+from hitl_relay.models import (
+    CONTEXT_MAX,
+    HISTORY_MAX_TURNS,
+    ID_MAX,
+    ID_RULE,
+    QUESTION_MAX,
+    TIMEOUT_MAX,
+    TIMEOUT_MIN,
+    option_rule,
+)
 from hitl_relay.ports import (
     Answer,
     Backend,
@@ -525,6 +535,15 @@ def _text(value: object, name: str, limit: int, *, required: bool) -> str | None
     return value
 
 
+def _id(value: object, name: str) -> str:
+    """`hitl_id`: a required text of at most ID_MAX characters without control characters."""
+    text = _text(value, name, ID_MAX, required=True)
+    assert text is not None
+    if any(unicodedata.category(c) == "Cc" for c in text):
+        raise InvalidRequest(name, ID_RULE)
+    return text
+
+
 def _int(value: object, name: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise InvalidRequest(name, f"must be an integer from {low} to {high}")
@@ -544,17 +563,17 @@ class MemoryCaseStore:
         p = self._p
         p._rpc("open_case")
         _as_postgres_would_store(request.as_rpc_params())
-        question = _text(request.question, "question", 2000, required=True)
+        question = _text(request.question, "question", QUESTION_MAX, required=True)
         assert question is not None
-        _text(request.context, "context", 8000, required=False)
-        _text(request.mcp_session_id, "mcp_session_id", 128, required=True)
-        _text(request.retell_call_id, "retell_call_id", 128, required=True)
-        _text(request.retell_agent_id, "retell_agent_id", 128, required=True)
+        _text(request.context, "context", CONTEXT_MAX, required=False)
+        _id(request.mcp_session_id, "mcp_session_id")
+        _id(request.retell_call_id, "retell_call_id")
+        _id(request.retell_agent_id, "retell_agent_id")
         _int(request.priority, "priority", 1, 5)
-        _int(request.timeout_seconds, "timeout_seconds", 5, 600)
+        _int(request.timeout_seconds, "timeout_seconds", TIMEOUT_MIN, TIMEOUT_MAX)
         if request.urgency not in ("low", "medium", "high"):
             raise InvalidRequest("urgency", "must be one of low, medium, high")
-        if len(request.conversation_history) > 200:
+        if len(request.conversation_history) > HISTORY_MAX_TURNS:
             raise InvalidRequest("conversation_history", "must have at most 200 turns")
         options = None
         if request.options is not None:
@@ -866,12 +885,12 @@ class MemoryCaseStore:
         await anyio.lowlevel.checkpoint()
         p = self._p
         p._rpc("continue_case")
-        reply = _text(request.question, "question", 2000, required=True)
+        reply = _text(request.question, "question", QUESTION_MAX, required=True)
         assert reply is not None
-        _text(request.mcp_session_id, "mcp_session_id", 128, required=True)
-        _text(request.retell_call_id, "retell_call_id", 128, required=True)
-        _text(request.retell_agent_id, "retell_agent_id", 128, required=True)
-        _int(request.timeout_seconds, "timeout_seconds", 5, 600)
+        _text(request.mcp_session_id, "mcp_session_id", ID_MAX, required=True)
+        _text(request.retell_call_id, "retell_call_id", ID_MAX, required=True)
+        _text(request.retell_agent_id, "retell_agent_id", ID_MAX, required=True)
+        _int(request.timeout_seconds, "timeout_seconds", TIMEOUT_MIN, TIMEOUT_MAX)
         case = p.cases.get(request.case_id)
         if case is None:
             raise InvalidRequest("case_id", "no such case")
