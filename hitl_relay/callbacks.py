@@ -26,8 +26,6 @@ Receiver's check, in full:
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ipaddress
 import json
 import socket
@@ -47,9 +45,26 @@ from hitl_relay.models import AskResult
 from hitl_relay.security.audit import AuditEvent, AuditSink, NullAuditSink
 from hitl_relay.security.network import IPAddress
 from hitl_relay.service_ports import CallbackOutbox, CallbackOutcome, QueuedCallback
+from hitl_relay.signatures import (
+    SIGNATURE_HEADER,
+    TOLERANCE_S,
+    sign_callback,
+    verify_callback_signature,
+)
 
-SIGNATURE_HEADER = "x-hitl-signature"
-TOLERANCE_S = 300
+__all__ = [
+    "SIGNATURE_HEADER",
+    "TOLERANCE_S",
+    "CallbackSender",
+    "CallbackWorker",
+    "Delivery",
+    "callback_payload",
+    "callback_worker",
+    "sign_callback",
+    "verify_callback_signature",
+    "vet_callback_url",
+]
+
 USER_AGENT = "hitl-relay-callback/1"
 RULE_PUBLIC = (
     "must be an https URL whose host resolves only to public addresses (no private, loopback, "
@@ -58,45 +73,6 @@ RULE_PUBLIC = (
 
 
 # ---------------------------------------------------------------- signatures
-
-
-def sign_callback(secret: str, body: bytes, timestamp: int | None = None) -> str:
-    """The `x-hitl-signature` header value for `body`."""
-    t = int(time.time()) if timestamp is None else timestamp
-    digest = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={t},v1={digest}"
-
-
-def verify_callback_signature(
-    secret: str,
-    body: bytes,
-    header: str | None,
-    *,
-    tolerance_s: int = TOLERANCE_S,
-    now: float | None = None,
-) -> bool:
-    """True when `header` signs `body` with `secret` and its timestamp is within
-    `tolerance_s` of now (either direction). Constant-time; several `v1=` entries allowed."""
-    if not header:
-        return False
-    stamp: int | None = None
-    candidates: list[str] = []
-    for part in header.split(","):
-        name, _, value = part.strip().partition("=")
-        if name == "t" and value.isdigit() and len(value) <= 12:
-            stamp = int(value)
-        elif name == "v1" and value:
-            candidates.append(value.strip())
-    if stamp is None or not candidates:
-        return False
-    current = time.time() if now is None else now
-    if abs(current - stamp) > tolerance_s:
-        return False
-    expected = hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
-    matched = False
-    for candidate in candidates:
-        matched |= hmac.compare_digest(expected, candidate)
-    return matched
 
 
 # ---------------------------------------------------------------- SSRF guard

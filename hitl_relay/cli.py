@@ -217,9 +217,9 @@ def serve(
     settings = _relay_settings(host=host, port=port, insecure_local=insecure_local)
     problems = key_problems(
         settings.api_key_values(),
-        revoked=settings.revoked_keys,
-        compromised=settings.compromised_keys,
-        require_key=not settings.insecure_local,
+        revoked=settings.security.revoked_keys,
+        compromised=settings.security.compromised_keys,
+        require_key=not settings.security.insecure_local,
     )
     for problem in problems:
         typer.secho(f"config: {problem}", fg=typer.colors.RED, err=True)

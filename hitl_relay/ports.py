@@ -38,6 +38,12 @@ from uuid import UUID
 
 from hitl_relay.service_ports import AuditStore, CallbackOutbox, RateLimitStore
 
+# The version of the newest migration this relay works with: `public.hitl_schema_version()`
+# must return it. A migration that changes the contract redefines the function with its own
+# version and bumps this constant (tests/db/test_schema_version.py enforces both); the readiness
+# probe (`hitl_relay.readiness`) compares against it.
+EXPECTED_SCHEMA_VERSION = "20261206900000"
+
 Urgency = Literal["low", "medium", "high"]
 # The statuses `hitl_close_session` accepts (a session is `waiting` until closed);
 # `needs_info`: the operator asked back (a clarification) instead of answering.
@@ -684,6 +690,15 @@ class ReadinessProbe(Protocol):
         ...
 
 
+@runtime_checkable
+class RealtimeCounts(Protocol):
+    """Optional: an adapter that can count its Realtime sockets and joined channels."""
+
+    def realtime_counts(self) -> tuple[int, int]:
+        """(sockets open, channels joined) now; cheap enough for every metrics scrape."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Backend:
     """The three platform ports a running relay uses, built together by one adapter, plus
@@ -697,3 +712,38 @@ class Backend:
     audit: AuditStore | None = None
     rate_limits: RateLimitStore | None = None
     outbox: CallbackOutbox | None = None
+
+    @classmethod
+    def of(cls, platform: Platform) -> Backend:
+        """Every port of an adapter whose one object is also its readiness probe and whose
+        `services` implement the three service ports."""
+        services = platform.services
+        return cls(
+            store=platform.store,
+            channel=platform.channel,
+            presence=platform.presence,
+            readiness=platform,
+            audit=services,
+            rate_limits=services,
+            outbox=services,
+        )
+
+
+class _Services(AuditStore, RateLimitStore, CallbackOutbox, Protocol):
+    pass
+
+
+class Platform(ReadinessProbe, Protocol):
+    """An adapter's platform object (`Backend.of`)."""
+
+    @property
+    def store(self) -> CaseStore: ...
+
+    @property
+    def channel(self) -> CaseChannel: ...
+
+    @property
+    def presence(self) -> OperatorPresence: ...
+
+    @property
+    def services(self) -> _Services: ...

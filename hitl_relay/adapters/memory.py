@@ -48,6 +48,7 @@ from hitl_relay.models import (
     option_rule,
 )
 from hitl_relay.ports import (
+    EXPECTED_SCHEMA_VERSION,
     Answer,
     Backend,
     ChannelEvent,
@@ -74,7 +75,6 @@ from hitl_relay.ports import (
     ThreadMessage,
     WakeUp,
 )
-from hitl_relay.readiness import EXPECTED_SCHEMA_VERSION
 
 DEFAULT_CASE_TTL_S = 3600
 _CLOSE_STATUSES = ("answered", "timed_out", "expired", "failed", "cancelled", "needs_info")
@@ -256,15 +256,7 @@ class MemoryPlatform:
         self.expiry_last_run: datetime | None = None
 
     def backend(self) -> Backend:
-        return Backend(
-            store=self.store,
-            channel=self.channel,
-            presence=self.presence,
-            readiness=self,
-            audit=self.services,
-            rate_limits=self.services,
-            outbox=self.services,
-        )
+        return Backend.of(self)
 
     def _callback_case(self, case_id: UUID) -> CallbackCase | None:
         case = self.cases.get(case_id)

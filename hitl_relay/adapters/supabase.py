@@ -13,8 +13,8 @@
 `SupabasePlatform.readiness()` is the readiness probe (`/readyz`): one bounded RPC to
 `hitl_schema_version()` for the database, and what the socket pool and presence know for realtime.
 
-`build_platform(settings)` connects all three and returns a `SupabasePlatform` (close it with
-`aclose()`); `supabase_backend(settings)` is the same as an async context manager yielding the
+`build_platform(options)` connects all three and returns a `SupabasePlatform` (close it with
+`aclose()`); `supabase_backend(options)` is the same as an async context manager yielding the
 `Backend`. Nothing here knows about the devstack: pointed at a real project, it works the same.
 """
 
@@ -25,13 +25,13 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import httpx
 from loguru import logger
 from postgrest.exceptions import APIError
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
+from hitl_relay.adapters.platform_options import PlatformOptions
 from hitl_relay.adapters.signed_events import EventKey
 from hitl_relay.adapters.supabase_channel import (
     RealtimeTuning,
@@ -54,10 +54,8 @@ from hitl_relay.ports import Backend, Check, PlatformReadiness
 # "permission denied" (42501): Postgres answered, the schema is what is wrong.
 SCHEMA_PROBLEM_CODES = ("PGRST202", "42883", "42501")
 
-if TYPE_CHECKING:
-    from hitl_relay.config import Settings
-
 __all__ = [
+    "PlatformOptions",
     "RealtimeTuning",
     "SupabaseCaseChannel",
     "SupabaseCaseStore",
@@ -82,15 +80,7 @@ class SupabasePlatform:
     services: SupabaseServices
 
     def backend(self) -> Backend:
-        return Backend(
-            store=self.store,
-            channel=self.channel,
-            presence=self.presence,
-            readiness=self,
-            audit=self.services,
-            rate_limits=self.services,
-            outbox=self.services,
-        )
+        return Backend.of(self)
 
     async def readiness(self, timeout_s: float) -> PlatformReadiness:
         """The readiness probe: the database through one RPC, realtime from the pool's state."""
@@ -130,6 +120,11 @@ class SupabasePlatform:
             return Check(ok=True, latency_ms=ms()), None, f"unexpected reply {data!r}"
         return Check(ok=True, latency_ms=ms()), data, None
 
+    def realtime_counts(self) -> tuple[int, int]:
+        """(sockets open, channels joined): counted when /metrics is scraped, since counting on
+        every change costs O(channels) each time (quadratic while a thousand channels join)."""
+        return len(self.pool.sockets), self.pool.joined_channels()
+
     def realtime_check(self) -> Check:
         """A socket of the pool is connected and presence on `operators` is joined."""
         started = time.perf_counter()
@@ -154,17 +149,17 @@ class SupabasePlatform:
             await self.http.aclose()
 
 
-def tuning_from(settings: Settings) -> RealtimeTuning:
+def tuning_for(options: PlatformOptions) -> RealtimeTuning:
     return RealtimeTuning(
-        channels_per_socket=settings.channels_per_socket,
-        join_timeout_s=settings.platform_timeout_seconds,
-        connect_timeout_s=settings.platform_timeout_seconds,
-        joins_per_second=settings.realtime_joins_per_second,
+        channels_per_socket=options.channels_per_socket,
+        join_timeout_s=options.timeout_s,
+        connect_timeout_s=options.timeout_s,
+        joins_per_second=options.joins_per_second,
     )
 
 
 async def build_platform(
-    settings: Settings, *, tuning: RealtimeTuning | None = None, presence: bool = True
+    options: PlatformOptions, *, tuning: RealtimeTuning | None = None, presence: bool = True
 ) -> SupabasePlatform:
     """Connect to `SUPABASE_URL` as the service role; start presence on `operators`.
 
@@ -172,14 +167,14 @@ async def build_platform(
     background), so a platform that is down at start does not keep the relay from serving
     fallbacks. `tuning` overrides the socket pool's behaviour (tests make it quick).
     """
-    if not settings.supabase_url or settings.supabase_service_role_key is None:
+    if not options.url or not options.service_role_key:
         raise ConfigError(
             ["SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY are required for the supabase backend"]
         )
-    url = settings.supabase_url.rstrip("/")
-    key = settings.supabase_service_role_key.get_secret_value()
-    tuning = tuning or tuning_from(settings)
-    timeout_s = settings.platform_timeout_seconds
+    url = options.url.rstrip("/")
+    key = options.service_role_key
+    tuning = tuning or tuning_for(options)
+    timeout_s = options.timeout_s
     # Our own HTTP client: its timeouts bound every RPC, and supabase-py then builds no
     # client of its own (whose `timeout` argument it deprecates).
     http = httpx.AsyncClient(
@@ -196,7 +191,7 @@ async def build_platform(
                 httpx_client=http,
                 auto_refresh_token=False,
                 # Sessions this relay waits on record its instance (session recovery).
-                headers={**AsyncClientOptions().headers, INSTANCE_HEADER: settings.instance_id},
+                headers={**AsyncClientOptions().headers, INSTANCE_HEADER: options.instance_id},
             ),
         )
     except BaseException:
@@ -211,7 +206,7 @@ async def build_platform(
         store=store,
         services=SupabaseServices(client, store),
         channel=SupabaseCaseChannel(pool),
-        presence=SupabasePresence(pool, settings.presence_cache_ttl_seconds),
+        presence=SupabasePresence(pool, options.presence_cache_ttl_s),
     )
     if presence:
         platform.presence.start()
@@ -259,10 +254,10 @@ async def load_event_key(
 
 @asynccontextmanager
 async def supabase_backend(
-    settings: Settings, *, tuning: RealtimeTuning | None = None
+    options: PlatformOptions, *, tuning: RealtimeTuning | None = None
 ) -> AsyncIterator[Backend]:
     """`build_platform` as a context manager yielding the ports; closed on exit."""
-    platform = await build_platform(settings, tuning=tuning)
+    platform = await build_platform(options, tuning=tuning)
     try:
         yield platform.backend()
     finally:

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from limits import RateLimitItemPerSecond
 from loguru import logger
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.datastructures import Headers
@@ -48,13 +46,26 @@ from hitl_relay.security.ratelimit import (
     Decision,
     MemoryRateLimiter,
     RateLimiter,
-    Rule,
+    Rules,
     SharedRateLimiter,
 )
-from hitl_relay.security.settings import LOOPBACK_HOSTS
+from hitl_relay.security.settings import LOOPBACK_HOSTS, SecuritySettings
 
-if TYPE_CHECKING:
-    from hitl_relay.config import Settings
+
+class Settings(Protocol):
+    """What the layer reads of the relay's settings (`hitl_relay.config.Settings`)."""
+
+    @property
+    def security(self) -> SecuritySettings: ...
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def backend(self) -> str: ...
+
+    def api_key_values(self) -> list[str]: ...
+
 
 PROTECTED_PATHS = ("/mcp",)
 # Methods and headers a browser client of /mcp needs (streamable HTTP).
@@ -68,31 +79,10 @@ CORS_HEADERS = (
     "last-event-id",
 )
 CORS_EXPOSE = ("mcp-session-id", "retry-after", "www-authenticate")
-# Retell signatures are valid 5 minutes either side of now: remember each for both halves.
-REPLAY_WINDOW_S = 600
-
-
-@dataclass(frozen=True, slots=True)
-class Rules:
-    per_ip: Rule
-    auth_failures: Rule
-    per_key: Rule
-    per_call: Rule
-    replay: Rule
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Rules:
-        return cls(
-            per_ip=Rule.parse("ip", settings.rate_limit_per_ip),
-            auth_failures=Rule.parse("authfail", settings.rate_limit_auth_failures_per_ip),
-            per_key=Rule.parse("key", settings.rate_limit_per_key),
-            per_call=Rule.parse("call", settings.rate_limit_per_call),
-            replay=Rule("replay", (RateLimitItemPerSecond(1, REPLAY_WINDOW_S),)),
-        )
 
 
 def default_audit_sink(settings: Settings) -> AuditSink:
-    choice = settings.audit_sink
+    choice = settings.security.audit_sink
     if choice == "auto":
         choice = "supabase" if settings.backend == "supabase" else "log"
     if choice == "none":
@@ -102,7 +92,7 @@ def default_audit_sink(settings: Settings) -> AuditSink:
 
 
 def default_limiter(settings: Settings) -> RateLimiter:
-    if settings.rate_limit_storage == "postgres":
+    if settings.security.rate_limit_storage == "postgres":
         return SharedRateLimiter()
     return MemoryRateLimiter()
 
@@ -113,8 +103,8 @@ def transport_security_settings(settings: Settings) -> TransportSecuritySettings
     On when serving on loopback (loopback names always allowed) or when HITL_ALLOWED_HOSTS is
     set; off otherwise (behind a proxy the public host name is not known here).
     """
-    hosts = list(settings.allowed_hosts)
-    origins = list(settings.allowed_origins)
+    hosts = list(settings.security.allowed_hosts)
+    origins = list(settings.security.allowed_origins)
     if settings.host in LOOPBACK_HOSTS:
         hosts += ["127.0.0.1", "localhost", "[::1]", "127.0.0.1:*", "localhost:*", "[::1]:*"]
         origins += ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
@@ -136,22 +126,26 @@ class SecurityLayer:
         limiter: RateLimiter | None = None,
         protected: tuple[str, ...] = PROTECTED_PATHS,
     ) -> None:
-        self.settings = settings
+        self.config = settings
+        # The guards and the Retell endpoint read the security part (`layer.settings.<name>`).
+        self.settings = settings.security
         self.keys = keyring_or_refuse(
             settings.api_key_values(),
-            revoked=settings.revoked_keys,
-            compromised=settings.compromised_keys,
-            require_key=not settings.insecure_local,
+            revoked=settings.security.revoked_keys,
+            compromised=settings.security.compromised_keys,
+            require_key=not settings.security.insecure_local,
         )
         # --insecure-local with no key at all: every request passes as this actor.
-        self.open_access = settings.insecure_local and self.keys.size == 0
-        self.network = NetworkPolicy(settings.trusted_proxies, settings.ip_allowlist)
-        self.origins = OriginPolicy(settings.allowed_origins)
-        self.rules = Rules.from_settings(settings)
+        self.open_access = settings.security.insecure_local and self.keys.size == 0
+        self.network = NetworkPolicy(
+            settings.security.trusted_proxies, settings.security.ip_allowlist
+        )
+        self.origins = OriginPolicy(settings.security.allowed_origins)
+        self.rules = Rules.from_settings(settings.security)
         self.limiter = limiter or default_limiter(settings)
         self.audit = audit or default_audit_sink(settings)
         self.protected = protected
-        install_log_redaction(settings.redact_logs)
+        install_log_redaction(settings.security.redact_logs)
 
     # ------------------------------------------------------------ wiring
 
@@ -175,7 +169,7 @@ class SecurityLayer:
 
     def host_allowed(self, headers: Headers) -> bool:
         """The request's Host is one the MCP endpoint would accept (no host list: any)."""
-        security = transport_security_settings(self.settings)
+        security = transport_security_settings(self.config)
         if security is None:
             return True
         host = headers.get("host") or ""
@@ -198,7 +192,7 @@ class SecurityLayer:
 
     def transport_security(self) -> TransportSecuritySettings | None:
         """The MCP SDK's DNS-rebinding protection for /mcp (see `transport_security_settings`)."""
-        return transport_security_settings(self.settings)
+        return transport_security_settings(self.config)
 
     @asynccontextmanager
     async def running(self, backend: Backend | None = None) -> AsyncIterator[None]:

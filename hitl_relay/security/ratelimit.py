@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import anyio
-from limits import RateLimitItem
+from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 from loguru import logger
 
 from hitl_relay.errors import HitlError
-from hitl_relay.security.settings import parse_limits
+from hitl_relay.security.settings import SecuritySettings, parse_limits
 from hitl_relay.service_ports import RateLimitStore, WindowLimit
 
 
@@ -45,6 +45,29 @@ class Rule:
     @property
     def enabled(self) -> bool:
         return bool(self.items)
+
+
+# Retell signatures are valid 5 minutes either side of now: remember each for both halves.
+REPLAY_WINDOW_S = 600
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    per_ip: Rule
+    auth_failures: Rule
+    per_key: Rule
+    per_call: Rule
+    replay: Rule
+
+    @classmethod
+    def from_settings(cls, settings: SecuritySettings) -> Rules:
+        return cls(
+            per_ip=Rule.parse("ip", settings.rate_limit_per_ip),
+            auth_failures=Rule.parse("authfail", settings.rate_limit_auth_failures_per_ip),
+            per_key=Rule.parse("key", settings.rate_limit_per_key),
+            per_call=Rule.parse("call", settings.rate_limit_per_call),
+            replay=Rule("replay", (RateLimitItemPerSecond(1, REPLAY_WINDOW_S),)),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -115,7 +115,7 @@ async def supabase_ports(devstack: Devstack) -> AsyncIterator[ContractPorts]:
         supabase_service_role_key=devstack.keys.service_role_key,
         presence_cache_ttl_seconds=0.1,
     )
-    platform = await build_platform(settings, tuning=TUNING)
+    platform = await build_platform(settings.platform_options(), tuning=TUNING)
     service = await acreate_client(devstack.url, devstack.keys.service_role_key)
     answering = Operator(devstack, operator_id=uuid4())
     await answering.__aenter__()

@@ -99,7 +99,9 @@ async def test_the_wrong_key_is_platform_unavailable_with_the_reason(devstack: D
 async def test_an_unreachable_platform_is_platform_unavailable_at_once() -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     started = time.monotonic()
-    platform = await build_platform(settings_for(url, "x.y.z"), tuning=FAST, presence=False)
+    platform = await build_platform(
+        settings_for(url, "x.y.z").platform_options(), tuning=FAST, presence=False
+    )
     try:
         with pytest.raises(PlatformUnavailable) as e:
             await platform.store.reply(uuid.uuid4())
@@ -449,12 +451,12 @@ async def test_the_relay_returns_an_operators_answer_through_the_adapter(
     from hitl_relay.models import AskHumanRequest
 
     settings = settings_for(devstack.url, devstack.keys.service_role_key)
-    platform = await build_platform(settings, tuning=FAST)
+    platform = await build_platform(settings.platform_options(), tuning=FAST)
     try:
         async with Operator(devstack) as operator:
             await operator.go_online()
             await wait_presence(platform.presence, lambda n: n == 1)
-            relay = Relay(platform.backend(), settings)
+            relay = Relay(platform.backend(), settings.relay_options())
             request = AskHumanRequest(
                 question="Can we deliver on Saturday?",
                 session_id="s-1",
