@@ -1,8 +1,8 @@
-"""The ports' contract for conversation continuity (issue 10), against every adapter harness:
-`continue_case` (same case, new session, idempotent, named refusals), `pending_clarification`
-(newest unanswered question back; an answer wins; a reply clears it), `call_history`, and the
-broadcasts the clarification loop relies on (kind and is_answer of a question back and of the
-caller's reply).
+"""The ports' contract for conversation continuity, against every adapter harness:
+`continue_case` (same case, new session, idempotent, named refusals), the pending clarification
+as `reply` returns it (newest unanswered question back; an answer wins; a reply clears it),
+`call_history`, and the broadcasts the clarification loop relies on (kind and is_answer of a
+question back and of the caller's reply).
 """
 
 from __future__ import annotations

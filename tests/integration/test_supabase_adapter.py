@@ -31,7 +31,7 @@ from hitl_relay.adapters.supabase_channel import SocketPool
 from hitl_relay.devstack.cluster import free_port
 from hitl_relay.devstack.server import Devstack
 from hitl_relay.errors import InvalidRequest, NotFound, PlatformUnavailable
-from hitl_relay.ports import ContinueCase, HumanMessage, Reconnected, SessionEvent
+from hitl_relay.ports import Clarification, ContinueCase, HumanMessage, Reconnected, SessionEvent
 from hitl_relay.relay import Relay
 
 # ---- CaseStore over REST ----------------------------------------------------------------------
@@ -129,8 +129,8 @@ async def test_a_clarification_stays_pending_until_the_callers_reply_continues_t
         request = open_request()
         opened = await store.open_case(request)
         asked = await operator.answer(opened.case_id, "Morning or afternoon?", "clarification")
-        pending = await store.pending_clarification(opened.case_id)
-        assert pending is not None
+        pending = await store.reply(opened.case_id)
+        assert isinstance(pending, Clarification)
         assert (pending.message_id, pending.content) == (asked, "Morning or afternoon?")
         assert await store.close_session(opened.session_id, "needs_info") is True
         follow_up = ContinueCase(
@@ -148,7 +148,7 @@ async def test_a_clarification_stays_pending_until_the_callers_reply_continues_t
             "waiting",
         )
         assert continued.session_id != opened.session_id
-        assert await store.pending_clarification(opened.case_id) is None
+        assert await store.reply(opened.case_id) is None  # replied to: no longer pending
         retried = await store.continue_case(follow_up)
         assert (retried.session_id, retried.existed) == (continued.session_id, True)
         history = await store.call_history(request.retell_call_id)
