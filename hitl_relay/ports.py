@@ -1,8 +1,9 @@
 """The ports: what the relay core needs from the platform, as `typing.Protocol`s.
 
-`relay.py` knows only this module. `adapters/supabase.py` (production: PostgREST RPC + Realtime)
-and `adapters/memory.py` (an in-memory twin for tests) implement it, and one contract test suite
-(`tests/contract/`) runs against both.
+The core (`relay.py` and its parts) reaches the platform only through this module.
+`adapters/supabase.py` (production: PostgREST RPC + Realtime) and `adapters/memory.py` (an
+in-memory twin for tests) implement it, and one contract test suite (`tests/contract/`) runs
+against both.
 
 How the core uses the ports, in the order that loses nothing (design.md):
 
