@@ -188,8 +188,8 @@ class Answer:
 @dataclass(frozen=True, slots=True)
 class Clarification:
     """An operator's question back (a human message of kind `clarification`) still awaiting the
-    caller's reply: no `ai` message came after it and the case has no answer
-    (`hitl_pending_clarification`)."""
+    caller's reply: no `ai` message came after it and the case has no answer (what
+    `hitl_case_reply` returns when there is no answer)."""
 
     message_id: UUID
     case_id: UUID

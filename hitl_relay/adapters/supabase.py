@@ -1,8 +1,10 @@
 """The production adapter: the relay's ports over supabase-py's `AsyncClient` and realtime-py.
 
-- `SupabaseCaseStore` (`supabase_store.py`): `hitl_open_case`, `hitl_answer`,
-  `hitl_close_session` through PostgREST as the service role; P0001 → `InvalidRequest(field,
-  rule)`, everything else → `PlatformUnavailable`.
+- `SupabaseCaseStore` (`supabase_store.py`): `hitl_open_case`, `hitl_case_reply`,
+  `hitl_close_session` and the rest through PostgREST as the service role; P0001 →
+  `InvalidRequest(field, rule)`, everything else → `PlatformUnavailable`.
+- `SupabaseServices` (`supabase_services.py`): the audit trail, shared rate limits and the
+  callback outbox on the same client.
 - `SupabaseCaseChannel` (`supabase_channel.py`): private `case:<id>` channels on a pool of
   Realtime sockets (never more than `channels_per_socket` per socket), rejoined after any
   reconnect and reported as `Reconnected` so the core does a catch-up read.

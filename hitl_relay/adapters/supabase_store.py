@@ -129,7 +129,7 @@ def parse_option(data: Mapping[str, Any]) -> tuple[int | None, str | None]:
 
 
 def parse_answer(data: Mapping[str, Any]) -> Answer:
-    """`hitl_answer`'s object (also what a catch-up read returns)."""
+    """An answer as `hitl_case_reply` (the catch-up read) renders it."""
     try:
         option_index, option = parse_option(data)
         return Answer(
