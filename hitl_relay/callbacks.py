@@ -26,8 +26,6 @@ Receiver's check, in full:
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ipaddress
 import json
 import socket
@@ -42,13 +40,31 @@ import httpx
 import stamina
 from loguru import logger
 
-from hitl_relay.errors import InvalidRequest
+from hitl_relay.errors import HitlError, InvalidRequest
 from hitl_relay.models import AskResult
 from hitl_relay.security.audit import AuditEvent, AuditSink, NullAuditSink
 from hitl_relay.security.network import IPAddress
+from hitl_relay.service_ports import CallbackOutbox, CallbackOutcome, QueuedCallback
+from hitl_relay.signatures import (
+    SIGNATURE_HEADER,
+    TOLERANCE_S,
+    sign_callback,
+    verify_callback_signature,
+)
 
-SIGNATURE_HEADER = "x-hitl-signature"
-TOLERANCE_S = 300
+__all__ = [
+    "SIGNATURE_HEADER",
+    "TOLERANCE_S",
+    "CallbackSender",
+    "CallbackWorker",
+    "Delivery",
+    "callback_payload",
+    "callback_worker",
+    "sign_callback",
+    "verify_callback_signature",
+    "vet_callback_url",
+]
+
 USER_AGENT = "hitl-relay-callback/1"
 RULE_PUBLIC = (
     "must be an https URL whose host resolves only to public addresses (no private, loopback, "
@@ -57,45 +73,6 @@ RULE_PUBLIC = (
 
 
 # ---------------------------------------------------------------- signatures
-
-
-def sign_callback(secret: str, body: bytes, timestamp: int | None = None) -> str:
-    """The `x-hitl-signature` header value for `body`."""
-    t = int(time.time()) if timestamp is None else timestamp
-    digest = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={t},v1={digest}"
-
-
-def verify_callback_signature(
-    secret: str,
-    body: bytes,
-    header: str | None,
-    *,
-    tolerance_s: int = TOLERANCE_S,
-    now: float | None = None,
-) -> bool:
-    """True when `header` signs `body` with `secret` and its timestamp is within
-    `tolerance_s` of now (either direction). Constant-time; several `v1=` entries allowed."""
-    if not header:
-        return False
-    stamp: int | None = None
-    candidates: list[str] = []
-    for part in header.split(","):
-        name, _, value = part.strip().partition("=")
-        if name == "t" and value.isdigit() and len(value) <= 12:
-            stamp = int(value)
-        elif name == "v1" and value:
-            candidates.append(value.strip())
-    if stamp is None or not candidates:
-        return False
-    current = time.time() if now is None else now
-    if abs(current - stamp) > tolerance_s:
-        return False
-    expected = hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
-    matched = False
-    for candidate in candidates:
-        matched |= hmac.compare_digest(expected, candidate)
-    return matched
 
 
 # ---------------------------------------------------------------- SSRF guard
@@ -367,115 +344,93 @@ def _host_of(url: object) -> str:
 
 
 class CallbackWorker:
-    """Delivers the platform's queued callbacks (`public.hil_callbacks`), on any replica.
+    """Delivers the platform's queued callbacks (the backend's `CallbackOutbox`), on any replica.
 
-    Claims due rows with a lease (`hitl_callbacks_claim`), delivers each with the sender
-    (which retries within its budget), and reports the outcome (`hitl_callback_result`, which
-    audits it). A delivery that still fails with a retryable error is tried again later, with
-    exponential backoff (1 min, 2 min, 4 min, ... capped at 1 h), at most `max_attempts` times.
+    Claims due callbacks with a lease, delivers each with the sender (which retries within its
+    budget), and reports the outcome (which the platform audits). A delivery that still fails
+    with a retryable error is tried again later, with exponential backoff (1 min, 2 min, 4 min,
+    ... capped at 1 h), at most `max_attempts` times.
     """
 
     def __init__(
         self,
-        supabase_url: str,
-        service_role_key: str,
+        outbox: CallbackOutbox,
         sender: CallbackSender,
         *,
         interval_s: float = 2.0,
         max_attempts: int = 8,
         batch: int = 10,
-        client: httpx.AsyncClient | None = None,
     ) -> None:
-        self._rpc = supabase_url.rstrip("/") + "/rest/v1/rpc/"
-        self._headers = {
-            "apikey": service_role_key,
-            "Authorization": f"Bearer {service_role_key}",
-            "Content-Type": "application/json",
-        }
+        self.outbox = outbox
         self.sender = sender
         self.interval_s = interval_s
         self.max_attempts = max_attempts
         self.batch = batch
-        self._client = client
         self.delivered = 0
 
-    async def _call(self, client: httpx.AsyncClient, function: str, body: dict[str, Any]) -> Any:
-        response = await client.post(self._rpc + function, json=body, headers=self._headers)
-        if response.status_code != 200:
-            raise httpx.HTTPStatusError(
-                f"{function} answered {response.status_code}: {response.text[:200]}",
-                request=response.request,
-                response=response,
-            )
-        return response.json()
-
-    async def run_once(self, client: httpx.AsyncClient) -> int:
+    async def run_once(self) -> int:
         """Claim and deliver one batch; the number claimed."""
-        claimed = await self._call(
-            client,
-            "hitl_callbacks_claim",
-            {"p_limit": self.batch, "p_lease_seconds": int(self.sender.budget_s) + 60},
-        )
-        if not isinstance(claimed, list):
-            return 0
+        claimed = await self.outbox.claim_callbacks(self.batch, int(self.sender.budget_s) + 60)
         async with anyio.create_task_group() as tg:
             for item in claimed:
-                if isinstance(item, dict):
-                    tg.start_soon(self._deliver, client, item)
+                tg.start_soon(self._deliver, item)
         return len(claimed)
 
-    async def _deliver(self, client: httpx.AsyncClient, item: dict[str, Any]) -> None:
-        attempts = int(item.get("attempts") or 1)
+    async def _deliver(self, item: QueuedCallback) -> None:
+        outcome: CallbackOutcome
         detail: dict[str, Any]
-        secret = item.get("webhook_secret")
-        url = item.get("callback_url")
-        if not isinstance(secret, str) or not secret:
+        if item.webhook_secret is None:
             outcome, detail = "failed", {"error": "the case has no webhook_secret"}
         else:
+            url = str(item.callback_url)
             delivery = await self.sender.deliver(
-                str(url), secret, item.get("payload") or {}, case_id=str(item.get("case_id"))
+                url, item.webhook_secret, item.payload, case_id=item.case_id
             )
             detail = {"status": delivery.status, "error": delivery.error, "host": _host_of(url)}
             if delivery.ok:
                 outcome = "delivered"
                 self.delivered += 1
-            elif delivery.retryable and attempts < self.max_attempts:
+            elif delivery.retryable and item.attempts < self.max_attempts:
                 outcome = "retry"
             else:
                 outcome = "failed"
-        retry_in = min(3600, 60 * 2 ** (attempts - 1))
+        retry_in = min(3600, 60 * 2 ** (item.attempts - 1))
         try:
-            await self._call(
-                client,
-                "hitl_callback_result",
-                {
-                    "p_id": item.get("id"),
-                    "p_outcome": outcome,
-                    "p_detail": detail,
-                    "p_retry_in_seconds": retry_in,
-                },
-            )
-        except httpx.HTTPError as e:
+            await self.outbox.callback_result(item.id, outcome, detail, retry_in)
+        except HitlError as e:
             # The lease runs out and the callback is claimed again: delivered at least once.
-            logger.warning("callback {}: result not recorded: {}", item.get("id"), e)
+            logger.warning("callback {}: result not recorded: {}", item.id, e)
 
     async def run(self) -> None:
         """Until cancelled: claim and deliver; idle `interval_s` between empty polls."""
-        client = self._client or httpx.AsyncClient(timeout=10.0)
         failures = 0
-        try:
-            while True:
-                try:
-                    claimed = await self.run_once(client)
-                    failures = 0
-                except (httpx.HTTPError, ValueError) as e:
-                    failures += 1
-                    claimed = 0
-                    if failures in (1, 10) or failures % 100 == 0:
-                        logger.warning("callback worker: platform unavailable ({})", e)
-                if claimed < self.batch:
-                    await anyio.sleep(min(60.0, self.interval_s * 2 ** min(failures, 5)))
-        finally:
-            if self._client is None:
-                with anyio.CancelScope(shield=True):
-                    await client.aclose()
+        while True:
+            try:
+                claimed = await self.run_once()
+                failures = 0
+            except HitlError as e:
+                failures += 1
+                claimed = 0
+                if failures in (1, 10) or failures % 100 == 0:
+                    logger.warning("callback worker: platform unavailable ({})", e)
+            if claimed < self.batch:
+                await anyio.sleep(min(60.0, self.interval_s * 2 ** min(failures, 5)))
+
+
+def callback_worker(
+    outbox: CallbackOutbox | None,
+    *,
+    wanted: bool,
+    allow_private: bool,
+    timeout_s: float,
+    budget_s: float,
+    audit: AuditSink | None = None,
+) -> CallbackWorker | None:
+    """The outbox worker delivering signed callbacks, when wanted and the backend has an
+    outbox."""
+    if not wanted or outbox is None:
+        return None
+    sender = CallbackSender(
+        allow_private=allow_private, timeout_s=timeout_s, budget_s=budget_s, audit=audit
+    )
+    return CallbackWorker(outbox, sender)

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
+from hitl_relay.models import TIMEOUT_MAX, TIMEOUT_MIN
+
 if TYPE_CHECKING:
     from hitl_relay.config import Settings
 
@@ -154,9 +156,9 @@ def serve(
     settings = _relay_settings(host=host, port=port, insecure_local=insecure_local)
     problems = key_problems(
         settings.api_key_values(),
-        revoked=settings.revoked_keys,
-        compromised=settings.compromised_keys,
-        require_key=not settings.insecure_local,
+        revoked=settings.security.revoked_keys,
+        compromised=settings.security.compromised_keys,
+        require_key=not settings.security.insecure_local,
     )
     for problem in problems:
         typer.secho(f"config: {problem}", fg=typer.colors.RED, err=True)
@@ -218,7 +220,9 @@ def ask(
     question: str = typer.Argument(
         ..., help="The question for the operator (with --case-id: the caller's reply)."
     ),
-    timeout: int = typer.Option(None, "--timeout", min=5, max=600, help="Seconds to wait."),
+    timeout: int = typer.Option(
+        None, "--timeout", min=TIMEOUT_MIN, max=TIMEOUT_MAX, help="Seconds to wait."
+    ),
     call_id: str = typer.Option(
         None, "--call-id", help="Call id (default: a new one; with --case-id: the case's call)."
     ),

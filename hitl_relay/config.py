@@ -12,29 +12,13 @@ import socket
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode
 
+from hitl_relay.adapters.platform_options import PlatformOptions
 from hitl_relay.errors import ConfigError
+from hitl_relay.models import TIMEOUT_DEFAULT, TIMEOUT_MAX, TIMEOUT_MIN
+from hitl_relay.options import DEFAULT_FALLBACKS, Fallbacks, RelayOptions
 from hitl_relay.security.settings import SecuritySettings
-
-DEFAULT_FALLBACKS = {
-    "no_operator": (
-        "I'm sorry, none of my colleagues is available right now. I've noted your question, "
-        "and a colleague will see it as soon as one is available."
-    ),
-    "platform_unreachable": (
-        "I'm sorry, I can't reach my colleagues at the moment, so I couldn't pass your "
-        "question on. Please try again a little later."
-    ),
-    "timeout": (
-        "My colleague hasn't answered yet. I've passed your question on and someone will get "
-        "back to you with the answer."
-    ),
-    "unclear_answer": (
-        "I'm sorry, I couldn't get a clear answer to that from my colleague. Someone will get "
-        "back to you."
-    ),
-}
 
 
 def _unprefixed(name: str) -> Any:
@@ -42,21 +26,26 @@ def _unprefixed(name: str) -> Any:
     return AliasChoices(name, f"HITL_{name}")
 
 
-class Settings(SecuritySettings, BaseSettings):
+# The names the security part is given by (its fields and their environment aliases).
+_SECURITY_NAMES = frozenset(SecuritySettings.model_fields) | {
+    str(choice)
+    for info in SecuritySettings.model_fields.values()
+    if isinstance(info.validation_alias, AliasChoices)
+    for choice in info.validation_alias.choices
+}
+
+
+class Settings(BaseSettings):
     """Everything the relay reads from its environment (see `.env.example` for each setting).
 
-    The security variables (keys, rate limits, origins, networks, Retell, callbacks, audit)
-    are declared in `hitl_relay.security.settings.SecuritySettings`.
+    Composed of parts: the security variables (keys, rate limits, origins, networks, Retell,
+    callbacks, audit) are `security`, a `hitl_relay.security.settings.SecuritySettings` read
+    from the same environment and `.env`; `relay_options()` and `platform_options()` are what
+    the core and the Supabase adapter are given.
     """
 
-    model_config = SettingsConfigDict(
-        env_prefix="HITL_",
-        env_file=".env",
-        env_file_encoding="utf-8",
-        extra="ignore",
-        populate_by_name=True,
-        validate_default=True,
-    )
+    # The same sources as the security part: HITL_* variables and `.env`.
+    model_config = SecuritySettings.model_config
 
     # Which platform adapter serves the ports: `supabase` in every real deployment; `memory`
     # (an in-process twin, no persistence) only for tests and demos.
@@ -84,9 +73,11 @@ class Settings(SecuritySettings, BaseSettings):
     # Bearer keys accepted on /mcp, comma separated (several at once for rotation).
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
 
-    default_timeout_seconds: int = Field(45, ge=1, le=3600)
-    min_timeout_seconds: int = Field(5, ge=1, le=3600)
-    max_timeout_seconds: int = Field(600, ge=1, le=3600)
+    # A call's time limit: the default and the window a tool call may choose from, inside the
+    # bounds every layer enforces (models.TIMEOUT_MIN/MAX, which SQL checks again).
+    default_timeout_seconds: int = Field(TIMEOUT_DEFAULT, ge=TIMEOUT_MIN, le=TIMEOUT_MAX)
+    min_timeout_seconds: int = Field(TIMEOUT_MIN, ge=TIMEOUT_MIN, le=TIMEOUT_MAX)
+    max_timeout_seconds: int = Field(TIMEOUT_MAX, ge=TIMEOUT_MIN, le=TIMEOUT_MAX)
     # MCP tasks: the poll interval suggested to clients (ms), the cost of one indexed read each.
     task_poll_interval_ms: int = Field(1000, ge=100, le=60_000)
     # How often a waiting call sends an MCP progress notification.
@@ -156,6 +147,16 @@ class Settings(SecuritySettings, BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
 
+    security: SecuritySettings
+
+    def __init__(self, **values: Any) -> None:
+        # The security part reads the same sources; its variables may be given here flat.
+        if "security" not in values:
+            given = {k: values.pop(k) for k in list(values) if k in _SECURITY_NAMES}
+            sources = {k: values[k] for k in ("_env_file",) if k in values}
+            values["security"] = SecuritySettings(**sources, **given)
+        super().__init__(**values)
+
     @field_validator("api_keys", "notify_email_to", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
@@ -198,18 +199,53 @@ class Settings(SecuritySettings, BaseSettings):
                     "acts as anon; the relay needs a secret key (sb_secret_…) or the service_role "
                     "key"
                 )
-        out.extend(self.security_problems())
+        out.extend(self.security.problems(api_keys=self.api_key_values(), host=self.host))
         return out
 
     def api_key_values(self) -> list[str]:
         return [key.get_secret_value() for key in self.api_keys]
+
+    def relay_options(self) -> RelayOptions:
+        """What the relay core is configured with."""
+        secret = self.security.callback_secret
+        return RelayOptions(
+            default_timeout_s=self.default_timeout_seconds,
+            min_timeout_s=self.min_timeout_seconds,
+            max_timeout_s=self.max_timeout_seconds,
+            platform_timeout_s=self.platform_timeout_seconds,
+            progress_interval_s=self.progress_interval_seconds,
+            no_operator_answers_at_once=self.no_operator_answers_at_once,
+            case_ttl_s=self.case_ttl_seconds,
+            callback_url=self.security.callback_url,
+            webhook_secret=secret.get_secret_value() if secret else None,
+            task_poll_interval_ms=self.task_poll_interval_ms,
+            fallbacks=Fallbacks(
+                no_operator=self.fallback_no_operator,
+                platform_unreachable=self.fallback_platform_unreachable,
+                timeout=self.fallback_timeout,
+                unclear_answer=self.fallback_unclear_answer,
+            ),
+        )
+
+    def platform_options(self) -> PlatformOptions:
+        """What the Supabase adapter connects with."""
+        key = self.supabase_service_role_key
+        return PlatformOptions(
+            url=self.supabase_url,
+            service_role_key=key.get_secret_value() if key is not None else None,
+            timeout_s=self.platform_timeout_seconds,
+            instance_id=self.instance_id,
+            presence_cache_ttl_s=self.presence_cache_ttl_seconds,
+            channels_per_socket=self.channels_per_socket,
+            joins_per_second=self.realtime_joins_per_second,
+        )
 
 
 def _env_name(loc: tuple[int | str, ...]) -> str:
     field = str(loc[0]) if loc else "?"
     if field.isupper():  # already an environment name (an alias)
         return field
-    info = Settings.model_fields.get(field)
+    info = Settings.model_fields.get(field) or SecuritySettings.model_fields.get(field)
     if info is not None and isinstance(info.validation_alias, AliasChoices):
         first = info.validation_alias.choices[0]
         return str(first)

@@ -80,9 +80,9 @@ def check_configuration(load: Callable[[], Settings]) -> tuple[Settings | None, 
 def check_api_keys(settings: Settings) -> list[Finding]:
     problems = key_problems(
         settings.api_key_values(),
-        revoked=settings.revoked_keys,
-        compromised=settings.compromised_keys,
-        require_key=not settings.insecure_local,
+        revoked=settings.security.revoked_keys,
+        compromised=settings.security.compromised_keys,
+        require_key=not settings.security.insecure_local,
     )
     if problems:
         return [_fail("API keys", p) for p in problems]
@@ -173,7 +173,7 @@ async def check_platform(settings: Settings, timeout_s: float) -> list[Finding]:
     """Service key, migrations, a realtime join and presence, over the relay's own adapter."""
     from hitl_relay.adapters.supabase import build_platform
 
-    platform = await build_platform(settings, presence=False)
+    platform = await build_platform(settings.platform_options(), presence=False)
     try:
         readiness = await platform.readiness(timeout_s)
         findings = check_key_and_migrations(readiness)

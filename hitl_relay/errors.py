@@ -3,8 +3,6 @@
     HitlError                      root; never shown to a caller with a stack trace
     ├── InvalidRequest(field, rule)   bad tool input  → MCP tool result isError, HTTP 422
     ├── PlatformUnavailable           Supabase unreachable/failing → `platform_unreachable`
-    ├── Unauthorized                  missing/wrong API key → HTTP 401 {"error": "unauthorized"}
-    ├── RateLimited(retry_after_s)    over a limit → HTTP 429 with Retry-After
     ├── NotFound                      unknown case id → MCP isError / HTTP 404
     ├── DeliveryFailed                a notification channel refused or was unreachable (logged)
     └── ConfigError(problems)         invalid settings → the process refuses to start
@@ -52,23 +50,6 @@ class PlatformUnavailable(HitlError):
     def __init__(self, detail: str) -> None:
         self.detail = detail
         super().__init__(detail)
-
-
-class Unauthorized(HitlError):
-    """Missing, wrong, revoked or compromised credentials (the caller is never told which)."""
-
-    def __init__(self, reason: str = "unauthorized") -> None:
-        self.reason = reason
-        super().__init__(reason)
-
-
-class RateLimited(HitlError):
-    """Over a rate limit; the caller may retry after `retry_after_s` seconds."""
-
-    def __init__(self, retry_after_s: float, scope: str = "request") -> None:
-        self.retry_after_s = retry_after_s
-        self.scope = scope
-        super().__init__(f"rate limited ({scope}); retry after {retry_after_s:.1f} s")
 
 
 class NotFound(HitlError):

@@ -47,10 +47,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from hitl_relay import console, gc_tuning, metrics, recovery, retell, success
-from hitl_relay.adapters import open_backend, task_store_for
-from hitl_relay.adapters.notify import build_notifiers
+from hitl_relay import callbacks, console, gc_tuning, metrics, recovery, retell, success
 from hitl_relay.clock import SystemClock
+from hitl_relay.composition import build_notifiers, build_relay, open_backend, task_store_for
 from hitl_relay.config import Settings
 from hitl_relay.escalation import Escalator
 from hitl_relay.mcp_server import RelayMcpServer
@@ -60,11 +59,12 @@ from hitl_relay.ports import (
     Clock,
     EscalationStore,
     JobHealthSource,
+    RealtimeCounts,
     SessionRecovery,
     SuccessMetricsSource,
 )
 from hitl_relay.readiness import ReadinessMonitor
-from hitl_relay.relay import Relay, build_relay
+from hitl_relay.relay import Relay
 from hitl_relay.security import SecurityLayer
 from hitl_relay.security.http_limits import server_options
 
@@ -189,6 +189,21 @@ def transport_security(settings: Settings) -> TransportSecuritySettings | None:
     return transport_security_settings(settings)
 
 
+def outbox_worker(settings: Settings, connected: Backend) -> callbacks.CallbackWorker | None:
+    """The worker delivering the platform's queued callbacks: on when HITL_CALLBACK_WORKER says
+    so, by default when a callback URL is configured on the Supabase backend."""
+    wanted = settings.security.callback_worker
+    if wanted is None:
+        wanted = bool(settings.security.callback_url) and settings.backend == "supabase"
+    return callbacks.callback_worker(
+        connected.outbox,
+        wanted=wanted,
+        allow_private=settings.security.callback_allow_private,
+        timeout_s=settings.security.callback_timeout_seconds,
+        budget_s=settings.security.callback_budget_seconds,
+    )
+
+
 def console_config(settings: Settings) -> console.ConsoleConfig:
     """What the operator console at /console may know: the URL and the public anon key."""
     anon = settings.supabase_anon_key
@@ -210,7 +225,7 @@ def create_app(
     """The relay's Starlette app; connects the backend when the app starts.
 
     Raises `ConfigError` for unusable keys (none, compromised, malformed) unless
-    `settings.insecure_local`.
+    `settings.security.insecure_local`.
     """
     state = RelayState()
     layer = security or SecurityLayer(settings)
@@ -226,9 +241,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, object]]:
-        async with backend(settings) as connected, manager.run(), layer.running():
+        async with backend(settings) as connected, manager.run(), layer.running(connected):
             relay_clock = clock or SystemClock()
             relay = build_relay(connected, settings, clock=relay_clock)
+            if isinstance(connected.readiness, RealtimeCounts):
+                metrics.track_realtime(connected.readiness)
             # Before serving: a retried call must not race the closing of its old session.
             recovered = await recovery.recover_on_start(
                 connected.store, settings.instance_id, settings.platform_timeout_seconds
@@ -263,6 +280,9 @@ def create_app(
                     timeout_s=settings.platform_timeout_seconds,
                 )
                 tg.start_soon(monitor.run)
+                outbox = outbox_worker(settings, connected)
+                if outbox is not None:
+                    tg.start_soon(outbox.run)
                 if (
                     isinstance(connected.store, EscalationStore)
                     and settings.escalation_interval_seconds > 0

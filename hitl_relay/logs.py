@@ -73,8 +73,8 @@ class LogOptions:
         for secret in (
             settings.supabase_service_role_key,
             settings.supabase_anon_key,
-            settings.callback_secret,
-            settings.retell_api_key,
+            settings.security.callback_secret,
+            settings.security.retell_api_key,
         ):
             if secret is not None:
                 values.append(secret.get_secret_value())

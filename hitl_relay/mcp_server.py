@@ -51,7 +51,7 @@ from hitl_relay.models import (
     parse_get_call_history_request,
     tool_schema,
 )
-from hitl_relay.relay import Relay, build_relay
+from hitl_relay.relay import Relay
 from hitl_relay.resilience import BreakerState
 from hitl_relay.security.middleware import key_of
 
@@ -261,7 +261,7 @@ def render_invalid(error: InvalidRequest) -> types.CallToolResult:
 
 async def serve_stdio(settings: Settings) -> None:
     """Serve MCP over stdin/stdout until the client closes it (`hitl-relay stdio`)."""
-    from hitl_relay.adapters import open_backend, task_store_for
+    from hitl_relay.composition import build_relay, open_backend, task_store_for
 
     async with open_backend(settings) as backend, anyio.create_task_group() as tg:
         relay = build_relay(backend, settings)

@@ -339,7 +339,7 @@ class TaskService:
             raise MCPError(code=types.INVALID_PARAMS, message="task.ttl: must be an integer")
         task_id = secrets.token_urlsafe(32)
         owner = owner_of(ctx)
-        s = self._relay().settings
+        s = self._relay().options
         new_task = partial(
             NewTask,
             id=task_id,
@@ -350,12 +350,7 @@ class TaskService:
         )
         try:
             request = parse_ask_request(params.get("arguments") or {})
-            timeout = request.timeout_seconds or s.max_timeout_seconds
-            if not s.min_timeout_seconds <= timeout <= s.max_timeout_seconds:
-                raise InvalidRequest(
-                    "timeout_seconds",
-                    f"must be between {s.min_timeout_seconds} and {s.max_timeout_seconds}",
-                )
+            timeout = s.time_limit(request.timeout_seconds, default=s.max_timeout_s)
         except InvalidRequest as e:
             # 2025-11-25: a tool result with isError makes the task `failed`; 2026-07-28:
             # `completed` (failed is for JSON-RPC errors only). Either way the result says why.
@@ -514,7 +509,7 @@ class TaskService:
             case_id=str(task.case_id),
             waited_ms=max(0, round((task.deadline_at - task.created_at).total_seconds() * 1000)),
             deadline_s=round((task.deadline_at - task.created_at).total_seconds()),
-            message=relay.settings.fallback_timeout,
+            message=relay.options.fallbacks.timeout,
         )
         return dump(self._rendering.render(timed_out))
 
@@ -578,14 +573,14 @@ class TaskService:
             return ack
         if not isinstance(reply, str) or not reply.strip():
             return ack
-        s = self._relay().settings
+        s = self._relay().options
         try:
             follow_up = parse_ask_request(
                 {
                     **{k: v for k, v in task.call.items() if v is not None},
                     "question": reply.strip(),
                     "case_id": str(task.case_id),
-                    "timeout_seconds": s.max_timeout_seconds,
+                    "timeout_seconds": s.max_timeout_s,
                 }
             )
         except InvalidRequest as e:
@@ -597,7 +592,7 @@ class TaskService:
             )
             raise MCPError(code=types.INVALID_PARAMS, message=problems or str(e)) from None
         try:
-            resumed = await self._store().resume_task(task.id, owner, s.max_timeout_seconds)
+            resumed = await self._store().resume_task(task.id, owner, s.max_timeout_s)
         except HitlError as e:
             raise unavailable(e) from None
         if resumed is not None and task.id not in self._waits:

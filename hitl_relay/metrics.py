@@ -7,6 +7,8 @@ exactly the relay's own series (plus process metrics).
 
 from __future__ import annotations
 
+import weakref
+
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import (
     CollectorRegistry,
@@ -18,6 +20,9 @@ from prometheus_client import (
 )
 
 from hitl_relay import gc_tuning
+from hitl_relay.calls import CallRecord
+from hitl_relay.observer import LogObserver
+from hitl_relay.ports import RealtimeCounts
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
@@ -180,6 +185,40 @@ for _status in ("expired", "cancelled"):
     recovered_sessions.labels(status=_status)
 
 
+def track_realtime(source: RealtimeCounts) -> None:
+    """The Realtime gauges follow `source` (the newest one), read at each scrape."""
+    ref = weakref.ref(source)
+
+    def count(index: int) -> float:
+        found = ref()
+        return float(found.realtime_counts()[index]) if found is not None else 0.0
+
+    realtime_sockets.set_function(lambda: count(0))
+    realtime_channels.set_function(lambda: count(1))
+
+
+class MetricsObserver(LogObserver):
+    """The core's observer at the edge: the per-call log line plus the call metrics."""
+
+    def call_started(self) -> None:
+        waiting_calls.inc()
+
+    def case_created(self, seconds: float) -> None:
+        case_creation_seconds.observe(seconds)
+
+    def answer_delivered(self, seconds: float) -> None:
+        delivery_seconds.observe(seconds)
+
+    def call_ended(self, call: CallRecord, outcome: str, waited_s: float) -> None:
+        waiting_calls.dec()
+        if outcome in OUTCOMES:
+            invocations.labels(outcome=outcome).inc()
+            wait_seconds.labels(outcome=outcome).observe(waited_s)
+        if outcome in FALLBACK_KINDS:
+            fallbacks.labels(kind=outcome).inc()
+        super().call_ended(call, outcome, waited_s)
+
+
 def exposition() -> bytes:
     """The registry in Prometheus' text format, for `/metrics`."""
     return generate_latest(REGISTRY)
@@ -189,6 +228,7 @@ __all__ = [
     "CONTENT_TYPE",
     "REGISTRY",
     "TARGETS",
+    "MetricsObserver",
     "auth_failures",
     "breaker_state",
     "case_creation_seconds",
@@ -212,6 +252,7 @@ __all__ = [
     "success_window_cases",
     "target",
     "timeout_rate",
+    "track_realtime",
     "wait_seconds",
     "waiting_calls",
 ]

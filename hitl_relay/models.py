@@ -27,8 +27,13 @@ ID_MAX = 128
 CALLER_INFO_MAX_BYTES = 16 * 1024
 HISTORY_MAX_TURNS = 200
 TURN_CONTENT_MAX = 8000
+# A call's time limit in seconds: the bounds' one home (the settings, the CLI, the memory twin
+# import them; hitl_open_case and hitl_continue_case in SQL are tested against them).
 TIMEOUT_MIN = 5
 TIMEOUT_MAX = 600
+TIMEOUT_DEFAULT = 45
+# The id rule (session, call and agent ids), as the SQL's `hitl_id` states it.
+ID_RULE = f"must be 1 to {ID_MAX} printable characters"
 # One-tap answers: the bounds' one home (hitl_option_bounds() in SQL is tested against them).
 OPTIONS_MIN = 2
 OPTIONS_MAX = 6
@@ -193,6 +198,13 @@ def option_rule(options: list[str]) -> list[str]:
     return cleaned
 
 
+def printable_id(value: str) -> str:
+    """`value` if it is an id (`ID_RULE`: not blank, printable, at most `ID_MAX` characters)."""
+    if not value.strip() or len(value) > ID_MAX or not value.isprintable():
+        raise ValueError(ID_RULE)
+    return value
+
+
 def _id_field(alias: str, description: str) -> Any:
     return Field(alias=alias, min_length=1, max_length=ID_MAX, description=description)
 
@@ -252,7 +264,8 @@ class AskHumanRequest(BaseModel):
         ge=TIMEOUT_MIN,
         le=TIMEOUT_MAX,
         description=(
-            "How long to wait for the colleague, in seconds (5-600; default 45). 30-60 suits a "
+            f"How long to wait for the colleague, in seconds ({TIMEOUT_MIN}-{TIMEOUT_MAX}; default "
+            f"{TIMEOUT_DEFAULT}). 30-60 suits a "
             "live call; keep the caller engaged meanwhile. Each call, follow-ups included, "
             "waits at most this long."
         ),
@@ -331,9 +344,7 @@ class AskHumanRequest(BaseModel):
     @field_validator("session_id", "call_id", "agent_id")
     @classmethod
     def _printable_id(cls, value: str) -> str:
-        if not value.strip() or not value.isprintable():
-            raise ValueError(f"must be 1 to {ID_MAX} printable characters")
-        return value
+        return printable_id(value)
 
     @field_validator("caller_info")
     @classmethod
@@ -354,9 +365,7 @@ class GetCallHistoryRequest(BaseModel):
     @field_validator("call_id")
     @classmethod
     def _printable_id(cls, value: str) -> str:
-        if not value.strip() or not value.isprintable():
-            raise ValueError(f"must be 1 to {ID_MAX} printable characters")
-        return value
+        return printable_id(value)
 
 
 class GetHumanAnswerRequest(BaseModel):
@@ -523,9 +532,9 @@ class CallHistory(BaseModel):
 _FIELD_RULES = {
     "question": f"must be 1 to {QUESTION_MAX} characters",
     "context": f"must be at most {CONTEXT_MAX} characters",
-    "session_id": f"must be 1 to {ID_MAX} printable characters",
-    "call_id": f"must be 1 to {ID_MAX} printable characters",
-    "agent_id": f"must be 1 to {ID_MAX} printable characters",
+    "session_id": ID_RULE,
+    "call_id": ID_RULE,
+    "agent_id": ID_RULE,
     "priority": "must be between 1 and 5",
     "urgency": "must be one of low, medium, high",
     "timeout_seconds": f"must be between {TIMEOUT_MIN} and {TIMEOUT_MAX}",

@@ -1,26 +1,26 @@
 """The ports: what the relay core needs from the platform, as `typing.Protocol`s.
 
-`relay.py` knows only this module. `adapters/supabase.py` (production: PostgREST RPC + Realtime)
-and `adapters/memory.py` (an in-memory twin for tests) implement it, and one contract test suite
-(`tests/contract/`) runs against both.
+The core (`relay.py` and its parts) reaches the platform only through this module.
+`adapters/supabase.py` (production: PostgREST RPC + Realtime) and `adapters/memory.py` (an
+in-memory twin for tests) implement it, and one contract test suite (`tests/contract/`) runs
+against both.
 
 How the core uses the ports, in the order that loses nothing (design.md):
 
     async with channel.subscribe(case_id) as sub:   ─┐ concurrently: neither waits
     opened = await store.open_case(OpenCase(...))    ─┘ for the other
-    answer = await store.answer(opened.case_id)       catch-up read (anything sent before the
+    found = await store.reply(opened.case_id)         catch-up read (anything sent before the
                                                       join was confirmed, or a retried call)
     async for event in sub:                           HumanMessage / SessionEvent / Reconnected
-        Reconnected → store.answer(...) again         (the gap while not listening)
-        WakeUp → store.answer(...) again              (an event nobody proved: read, not believe)
+        Reconnected → store.reply(...) again          (the gap while not listening)
+        WakeUp → store.reply(...) again               (an event nobody proved: read, not believe)
     await store.close_session(opened.session_id, outcome, detail)
 
-The clarification loop (issue 10): an operator may reply with a question instead of an answer
-(a human message of kind `clarification`). The catch-up read is then `answer`, and when there is
-none `pending_clarification`; the wait ends with `needs_info`. The agent asks the caller and the
-follow-up runs `continue_case` (instead of `open_case`) on the same case and channel. Every
-relay case of one call belongs to the call's thread (`call_history`), which the platform attaches
-to each new case of the call.
+An operator may reply with a question instead of an answer (a human message of kind
+`clarification`): the catch-up read returns it when there is no answer, and the wait ends with
+`needs_info`. The agent asks the caller and the follow-up runs `continue_case` (instead of
+`open_case`) on the same case and channel. Every relay case of one call belongs to the call's
+thread (`call_history`), which the platform attaches to each new case of the call.
 
 Every adapter method raises only `hitl_relay.errors` types: `InvalidRequest` for input the
 platform refuses (never retried), `PlatformUnavailable` for anything transport- or server-side
@@ -37,9 +37,17 @@ from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 from uuid import UUID
 
+from hitl_relay.service_ports import AuditStore, CallbackOutbox, RateLimitStore
+
+# The version of the newest migration this relay works with: `public.hitl_schema_version()`
+# must return it. A migration that changes the contract redefines the function with its own
+# version and bumps this constant (tests/db/test_schema_version.py enforces both); the readiness
+# probe (`hitl_relay.readiness`) compares against it.
+EXPECTED_SCHEMA_VERSION = "20261206900000"
+
 Urgency = Literal["low", "medium", "high"]
 # The statuses `hitl_close_session` accepts (a session is `waiting` until closed);
-# `needs_info`: the operator asked back (clarification loop, issue 10).
+# `needs_info`: the operator asked back (a clarification) instead of answering.
 SessionOutcome = Literal["answered", "timed_out", "expired", "failed", "cancelled", "needs_info"]
 # `no_operator`: nobody was on duty; the case was recorded and its session closed at once.
 SessionStatus = Literal[
@@ -180,8 +188,8 @@ class Answer:
 @dataclass(frozen=True, slots=True)
 class Clarification:
     """An operator's question back (a human message of kind `clarification`) still awaiting the
-    caller's reply: no `ai` message came after it and the case has no answer
-    (`hitl_pending_clarification`)."""
+    caller's reply: no `ai` message came after it and the case has no answer (what
+    `hitl_case_reply` returns when there is no answer)."""
 
     message_id: UUID
     case_id: UUID
@@ -396,13 +404,6 @@ class CaseStore(Protocol):
         """
         ...
 
-    async def answer(self, case_id: UUID) -> Answer | None:
-        """`hitl_answer`: the case's decided answer, or None (no answer yet, or unknown case).
-
-        Read-only, so safe to retry. Raises `PlatformUnavailable`.
-        """
-        ...
-
     async def close_session(
         self, session_id: UUID, status: SessionOutcome, detail: Mapping[str, Any] | None = None
     ) -> bool:
@@ -435,18 +436,11 @@ class CaseStore(Protocol):
         """
         ...
 
-    async def pending_clarification(self, case_id: UUID) -> Clarification | None:
-        """`hitl_pending_clarification`: the newest human `clarification` message of the case
-        with no `ai` message after it, or None (none, answered since, replied to, or unknown
-        case). Never returns anything once the case has an answer: an answer always wins.
-
-        Read-only, so safe to retry. Raises `PlatformUnavailable`.
-        """
-        ...
-
     async def reply(self, case_id: UUID) -> Answer | Clarification | None:
-        """`hitl_case_reply`: `answer(case_id)` if there is one, else
-        `pending_clarification(case_id)`, in one read (the relay's catch-up).
+        """`hitl_case_reply`: the case's decided answer (the first human answer) if there is one,
+        else its pending clarification (the newest human `clarification` message with no `ai`
+        message after it), else None (also for an unknown case); one read, the relay's
+        catch-up. An answer always wins over a clarification.
 
         Read-only, so safe to retry. Raises `PlatformUnavailable`.
         """
@@ -489,7 +483,7 @@ class RecoveredSessions:
 
 @runtime_checkable
 class SessionRecovery(Protocol):
-    """Session recovery after a relay restart (issue 7), implemented by the case stores.
+    """Session recovery after a relay restart, implemented by the case stores.
 
     Each relay process has an instance id (`HITL_INSTANCE_ID`); a session records the instance
     waiting on it when it starts (or starts again) waiting. A process that dies takes its
@@ -532,7 +526,7 @@ class SuccessMetrics:
 
 @runtime_checkable
 class SuccessMetricsSource(Protocol):
-    """The plan's success figures, read from the platform (issue 10), by the case stores."""
+    """The plan's success figures, read from the platform, by the case stores."""
 
     async def success_metrics(self, start: datetime, end: datetime) -> SuccessMetrics:
         """`hitl_success_metrics(start, end)`: the figures over [start, end).
@@ -697,12 +691,60 @@ class ReadinessProbe(Protocol):
         ...
 
 
+@runtime_checkable
+class RealtimeCounts(Protocol):
+    """Optional: an adapter that can count its Realtime sockets and joined channels."""
+
+    def realtime_counts(self) -> tuple[int, int]:
+        """(sockets open, channels joined) now; cheap enough for every metrics scrape."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Backend:
     """The three platform ports a running relay uses, built together by one adapter, plus
-    its readiness probe when it has one."""
+    its readiness probe and the edge's service ports (`service_ports`) when it has them, all
+    on the adapter's one connection."""
 
     store: CaseStore
     channel: CaseChannel
     presence: OperatorPresence
     readiness: ReadinessProbe | None = None
+    audit: AuditStore | None = None
+    rate_limits: RateLimitStore | None = None
+    outbox: CallbackOutbox | None = None
+
+    @classmethod
+    def of(cls, platform: Platform) -> Backend:
+        """Every port of an adapter whose one object is also its readiness probe and whose
+        `services` implement the three service ports."""
+        services = platform.services
+        return cls(
+            store=platform.store,
+            channel=platform.channel,
+            presence=platform.presence,
+            readiness=platform,
+            audit=services,
+            rate_limits=services,
+            outbox=services,
+        )
+
+
+class _Services(AuditStore, RateLimitStore, CallbackOutbox, Protocol):
+    pass
+
+
+class Platform(ReadinessProbe, Protocol):
+    """An adapter's platform object (`Backend.of`)."""
+
+    @property
+    def store(self) -> CaseStore: ...
+
+    @property
+    def channel(self) -> CaseChannel: ...
+
+    @property
+    def presence(self) -> OperatorPresence: ...
+
+    @property
+    def services(self) -> _Services: ...

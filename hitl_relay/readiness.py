@@ -22,15 +22,12 @@ from typing import Any
 import anyio
 
 from hitl_relay import metrics
-from hitl_relay.ports import Check, PlatformReadiness, ReadinessProbe
+from hitl_relay.ports import EXPECTED_SCHEMA_VERSION, Check, PlatformReadiness, ReadinessProbe
 from hitl_relay.resilience import CircuitBreaker
 
-# The version of the newest migration this relay works with: `public.hitl_schema_version()`
-# must return it. A migration that changes the contract redefines the function with its own
-# version and bumps this constant (tests/db/test_schema_version.py enforces both).
-EXPECTED_SCHEMA_VERSION = "20261206900000"
-
 # The platform checks together stay under a second (a load balancer's probe timeout is ~1 s).
+__all__ = ["EXPECTED_SCHEMA_VERSION", "ReadinessMonitor", "migrations_check"]
+
 CHECK_TIMEOUT_S = 0.8
 CACHE_TTL_S = 1.0
 

@@ -1,4 +1,4 @@
-"""Session recovery after a relay restart (issue 7).
+"""Session recovery after a relay restart.
 
 A relay process that dies takes its waiting MCP calls with it, but their sessions stay `waiting`
 in `hil_sessions` until the cron job expires them. When the process starts again (same

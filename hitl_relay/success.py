@@ -1,4 +1,4 @@
-"""The integration plan's success figures on `/metrics`, refreshed in the background (issue 10).
+"""The integration plan's success figures on `/metrics`, refreshed in the background.
 
 The figures (average response, success rate, timeout rate, operator utilisation) are computed
 by the database (`hitl_success_metrics`) over a rolling window. Computing them is a query over

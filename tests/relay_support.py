@@ -12,6 +12,7 @@ import anyio
 from hitl_relay.adapters.memory import MemoryPlatform
 from hitl_relay.clock import FakeClock
 from hitl_relay.config import Settings
+from hitl_relay.metrics import MetricsObserver
 from hitl_relay.models import AskHumanRequest, AskResult
 from hitl_relay.relay import Relay
 
@@ -112,5 +113,13 @@ def memory_rig(**settings: Any) -> Rig:
     platform = MemoryPlatform(clock=clock)
     relay_settings = make_settings(**settings)
     return Rig(
-        platform, clock, Relay(platform.backend(), relay_settings, clock=clock), relay_settings
+        platform,
+        clock,
+        Relay(
+            platform.backend(),
+            relay_settings.relay_options(),
+            clock=clock,
+            observer=MetricsObserver(),
+        ),
+        relay_settings,
     )

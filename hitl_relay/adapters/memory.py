@@ -10,8 +10,8 @@ good, RPCs failing. `MemoryOperator` is the operators' side: it answers, asks ba
 Call threads and the clarification loop follow `20261125000700_hitl_threads.sql`: a new case of
 a call carries the call's earlier cases in `metadata["thread"]` (JSON-shaped, as the
 `hitl_attach_thread` trigger stores it), `continue_case` adds the caller's reply as an `ai`
-note and a new waiting session, `pending_clarification` and `call_history` read like their SQL
-twins. Messages with equal timestamps keep insertion order (SQL breaks such ties by id).
+note and a new waiting session, `reply` and `call_history` read like their SQL twins. Messages
+with equal timestamps keep insertion order (SQL breaks such ties by id).
 
 For tests and demos only (`HITL_BACKEND=memory`): nothing is persisted.
 """
@@ -20,23 +20,44 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import math
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from uuid import UUID, uuid4
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from hitl_relay.adapters.memory_services import CallbackCase, MemoryServices
+from hitl_relay.adapters.memory_state import (
+    CLOSE_STATUSES,
+    DEFAULT_CASE_TTL_S,
+    ESCALATE_UNCLAIMED_S,
+    Faults,
+    MemCase,
+    MemNotification,
+    MemSession,
+    as_postgres_would_store,
+    id_rule,
+    int_rule,
+    success_figures,
+    text_rule,
+)
 from hitl_relay.clock import SystemClock
 from hitl_relay.errors import InvalidRequest, NotFound, PlatformUnavailable
-from hitl_relay.models import option_rule
+from hitl_relay.models import (
+    CONTEXT_MAX,
+    HISTORY_MAX_TURNS,
+    ID_MAX,
+    QUESTION_MAX,
+    TIMEOUT_MAX,
+    TIMEOUT_MIN,
+    option_rule,
+)
 from hitl_relay.ports import (
+    EXPECTED_SCHEMA_VERSION,
     Answer,
     Backend,
     ChannelEvent,
@@ -63,91 +84,6 @@ from hitl_relay.ports import (
     ThreadMessage,
     WakeUp,
 )
-from hitl_relay.readiness import EXPECTED_SCHEMA_VERSION
-
-DEFAULT_CASE_TTL_S = 3600
-_CLOSE_STATUSES = ("answered", "timed_out", "expired", "failed", "cancelled", "needs_info")
-
-
-@dataclass
-class MemCase:
-    id: UUID
-    question: str
-    priority: int
-    urgency: str
-    status: str  # open | answered | expired | cancelled | closed
-    metadata: dict[str, Any]
-    created_at: datetime
-    expires_at: datetime
-    answer_message_id: UUID | None = None
-    answered_at: datetime | None = None
-    options: list[str] | None = None
-    skills: tuple[str, ...] = ()
-    escalated_for: list[str] = field(default_factory=list)
-
-
-# hil_settings.escalate_unclaimed_seconds's default, per priority.
-ESCALATE_UNCLAIMED_S = {5: 5, 4: 8, 3: 12, 2: 20, 1: 30}
-
-
-@dataclass
-class _MemNotification:
-    id: int
-    case_id: UUID
-    reason: str
-    payload: dict[str, Any]
-    attempts: int = 0
-    sent_at: datetime | None = None
-    last_error: str | None = None
-
-
-@dataclass
-class MemSession:
-    id: UUID
-    case_id: UUID
-    idempotency_key: str
-    mcp_session_id: str
-    retell_call_id: str
-    status: SessionStatus
-    expires_at: datetime
-    created_at: datetime
-    detail: dict[str, Any] = field(default_factory=dict)
-    follow_up: bool = False
-    # The relay instance waiting on it (the `x-hitl-instance` header of the request that made
-    # it wait), for session recovery after a restart.
-    instance_id: str | None = None
-
-
-@dataclass
-class Faults:
-    """Faults a test switches on; each applies to the calls made while it is on."""
-
-    # Joins wait here until `release_joins()` (an answer can land before the join confirms).
-    join_gate: anyio.Event | None = None
-    refuse_joins: bool = False
-    # Session closes wait here until it is set (the caller must not wait for a close).
-    close_gate: anyio.Event | None = None
-    # A new case is committed, then its reply waits here until it is set (a slow reply).
-    open_reply_gate: anyio.Event | None = None
-    # RPC name ("open_case", "answer", "reply", "close_session", "continue_case",
-    # "pending_clarification", "call_history") → how many next calls fail.
-    rpc_failures: dict[str, int] = field(default_factory=dict)
-    rpc_down: bool = False
-    # Realtime lost its database connection while the sockets stay joined: what is committed
-    # meanwhile is never broadcast (Supabase's broadcast-from-database replication slot is
-    # temporary), and no subscription is told.
-    drop_broadcasts: bool = False
-
-    def hold_joins(self) -> None:
-        self.join_gate = anyio.Event()
-
-    def release_joins(self) -> None:
-        if self.join_gate is not None:
-            self.join_gate.set()
-            self.join_gate = None
-
-    def fail_rpc(self, name: str, times: int = 1) -> None:
-        self.rpc_failures[name] = self.rpc_failures.get(name, 0) + times
 
 
 class _Lost:
@@ -214,7 +150,7 @@ class MemoryPlatform:
         self.sessions: dict[UUID, MemSession] = {}
         self._by_key: dict[str, UUID] = {}
         self.messages: list[HumanMessage] = []
-        self.notifications: list[_MemNotification] = []
+        self.notifications: list[MemNotification] = []
         self.subscriptions: dict[UUID, set[MemorySubscription]] = {}
         self.faults = Faults()
         # None: presence unknown (not joined yet); a set: the operators present.
@@ -228,6 +164,8 @@ class MemoryPlatform:
         self.replies_read: list[UUID] = []  # the case of each `reply` read, in order
         # `operator_activity` rows with status available: (operator id, started_at, last_seen_at).
         self.availability: list[tuple[str, datetime, datetime]] = []
+        self.case_secrets: dict[UUID, str] = {}
+        self.services = MemoryServices(self.clock, self._callback_case)
         self.store = MemoryCaseStore(self)
         self.channel = MemoryCaseChannel(self)
         self.presence = MemoryPresence(self, ttl_s=presence_ttl_s)
@@ -243,8 +181,19 @@ class MemoryPlatform:
         self.expiry_last_run: datetime | None = None
 
     def backend(self) -> Backend:
-        return Backend(
-            store=self.store, channel=self.channel, presence=self.presence, readiness=self
+        return Backend.of(self)
+
+    def _callback_case(self, case_id: UUID) -> CallbackCase | None:
+        case = self.cases.get(case_id)
+        if case is None:
+            return None
+        answer = next((m for m in self.messages if m.message_id == case.answer_message_id), None)
+        return CallbackCase(
+            callback_url=case.metadata.get("callback_url"),
+            webhook_secret=self.case_secrets.get(case_id),
+            call_id=case.metadata.get("retell_call_id"),
+            answer=answer,
+            answered_at=case.answered_at,
         )
 
     async def readiness(self, timeout_s: float) -> PlatformReadiness:
@@ -393,6 +342,8 @@ class MemoryPlatform:
             if case.status == "open":
                 case.status = "answered"
         self.messages.append(message)
+        if is_answer:
+            self.services.queue_callback(case_id, "answer")
         self.broadcast(case_id, message)
         self.changed()
         return message
@@ -401,6 +352,8 @@ class MemoryPlatform:
         if session.status == status:
             return
         session.status = status
+        if status == "timed_out":
+            self.services.queue_callback(session.case_id, "timeout", session.id)
         self.broadcast(
             session.case_id,
             SessionEvent(
@@ -470,41 +423,6 @@ class MemoryPlatform:
         return sorted(entries, key=lambda e: e.asked_at)
 
 
-def _as_postgres_would_store(params: Mapping[str, Any]) -> None:
-    """Fail as the real platform does on what Postgres cannot hold: a non-finite number is not
-    JSON (PostgREST refuses the body), U+0000 is not text (22P05). Both reach the relay as
-    `PlatformUnavailable`, so input that slips past validation shows up in the breaker here
-    as it would in production."""
-    try:
-        text = json.dumps(params, allow_nan=False)
-    except ValueError:
-        raise PlatformUnavailable("hitl_open_case: PGRST102 non-finite number in JSON") from None
-    if "\\u0000" in text.replace("\\\\", ""):
-        raise PlatformUnavailable(
-            "hitl_open_case: 22P05 unsupported Unicode escape sequence (\\u0000)"
-        )
-
-
-def _text(value: object, name: str, limit: int, *, required: bool) -> str | None:
-    if value is None:
-        if required:
-            raise InvalidRequest(name, "is required")
-        return None
-    if not isinstance(value, str):
-        raise InvalidRequest(name, "must be a string")
-    if required and not value.strip():
-        raise InvalidRequest(name, "must not be empty")
-    if len(value) > limit:
-        raise InvalidRequest(name, f"must be at most {limit} characters")
-    return value
-
-
-def _int(value: object, name: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidRequest(name, f"must be an integer from {low} to {high}")
-    return value
-
-
 class MemoryCaseStore:
     """`CaseStore` over the platform's dicts; the rules of `hitl_open_case` and friends."""
 
@@ -517,18 +435,18 @@ class MemoryCaseStore:
         await anyio.lowlevel.checkpoint()
         p = self._p
         p._rpc("open_case")
-        _as_postgres_would_store(request.as_rpc_params())
-        question = _text(request.question, "question", 2000, required=True)
+        as_postgres_would_store(request.as_rpc_params())
+        question = text_rule(request.question, "question", QUESTION_MAX, required=True)
         assert question is not None
-        _text(request.context, "context", 8000, required=False)
-        _text(request.mcp_session_id, "mcp_session_id", 128, required=True)
-        _text(request.retell_call_id, "retell_call_id", 128, required=True)
-        _text(request.retell_agent_id, "retell_agent_id", 128, required=True)
-        _int(request.priority, "priority", 1, 5)
-        _int(request.timeout_seconds, "timeout_seconds", 5, 600)
+        text_rule(request.context, "context", CONTEXT_MAX, required=False)
+        id_rule(request.mcp_session_id, "mcp_session_id")
+        id_rule(request.retell_call_id, "retell_call_id")
+        id_rule(request.retell_agent_id, "retell_agent_id")
+        int_rule(request.priority, "priority", 1, 5)
+        int_rule(request.timeout_seconds, "timeout_seconds", TIMEOUT_MIN, TIMEOUT_MAX)
         if request.urgency not in ("low", "medium", "high"):
             raise InvalidRequest("urgency", "must be one of low, medium, high")
-        if len(request.conversation_history) > 200:
+        if len(request.conversation_history) > HISTORY_MAX_TURNS:
             raise InvalidRequest("conversation_history", "must have at most 200 turns")
         options = None
         if request.options is not None:
@@ -582,6 +500,10 @@ class MemoryCaseStore:
         )
         if thread:
             case.metadata["thread"] = [entry.as_json() for entry in thread]
+        if request.callback_url:
+            case.metadata["callback_url"] = request.callback_url
+        if request.webhook_secret:
+            p.case_secrets[case.id] = request.webhook_secret
         session = MemSession(
             id=uuid4(),
             case_id=case.id,
@@ -659,11 +581,6 @@ class MemoryCaseStore:
         case = self._p.cases.get(case_id)
         return None if case is None else case.status
 
-    async def answer(self, case_id: UUID) -> Answer | None:
-        await anyio.lowlevel.checkpoint()
-        self._p._rpc("answer")
-        return self._answer_of(case_id)
-
     def _answer_of(self, case_id: UUID) -> Answer | None:
         p = self._p
         case = p.cases.get(case_id)
@@ -686,8 +603,8 @@ class MemoryCaseStore:
         if p.faults.close_gate is not None:
             await p.faults.close_gate.wait()
         p._rpc("close_session")
-        if status not in _CLOSE_STATUSES:
-            raise InvalidRequest("p_status", "must be one of " + ", ".join(_CLOSE_STATUSES))
+        if status not in CLOSE_STATUSES:
+            raise InvalidRequest("p_status", "must be one of " + ", ".join(CLOSE_STATUSES))
         session = p.sessions.get(session_id)
         if session is None:
             raise NotFound(f"session {session_id}")
@@ -717,61 +634,10 @@ class MemoryCaseStore:
         return RecoveredSessions(expired=len(expired), cancelled=len(mine) - len(expired))
 
     async def success_metrics(self, start: datetime, end: datetime) -> SuccessMetrics:
-        """`hitl_success_metrics`, as the SQL computes it (20261125000800, busy time: 002400)."""
         await anyio.lowlevel.checkpoint()
         p = self._p
         p._rpc("success_metrics")
-        cases = [c for c in p.cases.values() if start <= c.created_at < end]
-        finished: list[tuple[MemCase, str, datetime]] = []
-        for case in cases:
-            mine = [s for s in p.sessions.values() if s.case_id == case.id]
-            last = max(mine, key=lambda s: s.created_at) if mine else None
-            if last is not None and last.status != "waiting":
-                asked = min(s.created_at for s in mine)
-                finished.append((case, last.status, asked))
-        responses = [
-            c.answered_at - asked
-            for c, status, asked in finished
-            if status == "answered" and c.answered_at is not None
-        ]
-        answered = sum(1 for _, status, _ in finished if status == "answered")
-        timed_out = sum(1 for _, status, _ in finished if status in ("timed_out", "expired"))
-        by_id = {m.message_id: m for m in p.messages}
-        # Handling: case creation → its answer, per operator; busy time counts once.
-        handling = [
-            (m.sender_id, c.created_at, m.created_at)
-            for c in p.cases.values()
-            if c.answer_message_id is not None
-            and (m := by_id[c.answer_message_id]).sender_id is not None
-        ]
-        busy = _merged(handling, start, end)
-        available = _merged(p.availability, start, end)
-        handled_us = sum(
-            _us(min(h_end, a_end) - max(h_start, a_start))
-            for operator, spans in busy.items()
-            for h_start, h_end in spans
-            for a_start, a_end in available.get(operator, ())
-            if h_start < a_end and a_start < h_end
-        )
-        available_us = sum(_us(e - s) for spans in available.values() for s, e in spans)
-        return SuccessMetrics(
-            cases=len(cases),
-            finished=len(finished),
-            answered=answered,
-            timed_out=timed_out,
-            avg_response_s=(
-                _round(Decimal(sum(_us(r) for r in responses)) / len(responses) / 10**6, 3)
-                if responses
-                else None
-            ),
-            success_rate=_round(Decimal(answered) / len(finished), 4) if finished else None,
-            timeout_rate=_round(Decimal(timed_out) / len(finished), 4) if finished else None,
-            operator_utilisation=(
-                _round(Decimal(handled_us) / available_us, 4) if available_us else None
-            ),
-            handled_s=_round(Decimal(handled_us) / 10**6, 3),
-            available_s=_round(Decimal(available_us) / 10**6, 3),
-        )
+        return success_figures(p.cases, p.sessions, p.messages, p.availability, start, end)
 
     async def escalate(self) -> int:
         """`hitl_escalate`'s unclaimed rule (the twin has no claims): an open, unanswered case
@@ -794,7 +660,7 @@ class MemoryCaseStore:
             case.escalated_for.append("unclaimed")
             previous, case.priority = case.priority, min(5, case.priority + 1)
             p.notifications.append(
-                _MemNotification(
+                MemNotification(
                     id=len(p.notifications) + 1,
                     case_id=case.id,
                     reason="unclaimed",
@@ -841,12 +707,12 @@ class MemoryCaseStore:
         await anyio.lowlevel.checkpoint()
         p = self._p
         p._rpc("continue_case")
-        reply = _text(request.question, "question", 2000, required=True)
+        reply = text_rule(request.question, "question", QUESTION_MAX, required=True)
         assert reply is not None
-        _text(request.mcp_session_id, "mcp_session_id", 128, required=True)
-        _text(request.retell_call_id, "retell_call_id", 128, required=True)
-        _text(request.retell_agent_id, "retell_agent_id", 128, required=True)
-        _int(request.timeout_seconds, "timeout_seconds", 5, 600)
+        text_rule(request.mcp_session_id, "mcp_session_id", ID_MAX, required=True)
+        text_rule(request.retell_call_id, "retell_call_id", ID_MAX, required=True)
+        text_rule(request.retell_agent_id, "retell_agent_id", ID_MAX, required=True)
+        int_rule(request.timeout_seconds, "timeout_seconds", TIMEOUT_MIN, TIMEOUT_MAX)
         case = p.cases.get(request.case_id)
         if case is None:
             raise InvalidRequest("case_id", "no such case")
@@ -898,11 +764,6 @@ class MemoryCaseStore:
             status="waiting",
         )
 
-    async def pending_clarification(self, case_id: UUID) -> Clarification | None:
-        await anyio.lowlevel.checkpoint()
-        self._p._rpc("pending_clarification")
-        return self._pending_of(case_id)
-
     def _pending_of(self, case_id: UUID) -> Clarification | None:
         p = self._p
         case = p.cases.get(case_id)
@@ -922,32 +783,6 @@ class MemoryCaseStore:
         await anyio.lowlevel.checkpoint()
         self._p._rpc("call_history")
         return self._p.thread(call_id)
-
-
-def _us(delta: timedelta) -> int:
-    return delta // timedelta(microseconds=1)
-
-
-def _round(value: Decimal, places: int) -> float:
-    """SQL's round(numeric, places): half away from zero."""
-    return float(value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP))
-
-
-def _merged(
-    rows: list[tuple[str, datetime, datetime]], start: datetime, end: datetime
-) -> dict[str, list[tuple[datetime, datetime]]]:
-    """Per operator, intervals clipped to [start, end), overlapping ones merged."""
-    spans: dict[str, list[tuple[datetime, datetime]]] = {}
-    for operator, s, e in sorted(rows, key=lambda r: (r[0], r[1], r[2])):
-        if e <= start or s >= end:
-            continue
-        s, e = max(s, start), min(e, end)
-        merged = spans.setdefault(operator, [])
-        if merged and s <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], e))
-        else:
-            merged.append((s, e))
-    return spans
 
 
 class MemoryCaseChannel:

@@ -5,7 +5,7 @@ webhook and e-mail over SMTP.
   webhooks take `{"text": ...}` and authenticate the sender by the secret URL itself (so the
   URL is a secret setting); for receivers that verify a signature, the body is also signed with
   `HITL_NOTIFY_WEBHOOK_SECRET` exactly like the relay's callbacks (`x-hitl-signature:
-  t=<unix>,v1=<hex HMAC-SHA256 of "t.body">`, `hitl_relay.callbacks.verify_callback_signature`).
+  t=<unix>,v1=<hex HMAC-SHA256 of "t.body">`, `hitl_relay.signatures.verify_callback_signature`).
   Network errors, 408, 429 and 5xx are worth retrying; other answers are final.
 - E-mail: the standard library's `smtplib` in a worker thread: STARTTLS when configured (a
   mail server wants it before AUTH), then AUTH with the configured user and password, then one
@@ -20,15 +20,13 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import Any
 
 import anyio
 import httpx
 
-from hitl_relay.callbacks import SIGNATURE_HEADER, sign_callback
-from hitl_relay.config import Settings
 from hitl_relay.errors import DeliveryFailed
-from hitl_relay.ports import Notification, Notifier
+from hitl_relay.ports import Notification
+from hitl_relay.signatures import SIGNATURE_HEADER, sign_callback
 
 USER_AGENT = "hitl-relay-notify/1"
 
@@ -124,31 +122,3 @@ class EmailNotifier:
             ) from None
         except (smtplib.SMTPException, OSError) as e:
             raise DeliveryFailed(f"{type(e).__name__}: {e}") from None
-
-
-def build_notifiers(settings: Settings, **extra: Any) -> list[Notifier]:
-    """The channels the settings configure (none: escalations alert the consoles only)."""
-    notifiers: list[Notifier] = []
-    if settings.notify_webhook_url is not None:
-        secret = settings.notify_webhook_secret
-        notifiers.append(
-            WebhookNotifier(
-                url=settings.notify_webhook_url.get_secret_value(),
-                secret=secret.get_secret_value() if secret else None,
-                **extra,
-            )
-        )
-    if settings.notify_smtp_host and settings.notify_email_to:
-        password = settings.notify_smtp_password
-        notifiers.append(
-            EmailNotifier(
-                host=settings.notify_smtp_host,
-                port=settings.notify_smtp_port,
-                sender=settings.notify_email_from,
-                recipients=list(settings.notify_email_to),
-                username=settings.notify_smtp_username,
-                password=password.get_secret_value() if password else None,
-                starttls=settings.notify_smtp_starttls,
-            )
-        )
-    return notifiers

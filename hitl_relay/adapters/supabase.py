@@ -1,8 +1,10 @@
 """The production adapter: the relay's ports over supabase-py's `AsyncClient` and realtime-py.
 
-- `SupabaseCaseStore` (`supabase_store.py`): `hitl_open_case`, `hitl_answer`,
-  `hitl_close_session` through PostgREST as the service role; P0001 → `InvalidRequest(field,
-  rule)`, everything else → `PlatformUnavailable`.
+- `SupabaseCaseStore` (`supabase_store.py`): `hitl_open_case`, `hitl_case_reply`,
+  `hitl_close_session` and the rest through PostgREST as the service role; P0001 →
+  `InvalidRequest(field, rule)`, everything else → `PlatformUnavailable`.
+- `SupabaseServices` (`supabase_services.py`): the audit trail, shared rate limits and the
+  callback outbox on the same client.
 - `SupabaseCaseChannel` (`supabase_channel.py`): private `case:<id>` channels on a pool of
   Realtime sockets (never more than `channels_per_socket` per socket), rejoined after any
   reconnect and reported as `Reconnected` so the core does a catch-up read.
@@ -13,8 +15,8 @@
 `SupabasePlatform.readiness()` is the readiness probe (`/readyz`): one bounded RPC to
 `hitl_schema_version()` for the database, and what the socket pool and presence know for realtime.
 
-`build_platform(settings)` connects all three and returns a `SupabasePlatform` (close it with
-`aclose()`); `supabase_backend(settings)` is the same as an async context manager yielding the
+`build_platform(options)` connects all three and returns a `SupabasePlatform` (close it with
+`aclose()`); `supabase_backend(options)` is the same as an async context manager yielding the
 `Backend`. Nothing here knows about the devstack: pointed at a real project, it works the same.
 """
 
@@ -25,7 +27,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import httpx
 import stamina
@@ -33,6 +34,7 @@ from loguru import logger
 from postgrest.exceptions import APIError
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
+from hitl_relay.adapters.platform_options import PlatformOptions
 from hitl_relay.adapters.signed_events import EventKey
 from hitl_relay.adapters.supabase_channel import (
     RealtimeTuning,
@@ -41,6 +43,7 @@ from hitl_relay.adapters.supabase_channel import (
     SupabasePresence,
     SupabaseSubscription,
 )
+from hitl_relay.adapters.supabase_services import SupabaseServices
 from hitl_relay.adapters.supabase_store import (
     INSTANCE_HEADER,
     MAX_IN_FLIGHT,
@@ -54,10 +57,8 @@ from hitl_relay.ports import Backend, Check, PlatformReadiness
 # "permission denied" (42501): Postgres answered, the schema is what is wrong.
 SCHEMA_PROBLEM_CODES = ("PGRST202", "42883", "42501")
 
-if TYPE_CHECKING:
-    from hitl_relay.config import Settings
-
 __all__ = [
+    "PlatformOptions",
     "RealtimeTuning",
     "SupabaseCaseChannel",
     "SupabaseCaseStore",
@@ -79,11 +80,10 @@ class SupabasePlatform:
     store: SupabaseCaseStore
     channel: SupabaseCaseChannel
     presence: SupabasePresence
+    services: SupabaseServices
 
     def backend(self) -> Backend:
-        return Backend(
-            store=self.store, channel=self.channel, presence=self.presence, readiness=self
-        )
+        return Backend.of(self)
 
     async def readiness(self, timeout_s: float) -> PlatformReadiness:
         """The readiness probe: the database through one RPC, realtime from the pool's state."""
@@ -123,6 +123,11 @@ class SupabasePlatform:
             return Check(ok=True, latency_ms=ms()), None, f"unexpected reply {data!r}"
         return Check(ok=True, latency_ms=ms()), data, None
 
+    def realtime_counts(self) -> tuple[int, int]:
+        """(sockets open, channels joined): counted when /metrics is scraped, since counting on
+        every change costs O(channels) each time (quadratic while a thousand channels join)."""
+        return len(self.pool.sockets), self.pool.joined_channels()
+
     def realtime_check(self) -> Check:
         """A socket of the pool is connected and presence on `operators` is joined."""
         started = time.perf_counter()
@@ -147,17 +152,17 @@ class SupabasePlatform:
             await self.http.aclose()
 
 
-def tuning_from(settings: Settings) -> RealtimeTuning:
+def tuning_for(options: PlatformOptions) -> RealtimeTuning:
     return RealtimeTuning(
-        channels_per_socket=settings.channels_per_socket,
-        join_timeout_s=settings.platform_timeout_seconds,
-        connect_timeout_s=settings.platform_timeout_seconds,
-        joins_per_second=settings.realtime_joins_per_second,
+        channels_per_socket=options.channels_per_socket,
+        join_timeout_s=options.timeout_s,
+        connect_timeout_s=options.timeout_s,
+        joins_per_second=options.joins_per_second,
     )
 
 
 async def build_platform(
-    settings: Settings, *, tuning: RealtimeTuning | None = None, presence: bool = True
+    options: PlatformOptions, *, tuning: RealtimeTuning | None = None, presence: bool = True
 ) -> SupabasePlatform:
     """Connect to `SUPABASE_URL` as the service role; start presence on `operators`.
 
@@ -165,14 +170,14 @@ async def build_platform(
     background), so a platform that is down at start does not keep the relay from serving
     fallbacks. `tuning` overrides the socket pool's behaviour (tests make it quick).
     """
-    if not settings.supabase_url or settings.supabase_service_role_key is None:
+    if not options.url or not options.service_role_key:
         raise ConfigError(
             ["SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY are required for the supabase backend"]
         )
-    url = settings.supabase_url.rstrip("/")
-    key = settings.supabase_service_role_key.get_secret_value()
-    tuning = tuning or tuning_from(settings)
-    timeout_s = settings.platform_timeout_seconds
+    url = options.url.rstrip("/")
+    key = options.service_role_key
+    tuning = tuning or tuning_for(options)
+    timeout_s = options.timeout_s
     # Our own HTTP client: its timeouts bound every RPC, and supabase-py then builds no
     # client of its own (whose `timeout` argument it deprecates).
     http = httpx.AsyncClient(
@@ -189,20 +194,22 @@ async def build_platform(
                 httpx_client=http,
                 auto_refresh_token=False,
                 # Sessions this relay waits on record its instance (session recovery).
-                headers={**AsyncClientOptions().headers, INSTANCE_HEADER: settings.instance_id},
+                headers={**AsyncClientOptions().headers, INSTANCE_HEADER: options.instance_id},
             ),
         )
     except BaseException:
         await http.aclose()
         raise
     pool = SocketPool(f"{url}/realtime/v1", key, tuning)
+    store = SupabaseCaseStore(client, timeout_s)
     platform = SupabasePlatform(
         client=client,
         http=http,
         pool=pool,
-        store=SupabaseCaseStore(client, timeout_s),
+        store=store,
+        services=SupabaseServices(client, store),
         channel=SupabaseCaseChannel(pool),
-        presence=SupabasePresence(pool, settings.presence_cache_ttl_seconds),
+        presence=SupabasePresence(pool, options.presence_cache_ttl_s),
     )
     if presence:
         platform.presence.start()
@@ -256,10 +263,10 @@ async def load_event_key(
 
 @asynccontextmanager
 async def supabase_backend(
-    settings: Settings, *, tuning: RealtimeTuning | None = None
+    options: PlatformOptions, *, tuning: RealtimeTuning | None = None
 ) -> AsyncIterator[Backend]:
     """`build_platform` as a context manager yielding the ports; closed on exit."""
-    platform = await build_platform(settings, tuning=tuning)
+    platform = await build_platform(options, tuning=tuning)
     try:
         yield platform.backend()
     finally:

@@ -47,7 +47,6 @@ import json
 import math
 import random
 import time
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -68,7 +67,6 @@ from realtime import (
     RealtimeSubscribeStates,
 )
 
-from hitl_relay import metrics
 from hitl_relay.adapters import realtime_internals
 from hitl_relay.adapters.signed_events import EventKey
 from hitl_relay.adapters.supabase_store import (
@@ -777,14 +775,8 @@ class SocketPool:
         self._numbers = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
-        # Notified on every change of sockets or channel states (gauges, readiness, tests).
+        # Notified on every change of sockets or channel states (readiness, tests).
         self.changed = _Changed()
-        # Counted when /metrics is scraped: counting on every change costs O(channels) each
-        # time, which at a thousand channels joining is quadratic. The newest pool is reported.
-        pool = weakref.ref(self)
-        metrics.realtime_channels.set_function(
-            lambda: float(p.joined_channels()) if (p := pool()) is not None else 0.0
-        )
 
     # ---- bookkeeping ---------------------------------------------------------------------
 
@@ -806,7 +798,6 @@ class SocketPool:
             )
 
     def update_gauges(self) -> None:
-        metrics.realtime_sockets.set(len(self.sockets))
         self.changed.notify()
 
     async def wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> None:

@@ -1,9 +1,9 @@
 """`CaseStore` over PostgREST RPC (supabase-py `AsyncClient`), as the service role.
 
 Each method is one RPC, one transaction on the platform (`hitl_open_case`,
-`hitl_open_case_no_operator`, `hitl_answer`, `hitl_case_status`, `hitl_close_session`, and for
-the clarification loop `hitl_continue_case`,
-`hitl_pending_clarification`, `hitl_call_history`). Errors are translated once, here:
+`hitl_open_case_no_operator`, `hitl_case_reply`, `hitl_case_status`, `hitl_close_session`, and
+for the clarification loop `hitl_continue_case` and `hitl_call_history`). Errors are translated
+once, here:
 
 - PostgREST `P0001` (our functions' `RAISE ... USING DETAIL = field, HINT = rule`) →
   `InvalidRequest(field, rule)`; the one exception is `p_session_id` / "no such session" →
@@ -136,7 +136,7 @@ def api_error(fn: str, e: APIError) -> InvalidRequest | NotFound | PlatformUnava
 
 
 class AnswerReply(Reply):
-    """`hitl_answer`'s object (also what a catch-up read returns)."""
+    """An answer as `hitl_case_reply` (the catch-up read) renders it."""
 
     message_id: UUID
     case_id: UUID
@@ -161,7 +161,7 @@ class AnswerReply(Reply):
 
 
 class ClarificationReply(Reply):
-    """`hitl_pending_clarification`'s object."""
+    """A pending clarification as `hitl_case_reply` renders it."""
 
     message_id: UUID
     case_id: UUID
@@ -272,16 +272,21 @@ class SupabaseCaseStore:
         # which at a thousand waiting calls costs more CPU than the requests themselves.
         self._in_flight = asyncio.Semaphore(max_in_flight)
 
-    async def _rpc(self, fn: str, params: Mapping[str, Any]) -> Any:
+    async def execute(self, label: str, query: Any) -> Any:
+        """One PostgREST request (a supabase-py builder) with this store's bound, in-flight
+        limit and error translation; its `data`."""
         try:
             async with asyncio.timeout(self._timeout_s), self._in_flight:
-                response = await self._client.rpc(fn, dict(params)).execute()
+                response = await query.execute()
         except APIError as e:
-            raise api_error(fn, e) from None
+            raise api_error(label, e) from None
         except TRANSPORT_ERRORS as e:
             detail = str(e) or "no reply in time"
-            raise PlatformUnavailable(f"{fn}: {type(e).__name__}: {detail}") from None
+            raise PlatformUnavailable(f"{label}: {type(e).__name__}: {detail}") from None
         return response.data
+
+    async def _rpc(self, fn: str, params: Mapping[str, Any]) -> Any:
+        return await self.execute(fn, self._client.rpc(fn, dict(params)))
 
     async def rpc(self, fn: str, params: Mapping[str, Any]) -> Any:
         """One RPC with this store's bound and error translation (for `supabase_tasks`)."""
@@ -321,19 +326,6 @@ class SupabaseCaseStore:
     async def continue_case(self, request: ContinueCase) -> OpenedCase:
         data = await self._rpc("hitl_continue_case", {"p": request.as_rpc_params()})
         return _opened("hitl_continue_case", data)
-
-    async def pending_clarification(self, case_id: UUID) -> Clarification | None:
-        data = await self._rpc("hitl_pending_clarification", {"p_case_id": str(case_id)})
-        if data is None or data == []:
-            return None
-        try:
-            if not isinstance(data, Mapping):
-                raise ShapeError(f"expected an object or null, got {data!r}")
-            return parse_clarification(data)
-        except ShapeError as e:
-            raise PlatformUnavailable(
-                f"hitl_pending_clarification returned an unexpected reply: {e}"
-            ) from None
 
     async def reply(self, case_id: UUID) -> Answer | Clarification | None:
         data = await self._rpc("hitl_case_reply", {"p_case_id": str(case_id)})
@@ -384,18 +376,6 @@ class SupabaseCaseStore:
         if not isinstance(data, bool):
             raise PlatformUnavailable(f"hitl_case_owned returned an unexpected reply: {data!r}")
         return data
-
-    async def answer(self, case_id: UUID) -> Answer | None:
-        data = await self._rpc("hitl_answer", {"p_case_id": str(case_id)})
-        # SQL null: PostgREST renders `null`; supabase-py turns an empty body into [].
-        if data is None or data == []:
-            return None
-        try:
-            if not isinstance(data, Mapping):
-                raise ShapeError(f"expected an object or null, got {data!r}")
-            return parse_answer(data)
-        except ShapeError as e:
-            raise PlatformUnavailable(f"hitl_answer returned an unexpected reply: {e}") from None
 
     async def close_session(
         self, session_id: UUID, status: SessionOutcome, detail: Mapping[str, Any] | None = None

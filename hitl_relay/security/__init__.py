@@ -1,17 +1,19 @@
 """Security controls of the relay's HTTP edge (design.md, "Security"; docs/security.md).
 
-    settings.py    SecuritySettings: the HITL_* security variables (Settings inherits them)
+    settings.py    SecuritySettings: the HITL_* security variables (`Settings.security`)
     keys.py        API keys: plain or sha256:<hex>, rotation, revocation, compromised keys,
                    constant-time comparison, `generate_key()`
     network.py     client address behind trusted proxies, IP allowlist, forwarded scheme
-    ratelimit.py   per-address / per-key / per-call limits (limits; memory or Postgres)
+    ratelimit.py   per-address / per-key / per-call limits (limits; memory or shared counters)
     audit.py       AuditSink (hil_audit, log, memory), log redaction
     middleware.py  the ASGI guards (HTTPS, IP, limits, body size, Origin, auth)
     layer.py       SecurityLayer: builds all of the above for one app
 
 `hitl_relay.retell` (the signed Retell webhook) and `hitl_relay.callbacks` (signed outgoing
-callbacks, SSRF guard) build on these. Nothing here imports `hitl_relay.config` at run time:
-`config` imports `settings` from this package.
+callbacks, SSRF guard) build on these. Nothing here imports `hitl_relay.config`: `config`
+composes `settings` from this package, and the layer reads the relay's settings through a
+protocol (`layer.Settings`). The platform is reached only through the backend's ports
+(`AuditStore`, `RateLimitStore`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from hitl_relay.security.audit import (
     LogAuditSink,
     MemoryAuditSink,
     NullAuditSink,
-    SupabaseAuditSink,
+    PlatformAuditSink,
     ThrottledAuditSink,
     redacted,
 )
@@ -37,9 +39,9 @@ from hitl_relay.security.layer import SecurityLayer
 from hitl_relay.security.ratelimit import (
     Decision,
     MemoryRateLimiter,
-    PostgresRateLimiter,
     RateLimiter,
     Rule,
+    SharedRateLimiter,
 )
 from hitl_relay.security.settings import SecuritySettings
 
@@ -53,12 +55,12 @@ __all__ = [
     "MemoryAuditSink",
     "MemoryRateLimiter",
     "NullAuditSink",
-    "PostgresRateLimiter",
+    "PlatformAuditSink",
     "RateLimiter",
     "Rule",
     "SecurityLayer",
     "SecuritySettings",
-    "SupabaseAuditSink",
+    "SharedRateLimiter",
     "ThrottledAuditSink",
     "env_lines",
     "generate_key",

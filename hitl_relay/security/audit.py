@@ -3,10 +3,10 @@
 `AuditSink.record()` never blocks and never raises, so auditing cannot slow or break a request.
 Sinks:
 
-- `SupabaseAuditSink`: rows in `public.hil_audit` (actor, action, case_id, session_id, outcome,
-  detail; `at` is set by the database), inserted in batches through PostgREST with the service
-  role by a writer task the app's lifespan owns (`running()`). A full queue drops events and
-  counts them, it never grows without bound.
+- `PlatformAuditSink`: rows in the platform's audit trail (actor, action, case_id, session_id,
+  outcome, detail; the time is the platform's), inserted in batches through the backend's
+  `AuditStore` port by a writer task the app's lifespan owns (`running(store)`). A full queue
+  drops events and counts them, it never grows without bound.
 - `LogAuditSink`: one structured log line per event (`audit=True`).
 - `MemoryAuditSink`: a list, for tests.
 
@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import anyio
-import httpx
 from loguru import logger
+
+from hitl_relay.errors import HitlError
+from hitl_relay.service_ports import AuditStore
 
 # Extra fields never written to plain logs in clear when redaction is on.
 SENSITIVE_FIELDS = frozenset(
@@ -128,29 +130,14 @@ class ThrottledAuditSink:
         self.inner.record(event)
 
 
-class SupabaseAuditSink:
-    """Batched inserts into `public.hil_audit` through PostgREST (service role)."""
+class PlatformAuditSink:
+    """Batched rows in the platform's audit trail (`AuditStore`, the backend's `audit` port),
+    written by a writer task the app's lifespan owns (`running(store)`)."""
 
-    def __init__(
-        self,
-        supabase_url: str,
-        service_role_key: str,
-        *,
-        max_queue: int = 10_000,
-        batch: int = 200,
-        client: httpx.AsyncClient | None = None,
-    ) -> None:
-        self._url = supabase_url.rstrip("/") + "/rest/v1/hil_audit"
-        self._headers = {
-            "apikey": service_role_key,
-            "Authorization": f"Bearer {service_role_key}",
-            "Content-Type": "application/json",
-            "Prefer": "return=minimal",
-        }
+    def __init__(self, *, max_queue: int = 10_000, batch: int = 200) -> None:
         self._queue: deque[dict[str, Any]] = deque()
         self._max_queue = max_queue
         self._batch = batch
-        self._client = client
         self._wake = anyio.Event()
         self.dropped = 0
         self.written = 0
@@ -162,51 +149,36 @@ class SupabaseAuditSink:
         self._queue.append(event.row())
         self._wake.set()
 
-    async def flush(self, client: httpx.AsyncClient) -> None:
+    async def flush(self, store: AuditStore) -> None:
         """Write everything queued now (in batches); a failed batch is logged and dropped."""
         while self._queue:
             rows = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
             try:
-                response = await client.post(self._url, json=rows, headers=self._headers)
-            except httpx.HTTPError as e:
+                await store.insert_audit(rows)
+            except HitlError as e:
                 self.dropped += len(rows)
-                logger.warning("audit: {} rows not written: {}", len(rows), type(e).__name__)
-                continue
-            if response.status_code >= 300:
-                self.dropped += len(rows)
-                logger.warning(
-                    "audit: {} rows refused ({}): {}",
-                    len(rows),
-                    response.status_code,
-                    response.text[:200],
-                )
+                logger.warning("audit: {} rows not written: {}", len(rows), e)
             else:
                 self.written += len(rows)
 
     @asynccontextmanager
-    async def running(self) -> AsyncIterator[None]:
+    async def running(self, store: AuditStore) -> AsyncIterator[None]:
         """The writer task, for the app's lifetime; what is queued at exit is flushed."""
-        own = self._client is None
-        client = self._client or httpx.AsyncClient(timeout=5.0)
-        try:
-            async with anyio.create_task_group() as tg:
+        async with anyio.create_task_group() as tg:
 
-                async def writer() -> None:
-                    while True:
-                        await self._wake.wait()
-                        self._wake = anyio.Event()
-                        await self.flush(client)
+            async def writer() -> None:
+                while True:
+                    await self._wake.wait()
+                    self._wake = anyio.Event()
+                    await self.flush(store)
 
-                tg.start_soon(writer)
-                try:
-                    yield
-                finally:
-                    tg.cancel_scope.cancel()
-            with anyio.move_on_after(5, shield=True):
-                await self.flush(client)
-        finally:
-            if own:
-                await client.aclose()
+            tg.start_soon(writer)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+        with anyio.move_on_after(5, shield=True):
+            await self.flush(store)
 
 
 def redacted(text: str | None, enabled: bool = True) -> str:

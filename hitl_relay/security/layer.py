@@ -4,7 +4,7 @@ The HTTP app uses it in three places:
 
     layer = SecurityLayer(settings)                    # refuses bad keys (ConfigError)
     Starlette(..., middleware=layer.middleware())      # guards, outermost first
-    async with layer.running(): ...                    # in the lifespan: audit writer
+    async with layer.running(backend): ...             # in the lifespan: audit writer
 
 plus `layer.authorize` (the bearer check for the /mcp gate), `layer.transport_security()`
 (the MCP SDK's DNS-rebinding protection) and `layer.limiter` / `layer.rules` for endpoints that
@@ -15,23 +15,22 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-import anyio
-from limits import RateLimitItemPerSecond
+from loguru import logger
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from hitl_relay import metrics
+from hitl_relay.ports import Backend
 from hitl_relay.security.audit import (
     AuditEvent,
     AuditSink,
     LogAuditSink,
     NullAuditSink,
-    SupabaseAuditSink,
+    PlatformAuditSink,
     ThrottledAuditSink,
     install_log_redaction,
 )
@@ -46,15 +45,27 @@ from hitl_relay.security.network import NetworkPolicy
 from hitl_relay.security.ratelimit import (
     Decision,
     MemoryRateLimiter,
-    PostgresRateLimiter,
     RateLimiter,
-    Rule,
+    Rules,
+    SharedRateLimiter,
 )
-from hitl_relay.security.settings import LOOPBACK_HOSTS
+from hitl_relay.security.settings import LOOPBACK_HOSTS, SecuritySettings
 
-if TYPE_CHECKING:
-    from hitl_relay.callbacks import CallbackWorker
-    from hitl_relay.config import Settings
+
+class Settings(Protocol):
+    """What the layer reads of the relay's settings (`hitl_relay.config.Settings`)."""
+
+    @property
+    def security(self) -> SecuritySettings: ...
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def backend(self) -> str: ...
+
+    def api_key_values(self) -> list[str]: ...
+
 
 PROTECTED_PATHS = ("/mcp",)
 # Methods and headers a browser client of /mcp needs (streamable HTTP).
@@ -68,53 +79,21 @@ CORS_HEADERS = (
     "last-event-id",
 )
 CORS_EXPOSE = ("mcp-session-id", "retry-after", "www-authenticate")
-# Retell signatures are valid 5 minutes either side of now: remember each for both halves.
-REPLAY_WINDOW_S = 600
-
-
-@dataclass(frozen=True, slots=True)
-class Rules:
-    per_ip: Rule
-    auth_failures: Rule
-    per_key: Rule
-    per_call: Rule
-    replay: Rule
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Rules:
-        return cls(
-            per_ip=Rule.parse("ip", settings.rate_limit_per_ip),
-            auth_failures=Rule.parse("authfail", settings.rate_limit_auth_failures_per_ip),
-            per_key=Rule.parse("key", settings.rate_limit_per_key),
-            per_call=Rule.parse("call", settings.rate_limit_per_call),
-            replay=Rule("replay", (RateLimitItemPerSecond(1, REPLAY_WINDOW_S),)),
-        )
 
 
 def default_audit_sink(settings: Settings) -> AuditSink:
-    choice = settings.audit_sink
+    choice = settings.security.audit_sink
     if choice == "auto":
         choice = "supabase" if settings.backend == "supabase" else "log"
     if choice == "none":
         return NullAuditSink()
-    if choice == "supabase" and settings.supabase_url and settings.supabase_service_role_key:
-        sink: AuditSink = SupabaseAuditSink(
-            settings.supabase_url, settings.supabase_service_role_key.get_secret_value()
-        )
-    else:
-        sink = LogAuditSink()
+    sink: AuditSink = PlatformAuditSink() if choice == "supabase" else LogAuditSink()
     return ThrottledAuditSink(sink)
 
 
 def default_limiter(settings: Settings) -> RateLimiter:
-    if (
-        settings.rate_limit_storage == "postgres"
-        and settings.supabase_url
-        and settings.supabase_service_role_key
-    ):
-        return PostgresRateLimiter(
-            settings.supabase_url, settings.supabase_service_role_key.get_secret_value()
-        )
+    if settings.security.rate_limit_storage == "postgres":
+        return SharedRateLimiter()
     return MemoryRateLimiter()
 
 
@@ -124,8 +103,8 @@ def transport_security_settings(settings: Settings) -> TransportSecuritySettings
     On when serving on loopback (loopback names always allowed) or when HITL_ALLOWED_HOSTS is
     set; off otherwise (behind a proxy the public host name is not known here).
     """
-    hosts = list(settings.allowed_hosts)
-    origins = list(settings.allowed_origins)
+    hosts = list(settings.security.allowed_hosts)
+    origins = list(settings.security.allowed_origins)
     if settings.host in LOOPBACK_HOSTS:
         hosts += ["127.0.0.1", "localhost", "[::1]", "127.0.0.1:*", "localhost:*", "[::1]:*"]
         origins += ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
@@ -147,22 +126,26 @@ class SecurityLayer:
         limiter: RateLimiter | None = None,
         protected: tuple[str, ...] = PROTECTED_PATHS,
     ) -> None:
-        self.settings = settings
+        self.config = settings
+        # The guards and the Retell endpoint read the security part (`layer.settings.<name>`).
+        self.settings = settings.security
         self.keys = keyring_or_refuse(
             settings.api_key_values(),
-            revoked=settings.revoked_keys,
-            compromised=settings.compromised_keys,
-            require_key=not settings.insecure_local,
+            revoked=settings.security.revoked_keys,
+            compromised=settings.security.compromised_keys,
+            require_key=not settings.security.insecure_local,
         )
         # --insecure-local with no key at all: every request passes as this actor.
-        self.open_access = settings.insecure_local and self.keys.size == 0
-        self.network = NetworkPolicy(settings.trusted_proxies, settings.ip_allowlist)
-        self.origins = OriginPolicy(settings.allowed_origins)
-        self.rules = Rules.from_settings(settings)
+        self.open_access = settings.security.insecure_local and self.keys.size == 0
+        self.network = NetworkPolicy(
+            settings.security.trusted_proxies, settings.security.ip_allowlist
+        )
+        self.origins = OriginPolicy(settings.security.allowed_origins)
+        self.rules = Rules.from_settings(settings.security)
         self.limiter = limiter or default_limiter(settings)
         self.audit = audit or default_audit_sink(settings)
         self.protected = protected
-        install_log_redaction(settings.redact_logs)
+        install_log_redaction(settings.security.redact_logs)
 
     # ------------------------------------------------------------ wiring
 
@@ -186,7 +169,7 @@ class SecurityLayer:
 
     def host_allowed(self, headers: Headers) -> bool:
         """The request's Host is one the MCP endpoint would accept (no host list: any)."""
-        security = transport_security_settings(self.settings)
+        security = transport_security_settings(self.config)
         if security is None:
             return True
         host = headers.get("host") or ""
@@ -209,41 +192,28 @@ class SecurityLayer:
 
     def transport_security(self) -> TransportSecuritySettings | None:
         """The MCP SDK's DNS-rebinding protection for /mcp (see `transport_security_settings`)."""
-        return transport_security_settings(self.settings)
+        return transport_security_settings(self.config)
 
     @asynccontextmanager
-    async def running(self) -> AsyncIterator[None]:
-        """For the app's lifespan: runs the audit writer, closes the limiter's client."""
+    async def running(self, backend: Backend | None = None) -> AsyncIterator[None]:
+        """For the app's lifespan: attaches the backend's audit and rate-limit ports, runs the
+        audit writer, closes the limiter."""
         async with AsyncExitStack() as stack:
             sink: Any = self.audit
             inner = sink.inner if isinstance(sink, ThrottledAuditSink) else sink
-            if isinstance(inner, SupabaseAuditSink):
-                await stack.enter_async_context(inner.running())
+            if isinstance(inner, PlatformAuditSink):
+                if backend is not None and backend.audit is not None:
+                    await stack.enter_async_context(inner.running(backend.audit))
+                else:
+                    logger.warning("the backend keeps no audit trail: auditing to the log")
+                    if isinstance(sink, ThrottledAuditSink):
+                        sink.inner = LogAuditSink()
+                    else:
+                        self.audit = LogAuditSink()
+            if isinstance(self.limiter, SharedRateLimiter) and backend is not None:
+                self.limiter.store = backend.rate_limits
             stack.push_async_callback(self.limiter.aclose)
-            worker = self.callback_worker()
-            if worker is not None:
-                tg = await stack.enter_async_context(anyio.create_task_group())
-                tg.start_soon(worker.run)
-                stack.callback(tg.cancel_scope.cancel)
             yield
-
-    def callback_worker(self) -> CallbackWorker | None:
-        """The outbox worker delivering signed callbacks, when callbacks are configured."""
-        from hitl_relay.callbacks import CallbackSender, CallbackWorker
-
-        settings = self.settings
-        wanted = settings.callback_worker
-        if wanted is None:
-            wanted = bool(settings.callback_url) and settings.backend == "supabase"
-        key = settings.supabase_service_role_key
-        if not wanted or not settings.supabase_url or key is None:
-            return None
-        sender = CallbackSender(
-            allow_private=settings.callback_allow_private,
-            timeout_s=settings.callback_timeout_seconds,
-            budget_s=settings.callback_budget_seconds,
-        )
-        return CallbackWorker(settings.supabase_url, key.get_secret_value(), sender)
 
     # ------------------------------------------------------------ recording
 

@@ -16,7 +16,7 @@ Every refusal is a small JSON body, counted in Prometheus and recorded in the au
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
@@ -25,11 +25,30 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hitl_relay import metrics
 from hitl_relay.models import DuplicateKeyError, call_id_of, loads_strict
-from hitl_relay.security.network import Origin
-from hitl_relay.security.ratelimit import Decision
+from hitl_relay.security.network import NetworkPolicy, Origin
+from hitl_relay.security.ratelimit import Decision, RateLimiter, Rules
+from hitl_relay.security.settings import SecuritySettings
 
-if TYPE_CHECKING:
-    from hitl_relay.security.layer import SecurityLayer
+
+class SecurityLayer(Protocol):
+    """What the guards read of the security layer (`hitl_relay.security.layer.SecurityLayer`,
+    which builds them with itself)."""
+
+    settings: SecuritySettings
+    network: NetworkPolicy
+    origins: OriginPolicy
+    limiter: RateLimiter
+    rules: Rules
+    protected: tuple[str, ...]
+
+    def host_allowed(self, headers: Headers) -> bool: ...
+
+    def identify(self, authorization: str | None) -> str | None: ...
+
+    def record(self, action: str, actor: str, outcome: str, **detail: Any) -> None: ...
+
+    def refused_by_limit(self, scope: str, actor: str, decision: Decision, path: str) -> None: ...
+
 
 # Served to anyone who can reach the process (load balancers' probes).
 EXEMPT_PATHS = frozenset({"/healthz"})

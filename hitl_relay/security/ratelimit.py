@@ -3,11 +3,10 @@
 Built on the `limits` library (moving windows). Two storages behind one small interface:
 
 - `MemoryRateLimiter`: this process's memory (limits' `MemoryStorage`); the default.
-- `PostgresRateLimiter`: counters in the platform database through PostgREST
-  (`public.hitl_rate_limit_hit`, a sliding-window counter, migration `*_hitl_rate_limits.sql`),
-  so every replica draws on the same budget. If the database cannot be asked in time, the
-  decision falls back to this process's memory limiter (limits still hold per replica; a voice
-  call is never refused because the limiter's store is slow).
+- `SharedRateLimiter`: counters in the platform through the backend's `RateLimitStore` port
+  (a sliding-window counter), so every replica draws on the same budget. If the platform
+  cannot be asked in time, the decision falls back to this process's memory limiter (limits
+  still hold per replica; a voice call is never refused because the limiter's store is slow).
 
 A refusal carries `retry_after_s`, which becomes the `Retry-After` header.
 """
@@ -19,15 +18,17 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
-import httpx
-from limits import RateLimitItem
+import anyio
+from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 from loguru import logger
 
-from hitl_relay.security.settings import parse_limits
+from hitl_relay.errors import HitlError
+from hitl_relay.security.settings import SecuritySettings, parse_limits
+from hitl_relay.service_ports import RateLimitStore, WindowLimit
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,29 @@ class Rule:
     @property
     def enabled(self) -> bool:
         return bool(self.items)
+
+
+# Retell signatures are valid 5 minutes either side of now: remember each for both halves.
+REPLAY_WINDOW_S = 600
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    per_ip: Rule
+    auth_failures: Rule
+    per_key: Rule
+    per_call: Rule
+    replay: Rule
+
+    @classmethod
+    def from_settings(cls, settings: SecuritySettings) -> Rules:
+        return cls(
+            per_ip=Rule.parse("ip", settings.rate_limit_per_ip),
+            auth_failures=Rule.parse("authfail", settings.rate_limit_auth_failures_per_ip),
+            per_key=Rule.parse("key", settings.rate_limit_per_key),
+            per_call=Rule.parse("call", settings.rate_limit_per_call),
+            replay=Rule("replay", (RateLimitItemPerSecond(1, REPLAY_WINDOW_S),)),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,56 +132,32 @@ def storage_key(rule: Rule, identity: Sequence[str]) -> str:
     return f"{rule.name}:{digest}"
 
 
-class PostgresRateLimiter:
-    """Sliding-window counters in the platform database, shared by every replica."""
+class SharedRateLimiter:
+    """Sliding-window counters in the platform (the backend's `RateLimitStore` port), shared by
+    every replica. Decides in this process's memory while no store is attached (before the
+    backend connects) and whenever the store does not answer within `timeout_s`."""
 
-    def __init__(
-        self,
-        supabase_url: str,
-        service_role_key: str,
-        *,
-        timeout_s: float = 1.0,
-        client: httpx.AsyncClient | None = None,
-    ) -> None:
-        self._url = supabase_url.rstrip("/") + "/rest/v1/rpc/"
-        self._headers = {
-            "apikey": service_role_key,
-            "Authorization": f"Bearer {service_role_key}",
-            "Content-Type": "application/json",
-        }
-        self._client = client or httpx.AsyncClient(timeout=timeout_s)
-        self._owns_client = client is None
+    def __init__(self, store: RateLimitStore | None = None, *, timeout_s: float = 1.0) -> None:
+        self.store = store
+        self.timeout_s = timeout_s
         self._fallback = MemoryRateLimiter()
 
-    async def _call(self, function: str, rule: Rule, identity: tuple[str, ...]) -> Decision | None:
-        body = {
-            "p_key": storage_key(rule, identity),
-            "p_limits": [
-                {"limit": item.amount, "window_seconds": item.get_expiry()} for item in rule.items
-            ],
-        }
+    async def _ask(self, rule: Rule, identity: tuple[str, ...], *, hit: bool) -> Decision | None:
+        if self.store is None:
+            return None
+        limits = [WindowLimit(item.amount, item.get_expiry()) for item in rule.items]
         try:
-            response = await self._client.post(
-                self._url + function, json=body, headers=self._headers
-            )
-        except httpx.HTTPError as e:
-            logger.warning(
-                "rate-limit store unreachable ({}), deciding in memory", type(e).__name__
-            )
+            with anyio.fail_after(self.timeout_s):
+                verdict = await self.store.rate_limit(storage_key(rule, identity), limits, hit=hit)
+        except (HitlError, TimeoutError) as e:
+            logger.warning("rate-limit store unavailable ({}), deciding in memory", e)
             return None
-        if response.status_code != 200:
-            logger.warning("rate-limit store answered {}, deciding in memory", response.status_code)
-            return None
-        data: Any = response.json()
-        if not isinstance(data, dict) or not isinstance(data.get("allowed"), bool):
-            logger.warning("rate-limit store answered an unexpected body, deciding in memory")
-            return None
-        return Decision(bool(data["allowed"]), float(data.get("retry_after") or 0.0))
+        return Decision(verdict.allowed, verdict.retry_after_s)
 
     async def hit(self, rule: Rule, *identity: str) -> Decision:
         if not rule.enabled:
             return ALLOWED
-        decision = await self._call("hitl_rate_limit_hit", rule, identity)
+        decision = await self._ask(rule, identity, hit=True)
         if decision is None:
             return await self._fallback.hit(rule, *identity)
         return decision
@@ -165,11 +165,10 @@ class PostgresRateLimiter:
     async def peek(self, rule: Rule, *identity: str) -> Decision:
         if not rule.enabled:
             return ALLOWED
-        decision = await self._call("hitl_rate_limit_peek", rule, identity)
+        decision = await self._ask(rule, identity, hit=False)
         if decision is None:
             return await self._fallback.peek(rule, *identity)
         return decision
 
     async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
+        self.store = None

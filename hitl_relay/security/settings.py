@@ -1,7 +1,7 @@
-"""The security settings: the part of `hitl_relay.config.Settings` this package reads.
+"""The security settings: the part of the relay's configuration this package reads.
 
-`Settings` inherits from `SecuritySettings`, so every variable here is an ordinary `HITL_*`
-setting read from the environment and `.env`. Each has a safe default (see
+`hitl_relay.config.Settings` holds one as its `security` part; every variable here is an
+ordinary `HITL_*` setting read from the environment and `.env`. Each has a safe default (see
 `docs/security-settings.env`); `security_problems()` adds the cross-field rules to the one
 `ConfigError` the relay refuses to start with.
 """
@@ -13,7 +13,9 @@ from typing import Annotated, Any, Literal
 
 from limits import RateLimitItem, parse_many
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from hitl_relay.security.keys import key_problems
 
 # One setting, several values: "a, b, c" in the environment.
 CommaList = Annotated[list[str], NoDecode]
@@ -36,6 +38,15 @@ def parse_limits(text: str) -> list[RateLimitItem]:
 
 class SecuritySettings(BaseSettings):
     """Bearer keys, rate limits, origins, networks, Retell signatures, callbacks, audit."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HITL_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        validate_default=True,
+    )
 
     # --- keys (HITL_API_KEYS lives in Settings: plain keys or `sha256:<hex>` of a key) ---
     # Keys refused even when listed in HITL_API_KEYS: `sha256:<hex>` (or bare hex) of each.
@@ -169,11 +180,10 @@ class SecuritySettings(BaseSettings):
             ) from None
         return value
 
-    def security_problems(self) -> list[str]:
-        """Cross-field security rules; one line each (empty when consistent)."""
-        from hitl_relay.security.keys import key_problems
-
-        keys = [k.get_secret_value() for k in getattr(self, "api_keys", [])]
+    def problems(self, *, api_keys: list[str], host: str) -> list[str]:
+        """Cross-field security rules, with the relay's keys and host; one line each (empty when
+        consistent)."""
+        keys = api_keys
         out = key_problems(
             keys,
             revoked=self.revoked_keys,
@@ -196,7 +206,6 @@ class SecuritySettings(BaseSettings):
                     "HITL_CALLBACK_SECRET: is required with HITL_CALLBACK_URL (at least 16 "
                     "characters; `hitl-relay keygen` makes one)"
                 )
-        host = str(getattr(self, "host", "127.0.0.1"))
         if self.insecure_local and host not in LOOPBACK_HOSTS:
             out.append(
                 "HITL_INSECURE_LOCAL: serving without API keys is allowed only on a loopback "

@@ -17,6 +17,11 @@ from hitl_relay.ports import (
     SenderType,
     SessionRecovery,
 )
+from hitl_relay.service_ports import AuditStore, CallbackOutbox, RateLimitStore
+
+
+class ServicePorts(AuditStore, RateLimitStore, CallbackOutbox, Protocol):
+    """The edge's service ports, which one adapter object implements."""
 
 
 class InstanceStore(CaseStore, SessionRecovery, Protocol):
@@ -61,6 +66,10 @@ class ContractPorts:
     store_for: Callable[[str], Awaitable[InstanceStore]]
     # Move a session's deadline into the past (its relay died long ago), without waiting.
     pass_deadline: Callable[[UUID], Awaitable[None]]
+    # The edge's service ports on the same connection as `store`.
+    services: ServicePorts
+    # The audit rows the platform holds for one actor, oldest first.
+    audit_rows: Callable[[str], Awaitable[list[dict[str, Any]]]]
 
 
 async def memory_ports() -> AsyncIterator[ContractPorts]:
@@ -79,6 +88,9 @@ async def memory_ports() -> AsyncIterator[ContractPorts]:
         session = platform.sessions[session_id]
         session.expires_at = platform.clock.now() - timedelta(seconds=1)
 
+    async def audit_rows(actor: str) -> list[dict[str, Any]]:
+        return [r for r in platform.services.audit_rows if r["actor"] == actor]
+
     yield ContractPorts(
         store=platform.store,
         channel=platform.channel,
@@ -89,4 +101,6 @@ async def memory_ports() -> AsyncIterator[ContractPorts]:
         joined_channels=lambda: platform.joined_channels,
         store_for=store_for,
         pass_deadline=pass_deadline,
+        services=platform.services,
+        audit_rows=audit_rows,
     )

@@ -115,7 +115,7 @@ async def supabase_ports(devstack: Devstack) -> AsyncIterator[ContractPorts]:
         supabase_service_role_key=devstack.keys.service_role_key,
         presence_cache_ttl_seconds=0.1,
     )
-    platform = await build_platform(settings, tuning=TUNING)
+    platform = await build_platform(settings.platform_options(), tuning=TUNING)
     service = await acreate_client(devstack.url, devstack.keys.service_role_key)
     answering = Operator(devstack, operator_id=uuid4())
     await answering.__aenter__()
@@ -149,6 +149,16 @@ async def supabase_ports(devstack: Devstack) -> AsyncIterator[ContractPorts]:
             .execute()
         )
 
+    async def audit_rows(actor: str) -> list[dict[str, Any]]:
+        response = await (
+            service.table("hil_audit")
+            .select("actor,action,outcome,case_id,session_id,detail,at")
+            .eq("actor", actor)
+            .order("id")
+            .execute()
+        )
+        return list(response.data)
+
     try:
         yield ContractPorts(
             store=platform.store,
@@ -160,6 +170,8 @@ async def supabase_ports(devstack: Devstack) -> AsyncIterator[ContractPorts]:
             joined_channels=lambda: platform.channel.subscriptions,
             store_for=store_for,
             pass_deadline=pass_deadline,
+            services=platform.services,
+            audit_rows=audit_rows,
         )
     finally:
         await operators.aclose()

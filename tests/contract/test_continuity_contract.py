@@ -1,8 +1,8 @@
-"""The ports' contract for conversation continuity (issue 10), against every adapter harness:
-`continue_case` (same case, new session, idempotent, named refusals), `pending_clarification`
-(newest unanswered question back; an answer wins; a reply clears it), `call_history`, and the
-broadcasts the clarification loop relies on (kind and is_answer of a question back and of the
-caller's reply).
+"""The ports' contract for conversation continuity, against every adapter harness:
+`continue_case` (same case, new session, idempotent, named refusals), the pending clarification
+as `reply` returns it (newest unanswered question back; an answer wins; a reply clears it),
+`call_history`, and the broadcasts the clarification loop relies on (kind and is_answer of a
+question back and of the caller's reply).
 """
 
 from __future__ import annotations
@@ -122,15 +122,15 @@ async def test_continue_case_refusals_name_the_case_id(
     assert entry.exchanges == ()  # nothing written
 
 
-async def test_pending_clarification_follows_questions_replies_and_the_answer(
+async def test_the_pending_clarification_follows_questions_replies_and_the_answer(
     ports: ContractPorts, call_id: str
 ) -> None:
     opened = await ports.store.open_case(open_request(call_id))
-    assert await ports.store.pending_clarification(opened.case_id) is None
+    assert await ports.store.reply(opened.case_id) is None
 
     first = await ports.operator.answer(opened.case_id, "Which address?", kind="clarification")
-    pending = await ports.store.pending_clarification(opened.case_id)
-    assert pending is not None
+    pending = await ports.store.reply(opened.case_id)
+    assert isinstance(pending, Clarification)
     assert (pending.message_id, pending.case_id, pending.content) == (
         first,
         opened.case_id,
@@ -139,22 +139,17 @@ async def test_pending_clarification_follows_questions_replies_and_the_answer(
     assert pending.created_at.tzinfo is not None
 
     await ports.store.continue_case(continue_request(opened, call_id))
-    assert await ports.store.pending_clarification(opened.case_id) is None
+    assert await ports.store.reply(opened.case_id) is None  # replied to: no longer pending
 
     second = await ports.operator.answer(opened.case_id, "Which floor?", kind="clarification")
-    pending = await ports.store.pending_clarification(opened.case_id)
-    assert pending is not None
+    pending = await ports.store.reply(opened.case_id)
+    assert isinstance(pending, Clarification)
     assert pending.message_id == second
 
     await ports.operator.answer(opened.case_id, "Yes, we deliver.")
-    assert await ports.store.pending_clarification(opened.case_id) is None
-    answer = await ports.store.answer(opened.case_id)
-    assert answer is not None
+    answer = await ports.store.reply(opened.case_id)
+    assert isinstance(answer, Answer)
     assert answer.content == "Yes, we deliver."
-
-
-async def test_pending_clarification_of_an_unknown_case_is_none(ports: ContractPorts) -> None:
-    assert await ports.store.pending_clarification(uuid.uuid4()) is None
 
 
 async def test_reply_is_the_answer_else_the_pending_clarification_in_one_read(
@@ -168,14 +163,12 @@ async def test_reply_is_the_answer_else_the_pending_clarification_in_one_read(
     pending = await ports.store.reply(opened.case_id)
     assert isinstance(pending, Clarification)
     assert (pending.message_id, pending.content) == (asked, "Which address?")
-    assert pending == await ports.store.pending_clarification(opened.case_id)
 
     # An answer wins even over a clarification nobody replied to.
     answered = await ports.operator.answer(opened.case_id, "Yes, we deliver.")
     reply = await ports.store.reply(opened.case_id)
     assert isinstance(reply, Answer)
     assert (reply.message_id, reply.content) == (answered, "Yes, we deliver.")
-    assert reply == await ports.store.answer(opened.case_id)
 
 
 async def test_call_history_lists_the_calls_cases_with_their_exchanges(

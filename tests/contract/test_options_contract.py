@@ -34,7 +34,7 @@ async def test_bad_options_are_refused_naming_the_field(
     with pytest.raises(InvalidRequest) as e:
         await ports.store.open_case(request)
     assert e.value.field == "options"
-    assert await ports.store.answer(request.case_id) is None
+    assert await ports.store.reply(request.case_id) is None
 
 
 async def test_an_answer_choosing_an_option_carries_its_index_and_text(
@@ -46,7 +46,7 @@ async def test_an_answer_choosing_an_option_carries_its_index_and_text(
         live = await next_message(sub)
     assert (live.message_id, live.is_answer) == (message_id, True)
     assert (live.option_index, live.option, live.content) == (2, OPTIONS[2], OPTIONS[2])
-    answer = await ports.store.answer(opened.case_id)
+    answer = await ports.store.reply(opened.case_id)
     assert answer is not None
     assert (answer.option_index, answer.option, answer.content) == (2, OPTIONS[2], OPTIONS[2])
     assert answer.sender_id is not None
@@ -55,7 +55,7 @@ async def test_an_answer_choosing_an_option_carries_its_index_and_text(
 async def test_a_free_answer_to_a_case_with_options_has_no_option(ports: ContractPorts) -> None:
     opened = await ports.store.open_case(open_request(options=OPTIONS))
     await ports.operator.answer(opened.case_id, "Only 20 euros, sorry")
-    answer = await ports.store.answer(opened.case_id)
+    answer = await ports.store.reply(opened.case_id)
     assert answer is not None
     assert (answer.option_index, answer.option) == (None, None)
     assert answer.content == "Only 20 euros, sorry"
@@ -68,4 +68,4 @@ async def test_an_option_index_outside_the_options_is_refused(ports: ContractPor
         await ports.operator.answer(opened.case_id, "", option_index=len(OPTIONS))
     assert "option_index" in str(e.value)
     with anyio.fail_after(1):
-        assert await ports.store.answer(opened.case_id) is None
+        assert await ports.store.reply(opened.case_id) is None

@@ -17,6 +17,7 @@ from contract_support import ContractPorts
 
 from hitl_relay.errors import InvalidRequest, NotFound
 from hitl_relay.ports import (
+    Answer,
     ChannelEvent,
     HumanMessage,
     OpenCase,
@@ -143,27 +144,23 @@ async def test_invalid_input_is_refused_naming_the_field_and_writes_nothing(
         await ports.store.open_case(request)
     assert e.value.field == field
     assert e.value.rule
-    assert await ports.store.answer(request.case_id) is None
+    assert await ports.store.reply(request.case_id) is None
 
 
-async def test_answer_is_none_until_an_operator_answers_then_the_first_answer_wins(
+async def test_the_reply_is_none_until_an_operator_answers_then_the_first_answer_wins(
     ports: ContractPorts,
 ) -> None:
     opened = await ports.store.open_case(open_request())
-    assert await ports.store.answer(opened.case_id) is None
+    assert await ports.store.reply(opened.case_id) is None
     await ports.operator.answer(opened.case_id, "checking", kind="note")
-    assert await ports.store.answer(opened.case_id) is None
+    assert await ports.store.reply(opened.case_id) is None
     first = await ports.operator.answer(opened.case_id, "Yes, Saturday works")
     await ports.operator.answer(opened.case_id, "No wait")
-    answer = await ports.store.answer(opened.case_id)
-    assert answer is not None
+    answer = await ports.store.reply(opened.case_id)
+    assert isinstance(answer, Answer)
     assert (answer.message_id, answer.case_id) == (first, opened.case_id)
     assert (answer.content, answer.kind) == ("Yes, Saturday works", "answer")
     assert answer.created_at.tzinfo is not None
-
-
-async def test_answer_of_an_unknown_case_is_none(ports: ContractPorts) -> None:
-    assert await ports.store.answer(uuid.uuid4()) is None
 
 
 async def test_close_moves_only_a_waiting_session(ports: ContractPorts) -> None:
@@ -269,8 +266,8 @@ async def test_a_reconnect_is_reported_and_later_messages_are_heard(ports: Contr
                 assert event.message_id == missed
         assert event.case_id == opened.case_id
         # What was missed is found by the catch-up read the core does on `Reconnected`.
-        caught_up = await ports.store.answer(opened.case_id)
-        assert caught_up is not None
+        caught_up = await ports.store.reply(opened.case_id)
+        assert isinstance(caught_up, Answer)
         assert caught_up.message_id == missed
         after = await ports.operator.answer(opened.case_id, "After the reconnect")
         message = await next_message(sub)

@@ -44,7 +44,7 @@ async def test_a_restarted_instance_closes_only_its_own_waiting_sessions(
         assert not await restarted.close_session(closed.session_id, "answered")
     assert await other_replica.close_session(elsewhere.session_id, "answered")
     # The cases stay answerable; the answer given meanwhile is there for get_human_answer.
-    found = await restarted.answer(answered.case_id)
+    found = await restarted.reply(answered.case_id)
     assert found is not None
     assert found.content == "Yes, Saturday works."
     # Nothing is left to recover the second time.
@@ -67,7 +67,7 @@ async def test_a_retried_call_after_recovery_waits_again_on_the_same_case(
     assert retried.existed
     assert retried.status == "waiting"
     await ports.operator.answer(first.case_id, "Tuesday.")
-    found = await restarted.answer(first.case_id)
+    found = await restarted.reply(first.case_id)
     assert found is not None
     assert found.content == "Tuesday."
     # The re-opened session belongs to whoever waits on it now: recovered again, it closes.

@@ -16,7 +16,7 @@ async def test_constant_function_and_newest_migration_name_the_same_version(
     found = await db.fetchval("select public.hitl_schema_version()")
     assert (EXPECTED_SCHEMA_VERSION, found) == (newest.version, newest.version), (
         f"the newest migration is {newest.path.name}: redefine public.hitl_schema_version() "
-        "in it to return its version, and set hitl_relay.readiness.EXPECTED_SCHEMA_VERSION"
+        "in it to return its version, and set hitl_relay.ports.EXPECTED_SCHEMA_VERSION"
     )
 
 

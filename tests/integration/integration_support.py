@@ -49,7 +49,7 @@ async def platform_on(
     url: str, service_role_key: str, *, tuning: RealtimeTuning = FAST, presence: bool = True
 ) -> AsyncIterator[SupabasePlatform]:
     platform = await build_platform(
-        settings_for(url, service_role_key), tuning=tuning, presence=presence
+        settings_for(url, service_role_key).platform_options(), tuning=tuning, presence=presence
     )
     try:
         yield platform

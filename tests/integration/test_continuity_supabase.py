@@ -106,11 +106,11 @@ async def test_question_back_follow_up_and_thread_through_the_supabase_adapter(
         platform_timeout_seconds=5.0,
     )
     async with (
-        supabase_backend(settings) as backend,
+        supabase_backend(settings.platform_options()) as backend,
         operator_on(devstack) as operator,
         asyncio.TaskGroup() as tg,  # a failed step cancels the asks still running
     ):
-        relay = Relay(backend, settings)
+        relay = Relay(backend, settings.relay_options())
 
         # 1. The operator asks back instead of answering: the call returns needs_info.
         first = tg.create_task(relay.ask(ask("Can we deliver on Saturday?")))

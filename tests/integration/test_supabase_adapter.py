@@ -31,7 +31,7 @@ from hitl_devstack.server import Devstack
 from hitl_relay.adapters.supabase import SupabaseSubscription, build_platform
 from hitl_relay.adapters.supabase_channel import SocketPool
 from hitl_relay.errors import InvalidRequest, NotFound, PlatformUnavailable
-from hitl_relay.ports import ContinueCase, HumanMessage, Reconnected, SessionEvent
+from hitl_relay.ports import Clarification, ContinueCase, HumanMessage, Reconnected, SessionEvent
 from hitl_relay.relay import Relay
 
 # ---- CaseStore over REST ----------------------------------------------------------------------
@@ -47,10 +47,10 @@ async def test_a_case_is_opened_answered_and_closed_through_rest(devstack: Devst
             False,
             "waiting",
         )
-        assert await store.answer(opened.case_id) is None
+        assert await store.reply(opened.case_id) is None
         async with Operator(devstack) as operator:
             message_id = await operator.answer(opened.case_id, "Yes, Saturday is free")
-        answer = await store.answer(opened.case_id)
+        answer = await store.reply(opened.case_id)
         assert answer is not None
         assert (answer.message_id, answer.content, answer.kind) == (
             message_id,
@@ -99,10 +99,12 @@ async def test_the_wrong_key_is_platform_unavailable_with_the_reason(devstack: D
 async def test_an_unreachable_platform_is_platform_unavailable_at_once() -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     started = time.monotonic()
-    platform = await build_platform(settings_for(url, "x.y.z"), tuning=FAST, presence=False)
+    platform = await build_platform(
+        settings_for(url, "x.y.z").platform_options(), tuning=FAST, presence=False
+    )
     try:
         with pytest.raises(PlatformUnavailable) as e:
-            await platform.store.answer(uuid.uuid4())
+            await platform.store.reply(uuid.uuid4())
         with pytest.raises(PlatformUnavailable):
             async with platform.channel.subscribe(uuid.uuid4()):
                 pass
@@ -127,8 +129,8 @@ async def test_a_clarification_stays_pending_until_the_callers_reply_continues_t
         request = open_request()
         opened = await store.open_case(request)
         asked = await operator.answer(opened.case_id, "Morning or afternoon?", "clarification")
-        pending = await store.pending_clarification(opened.case_id)
-        assert pending is not None
+        pending = await store.reply(opened.case_id)
+        assert isinstance(pending, Clarification)
         assert (pending.message_id, pending.content) == (asked, "Morning or afternoon?")
         assert await store.close_session(opened.session_id, "needs_info") is True
         follow_up = ContinueCase(
@@ -146,7 +148,7 @@ async def test_a_clarification_stays_pending_until_the_callers_reply_continues_t
             "waiting",
         )
         assert continued.session_id != opened.session_id
-        assert await store.pending_clarification(opened.case_id) is None
+        assert await store.reply(opened.case_id) is None  # replied to: no longer pending
         retried = await store.continue_case(follow_up)
         assert (retried.session_id, retried.existed) == (continued.session_id, True)
         history = await store.call_history(request.retell_call_id)
@@ -202,7 +204,7 @@ async def test_ai_and_system_messages_are_heard_but_never_as_the_answer(
             await insert_message(service, opened.case_id, "ai", "Let me check", kind="answer")
             await insert_message(service, opened.case_id, "system", "Operator notified")
             heard = [await next_of(sub, HumanMessage) for _ in range(2)]
-            assert await platform.store.answer(opened.case_id) is None
+            assert await platform.store.reply(opened.case_id) is None
             await operator.answer(opened.case_id, "It is free")
             human = await next_of(sub, HumanMessage)
     assert [(m.sender_type, m.is_answer) for m in heard] == [("ai", False), ("system", False)]
@@ -343,7 +345,7 @@ async def test_a_devstack_restart_mid_wait_rejoins_and_the_catch_up_finds_the_mi
             await devstack.start()  # same port
             reconnected = await next_of(sub, Reconnected, within_s=10)
             rejoin_s = time.monotonic() - restarted
-            answer = await platform.store.answer(opened.case_id)
+            answer = await platform.store.reply(opened.case_id)
             await insert_message(service, opened.case_id, "ai", "after the restart")
             after = await next_of(sub, HumanMessage)
     assert reconnected.case_id == opened.case_id
@@ -449,12 +451,12 @@ async def test_the_relay_returns_an_operators_answer_through_the_adapter(
     from hitl_relay.models import AskHumanRequest
 
     settings = settings_for(devstack.url, devstack.keys.service_role_key)
-    platform = await build_platform(settings, tuning=FAST)
+    platform = await build_platform(settings.platform_options(), tuning=FAST)
     try:
         async with Operator(devstack) as operator:
             await operator.go_online()
             await wait_presence(platform.presence, lambda n: n == 1)
-            relay = Relay(platform.backend(), settings)
+            relay = Relay(platform.backend(), settings.relay_options())
             request = AskHumanRequest(
                 question="Can we deliver on Saturday?",
                 session_id="s-1",

@@ -274,7 +274,7 @@ def dead_port() -> int:
 async def test_a_receiver_that_is_down_is_retried_and_the_ask_is_unaffected() -> None:
     platform = MemoryPlatform()
     settings = Settings(_env_file=None, backend="memory")  # type: ignore[call-arg]
-    relay = Relay(platform.backend(), settings)
+    relay = Relay(platform.backend(), settings.relay_options())
     await platform.operator.go_online()
     dead = WebhookNotifier(url=f"http://127.0.0.1:{dead_port()}/hook", secret=SECRET)
     escalator = Escalator(

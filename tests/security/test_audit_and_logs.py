@@ -11,7 +11,7 @@ from hitl_relay.security import (
     AuditEvent,
     LogAuditSink,
     MemoryAuditSink,
-    SupabaseAuditSink,
+    PlatformAuditSink,
     ThrottledAuditSink,
 )
 from hitl_relay.security.audit import install_log_redaction, redacted
@@ -34,8 +34,8 @@ def test_a_flood_from_one_actor_is_recorded_as_a_few_rows_and_a_count() -> None:
     assert inner.events[-1].detail == {"path": "/mcp", "suppressed": 97}
 
 
-def test_the_supabase_sink_queue_is_bounded_and_counts_what_it_drops() -> None:
-    sink = SupabaseAuditSink("http://127.0.0.1:9", "service-key", max_queue=2)
+def test_the_platform_sink_queue_is_bounded_and_counts_what_it_drops() -> None:
+    sink = PlatformAuditSink(max_queue=2)
     for _ in range(5):
         sink.record(event())
     assert sink.dropped == 3

@@ -19,9 +19,12 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from supabase import acreate_client
 from test_security_on_devstack import Broadcasts, answer, relay_on
 
 from hitl_devstack.server import Devstack
+from hitl_relay.adapters.supabase_services import SupabaseServices
+from hitl_relay.adapters.supabase_store import SupabaseCaseStore
 from hitl_relay.callbacks import (
     SIGNATURE_HEADER,
     CallbackSender,
@@ -30,6 +33,7 @@ from hitl_relay.callbacks import (
 )
 from hitl_relay.http_app import running
 from hitl_relay.retell import PATH
+from hitl_relay.service_ports import CallbackOutbox
 
 SECRET = "whsec-outbox-0123456789"
 ANSWER = "Yes, we can deliver on Saturday."
@@ -76,9 +80,19 @@ async def broadcasts(db: asyncpg.Connection) -> AsyncIterator[Broadcasts]:
         await db.remove_listener("hitl_realtime", listener)
 
 
-def worker(devstack: Devstack) -> CallbackWorker:
+@pytest.fixture
+async def platform(devstack: Devstack) -> AsyncIterator[CallbackOutbox]:
+    """The adapter's outbox port on a service-role supabase-py client, as the relay has it."""
+    client = await acreate_client(devstack.url, devstack.keys.service_role_key)
+    try:
+        yield SupabaseServices(client, SupabaseCaseStore(client, 10.0))
+    finally:
+        await client.postgrest.aclose()
+
+
+def worker(outbox: CallbackOutbox) -> CallbackWorker:
     sender = CallbackSender(allow_private=True, first_backoff_s=0.01, budget_s=1.0)
-    return CallbackWorker(devstack.url, devstack.keys.service_role_key, sender)
+    return CallbackWorker(outbox, sender)
 
 
 async def open_case(db: asyncpg.Connection, callback_url: str, call_id: str = "call-cb") -> Any:
@@ -132,20 +146,19 @@ async def test_a_relay_with_a_callback_url_posts_the_answer_signed(
 
 
 async def test_a_timeout_and_then_the_late_answer_both_reach_the_callback(
-    devstack: Devstack, db: asyncpg.Connection, receiver: Receiver
+    platform: CallbackOutbox, db: asyncpg.Connection, receiver: Receiver
 ) -> None:
     opened = await open_case(db, receiver.url)
     await db.execute(
         "select public.hitl_close_session($1::uuid, 'timed_out')", opened["session_id"]
     )
-    outbox = worker(devstack)
-    async with httpx.AsyncClient() as client:
-        assert await outbox.run_once(client) == 1
-        timed_out = await receiver.next()
-        await answer(db, opened["case_id"], ANSWER)
-        assert await outbox.run_once(client) == 1
-        late = await receiver.next()
-        assert await outbox.run_once(client) == 0
+    outbox = worker(platform)
+    assert await outbox.run_once() == 1
+    timed_out = await receiver.next()
+    await answer(db, opened["case_id"], ANSWER)
+    assert await outbox.run_once() == 1
+    late = await receiver.next()
+    assert await outbox.run_once() == 0
     assert (timed_out["event"], timed_out["status"], timed_out["answer"]) == (
         "timeout",
         "timeout",
@@ -169,15 +182,14 @@ async def test_a_timeout_and_then_the_late_answer_both_reach_the_callback(
 
 
 async def test_a_failing_receiver_is_retried_later_not_hammered(
-    devstack: Devstack, db: asyncpg.Connection, receiver: Receiver
+    platform: CallbackOutbox, db: asyncpg.Connection, receiver: Receiver
 ) -> None:
     receiver.statuses = [503] * 50
     opened = await open_case(db, receiver.url)
     await answer(db, opened["case_id"], ANSWER)
-    outbox = worker(devstack)
-    async with httpx.AsyncClient() as client:
-        assert await outbox.run_once(client) == 1
-        assert await outbox.run_once(client) == 0  # not due again yet
+    outbox = worker(platform)
+    assert await outbox.run_once() == 1
+    assert await outbox.run_once() == 0  # not due again yet
     row = await db.fetchrow(
         "select attempts, last_status, delivered_at, failed_at, "
         "next_attempt_at > now() + interval '50 seconds' as later from public.hil_callbacks"
@@ -188,15 +200,12 @@ async def test_a_failing_receiver_is_retried_later_not_hammered(
 
 
 async def test_a_callback_to_a_private_address_fails_for_good_without_a_request(
-    devstack: Devstack, db: asyncpg.Connection
+    platform: CallbackOutbox, db: asyncpg.Connection
 ) -> None:
     opened = await open_case(db, "https://169.254.169.254/latest/meta-data/")
     await answer(db, opened["case_id"], ANSWER)
-    strict = CallbackWorker(
-        devstack.url, devstack.keys.service_role_key, CallbackSender(allow_private=False)
-    )
-    async with httpx.AsyncClient() as client:
-        assert await strict.run_once(client) == 1
+    strict = CallbackWorker(platform, CallbackSender(allow_private=False))
+    assert await strict.run_once() == 1
     row = await db.fetchrow(
         "select failed_at is not null as failed, last_error from public.hil_callbacks"
     )
@@ -206,14 +215,13 @@ async def test_a_callback_to_a_private_address_fails_for_good_without_a_request(
 
 
 async def test_two_replicas_never_deliver_the_same_callback_twice(
-    devstack: Devstack, db: asyncpg.Connection, receiver: Receiver
+    platform: CallbackOutbox, db: asyncpg.Connection, receiver: Receiver
 ) -> None:
     cases = [await open_case(db, receiver.url, call_id=f"call-{i}") for i in range(6)]
     for opened in cases:
         await answer(db, opened["case_id"], ANSWER)
-    replicas = [worker(devstack), worker(devstack)]
-    async with httpx.AsyncClient() as client:
-        claimed = await asyncio.gather(*(w.run_once(client) for w in replicas))
+    replicas = [worker(platform), worker(platform)]
+    claimed = await asyncio.gather(*(w.run_once() for w in replicas))
     assert sum(claimed) == 6
     delivered = [receiver.events.get_nowait() for _ in range(receiver.events.qsize())]
     assert sorted(d["case_id"] for d in delivered) == sorted(c["case_id"] for c in cases)

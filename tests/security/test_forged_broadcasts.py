@@ -38,7 +38,9 @@ from hitl_relay.relay import Relay
 @asynccontextmanager
 async def waiting_call(platform: MemoryPlatform, clock: FakeClock) -> AsyncIterator[Any]:
     """One ask on the memory twin, joined on its case and parked on its deadline."""
-    relay = Relay(platform.backend(), Settings(_env_file=None, backend="memory"), clock=clock)
+    relay = Relay(
+        platform.backend(), Settings(_env_file=None, backend="memory").relay_options(), clock=clock
+    )
     request = AskHumanRequest.model_validate(
         {"question": "q?", "session_id": "s", "call_id": "c", "agent_id": "a"}
     )
@@ -330,9 +332,12 @@ async def test_a_forged_broadcast_leaves_the_wait_and_the_real_answer_wins(
             "timeout_seconds": 60,
         }
     )
-    async with supabase_backend(settings) as backend, Operator(devstack) as operator:
+    async with (
+        supabase_backend(settings.platform_options()) as backend,
+        Operator(devstack) as operator,
+    ):
         store = CountingReads(backend.store)
-        relay = Relay(dataclasses.replace(backend, store=store), settings)
+        relay = Relay(dataclasses.replace(backend, store=store), settings.relay_options())
         call = asyncio.create_task(relay.ask(request))
         try:
             async with asyncio.timeout(15):

@@ -1,7 +1,7 @@
 """The security edge against the real schema (devstack: PostgREST + Realtime over Postgres, the
 relay on its Supabase adapter): Retell retries join one case in the database, invalid requests
 write no row, SQL injection attempts are stored verbatim, refusals land in `hil_audit`, and the
-Postgres rate limiter and replay guard hold across replicas."""
+replay guard holds across replicas (the shared rate limits: tests/contract)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from hitl_devstack.server import Devstack
 from hitl_relay.config import Settings
 from hitl_relay.http_app import create_app, running
 from hitl_relay.retell import PATH
-from hitl_relay.security import PostgresRateLimiter, Rule, SecurityLayer
+from hitl_relay.security import SecurityLayer
 
 ANSWER = "Yes, the Saturday slot is free."
 INJECTIONS = [
@@ -257,26 +257,6 @@ async def test_edge_refusals_are_recorded_in_hil_audit(
     ]
     assert [d.get("reason") for *_, d in seen] == ["wrong", "malformed", "stale"]
     assert not any(KEY_A in json.dumps(d) or RETELL_KEY in json.dumps(d) for *_, d in seen)
-
-
-async def test_postgres_limits_hold_across_replicas(devstack: Devstack) -> None:
-    key = devstack.keys.service_role_key
-    replicas = [PostgresRateLimiter(devstack.url, key) for _ in range(2)]
-    rule = Rule.parse("key", "3/minute")
-    try:
-        peeked = await replicas[0].peek(rule, "key:abc")
-        decisions = [await replicas[i % 2].hit(rule, "key:abc") for i in range(4)]
-        other = await replicas[1].hit(rule, "key:other")
-    finally:
-        for limiter in replicas:
-            await limiter.aclose()
-    assert peeked.allowed
-    assert [d.allowed for d in decisions] == [True, True, True, False]
-    # A sliding-window counter lets the last window's hits fade out over the next window, so a
-    # client that spent all 3 within the current minute waits for the minute to end and then for
-    # 1/3 of the next one: never more than window * (1 + 1/limit) = 80 s.
-    assert 0 < decisions[3].retry_after_s <= 60 * (1 + 1 / 3)
-    assert other.allowed
 
 
 async def test_the_rate_limit_table_and_functions_are_closed_to_everyone_but_the_relay(

@@ -22,6 +22,7 @@ from hitl_relay.config import Settings
 from hitl_relay.errors import InvalidRequest
 from hitl_relay.http_app import create_app, running
 from hitl_relay.mcp_client import connect
+from hitl_relay.metrics import MetricsObserver
 from hitl_relay.models import parse_ask_request
 from hitl_relay.ports import Backend, MessageKind
 from hitl_relay.relay import Relay
@@ -34,7 +35,14 @@ def rig() -> Rig:
     clock = FakeClock()
     platform = MemoryPlatform(clock=clock)
     settings = make_settings()
-    return Rig(platform, clock, Relay(platform.backend(), settings, clock=clock), settings)
+    return Rig(
+        platform,
+        clock,
+        Relay(
+            platform.backend(), settings.relay_options(), clock=clock, observer=MetricsObserver()
+        ),
+        settings,
+    )
 
 
 def messages_of(platform: MemoryPlatform, case_id: UUID) -> list[tuple[str, str, str]]:
@@ -313,7 +321,14 @@ async def test_follow_up_skips_the_no_operator_shortcut_so_the_reply_is_recorded
     clock = FakeClock()
     platform = MemoryPlatform(clock=clock, operators=1)
     settings = make_settings(no_operator_answers_at_once=True)
-    rig = Rig(platform, clock, Relay(platform.backend(), settings, clock=clock), settings)
+    rig = Rig(
+        platform,
+        clock,
+        Relay(
+            platform.backend(), settings.relay_options(), clock=clock, observer=MetricsObserver()
+        ),
+        settings,
+    )
     case_id = await ask_and_get_asked_back(rig, "Which address?")
     await platform.operator.go_offline("operator-0")
     clock.advance(1)  # past the presence cache
@@ -488,8 +503,8 @@ async def test_get_call_history_over_mcp_returns_the_thread_as_text_and_structur
 
 
 async def test_tool_schemas_tell_the_agent_about_follow_ups_and_the_history() -> None:
+    from hitl_relay.composition import build_relay
     from hitl_relay.mcp_server import RelayMcpServer
-    from hitl_relay.relay import build_relay
 
     relay = build_relay(MemoryPlatform().backend(), make_settings())
     async with Client(RelayMcpServer(lambda: relay).server) as client:

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from hitl_relay.config import Settings
+from hitl_relay.security.settings import SecuritySettings
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBE = ROOT / "deploy" / "kubernetes"
@@ -71,14 +72,15 @@ def test_the_deployment_probes_drain_and_identity_fit_the_relay() -> None:
     assert env["HITL_INSTANCE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert {"secretRef": {"name": docs["Secret"]["metadata"]["name"]}} in relay["envFrom"]
     # every name the ConfigMap and the Secret set is a setting the relay reads
-    known = {f.upper() for f in Settings.model_fields} | {
+    fields = {**Settings.model_fields, **SecuritySettings.model_fields}  # the settings' parts
+    known = {f.upper() for f in fields} | {
         (info.validation_alias or "").upper()
-        for info in Settings.model_fields.values()
+        for info in fields.values()
         if isinstance(info.validation_alias, str)
     }
     prefix = Settings.model_config.get("env_prefix", "").upper()
     for name in [*docs["ConfigMap"]["data"], *docs["Secret"]["stringData"], *env]:
-        assert name in known or name.removeprefix(prefix).lower() in Settings.model_fields, name
+        assert name in known or name.removeprefix(prefix).lower() in fields, name
 
     # preStop wait + the drain bound + a margin for writing results, all inside the grace period
     drain_s = float(docs["ConfigMap"]["data"]["HITL_DRAIN_TIMEOUT_SECONDS"])

@@ -98,7 +98,7 @@ async def test_an_answered_call_writes_exactly_one_json_line_with_its_timings(
     assert set(line) >= PER_CALL_KEYS
     assert line["level"] == "INFO"
     assert line["message"] == "ask_human answered"
-    assert line["logger"] == "hitl_relay.relay"
+    assert line["logger"] == "hitl_relay.observer"  # the core's observer writes it
     assert (line["call_id"], line["case_id"]) == ("call-1", result.case_id)
     assert line["outcome"] == result.status == "answered"
     assert line["waited_ms"] == result.waited_ms == 2250

@@ -311,8 +311,8 @@ async def test_health_readiness_and_metrics_endpoints(relay: Relay) -> None:
 
 async def test_in_process_server_object_serves_the_newest_protocol_directly() -> None:
     """The same server object, no HTTP: what `mcp.Client(server)` does in SDK tests."""
+    from hitl_relay.composition import build_relay
     from hitl_relay.mcp_server import RelayMcpServer
-    from hitl_relay.relay import build_relay
 
     platform = MemoryPlatform()
     relay = build_relay(platform.backend(), make_settings())
@@ -339,8 +339,8 @@ async def test_metrics_count_invalid_calls(relay: Relay) -> None:
 async def test_an_open_breaker_marks_the_tools_unavailable_and_tells_connected_clients() -> None:
     import mcp_types as types
 
+    from hitl_relay.composition import build_relay
     from hitl_relay.mcp_server import RelayMcpServer
-    from hitl_relay.relay import build_relay
 
     platform = MemoryPlatform()
     relay = build_relay(platform.backend(), make_settings(breaker_failure_threshold=1))

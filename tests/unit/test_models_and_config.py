@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from hitl_relay.config import load_settings
 from hitl_relay.errors import ConfigError, InvalidRequest
-from hitl_relay.models import AskResult, parse_ask_request
+from hitl_relay.models import TIMEOUT_MAX, TIMEOUT_MIN, AskResult, parse_ask_request
 
 VALID: dict[str, Any] = {
     "question": "May we deliver on Saturday?",
@@ -171,16 +171,33 @@ def test_supabase_backend_needs_its_url_and_service_role_key(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HITL_DEFAULT_TIMEOUT_SECONDS", "700")
+    monkeypatch.setenv("HITL_MAX_TIMEOUT_SECONDS", "300")
+    monkeypatch.setenv("HITL_DEFAULT_TIMEOUT_SECONDS", "400")
     with pytest.raises(ConfigError) as e:
         load_settings()
     assert e.value.problems == [
         "HITL_DEFAULT_TIMEOUT_SECONDS: must be between HITL_MIN_TIMEOUT_SECONDS (5) and "
-        "HITL_MAX_TIMEOUT_SECONDS (600)",
+        "HITL_MAX_TIMEOUT_SECONDS (300)",
         "SUPABASE_URL: is required (your project's API URL)",
         "SUPABASE_SERVICE_ROLE_KEY: is required (the relay uses the service role; a secret "
         "key sb_secret_… may be given as SUPABASE_SECRET_KEY instead)",
     ]
+
+
+@pytest.mark.parametrize(
+    "variable",
+    ["HITL_DEFAULT_TIMEOUT_SECONDS", "HITL_MIN_TIMEOUT_SECONDS", "HITL_MAX_TIMEOUT_SECONDS"],
+)
+def test_no_setting_allows_a_time_limit_the_model_and_the_sql_refuse(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HITL_BACKEND", "memory")
+    for value, rule in ((TIMEOUT_MAX + 1, "less"), (TIMEOUT_MIN - 1, "greater")):
+        monkeypatch.setenv(variable, str(value))
+        with pytest.raises(ConfigError) as e:
+            load_settings()
+        assert e.value.problems[0].startswith(f"{variable}: Input should be {rule} than")
 
 
 def test_a_secret_key_may_be_given_under_supabases_own_name(

@@ -12,6 +12,7 @@ from relay_support import Rig, ask_request, asking, make_settings
 from hitl_relay.adapters.memory import MemoryPlatform
 from hitl_relay.clock import FakeClock
 from hitl_relay.errors import InvalidRequest
+from hitl_relay.metrics import MetricsObserver
 from hitl_relay.models import (
     OPTION_MAX_CHARS,
     OPTIONS_MAX,
@@ -35,7 +36,14 @@ def rig() -> Rig:
     clock = FakeClock()
     platform = MemoryPlatform(clock=clock)
     settings = make_settings()
-    return Rig(platform, clock, Relay(platform.backend(), settings, clock=clock), settings)
+    return Rig(
+        platform,
+        clock,
+        Relay(
+            platform.backend(), settings.relay_options(), clock=clock, observer=MetricsObserver()
+        ),
+        settings,
+    )
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from hitl_relay import metrics
 from hitl_relay.adapters.memory import MemoryPlatform
 from hitl_relay.clock import FakeClock
 from hitl_relay.errors import InvalidRequest
+from hitl_relay.metrics import MetricsObserver
 from hitl_relay.relay import Relay
 from hitl_relay.resilience import CircuitBreaker
 
@@ -22,7 +23,14 @@ def rig() -> Rig:
     clock = FakeClock()
     platform = MemoryPlatform(clock=clock)
     settings = make_settings()
-    return Rig(platform, clock, Relay(platform.backend(), settings, clock=clock), settings)
+    return Rig(
+        platform,
+        clock,
+        Relay(
+            platform.backend(), settings.relay_options(), clock=clock, observer=MetricsObserver()
+        ),
+        settings,
+    )
 
 
 def sample(name: str, **labels: str) -> float:
@@ -143,14 +151,18 @@ async def test_late_answer_is_found_by_get_answer(rig: Rig) -> None:
 
 
 async def test_get_answer_names_a_malformed_case_id() -> None:
-    relay = Relay(MemoryPlatform().backend(), make_settings())
+    relay = Relay(
+        MemoryPlatform().backend(), make_settings().relay_options(), observer=MetricsObserver()
+    )
     with pytest.raises(InvalidRequest) as e:
         await relay.get_answer("not-a-uuid")
     assert (e.value.field, e.value.rule) == ("case_id", "must be a case id (a UUID)")
 
 
 async def test_get_answer_on_an_unknown_case_is_an_error_naming_case_id() -> None:
-    relay = Relay(MemoryPlatform().backend(), make_settings())
+    relay = Relay(
+        MemoryPlatform().backend(), make_settings().relay_options(), observer=MetricsObserver()
+    )
     with pytest.raises(InvalidRequest) as e:
         await relay.get_answer("00000000-0000-4000-8000-00000000dead")
     assert (e.value.field, e.value.rule) == ("case_id", "no such case")
@@ -263,7 +275,9 @@ async def test_session_expired_by_the_platform_ends_the_wait(rig: Rig) -> None:
 async def test_no_operator_present_records_the_case_and_answers_at_once_with_its_id() -> None:
     clock = FakeClock()
     platform = MemoryPlatform(clock=clock, operators=0)
-    relay = Relay(platform.backend(), make_settings(), clock=clock)
+    relay = Relay(
+        platform.backend(), make_settings().relay_options(), clock=clock, observer=MetricsObserver()
+    )
     request = ask_request(
         context="Order 4411",
         caller_info={"name": "Grace", "phone": "+15550100"},
@@ -293,7 +307,9 @@ async def test_no_operator_present_records_the_case_and_answers_at_once_with_its
 async def test_a_question_recorded_with_nobody_on_duty_is_answered_later_like_a_timeout() -> None:
     clock = FakeClock()
     platform = MemoryPlatform(clock=clock, operators=0)
-    relay = Relay(platform.backend(), make_settings(), clock=clock)
+    relay = Relay(
+        platform.backend(), make_settings().relay_options(), clock=clock, observer=MetricsObserver()
+    )
     result = await relay.ask(ask_request())
     assert result.case_id is not None
     pending = await relay.get_answer(result.case_id)
@@ -307,7 +323,9 @@ async def test_a_question_recorded_with_nobody_on_duty_is_answered_later_like_a_
 async def test_a_retry_with_nobody_on_duty_names_the_same_case_and_returns_its_answer() -> None:
     clock = FakeClock()
     platform = MemoryPlatform(clock=clock, operators=0)
-    relay = Relay(platform.backend(), make_settings(), clock=clock)
+    relay = Relay(
+        platform.backend(), make_settings().relay_options(), clock=clock, observer=MetricsObserver()
+    )
     first = await relay.ask(ask_request())
     again = await relay.ask(ask_request())
     assert (again.status, again.case_id) == ("no_operator", first.case_id)
@@ -326,7 +344,7 @@ async def test_a_retry_with_nobody_on_duty_names_the_same_case_and_returns_its_a
 
 async def test_no_operator_with_the_platform_down_is_platform_unreachable() -> None:
     platform = MemoryPlatform(operators=0)
-    relay = Relay(platform.backend(), make_settings())
+    relay = Relay(platform.backend(), make_settings().relay_options(), observer=MetricsObserver())
     platform.faults.rpc_down = True
     with stamina.set_testing(True, attempts=2):
         result = await relay.ask(ask_request())
@@ -336,7 +354,7 @@ async def test_no_operator_with_the_platform_down_is_platform_unreachable() -> N
 async def test_no_operator_check_can_be_switched_off() -> None:
     platform = MemoryPlatform(operators=0)
     settings = make_settings(no_operator_answers_at_once=False)
-    relay = Relay(platform.backend(), settings)
+    relay = Relay(platform.backend(), settings.relay_options(), observer=MetricsObserver())
     async with asking(relay, ask_request()) as (call,):
         case_id = await platform.operator.wait_for_case()
         await platform.wait_until(lambda: platform.joined_channels == 1)
@@ -349,7 +367,9 @@ async def test_open_breaker_answers_platform_unreachable_without_touching_the_pl
 ) -> None:
     breaker = CircuitBreaker(failure_threshold=1, clock=rig.clock.monotonic)
     breaker.record_failure("down")
-    relay = Relay(rig.platform.backend(), rig.settings, clock=rig.clock, breaker=breaker)
+    relay = Relay(
+        rig.platform.backend(), rig.settings.relay_options(), clock=rig.clock, breaker=breaker
+    )
     result = await relay.ask(ask_request())
     assert result.status == "platform_unreachable"
     assert result.message == rig.settings.fallback_platform_unreachable
@@ -359,7 +379,9 @@ async def test_open_breaker_answers_platform_unreachable_without_touching_the_pl
 
 async def test_platform_down_gives_platform_unreachable_and_opens_the_breaker(rig: Rig) -> None:
     breaker = CircuitBreaker(failure_threshold=1, clock=rig.clock.monotonic)
-    relay = Relay(rig.platform.backend(), rig.settings, clock=rig.clock, breaker=breaker)
+    relay = Relay(
+        rig.platform.backend(), rig.settings.relay_options(), clock=rig.clock, breaker=breaker
+    )
     rig.platform.faults.rpc_down = True
     with stamina.set_testing(True, attempts=2):
         result = await relay.ask(ask_request())
@@ -407,7 +429,11 @@ async def test_progress_is_reported_while_waiting(rig: Rig) -> None:
 
 
 async def test_timeout_outside_the_configured_bounds_is_refused_naming_the_field() -> None:
-    relay = Relay(MemoryPlatform().backend(), make_settings(min_timeout_seconds=10))
+    relay = Relay(
+        MemoryPlatform().backend(),
+        make_settings(min_timeout_seconds=10).relay_options(),
+        observer=MetricsObserver(),
+    )
     with pytest.raises(InvalidRequest) as e:
         await relay.ask(ask_request(timeout_seconds=5))
     assert str(e.value) == "timeout_seconds: must be between 10 and 600"

@@ -11,6 +11,7 @@ from waiting import wait_until
 
 from hitl_relay.adapters.memory import MemoryPlatform
 from hitl_relay.clock import FakeClock
+from hitl_relay.metrics import MetricsObserver
 from hitl_relay.relay import Relay
 
 
@@ -18,7 +19,14 @@ def make_rig() -> Rig:
     clock = FakeClock()
     platform = MemoryPlatform(clock=clock)
     settings = make_settings()
-    return Rig(platform, clock, Relay(platform.backend(), settings, clock=clock), settings)
+    return Rig(
+        platform,
+        clock,
+        Relay(
+            platform.backend(), settings.relay_options(), clock=clock, observer=MetricsObserver()
+        ),
+        settings,
+    )
 
 
 async def test_the_answer_is_returned_before_the_session_close_round_trip() -> None:

@@ -31,7 +31,9 @@ def names(cell: str) -> list[str]:
 
 
 def tools() -> dict[str, Any]:
-    relay = Relay(MemoryPlatform().backend(), Settings(backend="memory", insecure_local=True))
+    relay = Relay(
+        MemoryPlatform().backend(), Settings(backend="memory", insecure_local=True).relay_options()
+    )
     return {tool.name: tool for tool in RelayMcpServer(lambda: relay).tools()}
 
 

@@ -12,6 +12,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from hitl_relay.adapters.memory import MemoryPlatform
+from hitl_relay.composition import build_relay
 from hitl_relay.config import Settings
 from hitl_relay.mcp_server import RelayMcpServer
 from hitl_relay.mcp_tasks import (
@@ -27,7 +28,6 @@ from hitl_relay.mcp_tasks import (
     task_json_modern,
 )
 from hitl_relay.ports import Answer, Clarification
-from hitl_relay.relay import build_relay
 from hitl_relay.task_store import TaskRecord
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)

@@ -1,0 +1,80 @@
+"""What the relay core is configured with: a small, frozen options object. The edge builds it
+from the settings (`config.Settings.relay_options()`); the core never reads the environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hitl_relay.errors import InvalidRequest
+from hitl_relay.models import TIMEOUT_DEFAULT, TIMEOUT_MAX, TIMEOUT_MIN, Status
+
+DEFAULT_FALLBACKS = {
+    "no_operator": (
+        "I'm sorry, none of my colleagues is available right now. I've noted your question, "
+        "and a colleague will see it as soon as one is available."
+    ),
+    "platform_unreachable": (
+        "I'm sorry, I can't reach my colleagues at the moment, so I couldn't pass your "
+        "question on. Please try again a little later."
+    ),
+    "timeout": (
+        "My colleague hasn't answered yet. I've passed your question on and someone will get "
+        "back to you with the answer."
+    ),
+    "unclear_answer": (
+        "I'm sorry, I couldn't get a clear answer to that from my colleague. Someone will get "
+        "back to you."
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Fallbacks:
+    """The lines the caller hears instead of an answer, by fallback kind."""
+
+    no_operator: str = DEFAULT_FALLBACKS["no_operator"]
+    platform_unreachable: str = DEFAULT_FALLBACKS["platform_unreachable"]
+    timeout: str = DEFAULT_FALLBACKS["timeout"]
+    unclear_answer: str = DEFAULT_FALLBACKS["unclear_answer"]
+
+    def line(self, status: Status) -> str:
+        texts = {
+            "no_operator": self.no_operator,
+            "platform_unreachable": self.platform_unreachable,
+            "timeout": self.timeout,
+            "unclear_answer": self.unclear_answer,
+        }
+        return texts.get(status, self.timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class RelayOptions:
+    default_timeout_s: int = TIMEOUT_DEFAULT
+    # The window a call may choose its time limit from (inside models.TIMEOUT_MIN/MAX).
+    min_timeout_s: int = TIMEOUT_MIN
+    max_timeout_s: int = TIMEOUT_MAX
+    # How long one platform request (rpc, join, leave, close) may take.
+    platform_timeout_s: float = 5.0
+    # How often a waiting call reports progress.
+    progress_interval_s: float = 5.0
+    # With nobody present on `operators`: record the case and answer `no_operator` at once.
+    no_operator_answers_at_once: bool = True
+    # How long a case stays answerable (None: the platform's default).
+    case_ttl_s: int | None = None
+    # Every case's answer (or timeout) is also POSTed there, signed with the secret.
+    callback_url: str | None = None
+    webhook_secret: str | None = None
+    # The poll interval MCP tasks suggest to their clients.
+    task_poll_interval_ms: int = 1000
+    fallbacks: Fallbacks = field(default_factory=Fallbacks)
+
+    def time_limit(self, requested: int | None, default: int | None = None) -> int:
+        """The call's time limit: `requested`, else `default` (the configured default), checked
+        against the configured window; `InvalidRequest("timeout_seconds", ...)` outside it."""
+        timeout = requested or default or self.default_timeout_s
+        if not self.min_timeout_s <= timeout <= self.max_timeout_s:
+            raise InvalidRequest(
+                "timeout_seconds",
+                f"must be between {self.min_timeout_s} and {self.max_timeout_s}",
+            )
+        return timeout

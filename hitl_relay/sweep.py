@@ -1,0 +1,154 @@
+"""The calls waiting for their answer, and what happens to all of them at once: the drain on
+shutdown, and the recovery sweep after a platform failure.
+
+After a failure (a call could not open or join, a read failed), the next success starts one
+sweep: every waiting call's case is read once, and a call whose answer or clarification is there
+ends with it. Realtime may have lost its database connection meanwhile with the sockets still
+joined, and then the broadcasts committed in between never come (its broadcast-from-database
+replication slot is temporary); without the sweep those calls would find their answer only with
+the last read at their deadline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from uuid import UUID
+
+import anyio
+import anyio.abc
+from loguru import logger
+
+from hitl_relay.calls import CallRecord
+from hitl_relay.errors import PlatformUnavailable
+from hitl_relay.ports import CaseStore
+from hitl_relay.resilience import BreakerState, CircuitBreaker
+
+# Reads one recovery sweep runs at once (the store bounds all RPCs too; new calls go first).
+SWEEP_CONCURRENCY = 16
+
+
+class WaitingCalls:
+    """The cancel scope of each call waiting for its answer (a table rather than a task per call
+    waiting on an event: thousands of calls wait at once), the platform's health as the calls
+    see it (told to the breaker), and the sweep that follows a failure."""
+
+    def __init__(self, store: CaseStore, breaker: CircuitBreaker | None) -> None:
+        self.store = store
+        self.breaker = breaker
+        # Set while serving (`Relay.running()`): the sweep runs there.
+        self.background: anyio.abc.TaskGroup | None = None
+        self.draining = False
+        self._waits: dict[anyio.CancelScope, CallRecord] = {}
+        # A failure seen since the last sweep, whether one runs, and whether another must follow
+        # it (a failure and a success during it).
+        self._failed_since_sweep = False
+        self._sweeping = False
+        self._sweep_again = False
+        self.sweeps = 0  # sweeps run, for tests and the log
+
+    @contextmanager
+    def waiting(self, scope: anyio.CancelScope, call: CallRecord) -> Iterator[None]:
+        """`call` waits under `scope` meanwhile (a drain or a sweep may cancel it)."""
+        self._waits[scope] = call
+        if self.draining:  # the drain ran between this call's start and now
+            call.drained = True
+            scope.cancel()
+        try:
+            yield
+        finally:
+            del self._waits[scope]
+
+    def drain(self) -> None:
+        """No new waits; every waiting call ends now (its wait reads once more and falls back)."""
+        self.draining = True
+        for scope, call in list(self._waits.items()):
+            call.drained = True
+            scope.cancel()
+
+    # ------------------------------------------------------------ the platform's health
+
+    def claim(self) -> bool | None:
+        """Ask the breaker for a go: None = refused, True = this call is the half-open probe."""
+        if self.breaker is None:
+            return False
+        half_open = self.breaker.state is BreakerState.HALF_OPEN
+        if not self.breaker.allow():
+            return None
+        return half_open
+
+    @property
+    def refusing(self) -> bool:
+        """The breaker is open: calls get `platform_unreachable` at once."""
+        return self.breaker is not None and self.breaker.is_open
+
+    def record(self, call: CallRecord, *, failure: str | None) -> None:
+        """How the platform did for `call`; the first success after a failure starts a sweep."""
+        call.recorded = True
+        if failure is not None:
+            self._failed_since_sweep = True
+        elif self._failed_since_sweep:
+            self._failed_since_sweep = False
+            self._start_sweep()
+        if self.breaker is None:
+            return
+        if failure is None:
+            self.breaker.record_success()
+        else:
+            self.breaker.record_failure(failure)
+
+    def read_failed(self) -> None:
+        """A read failed without ending its call: the next success sweeps."""
+        self._failed_since_sweep = True
+
+    # ------------------------------------------------------------ the sweep
+
+    def _start_sweep(self) -> None:
+        if self._sweeping:
+            self._sweep_again = True
+        elif self.background is not None:  # only when serving
+            self._sweeping = True
+            self.background.start_soon(self._sweep)
+
+    async def _sweep(self) -> None:
+        """Read every waiting call's case once; end the calls whose answer is there."""
+        try:
+            while True:
+                self._sweep_again = False
+                self.sweeps += 1
+                waiting = list(self._waits.items())
+                limiter = anyio.CapacityLimiter(SWEEP_CONCURRENCY)
+                ended: list[UUID] = []
+                async with anyio.create_task_group() as tg:
+                    for scope, call in waiting:
+                        tg.start_soon(self._sweep_one, scope, call, limiter, ended)
+                logger.bind(waiting=len(waiting), ended=len(ended)).info(
+                    "platform back after a failure: read {} waiting call(s), {} had an answer",
+                    len(waiting),
+                    len(ended),
+                )
+                if not self._sweep_again:
+                    return
+        finally:
+            self._sweeping = False
+
+    async def _sweep_one(
+        self,
+        scope: anyio.CancelScope,
+        call: CallRecord,
+        limiter: anyio.CapacityLimiter,
+        ended: list[UUID],
+    ) -> None:
+        assert call.case_id is not None
+        async with limiter:
+            if scope not in self._waits:
+                return  # it ended meanwhile
+            try:
+                found = await self.store.reply(call.case_id)
+            except PlatformUnavailable:
+                self._failed_since_sweep = True  # the next success sweeps again
+                return
+        if found is not None and scope in self._waits:
+            ended.append(call.case_id)
+            call.swept = found
+            scope.cancel()  # its wait ends with what was found
