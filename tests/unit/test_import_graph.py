@@ -1,6 +1,7 @@
-"""No import cycle in the product or the devstack. The layers contracts in pyproject.toml order
-the layers; modules that share a layer (the edges) may import each other, and this test keeps them from doing so
-both ways. The graph is import-linter's own (grimp), so it sees what `lint-imports` sees."""
+"""No import cycle in the product or the devstack. The layers contracts in pyproject.toml
+order the layers; modules that share a layer (the edges) may import each other, and this test
+keeps them from doing so both ways. The graph is import-linter's own (grimp), so it sees what
+`lint-imports` sees."""
 
 from __future__ import annotations
 
