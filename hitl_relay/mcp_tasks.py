@@ -32,12 +32,12 @@ import hashlib
 import json
 import math
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, Final
+from typing import Any, Final, cast
 from uuid import UUID, uuid4
 
 import anyio
@@ -46,6 +46,7 @@ import mcp_types as types
 from loguru import logger
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.shared.exceptions import MCPError
+from mcp.shared.message import ServerMessageMetadata
 from mcp_types import CLIENT_CAPABILITIES_META_KEY, SERVER_INFO_META_KEY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
@@ -76,6 +77,10 @@ MIN_RETENTION_AFTER_WAIT_MS = 5 * 60 * 1000
 # long after the deadline reports the timeout itself.
 ORPHAN_GRACE = timedelta(seconds=10)
 LIST_PAGE = 50
+# Ids of the elicitations sent on a 2025-11-25 tasks/result stream (`input_request_id`).
+INPUT_REQUEST_PREFIX = "hitl-task-input"
+# Errors of a client that went away while we wrote to its stream.
+_GONE = (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream)
 IMMEDIATE_TEXT = (
     "Your question is with a human colleague. The answer will be the result of this task; "
     "carry on meanwhile."
@@ -92,6 +97,11 @@ def owner_of(ctx: Context) -> str:
     request = ctx.request
     headers = getattr(request, "headers", None)
     authorization = headers.get("authorization") if headers is not None else None
+    return owner_of_authorization(authorization if isinstance(authorization, str) else None)
+
+
+def owner_of_authorization(authorization: str | None) -> str:
+    """`owner_of` from the request's Authorization header (None: no key, as over stdio)."""
     token = "stdio"
     if isinstance(authorization, str):
         scheme, _, presented = authorization.strip().partition(" ")
@@ -104,13 +114,14 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def effective_status(task: TaskRecord, modern: bool = False) -> TaskStatus:
+def effective_status(task: TaskRecord) -> TaskStatus:
     """The status a poll reports: the row's, or what the case's reply says when the creating
     relay has not written the result yet (it may be gone). The operator's question back is
-    `input_required` where the era can carry it to the client (2026-07-28 `inputRequests`)."""
+    `input_required` in both eras: 2025-11-25 carries it as an elicitation on `tasks/result`,
+    2026-07-28 as `inputRequests` on `tasks/get`."""
     if task.status in TERMINAL or task.result is not None:
         return task.status
-    if isinstance(task.reply, Clarification) and modern:
+    if isinstance(task.reply, Clarification):
         return "input_required"
     if task.reply is not None:
         return "completed"
@@ -125,7 +136,9 @@ def status_message(task: TaskRecord, status: TaskStatus) -> str:
     if status == "working":
         return "Waiting for a human colleague's answer."
     if status == "input_required":
-        return "The colleague asked a question back: answer it with tasks/update."
+        if task.era == MODERN:
+            return "The colleague asked a question back: answer it with tasks/update."
+        return "The colleague asked a question back: call tasks/result to answer it."
     if isinstance(task.reply, Clarification):
         return "The colleague asked a question back (needs_info)."
     if isinstance(task.reply, Answer):
@@ -151,7 +164,7 @@ def task_json(task: TaskRecord) -> dict[str, Any]:
 
 def task_json_modern(task: TaskRecord) -> dict[str, Any]:
     """The `Task` fields of the tasks extension (SEP-2663): ttl in seconds, poll interval in ms."""
-    status = effective_status(task, modern=True)
+    status = effective_status(task)
     return {
         "taskId": task.id,
         "status": status,
@@ -189,6 +202,32 @@ def input_requests(clarification: Clarification) -> dict[str, Any]:
             },
         }
     }
+
+
+def input_request_id(task_id: str, key: str) -> str:
+    """The JSON-RPC id of the elicitation a 2025-11-25 `tasks/result` sends: it names the task
+    and the question, so the client's response, POSTed to any replica, finds both."""
+    return f"{INPUT_REQUEST_PREFIX}:{task_id}:{key}"
+
+
+def parse_input_request_id(value: object) -> tuple[str, str] | None:
+    """(task id, question key) from an `input_request_id`; None for any other id."""
+    if not isinstance(value, str):
+        return None
+    prefix, _, rest = value.partition(":")
+    task_id, _, key = rest.partition(":")
+    if prefix != INPUT_REQUEST_PREFIX or not task_id or not key:
+        return None
+    return task_id, key
+
+
+def accepted_reply(result: object) -> str | None:
+    """The caller's reply from an elicitation result (`action: accept`, `content.reply`)."""
+    if not isinstance(result, Mapping) or result.get("action") != "accept":
+        return None
+    content = result.get("content")
+    reply = content.get("reply") if isinstance(content, Mapping) else None
+    return reply.strip() if isinstance(reply, str) and reply.strip() else None
 
 
 def opted_in(params: Mapping[str, Any]) -> bool:
@@ -243,6 +282,9 @@ class TaskService:
         self.store: TaskStore | None = None
         self._group: anyio.abc.TaskGroup | None = None
         self._waits: dict[str, anyio.CancelScope] = {}
+        # Set when this replica sees a task change (its wait ended, an input response came in):
+        # a `tasks/result` blocking here returns at once instead of at its next re-read.
+        self._changes: dict[str, anyio.Event] = {}
         self._server: Any = None
 
     @property
@@ -426,8 +468,10 @@ class TaskService:
                     # Shutting down: the fallback is this replica's, not the task's; leave the
                     # task working for the replicas that stay.
                     return
-                if result.status == "needs_info" and record.era == MODERN:
-                    # input_required, read from the case by every poll; tasks/update resumes.
+                if result.status == "needs_info":
+                    # input_required, read from the case by every poll; the caller's reply
+                    # (2025-11-25: the elicitation's response; 2026-07-28: tasks/update)
+                    # continues the case.
                     return
                 rendered = self._rendering.render(result)
                 status: TaskStatus = (
@@ -455,6 +499,19 @@ class TaskService:
             logger.bind(task_id=record.id).warning("task result not recorded: {}", e)
         finally:
             self._waits.pop(record.id, None)
+            self._changed(record.id)
+
+    def _changed(self, task_id: str) -> None:
+        event = self._changes.pop(task_id, None)
+        if event is not None:
+            event.set()
+
+    async def _next_change(self, task_id: str, timeout_s: float) -> None:
+        """Until this replica sees the task change, or `timeout_s` (another replica's change is
+        seen by re-reading)."""
+        event = self._changes.setdefault(task_id, anyio.Event())
+        with anyio.move_on_after(timeout_s):
+            await event.wait()
 
     # ------------------------------------------------------------------ polls
 
@@ -484,18 +541,146 @@ class TaskService:
     async def _on_result(
         self, ctx: Context, params: types.GetTaskPayloadRequestParams
     ) -> dict[str, Any]:
-        """The task's tool result; blocks (re-reading at the poll interval) until it has one."""
+        """The task's tool result; blocks (re-reading at the poll interval, at once when this
+        replica sees the change) until it has one.
+
+        Meanwhile, on this request's stream: the operator's question as an elicitation
+        (`input_required`: the spec's "call tasks/result to receive the receiver's requests"),
+        and `notifications/tasks/status` whenever the status changes."""
         legacy_only(ctx)
         task = await self._read(ctx, params.task_id)
-        while effective_status(task) not in TERMINAL:
-            await anyio.sleep(task.poll_interval_ms / 1000)
+        reported = effective_status(task)
+        asked: set[str] = set()
+        while (status := effective_status(task)) not in TERMINAL:
+            if status != reported:
+                reported = status
+                await self._notify_status(ctx, task)
+            if status == "input_required" and isinstance(task.reply, Clarification):
+                key = clarification_key(task.reply)
+                if key not in asked:
+                    asked.add(key)
+                    await self._ask_for_input(ctx, task, task.reply)
+            await self._next_change(task.id, task.poll_interval_ms / 1000)
             task = await self._read(ctx, params.task_id)
+        if status != reported:
+            await self._notify_status(ctx, task)
         result = await self._result_of(task)
         # `resultType` is 2026-07-28 vocabulary: not on a 2025-11-25 wire.
         result.pop("resultType", None)
         meta = dict(result.get("_meta") or {})
         meta[RELATED_TASK] = {"taskId": task.id}
         return {**result, "_meta": meta}
+
+    async def _notify_status(self, ctx: Context, task: TaskRecord) -> None:
+        """`notifications/tasks/status` (the full Task, no related-task `_meta`) on this request's
+        stream: best effort, a client that went away just misses it (polls stay the truth)."""
+        params = task_json(task)
+        try:
+            notification = types.TaskStatusNotification(
+                params=types.TaskStatusNotificationParams(**params)
+            )
+            # The SDK's ServerNotification union (2.3) lacks the tasks notification; the
+            # session serializes whatever notification model it is given.
+            await ctx.session.send_notification(
+                cast(Any, notification), related_request_id=ctx.request_id
+            )
+        except _GONE:
+            logger.bind(task_id=task.id).debug("status notification not delivered")
+
+    async def _ask_for_input(
+        self, ctx: Context, task: TaskRecord, clarification: Clarification
+    ) -> None:
+        """The operator's question as the spec's side-channelled `elicitation/create` (with the
+        related-task `_meta`) on this `tasks/result` stream.
+
+        Over stdio the connection carries the client's response back to this request; over
+        stateless HTTP it cannot (the response is a new POST, to any replica): the request is
+        written with an id naming the task and the question (`input_request_id`), and
+        `mcp_http.McpRouter` hands the response to `input_response` wherever it lands."""
+        elicitation = input_requests(clarification)[clarification_key(clarification)]
+        params = {**elicitation["params"], "_meta": {RELATED_TASK: {"taskId": task.id}}}
+        request_id = input_request_id(task.id, clarification_key(clarification))
+        if ctx.session.can_send_request:
+            try:
+                result = await ctx.session.send_request(
+                    types.ElicitRequest(params=types.ElicitRequestFormParams(**params)),
+                    types.ElicitResult,
+                    metadata=ServerMessageMetadata(related_request_id=ctx.request_id),
+                )
+                response = {"result": result.model_dump(by_alias=True, exclude_none=True)}
+            except MCPError as e:
+                response = {"error": {"code": e.error.code, "message": e.error.message}}
+            await self.input_response(owner_of(ctx), key_of(ctx), {"id": request_id, **response})
+            return
+        write = raw_writer(ctx)
+        if write is None:
+            logger.bind(task_id=task.id).warning("no stream to send the operator's question on")
+            return
+        message = types.JSONRPCRequest(
+            jsonrpc="2.0", id=request_id, method="elicitation/create", params=params
+        )
+        try:
+            await write(message, ServerMessageMetadata(related_request_id=ctx.request_id))
+        except _GONE:
+            logger.bind(task_id=task.id).debug("the client left before the question was sent")
+
+    async def input_response(self, owner: str, key: str | None, message: Mapping[str, Any]) -> bool:
+        """A client's JSON-RPC response to an elicitation `_ask_for_input` sent; False when the
+        message is not one (its id is not ours). Accepted with a reply: the reply continues the
+        case, as `tasks/update` does at 2026-07-28 (the task goes back to `working`). Declined,
+        cancelled, refused with an error (a client without elicitation), or a reply
+        `ask_human` would refuse: the operator's question becomes the task's result
+        (`needs_info`, as a blocking call returns it) so the agent can act on it. A response
+        to a question that is not outstanding (already answered, another key's task) is
+        ignored."""
+        ids = parse_input_request_id(message.get("id"))
+        if ids is None:
+            return False
+        task_id, question = ids
+        store = self._store()
+        task = await store.get_task(task_id, owner)
+        if (
+            task is None
+            or effective_status(task) != "input_required"
+            or not isinstance(task.reply, Clarification)
+            or clarification_key(task.reply) != question
+        ):
+            return True
+        reply = accepted_reply(message.get("result"))
+        if reply is not None:
+            try:
+                await self._continue(task, owner, key, reply)
+                return True
+            except InvalidRequest as e:
+                logger.bind(task_id=task.id).info("the caller's reply was refused: {}", e)
+        rendered = self._rendering.render(await self._relay().get_answer(str(task.case_id)))
+        await store.finish_task(
+            task.id,
+            "failed" if rendered.is_error else "completed",
+            None,
+            dump(rendered),
+            task.case_id,
+        )
+        self._changed(task.id)
+        return True
+
+    async def _continue(self, task: TaskRecord, owner: str, key: str | None, reply: str) -> None:
+        """The caller's reply to the operator's question continues the case (a follow-up, as
+        `ask_human` with case_id would) and this replica waits for the answer. Raises
+        `InvalidRequest` when the reply breaks a rule of ask_human's question."""
+        s = self._relay().settings
+        follow_up = parse_ask_request(
+            {
+                **{k: v for k, v in task.call.items() if v is not None},
+                "question": reply,
+                "case_id": str(task.case_id),
+                "timeout_seconds": s.max_timeout_seconds,
+            }
+        )
+        resumed = await self._store().resume_task(task.id, owner, s.max_timeout_seconds)
+        if resumed is not None and task.id not in self._waits:
+            self._start_wait(resumed, follow_up, task.case_id, key)
+        self._changed(task.id)
 
     async def _result_of(self, task: TaskRecord) -> dict[str, Any]:
         if task.result is not None:
@@ -569,25 +754,16 @@ class TaskService:
             task = await self._store().get_task(params.task_id, owner)
         except HitlError as e:
             raise unavailable(e) from None
-        if task is None or effective_status(task, modern=True) != "input_required":
+        if task is None or effective_status(task) != "input_required":
             return ack
         assert isinstance(task.reply, Clarification)
         response = params.input_responses.get(clarification_key(task.reply))
-        reply = response.get("content", {}).get("reply") if isinstance(response, dict) else None
-        if not isinstance(response, dict) or response.get("action") != "accept":
+        reply = accepted_reply(response)
+        if reply is None:
+            # decline/cancel/no reply: the task waits for a reply, a cancel or its ttl
             return ack
-        if not isinstance(reply, str) or not reply.strip():
-            return ack
-        s = self._relay().settings
         try:
-            follow_up = parse_ask_request(
-                {
-                    **{k: v for k, v in task.call.items() if v is not None},
-                    "question": reply.strip(),
-                    "case_id": str(task.case_id),
-                    "timeout_seconds": s.max_timeout_seconds,
-                }
-            )
+            await self._continue(task, owner, key_of(ctx), reply)
         except InvalidRequest as e:
             # The reply breaks a rule of ask_human's question (e.g. its length): say which.
             problems = "; ".join(
@@ -596,12 +772,8 @@ class TaskService:
                 if field == "question"
             )
             raise MCPError(code=types.INVALID_PARAMS, message=problems or str(e)) from None
-        try:
-            resumed = await self._store().resume_task(task.id, owner, s.max_timeout_seconds)
         except HitlError as e:
             raise unavailable(e) from None
-        if resumed is not None and task.id not in self._waits:
-            self._start_wait(resumed, follow_up, task.case_id, key_of(ctx))
         return ack
 
 
@@ -611,6 +783,16 @@ class UpdateTaskParams(types.RequestParams):
     task_id: str
     input_responses: dict[str, Any] = {}
     request_state: str | None = None
+
+
+def raw_writer(ctx: Context) -> Callable[[types.JSONRPCRequest, Any], Awaitable[None]] | None:
+    """The dispatcher's write onto the request's own stream. The SDK (2.3) offers no public way
+    to put a request on a stateless POST's stream without awaiting a response that, there,
+    can never come back to it; None if its internals changed."""
+    outbound = getattr(ctx.session, "_request_outbound", None)
+    dispatcher = getattr(outbound, "_dispatcher", None)
+    write = getattr(dispatcher, "_write", None)
+    return write if callable(write) else None
 
 
 def legacy_only(ctx: Context) -> None:

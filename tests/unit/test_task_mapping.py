@@ -17,12 +17,15 @@ from hitl_relay.mcp_server import RelayMcpServer
 from hitl_relay.mcp_tasks import (
     ORPHAN_GRACE,
     TASKS_EXTENSION,
+    accepted_reply,
     decode_cursor,
     effective_status,
     encode_cursor,
+    input_request_id,
     input_requests,
     opted_in,
     owner_of,
+    parse_input_request_id,
     task_json,
     task_json_modern,
 )
@@ -74,17 +77,43 @@ def clarification() -> Clarification:
 
 def test_a_waiting_task_is_working_in_both_eras() -> None:
     assert effective_status(record()) == "working"
-    assert effective_status(record(), modern=True) == "working"
+    assert effective_status(record(era="2026-07-28")) == "working"
 
 
 def test_a_committed_answer_completes_the_task_before_the_relay_records_it() -> None:
     assert effective_status(record(reply=answer())) == "completed"
-    assert effective_status(record(reply=answer()), modern=True) == "completed"
+    assert effective_status(record(reply=answer(), era="2026-07-28")) == "completed"
 
 
-def test_the_operators_question_is_input_required_only_where_the_era_carries_it() -> None:
-    assert effective_status(record(reply=clarification())) == "completed"
-    assert effective_status(record(reply=clarification()), modern=True) == "input_required"
+def test_the_operators_question_is_input_required_in_both_eras() -> None:
+    # 2025-11-25: elicited on tasks/result; 2026-07-28: inputRequests on tasks/get.
+    assert effective_status(record(reply=clarification())) == "input_required"
+    assert effective_status(record(reply=clarification(), era="2026-07-28")) == "input_required"
+    # ... until a result is recorded (the elicitation declined: needs_info is the result).
+    answered = record(reply=clarification(), status="completed", result={"content": []})
+    assert effective_status(answered) == "completed"
+
+
+def test_input_request_ids_name_the_task_and_the_question_and_nothing_else_parses() -> None:
+    task_id = "a-B_c" * 9
+    assert parse_input_request_id(input_request_id(task_id, "clarification-1")) == (
+        task_id,
+        "clarification-1",
+    )
+    for other in (7, None, "1", "hitl-task-input:", f"hitl-task-input:{task_id}", "x:y:z"):
+        assert parse_input_request_id(other) is None
+
+
+def test_only_an_accepted_non_empty_reply_continues_the_case() -> None:
+    assert accepted_reply({"action": "accept", "content": {"reply": " Order 42 "}}) == "Order 42"
+    for declined in (
+        {"action": "decline"},
+        {"action": "cancel"},
+        {"action": "accept", "content": {"reply": "  "}},
+        {"action": "accept", "content": {"other": "x"}},
+        None,
+    ):
+        assert accepted_reply(declined) is None
 
 
 def test_a_task_whose_relay_is_gone_reports_the_timeout_after_the_deadline() -> None:
