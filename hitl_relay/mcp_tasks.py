@@ -11,10 +11,11 @@ reply by case id, so a poll never waits on the replica that created the task, wh
 Status, from the row and the reply (`effective_status`):
 - `working` until the operator answers;
 - `completed` with the same tool result as a blocking call (answered, unclear_answer, timeout);
-  also for `needs_info`: in 2025-11-25 `input_required` means "call tasks/result to receive the
-  receiver's requests" (elicitation/sampling with related-task metadata), and the operator's
-  question is not such a request: it is a result the agent acts on (ask the caller, then call
-  ask_human again with case_id, as a new task or a blocking call);
+- `input_required` when the operator asked back (`needs_info`): 2025-11-25 sends the question as
+  an elicitation on the `tasks/result` stream (the spec's "call tasks/result to receive the
+  receiver's requests"), 2026-07-28 as `inputRequests` on `tasks/get`; the caller's reply
+  continues the case. A 2025-11-25 client that cannot or will not answer it gets the blocking
+  call's `needs_info` result (`completed`);
 - `failed` when the tool result is an error (invalid arguments: the spec's rule that a tool
   result with `isError` makes the task `failed`);
 - `cancelled` after `tasks/cancel`: the session closes `cancelled`, the case stays open.
@@ -653,7 +654,10 @@ class TaskService:
                 return True
             except InvalidRequest as e:
                 logger.bind(task_id=task.id).info("the caller's reply was refused: {}", e)
-        rendered = self._rendering.render(await self._relay().get_answer(str(task.case_id)))
+        try:
+            rendered = self._rendering.render(await self._relay().get_answer(str(task.case_id)))
+        except InvalidRequest as e:
+            rendered = self._rendering.render_invalid(e)  # the case is gone
         await store.finish_task(
             task.id,
             "failed" if rendered.is_error else "completed",

@@ -18,6 +18,7 @@ from hitl_relay.mcp_tasks import (
     ORPHAN_GRACE,
     TASKS_EXTENSION,
     accepted_reply,
+    clarification_key,
     decode_cursor,
     effective_status,
     encode_cursor,
@@ -25,6 +26,7 @@ from hitl_relay.mcp_tasks import (
     input_requests,
     opted_in,
     owner_of,
+    owner_of_authorization,
     parse_input_request_id,
     task_json,
     task_json_modern,
@@ -189,3 +191,49 @@ def test_without_a_task_store_ask_human_advertises_no_task_support() -> None:
     ask = next(t for t in server.tools() if t.name == "ask_human")
     assert ask.execution is None
     assert "As a task" not in (ask.description or "")
+
+
+class OneTaskStore:
+    """A task store holding one task for one owner; records every write."""
+
+    def __init__(self, task: TaskRecord, owner: str) -> None:
+        self.task, self.owner = task, owner
+        self.writes: list[str] = []
+
+    async def get_task(self, task_id: str, owner: str) -> TaskRecord | None:
+        return self.task if (task_id, owner) == (self.task.id, self.owner) else None
+
+    async def finish_task(self, *args: object) -> TaskRecord | None:
+        self.writes.append("finish")
+        return None
+
+    async def resume_task(self, *args: object) -> TaskRecord | None:
+        self.writes.append("resume")
+        return None
+
+
+async def test_an_input_response_counts_only_from_the_tasks_key_for_the_outstanding_question() -> (
+    None
+):
+    question = clarification()
+    task = record(reply=question, call={"call_id": "c1", "session_id": "s1", "agent_id": "a1"})
+    owner = owner_of_authorization("Bearer mine")
+    store = OneTaskStore(task, owner)
+    platform = MemoryPlatform()
+    relay = build_relay(platform.backend(), Settings(backend="memory"))
+    server = RelayMcpServer(lambda: relay)
+    service = server.tasks
+    accept = {"action": "accept", "content": {"reply": "Order 4411."}}
+    ours = input_request_id(task.id, clarification_key(question))
+    async with service.running(store):  # type: ignore[arg-type]
+        # Not an id of ours: left to the SDK.
+        assert not await service.input_response(owner, None, {"id": 3, "result": accept})
+        # Another key's response, or one to a question no longer outstanding: ignored.
+        other = owner_of_authorization("Bearer other")
+        assert await service.input_response(other, None, {"id": ours, "result": accept})
+        stale = input_request_id(task.id, "clarification-00000000-0000-0000-0000-000000000000")
+        assert await service.input_response(owner, None, {"id": stale, "result": accept})
+        assert store.writes == []
+        # The task's own key, the outstanding question: the reply continues the case.
+        assert await service.input_response(owner, None, {"id": ours, "result": accept})
+        assert store.writes == ["resume"]
