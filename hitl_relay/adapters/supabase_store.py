@@ -21,7 +21,9 @@ sooner, and that cancellation passes through untouched.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, cast, get_args
 from uuid import UUID
@@ -217,6 +219,51 @@ def parse_opened(data: Mapping[str, Any]) -> OpenedCase:
 MAX_IN_FLIGHT = 64
 
 
+class Places:
+    """At most `size` RPCs in flight; the rest wait in arrival order, except that an urgent one
+    (a client's request blocked on it: an MCP task's handle) takes the next free place before
+    every ordinary one (background case openings, reads, sweeps, polls)."""
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._urgent: deque[asyncio.Future[None]] = deque()
+        self._ordinary: deque[asyncio.Future[None]] = deque()
+
+    @asynccontextmanager
+    async def place(self, urgent: bool = False) -> AsyncIterator[None]:
+        if self._free > 0 and not self._urgent and (urgent or not self._ordinary):
+            self._free -= 1
+        else:
+            line = self._urgent if urgent else self._ordinary
+            waiter = asyncio.get_running_loop().create_future()
+            line.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._release()  # handed a place as the wait was cancelled: pass it on
+                elif waiter in line:
+                    line.remove(waiter)
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    @property
+    def waiting(self) -> int:
+        return sum(not w.done() for w in (*self._urgent, *self._ordinary))
+
+    def _release(self) -> None:
+        for line in (self._urgent, self._ordinary):
+            while line:
+                waiter = line.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    return
+        self._free += 1
+
+
 class SupabaseCaseStore:
     """`CaseStore` over the service-role supabase-py client's `rpc()`."""
 
@@ -228,11 +275,11 @@ class SupabaseCaseStore:
         # At most as many RPCs in flight as the HTTP client has connections: the rest wait
         # here in order. httpx's pool rescans its whole queue for every request it assigns,
         # which at a thousand waiting calls costs more CPU than the requests themselves.
-        self._in_flight = asyncio.Semaphore(max_in_flight)
+        self._in_flight = Places(max_in_flight)
 
-    async def _rpc(self, fn: str, params: Mapping[str, Any]) -> Any:
+    async def _rpc(self, fn: str, params: Mapping[str, Any], urgent: bool = False) -> Any:
         try:
-            async with asyncio.timeout(self._timeout_s), self._in_flight:
+            async with asyncio.timeout(self._timeout_s), self._in_flight.place(urgent):
                 response = await self._client.rpc(fn, dict(params)).execute()
         except APIError as e:
             raise api_error(fn, e) from None
@@ -241,9 +288,10 @@ class SupabaseCaseStore:
             raise PlatformUnavailable(f"{fn}: {type(e).__name__}: {detail}") from None
         return response.data
 
-    async def rpc(self, fn: str, params: Mapping[str, Any]) -> Any:
-        """One RPC with this store's bound and error translation (for `supabase_tasks`)."""
-        return await self._rpc(fn, params)
+    async def rpc(self, fn: str, params: Mapping[str, Any], urgent: bool = False) -> Any:
+        """One RPC with this store's bound and error translation (for `supabase_tasks`);
+        `urgent`: ahead of the ordinary RPCs waiting for a place (see `Places`)."""
+        return await self._rpc(fn, params, urgent)
 
     async def open_case(self, request: OpenCase) -> OpenedCase:
         data = await self._rpc("hitl_open_case", {"p": request.as_rpc_params()})

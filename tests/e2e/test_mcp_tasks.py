@@ -433,3 +433,37 @@ async def test_task_polls_are_plain_json_and_the_tool_call_still_streams(stack: 
     assert task_id in [t["taskId"] for t in replies["tasks/list"]["result"]["tasks"]]
     # The invalid call's task is already terminal (failed): cancelling it is -32602.
     assert replies["tasks/cancel"]["error"]["code"] == INVALID_PARAMS
+
+
+async def test_a_task_waiting_for_the_callers_reply_can_be_cancelled(stack: Stack) -> None:
+    """Spec "Task Status Lifecycle": `input_required` may move to `cancelled`."""
+    operator = await started_operator(stack)
+    call = {
+        "name": "ask_human",
+        "arguments": {
+            "question": "Can we ship today?",
+            "call_id": f"call_tasks_{uuid.uuid4().hex[:10]}",
+            "session_id": f"mcp-{uuid.uuid4().hex[:10]}",
+            "agent_id": "agent_tasks",
+            "timeout_seconds": 60,
+        },
+        "task": {"ttl": 600_000},
+    }
+    try:
+        created = await rpc(stack.mcp_url, "tools/call", call)
+        task_id = created["result"]["task"]["taskId"]
+        case_id = str((await operator.next_case())["case_id"])
+        await operator.answer(case_id, "Which order number?", kind="clarification")
+        polled: dict[str, Any] = {}
+
+        async def input_required() -> bool:
+            polled.update((await rpc(stack.mcp_url, "tasks/get", {"taskId": task_id}))["result"])
+            return polled["status"] == "input_required"
+
+        await wait_until(input_required, "the task input_required", 30)
+        cancelled = await rpc(stack.mcp_url, "tasks/cancel", {"taskId": task_id})
+        after = await rpc(stack.mcp_url, "tasks/get", {"taskId": task_id})
+    finally:
+        await operator.stop()
+    assert cancelled["result"]["status"] == "cancelled", cancelled
+    assert after["result"]["status"] == "cancelled"
