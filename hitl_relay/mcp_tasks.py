@@ -78,6 +78,8 @@ MIN_RETENTION_AFTER_WAIT_MS = 5 * 60 * 1000
 # long after the deadline reports the timeout itself.
 ORPHAN_GRACE = timedelta(seconds=10)
 LIST_PAGE = 50
+# Pauses before recording a task's result again after a failed RPC (the platform under load).
+FINISH_RETRY_PAUSES_S = (0.5, 1.0)
 # Ids of the elicitations sent on a 2025-11-25 tasks/result stream (`input_request_id`).
 INPUT_REQUEST_PREFIX = "hitl-task-input"
 # Errors of a client that went away while we wrote to its stream.
@@ -461,7 +463,6 @@ class TaskService:
     ) -> None:
         """The accepting relay's wait: the blocking path, then the result into the task row."""
         relay: Relay = self._relay()
-        store = self._store()
         try:
             with scope:
                 result: AskResult = await relay.ask(request, None, owner=key, case_id=case_id)
@@ -479,7 +480,7 @@ class TaskService:
                     "failed" if rendered.is_error and record.era != MODERN else "completed"
                 )
                 with anyio.CancelScope(shield=True):
-                    await store.finish_task(
+                    await self._finish(
                         record.id,
                         status,
                         None,
@@ -489,7 +490,7 @@ class TaskService:
         except InvalidRequest as e:
             # A follow-up the platform refused (no such case, another call's case, expired).
             with anyio.CancelScope(shield=True):
-                await store.finish_task(
+                await self._finish(
                     record.id,
                     "failed" if record.era != MODERN else "completed",
                     "Invalid arguments.",
@@ -501,6 +502,27 @@ class TaskService:
         finally:
             self._waits.pop(record.id, None)
             self._changed(record.id)
+
+    async def _finish(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        status_message: str | None,
+        result: Mapping[str, Any],
+        case_id: UUID | None,
+    ) -> None:
+        """Record the result, trying again after a failed RPC: a result that is not recorded
+        leaves a task whose case never opened `working` until its deadline (there is no reply
+        for a poll to derive it from). Raises the last `HitlError`."""
+        for attempt, pause in enumerate((*FINISH_RETRY_PAUSES_S, None)):
+            try:
+                await self._store().finish_task(task_id, status, status_message, result, case_id)
+                return
+            except HitlError as e:
+                if pause is None:
+                    raise
+                logger.bind(task_id=task_id).info("recording the result, again: {}", e)
+                await anyio.sleep(pause * (1 + attempt))  # back-off before the next attempt
 
     def _changed(self, task_id: str) -> None:
         event = self._changes.pop(task_id, None)
