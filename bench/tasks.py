@@ -13,6 +13,10 @@ Phases, each measured alone (the blocking path first, with `bench.run.run_realti
   3. answer: the operator answers every case; delivery = the answer's commit timestamp
              (`pg_xact_commit_timestamp`) → the first poll that reported `completed`.
 The plan of the poll's read (EXPLAIN of `hitl_task_get`'s query) is printed: index scans only.
+CPU per poll by process over the wait window (`cpu_ms_per_poll`: the relay, the devstack,
+Postgres, this client; from /proc, so it holds on a shared machine) and the load average. A
+handle refused with -32603 ("try again") is asked again after a pause, and a task whose case never
+opened is tolerated; both counted.
 """
 
 from __future__ import annotations

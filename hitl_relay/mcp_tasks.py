@@ -82,8 +82,9 @@ LIST_PAGE = 50
 FINISH_RETRY_PAUSES_S = (0.5, 1.0)
 # Ids of the elicitations sent on a 2025-11-25 tasks/result stream (`input_request_id`).
 INPUT_REQUEST_PREFIX = "hitl-task-input"
-# Errors of a client that went away while we wrote to its stream.
-_GONE = (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream)
+# Errors of a client that went away while we wrote to its stream (progress, a notification):
+# what it was waiting for goes on regardless.
+CLIENT_GONE = (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream)
 IMMEDIATE_TEXT = (
     "Your question is with a human colleague. The answer will be the result of this task; "
     "carry on meanwhile."
@@ -607,7 +608,7 @@ class TaskService:
             await ctx.session.send_notification(
                 cast(Any, notification), related_request_id=ctx.request_id
             )
-        except _GONE:
+        except CLIENT_GONE:
             logger.bind(task_id=task.id).debug("status notification not delivered")
 
     async def _ask_for_input(
@@ -644,7 +645,7 @@ class TaskService:
         )
         try:
             await write(message, ServerMessageMetadata(related_request_id=ctx.request_id))
-        except _GONE:
+        except CLIENT_GONE:
             logger.bind(task_id=task.id).debug("the client left before the question was sent")
 
     async def input_response(self, owner: str, key: str | None, message: Mapping[str, Any]) -> bool:
