@@ -38,13 +38,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, Final, cast
+from typing import Any, Final, Protocol, cast
 from uuid import UUID, uuid4
 
 import anyio
 import anyio.abc
 import mcp_types as types
 from loguru import logger
+from mcp.server.connection import Connection
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata
@@ -289,6 +290,9 @@ class TaskService:
         # Set when this replica sees a task change (its wait ended, an input response came in):
         # a `tasks/result` blocking here returns at once instead of at its next re-read.
         self._changes: dict[str, anyio.Event] = {}
+        # Tasks created over a connection with a channel of its own to the client (stdio):
+        # every status change this relay sees is announced on it (`_announce`).
+        self._followers: dict[str, tuple[Channel, str]] = {}
         self._server: Any = None
 
     @property
@@ -431,8 +435,37 @@ class TaskService:
                 ttl_ms=self._ttl(requested_ttl, timeout),
             )
         )
+        connection = getattr(ctx.session, "_connection", None)  # no public accessor (SDK 2.3)
+        if (
+            era != MODERN
+            and isinstance(connection, Connection)
+            and connection.has_standalone_channel
+        ):
+            self.follow(record.id, connection, owner)
         self._start_wait(record, request, case_id, key_of(ctx))
         return self._created(record, era)
+
+    def follow(self, task_id: str, channel: Channel, owner: str) -> None:
+        """Announce the task's status changes on `channel` (the connection that created it)."""
+        self._followers[task_id] = (channel, owner)
+
+    async def _announce(self, task_id: str) -> None:
+        """`notifications/tasks/status` to the connection that created the task, if it has a
+        channel of its own (stdio; stateless HTTP has none: there a blocking `tasks/result`
+        carries them). Best effort: one read of the task, and polls stay the truth."""
+        follower = self._followers.get(task_id)
+        if follower is None:
+            return
+        channel, owner = follower
+        try:
+            task = await self._store().get_task(task_id, owner)
+        except HitlError as e:
+            logger.bind(task_id=task_id).debug("status not announced: {}", e)
+            return
+        if task is None or effective_status(task) in TERMINAL:
+            self._followers.pop(task_id, None)
+        if task is not None:
+            await channel.notify("notifications/tasks/status", task_json(task))
 
     def _start_wait(
         self, record: TaskRecord, request: AskHumanRequest, case_id: UUID, key: str | None
@@ -503,6 +536,9 @@ class TaskService:
         finally:
             self._waits.pop(record.id, None)
             self._changed(record.id)
+            if record.id in self._followers and not relay.draining:
+                with anyio.CancelScope(shield=True):
+                    await self._announce(record.id)
 
     async def _finish(
         self,
@@ -689,6 +725,7 @@ class TaskService:
             task.case_id,
         )
         self._changed(task.id)
+        await self._announce(task.id)
         return True
 
     async def _continue(self, task: TaskRecord, owner: str, key: str | None, reply: str) -> None:
@@ -802,6 +839,12 @@ class TaskService:
         except HitlError as e:
             raise unavailable(e) from None
         return ack
+
+
+class Channel(Protocol):
+    """Where `_announce` sends: the SDK's `Connection` (its standalone channel)."""
+
+    async def notify(self, method: str, params: Mapping[str, Any] | None) -> None: ...
 
 
 class UpdateTaskParams(types.RequestParams):

@@ -4,7 +4,9 @@ served before (no task support advertised)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import uuid4
 
 import mcp_types as types
@@ -16,6 +18,7 @@ from hitl_relay.config import Settings
 from hitl_relay.mcp_server import RelayMcpServer
 from hitl_relay.mcp_tasks import (
     ORPHAN_GRACE,
+    RELATED_TASK,
     TASKS_EXTENSION,
     accepted_reply,
     clarification_key,
@@ -203,9 +206,12 @@ class OneTaskStore:
     async def get_task(self, task_id: str, owner: str) -> TaskRecord | None:
         return self.task if (task_id, owner) == (self.task.id, self.owner) else None
 
-    async def finish_task(self, *args: object) -> TaskRecord | None:
+    async def finish_task(
+        self, task_id: str, status: str, message: str | None, result: Any, case_id: object
+    ) -> TaskRecord | None:
         self.writes.append("finish")
-        return None
+        self.task = replace(self.task, status=status, result=result)  # type: ignore[arg-type]
+        return self.task
 
     async def resume_task(self, *args: object) -> TaskRecord | None:
         self.writes.append("resume")
@@ -237,3 +243,34 @@ async def test_an_input_response_counts_only_from_the_tasks_key_for_the_outstand
         # The task's own key, the outstanding question: the reply continues the case.
         assert await service.input_response(owner, None, {"id": ours, "result": accept})
         assert store.writes == ["resume"]
+
+
+async def test_a_status_change_is_announced_to_the_connection_that_created_the_task() -> None:
+    question = clarification()
+    task = record(reply=question, call={"call_id": "c1", "session_id": "s1", "agent_id": "a1"})
+    owner = owner_of_authorization(None)  # stdio: no key
+    store = OneTaskStore(task, owner)
+    platform = MemoryPlatform()
+    relay = build_relay(platform.backend(), Settings(backend="memory"))
+    service = RelayMcpServer(lambda: relay).tasks
+    sent: list[tuple[str, Any]] = []
+
+    class Channel:
+        async def notify(self, method: str, params: Any) -> None:
+            sent.append((method, params))
+
+    ours = input_request_id(task.id, clarification_key(question))
+    async with service.running(store):  # type: ignore[arg-type]
+        service.follow(task.id, Channel(), owner)
+        # The caller declines: the question becomes the result, the task completes.
+        assert await service.input_response(
+            owner, None, {"id": ours, "result": {"action": "decline"}}
+        )
+    assert store.writes == ["finish"]
+    ((method, params),) = sent
+    assert method == "notifications/tasks/status"
+    assert params["taskId"] == task.id
+    # What the store recorded (here "failed": the memory platform has no such case to render).
+    assert params["status"] == store.task.status
+    assert params["status"] in {"completed", "failed"}
+    assert RELATED_TASK not in (params.get("_meta") or {})
