@@ -570,8 +570,13 @@ class TaskService:
         """Until this replica sees the task change, or `timeout_s` (another replica's change is
         seen by re-reading)."""
         event = self._changes.setdefault(task_id, anyio.Event())
-        with anyio.move_on_after(timeout_s):
-            await event.wait()
+        try:
+            with anyio.move_on_after(timeout_s):
+                await event.wait()
+        finally:
+            # Nothing kept for a task whose change another replica saw (or none did).
+            if not event.is_set() and self._changes.get(task_id) is event:
+                del self._changes[task_id]
 
     # ------------------------------------------------------------------ polls
 
