@@ -13,6 +13,10 @@ Phases, each measured alone (the blocking path first, with `bench.run.run_realti
   3. answer: the operator answers every case; delivery = the answer's commit timestamp
              (`pg_xact_commit_timestamp`) → the first poll that reported `completed`.
 The plan of the poll's read (EXPLAIN of `hitl_task_get`'s query) is printed: index scans only.
+CPU per poll by process over the wait window (`cpu_ms_per_poll`: the relay, the devstack,
+Postgres, this client; from /proc, so it holds on a shared machine) and the load average. A
+handle refused with -32603 ("try again") is asked again after a pause, and a task whose case never
+opened is tolerated; both counted.
 """
 
 from __future__ import annotations
@@ -31,12 +35,14 @@ from typing import Any
 import asyncpg
 import httpx
 
-from bench.run import ROOT, DbLoad, _wait_for_cases, run_realtime, stack
+from bench.run import ROOT, DbLoad, run_realtime, stack
 from bench.stats import percentile
 from hitl_devstack.cluster import free_port
 from hitl_devstack.operator_sim import SimulatedOperator
 
 VERSION = "2025-11-25"
+CREATE_ATTEMPTS = 5
+SEND_ATTEMPTS = 3
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,13 +73,16 @@ class Rpc:
 
     async def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         body = {"jsonrpc": "2.0", "id": uuid.uuid4().hex, "method": method, "params": params}
-        try:
-            r = await self.http.post(self.url, json=body, headers=self.headers)
-        except (httpx.ReadError, httpx.RemoteProtocolError):
-            # A kept-alive connection the server had just closed: the request never ran. Sent
-            # again once, as clients do; counted in the report.
-            self.resent += 1
-            r = await self.http.post(self.url, json=body, headers=self.headers)
+        for attempt in range(SEND_ATTEMPTS):
+            try:
+                r = await self.http.post(self.url, json=body, headers=self.headers)
+                break
+            except (httpx.ReadError, httpx.RemoteProtocolError):
+                # A kept-alive connection the server had just closed: the request never ran.
+                # Sent again, as clients do; counted in the report.
+                self.resent += 1
+                if attempt == SEND_ATTEMPTS - 1:
+                    raise
         r.raise_for_status()
         text = r.text
         if r.headers.get("content-type", "").startswith("text/event-stream"):
@@ -86,15 +95,71 @@ class Rpc:
         return result
 
 
+class CpuMeter:
+    """CPU seconds (user + system, from /proc) of the stack's processes, to attribute a phase's
+    cost per poll: the relay, the devstack (the REST stand-in and Realtime), Postgres (the
+    postmaster, its live backends and the ones it reaped) and this client. Robust to a shared
+    machine: it counts CPU spent, not time waited for a core."""
+
+    def __init__(self, pids: dict[str, int | None], postmaster: int | None) -> None:
+        self.pids = {k: v for k, v in pids.items() if v is not None}
+        self.postmaster = postmaster
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def _stat(self, pid: int) -> list[str]:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+        return raw[raw.rindex(")") + 2 :].split()  # fields from `state` on
+
+    def _cpu(self, pid: int, reaped: bool = False) -> float:
+        try:
+            f = self._stat(pid)
+        except OSError:
+            return 0.0
+        # utime, stime (fields 14, 15); cutime, cstime (16, 17): 0-based 11.. after `state`
+        ticks = int(f[11]) + int(f[12]) + ((int(f[13]) + int(f[14])) if reaped else 0)
+        return ticks / self.tick
+
+    def sample(self) -> dict[str, float]:
+        out = {name: self._cpu(pid) for name, pid in self.pids.items()}
+        if self.postmaster is not None:
+            total = self._cpu(self.postmaster, reaped=True)
+            for entry in Path("/proc").iterdir():
+                if entry.name.isdigit():
+                    try:
+                        if int(self._stat(int(entry.name))[1]) == self.postmaster:
+                            total += self._cpu(int(entry.name))
+                    except OSError:
+                        continue
+            out["postgres"] = total
+        return out
+
+
+async def _postmaster(db_url: str) -> int | None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        data_dir = await conn.fetchval("show data_directory")
+    finally:
+        await conn.close()
+    try:
+        return int((Path(data_dir) / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 async def run_tasks(
-    mcp_url: str, api_key: str, db_url: str, operator: SimulatedOperator, args: argparse.Namespace
+    mcp_url: str,
+    api_key: str,
+    db_url: str,
+    operator: SimulatedOperator,
+    args: argparse.Namespace,
+    cpu: CpuMeter | None = None,
 ) -> dict[str, Any]:
     level, run = args.level, uuid.uuid4().hex[:8]
     load = DbLoad(db_url)
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
     create_ms: list[float] = []
     tasks: dict[str, str] = {}  # task id → question
-    polls = refused = 0
+    polls = refused = creations_refused = 0
     first_completed: dict[str, datetime] = {}
     stop, all_seen = asyncio.Event(), asyncio.Event()
     async with httpx.AsyncClient(timeout=120, limits=limits) as http:
@@ -124,22 +189,32 @@ async def run_tasks(
             delay = t0 + i / args.rate - time.monotonic() if args.rate > 0 else 0
             if delay > 0:
                 await asyncio.sleep(delay)  # arrival pacing, not synchronisation
+            nonlocal creations_refused
             question = f"tasks bench {run} #{i}?"
-            started = time.monotonic()
-            created = await rpc.call(
-                "tools/call",
-                {
-                    "name": "ask_human",
-                    "arguments": {
-                        "question": question,
-                        "call_id": f"tb-{run}-{i}",
-                        "session_id": f"tb-{run}-{i}",
-                        "agent_id": "bench-agent",
-                        "timeout_seconds": 600,
-                    },
-                    "task": {"ttl": 3_600_000},
+            params = {
+                "name": "ask_human",
+                "arguments": {
+                    "question": question,
+                    "call_id": f"tb-{run}-{i}",
+                    "session_id": f"tb-{run}-{i}",
+                    "agent_id": "bench-agent",
+                    "timeout_seconds": 600,
                 },
-            )
+                "task": {"ttl": 3_600_000},
+            }
+            started = time.monotonic()
+            for attempt in range(CREATE_ATTEMPTS):
+                try:
+                    created = await rpc.call("tools/call", params)
+                    break
+                except RuntimeError:
+                    # -32603 "try again": the relay's RPC to the platform timed out, nothing was
+                    # accepted. A client retries after a pause; counted, and the handle's time
+                    # runs from the first attempt.
+                    creations_refused += 1
+                    if attempt == CREATE_ATTEMPTS - 1:
+                        raise
+                    await asyncio.sleep(1.0)  # the client's back-off, not synchronisation
             create_ms.append((time.monotonic() - started) * 1000)
             task = created["task"]
             tasks[task["taskId"]] = question
@@ -150,11 +225,15 @@ async def run_tasks(
             await asyncio.gather(*creators)
             # every case open (operators see them) before the quiet phase
             questions = {q: i for i, q in enumerate(tasks.values())}
-            cases = await _wait_for_cases(operator, questions, deadline_s=60 + level / 4)
+            cases = await _cases_opened(operator, questions, deadline_s=60 + level / 4)
             stmts_before = await _statements(db_url)
+            cpu_before = cpu.sample() if cpu is not None else {}
+            load_before = os.getloadavg()[0]
             polls_before, before, t_wait = polls, await load.sample(), time.monotonic()
             await asyncio.sleep(args.wait)  # the measurement window itself
             after, polls_after = await load.sample(), polls
+            cpu_after = cpu.sample() if cpu is not None else {}
+            load_after = os.getloadavg()[0]
             stmts_after = await _statements(db_url)
             window = time.monotonic() - t_wait
             # answer every case, spread over `spread` seconds
@@ -178,6 +257,7 @@ async def run_tasks(
         if message_id and message_id in commits:
             delivery_ms.append((seen - commits[message_id]).total_seconds() * 1000)
     polls_per_s = (polls_after - polls_before) / window
+    window_polls = max(1, polls_after - polls_before)
     return {
         "level": level,
         "poll_interval_ms": args.poll_ms,
@@ -187,11 +267,39 @@ async def run_tasks(
         "db_statements_per_s": round(max(0.0, after - before - 2) / window, 1),
         "delivery_commit_to_first_poll_ms": _summary(delivery_ms),
         "completed": len(first_completed),
+        "cases_opened": len(cases),
         "requests_resent_after_a_closed_connection": rpc.resent,
         "polls_refused_platform_timeout": refused,
+        "creations_refused_platform_timeout": creations_refused,
+        "cpu_ms_per_poll": {
+            k: round((cpu_after[k] - cpu_before.get(k, 0.0)) * 1000 / window_polls, 2)
+            for k in cpu_after
+        },
+        "cpu_share_of_a_core": {
+            k: round((cpu_after[k] - cpu_before.get(k, 0.0)) / window, 2) for k in cpu_after
+        },
+        "load_average_1m": [round(load_before, 2), round(load_after, 2)],
         "statements_in_window": _top(stmts_before, stmts_after, polls_after - polls_before),
         "plan": await _plan(db_url, next(iter(tasks))),
     }
+
+
+async def _cases_opened(
+    operator: SimulatedOperator, questions: dict[str, int], deadline_s: float
+) -> dict[str, str]:
+    """case_id → question for the cases operators saw open by the deadline. A task whose case
+    could not be opened (the relay's RPC timed out) has ended with the blocking call's
+    `platform_unreachable` result instead: its poll reports it completed; counted."""
+    seen: dict[str, str] = {}
+    end = time.monotonic() + deadline_s
+    while len(seen) < len(questions) and time.monotonic() < end:
+        try:
+            case = await operator.next_case(timeout_s=max(0.1, end - time.monotonic()))
+        except TimeoutError:
+            break
+        if case.get("question") in questions:
+            seen[str(case["case_id"])] = str(case["question"])
+    return seen
 
 
 def _summary(values: list[float]) -> dict[str, float | int | None]:
@@ -316,7 +424,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         )
         await operator.start()
         try:
-            report["tasks"] = await run_tasks(s.mcp_url, s.api_key, s.db_url, operator, args)
+            cpu = CpuMeter(
+                {
+                    "relay": s.relay.proc.pid,
+                    "devstack": s.devstack.proc.pid if s.devstack is not None else None,
+                    "bench_client": os.getpid(),
+                },
+                await _postmaster(s.db_url),
+            )
+            report["tasks"] = await run_tasks(s.mcp_url, s.api_key, s.db_url, operator, args, cpu)
         finally:
             await operator.stop()
     if "blocking" in report:

@@ -52,6 +52,7 @@ from hitl_relay.clock import SystemClock
 from hitl_relay.composition import build_notifiers, build_relay, open_backend, task_store_for
 from hitl_relay.config import Settings
 from hitl_relay.escalation import Escalator
+from hitl_relay.mcp_http import McpRouter
 from hitl_relay.mcp_server import RelayMcpServer
 from hitl_relay.monitoring import Monitor
 from hitl_relay.ports import (
@@ -235,13 +236,25 @@ def create_app(
         stateless=True,
         security_settings=layer.transport_security(),
     )
-    mcp_requests = InFlight(manager.handle_request)
+    # Task polls answer as plain JSON (hitl_relay.mcp_http): a second transport, same server.
+    polls = StreamableHTTPSessionManager(
+        app=mcp.server,
+        stateless=True,
+        json_response=True,
+        security_settings=layer.transport_security(),
+    )
+    mcp_requests = InFlight(McpRouter(manager.handle_request, polls.handle_request, mcp.tasks))
     state.mcp_requests = mcp_requests
     gate = RequireAuthorization(mcp_requests, authorize or layer.authorize)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, object]]:
-        async with backend(settings) as connected, manager.run(), layer.running(connected):
+        async with (
+            backend(settings) as connected,
+            manager.run(),
+            polls.run(),
+            layer.running(connected),
+        ):
             relay_clock = clock or SystemClock()
             relay = build_relay(connected, settings, clock=relay_clock)
             if isinstance(connected.readiness, RealtimeCounts):

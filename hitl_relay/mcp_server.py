@@ -36,7 +36,7 @@ from mcp.shared.exceptions import MCPError
 from hitl_relay import __version__, metrics
 from hitl_relay.config import Settings
 from hitl_relay.errors import InvalidRequest
-from hitl_relay.mcp_tasks import Rendering, TaskService
+from hitl_relay.mcp_tasks import CLIENT_GONE, Rendering, TaskService
 from hitl_relay.models import (
     ASK_HUMAN_DESCRIPTION,
     GET_CALL_HISTORY_DESCRIPTION,
@@ -74,8 +74,6 @@ TASKS_NOTE = (
     "readable from any relay replica. A caller on the line (voice, 30-60 s) is better served "
     "by a plain call, which returns the answer the moment it arrives."
 )
-# Errors of a client that went away while we reported progress: the wait goes on regardless.
-_GONE = (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream)
 
 RelaySource = Callable[[], Relay]
 Context = ServerRequestContext[Any, Any]
@@ -226,7 +224,7 @@ class RelayMcpServer:
         async def progress(elapsed: float, total: float, message: str) -> None:
             try:
                 await session.report_progress(elapsed, total, message)
-            except _GONE:
+            except CLIENT_GONE:
                 logger.debug("progress not delivered: the client is gone")
 
         return await relay.ask(request, progress, owner=key_of(ctx))

@@ -11,10 +11,11 @@ reply by case id, so a poll never waits on the replica that created the task, wh
 Status, from the row and the reply (`effective_status`):
 - `working` until the operator answers;
 - `completed` with the same tool result as a blocking call (answered, unclear_answer, timeout);
-  also for `needs_info`: in 2025-11-25 `input_required` means "call tasks/result to receive the
-  receiver's requests" (elicitation/sampling with related-task metadata), and the operator's
-  question is not such a request: it is a result the agent acts on (ask the caller, then call
-  ask_human again with case_id, as a new task or a blocking call);
+- `input_required` when the operator asked back (`needs_info`): 2025-11-25 sends the question as
+  an elicitation on the `tasks/result` stream (the spec's "call tasks/result to receive the
+  receiver's requests"), 2026-07-28 as `inputRequests` on `tasks/get`; the caller's reply
+  continues the case. A 2025-11-25 client that cannot or will not answer it gets the blocking
+  call's `needs_info` result (`completed`);
 - `failed` when the tool result is an error (invalid arguments: the spec's rule that a tool
   result with `isError` makes the task `failed`);
 - `cancelled` after `tasks/cancel`: the session closes `cancelled`, the case stays open.
@@ -32,20 +33,22 @@ import hashlib
 import json
 import math
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, Final
+from typing import Any, Final, Protocol, cast
 from uuid import UUID, uuid4
 
 import anyio
 import anyio.abc
 import mcp_types as types
 from loguru import logger
+from mcp.server.connection import Connection
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.shared.exceptions import MCPError
+from mcp.shared.message import ServerMessageMetadata
 from mcp_types import CLIENT_CAPABILITIES_META_KEY, SERVER_INFO_META_KEY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
@@ -76,6 +79,13 @@ MIN_RETENTION_AFTER_WAIT_MS = 5 * 60 * 1000
 # long after the deadline reports the timeout itself.
 ORPHAN_GRACE = timedelta(seconds=10)
 LIST_PAGE = 50
+# Pauses before recording a task's result again after a failed RPC (the platform under load).
+FINISH_RETRY_PAUSES_S = (0.5, 1.0)
+# Ids of the elicitations sent on a 2025-11-25 tasks/result stream (`input_request_id`).
+INPUT_REQUEST_PREFIX = "hitl-task-input"
+# Errors of a client that went away while we wrote to its stream (progress, a notification):
+# what it was waiting for goes on regardless.
+CLIENT_GONE = (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream)
 IMMEDIATE_TEXT = (
     "Your question is with a human colleague. The answer will be the result of this task; "
     "carry on meanwhile."
@@ -92,6 +102,11 @@ def owner_of(ctx: Context) -> str:
     request = ctx.request
     headers = getattr(request, "headers", None)
     authorization = headers.get("authorization") if headers is not None else None
+    return owner_of_authorization(authorization if isinstance(authorization, str) else None)
+
+
+def owner_of_authorization(authorization: str | None) -> str:
+    """`owner_of` from the request's Authorization header (None: no key, as over stdio)."""
     token = "stdio"
     if isinstance(authorization, str):
         scheme, _, presented = authorization.strip().partition(" ")
@@ -104,13 +119,14 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def effective_status(task: TaskRecord, modern: bool = False) -> TaskStatus:
+def effective_status(task: TaskRecord) -> TaskStatus:
     """The status a poll reports: the row's, or what the case's reply says when the creating
     relay has not written the result yet (it may be gone). The operator's question back is
-    `input_required` where the era can carry it to the client (2026-07-28 `inputRequests`)."""
+    `input_required` in both eras: 2025-11-25 carries it as an elicitation on `tasks/result`,
+    2026-07-28 as `inputRequests` on `tasks/get`."""
     if task.status in TERMINAL or task.result is not None:
         return task.status
-    if isinstance(task.reply, Clarification) and modern:
+    if isinstance(task.reply, Clarification):
         return "input_required"
     if task.reply is not None:
         return "completed"
@@ -125,7 +141,9 @@ def status_message(task: TaskRecord, status: TaskStatus) -> str:
     if status == "working":
         return "Waiting for a human colleague's answer."
     if status == "input_required":
-        return "The colleague asked a question back: answer it with tasks/update."
+        if task.era == MODERN:
+            return "The colleague asked a question back: answer it with tasks/update."
+        return "The colleague asked a question back: call tasks/result to answer it."
     if isinstance(task.reply, Clarification):
         return "The colleague asked a question back (needs_info)."
     if isinstance(task.reply, Answer):
@@ -151,7 +169,7 @@ def task_json(task: TaskRecord) -> dict[str, Any]:
 
 def task_json_modern(task: TaskRecord) -> dict[str, Any]:
     """The `Task` fields of the tasks extension (SEP-2663): ttl in seconds, poll interval in ms."""
-    status = effective_status(task, modern=True)
+    status = effective_status(task)
     return {
         "taskId": task.id,
         "status": status,
@@ -189,6 +207,32 @@ def input_requests(clarification: Clarification) -> dict[str, Any]:
             },
         }
     }
+
+
+def input_request_id(task_id: str, key: str) -> str:
+    """The JSON-RPC id of the elicitation a 2025-11-25 `tasks/result` sends: it names the task
+    and the question, so the client's response, POSTed to any replica, finds both."""
+    return f"{INPUT_REQUEST_PREFIX}:{task_id}:{key}"
+
+
+def parse_input_request_id(value: object) -> tuple[str, str] | None:
+    """(task id, question key) from an `input_request_id`; None for any other id."""
+    if not isinstance(value, str):
+        return None
+    prefix, _, rest = value.partition(":")
+    task_id, _, key = rest.partition(":")
+    if prefix != INPUT_REQUEST_PREFIX or not task_id or not key:
+        return None
+    return task_id, key
+
+
+def accepted_reply(result: object) -> str | None:
+    """The caller's reply from an elicitation result (`action: accept`, `content.reply`)."""
+    if not isinstance(result, Mapping) or result.get("action") != "accept":
+        return None
+    content = result.get("content")
+    reply = content.get("reply") if isinstance(content, Mapping) else None
+    return reply.strip() if isinstance(reply, str) and reply.strip() else None
 
 
 def opted_in(params: Mapping[str, Any]) -> bool:
@@ -243,6 +287,12 @@ class TaskService:
         self.store: TaskStore | None = None
         self._group: anyio.abc.TaskGroup | None = None
         self._waits: dict[str, anyio.CancelScope] = {}
+        # Set when this replica sees a task change (its wait ended, an input response came in):
+        # a `tasks/result` blocking here returns at once instead of at its next re-read.
+        self._changes: dict[str, anyio.Event] = {}
+        # Tasks created over a connection with a channel of its own to the client (stdio):
+        # every status change this relay sees is announced on it (`_announce`).
+        self._followers: dict[str, tuple[Channel, str]] = {}
         self._server: Any = None
 
     @property
@@ -380,8 +430,37 @@ class TaskService:
                 ttl_ms=self._ttl(requested_ttl, timeout),
             )
         )
+        connection = getattr(ctx.session, "_connection", None)  # no public accessor (SDK 2.3)
+        if (
+            era != MODERN
+            and isinstance(connection, Connection)
+            and connection.has_standalone_channel
+        ):
+            self.follow(record.id, connection, owner)
         self._start_wait(record, request, case_id, key_of(ctx))
         return self._created(record, era)
+
+    def follow(self, task_id: str, channel: Channel, owner: str) -> None:
+        """Announce the task's status changes on `channel` (the connection that created it)."""
+        self._followers[task_id] = (channel, owner)
+
+    async def _announce(self, task_id: str) -> None:
+        """`notifications/tasks/status` to the connection that created the task, if it has a
+        channel of its own (stdio; stateless HTTP has none: there a blocking `tasks/result`
+        carries them). Best effort: one read of the task, and polls stay the truth."""
+        follower = self._followers.get(task_id)
+        if follower is None:
+            return
+        channel, owner = follower
+        try:
+            task = await self._store().get_task(task_id, owner)
+        except HitlError as e:
+            logger.bind(task_id=task_id).debug("status not announced: {}", e)
+            return
+        if task is None or effective_status(task) in TERMINAL:
+            self._followers.pop(task_id, None)
+        if task is not None:
+            await channel.notify("notifications/tasks/status", task_json(task))
 
     def _start_wait(
         self, record: TaskRecord, request: AskHumanRequest, case_id: UUID, key: str | None
@@ -413,7 +492,6 @@ class TaskService:
     ) -> None:
         """The accepting relay's wait: the blocking path, then the result into the task row."""
         relay: Relay = self._relay()
-        store = self._store()
         try:
             with scope:
                 result: AskResult = await relay.ask(request, None, owner=key, case_id=case_id)
@@ -421,15 +499,17 @@ class TaskService:
                     # Shutting down: the fallback is this replica's, not the task's; leave the
                     # task working for the replicas that stay.
                     return
-                if result.status == "needs_info" and record.era == MODERN:
-                    # input_required, read from the case by every poll; tasks/update resumes.
+                if result.status == "needs_info":
+                    # input_required, read from the case by every poll; the caller's reply
+                    # (2025-11-25: the elicitation's response; 2026-07-28: tasks/update)
+                    # continues the case.
                     return
                 rendered = self._rendering.render(result)
                 status: TaskStatus = (
                     "failed" if rendered.is_error and record.era != MODERN else "completed"
                 )
                 with anyio.CancelScope(shield=True):
-                    await store.finish_task(
+                    await self._finish(
                         record.id,
                         status,
                         None,
@@ -439,7 +519,7 @@ class TaskService:
         except InvalidRequest as e:
             # A follow-up the platform refused (no such case, another call's case, expired).
             with anyio.CancelScope(shield=True):
-                await store.finish_task(
+                await self._finish(
                     record.id,
                     "failed" if record.era != MODERN else "completed",
                     "Invalid arguments.",
@@ -450,6 +530,48 @@ class TaskService:
             logger.bind(task_id=record.id).warning("task result not recorded: {}", e)
         finally:
             self._waits.pop(record.id, None)
+            self._changed(record.id)
+            if record.id in self._followers and not relay.draining:
+                with anyio.CancelScope(shield=True):
+                    await self._announce(record.id)
+
+    async def _finish(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        status_message: str | None,
+        result: Mapping[str, Any],
+        case_id: UUID | None,
+    ) -> None:
+        """Record the result, trying again after a failed RPC: a result that is not recorded
+        leaves a task whose case never opened `working` until its deadline (there is no reply
+        for a poll to derive it from). Raises the last `HitlError`."""
+        for attempt, pause in enumerate((*FINISH_RETRY_PAUSES_S, None)):
+            try:
+                await self._store().finish_task(task_id, status, status_message, result, case_id)
+                return
+            except HitlError as e:
+                if pause is None:
+                    raise
+                logger.bind(task_id=task_id).info("recording the result, again: {}", e)
+                await anyio.sleep(pause * (1 + attempt))  # back-off before the next attempt
+
+    def _changed(self, task_id: str) -> None:
+        event = self._changes.pop(task_id, None)
+        if event is not None:
+            event.set()
+
+    async def _next_change(self, task_id: str, timeout_s: float) -> None:
+        """Until this replica sees the task change, or `timeout_s` (another replica's change is
+        seen by re-reading)."""
+        event = self._changes.setdefault(task_id, anyio.Event())
+        try:
+            with anyio.move_on_after(timeout_s):
+                await event.wait()
+        finally:
+            # Nothing kept for a task whose change another replica saw (or none did).
+            if not event.is_set() and self._changes.get(task_id) is event:
+                del self._changes[task_id]
 
     # ------------------------------------------------------------------ polls
 
@@ -479,18 +601,150 @@ class TaskService:
     async def _on_result(
         self, ctx: Context, params: types.GetTaskPayloadRequestParams
     ) -> dict[str, Any]:
-        """The task's tool result; blocks (re-reading at the poll interval) until it has one."""
+        """The task's tool result; blocks (re-reading at the poll interval, at once when this
+        replica sees the change) until it has one.
+
+        Meanwhile, on this request's stream: the operator's question as an elicitation
+        (`input_required`: the spec's "call tasks/result to receive the receiver's requests"),
+        and `notifications/tasks/status` whenever the status changes."""
         legacy_only(ctx)
         task = await self._read(ctx, params.task_id)
-        while effective_status(task) not in TERMINAL:
-            await anyio.sleep(task.poll_interval_ms / 1000)
+        reported = effective_status(task)
+        asked: set[str] = set()
+        while (status := effective_status(task)) not in TERMINAL:
+            if status != reported:
+                reported = status
+                await self._notify_status(ctx, task)
+            if status == "input_required" and isinstance(task.reply, Clarification):
+                key = clarification_key(task.reply)
+                if key not in asked:
+                    asked.add(key)
+                    await self._ask_for_input(ctx, task, task.reply)
+            await self._next_change(task.id, task.poll_interval_ms / 1000)
             task = await self._read(ctx, params.task_id)
+        if status != reported:
+            await self._notify_status(ctx, task)
         result = await self._result_of(task)
         # `resultType` is 2026-07-28 vocabulary: not on a 2025-11-25 wire.
         result.pop("resultType", None)
         meta = dict(result.get("_meta") or {})
         meta[RELATED_TASK] = {"taskId": task.id}
         return {**result, "_meta": meta}
+
+    async def _notify_status(self, ctx: Context, task: TaskRecord) -> None:
+        """`notifications/tasks/status` (the full Task, no related-task `_meta`) on this request's
+        stream: best effort, a client that went away just misses it (polls stay the truth)."""
+        params = task_json(task)
+        try:
+            notification = types.TaskStatusNotification(
+                params=types.TaskStatusNotificationParams(**params)
+            )
+            # The SDK's ServerNotification union (2.3) lacks the tasks notification; the
+            # session serializes whatever notification model it is given.
+            await ctx.session.send_notification(
+                cast(Any, notification), related_request_id=ctx.request_id
+            )
+        except CLIENT_GONE:
+            logger.bind(task_id=task.id).debug("status notification not delivered")
+
+    async def _ask_for_input(
+        self, ctx: Context, task: TaskRecord, clarification: Clarification
+    ) -> None:
+        """The operator's question as the spec's side-channelled `elicitation/create` (with the
+        related-task `_meta`) on this `tasks/result` stream.
+
+        Over stdio the connection carries the client's response back to this request; over
+        stateless HTTP it cannot (the response is a new POST, to any replica): the request is
+        written with an id naming the task and the question (`input_request_id`), and
+        `mcp_http.McpRouter` hands the response to `input_response` wherever it lands."""
+        elicitation = input_requests(clarification)[clarification_key(clarification)]
+        params = {**elicitation["params"], "_meta": {RELATED_TASK: {"taskId": task.id}}}
+        request_id = input_request_id(task.id, clarification_key(clarification))
+        if ctx.session.can_send_request:
+            try:
+                result = await ctx.session.send_request(
+                    types.ElicitRequest(params=types.ElicitRequestFormParams(**params)),
+                    types.ElicitResult,
+                    metadata=ServerMessageMetadata(related_request_id=ctx.request_id),
+                )
+                response = {"result": result.model_dump(by_alias=True, exclude_none=True)}
+            except MCPError as e:
+                response = {"error": {"code": e.error.code, "message": e.error.message}}
+            await self.input_response(owner_of(ctx), key_of(ctx), {"id": request_id, **response})
+            return
+        write = raw_writer(ctx)
+        if write is None:
+            logger.bind(task_id=task.id).warning("no stream to send the operator's question on")
+            return
+        message = types.JSONRPCRequest(
+            jsonrpc="2.0", id=request_id, method="elicitation/create", params=params
+        )
+        try:
+            await write(message, ServerMessageMetadata(related_request_id=ctx.request_id))
+        except CLIENT_GONE:
+            logger.bind(task_id=task.id).debug("the client left before the question was sent")
+
+    async def input_response(self, owner: str, key: str | None, message: Mapping[str, Any]) -> bool:
+        """A client's JSON-RPC response to an elicitation `_ask_for_input` sent; False when the
+        message is not one (its id is not ours). Accepted with a reply: the reply continues the
+        case, as `tasks/update` does at 2026-07-28 (the task goes back to `working`). Declined,
+        cancelled, refused with an error (a client without elicitation), or a reply
+        `ask_human` would refuse: the operator's question becomes the task's result
+        (`needs_info`, as a blocking call returns it) so the agent can act on it. A response
+        to a question that is not outstanding (already answered, another key's task) is
+        ignored."""
+        ids = parse_input_request_id(message.get("id"))
+        if ids is None:
+            return False
+        task_id, question = ids
+        store = self._store()
+        task = await store.get_task(task_id, owner)
+        if (
+            task is None
+            or effective_status(task) != "input_required"
+            or not isinstance(task.reply, Clarification)
+            or clarification_key(task.reply) != question
+        ):
+            return True
+        reply = accepted_reply(message.get("result"))
+        if reply is not None:
+            try:
+                await self._continue(task, owner, key, reply)
+                return True
+            except InvalidRequest as e:
+                logger.bind(task_id=task.id).info("the caller's reply was refused: {}", e)
+        try:
+            rendered = self._rendering.render(await self._relay().get_answer(str(task.case_id)))
+        except InvalidRequest as e:
+            rendered = self._rendering.render_invalid(e)  # the case is gone
+        await store.finish_task(
+            task.id,
+            "failed" if rendered.is_error else "completed",
+            None,
+            dump(rendered),
+            task.case_id,
+        )
+        self._changed(task.id)
+        await self._announce(task.id)
+        return True
+
+    async def _continue(self, task: TaskRecord, owner: str, key: str | None, reply: str) -> None:
+        """The caller's reply to the operator's question continues the case (a follow-up, as
+        `ask_human` with case_id would) and this replica waits for the answer. Raises
+        `InvalidRequest` when the reply breaks a rule of ask_human's question."""
+        s = self._relay().options
+        follow_up = parse_ask_request(
+            {
+                **{k: v for k, v in task.call.items() if v is not None},
+                "question": reply,
+                "case_id": str(task.case_id),
+                "timeout_seconds": s.max_timeout_s,
+            }
+        )
+        resumed = await self._store().resume_task(task.id, owner, s.max_timeout_s)
+        if resumed is not None and task.id not in self._waits:
+            self._start_wait(resumed, follow_up, task.case_id, key)
+        self._changed(task.id)
 
     async def _result_of(self, task: TaskRecord) -> dict[str, Any]:
         if task.result is not None:
@@ -564,25 +818,16 @@ class TaskService:
             task = await self._store().get_task(params.task_id, owner)
         except HitlError as e:
             raise unavailable(e) from None
-        if task is None or effective_status(task, modern=True) != "input_required":
+        if task is None or effective_status(task) != "input_required":
             return ack
         assert isinstance(task.reply, Clarification)
         response = params.input_responses.get(clarification_key(task.reply))
-        reply = response.get("content", {}).get("reply") if isinstance(response, dict) else None
-        if not isinstance(response, dict) or response.get("action") != "accept":
+        reply = accepted_reply(response)
+        if reply is None:
+            # decline/cancel/no reply: the task waits for a reply, a cancel or its ttl
             return ack
-        if not isinstance(reply, str) or not reply.strip():
-            return ack
-        s = self._relay().options
         try:
-            follow_up = parse_ask_request(
-                {
-                    **{k: v for k, v in task.call.items() if v is not None},
-                    "question": reply.strip(),
-                    "case_id": str(task.case_id),
-                    "timeout_seconds": s.max_timeout_s,
-                }
-            )
+            await self._continue(task, owner, key_of(ctx), reply)
         except InvalidRequest as e:
             # The reply breaks a rule of ask_human's question (e.g. its length): say which.
             problems = "; ".join(
@@ -591,13 +836,15 @@ class TaskService:
                 if field == "question"
             )
             raise MCPError(code=types.INVALID_PARAMS, message=problems or str(e)) from None
-        try:
-            resumed = await self._store().resume_task(task.id, owner, s.max_timeout_s)
         except HitlError as e:
             raise unavailable(e) from None
-        if resumed is not None and task.id not in self._waits:
-            self._start_wait(resumed, follow_up, task.case_id, key_of(ctx))
         return ack
+
+
+class Channel(Protocol):
+    """Where `_announce` sends: the SDK's `Connection` (its standalone channel)."""
+
+    async def notify(self, method: str, params: Mapping[str, Any] | None) -> None: ...
 
 
 class UpdateTaskParams(types.RequestParams):
@@ -606,6 +853,16 @@ class UpdateTaskParams(types.RequestParams):
     task_id: str
     input_responses: dict[str, Any] = {}
     request_state: str | None = None
+
+
+def raw_writer(ctx: Context) -> Callable[[types.JSONRPCRequest, Any], Awaitable[None]] | None:
+    """The dispatcher's write onto the request's own stream. The SDK (2.3) offers no public way
+    to put a request on a stateless POST's stream without awaiting a response that, there,
+    can never come back to it; None if its internals changed."""
+    outbound = getattr(ctx.session, "_request_outbound", None)
+    dispatcher = getattr(outbound, "_dispatcher", None)
+    write = getattr(dispatcher, "_write", None)
+    return write if callable(write) else None
 
 
 def legacy_only(ctx: Context) -> None:

@@ -1543,10 +1543,8 @@ begin
   if not found then
     return null;
   end if;
-  -- Terminal too: a reply committed that the creating relay has not recorded yet (a poll
-  -- already reports the task completed).
   if t.status not in ('working', 'input_required') or t.result is not null
-     or jsonb_strip_nulls(public.hitl_case_reply(t.case_id)) <> '{}'::jsonb then
+     or public.hitl_answer(t.case_id) is not null then
     return jsonb_build_object('terminal', true, 'task', public.hitl_task_json(t));
   end if;
   update public.hil_tasks

@@ -21,7 +21,9 @@ sooner, and that cancellation passes through untouched.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 from uuid import UUID
@@ -259,6 +261,51 @@ def parse_opened(data: Any) -> OpenedCase:
 MAX_IN_FLIGHT = 64
 
 
+class Places:
+    """At most `size` RPCs in flight; the rest wait in arrival order, except that an urgent one
+    (a client's request blocked on it: an MCP task's handle) takes the next free place before
+    every ordinary one (background case openings, reads, sweeps, polls)."""
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._urgent: deque[asyncio.Future[None]] = deque()
+        self._ordinary: deque[asyncio.Future[None]] = deque()
+
+    @asynccontextmanager
+    async def place(self, urgent: bool = False) -> AsyncIterator[None]:
+        if self._free > 0 and not self._urgent and (urgent or not self._ordinary):
+            self._free -= 1
+        else:
+            line = self._urgent if urgent else self._ordinary
+            waiter = asyncio.get_running_loop().create_future()
+            line.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._release()  # handed a place as the wait was cancelled: pass it on
+                elif waiter in line:
+                    line.remove(waiter)
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    @property
+    def waiting(self) -> int:
+        return sum(not w.done() for w in (*self._urgent, *self._ordinary))
+
+    def _release(self) -> None:
+        for line in (self._urgent, self._ordinary):
+            while line:
+                waiter = line.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    return
+        self._free += 1
+
+
 class SupabaseCaseStore:
     """`CaseStore` over the service-role supabase-py client's `rpc()`."""
 
@@ -270,13 +317,14 @@ class SupabaseCaseStore:
         # At most as many RPCs in flight as the HTTP client has connections: the rest wait
         # here in order. httpx's pool rescans its whole queue for every request it assigns,
         # which at a thousand waiting calls costs more CPU than the requests themselves.
-        self._in_flight = asyncio.Semaphore(max_in_flight)
+        self._in_flight = Places(max_in_flight)
 
-    async def execute(self, label: str, query: Any) -> Any:
+    async def execute(self, label: str, query: Any, urgent: bool = False) -> Any:
         """One PostgREST request (a supabase-py builder) with this store's bound, in-flight
-        limit and error translation; its `data`."""
+        limit and error translation; its `data`. `urgent`: ahead of the ordinary requests
+        waiting for a place (see `Places`)."""
         try:
-            async with asyncio.timeout(self._timeout_s), self._in_flight:
+            async with asyncio.timeout(self._timeout_s), self._in_flight.place(urgent):
                 response = await query.execute()
         except APIError as e:
             raise api_error(label, e) from None
@@ -285,12 +333,13 @@ class SupabaseCaseStore:
             raise PlatformUnavailable(f"{label}: {type(e).__name__}: {detail}") from None
         return response.data
 
-    async def _rpc(self, fn: str, params: Mapping[str, Any]) -> Any:
-        return await self.execute(fn, self._client.rpc(fn, dict(params)))
+    async def _rpc(self, fn: str, params: Mapping[str, Any], urgent: bool = False) -> Any:
+        return await self.execute(fn, self._client.rpc(fn, dict(params)), urgent)
 
-    async def rpc(self, fn: str, params: Mapping[str, Any]) -> Any:
-        """One RPC with this store's bound and error translation (for `supabase_tasks`)."""
-        return await self._rpc(fn, params)
+    async def rpc(self, fn: str, params: Mapping[str, Any], urgent: bool = False) -> Any:
+        """One RPC with this store's bound and error translation (for `supabase_tasks`);
+        `urgent`: ahead of the ordinary RPCs waiting for a place (see `Places`)."""
+        return await self._rpc(fn, params, urgent)
 
     async def open_case(self, request: OpenCase) -> OpenedCase:
         data = await self._rpc("hitl_open_case", {"p": request.as_rpc_params()})

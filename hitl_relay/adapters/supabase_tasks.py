@@ -101,8 +101,8 @@ class SupabaseTaskStore:
     def __init__(self, cases: SupabaseCaseStore) -> None:
         self._cases = cases
 
-    async def _call(self, fn: str, params: Mapping[str, Any]) -> Any:
-        return await self._cases.rpc(fn, params)
+    async def _call(self, fn: str, params: Mapping[str, Any], urgent: bool = False) -> Any:
+        return await self._cases.rpc(fn, params, urgent)
 
     def _task_or_none(self, fn: str, data: Any) -> TaskRecord | None:
         # SQL null: PostgREST renders `null`; supabase-py turns an empty body into [].
@@ -115,7 +115,10 @@ class SupabaseTaskStore:
 
     async def create_task(self, task: NewTask) -> TaskRecord:
         fn = "hitl_task_create"
-        found = self._task_or_none(fn, await self._call(fn, {"p": task.as_rpc_params()}))
+        # The client waits for the handle (spec: returned "as soon as possible"): this RPC does
+        # not queue behind the polls and the case openings of the tasks already accepted.
+        data = await self._call(fn, {"p": task.as_rpc_params()}, urgent=True)
+        found = self._task_or_none(fn, data)
         if found is None:
             raise PlatformUnavailable(f"{fn} returned no task")
         return found

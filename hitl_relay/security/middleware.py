@@ -66,8 +66,11 @@ def key_of(ctx: object) -> str | None:
     to it."""
     request = getattr(ctx, "request", None)
     scope = getattr(request, "scope", None)
-    if not isinstance(scope, dict):
-        return None
+    return key_of_scope(scope) if isinstance(scope, dict) else None
+
+
+def key_of_scope(scope: Scope) -> str | None:
+    """`key_of` for an ASGI scope the gate has seen."""
     key = (scope.get("state") or {}).get(STATE_KEY)
     return key if isinstance(key, str) else None
 

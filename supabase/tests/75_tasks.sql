@@ -1,8 +1,9 @@
 -- MCP tasks (hil_tasks): closed to anon/authenticated, readable only by the owning key, a poll
 -- sees a committed answer before the creating relay records it, cancel closes the task's
--- waiting session and leaves the case open, a cancelled task stays cancelled, expiry hides it.
+-- waiting session and leaves the case open, a cancelled task stays cancelled, a task whose
+-- operator asked back (input_required) can be cancelled, expiry hides it.
 begin;
-select plan(20);
+select plan(23);
 
 select ok((select relrowsecurity from pg_class where oid = 'public.hil_tasks'::regclass),
   'hil_tasks has row-level security');
@@ -67,6 +68,24 @@ select is(public.hitl_task_finish(repeat('u', 43), 'completed', null, '{}'::json
   'cancelled', 'a cancelled task stays cancelled');
 select is((public.hitl_task_cancel(repeat('u', 43), (select mine from k)) ->> 'terminal')::boolean,
   true, 'cancelling it again: terminal');
+
+-- input_required (the operator asked back) may move to cancelled (both eras' lifecycles)
+create temp table c3 as select public.hitl_open_case(jsonb_build_object(
+  'question', 'Ship today?', 'mcp_session_id', 'm', 'retell_call_id', 'task-3', 'retell_agent_id', 'x',
+  'timeout_seconds', 60)) as opened;
+select public.hitl_task_create(jsonb_build_object(
+  'id', repeat('v', 43), 'owner', (select mine from k),
+  'case_id', (select opened ->> 'case_id' from c3), 'tool', 'ask_human', 'era', '2025-11-25',
+  'timeout_seconds', 60, 'ttl_ms', 600000, 'poll_interval_ms', 1000));
+insert into public.messages (case_id, sender_type, sender_id, content, kind)
+values ((select (opened ->> 'case_id')::uuid from c3), 'human', gen_random_uuid(), 'Which order?',
+        'clarification');
+select is(public.hitl_task_get(repeat('v', 43), (select mine from k)) -> 'reply' -> 'clarification' ->> 'content',
+  'Which order?', 'a poll sees the operator''s question');
+select is((public.hitl_task_cancel(repeat('v', 43), (select mine from k)) ->> 'terminal')::boolean,
+  false, 'a task waiting for the caller''s reply is not terminal');
+select is(public.hitl_task_get(repeat('v', 43), (select mine from k)) ->> 'status',
+  'cancelled', 'it is cancelled');
 
 update public.hil_tasks set expires_at = now() - interval '1 second' where id = repeat('u', 43);
 select is(public.hitl_task_get(repeat('u', 43), (select mine from k)), null,

@@ -23,6 +23,7 @@ import asyncpg
 import httpx
 import pytest
 from conftest import API_KEY, DevstackProcess, Stack, relay_child, relay_process
+from waiting import wait_until
 
 from hitl_devstack.operator_sim import SimulatedOperator
 
@@ -298,3 +299,171 @@ async def test_a_tool_without_task_support_refuses_a_task_with_method_not_found(
     )
     # Spec "Tool-Level Negotiation": taskSupport absent → -32601.
     assert reply["error"]["code"] == -32601
+
+
+async def caller_reply_arrived(db_url: str, case_id: str, reply: str) -> bool:
+    db = await asyncpg.connect(db_url)
+    try:
+        return bool(
+            await db.fetchval(
+                "select count(*) from public.messages where case_id = $1::uuid"
+                " and sender_type = 'ai' and content = $2",
+                case_id,
+                reply,
+            )
+        )
+    finally:
+        await db.close()
+
+
+async def test_the_operators_question_reaches_the_ts_client_as_an_elicitation_on_tasks_result(
+    stack: Stack,
+) -> None:
+    """Spec "Input Required Status": the task goes `input_required`, the client calls
+    `tasks/result`, the operator's question arrives there as `elicitation/create` with the
+    related-task `_meta`, the client's response (a new POST, no session) continues the case, and
+    `tasks/result` returns the answer; status changes are notified on that stream."""
+    operator = await started_operator(stack)
+    reply = "Order 4411."
+    case: dict[str, str] = {}
+
+    async def on_step(name: str) -> None:
+        if name.startswith("created:"):
+            case["id"] = str((await operator.next_case())["case_id"])
+            await operator.answer(case["id"], "Which order number?", kind="clarification")
+        elif name == "elicited":
+
+            async def arrived() -> bool:
+                return await caller_reply_arrived(stack.db_url, case["id"], reply)
+
+            await wait_until(arrived, "the caller's reply in the case", 30)
+            await operator.answer(case["id"], "Order 4411 ships today.")
+
+    try:
+        seen = await run_tasks_scenario(
+            scenario_env(stack.mcp_url, "clarify", CALLER_REPLY=reply), on_step
+        )
+    finally:
+        await operator.stop()
+    task_id = seen["created"]["taskId"]
+    # Polled until input_required, then tasks/result (the SDK's callToolStream does so).
+    assert seen["statuses"][-1] == "input_required", seen["statuses"]
+    (elicitation,) = seen["elicitations"]
+    assert elicitation["mode"] == "form"
+    assert elicitation["message"] == "Which order number?"
+    assert elicitation["requestedSchema"]["required"] == ["reply"]
+    assert elicitation["_meta"][RELATED_TASK] == {"taskId": task_id}
+    result = seen["result"]
+    assert result["structuredContent"]["status"] == "answered"
+    assert result["structuredContent"]["answer"] == "Order 4411 ships today."
+    assert result["structuredContent"]["case_id"] == case["id"]
+    assert result["_meta"][RELATED_TASK] == {"taskId": task_id}
+    # Status notifications on the tasks/result stream: the full Task, without related-task.
+    notified = seen["notifications"]
+    assert notified, "no notifications/tasks/status arrived"
+    assert notified[-1]["status"] == "completed"
+    assert {n["status"] for n in notified} <= {"working", "input_required", "completed"}
+    for n in notified:
+        assert n["taskId"] == task_id
+        assert {"createdAt", "lastUpdatedAt", "ttl", "pollInterval"} <= set(n)
+        assert RELATED_TASK not in (n.get("_meta") or {})
+    assert "error" not in seen
+
+
+async def test_a_client_without_elicitation_gets_the_question_as_the_tasks_result(
+    stack: Stack,
+) -> None:
+    """The SDK refuses an elicitation it did not declare; the relay then ends the task with the
+    result a blocking call returns for the question (`needs_info`), so the agent can act."""
+    operator = await started_operator(stack)
+    case: dict[str, str] = {}
+
+    async def on_step(name: str) -> None:
+        if name.startswith("created:"):
+            case["id"] = str((await operator.next_case())["case_id"])
+            await operator.answer(case["id"], "Which order number?", kind="clarification")
+
+    try:
+        seen = await run_tasks_scenario(scenario_env(stack.mcp_url, "clarify-unable"), on_step)
+    finally:
+        await operator.stop()
+    assert seen["statuses"][-1] == "input_required", seen["statuses"]
+    assert seen["elicitations"] == []
+    result = seen["result"]
+    assert result["structuredContent"]["status"] == "needs_info"
+    assert result["structuredContent"]["clarification"] == "Which order number?"
+    assert result["structuredContent"]["case_id"] == case["id"]
+    assert seen["notifications"][-1]["status"] == "completed"
+
+
+async def test_task_polls_are_plain_json_and_the_tool_call_still_streams(stack: Stack) -> None:
+    """Spec "Input Required Status" note: servers SHOULD NOT upgrade tasks/get to SSE."""
+    headers = {
+        "Authorization": f"Bearer {API_KEY}",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2025-11-25",
+    }
+    call = {"name": "ask_human", "arguments": {"question": ""}, "task": {"ttl": 60_000}}
+    kinds: dict[str, str] = {}
+    replies: dict[str, dict[str, Any]] = {}
+    async with httpx.AsyncClient(timeout=30) as http:
+        for method, params in (
+            ("tools/call", call),
+            ("tasks/get", None),
+            ("tasks/list", {}),
+            ("tasks/cancel", None),
+        ):
+            if params is None:
+                params = {"taskId": replies["tools/call"]["result"]["task"]["taskId"]}
+            body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+            r = await http.post(stack.mcp_url, json=body, headers=headers)
+            kinds[method] = r.headers["content-type"].split(";")[0]
+            text = r.text
+            if kinds[method] == "text/event-stream":
+                text = [line[5:] for line in text.splitlines() if line.startswith("data:")][-1]
+            replies[method] = json.loads(text)
+    assert kinds == {
+        "tools/call": "text/event-stream",
+        "tasks/get": "application/json",
+        "tasks/list": "application/json",
+        "tasks/cancel": "application/json",
+    }
+    task_id = replies["tools/call"]["result"]["task"]["taskId"]
+    assert replies["tasks/get"]["result"]["taskId"] == task_id
+    assert task_id in [t["taskId"] for t in replies["tasks/list"]["result"]["tasks"]]
+    # The invalid call's task is already terminal (failed): cancelling it is -32602.
+    assert replies["tasks/cancel"]["error"]["code"] == INVALID_PARAMS
+
+
+async def test_a_task_waiting_for_the_callers_reply_can_be_cancelled(stack: Stack) -> None:
+    """Spec "Task Status Lifecycle": `input_required` may move to `cancelled`."""
+    operator = await started_operator(stack)
+    call = {
+        "name": "ask_human",
+        "arguments": {
+            "question": "Can we ship today?",
+            "call_id": f"call_tasks_{uuid.uuid4().hex[:10]}",
+            "session_id": f"mcp-{uuid.uuid4().hex[:10]}",
+            "agent_id": "agent_tasks",
+            "timeout_seconds": 60,
+        },
+        "task": {"ttl": 600_000},
+    }
+    try:
+        created = await rpc(stack.mcp_url, "tools/call", call)
+        task_id = created["result"]["task"]["taskId"]
+        case_id = str((await operator.next_case())["case_id"])
+        await operator.answer(case_id, "Which order number?", kind="clarification")
+        polled: dict[str, Any] = {}
+
+        async def input_required() -> bool:
+            polled.update((await rpc(stack.mcp_url, "tasks/get", {"taskId": task_id}))["result"])
+            return polled["status"] == "input_required"
+
+        await wait_until(input_required, "the task input_required", 30)
+        cancelled = await rpc(stack.mcp_url, "tasks/cancel", {"taskId": task_id})
+        after = await rpc(stack.mcp_url, "tasks/get", {"taskId": task_id})
+    finally:
+        await operator.stop()
+    assert cancelled["result"]["status"] == "cancelled", cancelled
+    assert after["result"]["status"] == "cancelled"

@@ -11,6 +11,7 @@ acknowledgement; a client that does not opt in gets the blocking result.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -38,10 +39,23 @@ MODERN = "2026-07-28"
 
 
 @asynccontextmanager
-async def client_with(url: str, tasks: TasksExtension | None) -> AsyncIterator[Client]:
+async def client_with(
+    url: str, tasks: TasksExtension | None, replies: list[tuple[str, str]] | None = None
+) -> AsyncIterator[Client]:
+    """`replies`, when given, collects (JSON-RPC method, response content type) per POST."""
     headers = {"Authorization": f"Bearer {API_KEY}"}
+
+    async def record(response: httpx2.Response) -> None:
+        if replies is not None and response.request.method == "POST":
+            sent = json.loads(response.request.content or b"{}")
+            kind = response.headers.get("content-type", "").split(";")[0]
+            replies.append((str(sent.get("method")), kind))
+
+    hooks = {"response": [record]}
     async with (
-        httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=120.0)) as http,
+        httpx2.AsyncClient(
+            headers=headers, timeout=httpx2.Timeout(30.0, read=120.0), event_hooks=hooks
+        ) as http,
         Client(
             streamable_http_client(url, http_client=http),
             extensions=[tasks] if tasks is not None else None,
@@ -252,3 +266,26 @@ async def test_a_reply_that_breaks_the_question_rules_is_refused_naming_the_fiel
     assert refused[0].error.code == -32602
     assert "content.reply" in refused[0].error.message
     assert "2000" in refused[0].error.message
+
+
+async def test_task_polls_are_answered_as_plain_json(stack: Stack) -> None:
+    """At 2026-07-28 the SDK's own entry answers a poll with one JSON body (the relay sends no
+    notification on a tasks/get stream); `mcp_http` routes only the handshake-era polls."""
+    operator = await started_operator(stack)
+    tasks = TasksExtension()
+    replies: list[tuple[str, str]] = []
+    try:
+        async with client_with(stack.mcp_url, tasks, replies) as client:
+
+            async def call() -> None:
+                await client.call_tool("ask_human", ask_args("Refund allowed?"))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call)
+                case = await operator.next_case()
+                await operator.answer(str(case["case_id"]), "Yes, refund it.")
+    finally:
+        await operator.stop()
+    polls = {kind for method, kind in replies if method == "tasks/get"}
+    assert polls == {"application/json"}, replies
+    assert tasks.polls[-1]["status"] == "completed"

@@ -4,7 +4,9 @@ served before (no task support advertised)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import uuid4
 
 import mcp_types as types
@@ -17,13 +19,19 @@ from hitl_relay.config import Settings
 from hitl_relay.mcp_server import RelayMcpServer
 from hitl_relay.mcp_tasks import (
     ORPHAN_GRACE,
+    RELATED_TASK,
     TASKS_EXTENSION,
+    accepted_reply,
+    clarification_key,
     decode_cursor,
     effective_status,
     encode_cursor,
+    input_request_id,
     input_requests,
     opted_in,
     owner_of,
+    owner_of_authorization,
+    parse_input_request_id,
     task_json,
     task_json_modern,
 )
@@ -74,17 +82,43 @@ def clarification() -> Clarification:
 
 def test_a_waiting_task_is_working_in_both_eras() -> None:
     assert effective_status(record()) == "working"
-    assert effective_status(record(), modern=True) == "working"
+    assert effective_status(record(era="2026-07-28")) == "working"
 
 
 def test_a_committed_answer_completes_the_task_before_the_relay_records_it() -> None:
     assert effective_status(record(reply=answer())) == "completed"
-    assert effective_status(record(reply=answer()), modern=True) == "completed"
+    assert effective_status(record(reply=answer(), era="2026-07-28")) == "completed"
 
 
-def test_the_operators_question_is_input_required_only_where_the_era_carries_it() -> None:
-    assert effective_status(record(reply=clarification())) == "completed"
-    assert effective_status(record(reply=clarification()), modern=True) == "input_required"
+def test_the_operators_question_is_input_required_in_both_eras() -> None:
+    # 2025-11-25: elicited on tasks/result; 2026-07-28: inputRequests on tasks/get.
+    assert effective_status(record(reply=clarification())) == "input_required"
+    assert effective_status(record(reply=clarification(), era="2026-07-28")) == "input_required"
+    # ... until a result is recorded (the elicitation declined: needs_info is the result).
+    answered = record(reply=clarification(), status="completed", result={"content": []})
+    assert effective_status(answered) == "completed"
+
+
+def test_input_request_ids_name_the_task_and_the_question_and_nothing_else_parses() -> None:
+    task_id = "a-B_c" * 9
+    assert parse_input_request_id(input_request_id(task_id, "clarification-1")) == (
+        task_id,
+        "clarification-1",
+    )
+    for other in (7, None, "1", "hitl-task-input:", f"hitl-task-input:{task_id}", "x:y:z"):
+        assert parse_input_request_id(other) is None
+
+
+def test_only_an_accepted_non_empty_reply_continues_the_case() -> None:
+    assert accepted_reply({"action": "accept", "content": {"reply": " Order 42 "}}) == "Order 42"
+    for declined in (
+        {"action": "decline"},
+        {"action": "cancel"},
+        {"action": "accept", "content": {"reply": "  "}},
+        {"action": "accept", "content": {"other": "x"}},
+        None,
+    ):
+        assert accepted_reply(declined) is None
 
 
 def test_a_task_whose_relay_is_gone_reports_the_timeout_after_the_deadline() -> None:
@@ -160,3 +194,83 @@ def test_without_a_task_store_ask_human_advertises_no_task_support() -> None:
     ask = next(t for t in server.tools() if t.name == "ask_human")
     assert ask.execution is None
     assert "As a task" not in (ask.description or "")
+
+
+class OneTaskStore:
+    """A task store holding one task for one owner; records every write."""
+
+    def __init__(self, task: TaskRecord, owner: str) -> None:
+        self.task, self.owner = task, owner
+        self.writes: list[str] = []
+
+    async def get_task(self, task_id: str, owner: str) -> TaskRecord | None:
+        return self.task if (task_id, owner) == (self.task.id, self.owner) else None
+
+    async def finish_task(
+        self, task_id: str, status: str, message: str | None, result: Any, case_id: object
+    ) -> TaskRecord | None:
+        self.writes.append("finish")
+        self.task = replace(self.task, status=status, result=result)  # type: ignore[arg-type]
+        return self.task
+
+    async def resume_task(self, *args: object) -> TaskRecord | None:
+        self.writes.append("resume")
+        return None
+
+
+async def test_an_input_response_counts_only_from_the_tasks_key_for_the_outstanding_question() -> (
+    None
+):
+    question = clarification()
+    task = record(reply=question, call={"call_id": "c1", "session_id": "s1", "agent_id": "a1"})
+    owner = owner_of_authorization("Bearer mine")
+    store = OneTaskStore(task, owner)
+    platform = MemoryPlatform()
+    relay = build_relay(platform.backend(), Settings(backend="memory"))
+    server = RelayMcpServer(lambda: relay)
+    service = server.tasks
+    accept = {"action": "accept", "content": {"reply": "Order 4411."}}
+    ours = input_request_id(task.id, clarification_key(question))
+    async with service.running(store):  # type: ignore[arg-type]
+        # Not an id of ours: left to the SDK.
+        assert not await service.input_response(owner, None, {"id": 3, "result": accept})
+        # Another key's response, or one to a question no longer outstanding: ignored.
+        other = owner_of_authorization("Bearer other")
+        assert await service.input_response(other, None, {"id": ours, "result": accept})
+        stale = input_request_id(task.id, "clarification-00000000-0000-0000-0000-000000000000")
+        assert await service.input_response(owner, None, {"id": stale, "result": accept})
+        assert store.writes == []
+        # The task's own key, the outstanding question: the reply continues the case.
+        assert await service.input_response(owner, None, {"id": ours, "result": accept})
+        assert store.writes == ["resume"]
+
+
+async def test_a_status_change_is_announced_to_the_connection_that_created_the_task() -> None:
+    question = clarification()
+    task = record(reply=question, call={"call_id": "c1", "session_id": "s1", "agent_id": "a1"})
+    owner = owner_of_authorization(None)  # stdio: no key
+    store = OneTaskStore(task, owner)
+    platform = MemoryPlatform()
+    relay = build_relay(platform.backend(), Settings(backend="memory"))
+    service = RelayMcpServer(lambda: relay).tasks
+    sent: list[tuple[str, Any]] = []
+
+    class Channel:
+        async def notify(self, method: str, params: Any) -> None:
+            sent.append((method, params))
+
+    ours = input_request_id(task.id, clarification_key(question))
+    async with service.running(store):  # type: ignore[arg-type]
+        service.follow(task.id, Channel(), owner)
+        # The caller declines: the question becomes the result, the task completes.
+        assert await service.input_response(
+            owner, None, {"id": ours, "result": {"action": "decline"}}
+        )
+    assert store.writes == ["finish"]
+    ((method, params),) = sent
+    assert method == "notifications/tasks/status"
+    assert params["taskId"] == task.id
+    # What the store recorded (here "failed": the memory platform has no such case to render).
+    assert params["status"] == store.task.status
+    assert params["status"] in {"completed", "failed"}
+    assert RELATED_TASK not in (params.get("_meta") or {})

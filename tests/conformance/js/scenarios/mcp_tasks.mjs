@@ -6,21 +6,46 @@
 //   cancel  cancelTask, getTask, cancelTask again (terminal: -32602)
 //   peek    getTask, cancelTask, getTaskResult and listTasks, each error recorded (another key:
 //           not found)
+//   clarify stream, as a client that declares form elicitation and answers the operator's question
+//           (elicitation/create on the tasks/result stream) with CALLER_REPLY; records the
+//           elicitation requests and the notifications/tasks/status it receives
+//   clarify-unable  the same without the elicitation capability (the SDK refuses the request)
 // Prints {"step": "created:<taskId>"} when a task exists, and one JSON line of observations.
 import { Client } from '@modelcontextprotocol/sdk/client/index.js'
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
-import { CallToolResultSchema } from '@modelcontextprotocol/sdk/types.js'
+import {
+  CallToolResultSchema,
+  ElicitRequestSchema,
+  TaskStatusNotificationSchema,
+} from '@modelcontextprotocol/sdk/types.js'
 import { env, run, step } from '../lib/harness.mjs'
 
 const errorOf = (e) => ({ code: e?.code ?? null, message: String(e?.message ?? e) })
 
-async function connect() {
+async function connect(capabilities = {}) {
   const transport = new StreamableHTTPClientTransport(new URL(env('MCP_URL')), {
     requestInit: { headers: { Authorization: `Bearer ${env('API_KEY')}` } },
   })
-  const client = new Client({ name: 'hitl-tasks-test', version: '1.0.0' })
+  const client = new Client({ name: 'hitl-tasks-test', version: '1.0.0' }, { capabilities })
   await client.connect(transport)
   return client
+}
+
+// What a client that opts into elicitation sees of the operator's question, and the task status
+// notifications that arrive on any of its streams.
+function listen(client, observed, { elicit }) {
+  observed.elicitations = []
+  observed.notifications = []
+  client.setNotificationHandler(TaskStatusNotificationSchema, (n) => {
+    observed.notifications.push(n.params)
+  })
+  if (elicit) {
+    client.setRequestHandler(ElicitRequestSchema, async (request) => {
+      observed.elicitations.push(request.params)
+      step('elicited')
+      return { action: 'accept', content: { reply: env('CALLER_REPLY') } }
+    })
+  }
 }
 
 function askParams() {
@@ -108,8 +133,8 @@ async function peek(client) {
 }
 
 run(async () => {
-  const client = await connect()
   const mode = env('MODE')
+  const client = await connect(mode === 'clarify' ? { elicitation: { form: {} } } : {})
   const observed = {
     mode,
     server_capabilities: client.getServerCapabilities(),
@@ -122,6 +147,10 @@ run(async () => {
   else if (mode === 'await') Object.assign(observed, await awaitTask(client))
   else if (mode === 'cancel') Object.assign(observed, await cancel(client))
   else if (mode === 'peek') Object.assign(observed, await peek(client))
+  else if (mode === 'clarify' || mode === 'clarify-unable') {
+    listen(client, observed, { elicit: mode === 'clarify' })
+    Object.assign(observed, await stream(client, { stopAfterCreate: false }))
+  }
   else throw new Error(`unknown MODE ${mode}`)
   await client.close()
   return observed
