@@ -146,7 +146,10 @@ class Cluster:
         )
         if proc.returncode != 0:
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            raise ClusterError(f"postgres did not start (pg_ctl exit {proc.returncode}):\n{tail}")
+            said = (proc.stderr or proc.stdout).strip()
+            raise ClusterError(
+                f"postgres did not start (pg_ctl exit {proc.returncode}: {said}):\n{tail}"
+            )
         return self.url()
 
     def stop(self, mode: str = "fast") -> None:
