@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -70,6 +72,7 @@ def render(results: list[LevelResult], console: Console) -> None:
         "mode",
         "level",
         "answered",
+        "failed open",
         "lost",
         "dup",
         "delivery p50",
@@ -92,6 +95,7 @@ def render(results: list[LevelResult], console: Console) -> None:
             r.mode,
             str(r.level),
             str(r.answered),
+            str(r.failed_open),
             str(r.lost),
             str(r.duplicated),
             *(
@@ -111,6 +115,9 @@ def render(results: list[LevelResult], console: Console) -> None:
             f"{r.rss_kb_per_wait}" if r.rss_kb_per_wait is not None else "-",
         )
     console.print(table)
+    for r in results:
+        for kind, n in r.error_counts.most_common(10):
+            console.print(f"{r.mode} at {r.level}: {n} × {kind}")
     for r in results:
         split = r.as_json()["create_split"]
         if split is None:
@@ -169,7 +176,7 @@ async def main(argv: list[str]) -> int:
                 except (TimeoutError, OSError, RuntimeError) as e:
                     # A level that could not finish is reported as such, not dropped silently.
                     incomplete = LevelResult(mode=mode, level=level, lost=level)
-                    incomplete.errors.append(f"level did not complete: {e.__class__.__name__}: {e}")
+                    incomplete.note_error("level did not complete", e)
                     results.append(incomplete)
                     console.print(f"[red]{mode} at {level}: {incomplete.errors[0]}[/]")
     render(results, console)
@@ -208,9 +215,40 @@ async def main(argv: list[str]) -> int:
     if args.plot:
         plot(results, args.plot, machine())
         console.print(f"wrote {args.plot}")
-    failed = sum(r.lost + r.duplicated for r in results)
+    failed = sum(r.lost + r.duplicated + r.failed_open for r in results)
     return 1 if failed else 0
 
 
+async def run_until_signalled(
+    argv: list[str], entry: Callable[[list[str]], Awaitable[int]] | None = None
+) -> int:
+    """`entry` (default main()), cancelled by SIGINT or SIGTERM: the cancellation unwinds
+    through `stack()`, which stops the relay and the devstack it started (and so Postgres)
+    before the process exits.
+    The children run in their own sessions, so a signal to this process never reaches them
+    directly: stopping them is this process's job."""
+    task = asyncio.ensure_future((entry or main)(argv))
+    loop = asyncio.get_running_loop()
+    received: list[int] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not received:  # a second signal does not interrupt the clean-up of the first
+            print(f"scripts/bench: {sig.name}: stopping what it started", flush=True)
+            task.cancel()
+        received.append(sig)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        return 128 + received[0]
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(sys.argv[1:])))
+    sys.exit(asyncio.run(run_until_signalled(sys.argv[1:])))

@@ -34,7 +34,7 @@ import secrets
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,7 +48,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from bench.stats import LevelResult
 from bench.success import OnDuty, close_session, success_figures
-from hitl_relay.devstack.cluster import free_port
+from hitl_relay.devstack.cluster import Cluster, free_port
 from hitl_relay.devstack.dev import Child, python, read_env_file, spawn, wait_http_ok
 from hitl_relay.devstack.operator_sim import SimulatedOperator
 
@@ -135,6 +135,11 @@ async def stack(home: Path, *, log_dir: Path) -> AsyncIterator[Stack]:
         await relay.stop()
         if devstack is not None:
             await devstack.stop()
+            # A devstack killed after its grace period leaves its cluster running: stop it here,
+            # so that a bench run never leaves a Postgres behind that it started.
+            cluster = Cluster(home / "pg", port=None)
+            if cluster.status().running:
+                await asyncio.to_thread(cluster.stop)
 
 
 class DbLoad:
@@ -320,25 +325,99 @@ async def pace(t0: float, i: int, rate: float) -> None:
         await asyncio.sleep(max(0.0, t0 + i / rate - time.monotonic()))
 
 
-async def _answer_all(operator: SimulatedOperator, cases: dict[str, str], spread_s: float) -> None:
+async def _answer_all(
+    operator: SimulatedOperator, cases: dict[str, str], spread_s: float, result: LevelResult
+) -> None:
+    """Every opened case answered after a think time; an answer that fails (or takes longer
+    than ANSWER_TIMEOUT_S) is counted in the result with its error, never waited on forever."""
+
     async def one(case_id: str, question: str) -> None:
         await asyncio.sleep(random.uniform(0, spread_s))  # operator think time, not sync
-        await operator.answer(case_id, _expected_answer(question))
+        try:
+            async with asyncio.timeout(ANSWER_TIMEOUT_S):
+                await operator.answer(case_id, _expected_answer(question))
+        except Exception as e:  # every failure is a result, reported below
+            result.note_error("operator answer failed", e)
 
     await asyncio.gather(*(one(c, q) for c, q in cases.items()))
 
 
+# Bounds on each phase, so that a level always ends and reports (issue: a run at 10,000 once
+# waited forever on cases that never opened).
+ANSWER_TIMEOUT_S = 30.0
+OPEN_GRACE_S = 120.0  # after the last arrival, for the stragglers' case_opened
+RETURN_GRACE_S = 120.0  # after the last answer, for the calls to return
+PROGRESS_EVERY_S = 10.0
+
+
+def open_deadline_s(level: int, rate: float) -> float:
+    """How long the open phase may last: every arrival, plus a grace for the last ones."""
+    return (level / rate if rate > 0 else 0.0) + OPEN_GRACE_S
+
+
+class Progress:
+    """Prints `label: line()` every PROGRESS_EVERY_S from start() to stop(): a long level is
+    never silent, and a stuck one shows where it stands."""
+
+    def __init__(self, label: str, line: Callable[[], str]) -> None:
+        self.label, self.line = label, line
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def _loop(self) -> None:
+        t0 = time.monotonic()
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY_S)  # the reporting cadence itself
+            print(f"  [{self.label}] {time.monotonic() - t0:.0f} s: {self.line()}", flush=True)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+async def _bounded(tasks: list[asyncio.Task[None]], timeout_s: float, result: LevelResult) -> None:
+    """Wait for the tasks at most timeout_s; the calls still out then are counted by `_score`
+    (no result), and the tasks are cancelled by the caller."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    if pending:
+        result.note_error(
+            "calls still out at the end of the level", TimeoutError(f"{timeout_s:.0f} s")
+        )
+    for t in tasks:
+        if t.done() and not t.cancelled() and t.exception() is not None:
+            result.note_error("client worker failed", t.exception())
+
+
 async def _wait_for_cases(
-    operator: SimulatedOperator, questions: dict[str, int], deadline_s: float
+    operator: SimulatedOperator,
+    questions: dict[str, int],
+    deadline_s: float,
+    returned: dict[str, Any],
 ) -> dict[str, str]:
-    """case_id → question, for every question of this run, as operators see them open."""
+    """case_id → question for this run's cases, as operators see them open. Ends when every
+    question has either opened or its call has returned (a call that failed to open is a
+    result), or at the deadline, with whatever opened."""
     seen: dict[str, str] = {}
     end = time.monotonic() + deadline_s
-    while len(seen) < len(questions):
-        case = await operator.next_case(timeout_s=max(0.1, end - time.monotonic()))
+    while True:
+        opened = set(seen.values())
+        if all(q in opened or q in returned for q in questions):
+            return seen
+        remaining = end - time.monotonic()
+        if remaining <= 0:
+            return seen
+        try:
+            case = await operator.next_case(timeout_s=min(1.0, remaining))
+        except TimeoutError:
+            continue  # re-check which calls have returned meanwhile
         if case.get("question") in questions:
             seen[str(case["case_id"])] = str(case["question"])
-    return seen
 
 
 async def _open_and_wait_phases(
@@ -347,6 +426,7 @@ async def _open_and_wait_phases(
     questions: dict[str, int],
     started: dict[str, float],
     load: DbLoad,
+    returned: dict[str, Any],
     *,
     wait_s: float,
     pid: int,
@@ -355,7 +435,7 @@ async def _open_and_wait_phases(
     """Phases 1 and 2: every case open (creation latency), then pure waiting (DB load, RSS)."""
     level = result.level
     cases = await _wait_for_cases(
-        operator, questions, deadline_s=60 + level / 4 + level / max(result.rate, 1.0)
+        operator, questions, open_deadline_s(level, result.rate), returned
     )
     for case_id, question in cases.items():
         result.create_ms.append((operator.opened[case_id] - started[question]) * 1000)
@@ -400,23 +480,29 @@ async def run_realtime(
         i = questions[question]
         await pace(t0, i, rate)
         started[question] = time.monotonic()
-        res = await client.call_tool(
-            "ask_human",
-            {
-                "question": question,
-                "context": "benchmark",
-                "session_id": f"bench-{run}-{i}",
-                "call_id": f"bench-{run}-{i}",
-                "agent_id": "bench-agent",
-                "priority": 3,
-                "urgency": "medium",
-                "timeout_seconds": timeout_s,
-            },
-        )
+        try:
+            res = await client.call_tool(
+                "ask_human",
+                {
+                    "question": question,
+                    "context": "benchmark",
+                    "session_id": f"bench-{run}-{i}",
+                    "call_id": f"bench-{run}-{i}",
+                    "agent_id": "bench-agent",
+                    "priority": 3,
+                    "urgency": "medium",
+                    "timeout_seconds": timeout_s,
+                },
+            )
+        except Exception as e:  # a failed call is a result, with its error
+            outcomes[question] = {"status": "error", "error": f"{e.__class__.__name__}: {e}"}
+            return
         returned_wall[question] = datetime.now(UTC)
         outcomes[question] = dict(res.structured_content or {})
         if res.is_error:
             outcomes[question].setdefault("status", "error")
+            text = " ".join(getattr(c, "text", "") for c in res.content).strip()
+            outcomes[question].setdefault("error", text or "error result")
 
     async def client_worker(qs: list[str]) -> None:
         http = httpx2.AsyncClient(
@@ -436,6 +522,18 @@ async def run_realtime(
     t0 = time.monotonic()
     qlist = list(questions)
     workers = [asyncio.create_task(client_worker(qlist[k::n_clients])) for k in range(n_clients)]
+    cases: dict[str, str] = {}
+
+    def line() -> str:
+        return (
+            f"{len(started)}/{level} started, {len(operator.opened)} opened, "
+            f"{len(operator.answered)} answered by operators, {len(outcomes)} returned "
+            f"({sum(1 for o in outcomes.values() if o.get('status') == 'answered')} with "
+            f"the answer), {result.error_total()} errors"
+        )
+
+    reporter = Progress(f"realtime {level}", line)
+    reporter.start()
     try:
         cases = await _open_and_wait_phases(
             result,
@@ -443,6 +541,7 @@ async def run_realtime(
             questions,
             started,
             load,
+            outcomes,
             wait_s=wait_s,
             pid=s.relay.proc.pid,
             rss_idle=rss_idle,
@@ -462,9 +561,9 @@ async def run_realtime(
         result.channels = (
             int(gauges["hitl_realtime_channels"]) if "hitl_realtime_channels" in gauges else None
         )
-        # Phase 3: answers.
-        await _answer_all(operator, cases, spread_s)
-        await asyncio.gather(*workers)
+        # Phase 3: answers, then every call returns (bounded: a call still out is a result).
+        await _answer_all(operator, cases, spread_s, result)
+        await _bounded(workers, spread_s + ANSWER_TIMEOUT_S + RETURN_GRACE_S, result)
         delivered = histogram_delta(
             delivery_before, await relay_histogram(s.mcp_url, "hitl_delivery_seconds")
         )
@@ -472,6 +571,7 @@ async def run_realtime(
             f"p{q}": _ms(histogram_quantile(delivered, q / 100)) for q in (50, 95, 99)
         }
     finally:
+        await reporter.stop()
         for w in workers:
             w.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
@@ -512,6 +612,14 @@ async def run_polling(
         i = questions[question]
         await pace(t0, i, rate)
         started[question] = time.monotonic()
+        try:
+            await poll_one(question, i)
+        except Exception as e:  # a failed call is a result, with its error
+            outcomes.setdefault(
+                question, {"status": "error", "error": f"{e.__class__.__name__}: {e}"}
+            )
+
+    async def poll_one(question: str, i: int) -> None:
         r = await http.post(
             "/rest/v1/rpc/hitl_open_case",
             json={
@@ -557,6 +665,17 @@ async def run_polling(
 
     t0 = time.monotonic()
     tasks = [asyncio.create_task(wait_by_polling(q)) for q in questions]
+    cases: dict[str, str] = {}
+
+    def line() -> str:
+        return (
+            f"{len(started)}/{level} started, {len(operator.opened)} opened, "
+            f"{len(operator.answered)} answered by operators, {len(outcomes)} returned, "
+            f"{result.error_total()} errors"
+        )
+
+    reporter = Progress(f"polling {level}", line)
+    reporter.start()
     try:
         cases = await _open_and_wait_phases(
             result,
@@ -564,13 +683,15 @@ async def run_polling(
             questions,
             started,
             load,
+            outcomes,
             wait_s=wait_s,
             pid=os.getpid(),
             rss_idle=rss_idle,
         )
-        await _answer_all(operator, cases, spread_s)
-        await asyncio.gather(*tasks)
+        await _answer_all(operator, cases, spread_s, result)
+        await _bounded(tasks, spread_s + ANSWER_TIMEOUT_S + RETURN_GRACE_S, result)
     finally:
+        await reporter.stop()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -593,15 +714,25 @@ def _score(
     returned_wall: dict[str, datetime],
     created: dict[str, datetime],
 ) -> None:
-    """answered / lost / duplicated (crossed) and delivery latencies."""
+    """answered / failed to open / lost / timed out / duplicated (crossed), and delivery
+    latencies. Every question lands in exactly one of the first four or in duplicated."""
     case_of = {q: c for c, q in cases.items()}
     answer_seen: dict[str, int] = {}
     for question in questions:
         out = outcomes.get(question)
         case_id = case_of.get(question)
-        if out is None or case_id is None:
-            result.lost += 1
-            result.errors.append(f"{question}: no result")
+        if case_id is None:
+            # no operator ever saw it open: the call failed (its error) or never returned
+            result.failed_open += 1
+            why = "no result" if out is None else str(out.get("error") or out.get("status"))
+            result.note_error("failed to open", why)
+            continue
+        if out is None:
+            if case_id in created:
+                result.lost += 1  # answered in the database, the call never returned
+            else:
+                result.timed_out += 1
+            result.note_error("opened, no result in time", question)
             continue
         status = out.get("status")
         if status != "answered":
@@ -609,12 +740,12 @@ def _score(
                 result.lost += 1  # committed answer that never reached its caller
             else:
                 result.timed_out += 1
-            result.errors.append(f"{question}: status {status}")
+            result.note_error(f"status {status}", str(out.get("error") or question))
             continue
         answer_seen[case_id] = answer_seen.get(case_id, 0) + 1
         if out.get("answer") != _expected_answer(question) or str(out.get("case_id")) != case_id:
             result.duplicated += 1  # crossed: someone else's answer
-            result.errors.append(f"{question}: got {out.get('answer')!r}")
+            result.note_error("crossed answer", f"{question}: got {out.get('answer')!r}")
             continue
         result.answered += 1
         if case_id in created and question in returned_wall:

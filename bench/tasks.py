@@ -150,7 +150,7 @@ async def run_tasks(
             await asyncio.gather(*creators)
             # every case open (operators see them) before the quiet phase
             questions = {q: i for i, q in enumerate(tasks.values())}
-            cases = await _wait_for_cases(operator, questions, deadline_s=60 + level / 4)
+            cases = await _wait_for_cases(operator, questions, 60 + level / 4, returned={})
             stmts_before = await _statements(db_url)
             polls_before, before, t_wait = polls, await load.sample(), time.monotonic()
             await asyncio.sleep(args.wait)  # the measurement window itself

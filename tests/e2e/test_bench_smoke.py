@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import uuid
 from pathlib import Path
 from typing import Any
@@ -109,3 +110,76 @@ def check_creation_split(mode: str, level: int, r: dict[str, Any]) -> None:
         assert part["p50"] >= 0, split
     # commit timestamps and this process's clock, same machine: the parts fit in the whole
     assert to_commit["p50"] <= r["create_ms"]["p50"] + 1, (split, r["create_ms"])
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below pid (children of children included), from /proc."""
+    parent: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        parent[int(stat.parent.name)] = int(fields[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, ppid in parent.items() if ppid in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie, exited but not reaped, counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.timeout(300)
+async def test_bench_sigterm_stops_everything_it_started() -> None:
+    """A bench killed mid-level (SIGTERM, as a CI timeout or `kill` sends) stops the relay, the
+    devstack and the devstack's Postgres before it exits: nothing it started keeps running."""
+    base = Path(os.environ.get("HITL_HOME", ROOT / ".hitl"))
+    home = base / f"bench-kill-{uuid.uuid4().hex[:8]}"
+    home.mkdir(parents=True)
+    pg_port = free_port()
+    cluster = Cluster(home / "pg", port=pg_port)
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HITL_", "SUPABASE_"))}
+        env |= {
+            "HITL_HOME": str(home),
+            "HITL_PG_PORT": str(pg_port),
+            "HITL_DEVSTACK_PORT": str(free_port()),
+        }
+        # 20 calls at 1 a second: the level is still opening when the signal comes
+        proc = await asyncio.create_subprocess_exec(
+            str(ROOT / "scripts" / "bench"),
+            *("--levels", "20", "--modes", "realtime", "--rate", "1"),
+            cwd=ROOT,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        assert proc.stdout is not None
+        seen: list[str] = []
+        async with asyncio.timeout(200):
+            while not any("realtime at 20" in line for line in seen):
+                raw = await proc.stdout.readline()
+                assert raw, "bench exited before its level started:\n" + "".join(seen)
+                seen.append(raw.decode(errors="replace"))
+        started = descendants(proc.pid)
+        assert len(started) >= 2, started  # at least the relay and the devstack
+        assert cluster.status().running
+        proc.send_signal(signal.SIGTERM)
+        text, _ = await asyncio.wait_for(proc.communicate(), 90)
+        output = "".join(seen) + text.decode(errors="replace")
+        assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
+        assert "SIGTERM: stopping what it started" in output
+        assert [pid for pid in started if alive(pid)] == [], output[-3000:]
+        assert not cluster.status().running, output[-3000:]
+    finally:
+        cluster.destroy()
+        shutil.rmtree(home, ignore_errors=True)
