@@ -61,6 +61,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "what the devstack (one Python process for PostgREST and Realtime) sustains next to "
         "the relay and this harness on 2 cores",
     )
+    p.add_argument(
+        "--census",
+        action="store_true",
+        help="count the objects the relay's collector tracks, idle and with each level waiting "
+        "(objects per waiting call); each count walks the relay's heap and pauses it, which "
+        "shows in that level's loop lag",
+    )
     p.add_argument("--json", type=Path, help="write the results as JSON here")
     p.add_argument("--plot", type=Path, help="write the latency plot (PNG) here")
     return p.parse_args(argv)
@@ -86,6 +93,7 @@ def render(results: list[LevelResult], console: Console) -> None:
         "db stmt/s",
         "RSS MB",
         "KB/wait",
+        "load avg (1 min) start → end",
     ):
         table.add_column(col, justify="right")
     for r in results:
@@ -113,9 +121,20 @@ def render(results: list[LevelResult], console: Console) -> None:
             f"{r.db_statements_per_s}" if r.db_statements_per_s is not None else "-",
             f"{r.rss_mb}" if r.rss_mb is not None else "-",
             f"{r.rss_kb_per_wait}" if r.rss_kb_per_wait is not None else "-",
+            " → ".join(x.split()[0] for x in r.load_average.split(" → "))
+            if r.load_average
+            else "-",
         )
     console.print(table)
     for r in results:
+        if r.gc_census:
+            c = r.gc_census
+            console.print(
+                f"{r.mode} at {r.level}: collector-tracked objects {c['idle_objects']:,} idle, "
+                f"{c['waiting_objects']:,} waiting: {c['objects_per_waiting_call']} per waiting "
+                f"call ({c['frozen_objects']:,} frozen; the count took {c['census_ms']} ms); "
+                f"modules imported meanwhile: {len(c['modules_imported'])}"
+            )
         for kind, n in r.error_counts.most_common(10):
             console.print(f"{r.mode} at {r.level}: {n} × {kind}")
     for r in results:
@@ -133,6 +152,71 @@ def render(results: list[LevelResult], console: Console) -> None:
             f"{_ms(relay.get('p50'))}/{_ms(relay.get('p99'))}); committed → operator has it "
             f"{_ms(to_op.get('p50'))}/{_ms(to_op.get('p99'))}"
         )
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages: the machine is shared, so every figure carries it."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def render_first(r: LevelResult, console: Console) -> None:
+    """The warm-up call: the first of a fresh relay process (and of this harness's clients)."""
+    j = r.as_json()
+    hops = r.hops or {}
+    console.print(
+        f"first call in a fresh relay process: delivery {_ms(j['delivery_ms']['p50'])} ms "
+        f"(relay hop {_ms((hops.get('relay_hop_ms') or {}).get('p50'))} ms, stack hop "
+        f"{_ms((hops.get('stack_hop_ms') or {}).get('p50'))} ms), creation "
+        f"{_ms(j['create_ms']['p50'])} ms; answered {r.answered}, {r.error_total()} errors"
+    )
+
+
+def render_hops(results: list[LevelResult], console: Console) -> None:
+    """Where the time went per level: the relay's own hop, the stack's, pauses and loop lag."""
+    table = Table(
+        title="per hop (ms): relay = frame read → result written; "
+        "stack = broadcast row inserted (commit included) → frame sent"
+    )
+    for col in (
+        "mode",
+        "level",
+        "relay p50",
+        "relay p99",
+        "stack p50",
+        "stack p99",
+        "loop lag p99",
+        "lag max ≤",
+        "lag > 50 ms",
+        "full GCs",
+        "full GC total",
+        "GC max ≤",
+        "GC > 50 ms",
+    ):
+        table.add_column(col, justify="right")
+    for r in results:
+        h = r.hops
+        if not h:
+            continue
+        relay, stack, lag = h["relay_hop_ms"], h["stack_hop_ms"] or {}, h["loop_lag_ms"]
+        gcs = h["gc_pauses"]
+        full = gcs["2"]
+        gc_max = [g["max_le_ms"] for g in gcs.values() if g["max_le_ms"] is not None]
+        table.add_row(
+            r.mode,
+            str(r.level),
+            _ms(relay["p50"]),
+            _ms(relay["p99"]),
+            _ms(stack.get("p50")),
+            _ms(stack.get("p99")),
+            _ms(lag["p99"]),
+            str(lag["max_le_ms"]),
+            str(lag["over_50ms"]),
+            str(full["count"]),
+            f"{full['total_ms']}",
+            str(max(gc_max, key=lambda v: float(v)) if gc_max else "-"),
+            str(sum(g["over_50ms"] for g in gcs.values())),
+        )
+    console.print(table)
 
 
 def _ms(v: float | None) -> str:
@@ -155,7 +239,9 @@ async def main(argv: list[str]) -> int:
     log_dir = home / "bench"
     results: list[LevelResult] = []
     started = datetime.now(UTC)
-    async with stack(home, log_dir=log_dir) as s:
+    load_start = load_average()
+    first: LevelResult | None = None
+    async with stack(home, log_dir=log_dir, census=args.census) as s:
         console.print(f"stack: {s.url} (devstack), relay {s.mcp_url}; logs in {log_dir}")
         clock = await delivery_clock(s.db_url)
         # The harness keeps as many calls waiting as the relay does, and its own full garbage
@@ -163,16 +249,28 @@ async def main(argv: list[str]) -> int:
         gc_tuning.tune(Settings.model_fields["gc_full_collection_every"].default)
         # One answered call first, not reported: a running relay is warm (connections open,
         # code paths loaded); the first call of a fresh process is not what callers meet.
-        await run_realtime(s, 1, wait_s=0.0, spread_s=0.1, rate=0.0)
+        first = await run_realtime(s, 1, wait_s=0.0, spread_s=0.1, rate=0.0)
+        first.mode = "first call"
+        render_first(first, console)
+        if first.gc_census:
+            console.print(
+                f"first call: the relay imported {len(first.gc_census['modules_imported'])} "
+                f"modules while it opened: {', '.join(first.gc_census['modules_imported'][:30])}"
+            )
         for level in levels:
             for mode in modes:
-                console.print(f"[bold]{mode}[/] at {level} concurrent calls ...")
+                load_before = load_average()
+                console.print(
+                    f"[bold]{mode}[/] at {level} concurrent calls ... (load average {load_before})"
+                )
                 runner = run_realtime if mode == "realtime" else run_polling
                 spread_s = answer_spread(spread_arg, level, args.rate, quick=args.quick)
                 try:
-                    results.append(
-                        await runner(s, level, wait_s=wait_s, spread_s=spread_s, rate=args.rate)
+                    result = await runner(
+                        s, level, wait_s=wait_s, spread_s=spread_s, rate=args.rate
                     )
+                    result.load_average = f"{load_before} → {load_average()}"
+                    results.append(result)
                 except (TimeoutError, OSError, RuntimeError) as e:
                     # A level that could not finish is reported as such, not dropped silently.
                     incomplete = LevelResult(mode=mode, level=level, lost=level)
@@ -180,6 +278,7 @@ async def main(argv: list[str]) -> int:
                     results.append(incomplete)
                     console.print(f"[red]{mode} at {level}: {incomplete.errors[0]}[/]")
     render(results, console)
+    render_hops(results, console)
     render_success(results, console)
     ratio = ratio_p50(results)
     if ratio:
@@ -188,6 +287,9 @@ async def main(argv: list[str]) -> int:
         )
     report = {
         "started_at": started.isoformat(),
+        "load_average_start": load_start,
+        "load_average_end": load_average(),
+        "first_call": first.as_json() if first is not None else None,
         "machine": machine(),
         "delivery_clock": f"{clock} (database clock) to the caller's wall clock on return; "
         "same machine. relay_delivery_ms: messages.created_at to the relay having the answer "

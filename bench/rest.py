@@ -4,7 +4,8 @@ The polling baseline's figures are only fair if its REST server is not the bottl
 measures that server alone: `--concurrency` clients each send one request after another for
 `--seconds`, the same request the polling baseline sends (`GET /rest/v1/messages?case_id=eq...`
 with the service-role key, row-level security applying) and an RPC (`hitl_case_reply`, what the
-relay's catch-up read calls). Reported: requests per second, latency p50/p99 and the load
+relay's catch-up read calls), each client on its own keep-alive connection. Reported: requests
+per second, latency p50/p99, CPU per request (the devstack, Postgres, this client) and the load
 average (the machine is shared: read the figures next to it). Nothing is asserted.
 """
 
@@ -19,8 +20,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-
-import httpx
+from urllib.parse import urlencode
 
 from bench.run import ROOT, Stack, stack
 from bench.stats import summary
@@ -38,50 +38,120 @@ def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-async def measure(s: Stack, kind: str, seconds: float, concurrency: int) -> dict[str, Any]:
+def cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds these processes have used (from /proc; gone ones count 0).
+    CPU per request holds on a busy machine, where requests per second do not."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def postgres_pids(home: Path) -> list[int]:
+    """The postmaster of the stack's cluster and its children (the backends)."""
+    try:
+        postmaster = int((home / "pg" / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return []
+    pids = [postmaster]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                pids.append(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def request_bytes(s: Stack, kind: str, case_id: str) -> bytes:
+    """The request, encoded once: the client's own work per request is a write and a read, so
+    the figures are the server's (httpx spent about 2.3 ms of CPU per request here, three times
+    what the server did)."""
+    host = s.url.removeprefix("http://")
+    auth = f"apikey: {s.service_key}\r\nAuthorization: Bearer {s.service_key}\r\n"
+    if kind == "poll":
+        query = urlencode(
+            {
+                "select": "content,created_at",
+                "case_id": f"eq.{case_id}",
+                "sender_type": "eq.human",
+                "order": "created_at.asc",
+                "limit": "1",
+            }
+        )
+        return f"GET /rest/v1/messages?{query} HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n".encode()
+    body = json.dumps({"p_case_id": case_id}).encode()
+    head = (
+        f"POST /rest/v1/rpc/hitl_case_reply HTTP/1.1\r\nHost: {host}\r\n{auth}"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> tuple[int, bytes]:
+    """One request on a keep-alive connection: (status, body)."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    return status, await reader.readexactly(length)
+
+
+async def measure(
+    s: Stack, home: Path, kind: str, seconds: float, concurrency: int
+) -> dict[str, Any]:
     case_id = str(uuid.uuid4())  # no such case: the read is the same work, answered empty
-    headers = {"apikey": s.service_key, "Authorization": f"Bearer {s.service_key}"}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    request = request_bytes(s, kind, case_id)
+    host, port = s.url.removeprefix("http://").rsplit(":", 1)
     latencies: list[float] = []
     errors: dict[str, int] = {}
-    async with httpx.AsyncClient(
-        base_url=s.url, headers=headers, limits=limits, timeout=10
-    ) as http:
+    conns = [await asyncio.open_connection(host, int(port)) for _ in range(concurrency)]
+    try:
 
-        async def one() -> None:
-            if kind == "poll":
-                r = await http.get(
-                    "/rest/v1/messages",
-                    params={
-                        "select": "content,created_at",
-                        "case_id": f"eq.{case_id}",
-                        "sender_type": "eq.human",
-                        "order": "created_at.asc",
-                        "limit": "1",
-                    },
-                )
-            else:
-                r = await http.post("/rest/v1/rpc/hitl_case_reply", json={"p_case_id": case_id})
-            if r.status_code >= 400:
-                key = f"{r.status_code} {r.text[:120]}"
-                errors[key] = errors.get(key, 0) + 1
-
-        async def client(end: float) -> None:
+        async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             while time.monotonic() < end:
                 t = time.monotonic()
                 try:
-                    await one()
-                except httpx.HTTPError as e:
-                    key = e.__class__.__name__
+                    async with asyncio.timeout(10):
+                        status, body = await exchange(reader, writer, request)
+                except (OSError, TimeoutError, asyncio.IncompleteReadError) as e:
+                    errors[e.__class__.__name__] = errors.get(e.__class__.__name__, 0) + 1
+                    return  # the connection is in an unknown state: this client stops
+                if status >= 400:
+                    key = f"{status} {body[:120]!r}"
                     errors[key] = errors.get(key, 0) + 1
                 latencies.append((time.monotonic() - t) * 1000)
 
-        for _ in range(concurrency):  # warm: connections open, statements prepared
-            await one()
+        for reader, writer in conns:  # warm: statements prepared on the pool's connections
+            status, body = await exchange(reader, writer, request)
+            if status >= 400:
+                raise RuntimeError(f"{kind}: {status} {body[:200]!r}")
         load_before = load_average()
+        rest_pids = [s.devstack.proc.pid] if s.devstack is not None else []
+        pg_pids = postgres_pids(home)
+        rest_cpu, pg_cpu, own_cpu = cpu_s(rest_pids), cpu_s(pg_pids), cpu_s([os.getpid()])
         t0 = time.monotonic()
-        await asyncio.gather(*(client(t0 + seconds) for _ in range(concurrency)))
+        end = t0 + seconds
+        await asyncio.gather(*(client(r, w) for r, w in conns))
         wall = time.monotonic() - t0
+        rest_cpu, pg_cpu = cpu_s(rest_pids) - rest_cpu, cpu_s(pg_pids) - pg_cpu
+        own_cpu = cpu_s([os.getpid()]) - own_cpu
+    finally:
+        for _, writer in conns:
+            writer.close()
+    n = max(1, len(latencies))
     return {
         "kind": kind,
         "requests": len(latencies),
@@ -89,6 +159,10 @@ async def measure(s: Stack, kind: str, seconds: float, concurrency: int) -> dict
         "latency_ms": summary(latencies),
         "errors": errors,
         "concurrency": concurrency,
+        # CPU per request: the devstack process (REST, with Realtime idle) and Postgres
+        "devstack_cpu_ms_per_request": round(rest_cpu * 1000 / n, 3) if rest_pids else None,
+        "postgres_cpu_ms_per_request": round(pg_cpu * 1000 / n, 3) if pg_pids else None,
+        "client_cpu_ms_per_request": round(own_cpu * 1000 / n, 3),
         "load_average_before": load_before,
         "load_average_after": load_average(),
     }
@@ -100,12 +174,15 @@ async def main(argv: list[str]) -> int:
     results = []
     async with stack(home, log_dir=home / "bench") as s:
         for kind in ("poll", "rpc"):
-            r = await measure(s, kind, args.seconds, args.concurrency)
+            r = await measure(s, home, kind, args.seconds, args.concurrency)
             results.append(r)
             lat = r["latency_ms"]
             print(
                 f"{kind}: {r['requests_per_s']} requests/s at {r['concurrency']} concurrent "
                 f"(p50 {lat['p50']} ms, p99 {lat['p99']} ms; {sum(r['errors'].values())} errors; "
+                f"CPU per request: devstack {r['devstack_cpu_ms_per_request']} ms, Postgres "
+                f"{r['postgres_cpu_ms_per_request']} ms, this client "
+                f"{r['client_cpu_ms_per_request']} ms; "
                 f"load average {r['load_average_before']} → {r['load_average_after']})",
                 flush=True,
             )

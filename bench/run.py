@@ -35,7 +35,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from bench.stats import LevelResult
+from bench.stats import LevelResult, summary
 from bench.success import OnDuty, close_session, success_figures
 from hitl_relay.devstack.cluster import Cluster, free_port
 from hitl_relay.devstack.dev import Child, python, read_env_file, spawn, wait_http_ok
@@ -63,15 +63,14 @@ class Stack:
     operator_token: str
     operator_id: str
     db_url: str
-    mcp_url: str
+    mcp_url: str  # the first replica's (`mcp_urls` has every replica's)
     api_key: str
-    relay: Child
+    relay: Child  # the first replica (`relays` has every replica)
     devstack: Child | None
-
-    async def stop(self) -> None:
-        await self.relay.stop()
-        if self.devstack is not None:
-            await self.devstack.stop()
+    census: bool = False  # the relays serve GET /metrics/census (HITL_GC_CENSUS=1)
+    relays: list[Child] = field(default_factory=list)
+    mcp_urls: list[str] = field(default_factory=list)
+    instance_ids: list[str] = field(default_factory=list)
 
 
 async def _devstack_alive(env: dict[str, str]) -> bool:
@@ -87,38 +86,53 @@ async def _devstack_alive(env: dict[str, str]) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def stack(home: Path, *, log_dir: Path) -> AsyncIterator[Stack]:
-    """Reuse a running devstack (`.hitl/devstack.env`) or start one; always start a relay."""
+async def stack(
+    home: Path, *, log_dir: Path, census: bool = False, replicas: int = 1
+) -> AsyncIterator[Stack]:
+    """Reuse a running devstack (`.hitl/devstack.env`) or start one; always start `replicas`
+    relay processes over it, each with its own HITL_INSTANCE_ID and port. Whatever it started
+    it stops on the way out, however the block ends (an error, a cancellation, a signal)."""
     env_file = home / "devstack.env"
     env = read_env_file(env_file)
     devstack: Child | None = None
+    relays: list[Child] = []
     base_env = {**os.environ, "HITL_HOME": str(home)}
-    if not await _devstack_alive(env):
-        devstack = await spawn(
-            "devstack", [python(), "-m", "hitl_relay.devstack"], base_env, log_dir / "devstack.log"
-        )
-        await devstack.wait_for_line("devstack ready")
-        env = read_env_file(env_file)
-    api_key = "bench_" + secrets.token_urlsafe(24)
-    port = free_port()
-    relay_env = {
-        **base_env,
-        "HITL_BACKEND": "supabase",
-        "SUPABASE_URL": env["SUPABASE_URL"],
-        "SUPABASE_ANON_KEY": env["SUPABASE_ANON_KEY"],
-        "SUPABASE_SERVICE_ROLE_KEY": env["SUPABASE_SERVICE_ROLE_KEY"],
-        "HITL_API_KEYS": api_key,
-        "HITL_HOST": "127.0.0.1",
-        "HITL_PORT": str(port),
-        "HITL_LOG_LEVEL": "WARNING",
-        "HITL_MAX_TIMEOUT_SECONDS": "600",
-    }
-    relay = await spawn(
-        "relay", [python(), "-m", "hitl_relay.cli", "serve"], relay_env, log_dir / "relay.log"
-    )
     try:
-        await relay.wait_for_line("hitl-relay: MCP at")
-        await wait_http_ok(f"http://127.0.0.1:{port}/healthz")
+        if not await _devstack_alive(env):
+            devstack = await spawn(
+                "devstack",
+                [python(), "-m", "hitl_relay.devstack"],
+                base_env,
+                log_dir / "devstack.log",
+            )
+            await devstack.wait_for_line("devstack ready")
+            env = read_env_file(env_file)
+        api_key = "bench_" + secrets.token_urlsafe(24)
+        ports = [free_port() for _ in range(replicas)]
+        instance_ids = [f"bench-relay-{i}" for i in range(replicas)]
+        for i, port in enumerate(ports):
+            relay_env = {
+                **base_env,
+                "HITL_BACKEND": "supabase",
+                "SUPABASE_URL": env["SUPABASE_URL"],
+                "SUPABASE_ANON_KEY": env["SUPABASE_ANON_KEY"],
+                "SUPABASE_SERVICE_ROLE_KEY": env["SUPABASE_SERVICE_ROLE_KEY"],
+                "HITL_API_KEYS": api_key,
+                "HITL_HOST": "127.0.0.1",
+                "HITL_PORT": str(port),
+                "HITL_LOG_LEVEL": "WARNING",
+                "HITL_MAX_TIMEOUT_SECONDS": "600",
+                "HITL_INSTANCE_ID": instance_ids[i],
+                **({"HITL_GC_CENSUS": "1"} if census else {}),
+            }
+            log = log_dir / ("relay.log" if i == 0 else f"relay-{i}.log")
+            relays.append(
+                await spawn("relay", [python(), "-m", "hitl_relay.cli", "serve"], relay_env, log)
+            )
+        for relay, port in zip(relays, ports, strict=True):
+            await relay.wait_for_line("hitl-relay: MCP at")
+            await wait_http_ok(f"http://127.0.0.1:{port}/healthz")
+        mcp_urls = [f"http://127.0.0.1:{port}/mcp" for port in ports]
         yield Stack(
             url=env["SUPABASE_URL"],
             anon_key=env["SUPABASE_ANON_KEY"],
@@ -126,13 +140,18 @@ async def stack(home: Path, *, log_dir: Path) -> AsyncIterator[Stack]:
             operator_token=env["HITL_OPERATOR_TOKEN"],
             operator_id=env["HITL_OPERATOR_ID"],
             db_url=env["DATABASE_URL"],
-            mcp_url=f"http://127.0.0.1:{port}/mcp",
+            mcp_url=mcp_urls[0],
             api_key=api_key,
-            relay=relay,
+            relay=relays[0],
             devstack=devstack,
+            census=census,
+            relays=relays,
+            mcp_urls=mcp_urls,
+            instance_ids=instance_ids,
         )
     finally:
-        await relay.stop()
+        for relay in relays:
+            await relay.stop()
         if devstack is not None:
             await devstack.stop()
             # A devstack killed after its grace period leaves its cluster running: stop it here,
@@ -206,6 +225,23 @@ async def relay_histogram(mcp_url: str, name: str) -> dict[float, float]:
             le = line.split('le="', 1)[1].split('"', 1)[0]
             buckets[float(le)] = float(line.rsplit(" ", 1)[1])
     return buckets
+
+
+async def gc_census(mcp_url: str) -> dict[str, Any] | None:
+    """The relay's collector census (hitl_relay/gc_tuning.census); None if not served."""
+    url = mcp_url.removesuffix("/mcp") + "/metrics/census"
+    async with httpx.AsyncClient(timeout=120) as client:
+        r = await client.get(url)
+    return dict(r.json()) if r.status_code == 200 else None
+
+
+async def relays_histogram(urls: list[str], name: str) -> dict[float, float]:
+    """A histogram's buckets summed over every replica."""
+    total: dict[float, float] = {}
+    for url in urls:
+        for le, n in (await relay_histogram(url, name)).items():
+            total[le] = total.get(le, 0.0) + n
+    return total
 
 
 def histogram_delta(before: dict[float, float], after: dict[float, float]) -> dict[float, float]:
@@ -429,7 +465,7 @@ async def _open_and_wait_phases(
     returned: dict[str, Any],
     *,
     wait_s: float,
-    pid: int,
+    pids: list[int],
     rss_idle: float | None,
 ) -> dict[str, str]:
     """Phases 1 and 2: every case open (creation latency), then pure waiting (DB load, RSS)."""
@@ -447,7 +483,8 @@ async def _open_and_wait_phases(
     result.db_statements_per_s = round(
         max(0.0, after - before - 2) / (time.monotonic() - t_wait), 2
     )
-    rss_wait = rss_mb(pid)
+    each = [rss_mb(pid) for pid in pids]
+    rss_wait = None if None in each else sum(v or 0.0 for v in each)
     if rss_wait is not None:
         result.rss_mb = round(rss_wait, 1)
         if rss_idle is not None:
@@ -467,12 +504,16 @@ async def run_realtime(
     duty = OnDuty(s.url, s.anon_key, s.operator_token)  # available, as the console says
     await duty.start()
     load = DbLoad(s.db_url)
-    rss_idle = rss_mb(s.relay.proc.pid)
+    replicas = len(s.mcp_urls)
+    rss_idle_each = [rss_mb(r.proc.pid) for r in s.relays]
+    rss_idle = None if None in rss_idle_each else sum(v or 0.0 for v in rss_idle_each)
     questions = {_question(run, i): i for i in range(level)}
     started: dict[str, float] = {}
     outcomes: dict[str, dict[str, Any]] = {}
     returned_wall: dict[str, datetime] = {}
-    n_clients = max(1, min(20, level // 50 or 1))
+    # the clients (MCP sessions) are spread over the replicas, and so the calls
+    n_clients = max(replicas, min(20, level // 50 or 1))
+    replica_of: dict[str, int] = {}
     limits = httpx2.Limits(max_connections=level + 10, max_keepalive_connections=level + 10)
     timeout_s = call_timeout(level, rate, wait_s, spread_s)
 
@@ -504,24 +545,34 @@ async def run_realtime(
             text = " ".join(getattr(c, "text", "") for c in res.content).strip()
             outcomes[question].setdefault("error", text or "error result")
 
-    async def client_worker(qs: list[str]) -> None:
+    async def client_worker(qs: list[str], url: str) -> None:
         http = httpx2.AsyncClient(
             headers={"Authorization": f"Bearer {s.api_key}"},
             limits=limits,
             timeout=httpx2.Timeout(timeout_s + 30.0),
         )
-        async with http, Client(streamable_http_client(s.mcp_url, http_client=http)) as client:
+        async with http, Client(streamable_http_client(url, http_client=http)) as client:
             # What an agent does when it connects. Without it the SDK's client lists the tools
             # after its first result (to validate it against the output schema), and that round
             # trip lands inside the first call's delivery: about 6 ms, all of a lone call's gap.
             await client.list_tools()
             await asyncio.gather(*(ask(client, q) for q in qs))
 
-    delivery_before = await relay_histogram(s.mcp_url, "hitl_delivery_seconds")
-    creation_before = await relay_histogram(s.mcp_url, "hitl_case_creation_seconds")
+    from bench import hops  # bench.hops imports this module
+
+    census_idle = await gc_census(s.mcp_url) if s.census and replicas == 1 else None
+    hops_before = [await hops.snapshot(url, s.url) for url in s.mcp_urls]
+    delivery_before = await relays_histogram(s.mcp_urls, "hitl_delivery_seconds")
+    creation_before = await relays_histogram(s.mcp_urls, "hitl_case_creation_seconds")
     t0 = time.monotonic()
     qlist = list(questions)
-    workers = [asyncio.create_task(client_worker(qlist[k::n_clients])) for k in range(n_clients)]
+    for k in range(n_clients):
+        for q in qlist[k::n_clients]:
+            replica_of[q] = k % replicas
+    workers = [
+        asyncio.create_task(client_worker(qlist[k::n_clients], s.mcp_urls[k % replicas]))
+        for k in range(n_clients)
+    ]
     cases: dict[str, str] = {}
 
     def line() -> str:
@@ -543,18 +594,39 @@ async def run_realtime(
             load,
             outcomes,
             wait_s=wait_s,
-            pid=s.relay.proc.pid,
+            pids=[r.proc.pid for r in s.relays],
             rss_idle=rss_idle,
         )
+        rss_wait_each = [rss_mb(r.proc.pid) for r in s.relays]
+        if census_idle is not None:
+            # every call waiting now: what each adds to what a full collection walks
+            waiting = await gc_census(s.mcp_url)
+            if waiting is not None:
+                result.gc_census = {
+                    "idle_objects": int(census_idle["tracked_objects"]),
+                    "waiting_objects": int(waiting["tracked_objects"]),
+                    "frozen_objects": int(waiting["frozen_objects"]),
+                    "objects_per_waiting_call": round(
+                        (waiting["tracked_objects"] - census_idle["tracked_objects"]) / level, 1
+                    ),
+                    "census_ms": round(waiting["census_seconds"] * 1000, 1),
+                    # modules the relay imported while these calls opened (lazy imports)
+                    "modules_imported": sorted(
+                        set(waiting["modules"]) - set(census_idle["modules"])
+                    ),
+                }
         created = histogram_delta(
-            creation_before, await relay_histogram(s.mcp_url, "hitl_case_creation_seconds")
+            creation_before, await relays_histogram(s.mcp_urls, "hitl_case_creation_seconds")
         )
         result.relay_create_ms = {
             f"p{q}": _ms(histogram_quantile(created, q / 100)) for q in (50, 95, 99)
         }
         commits = await _case_commits(s.db_url, list(cases))
         _split_creation(result, cases, started, operator.opened, commits)
-        gauges = await relay_gauges(s.mcp_url)
+        gauges: dict[str, float] = {}
+        for url in s.mcp_urls:
+            for name, v in (await relay_gauges(url)).items():
+                gauges[name] = gauges.get(name, 0.0) + v
         result.sockets = (
             int(gauges["hitl_realtime_sockets"]) if "hitl_realtime_sockets" in gauges else None
         )
@@ -565,11 +637,25 @@ async def run_realtime(
         await _answer_all(operator, cases, spread_s, result)
         await _bounded(workers, spread_s + ANSWER_TIMEOUT_S + RETURN_GRACE_S, result)
         delivered = histogram_delta(
-            delivery_before, await relay_histogram(s.mcp_url, "hitl_delivery_seconds")
+            delivery_before, await relays_histogram(s.mcp_urls, "hitl_delivery_seconds")
         )
         result.relay_delivery_ms = {
             f"p{q}": _ms(histogram_quantile(delivered, q / 100)) for q in (50, 95, 99)
         }
+        hops_after = [await hops.snapshot(url, s.url) for url in s.mcp_urls]
+        result.hops = hops.breakdown(hops.merged(hops_before), hops.merged(hops_after))
+        if replicas > 1:
+            for i, instance in enumerate(s.instance_ids):
+                result.replicas.append(
+                    {
+                        "instance_id": instance,
+                        "calls": sum(1 for r in replica_of.values() if r == i),
+                        "rss_mb": None
+                        if rss_wait_each[i] is None
+                        else round(rss_wait_each[i] or 0.0, 1),
+                        "hops": hops.breakdown(hops_before[i], hops_after[i]),
+                    }
+                )
     finally:
         await reporter.stop()
         for w in workers:
@@ -578,9 +664,22 @@ async def run_realtime(
         await operator.stop()
         await duty.stop()
     result.wall_s = time.monotonic() - t0
-    _score(
-        result, questions, cases, outcomes, returned_wall, await _created_at(s.db_url, list(cases))
-    )
+    answers_at = await _created_at(s.db_url, list(cases))
+    _score(result, questions, cases, outcomes, returned_wall, answers_at)
+    if result.replicas:
+        case_of = {q: c for c, q in cases.items()}
+        for i, per in enumerate(result.replicas):
+            mine = [q for q, r in replica_of.items() if r == i]
+            per["answered"] = sum(
+                1 for q in mine if outcomes.get(q, {}).get("status") == "answered"
+            )
+            per["delivery_ms"] = summary(
+                [
+                    (returned_wall[q] - answers_at[case_of[q]]).total_seconds() * 1000
+                    for q in mine
+                    if q in returned_wall and case_of.get(q) in answers_at
+                ]
+            )
     result.success = await success_figures(s.db_url, duty.started_at, list(cases))
     return result
 
@@ -685,7 +784,7 @@ async def run_polling(
             load,
             outcomes,
             wait_s=wait_s,
-            pid=os.getpid(),
+            pids=[os.getpid()],
             rss_idle=rss_idle,
         )
         await _answer_all(operator, cases, spread_s, result)

@@ -79,6 +79,15 @@ class LevelResult:
     relay_create_ms: dict[str, float | None] | None = None
     create_to_commit_ms: list[float] = field(default_factory=list)
     create_commit_to_operator_ms: list[float] = field(default_factory=list)
+    # Per-hop breakdown, pauses and loop lag over the level (bench/hops.py), realtime only.
+    hops: dict[str, Any] | None = None
+    # Objects the relay's collector tracks, idle and with the level waiting (--census).
+    gc_census: dict[str, Any] | None = None
+    # Per replica (scale-out: more than one relay process): instance id, calls, RSS, delivery
+    # and the per-hop breakdown. The level's own figures are over every replica.
+    replicas: list[dict[str, Any]] = field(default_factory=list)
+    # The machine's load average (1, 5, 15 min) when the level started → when it ended.
+    load_average: str | None = None
 
     def note_error(self, kind: str, detail: object) -> None:
         """Count an error under `kind: message` (the message without this call's own ids, so
@@ -120,6 +129,10 @@ class LevelResult:
             "channels": self.channels,
             "wall_s": round(self.wall_s, 2),
             "success": self.success,
+            "hops": self.hops,
+            "load_average": self.load_average,
+            "gc_census": self.gc_census,
+            "replicas": self.replicas,
         }
 
 

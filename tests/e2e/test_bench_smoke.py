@@ -86,12 +86,34 @@ async def test_bench_quick_json_has_both_modes_all_answered_none_lost() -> None:
                 assert key in r
             check_success_figures(mode, level, r["success"])
             check_creation_split(mode, level, r)
+            assert (r["failed_open"], r["error_counts"]) == (0, {}), r["errors"]
+            assert r["load_average"], r
+            check_hops(mode, level, r["hops"])
+        first = report["first_call"]
+        assert (first["answered"], first["lost"], first["failed_open"]) == (1, 0, 0), first
+        check_hops("realtime", 1, first["hops"])
         assert isinstance(report["ratio_p50"], float)
         assert report["ratio_level"] == 5
         print("\n" + text.decode(errors="replace")[-1500:])
     finally:
         Cluster(home / "pg", port=pg_port).destroy()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def check_hops(mode: str, level: int, hops: dict[str, Any] | None) -> None:
+    """The per-hop breakdown (bench/hops.py) measured this level's answers: the relay's hop
+    closed for answers pushed over Realtime (one may come by the catch-up read instead), the
+    stack's hop for each database broadcast (case_opened, message, session: more than one per
+    call), and the pauses and loop lag sampled."""
+    if mode == "polling":
+        assert hops is None
+        return
+    assert hops is not None
+    assert 1 <= hops["relay_hop_ms"]["count"] <= level, hops
+    assert hops["relay_hop_ms"]["p50"] is not None, hops
+    assert hops["stack_hop_ms"]["count"] >= level, hops
+    assert set(hops["gc_pauses"]) == {"0", "1", "2"}
+    assert {"count", "p50", "p99", "max_le_ms", "over_50ms"} <= set(hops["loop_lag_ms"])
 
 
 def check_creation_split(mode: str, level: int, r: dict[str, Any]) -> None:
