@@ -11,12 +11,14 @@ import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from bench.plot import plot
 from bench.run import ROOT, delivery_clock, machine, run_polling, run_realtime, stack
+from bench.scaleout import resume_on_another_replica
 from bench.stats import LevelResult, ratio_p50
 from bench.success import render_success
 from hitl_relay import gc_tuning
@@ -67,6 +69,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="count the objects the relay's collector tracks, idle and with each level waiting "
         "(objects per waiting call); each count walks the relay's heap and pauses it, which "
         "shows in that level's loop lag",
+    )
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="relay processes over the one devstack, each with its own HITL_INSTANCE_ID; the "
+        "calls are spread over them (figures per replica and in total), and with 2 or more a "
+        "call is resumed on another replica while the one it started on is killed",
     )
     p.add_argument("--json", type=Path, help="write the results as JSON here")
     p.add_argument("--plot", type=Path, help="write the latency plot (PNG) here")
@@ -219,6 +229,20 @@ def render_hops(results: list[LevelResult], console: Console) -> None:
     console.print(table)
 
 
+def render_replicas(results: list[LevelResult], console: Console) -> None:
+    for r in results:
+        for per in r.replicas:
+            d, h = per.get("delivery_ms") or {}, per["hops"]
+            console.print(
+                f"{r.mode} at {r.level}, replica {per['instance_id']}: {per['calls']} calls, "
+                f"{per.get('answered')} answered, delivery p50/p99 {_ms(d.get('p50'))}/"
+                f"{_ms(d.get('p99'))} ms, relay hop p50/p99 {_ms(h['relay_hop_ms']['p50'])}/"
+                f"{_ms(h['relay_hop_ms']['p99'])} ms, full GCs {h['gc_pauses']['2']['count']} "
+                f"({h['gc_pauses']['2']['total_ms']} ms), loop lag > 50 ms "
+                f"{h['loop_lag_ms']['over_50ms']}, RSS {per['rss_mb']} MiB"
+            )
+
+
 def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
 
@@ -241,8 +265,11 @@ async def main(argv: list[str]) -> int:
     started = datetime.now(UTC)
     load_start = load_average()
     first: LevelResult | None = None
-    async with stack(home, log_dir=log_dir, census=args.census) as s:
-        console.print(f"stack: {s.url} (devstack), relay {s.mcp_url}; logs in {log_dir}")
+    resume: dict[str, Any] | None = None
+    async with stack(home, log_dir=log_dir, census=args.census, replicas=args.replicas) as s:
+        console.print(
+            f"stack: {s.url} (devstack), relays {', '.join(s.mcp_urls)}; logs in {log_dir}"
+        )
         clock = await delivery_clock(s.db_url)
         # The harness keeps as many calls waiting as the relay does, and its own full garbage
         # collections would show up as latency: it gets the relay's setting (hitl_relay.gc_tuning).
@@ -277,8 +304,14 @@ async def main(argv: list[str]) -> int:
                     incomplete.note_error("level did not complete", e)
                     results.append(incomplete)
                     console.print(f"[red]{mode} at {level}: {incomplete.errors[0]}[/]")
+        if args.replicas > 1:
+            console.print("scale-out: a call resumed on another replica while its first dies ...")
+            resume = await resume_on_another_replica(s)
     render(results, console)
     render_hops(results, console)
+    render_replicas(results, console)
+    if resume is not None:
+        console.print(f"call resumed on another replica while its first was killed: {resume}")
     render_success(results, console)
     ratio = ratio_p50(results)
     if ratio:
@@ -290,6 +323,8 @@ async def main(argv: list[str]) -> int:
         "load_average_start": load_start,
         "load_average_end": load_average(),
         "first_call": first.as_json() if first is not None else None,
+        "replicas": args.replicas,
+        "resume_on_another_replica": resume,
         "machine": machine(),
         "delivery_clock": f"{clock} (database clock) to the caller's wall clock on return; "
         "same machine. relay_delivery_ms: messages.created_at to the relay having the answer "
@@ -318,6 +353,8 @@ async def main(argv: list[str]) -> int:
         plot(results, args.plot, machine())
         console.print(f"wrote {args.plot}")
     failed = sum(r.lost + r.duplicated + r.failed_open for r in results)
+    if resume is not None and not resume.get("answer_matches"):
+        failed += 1  # the resumed call did not get its answer
     return 1 if failed else 0
 
 

@@ -205,3 +205,52 @@ async def test_bench_sigterm_stops_everything_it_started() -> None:
     finally:
         cluster.destroy()
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.timeout(300)
+async def test_bench_two_replicas_share_the_calls_and_a_call_resumes_on_the_other() -> None:
+    """--replicas 2: the calls spread over two relay processes (each its own instance id),
+    every call answered on both, figures per replica; then a call asked on one replica is
+    picked up on the other after the first was killed: pending before the operator answers,
+    the operator's answer after."""
+    base = Path(os.environ.get("HITL_HOME", ROOT / ".hitl"))
+    home = base / f"bench-replicas-{uuid.uuid4().hex[:8]}"
+    home.mkdir(parents=True)
+    pg_port = free_port()
+    out = home / "out.json"
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HITL_", "SUPABASE_"))}
+        env |= {
+            "HITL_HOME": str(home),
+            "HITL_PG_PORT": str(pg_port),
+            "HITL_DEVSTACK_PORT": str(free_port()),
+        }
+        proc = await asyncio.create_subprocess_exec(
+            str(ROOT / "scripts" / "bench"),
+            *("--quick", "--levels", "6", "--modes", "realtime", "--replicas", "2"),
+            *("--json", str(out)),
+            cwd=ROOT,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        text, _ = await asyncio.wait_for(proc.communicate(), 240)
+        assert proc.returncode == 0, text.decode(errors="replace")[-3000:]
+        report = json.loads(out.read_text())
+        (level,) = report["results"]
+        assert (level["answered"], level["lost"], level["duplicated"]) == (6, 0, 0), level
+        replicas = level["replicas"]
+        assert [r["instance_id"] for r in replicas] == ["bench-relay-0", "bench-relay-1"]
+        assert [r["calls"] for r in replicas] == [3, 3]
+        assert [r["answered"] for r in replicas] == [3, 3]
+        for r in replicas:
+            assert r["delivery_ms"]["p50"] is not None, r
+            assert r["rss_mb"] > 0, r
+        resume = report["resume_on_another_replica"]
+        assert "error" not in resume, resume
+        assert (resume["asked_on"], resume["picked_up_on"]) == ("bench-relay-1", "bench-relay-0")
+        assert (resume["before_answer"], resume["after_answer"]) == ("pending", "answered")
+        assert resume["answer_matches"] is True
+    finally:
+        Cluster(home / "pg", port=pg_port).destroy()
+        shutil.rmtree(home, ignore_errors=True)
