@@ -610,6 +610,15 @@ async def run_realtime(
                         (waiting["tracked_objects"] - census_idle["tracked_objects"]) / level, 1
                     ),
                     "census_ms": round(waiting["census_seconds"] * 1000, 1),
+                    # per waiting call, by type: what a waiting call keeps
+                    "per_call_by_type": {
+                        name: round((n - census_idle["types"].get(name, 0)) / level, 2)
+                        for name, n in sorted(
+                            waiting["types"].items(),
+                            key=lambda kv: kv[1] - census_idle["types"].get(kv[0], 0),
+                            reverse=True,
+                        )[:40]
+                    },
                     # modules the relay imported while these calls opened (lazy imports)
                     "modules_imported": sorted(
                         set(waiting["modules"]) - set(census_idle["modules"])

@@ -32,6 +32,7 @@ import gc
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -97,9 +98,14 @@ def census() -> dict[str, Any]:
     out the frozen permanent generation): seconds of pause at millions of objects, so it is
     served only where a benchmark asks for it (`GET /metrics/census` with HITL_GC_CENSUS=1)."""
     started = time.perf_counter()
-    tracked = len(gc.get_objects())
+    objects = gc.get_objects()
+    tracked = len(objects)
+    types = Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in objects)
+    del objects
     return {
         "tracked_objects": float(tracked),
+        # by type: where a waiting call's objects are (the benchmark takes the difference)
+        "types": dict(types.most_common(300)),
         "frozen_objects": float(gc.get_freeze_count()),
         "census_seconds": time.perf_counter() - started,
         # what is imported so far: a first call that imports shows as modules added by it
