@@ -32,6 +32,36 @@ TARGETS = {
 }
 
 
+EPILOG = """\
+what each run reports (docs/benchmarks.md has the figures):
+  per level: answered / failed to open / lost / duplicated with every error counted by kind;
+  delivery (answer committed -> caller has it) and case creation p50/p95/p99; DB statements/s
+  while waiting; relay RSS; a progress line every 10 s; the load average at start and end.
+  per hop: the relay's own (case channel frame read -> tool result bytes written,
+  hitl_answer_hop_seconds), the stack's (broadcast row inserted -> frame sent, the devstack's
+  /_devstack/hops), event-loop lag and garbage-collector pauses over the level.
+  the first call of a fresh relay process (the warm-up call), reported on its own.
+  every phase is bounded: a level always ends and reports; SIGINT/SIGTERM stop the relay,
+  the devstack and Postgres that the run started.
+
+reproduce:
+  scripts/bench --quick                                    levels 1 and 20, under a minute
+  scripts/bench --json docs/benchmark-perf.json --plot docs/benchmark-perf.png
+                                                           1, 100, 1,000, both modes
+  scripts/bench --levels 10000 --modes realtime --rate 40 --json out.json
+                                                           10,000 waiting in one relay
+  scripts/bench --levels 10000 --modes realtime --rate 40 --replicas 3 --json out.json
+                                                           the same over three relays, and a
+                                                           call resumed on another replica
+  scripts/bench --levels 200 --modes realtime --census     collector-tracked objects per
+                                                           waiting call, by type
+  scripts/bench rest --seconds 10                          the REST stand-in's requests/s
+  scripts/bench tasks --level 1000 --poll-ms 5000          MCP tasks polled vs blocking
+run HITL_PG_PORT=<free port> HITL_DEVSTACK_PORT=0 HITL_HOME=<dir> on a shared machine, so the
+run gets its own stack.
+"""
+
+
 def answer_spread(spread: float | None, level: int, rate: float, *, quick: bool) -> float:
     """Operators' think times are spread over this many seconds. By default as long as the
     calls took to arrive, so answers come at the rate calls do and the level's N calls stay
@@ -43,7 +73,12 @@ def answer_spread(spread: float | None, level: int, rate: float, *, quick: bool)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="scripts/bench",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--quick", action="store_true", help="small levels (1, 20); under a minute")
     p.add_argument("--full", action="store_true", help="also 10,000 concurrent calls")
     p.add_argument("--levels", help="comma-separated concurrency levels (overrides the presets)")

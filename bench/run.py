@@ -536,10 +536,15 @@ async def run_realtime(
                 },
             )
         except Exception as e:  # a failed call is a result, with its error
-            outcomes[question] = {"status": "error", "error": f"{e.__class__.__name__}: {e}"}
+            outcomes[question] = {
+                "status": "error",
+                "error": f"{e.__class__.__name__}: {e}",
+                "returned_at": datetime.now(UTC),
+            }
             return
         returned_wall[question] = datetime.now(UTC)
         outcomes[question] = dict(res.structured_content or {})
+        outcomes[question]["returned_at"] = returned_wall[question]
         if res.is_error:
             outcomes[question].setdefault("status", "error")
             text = " ".join(getattr(c, "text", "") for c in res.content).strip()
@@ -724,7 +729,12 @@ async def run_polling(
             await poll_one(question, i)
         except Exception as e:  # a failed call is a result, with its error
             outcomes.setdefault(
-                question, {"status": "error", "error": f"{e.__class__.__name__}: {e}"}
+                question,
+                {
+                    "status": "error",
+                    "error": f"{e.__class__.__name__}: {e}",
+                    "returned_at": datetime.now(UTC),
+                },
             )
 
     async def poll_one(question: str, i: int) -> None:
@@ -764,11 +774,16 @@ async def run_polling(
                     "status": "answered",
                     "answer": rows[0]["content"],
                     "case_id": case_id,
+                    "returned_at": returned_wall[question],
                 }
                 await close_session(http, session_id, "answered")  # as the relay does
                 return
             delay = min(delay * 2, 2.0)
-        outcomes[question] = {"status": "timeout", "case_id": case_id}
+        outcomes[question] = {
+            "status": "timeout",
+            "case_id": case_id,
+            "returned_at": datetime.now(UTC),
+        }
         await close_session(http, session_id, "timed_out")
 
     t0 = time.monotonic()
@@ -844,10 +859,18 @@ def _score(
             continue
         status = out.get("status")
         if status != "answered":
-            if case_id in created:
+            returned_at = out.get("returned_at")
+            answered_at = created.get(case_id)
+            if status in ("error", "platform_unreachable") and (
+                answered_at is None or returned_at is None or returned_at < answered_at
+            ):
+                # the caller got the fallback while the case was being opened (an operator saw
+                # it open later): a call that failed to open, not an answer lost
+                result.failed_open += 1
+            elif answered_at is not None and (returned_at is None or returned_at >= answered_at):
                 result.lost += 1  # committed answer that never reached its caller
             else:
-                result.timed_out += 1
+                result.timed_out += 1  # returned before any answer was committed
             result.note_error(f"status {status}", str(out.get("error") or question))
             continue
         answer_seen[case_id] = answer_seen.get(case_id, 0) + 1

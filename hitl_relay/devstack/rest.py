@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import asyncpg
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
@@ -1044,6 +1044,11 @@ class RestApi:
             return e.response()
         except asyncpg.PostgresError as e:
             return postgres_error_response(e, auth.role if auth else ANON_ROLE)
+        except ClientDisconnect:
+            # the client gave up before its body arrived (a timeout under load): nobody is
+            # left to answer, and it is not the server's error
+            log.info("client left before its request body: %s %s", request.method, request.url.path)
+            return Response(status_code=499)
         except (OSError, asyncpg.InterfaceError) as e:
             log.warning(
                 "database unreachable during %s %s: %s", request.method, request.url.path, e
