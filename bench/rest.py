@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from bench.rawhttp import exchange
 from bench.run import ROOT, Stack, stack
 from bench.stats import summary
 
@@ -70,8 +71,7 @@ def postgres_pids(home: Path) -> list[int]:
 
 def request_bytes(s: Stack, kind: str, case_id: str) -> bytes:
     """The request, encoded once: the client's own work per request is a write and a read, so
-    the figures are the server's (httpx spent about 2.3 ms of CPU per request here, three times
-    what the server did)."""
+    the figures are the server's (bench/rawhttp.py)."""
     host = s.url.removeprefix("http://")
     auth = f"apikey: {s.service_key}\r\nAuthorization: Bearer {s.service_key}\r\n"
     if kind == "poll":
@@ -91,22 +91,6 @@ def request_bytes(s: Stack, kind: str, case_id: str) -> bytes:
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
-
-
-async def exchange(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
-) -> tuple[int, bytes]:
-    """One request on a keep-alive connection: (status, body)."""
-    writer.write(request)
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    length = 0
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        if name.strip().lower() == "content-length":
-            length = int(value)
-    return status, await reader.readexactly(length)
 
 
 async def measure(

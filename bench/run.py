@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import secrets
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import asyncpg
 import httpx
@@ -46,6 +48,7 @@ import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from bench.rawhttp import KeepAlivePool
 from bench.stats import LevelResult, summary
 from bench.success import OnDuty, close_session, success_figures
 from hitl_relay.devstack.cluster import Cluster, free_port
@@ -718,6 +721,8 @@ async def run_polling(
     headers = {"apikey": s.service_key, "Authorization": f"Bearer {s.service_key}"}
     limits = httpx.Limits(max_connections=min(level + 10, 200))
     http = httpx.AsyncClient(base_url=s.url, headers=headers, limits=limits, timeout=30)
+    # the polls themselves, over a client cheap enough that its CPU is not the measured limit
+    polls = KeepAlivePool(s.url, headers, size=min(level + 10, 200))
     rss_idle = rss_mb(os.getpid())
     timeout_s = call_timeout(level, rate, wait_s, spread_s)
 
@@ -757,17 +762,8 @@ async def run_polling(
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             await asyncio.sleep(delay)  # the baseline's polling interval
-            got = await http.get(
-                "/rest/v1/messages",
-                params={
-                    "select": "content,created_at",
-                    "case_id": f"eq.{case_id}",
-                    "sender_type": "eq.human",
-                    "order": "created_at.asc",
-                    "limit": "1",
-                },
-            )
-            rows = got.json() if got.status_code == 200 else []
+            status, body = await polls.get(f"/rest/v1/messages?{poll_query(case_id)}")
+            rows = json.loads(body) if status == 200 else []
             if rows:
                 returned_wall[question] = datetime.now(UTC)
                 outcomes[question] = {
@@ -819,6 +815,7 @@ async def run_polling(
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await http.aclose()
+        await polls.close()
         await operator.stop()
         await duty.stop()
     result.wall_s = time.monotonic() - t0
@@ -827,6 +824,19 @@ async def run_polling(
     )
     result.success = await success_figures(s.db_url, duty.started_at, list(cases))
     return result
+
+
+def poll_query(case_id: str) -> str:
+    """The baseline's poll: the case's first human message (PostgREST query syntax)."""
+    return urlencode(
+        {
+            "select": "content,created_at",
+            "case_id": f"eq.{case_id}",
+            "sender_type": "eq.human",
+            "order": "created_at.asc",
+            "limit": "1",
+        }
+    )
 
 
 def _score(
