@@ -418,6 +418,21 @@ class Progress:
                 await self._task
 
 
+def progress_line(
+    level: int,
+    started: dict[str, float],
+    operator: SimulatedOperator,
+    outcomes: dict[str, dict[str, Any]],
+    result: LevelResult,
+) -> str:
+    answered = sum(1 for o in outcomes.values() if o.get("status") == "answered")
+    return (
+        f"{len(started)}/{level} started, {len(operator.opened)} opened, "
+        f"{len(operator.answered)} answered by operators, {len(outcomes)} returned "
+        f"({answered} with the answer), {result.error_total()} errors"
+    )
+
+
 async def _bounded(tasks: list[asyncio.Task[None]], timeout_s: float, result: LevelResult) -> None:
     """Wait for the tasks at most timeout_s; the calls still out then are counted by `_score`
     (no result), and the tasks are cancelled by the caller."""
@@ -583,15 +598,9 @@ async def run_realtime(
     ]
     cases: dict[str, str] = {}
 
-    def line() -> str:
-        return (
-            f"{len(started)}/{level} started, {len(operator.opened)} opened, "
-            f"{len(operator.answered)} answered by operators, {len(outcomes)} returned "
-            f"({sum(1 for o in outcomes.values() if o.get('status') == 'answered')} with "
-            f"the answer), {result.error_total()} errors"
-        )
-
-    reporter = Progress(f"realtime {level}", line)
+    reporter = Progress(
+        f"realtime {level}", lambda: progress_line(level, started, operator, outcomes, result)
+    )
     reporter.start()
     try:
         cases = await _open_and_wait_phases(
@@ -786,14 +795,9 @@ async def run_polling(
     tasks = [asyncio.create_task(wait_by_polling(q)) for q in questions]
     cases: dict[str, str] = {}
 
-    def line() -> str:
-        return (
-            f"{len(started)}/{level} started, {len(operator.opened)} opened, "
-            f"{len(operator.answered)} answered by operators, {len(outcomes)} returned, "
-            f"{result.error_total()} errors"
-        )
-
-    reporter = Progress(f"polling {level}", line)
+    reporter = Progress(
+        f"polling {level}", lambda: progress_line(level, started, operator, outcomes, result)
+    )
     reporter.start()
     try:
         cases = await _open_and_wait_phases(

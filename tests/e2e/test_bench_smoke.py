@@ -19,6 +19,24 @@ from hitl_relay.devstack.cluster import Cluster, free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
+async def start_bench(home: Path, pg_port: int, *args: str) -> asyncio.subprocess.Process:
+    """scripts/bench with a stack of its own under `home` (no inherited stack), output piped."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HITL_", "SUPABASE_"))}
+    env |= {
+        "HITL_HOME": str(home),
+        "HITL_PG_PORT": str(pg_port),
+        "HITL_DEVSTACK_PORT": str(free_port()),
+    }
+    return await asyncio.create_subprocess_exec(
+        str(ROOT / "scripts" / "bench"),
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+
+
 FIGURES = ("avg_response_s", "success_rate", "timeout_rate", "operator_utilisation")
 
 
@@ -49,25 +67,8 @@ async def test_bench_quick_json_has_both_modes_all_answered_none_lost() -> None:
     out = home / "out.json"
     plot = home / "out.png"
     try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("HITL_", "SUPABASE_"))}
-        env |= {
-            "HITL_HOME": str(home),
-            "HITL_PG_PORT": str(pg_port),
-            "HITL_DEVSTACK_PORT": str(free_port()),
-        }
-        proc = await asyncio.create_subprocess_exec(
-            str(ROOT / "scripts" / "bench"),
-            "--quick",
-            "--levels",
-            "1,5",
-            "--json",
-            str(out),
-            "--plot",
-            str(plot),
-            cwd=ROOT,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
+        proc = await start_bench(
+            home, pg_port, "--quick", "--levels", "1,5", "--json", str(out), "--plot", str(plot)
         )
         text, _ = await asyncio.wait_for(proc.communicate(), 240)
         assert proc.returncode == 0, text.decode(errors="replace")[-3000:]
@@ -170,20 +171,9 @@ async def test_bench_sigterm_stops_everything_it_started() -> None:
     pg_port = free_port()
     cluster = Cluster(home / "pg", port=pg_port)
     try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("HITL_", "SUPABASE_"))}
-        env |= {
-            "HITL_HOME": str(home),
-            "HITL_PG_PORT": str(pg_port),
-            "HITL_DEVSTACK_PORT": str(free_port()),
-        }
         # 20 calls at 1 a second: the level is still opening when the signal comes
-        proc = await asyncio.create_subprocess_exec(
-            str(ROOT / "scripts" / "bench"),
-            *("--levels", "20", "--modes", "realtime", "--rate", "1"),
-            cwd=ROOT,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
+        proc = await start_bench(
+            home, pg_port, "--levels", "20", "--modes", "realtime", "--rate", "1"
         )
         assert proc.stdout is not None
         seen: list[str] = []
@@ -219,20 +209,11 @@ async def test_bench_two_replicas_share_the_calls_and_a_call_resumes_on_the_othe
     pg_port = free_port()
     out = home / "out.json"
     try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("HITL_", "SUPABASE_"))}
-        env |= {
-            "HITL_HOME": str(home),
-            "HITL_PG_PORT": str(pg_port),
-            "HITL_DEVSTACK_PORT": str(free_port()),
-        }
-        proc = await asyncio.create_subprocess_exec(
-            str(ROOT / "scripts" / "bench"),
+        proc = await start_bench(
+            home,
+            pg_port,
             *("--quick", "--levels", "6", "--modes", "realtime", "--replicas", "2"),
             *("--json", str(out)),
-            cwd=ROOT,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
         )
         text, _ = await asyncio.wait_for(proc.communicate(), 240)
         assert proc.returncode == 0, text.decode(errors="replace")[-3000:]
