@@ -304,15 +304,19 @@ async def _created_at(db_url: str, case_ids: list[str]) -> dict[str, datetime]:
 
 
 async def _case_commits(db_url: str, case_ids: list[str]) -> dict[str, datetime]:
-    """case id → when its insert committed; read before any answer updates the row. Empty
-    without `track_commit_timestamp`."""
+    """case id → when its insert committed. Empty without `track_commit_timestamp`.
+
+    Read from the `case_opened` broadcast's row in realtime.messages, inserted by the same
+    transaction and never updated: the case's own row is updated after it opens (routing,
+    claims, escalation), and its xmin is then a later transaction's."""
     conn = await asyncpg.connect(db_url)
     try:
         if not await _commit_timestamps(conn):
             return {}
         rows = await conn.fetch(
-            "select id::text as case_id, pg_xact_commit_timestamp(xmin) as at"
-            " from cases where id = any($1::uuid[])",
+            "select payload->>'case_id' as case_id, min(pg_xact_commit_timestamp(xmin)) as at"
+            " from realtime.messages where event = 'case_opened'"
+            " and payload->>'case_id' = any($1::text[]) group by 1",
             case_ids,
         )
     finally:
