@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import math
+import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+ERRORS_KEPT = 20
+
+
+def _generic(text: str) -> str:
+    """A message with its per-call parts (the bench's question tags, uuids, numbers) blanked,
+    so the same failure on 265 calls counts as one kind."""
+    text = re.sub(r"\[[0-9a-f]{8}/\d+\][^:]*", "<call>", text)
+    text = re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}", "<uuid>", text)
+    return re.sub(r"\d+", "N", text)[:200]
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -42,7 +54,12 @@ class LevelResult:
     lost: int = 0
     duplicated: int = 0
     timed_out: int = 0
+    # calls whose case no operator ever saw open (the call failed, or had not returned when the
+    # open phase ended): results, counted with their errors, not a reason to wait
+    failed_open: int = 0
     errors: list[str] = field(default_factory=list)
+    # errors by kind and message, so that 265 alike failures read as one line with a count
+    error_counts: Counter[str] = field(default_factory=Counter)
     db_statements_per_s: float | None = None
     rss_mb: float | None = None
     rss_kb_per_wait: float | None = None
@@ -62,6 +79,26 @@ class LevelResult:
     relay_create_ms: dict[str, float | None] | None = None
     create_to_commit_ms: list[float] = field(default_factory=list)
     create_commit_to_operator_ms: list[float] = field(default_factory=list)
+    # Per-hop breakdown, pauses and loop lag over the level (bench/hops.py), realtime only.
+    hops: dict[str, Any] | None = None
+    # Objects the relay's collector tracks, idle and with the level waiting (--census).
+    gc_census: dict[str, Any] | None = None
+    # Per replica (scale-out: more than one relay process): instance id, calls, RSS, delivery
+    # and the per-hop breakdown. The level's own figures are over every replica.
+    replicas: list[dict[str, Any]] = field(default_factory=list)
+    # The machine's load average (1, 5, 15 min) when the level started → when it ended.
+    load_average: str | None = None
+
+    def note_error(self, kind: str, detail: object) -> None:
+        """Count an error under `kind: message` (the message without this call's own ids, so
+        alike failures group), and keep the first few in full."""
+        text = detail if isinstance(detail, str) else f"{detail.__class__.__name__}: {detail}"
+        self.error_counts[f"{kind}: {_generic(text)}"] += 1
+        if len(self.errors) < ERRORS_KEPT:
+            self.errors.append(f"{kind}: {text}")
+
+    def error_total(self) -> int:
+        return sum(self.error_counts.values())
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -82,7 +119,9 @@ class LevelResult:
             "lost": self.lost,
             "duplicated": self.duplicated,
             "timed_out": self.timed_out,
-            "errors": self.errors[:20],
+            "failed_open": self.failed_open,
+            "errors": self.errors[:ERRORS_KEPT],
+            "error_counts": dict(self.error_counts.most_common(20)),
             "db_statements_per_s": self.db_statements_per_s,
             "rss_mb": self.rss_mb,
             "rss_kb_per_wait": self.rss_kb_per_wait,
@@ -90,6 +129,10 @@ class LevelResult:
             "channels": self.channels,
             "wall_s": round(self.wall_s, 2),
             "success": self.success,
+            "hops": self.hops,
+            "load_average": self.load_average,
+            "gc_census": self.gc_census,
+            "replicas": self.replicas,
         }
 
 

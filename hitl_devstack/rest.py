@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import asyncpg
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
@@ -44,6 +44,57 @@ API_ROLES = frozenset({"anon", "authenticated", "service_role"})
 MAX_ROWS = 1000  # Supabase runs PostgREST with PGRST_DB_MAX_ROWS=1000
 JWT_SKEW_S = 30  # PostgREST's allowed clock skew for exp/nbf/iat
 SEARCH_PATH = "public, extensions"
+
+# One request, one round trip: PostgREST runs a request as one transaction of a `select
+# set_config('role', ...), set_config('request.jwt.claims', ...), ...` statement and the main
+# statement (PostgREST src/PostgREST/Query/PreQuery.hs txVarQuery, MainTx.hs), sent over a
+# pipelining connection. asyncpg sends one statement per round trip (BEGIN, the settings, the
+# statement and COMMIT were four), so the stand-in does the same steps inside one function call,
+# whose implicit transaction is the request's: the settings (transaction-local, as PostgREST's),
+# then the statement through EXECUTE, planned after the role switch so that grants and
+# row-level security are the request role's. The function lives in each pool connection's
+# pg_temp (made when the connection opens: `prepare_connection`), never in a schema the
+# migrations or the API see.
+SINGLE_SQLSTATE = "PGSGL"  # singular response with other than one row: rolled back, as PostgREST
+REQUEST_FUNCTION = f"""
+create or replace function pg_temp.devstack_request(
+  p_role text, p_claims text, p_sub text, p_method text, p_path text, p_headers text,
+  p_search_path text, p_readonly boolean, p_single boolean, p_sql text, p_args text[],
+  out body text, out rows bigint, out total bigint, out found_row boolean)
+language plpgsql as $fn$
+begin
+  if p_readonly then
+    -- going read-only is allowed at any point of a transaction (only the reverse is not)
+    perform set_config('transaction_read_only', 'on', true);
+  end if;
+  perform set_config('role', p_role, true),
+    set_config('request.jwt.claims', p_claims, true),
+    set_config('request.jwt.claim.sub', p_sub, true),
+    set_config('request.jwt.claim.role', p_role, true),
+    set_config('request.method', p_method, true),
+    set_config('request.path', p_path, true),
+    set_config('request.headers', p_headers, true),
+    set_config('request.cookies', '{{}}', true),
+    set_config('search_path', p_search_path, true);
+  execute p_sql into body, rows, total using p_args;
+  found_row := found;
+  if p_single and coalesce(rows, 0) <> 1 then
+    raise exception using errcode = '{SINGLE_SQLSTATE}', message = coalesce(rows, 0)::text;
+  end if;
+end
+$fn$
+"""
+REQUEST_CALL = (
+    "select body, rows, total, found_row"
+    " from pg_temp.devstack_request($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+)
+
+
+async def prepare_connection(conn: asyncpg.Connection) -> None:
+    """A new pool connection gets the request function (see REQUEST_FUNCTION)."""
+    await conn.execute(REQUEST_FUNCTION)
+
+
 OBJECT_MEDIA = "application/vnd.pgrst.object+json"
 ARRAY_MEDIA = "application/vnd.pgrst.array+json"
 JSON_TYPES = frozenset({"json", "jsonb"})
@@ -569,14 +620,33 @@ def quote(identifier: str) -> str:
 
 # ---- query parameters ---------------------------------------------------------------------
 class Params:
-    """Bind parameters of one statement: `add` returns the placeholder."""
+    """Bind parameters of one statement: `add` returns the placeholder.
+
+    A request runs as one call of `pg_temp.devstack_request` (REQUEST_FUNCTION), which EXECUTEs
+    the statement with one text array: the placeholder is that array's element, as text. Every
+    placeholder is cast where it is used (`::int`, `::json`, `::text::<column type>`), so text
+    converts as a bound parameter of that type would."""
 
     def __init__(self) -> None:
-        self.values: list[Any] = []
+        self.values: list[str] = []
 
-    def add(self, value: Any) -> str:
-        self.values.append(value)
-        return f"${len(self.values)}"
+    def add(self, value: str | int | list[str | None]) -> str:
+        if isinstance(value, list):
+            text = "{" + ",".join(_array_element(v) for v in value) + "}"
+        elif isinstance(value, int):
+            text = str(value)
+        else:
+            text = value
+        self.values.append(text)
+        return f"($1[{len(self.values)}])"
+
+
+def _array_element(value: str | None) -> str:
+    """One element of a text[] literal: double-quoted, so commas, braces, spaces and the word
+    NULL stay data; None is the SQL null."""
+    if value is None:
+        return "NULL"
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _unquote_ident(token: str) -> str:
@@ -973,6 +1043,11 @@ class RestApi:
             return e.response()
         except asyncpg.PostgresError as e:
             return postgres_error_response(e, auth.role if auth else ANON_ROLE)
+        except ClientDisconnect:
+            # the client gave up before its body arrived (a timeout under load): nobody is
+            # left to answer, and it is not the server's error
+            log.info("client left before its request body: %s %s", request.method, request.url.path)
+            return Response(status_code=499)
         except (OSError, asyncpg.InterfaceError) as e:
             log.warning(
                 "database unreachable during %s %s: %s", request.method, request.url.path, e
@@ -1003,41 +1078,34 @@ class RestApi:
         self,
         request: Request,
         auth: Auth,
-        statements: list[tuple[str, list[Any]]],
+        statement: tuple[str, list[str]],
         *,
         readonly: bool,
         single: bool,
         unqualified: str | None = None,
     ) -> Outcome:
-        """Run the role prelude and the statements in one transaction; the last one's result
-        (json text, row count, total) is the outcome.
+        """Run the role prelude and the statement in one transaction, in one round trip to the
+        database (REQUEST_FUNCTION); its result (json text, row count, total) is the outcome.
 
         `unqualified` names a DELETE/UPDATE without a WHERE clause: hosted loads pg-safeupdate
         for PostgREST's role (supabase/postgres migrations/db/migrations/
         20220224211803_fix-postgrest-supautils.sql: `ALTER ROLE authenticator SET
         session_preload_libraries = supautils, safeupdate`), whose parse hook refuses it with
         SQLSTATE 21000 (eradman/pg-safeupdate safeupdate.c); Debian ships no pg-safeupdate, so
-        the refusal is raised here, after the role switch, as the hook would."""
+        the refusal is raised here, before the statement, as the hook would."""
         if auth.role not in API_ROLES:
             await self._refuse_role(auth.role)
         claims = json.dumps(auth.claims, separators=(",", ":"))
         sub = auth.claims.get("sub")
         headers = json.dumps({k.lower(): v for k, v in request.headers.items()})
         path = request.url.path.removeprefix("/rest/v1") or "/"
+        if unqualified is not None:
+            raise PgrstError(400, "21000", f"{unqualified} requires a WHERE clause")
+        sql, args = statement
         async with self.ctx.pool.acquire() as conn:
-            tx = conn.transaction(readonly=readonly)
-            await tx.start()
             try:
-                await conn.execute(
-                    "select set_config('role', $1, true), "
-                    "set_config('request.jwt.claims', $2, true), "
-                    "set_config('request.jwt.claim.sub', $3, true), "
-                    "set_config('request.jwt.claim.role', $1, true), "
-                    "set_config('request.method', $4, true), "
-                    "set_config('request.path', $5, true), "
-                    "set_config('request.headers', $6, true), "
-                    "set_config('request.cookies', '{}', true), "
-                    "set_config('search_path', $7, true)",
+                row = await conn.fetchrow(
+                    REQUEST_CALL,
                     auth.role,
                     claims,
                     "" if sub is None else str(sub),
@@ -1045,21 +1113,18 @@ class RestApi:
                     path,
                     headers,
                     SEARCH_PATH,
+                    readonly,
+                    single,
+                    sql,
+                    args,
                 )
-                if unqualified is not None:
-                    raise PgrstError(400, "21000", f"{unqualified} requires a WHERE clause")
-                row = None
-                for sql, args in statements:
-                    row = await conn.fetchrow(sql, *args)
-                assert row is not None
-                outcome = Outcome(row["body"], int(row["rows"] or 0), row.get("total"))
-                if single and outcome.rows != 1:
-                    raise Single(outcome.rows)
-            except BaseException:
-                await tx.rollback()
+            except asyncpg.PostgresError as e:
+                if e.sqlstate == SINGLE_SQLSTATE:
+                    raise Single(int(str(e))) from None
                 raise
-            await tx.commit()
-        return outcome
+        assert row is not None
+        assert row["found_row"], "a request's statement returns one row"
+        return Outcome(row["body"], int(row["rows"] or 0), row["total"])
 
     async def _refuse_role(self, role: str) -> None:
         async with self.ctx.pool.acquire() as conn:
@@ -1095,7 +1160,7 @@ class RestApi:
             sql = _envelope(source, total, media)
             try:
                 outcome = await self._run(
-                    request, auth, [(sql, params.values)], readonly=True, single=single
+                    request, auth, (sql, params.values), readonly=True, single=single
                 )
             except Single as s:
                 raise _singular(s.rows) from None
@@ -1124,18 +1189,20 @@ class RestApi:
         if method in ("PATCH", "DELETE") and mutation is not None and not where:
             unqualified = "UPDATE" if method == "PATCH" else "DELETE"
         if mutation is None:  # nothing to write (empty PATCH body or empty insert list)
-            sql = "select '[]'::text as body, 0::bigint as rows, 0::bigint as total"
-            statements: list[tuple[str, list[Any]]] = [(sql, [])]
+            statement: tuple[str, list[str]] = (
+                "select '[]'::text as body, 0::bigint as rows, 0::bigint as total",
+                [],
+            )
         else:
             sql = f"with _m as ({mutation}) " + _envelope(
                 f"select {out_select} from _m", "(select count(*) from _m)", media
             )
-            statements = [(sql, params.values)]
+            statement = (sql, params.values)
         try:
             outcome = await self._run(
                 request,
                 auth,
-                statements,
+                statement,
                 readonly=False,
                 single=single,
                 unqualified=unqualified,
@@ -1281,7 +1348,7 @@ class RestApi:
             if fn.returns == "void":  # void has no JSON form; the call still runs
                 sql = f"select ({call})::text as body, 1 as rows, null::bigint as total"
             outcome = await self._run(
-                request, auth, [(sql + from_clause, params.values)], readonly=readonly,
+                request, auth, (sql + from_clause, params.values), readonly=readonly,
                 single=False,
             )  # fmt: skip
             if fn.returns == "void":
@@ -1296,7 +1363,7 @@ class RestApi:
                 f"1 as rows, null::bigint as total from {from_items}{call} as _r"
             )
             outcome = await self._run(
-                request, auth, [(sql, params.values)], readonly=readonly, single=False
+                request, auth, (sql, params.values), readonly=readonly, single=False
             )
             return _value_response(outcome.body, head, media)
 
@@ -1337,7 +1404,7 @@ class RestApi:
             )
         try:
             outcome = await self._run(
-                request, auth, [(sql, params.values)], readonly=readonly, single=single
+                request, auth, (sql, params.values), readonly=readonly, single=single
             )
         except Single as s:
             raise _singular(s.rows) from None

@@ -26,6 +26,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from hitl_devstack.context import DevstackContext, LocalUser
 from hitl_devstack.gateway import ApiGateway
+from hitl_devstack.hops import HopHistogram
 from hitl_devstack.keys import LocalKeys
 
 if TYPE_CHECKING:
@@ -44,6 +45,8 @@ class DevstackError(RuntimeError):
 
 
 class _Service(Protocol):
+    db_hop: HopHistogram
+
     def routes(self) -> list[BaseRoute]: ...
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
@@ -148,6 +151,11 @@ class Devstack:
             await self.stop()
             raise
 
+    async def _hops(self, _: Request) -> Response:
+        """The stack's share of deliveries, for the benchmark (hitl_devstack/hops.py)."""
+        assert self.realtime is not None
+        return JSONResponse({"hops": [self.realtime.db_hop.as_json()]})
+
     async def _start(self) -> None:
         from hitl_devstack import auth, rest
 
@@ -160,6 +168,7 @@ class Devstack:
                 min_size=POOL_MIN_SIZE,
                 max_size=POOL_MAX_SIZE,
                 reset=_keep_session,
+                init=rest.prepare_connection,
             )
         except (OSError, asyncpg.PostgresError) as e:
             raise DevstackError(f"cannot connect to the database {self._safe_db_url()}: {e}") from e
@@ -185,6 +194,7 @@ class Devstack:
         self.realtime = _realtime_service(self.ctx)
         await self.realtime.start()
         routes.append(Mount("/realtime/v1", routes=self.realtime.routes()))
+        routes.append(Route("/_devstack/hops", self._hops, methods=["GET"]))
         app = Starlette(
             routes=routes,
             middleware=[

@@ -29,12 +29,18 @@ prometheus_client.
 from __future__ import annotations
 
 import gc
+import os
+import sys
 import time
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
 
 # Pauses from 0.1 ms to 5 s: young collections take well under 1 ms, full ones up to seconds.
 PAUSE_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -85,6 +91,38 @@ class GcMetrics(Collector):
             "Objects in the collector's permanent generation, never walked (hitl_relay.gc_tuning).",
             value=gc.get_freeze_count(),
         )
+
+
+def census() -> dict[str, Any]:
+    """What a full collection would walk now, counted by walking it (`gc.get_objects()` leaves
+    out the frozen permanent generation): seconds of pause at millions of objects, so it is
+    served only where a benchmark asks for it (`GET /metrics/census` with HITL_GC_CENSUS=1)."""
+    started = time.perf_counter()
+    objects = gc.get_objects()
+    tracked = len(objects)
+    types = Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in objects)
+    del objects
+    return {
+        "tracked_objects": float(tracked),
+        # by type: where a waiting call's objects are (the benchmark takes the difference)
+        "types": dict(types.most_common(300)),
+        "frozen_objects": float(gc.get_freeze_count()),
+        "census_seconds": time.perf_counter() - started,
+        # what is imported so far: a first call that imports shows as modules added by it
+        "modules": sorted(sys.modules),
+    }
+
+
+def census_routes() -> list[BaseRoute]:
+    """`GET /metrics/census` (JSON, `census()`), only with HITL_GC_CENSUS=1: a benchmark's
+    diagnostic, never on a production relay (each request pauses it for the walk)."""
+    if os.environ.get("HITL_GC_CENSUS") != "1":
+        return []
+
+    async def endpoint(_: Request) -> Response:
+        return JSONResponse(census())
+
+    return [Route("/metrics/census", endpoint, methods=["GET"])]
 
 
 def _le(bound: float) -> str:

@@ -47,7 +47,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from hitl_relay import callbacks, console, gc_tuning, metrics, recovery, retell, success
+from hitl_relay import callbacks, console, gc_tuning, hops, metrics, recovery, retell, success
 from hitl_relay.clock import SystemClock
 from hitl_relay.composition import build_notifiers, build_relay, open_backend, task_store_for
 from hitl_relay.config import Settings
@@ -330,10 +330,11 @@ def create_app(
         return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
 
     routes: list[BaseRoute] = [
-        Route("/mcp", endpoint=gate),
+        Route("/mcp", endpoint=hops.AnswerHopMiddleware(gate)),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
+        *gc_tuning.census_routes(),
         *console.routes(console_config(settings)),
         *retell.routes(layer, state.get),
         *extra_routes,

@@ -2272,12 +2272,15 @@ CREATE FUNCTION realtime.hitl_notify_message() RETURNS trigger
     AS $$
 declare
   j text;
+  at double precision := extract(epoch from clock_timestamp());
 begin
   j := json_build_object('id', new.id, 'topic', new.topic, 'event', new.event,
-                         'private', coalesce(new.private, false), 'payload', new.payload)::text;
+                         'private', coalesce(new.private, false), 'payload', new.payload,
+                         'at', at)::text;
   if octet_length(j) > 7800 then
     j := json_build_object('id', new.id, 'topic', new.topic, 'event', new.event,
-                           'private', coalesce(new.private, false), 'too_large', true)::text;
+                           'private', coalesce(new.private, false), 'too_large', true,
+                           'at', at)::text;
   end if;
   perform pg_notify('hitl_realtime', j);
   return null;

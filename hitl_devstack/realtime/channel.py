@@ -45,13 +45,14 @@ class Socket:
         self.token = token  # the connect token (apikey): the default for joins
         self.headers = headers  # x-* upgrade headers, for `request.headers` in RLS checks
         self.channels: dict[str, Channel] = {}
-        self.queue: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+        # a frame, or a frame with the instant its database broadcast arrived (to time the hop)
+        self.queue: asyncio.Queue[str | bytes | tuple[str | bytes, float] | None] = asyncio.Queue()
         self.closing: tuple[int, str] | None = None
         self.gone = False  # the client went away: nothing more can be sent
         self.done = asyncio.Event()
         self.counted = False  # counted as a connected user (joined a channel once)
 
-    def send(self, data: str | bytes) -> None:
+    def send(self, data: str | bytes, since: float | None = None) -> None:
         if self.closing is not None:
             return
         if self.queue.qsize() >= SEND_QUEUE_LIMIT:
@@ -60,7 +61,7 @@ class Socket:
             )
             self.close(1011, "send queue overflow: the client is not reading")
             return
-        self.queue.put_nowait(data)
+        self.queue.put_nowait(data if since is None else (data, since))
 
     def push(
         self, join_ref: str | None, ref: str | None, topic: str, event: str, payload: Any

@@ -30,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from hitl_devstack.hops import HopHistogram
 from hitl_devstack.keys import TokenError
 from hitl_devstack.realtime import api
 from hitl_devstack.realtime.authorization import (
@@ -176,6 +177,11 @@ class RealtimeService:
         # Per project, as Tenants.joins_per_second_rate / events_per_second_rate count them.
         self.joins = RateCounter(lim.max_joins_per_second, lim.rate_tick_s, lim.rate_buckets)
         self.events = RateCounter(lim.max_events_per_second, lim.rate_tick_s, lim.rate_buckets)
+        self.db_hop = HopHistogram(
+            "db_broadcast_to_frame_sent_seconds",
+            "a database broadcast's row inserted (before its commit) to its frame written to a "
+            "subscriber's socket",
+        )
         self.presence_events = RateCounter(
             lim.max_presence_events_per_second, lim.rate_tick_s, lim.rate_buckets
         )
@@ -320,13 +326,16 @@ class RealtimeService:
         ws = sock.ws
         try:
             while True:
-                data = await sock.queue.get()
-                if data is None:
+                item = await sock.queue.get()
+                if item is None:
                     break
+                data, since = item if isinstance(item, tuple) else (item, None)
                 if isinstance(data, bytes):
                     await ws.send_bytes(data)
                 else:
                     await ws.send_text(data)
+                if since is not None:
+                    self.db_hop.observe(time.perf_counter() - since)
         except (WebSocketDisconnect, RuntimeError, OSError):
             sock.gone = True
             return
@@ -670,6 +679,7 @@ class RealtimeService:
         *,
         sender: Channel | None = None,
         message_id: str | None = None,
+        since: float | None = None,
     ) -> int:
         """MessageDispatcher.dispatch/3: every subscriber allowed to read, except the sender
         without `self`, encoded once per serializer. Returns how many received it."""
@@ -686,7 +696,7 @@ class RealtimeService:
             data = out.encode(ch.socket.serializer)
             if data is None:
                 continue
-            ch.socket.send(data)
+            ch.socket.send(data, since)
             delivered.append(ch)
         self.events.add(len(delivered))
         if over_limit:  # handle_info(:update_rate_counter) on each receiving channel
@@ -833,6 +843,7 @@ class RealtimeService:
     # ---- database broadcasts (NOTIFY hitl_realtime) -------------------------------------
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, raw: object) -> None:
+        arrived = time.perf_counter()
         try:
             msg = json.loads(str(raw))
         except ValueError:
@@ -841,6 +852,12 @@ class RealtimeService:
         if not isinstance(msg, dict):
             log.warning("realtime: %s notification is not an object: %.200r", NOTIFY_CHANNEL, raw)
             return
+        at = msg.get("at")
+        if isinstance(at, int | float):
+            # the row's insert (inside its transaction), on this clock: the hop includes the
+            # commit and the wait for this loop to read the notification
+            arrived -= max(0.0, time.time() - at)
+        msg["_arrived"] = arrived
         if self._db_backlog or msg.get("too_large"):
             # a row must be read first: later notifications wait behind it (commit order)
             self._db_backlog.append(msg)
@@ -886,7 +903,12 @@ class RealtimeService:
         private = bool(msg.get("private"))
         name = "realtime:" + topic
         user = UserBroadcast(name, event, body, True, {"id": row_id})
-        self._fan_out((topic, private), _Outgoing(name, user=user), message_id=str(row_id))
+        self._fan_out(
+            (topic, private),
+            _Outgoing(name, user=user),
+            message_id=str(row_id),
+            since=msg.get("_arrived"),
+        )
 
     # ---- REST broadcast -----------------------------------------------------------------
 

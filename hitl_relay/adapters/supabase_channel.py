@@ -61,13 +61,13 @@ from loguru import logger
 from pydantic import TypeAdapter
 from realtime import (
     AsyncRealtimeChannel,
-    AsyncRealtimeClient,
     BroadcastPayload,
     RealtimeChannelOptions,
     RealtimeSubscribeStates,
 )
 
-from hitl_relay.adapters import realtime_internals
+from hitl_relay.adapters import hop_stamps, realtime_internals
+from hitl_relay.adapters.realtime_stamps import StampedRealtimeClient
 from hitl_relay.adapters.signed_events import EventKey
 from hitl_relay.adapters.supabase_store import (
     OptionIndex,
@@ -521,6 +521,8 @@ class RealtimeChannel:
                 logger.bind(topic=self.topic).warning("unreadable {} broadcast: {}", name, e)
                 return
         if event.case_id == self.case_id:
+            if isinstance(event, HumanMessage):
+                hop_stamps.answer_frame(str(event.case_id))
             for listener in list(self.listeners):
                 listener.on_event(event)
 
@@ -536,7 +538,7 @@ class RealtimeSocket:
         self.pool = pool
         self.number = number
         tuning = pool.tuning
-        self.client = AsyncRealtimeClient(
+        self.client = StampedRealtimeClient(
             pool.realtime_url,
             token=pool.key,
             auto_reconnect=False,  # the supervisor reconnects (see the module docstring)

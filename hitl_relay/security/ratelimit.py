@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -96,11 +97,32 @@ class RateLimiter(Protocol):
     async def aclose(self) -> None: ...
 
 
+class SweptMemoryStorage(MemoryStorage):
+    """limits' MemoryStorage with its expiry sweep once a second instead of every 10 ms.
+
+    The sweep is a thread that walks every key each time it runs. The relay holds keys per call
+    (the replay rule's, per call id), so with thousands of calls waiting the 10 ms sweep took
+    about 15 % of the relay's CPU in a profile of the 10,000-call benchmark, holding the GIL
+    against the event loop. The counts do not depend on it (a moving window compares each
+    entry's time when it is read); the sweep only frees expired keys, now up to a second later.
+    """
+
+    SWEEP_EVERY_S = 1.0
+
+    def _MemoryStorage__schedule_expiry(self) -> None:
+        # the base class's private `__schedule_expiry`, with another period
+        if not self.timer.is_alive():
+            sweep = getattr(self, "_MemoryStorage__expire_events")  # noqa: B009 - private name
+            self.timer = threading.Timer(self.SWEEP_EVERY_S, sweep)
+            self.timer.daemon = True
+            self.timer.start()
+
+
 class MemoryRateLimiter:
     """Moving windows in this process's memory."""
 
     def __init__(self) -> None:
-        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._limiter = MovingWindowRateLimiter(SweptMemoryStorage())
 
     def _refusal(self, rule: Rule, identity: tuple[str, ...]) -> Decision | None:
         wait = 0.0

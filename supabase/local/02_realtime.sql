@@ -144,16 +144,21 @@ alter function realtime.broadcast_changes(text, text, text, text, text, record, 
 
 -- The devstack's delivery hook: NOTIFY carries the message (or, when too large for NOTIFY's
 -- 8000-byte limit, its id) to the Realtime stand-in after the inserting transaction commits.
+-- `at` (Unix seconds, when the row was inserted, inside its transaction) lets the stand-in time
+-- its own share of a delivery, the commit included (hitl_devstack/hops.py).
 create or replace function realtime.hitl_notify_message() returns trigger
 language plpgsql as $f$
 declare
   j text;
+  at double precision := extract(epoch from clock_timestamp());
 begin
   j := json_build_object('id', new.id, 'topic', new.topic, 'event', new.event,
-                         'private', coalesce(new.private, false), 'payload', new.payload)::text;
+                         'private', coalesce(new.private, false), 'payload', new.payload,
+                         'at', at)::text;
   if octet_length(j) > 7800 then
     j := json_build_object('id', new.id, 'topic', new.topic, 'event', new.event,
-                           'private', coalesce(new.private, false), 'too_large', true)::text;
+                           'private', coalesce(new.private, false), 'too_large', true,
+                           'at', at)::text;
   end if;
   perform pg_notify('hitl_realtime', j);
   return null;

@@ -322,3 +322,28 @@ async def test_the_root_lists_tables_and_functions(devstack: Devstack, todos: ob
 
     assert r.status_code == 200
     assert {"/todos", "/cases", "/rpc/hitl_open_case"} <= set(r.json()["paths"])
+
+
+async def test_in_list_values_reach_postgres_unchanged(db: asyncpg.Connection) -> None:
+    """A request's parameters travel as one text array (rest.Params): every `in.(...)` value
+    comes out of Postgres' array parser as sent, whatever characters it holds."""
+    from hitl_devstack.rest import Params
+
+    values: list[str | None] = [
+        'say "hi"',
+        "back\\slash",
+        "NULL",
+        "a,b",
+        "{braces}",
+        " padded ",
+        "",
+        "é",
+        None,
+    ]
+    params = Params()
+    placeholder = params.add(values)
+    assert placeholder == "($1[1])"
+    # as in pg_temp.devstack_request: $1 is the request's text[] of parameters
+    typed = placeholder.replace("$1", "($1::text[])")
+    got = await db.fetchval(f"select {typed}::text[]", params.values)
+    assert got == values
