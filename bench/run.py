@@ -87,8 +87,11 @@ async def _devstack_alive(env: dict[str, str]) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def stack(home: Path, *, log_dir: Path) -> AsyncIterator[Stack]:
-    """Reuse a running devstack (`.hitl/devstack.env`) or start one; always start a relay."""
+async def stack(
+    home: Path, *, log_dir: Path, relay_env: dict[str, str] | None = None
+) -> AsyncIterator[Stack]:
+    """Reuse a running devstack (`.hitl/devstack.env`) or start one; always start a relay
+    (its environment plus `relay_env`)."""
     env_file = home / "devstack.env"
     env = read_env_file(env_file)
     devstack: Child | None = None
@@ -101,7 +104,7 @@ async def stack(home: Path, *, log_dir: Path) -> AsyncIterator[Stack]:
         env = read_env_file(env_file)
     api_key = "bench_" + secrets.token_urlsafe(24)
     port = free_port()
-    relay_env = {
+    env_of_relay = {
         **base_env,
         "HITL_BACKEND": "supabase",
         "SUPABASE_URL": env["SUPABASE_URL"],
@@ -112,9 +115,10 @@ async def stack(home: Path, *, log_dir: Path) -> AsyncIterator[Stack]:
         "HITL_PORT": str(port),
         "HITL_LOG_LEVEL": "WARNING",
         "HITL_MAX_TIMEOUT_SECONDS": "600",
+        **(relay_env or {}),
     }
     relay = await spawn(
-        "relay", [python(), "-m", "hitl_relay.cli", "serve"], relay_env, log_dir / "relay.log"
+        "relay", [python(), "-m", "hitl_relay.cli", "serve"], env_of_relay, log_dir / "relay.log"
     )
     try:
         await relay.wait_for_line("hitl-relay: MCP at")
