@@ -53,7 +53,6 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,7 +67,7 @@ from postgrest.exceptions import APIError
 from bench import operators as model
 from bench.run import ROOT, Stack, machine, stack
 from hitl_relay.devstack.dev import read_env_file
-from hitl_relay.devstack.keys import OPERATOR_ROLE_CLAIM, make_keys
+from hitl_relay.devstack.keys import make_keys
 from hitl_relay.devstack.operator_sim import SimulatedOperator
 
 SKILL = "billing"
@@ -352,28 +351,6 @@ def _past(at: str | None) -> bool:
     return at is not None and datetime.fromisoformat(str(at)) <= datetime.now(UTC)
 
 
-def operator_token(secret: str, operator_id: str, skills: Sequence[str]) -> str:
-    """An operator's access token as Supabase Auth issues it, with skills in app_metadata."""
-    now = int(time.time())
-    return make_keys(secret).sign(
-        {
-            "iss": "supabase-demo",
-            "aud": "authenticated",
-            "sub": operator_id,
-            "email": f"{operator_id[:8]}@operators.local",
-            "role": "authenticated",
-            "app_metadata": {
-                "provider": "email",
-                OPERATOR_ROLE_CLAIM: "operator",
-                "hitl_skills": list(skills),
-            },
-            "user_metadata": {},
-            "iat": now,
-            "exp": now + 24 * 3600,
-        }
-    )
-
-
 async def callers(s: Stack, run: Run, rng: random.Random) -> None:
     """Calls arriving at `rate` per second for `duration` seconds, each asking over MCP."""
     knobs, sc = run.knobs, run.scenario
@@ -466,7 +443,7 @@ async def run_scenario(s: Stack, scenario: Scenario, knobs: Knobs, secret: str) 
             ConsoleOperator(
                 s.url,
                 s.anon_key,
-                operator_token(secret, operator_id, [SKILL] if skilled else []),
+                make_keys(secret).user_token(operator_id, skills=[SKILL] if skilled else []),
                 operator_id,
                 auto_answer=False,
                 index=i,
