@@ -50,6 +50,7 @@ def check_consistent(r: dict[str, Any]) -> None:
     assert d["time_to_claim_s"]["n"] <= min(d["claims"], d["cases"]), where
     assert d["one_tap_answers"] <= d["cases_with_options"], where
     assert d["answered_cases"] >= s["answered"], where
+    assert d["answered_sessions_cannot_answer"] <= min(d["cannot_answer"], s["answered"]), where
 
 
 @pytest.mark.timeout(420)
