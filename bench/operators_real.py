@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
@@ -143,6 +144,7 @@ class Run:
     follow_ups: int = 0
     wrong_skill_reads: int = 0
     refused: dict[str, int] = field(default_factory=dict)
+    transport_errors: int = 0
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
@@ -154,6 +156,10 @@ class Run:
         lo, hi = model.SHIFT_WINDOW
         scale = self.knobs.duration_s / model.DURATION_S
         return (lo * scale, hi * scale)
+
+    def count_transport_error(self, e: httpx.HTTPError) -> None:
+        del e  # the console retries; the operator carries on (counted, not hidden)
+        self.transport_errors += 1
 
     def count_refusal(self, e: APIError) -> None:
         key = str(e.message or e.code)[:80]
@@ -177,6 +183,8 @@ class ConsoleOperator(SimulatedOperator):
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     alert: asyncio.Event = field(default_factory=asyncio.Event)
     seen: set[str] = field(default_factory=set)
+    left: bool = False  # away for the shift change
+    distracted_until: float = 0.0  # run time until which the person is away from the screen
 
     async def start(self) -> None:
         await super().start()
@@ -239,38 +247,44 @@ class ConsoleOperator(SimulatedOperator):
         return out
 
     async def work(self, run: Run, rng: random.Random) -> None:
-        """The operator's shift until the run stops: look, pick, work, repeat."""
-        away = self.index < run.knobs.shift_away
-        left = False
-        distracted_until = 0.0
+        """The operator's shift until the run stops: look, pick, work, repeat. A request that
+        fails in transport (the devstack busy) is counted and the operator carries on."""
         while not run.stop.is_set():
-            lo, hi = run.shift()
-            if away and lo <= run.elapsed() < hi:
-                if not left:
-                    left = True
-                    await self.beat("away")
-                    await self.client.rpc("hitl_release_claims").execute()
-                await _until(run.stop, hi - run.elapsed())
-                continue
-            if left:
-                left = False
-                await self.beat("available")
-            if distracted_until > run.elapsed():
-                self.alert.clear()
-                await _until(self.alert, distracted_until - run.elapsed())
-                distracted_until = 0.0
-            self.wake.clear()
-            cases = await self.queue(run)
-            if not cases:
-                await _until(self.wake, LOOK_AGAIN_S)
-                # noticing the new card takes the person a moment (human time, not a sync)
-                await asyncio.sleep(rng.expovariate(1 / run.human(model.NOTICE_MEAN_S)))
-                continue
-            case = cases[0] if run.scenario.claims else rng.choice(cases[:3])
-            if await self.handle(run, rng, case) and rng.random() < model.DISTRACTED_P:
-                distracted_until = run.elapsed() + rng.expovariate(
-                    1 / run.human(model.DISTRACTED_MEAN_S)
-                )
+            try:
+                await self._step(run, rng)
+            except httpx.HTTPError as e:
+                run.count_transport_error(e)
+                await _until(run.stop, 0.5)  # the console's retry delay
+
+    async def _step(self, run: Run, rng: random.Random) -> None:
+        """One look at the queue, and the case taken from it if any."""
+        lo, hi = run.shift()
+        if self.index < run.knobs.shift_away and lo <= run.elapsed() < hi:
+            if not self.left:
+                self.left = True
+                await self.beat("away")
+                await self.client.rpc("hitl_release_claims").execute()
+            await _until(run.stop, hi - run.elapsed())
+            return
+        if self.left:
+            self.left = False
+            await self.beat("available")
+        if self.distracted_until > run.elapsed():
+            self.alert.clear()
+            await _until(self.alert, self.distracted_until - run.elapsed())
+            self.distracted_until = 0.0
+        self.wake.clear()
+        cases = await self.queue(run)
+        if not cases:
+            await _until(self.wake, LOOK_AGAIN_S)
+            # noticing the new card takes the person a moment (human time, not a sync)
+            await asyncio.sleep(rng.expovariate(1 / run.human(model.NOTICE_MEAN_S)))
+            return
+        case = cases[0] if run.scenario.claims else rng.choice(cases[:3])
+        if await self.handle(run, rng, case) and rng.random() < model.DISTRACTED_P:
+            self.distracted_until = run.elapsed() + rng.expovariate(
+                1 / run.human(model.DISTRACTED_MEAN_S)
+            )
 
     async def handle(self, run: Run, rng: random.Random, case: dict[str, Any]) -> bool:
         """Work one case; False if it was not ours to work (claim lost)."""
@@ -320,6 +334,7 @@ class ConsoleOperator(SimulatedOperator):
 
     async def claim_or_refused(self, run: Run, case_id: str) -> bool:
         try:
+            await self.beat("available")  # as the console: a claim needs a recent heartbeat
             return await self.claim(case_id)
         except APIError as e:
             run.count_refusal(e)
@@ -462,7 +477,10 @@ async def run_scenario(s: Stack, scenario: Scenario, knobs: Knobs, secret: str) 
         while not await _until(run.stop, HEARTBEAT_S):
             lo, hi = run.shift()
             if not (op.index < knobs.shift_away and lo <= run.elapsed() < hi):
-                await op.beat("available")
+                try:
+                    await op.beat("available")
+                except httpx.HTTPError as e:
+                    run.count_transport_error(e)  # the next beat is within the 90 s
 
     run.t0 = time.monotonic()
     workers = [asyncio.create_task(op.work(run, random.Random(rng.random()))) for op in ops] + [
@@ -474,7 +492,7 @@ async def run_scenario(s: Stack, scenario: Scenario, knobs: Knobs, secret: str) 
         run.stop.set()
         results = await asyncio.gather(*workers, return_exceptions=True)
         for op in ops:
-            with contextlib.suppress(APIError, OSError):
+            with contextlib.suppress(APIError, OSError, httpx.HTTPError):
                 await op.beat("available")  # ends each availability interval now
             await op.stop()
     errors = [repr(r) for r in results if isinstance(r, BaseException)]
@@ -487,6 +505,7 @@ async def run_scenario(s: Stack, scenario: Scenario, knobs: Knobs, secret: str) 
             "follow_ups_sent": run.follow_ups,
             "wrong_skill_reads": run.wrong_skill_reads,
             "refused_by_database": run.refused,
+            "transport_errors_retried": run.transport_errors,
             "operator_errors": errors,
         },
     )
