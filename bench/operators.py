@@ -330,6 +330,7 @@ def plot(
     results: list[Result],
     path: Path,
     title: str = "Time to claim, 20 operators, 1,000 calls in 10 min (simulated)",
+    ylabel: str = "time to claim: asked → an operator starts (s, log)",
 ) -> None:
     import matplotlib
 
@@ -344,7 +345,7 @@ def plot(
         body.set_alpha(0.55)
     ax.set_yscale("log")
     ax.set_xticks(range(1, len(results) + 1), [r.features.replace("+", "\n+") for r in results])
-    ax.set_ylabel("time to claim: asked → an operator starts (s, log)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(axis="y", which="both", alpha=0.3)
     ax = axes[1]

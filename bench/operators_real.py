@@ -660,6 +660,11 @@ def as_model_result(r: dict[str, Any]) -> model.Result:
     )
 
 
+# Without claims nothing is recorded when an operator starts on a case: the first action is
+# their first message, after their think time.
+PLOT_YLABEL = "asked → first claim, or first message without claims (s, log)"
+
+
 def parse(argv: list[str]) -> tuple[argparse.Namespace, Knobs, list[Scenario]]:
     p = argparse.ArgumentParser(
         prog="scripts/bench operators --real", description=__doc__.splitlines()[0]
@@ -764,6 +769,7 @@ async def main(argv: list[str]) -> int:
             args.plot,
             title=f"Time to first action, {knobs.operators} operators, real stack "
             f"({knobs.rate:.2f} calls/s for {knobs.duration_s:.0f} s)",
+            ylabel=PLOT_YLABEL,
         )
         print(f"wrote {args.plot}")
     return 0
