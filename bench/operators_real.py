@@ -17,9 +17,10 @@ Realtime) and one relay process (`bench.run.stack`); per scenario:
   row update of `cases.claimed_by` under RLS; answers, questions back and "cannot answer" are
   message inserts, one-tap answers an insert naming `option_index`. Think times are lognormal
   per priority (the model's), a one-tap answer takes 45 % of one, 10 % of cases get a question
-  back, 3 % cannot be answered; after each case an operator is distracted with probability 0.3
-  (exponential 20 s) unless an escalation alert calls them back; 4 operators leave for a shift
-  change from 30 % to 60 % of the arrival window (heartbeat `away`, claims released).
+  back, 3 % cannot be answered (`--question-back`, `--cannot-answer`); after each case an
+  operator is distracted with probability 0.3 (exponential 20 s) unless an escalation alert
+  calls them back; 4 operators leave for a shift change from 30 % to 60 % of the arrival window
+  (heartbeat `away`, claims released).
 - **Scenarios**: `baseline` (every operator sees every open case and picks among the top three,
   so two may work one case: Postgres keeps the first answer, the audit marks the other `late`;
   without routing a case's skill is only in its text, and an operator without it spends 5 s
@@ -113,6 +114,8 @@ class Knobs:
     deadline_s: int = int(model.DEADLINE_S)
     think_scale: float = 1.0
     shift_away: int = len(model.SHIFT_AWAY)
+    question_back: float = model.QUESTION_BACK
+    cannot_answer: float = CANNOT_ANSWER
     seed: int = 1
 
     def validate(self) -> None:
@@ -124,6 +127,8 @@ class Knobs:
             ("deadline", 5 <= self.deadline_s <= 600, "must be 5 to 600 s (ask_human's range)"),
             ("think-scale", self.think_scale > 0, "must be positive"),
             ("shift-away", 0 <= self.shift_away <= self.operators, "must be 0 to operators"),
+            ("question-back", 0 <= self.question_back <= 1, "must be a share from 0 to 1"),
+            ("cannot-answer", 0 <= self.cannot_answer <= 1, "must be a share from 0 to 1"),
         ]
         for name, ok, rule in rules:
             if not ok:
@@ -310,14 +315,14 @@ class ConsoleOperator(SimulatedOperator):
             math.log(run.human(model.THINK_MEDIAN_S.get(priority, 11.0))), model.THINK_SIGMA
         )
         try:
-            if rng.random() < model.QUESTION_BACK:
+            if rng.random() < run.knobs.question_back:
                 await asyncio.sleep(think / 2)  # reading and typing the question
                 asked = await self.answer(case_id, QUESTION_BACK_TEXT, kind="clarification")
                 if not await self._caller_replied(run, case_id, asked.message_id):
                     return True
                 await asyncio.sleep(think / 2)  # answering with the fact in hand
                 await self.answer(case_id, f"Answer to: {case.get('description')}")
-            elif rng.random() < CANNOT_ANSWER:
+            elif rng.random() < run.knobs.cannot_answer:
                 await asyncio.sleep(think)
                 await self.answer(case_id, "Not something I can decide.", kind="cannot_answer")
             elif (
@@ -677,6 +682,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, Knobs, list[Scenario]]:
     p.add_argument("--deadline", type=int, default=d.deadline_s, help="each call's timeout (s)")
     p.add_argument("--think-scale", type=float, default=1.0, help="multiplies every human time")
     p.add_argument("--shift-away", type=int, default=None, help="operators away mid-run (4/20)")
+    p.add_argument("--question-back", type=float, default=d.question_back, help="share asked back")
+    p.add_argument("--cannot-answer", type=float, default=d.cannot_answer, help="share refused")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help=",".join(SCENARIOS))
     p.add_argument("--json", type=Path, help="write the report as JSON here")
@@ -691,6 +698,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, Knobs, list[Scenario]]:
         deadline_s=a.deadline,
         think_scale=a.think_scale,
         shift_away=a.shift_away if a.shift_away is not None else round(d.shift_away * scale),
+        question_back=a.question_back,
+        cannot_answer=a.cannot_answer,
         seed=a.seed,
     )
     knobs.validate()
