@@ -326,7 +326,12 @@ def run_all(seeds: int, calls: int, pick: Callable[[Result], float] | None = Non
     return out
 
 
-def plot(results: list[Result], path: Path) -> None:
+def plot(
+    results: list[Result],
+    path: Path,
+    title: str = "Time to claim, 20 operators, 1,000 calls in 10 min (simulated)",
+    ylabel: str = "time to claim: asked → an operator starts (s, log)",
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -340,8 +345,8 @@ def plot(results: list[Result], path: Path) -> None:
         body.set_alpha(0.55)
     ax.set_yscale("log")
     ax.set_xticks(range(1, len(results) + 1), [r.features.replace("+", "\n+") for r in results])
-    ax.set_ylabel("time to claim: asked → an operator starts (s, log)")
-    ax.set_title("Time to claim, 20 operators, 1,000 calls in 10 min (simulated)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(axis="y", which="both", alpha=0.3)
     ax = axes[1]
     x = range(len(results))

@@ -91,11 +91,17 @@ async def _devstack_alive(env: dict[str, str]) -> bool:
 
 @contextlib.asynccontextmanager
 async def stack(
-    home: Path, *, log_dir: Path, census: bool = False, replicas: int = 1
+    home: Path,
+    *,
+    log_dir: Path,
+    census: bool = False,
+    replicas: int = 1,
+    relay_env: dict[str, str] | None = None,
 ) -> AsyncIterator[Stack]:
     """Reuse a running devstack (`.hitl/devstack.env`) or start one; always start `replicas`
-    relay processes over it, each with its own HITL_INSTANCE_ID and port. Whatever it started
-    it stops on the way out, however the block ends (an error, a cancellation, a signal)."""
+    relay processes over it, each with its own HITL_INSTANCE_ID and port (their environment
+    plus `relay_env`). Whatever it started it stops on the way out, however the block ends (an
+    error, a cancellation, a signal)."""
     env_file = home / "devstack.env"
     env = read_env_file(env_file)
     devstack: Child | None = None
@@ -115,7 +121,7 @@ async def stack(
         ports = [free_port() for _ in range(replicas)]
         instance_ids = [f"bench-relay-{i}" for i in range(replicas)]
         for i, port in enumerate(ports):
-            relay_env = {
+            env_of_relay = {
                 **base_env,
                 "HITL_BACKEND": "supabase",
                 "SUPABASE_URL": env["SUPABASE_URL"],
@@ -128,10 +134,11 @@ async def stack(
                 "HITL_MAX_TIMEOUT_SECONDS": "600",
                 "HITL_INSTANCE_ID": instance_ids[i],
                 **({"HITL_GC_CENSUS": "1"} if census else {}),
+                **(relay_env or {}),
             }
             log = log_dir / ("relay.log" if i == 0 else f"relay-{i}.log")
             relays.append(
-                await spawn("relay", [python(), "-m", "hitl_relay.cli", "serve"], relay_env, log)
+                await spawn("relay", [python(), "-m", "hitl_relay.cli", "serve"], env_of_relay, log)
             )
         for relay, port in zip(relays, ports, strict=True):
             await relay.wait_for_line("hitl-relay: MCP at")

@@ -20,6 +20,7 @@ import os
 import secrets
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,8 +70,10 @@ class LocalKeys:
         email: str | None = None,
         operator: bool = True,
         ttl_s: int = 24 * 3600,
+        skills: Sequence[str] | None = None,
     ) -> str:
-        """An `authenticated` user's access token, as Supabase Auth would issue it."""
+        """An `authenticated` user's access token, as Supabase Auth would issue it (`skills`:
+        the operator's app_metadata.hitl_skills, which routing reads)."""
         now = int(time.time())
         sub = user_id or str(uuid.uuid4())
         return self.sign(
@@ -83,6 +86,7 @@ class LocalKeys:
                 "app_metadata": {
                     "provider": "email",
                     **({OPERATOR_ROLE_CLAIM: "operator"} if operator else {}),
+                    **({"hitl_skills": list(skills)} if skills is not None else {}),
                 },
                 "user_metadata": {},
                 "iat": now,

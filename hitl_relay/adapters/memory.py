@@ -30,11 +30,11 @@ from uuid import UUID, uuid4
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from hitl_relay.adapters.memory_claims import MemoryClaims
 from hitl_relay.adapters.memory_services import CallbackCase, MemoryServices
 from hitl_relay.adapters.memory_state import (
     CLOSE_STATUSES,
     DEFAULT_CASE_TTL_S,
-    ESCALATE_UNCLAIMED_S,
     Faults,
     MemCase,
     MemNotification,
@@ -170,6 +170,7 @@ class MemoryPlatform:
         self.channel = MemoryCaseChannel(self)
         self.presence = MemoryPresence(self, ttl_s=presence_ttl_s)
         self.operator = MemoryOperator(self)
+        self.claims = MemoryClaims(self)  # claims, routing, escalation (memory_claims.py)
         self._changed: anyio.Event | None = None
         # Readiness: the twin is at the relay's schema unless a test says otherwise, and its
         # "realtime" is down between `disconnect()` and `reconnect()`.
@@ -319,6 +320,7 @@ class MemoryPlatform:
                 content = option
             elif content.strip() != option:
                 raise InvalidRequest("content", "must be the chosen option's text (or empty)")
+        self.claims.check_message(case, sender_type, sender_id)
         is_answer = (
             sender_type == "human"
             and kind in ("answer", "cannot_answer")
@@ -640,42 +642,10 @@ class MemoryCaseStore:
         return success_figures(p.cases, p.sessions, p.messages, p.availability, start, end)
 
     async def escalate(self) -> int:
-        """`hitl_escalate`'s unclaimed rule (the twin has no claims): an open, unanswered case
-        older than its priority's threshold gets priority + 1 and a notification, once."""
+        """`hitl_escalate` (`MemoryClaims.escalate`: claims, the unclaimed and deadline rules)."""
         await anyio.lowlevel.checkpoint()
-        p = self._p
-        p._rpc("escalate")
-        now = p.clock.now()
-        count = 0
-        for case in p.cases.values():
-            threshold = ESCALATE_UNCLAIMED_S.get(case.priority)
-            if (
-                case.status != "open"
-                or case.answer_message_id is not None
-                or "unclaimed" in case.escalated_for
-                or threshold is None
-                or (now - case.created_at).total_seconds() < threshold
-            ):
-                continue
-            case.escalated_for.append("unclaimed")
-            previous, case.priority = case.priority, min(5, case.priority + 1)
-            p.notifications.append(
-                MemNotification(
-                    id=len(p.notifications) + 1,
-                    case_id=case.id,
-                    reason="unclaimed",
-                    payload={
-                        "case_id": str(case.id),
-                        "reason": "unclaimed",
-                        "priority": case.priority,
-                        "previous_priority": previous,
-                        "question": case.question,
-                    },
-                )
-            )
-            count += 1
-        p.changed()
-        return count
+        self._p._rpc("escalate")
+        return self._p.claims.escalate()
 
     async def pending_notifications(self, limit: int) -> list[Notification]:
         await anyio.lowlevel.checkpoint()

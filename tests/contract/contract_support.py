@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
@@ -12,6 +12,7 @@ from hitl_relay.adapters.memory import MemoryCaseStore, MemoryPlatform
 from hitl_relay.ports import (
     CaseChannel,
     CaseStore,
+    EscalationStore,
     MessageKind,
     OperatorPresence,
     SenderType,
@@ -50,6 +51,44 @@ class OperatorSide(Protocol):
     async def go_offline(self, operator_id: str = "operator-0") -> None: ...
 
 
+class ClaimsSide(Protocol):
+    """Operators claiming, routed and escalated, each named by the test (`name`): the console's
+    calls as that operator (heartbeat, claim and release by row update, the routing queue, an
+    answer), plus what an administrator sets (skills) and a clock moved for one case (`age`)."""
+
+    def operator_id(self, name: str) -> str:
+        """The id the platform records for this operator (an answer's sender_id)."""
+        ...
+
+    async def set_skills(self, name: str, skills: Sequence[str]) -> None: ...
+
+    async def heartbeat(self, name: str, status: str = "available") -> None: ...
+
+    async def claim(self, name: str, case_id: UUID) -> bool:
+        """True if the operator holds the case now; False if the row was not theirs to update."""
+        ...
+
+    async def release(self, name: str, case_id: UUID) -> bool: ...
+
+    async def release_all(self, name: str) -> int: ...
+
+    async def queue(self, name: str) -> list[UUID]: ...
+
+    async def holder(self, case_id: UUID) -> str | None:
+        """The operator id in the case's claim (a lapsed one until it is released)."""
+        ...
+
+    async def answer(self, name: str, case_id: UUID, content: str) -> UUID: ...
+
+    async def age(self, case_id: UUID, seconds: float) -> None:
+        """Make the case `seconds` older (its creation moved back)."""
+        ...
+
+    async def vanish(self, name: str) -> None:
+        """The operator's last heartbeat is long past (the tab was closed minutes ago)."""
+        ...
+
+
 @dataclass
 class ContractPorts:
     store: CaseStore
@@ -70,6 +109,52 @@ class ContractPorts:
     services: ServicePorts
     # The audit rows the platform holds for one actor, oldest first.
     audit_rows: Callable[[str], Awaitable[list[dict[str, Any]]]]
+    # Escalation (hitl_escalate and its outbox) and the operators' claims and routing.
+    escalation: EscalationStore
+    claims: ClaimsSide
+
+
+class MemoryClaimsSide:
+    """`ClaimsSide` on the twin: `MemoryPlatform.claims`, operators named as they are."""
+
+    def __init__(self, platform: MemoryPlatform) -> None:
+        self._p = platform
+
+    def operator_id(self, name: str) -> str:
+        return name
+
+    async def set_skills(self, name: str, skills: Sequence[str]) -> None:
+        self._p.claims.set_skills(name, skills)
+
+    async def heartbeat(self, name: str, status: str = "available") -> None:
+        self._p.claims.heartbeat(name, status)
+
+    async def claim(self, name: str, case_id: UUID) -> bool:
+        return self._p.claims.claim(name, case_id)
+
+    async def release(self, name: str, case_id: UUID) -> bool:
+        return self._p.claims.release(name, case_id)
+
+    async def release_all(self, name: str) -> int:
+        return self._p.claims.release_all(name)
+
+    async def queue(self, name: str) -> list[UUID]:
+        return self._p.claims.queue(name)
+
+    async def holder(self, case_id: UUID) -> str | None:
+        claim = self._p.claims.held.get(case_id)
+        return None if claim is None else claim.holder
+
+    async def answer(self, name: str, case_id: UUID, content: str) -> UUID:
+        return self._p.post_message(case_id, content, sender_id=name).message_id
+
+    async def age(self, case_id: UUID, seconds: float) -> None:
+        case = self._p.cases[case_id]
+        case.created_at -= timedelta(seconds=seconds)
+
+    async def vanish(self, name: str) -> None:
+        status, seen = self._p.claims.activity[name]
+        self._p.claims.activity[name] = (status, seen - timedelta(hours=1))
 
 
 async def memory_ports() -> AsyncIterator[ContractPorts]:
@@ -103,4 +188,6 @@ async def memory_ports() -> AsyncIterator[ContractPorts]:
         pass_deadline=pass_deadline,
         services=platform.services,
         audit_rows=audit_rows,
+        escalation=platform.store,
+        claims=MemoryClaimsSide(platform),
     )

@@ -4,7 +4,8 @@ the operators (supabase-py with an operator JWT, straight to the devstack) keep 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -106,6 +107,102 @@ class DevstackOperators:
         self.present.clear()
 
 
+class DevstackClaims:
+    """`ClaimsSide` on the devstack: each named operator is supabase-py with its own operator
+    JWT (skills in app_metadata.hitl_skills), doing what the console does under RLS; the
+    service role only moves a case's creation back (`age`) and reads the claim (`holder`)."""
+
+    def __init__(self, devstack: Devstack, service: AsyncClient) -> None:
+        self.devstack = devstack
+        self.service = service
+        self.ids: dict[str, UUID] = {}
+        self.skills: dict[str, list[str]] = {}
+        self.clients: dict[str, AsyncClient] = {}
+
+    def operator_id(self, name: str) -> str:
+        return str(self.ids.setdefault(name, uuid4()))
+
+    async def _client(self, name: str) -> AsyncClient:
+        if name not in self.clients:
+            token = self.devstack.keys.user_token(
+                self.operator_id(name), operator=True, skills=self.skills.get(name, [])
+            )
+            options = AsyncClientOptions(headers={"Authorization": f"Bearer {token}"})
+            self.clients[name] = await acreate_client(
+                self.devstack.url, self.devstack.keys.anon_key, options=options
+            )
+        return self.clients[name]
+
+    async def set_skills(self, name: str, skills: Sequence[str]) -> None:
+        # skills live in the token: the operator signs in again with the new one
+        self.skills[name] = list(skills)
+        old = self.clients.pop(name, None)
+        if old is not None:
+            await old.postgrest.aclose()
+
+    async def heartbeat(self, name: str, status: str = "available") -> None:
+        client = await self._client(name)
+        await client.rpc("hitl_operator_heartbeat", {"p_status": status}).execute()
+
+    async def _set_claim(self, name: str, case_id: UUID, holder: str | None) -> bool:
+        client = await self._client(name)
+        update = client.table("cases").update({"claimed_by": holder}).eq("id", str(case_id))
+        return bool((await update.execute()).data)
+
+    async def claim(self, name: str, case_id: UUID) -> bool:
+        return await self._set_claim(name, case_id, self.operator_id(name))
+
+    async def release(self, name: str, case_id: UUID) -> bool:
+        return await self._set_claim(name, case_id, None)
+
+    async def release_all(self, name: str) -> int:
+        client = await self._client(name)
+        return int((await client.rpc("hitl_release_claims").execute()).data)
+
+    async def queue(self, name: str) -> list[UUID]:
+        client = await self._client(name)
+        rows = (await client.rpc("hitl_operator_queue").execute()).data or []
+        return [UUID(r["case_id"]) for r in rows]
+
+    async def holder(self, case_id: UUID) -> str | None:
+        rows = (
+            await self.service.table("cases").select("claimed_by").eq("id", str(case_id)).execute()
+        ).data
+        return None if not rows or rows[0]["claimed_by"] is None else str(rows[0]["claimed_by"])
+
+    async def answer(self, name: str, case_id: UUID, content: str) -> UUID:
+        client = await self._client(name)
+        row = {
+            "case_id": str(case_id),
+            "sender_type": "human",
+            "sender_id": self.operator_id(name),
+            "content": content,
+            "kind": "answer",
+        }
+        return UUID((await client.table("messages").insert(row).execute()).data[0]["id"])
+
+    async def age(self, case_id: UUID, seconds: float) -> None:
+        read = self.service.table("cases").select("created_at").eq("id", str(case_id))
+        created = datetime.fromisoformat((await read.execute()).data[0]["created_at"])
+        moved = {"created_at": (created - timedelta(seconds=seconds)).isoformat()}
+        await self.service.table("cases").update(moved).eq("id", str(case_id)).execute()
+
+    async def vanish(self, name: str) -> None:
+        at = "2000-01-01T00:00:00+00:00"
+        long_ago = {"started_at": at, "last_seen_at": at}
+        await (
+            self.service.table("operator_activity")
+            .update(long_ago)
+            .eq("operator_id", self.operator_id(name))
+            .execute()
+        )
+
+    async def aclose(self) -> None:
+        for client in self.clients.values():
+            await client.postgrest.aclose()
+        self.clients.clear()
+
+
 async def supabase_ports(devstack: Devstack) -> AsyncIterator[ContractPorts]:
     proxy = FaultProxy(devstack.port)
     await proxy.start()
@@ -120,6 +217,7 @@ async def supabase_ports(devstack: Devstack) -> AsyncIterator[ContractPorts]:
     answering = Operator(devstack, operator_id=uuid4())
     await answering.__aenter__()
     operators = DevstackOperators(devstack, service, answering)
+    claims = DevstackClaims(devstack, service)
 
     async def disconnect() -> None:
         proxy.cut()
@@ -172,8 +270,11 @@ async def supabase_ports(devstack: Devstack) -> AsyncIterator[ContractPorts]:
             pass_deadline=pass_deadline,
             services=platform.services,
             audit_rows=audit_rows,
+            escalation=platform.store,
+            claims=claims,
         )
     finally:
+        await claims.aclose()
         await operators.aclose()
         await answering.__aexit__()
         await service.postgrest.aclose()

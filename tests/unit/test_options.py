@@ -94,6 +94,7 @@ def test_an_option_answer_names_its_index_in_the_text() -> None:
 
 async def test_the_case_keeps_the_options_and_the_answer_carries_the_chosen_one(rig: Rig) -> None:
     request = ask_request(options=["approve", "deny", "approve up to 50 euros"], skills=["billing"])
+    rig.platform.claims.set_skills("operator-0", ["billing"])  # only skilled operators answer it
     async with asking(rig.relay, request) as (call,):
         await rig.waiting()
         case_id = await rig.platform.operator.wait_for_case()
