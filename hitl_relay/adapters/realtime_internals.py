@@ -1,6 +1,6 @@
 """The one place the relay reaches past realtime-py's public API, and why.
 
-The socket pool (supabase_channel.py) supervises its sockets itself (see its docstring), and
+The socket pool (realtime_pool.py) supervises its sockets itself (see its docstring), and
 realtime-py 2.34.1 offers no public way to do five things that needs:
 
 - tell that its listener task died (an exception escaped it; nothing is received or rejoined on
