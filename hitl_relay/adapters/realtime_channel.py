@@ -32,7 +32,7 @@ from hitl_relay.adapters.realtime_tuning import (
     refusal_reason,
 )
 from hitl_relay.adapters.signed_events import EventKey
-from hitl_relay.adapters.supabase_store import (
+from hitl_relay.adapters.supabase_shapes import (
     ShapeError,
     parse_uuid,
 )

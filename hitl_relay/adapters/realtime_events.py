@@ -9,7 +9,7 @@ from uuid import UUID
 
 from pydantic import TypeAdapter
 
-from hitl_relay.adapters.supabase_store import (
+from hitl_relay.adapters.supabase_shapes import (
     OptionIndex,
     Reply,
     Time,
