@@ -9,7 +9,7 @@ NOT upgrade `tasks/get` to SSE "as the client has indicated it wishes to poll", 
 JSON reply also costs the relay less per poll.
 
 A POST that carries a client's JSON-RPC *response* to an elicitation a `tasks/result` stream
-sent (`mcp_tasks.input_request_id`) is handed to the task service here: a stateless transport
+sent (`mcp_task_wire.input_request_id`) is handed to the task service here: a stateless transport
 has no pending request to match it with, and the response may reach any replica.
 
 The handshake-era versions only: 2026-07-28 requests go to the SDK's own modern entry through
@@ -29,7 +29,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hitl_relay.errors import HitlError
-from hitl_relay.mcp_tasks import INPUT_REQUEST_PREFIX, TaskService, owner_of_authorization
+from hitl_relay.mcp_task_wire import INPUT_REQUEST_PREFIX, owner_of_authorization
+from hitl_relay.mcp_tasks import TaskService
 from hitl_relay.security.middleware import buffered_body, key_of_scope
 
 POLL_METHODS: Final = frozenset({"tasks/get", "tasks/list", "tasks/cancel"})

@@ -36,7 +36,8 @@ from mcp.shared.exceptions import MCPError
 from hitl_relay import __version__, metrics
 from hitl_relay.config import Settings
 from hitl_relay.errors import InvalidRequest
-from hitl_relay.mcp_tasks import CLIENT_GONE, Rendering, TaskService
+from hitl_relay.mcp_task_wire import CLIENT_GONE, Rendering
+from hitl_relay.mcp_tasks import TaskService
 from hitl_relay.models import (
     ASK_HUMAN_DESCRIPTION,
     GET_CALL_HISTORY_DESCRIPTION,

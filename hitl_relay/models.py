@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import math
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -20,26 +19,84 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hitl_relay.errors import InvalidRequest
+from hitl_relay.results import (
+    AskResult,
+    CallHistory,
+    Status,
+    ThreadExchange,
+    ThreadItem,
+)
+from hitl_relay.rules import (
+    CALLER_INFO_MAX_BYTES,
+    CONTEXT_MAX,
+    HISTORY_MAX_TURNS,
+    ID_MAX,
+    ID_RULE,
+    JSON_MAX_DEPTH,
+    NON_FINITE_RULE,
+    OPTION_MAX_CHARS,
+    OPTIONS_MAX,
+    OPTIONS_MIN,
+    QUESTION_MAX,
+    SKILL_MAX_CHARS,
+    SKILLS_MAX,
+    TIMEOUT_DEFAULT,
+    TIMEOUT_MAX,
+    TIMEOUT_MIN,
+    TURN_CONTENT_MAX,
+    DuplicateKeyError,
+    call_id_of,
+    invalid_request_from,
+    loads_strict,
+    option_rule,
+    printable_id,
+    value_problem,
+)
 
-QUESTION_MAX = 2000
-CONTEXT_MAX = 8000
-ID_MAX = 128
-CALLER_INFO_MAX_BYTES = 16 * 1024
-HISTORY_MAX_TURNS = 200
-TURN_CONTENT_MAX = 8000
-# A call's time limit in seconds: the bounds' one home (the settings, the CLI, the memory twin
-# import them; hitl_open_case and hitl_continue_case in SQL are tested against them).
-TIMEOUT_MIN = 5
-TIMEOUT_MAX = 600
-TIMEOUT_DEFAULT = 45
-# The id rule (session, call and agent ids), as the SQL's `hitl_id` states it.
-ID_RULE = f"must be 1 to {ID_MAX} printable characters"
-# One-tap answers: the bounds' one home (hitl_option_bounds() in SQL is tested against them).
-OPTIONS_MIN = 2
-OPTIONS_MAX = 6
-OPTION_MAX_CHARS = 80
-SKILLS_MAX = 8
-SKILL_MAX_CHARS = 64
+# The results and the rules live in their own modules; re-exported here, the one import path
+# the edges, the core and the tests use.
+__all__ = [
+    "ASK_HUMAN_DESCRIPTION",
+    "CALLER_INFO_MAX_BYTES",
+    "CONTEXT_MAX",
+    "GET_CALL_HISTORY_DESCRIPTION",
+    "GET_HUMAN_ANSWER_DESCRIPTION",
+    "HISTORY_MAX_TURNS",
+    "ID_MAX",
+    "ID_RULE",
+    "JSON_MAX_DEPTH",
+    "NON_FINITE_RULE",
+    "OPTIONS_MAX",
+    "OPTIONS_MIN",
+    "OPTION_MAX_CHARS",
+    "QUESTION_MAX",
+    "SKILLS_MAX",
+    "SKILL_MAX_CHARS",
+    "TIMEOUT_DEFAULT",
+    "TIMEOUT_MAX",
+    "TIMEOUT_MIN",
+    "TURN_CONTENT_MAX",
+    "AskHumanRequest",
+    "AskResult",
+    "CallHistory",
+    "DuplicateKeyError",
+    "GetCallHistoryRequest",
+    "GetHumanAnswerRequest",
+    "Status",
+    "ThreadExchange",
+    "ThreadItem",
+    "Turn",
+    "call_id_of",
+    "invalid_request_from",
+    "loads_strict",
+    "option_rule",
+    "parse_ask_request",
+    "parse_get_answer_request",
+    "parse_get_call_history_request",
+    "printable_id",
+    "tool_schema",
+    "value_problem",
+]
 
 ASK_HUMAN_DESCRIPTION = """\
 Ask a human colleague (an operator) a question during a live call and wait for the answer.
@@ -107,64 +164,6 @@ class Turn(BaseModel):
     ]
 
 
-# Deeper nesting than any caller description needs; deeper JSON is refused, never walked
-# partly (a check that stops at some depth lets what lies below reach Postgres).
-JSON_MAX_DEPTH = 32
-NON_FINITE_RULE = "must hold only finite numbers (no NaN, Infinity, or values such as 1e400)"
-
-
-def value_problem(value: object) -> str | None:
-    """Why `value` (decoded JSON) cannot be stored in Postgres text/jsonb, or None.
-
-    Walks every key and value iteratively, so no depth escapes it: U+0000 in any string
-    (Postgres text and jsonb cannot hold it), a non-finite float (NaN, Infinity, or 1e400,
-    which JSON decoders turn into infinity), nesting deeper than JSON_MAX_DEPTH.
-    """
-    stack: list[tuple[object, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                return "must not contain NUL (U+0000) characters"
-        elif isinstance(item, float):
-            if not math.isfinite(item):
-                return NON_FINITE_RULE
-        elif isinstance(item, Mapping | list | tuple):
-            if depth >= JSON_MAX_DEPTH:
-                return f"must be nested at most {JSON_MAX_DEPTH} levels deep"
-            if isinstance(item, Mapping):
-                for k, v in item.items():
-                    stack.append((k, depth + 1))
-                    stack.append((v, depth + 1))
-            else:
-                stack.extend((v, depth + 1) for v in item)
-    return None
-
-
-class DuplicateKeyError(ValueError):
-    """A JSON object names the same key twice (readers disagree on which one counts)."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__(f"duplicate key {key[:64]!r} in a JSON object")
-        self.key = key
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise DuplicateKeyError(key)
-        out[key] = value
-    return out
-
-
-def loads_strict(data: bytes | str) -> Any:
-    """`json.loads` refusing duplicate keys at any depth (DuplicateKeyError); what the relay
-    reads itself (the rate limiter's call ids, the Retell body) so it never reads a body in a
-    way the tool would read differently. Raises ValueError (or RecursionError) on bad JSON."""
-    return json.loads(data, object_pairs_hook=_no_duplicates)
-
-
 def _alias_conflict(model: type[BaseModel], arguments: Mapping[str, Any]) -> InvalidRequest | None:
     """A field given under both its name and its alias: which one counts would depend on the
     reader (the rate limiter read one, the tool the other), so it is refused."""
@@ -172,37 +171,6 @@ def _alias_conflict(model: type[BaseModel], arguments: Mapping[str, Any]) -> Inv
         if info.alias and info.alias != name and name in arguments and info.alias in arguments:
             return InvalidRequest(name, f"given twice (as {name} and {info.alias}): give it once")
     return None
-
-
-def call_id_of(arguments: Mapping[str, Any]) -> str | None:
-    """The call id the tool will use for these arguments (None when it will refuse them)."""
-    if "call_id" in arguments and "callId" in arguments:
-        return None
-    value = arguments.get("call_id", arguments.get("callId"))
-    return value if isinstance(value, str) and value else None
-
-
-def option_rule(options: list[str]) -> list[str]:
-    """The options trimmed, or ValueError naming the rule (the tool's and the memory twin's
-    check; `hitl_options` in SQL applies the same bounds)."""
-    if not OPTIONS_MIN <= len(options) <= OPTIONS_MAX:
-        raise ValueError(f"must have {OPTIONS_MIN} to {OPTIONS_MAX} items (got {len(options)})")
-    cleaned = [v.strip() for v in options]
-    for number, text in enumerate(cleaned):
-        if not text:
-            raise ValueError(f"item {number} must not be empty")
-        if len(text) > OPTION_MAX_CHARS:
-            raise ValueError(f"item {number} must be at most {OPTION_MAX_CHARS} characters")
-        if text.lower() in (t.lower() for t in cleaned[:number]):
-            raise ValueError(f"item {number} repeats an earlier option")
-    return cleaned
-
-
-def printable_id(value: str) -> str:
-    """`value` if it is an id (`ID_RULE`: not blank, printable, at most `ID_MAX` characters)."""
-    if not value.strip() or len(value) > ID_MAX or not value.isprintable():
-        raise ValueError(ID_RULE)
-    return value
 
 
 def _id_field(alias: str, description: str) -> Any:
@@ -379,232 +347,6 @@ class GetHumanAnswerRequest(BaseModel):
         max_length=64,
         description="The case_id returned by an earlier ask_human call.",
     )
-
-
-Status = Literal[
-    "answered",
-    "timeout",
-    "no_operator",
-    "platform_unreachable",
-    "unclear_answer",
-    "needs_info",
-    "pending",
-]
-
-
-class AskResult(BaseModel):
-    """What `ask_human` and `get_human_answer` return to the agent."""
-
-    status: Status = Field(
-        description=(
-            "answered | needs_info | timeout | no_operator | platform_unreachable | "
-            "unclear_answer, and pending (get_human_answer only: no answer yet)."
-        )
-    )
-    answer: str | None = Field(
-        None, description="The colleague's answer when status is answered, else null."
-    )
-    clarification: str | None = Field(
-        None,
-        description=(
-            "When status is needs_info: the colleague's question for the caller. Ask it, then "
-            "call ask_human with case_id and the caller's reply as question."
-        ),
-    )
-    case_id: str | None = Field(
-        None,
-        description=(
-            "The case in the colleagues' system; pass it to get_human_answer later, or to "
-            "ask_human as case_id for a follow-up after needs_info."
-        ),
-    )
-    waited_ms: int = Field(0, ge=0, description="How long this call waited, in milliseconds.")
-    deadline_s: int | None = Field(
-        None,
-        ge=0,
-        description="This call's time limit in seconds (every call, follow-ups too, has its own).",
-    )
-    message: str = Field(
-        description=(
-            "What to tell the caller: the answer, the colleague's question (needs_info), or "
-            "the fallback line for the status."
-        )
-    )
-    option_index: int | None = Field(
-        None,
-        ge=0,
-        description="When answered with one of your `options`: its 0-based index, else null.",
-    )
-    option: str | None = Field(
-        None, description="When answered with one of your `options`: its text, else null."
-    )
-    answered_by: str | None = Field(
-        None, description="The id of the colleague who answered (for your records), else null."
-    )
-
-    def text(self) -> str:
-        """The tool result's text content: what to say, plus the facts an agent acts on."""
-        if self.status == "answered" and self.answer is not None:
-            if self.option_index is not None:
-                return f"{self.answer} [option_index: {self.option_index}]"
-            return self.answer
-        if self.status == "needs_info" and self.clarification is not None:
-            return (
-                f"My colleague needs more information: {self.clarification} "
-                f"[status: needs_info; case_id: {self.case_id}] Ask the caller this, then call "
-                f"ask_human again with case_id {self.case_id} and the caller's reply as question."
-            )
-        parts = [self.message, f"[status: {self.status}"]
-        if self.case_id:
-            parts[-1] += f"; case_id: {self.case_id}"
-        parts[-1] += "]"
-        return " ".join(parts)
-
-
-class ThreadExchange(BaseModel):
-    """One message on a case of the call's thread."""
-
-    sender_type: Literal["human", "ai", "system"] = Field(
-        description="human: the colleague; ai: this agent (the caller's replies); system."
-    )
-    kind: Literal["answer", "clarification", "cannot_answer", "note"] = Field(
-        description="answer, clarification (a question back), cannot_answer, or note."
-    )
-    content: str
-    created_at: str = Field(description="When it was sent (ISO 8601).")
-
-
-class ThreadItem(BaseModel):
-    """One question of the call's thread."""
-
-    case_id: str
-    question: str
-    status: str = Field(description="open, answered, expired, cancelled or closed.")
-    asked_at: str = Field(description="When it was first asked (ISO 8601).")
-    answer: str | None = Field(None, description="The colleague's answer, if any.")
-    answer_kind: Literal["answer", "clarification", "cannot_answer", "note"] | None = Field(
-        None, description="cannot_answer when the colleague could not answer (answer = note)."
-    )
-    answered_at: str | None = None
-    exchanges: list[ThreadExchange] = Field(
-        default_factory=list, description="Every message on this question, oldest first."
-    )
-
-
-class CallHistory(BaseModel):
-    """What `get_call_history` returns to the agent."""
-
-    status: Literal["ok", "platform_unreachable"] = Field(
-        description="ok, or platform_unreachable (the history cannot be read right now)."
-    )
-    call_id: str
-    entries: list[ThreadItem] = Field(
-        default_factory=list, description="The call's questions, oldest first."
-    )
-    message: str = Field(description="A one-line summary.")
-
-    def text(self) -> str:
-        """The thread as lines an agent reads: each question, its exchanges, its answer."""
-        if self.status != "ok" or not self.entries:
-            return self.message
-        lines = [self.message]
-        for number, entry in enumerate(self.entries, start=1):
-            lines.append(
-                f"{number}. Question: {entry.question} (status: {entry.status}; "
-                f"case_id: {entry.case_id})"
-            )
-            for exchange in entry.exchanges:
-                if exchange.kind == "clarification" and exchange.sender_type == "human":
-                    lines.append(f"   Colleague asked: {exchange.content}")
-                elif exchange.sender_type == "ai":
-                    lines.append(f"   Caller replied: {exchange.content}")
-            if entry.answer is not None:
-                label = (
-                    "Colleague could not answer"
-                    if entry.answer_kind == "cannot_answer"
-                    else "Answer"
-                )
-                lines.append(f"   {label}: {entry.answer}")
-        return "\n".join(lines)
-
-
-# Rules stated once per field, so every range error on it reads the same.
-_FIELD_RULES = {
-    "question": f"must be 1 to {QUESTION_MAX} characters",
-    "context": f"must be at most {CONTEXT_MAX} characters",
-    "session_id": ID_RULE,
-    "call_id": ID_RULE,
-    "agent_id": ID_RULE,
-    "priority": "must be between 1 and 5",
-    "urgency": "must be one of low, medium, high",
-    "timeout_seconds": f"must be between {TIMEOUT_MIN} and {TIMEOUT_MAX}",
-    "case_id": "must be a case id (a UUID)",
-    "options": f"must have {OPTIONS_MIN} to {OPTIONS_MAX} items",
-}
-_RANGE_TYPES = {
-    "greater_than_equal",
-    "less_than_equal",
-    "greater_than",
-    "less_than",
-    "string_too_short",
-    "string_too_long",
-    "int_parsing",
-    "int_type",
-    "int_from_float",
-    "literal_error",
-    "string_type",
-    "enum",
-}
-
-
-def _location(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "arguments"
-
-
-def _rule(err: Mapping[str, Any]) -> str:
-    kind = str(err.get("type", ""))
-    ctx = err.get("ctx") or {}
-    loc = tuple(err.get("loc", ()))
-    if kind == "missing":
-        return "is required"
-    if len(loc) == 1 and str(loc[0]) in _FIELD_RULES and kind in _RANGE_TYPES:
-        return _FIELD_RULES[str(loc[0])]
-    if kind == "value_error":
-        return str(err.get("msg", "is invalid")).removeprefix("Value error, ")
-    fixed = {
-        "string_too_short": "must not be empty",
-        "dict_type": "must be an object",
-        "model_type": "must be an object",
-        "model_attributes_type": "must be an object",
-        "list_type": "must be a list",
-        "string_type": "must be a string",
-        "int_type": "must be an integer",
-        "int_parsing": "must be an integer",
-    }
-    if kind in fixed:
-        return fixed[kind]
-    if kind == "string_too_long":
-        return f"must be at most {ctx.get('max_length')} characters"
-    if kind == "too_long":
-        return f"must have at most {ctx.get('max_length')} items"
-    if kind == "greater_than_equal":
-        return f"must be at least {ctx.get('ge')}"
-    if kind == "less_than_equal":
-        return f"must be at most {ctx.get('le')}"
-    if kind == "literal_error":
-        return f"must be one of {ctx.get('expected')}"
-    return str(err.get("msg", "is invalid")).lower()
-
-
-def invalid_request_from(error: ValidationError) -> InvalidRequest:
-    """One `InvalidRequest` for a pydantic error: the first problem, all of them in `problems`."""
-    problems = [(_location(tuple(e["loc"])), _rule(e)) for e in error.errors()]
-    if not problems:  # pragma: no cover - pydantic always reports at least one
-        problems = [("arguments", "are invalid")]
-    return InvalidRequest(problems[0][0], problems[0][1], also=problems[1:])
 
 
 def parse_ask_request(arguments: object) -> AskHumanRequest:

@@ -65,7 +65,7 @@ class TaskRecord:
     tool: str
     call: Mapping[str, Any]
     era: Era
-    status: TaskStatus  # as stored; `mcp_tasks.effective_status` adds what the reply says
+    status: TaskStatus  # as stored; `mcp_task_wire.effective_status` adds what the reply says
     status_message: str | None
     result: Mapping[str, Any] | None
     created_at: datetime

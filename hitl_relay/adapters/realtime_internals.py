@@ -1,6 +1,6 @@
 """The one place the relay reaches past realtime-py's public API, and why.
 
-The socket pool (supabase_channel.py) supervises its sockets itself (see its docstring), and
+The socket pool (realtime_pool.py) supervises its sockets itself (see its docstring), and
 realtime-py 2.34.1 offers no public way to do five things that needs:
 
 - tell that its listener task died (an exception escaped it; nothing is received or rejoined on
@@ -12,7 +12,11 @@ realtime-py 2.34.1 offers no public way to do five things that needs:
 - stop a channel's timers when its socket closes (they would outlive it by up to a push
   timeout): `rejoin_timer`, `join_push`, `messages_waiting_for_ack`;
 - hold every join until the pool's pacer allows it (subscribe(), the rejoin timer and the
-  rejoins after a reconnect all send it through `AsyncRealtimeChannel._rejoin`).
+  rejoins after a reconnect all send it through `AsyncRealtimeChannel._rejoin`);
+- stamp each frame as it is read off the socket, before realtime-py parses it (the relay's own
+  share of an answer starts there: `hop_stamps`): `StampedRealtimeClient` wraps the connection
+  `connect()` has just set in `_ws_connection`, in `AsyncRealtimeClient._on_connect`, before the
+  reader iterates it.
 
 tests/unit/test_realtime_internals.py checks each of these against the installed realtime-py
 (that the names exist and behave as assumed here): an upgrade that changes them fails there,
@@ -22,11 +26,13 @@ not in production. Nothing else in the relay touches realtime-py's internals.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from realtime import AsyncRealtimeChannel, AsyncRealtimeClient
 from websockets.asyncio.client import ClientConnection
+
+from hitl_relay.adapters import hop_stamps
 
 # The realtime-py release these were read from (realtime/_async/client.py, channel.py, timer.py).
 READ_FROM_REALTIME = "2.34.1"
@@ -71,3 +77,35 @@ def send_joins_through(
         schedule(original)
 
     channel._rejoin = scheduled  # type: ignore[method-assign]
+
+
+class _StampedConnection:
+    """The websocket connection, unchanged but for iteration (what realtime-py's reader uses)."""
+
+    def __init__(self, ws: Any) -> None:
+        self._ws = ws
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ws, name)
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        async for frame in self._ws:
+            hop_stamps.frame_read()
+            yield frame
+
+
+class StampedRealtimeClient(AsyncRealtimeClient):
+    """realtime-py's client with each received frame stamped before it is parsed."""
+
+    async def _on_connect(self) -> None:
+        # connect() has just set the new connection; the reader it starts iterates this one
+        if self._ws_connection is not None and not isinstance(
+            self._ws_connection, _StampedConnection
+        ):
+            self._ws_connection = _StampedConnection(self._ws_connection)  # type: ignore[assignment]
+        await super()._on_connect()
+
+
+def stamped_connection(client: AsyncRealtimeClient) -> bool:
+    """Whether the client's current connection is the stamping wrapper."""
+    return isinstance(client._ws_connection, _StampedConnection)

@@ -35,10 +35,10 @@ from postgrest.exceptions import APIError
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
 from hitl_relay.adapters.platform_options import PlatformOptions
+from hitl_relay.adapters.realtime_pool import SocketPool
+from hitl_relay.adapters.realtime_tuning import RealtimeTuning
 from hitl_relay.adapters.signed_events import EventKey
 from hitl_relay.adapters.supabase_channel import (
-    RealtimeTuning,
-    SocketPool,
     SupabaseCaseChannel,
     SupabasePresence,
     SupabaseSubscription,

@@ -14,15 +14,15 @@ from uuid import UUID
 
 from pydantic import StrictBool, TypeAdapter
 
-from hitl_relay.adapters.supabase_store import (
+from hitl_relay.adapters.supabase_shapes import (
     AnswerReply,
     ClarificationReply,
     Reply,
     ShapeError,
-    SupabaseCaseStore,
     Time,
     validate,
 )
+from hitl_relay.adapters.supabase_store import SupabaseCaseStore
 from hitl_relay.errors import PlatformUnavailable
 from hitl_relay.ports import Answer, Clarification
 from hitl_relay.task_store import Cancelled, Era, NewTask, TaskRecord, TaskStatus

@@ -1,4 +1,4 @@
-"""The options' bounds have one home (hitl_relay/models.py); the SQL that checks them again on
+"""The options' bounds have one home (hitl_relay/rules.py); the SQL that checks them again on
 the platform (`hitl_option_bounds`, used by `hitl_options`) must agree with it."""
 
 from __future__ import annotations

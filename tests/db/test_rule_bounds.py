@@ -1,4 +1,4 @@
-"""The input rules have one home (hitl_relay/models.py); the SQL functions that check them again
+"""The input rules have one home (hitl_relay/rules.py); the SQL functions that check them again
 on the platform (`hitl_open_case`, `hitl_continue_case`, `hitl_id`) must agree with it. Each
 test calls the SQL at the bound and one past it, so a migration and the constant cannot
 silently drift apart."""

@@ -25,8 +25,9 @@ from waiting import wait_until
 from hitl_devstack.keys import make_keys
 from hitl_devstack.realtime import RealtimeLimits
 from hitl_devstack.server import Devstack
+from hitl_relay.adapters.realtime_channel import RealtimeChannel
+from hitl_relay.adapters.realtime_pool import SocketPool
 from hitl_relay.adapters.supabase import SupabaseSubscription
-from hitl_relay.adapters.supabase_channel import RealtimeChannel, SocketPool
 
 CHANNELS = 12  # per wave; two waves, one after the other
 # A limit of 10 joins a second, averaged over 4 ticks of 0.5 s: 5 joins in the first tick

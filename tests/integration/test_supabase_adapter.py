@@ -28,8 +28,8 @@ from integration_support import (
 
 from hitl_devstack.cluster import free_port
 from hitl_devstack.server import Devstack
+from hitl_relay.adapters.realtime_pool import SocketPool
 from hitl_relay.adapters.supabase import SupabaseSubscription, build_platform
-from hitl_relay.adapters.supabase_channel import SocketPool
 from hitl_relay.errors import InvalidRequest, NotFound, PlatformUnavailable
 from hitl_relay.ports import Clarification, ContinueCase, HumanMessage, Reconnected, SessionEvent
 from hitl_relay.relay import Relay

@@ -14,15 +14,12 @@ import stamina
 import websockets
 from postgrest.exceptions import APIError
 
+from hitl_relay.adapters.realtime_events import parse_message, parse_session
+from hitl_relay.adapters.realtime_tuning import RealtimeTuning, refusal_reason
 from hitl_relay.adapters.signed_events import EventKey
 from hitl_relay.adapters.supabase import load_event_key
-from hitl_relay.adapters.supabase_channel import (
-    RealtimeTuning,
-    parse_message,
-    parse_session,
-    refusal_reason,
-)
-from hitl_relay.adapters.supabase_store import ShapeError, api_error, parse_answer, parse_opened
+from hitl_relay.adapters.supabase_shapes import ShapeError, parse_answer, parse_opened
+from hitl_relay.adapters.supabase_store import api_error
 from hitl_relay.adapters.supabase_tasks import parse_task
 from hitl_relay.errors import InvalidRequest, NotFound, PlatformUnavailable
 from hitl_relay.ports import Answer

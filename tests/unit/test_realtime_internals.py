@@ -115,3 +115,39 @@ def test_realtime_py_sends_every_join_through_the_method_the_shim_replaces() -> 
     assert "await self._rejoin()" in inspect.getsource(AsyncRealtimeChannel.subscribe)
     assert "await self._rejoin()" in inspect.getsource(AsyncRealtimeChannel._rejoin_if_connected)
     assert "channel._rejoin()" in inspect.getsource(AsyncRealtimeClient._rejoin_errored_channels)
+
+
+def test_connect_sets_the_connection_before_on_connect_starts_the_reader() -> None:
+    # StampedRealtimeClient wraps `_ws_connection` in `_on_connect`: the connection must be set
+    # by then, and the reader started there, or frames would be read unstamped.
+    connect = inspect.getsource(AsyncRealtimeClient.connect)
+    assert connect.index("self._ws_connection = ws") < connect.index("await self._on_connect()")
+    on_connect = inspect.getsource(AsyncRealtimeClient._on_connect)
+    assert "asyncio.create_task(self._listen())" in on_connect
+
+
+async def test_on_connect_wraps_the_connection_once_and_reads_frames_through_it() -> None:
+    class Frames:
+        def __init__(self) -> None:
+            self.closed = False
+
+        async def __aiter__(self):  # type: ignore[no-untyped-def]
+            for frame in ("a", "b"):
+                yield frame
+
+    client = realtime_internals.StampedRealtimeClient(URL, token="t", auto_reconnect=False)
+    raw = Frames()
+    client._ws_connection = raw  # type: ignore[assignment]
+
+    async def no_reader() -> None:  # the reader and heartbeat tasks are realtime-py's
+        return None
+
+    client._listen = no_reader  # type: ignore[method-assign]
+    client._heartbeat = no_reader  # type: ignore[method-assign]
+    await client._on_connect()
+    await client._on_connect()  # a second call does not wrap the wrapper
+    assert realtime_internals.stamped_connection(client)
+    wrapped = client._ws_connection
+    assert wrapped._ws is raw  # type: ignore[union-attr]
+    assert wrapped.closed is False  # everything else is the connection's own
+    assert [f async for f in wrapped] == ["a", "b"]  # type: ignore[union-attr]

@@ -18,7 +18,7 @@ from relay_support import make_settings
 
 from hitl_relay import metrics
 from hitl_relay.adapters.memory import MemCase, MemoryPlatform, MemSession
-from hitl_relay.adapters.supabase_store import ShapeError, parse_success_metrics
+from hitl_relay.adapters.supabase_shapes import ShapeError, parse_success_metrics
 from hitl_relay.clock import FakeClock
 from hitl_relay.http_app import create_app, running
 from hitl_relay.ports import Backend, SessionStatus, SuccessMetrics

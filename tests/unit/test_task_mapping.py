@@ -17,7 +17,7 @@ from hitl_relay.adapters.memory import MemoryPlatform
 from hitl_relay.composition import build_relay
 from hitl_relay.config import Settings
 from hitl_relay.mcp_server import RelayMcpServer
-from hitl_relay.mcp_tasks import (
+from hitl_relay.mcp_task_wire import (
     ORPHAN_GRACE,
     RELATED_TASK,
     TASKS_EXTENSION,

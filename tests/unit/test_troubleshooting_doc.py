@@ -53,7 +53,7 @@ MESSAGE_CALLS = {
     "_fail",
 }
 # Validators' ValueError messages become "<VARIABLE or field>: <message>".
-VALUE_ERROR_FILES = {"config.py", "models.py", "security/settings.py"}
+VALUE_ERROR_FILES = {"config.py", "models.py", "rules.py", "security/settings.py"}
 # Start-up problems are appended to a list, one line each.
 PROBLEM_FILES = {"config.py", "security/settings.py", "security/keys.py"}
 LOG_METHODS = {"warning", "error", "exception", "critical"}
@@ -206,7 +206,7 @@ def setup_messages() -> Iterator[tuple[str, str]]:
 def statuses() -> Iterator[tuple[str, str]]:
     """Every status a tool result can carry, every outcome and fallback kind in the metrics."""
     for status in typing.get_args(Status):
-        yield "hitl_relay/models.py Status", f"`{status}`"
+        yield "hitl_relay/results.py Status", f"`{status}`"
     for outcome in (*metrics.OUTCOMES, *metrics.FALLBACK_KINDS):
         yield "hitl_relay/metrics.py", f"`{outcome}`"
 
