@@ -14,7 +14,7 @@ from postgrest.exceptions import APIError
 from test_ports_contract import open_request
 
 from hitl_relay.errors import InvalidRequest
-from hitl_relay.ports import Notification
+from hitl_relay.ports import Answer, Notification
 
 REFUSED = (InvalidRequest, APIError)  # the twin raises the relay's error, supabase-py PostgREST's
 
@@ -40,8 +40,8 @@ async def test_one_holder_at_a_time_and_only_the_holder_answers(ports: ContractP
         await claims.answer("grace", opened.case_id, "I was faster")
     assert "claimed by another operator" in str(e.value)
     await claims.answer("ada", opened.case_id, "Yes, Saturday is fine")
-    answer = await ports.store.answer(opened.case_id)
-    assert answer is not None
+    answer = await ports.store.reply(opened.case_id)
+    assert isinstance(answer, Answer)
     assert answer.content == "Yes, Saturday is fine"
     assert answer.sender_id == claims.operator_id("ada")
 
@@ -79,8 +79,8 @@ async def test_a_claim_needs_a_heartbeat_and_lapses_when_its_holder_is_gone(
     assert await claims.holder(opened.case_id) is None
     assert await claims.claim("grace", opened.case_id)
     await claims.answer("grace", opened.case_id, "Done")
-    answer = await ports.store.answer(opened.case_id)
-    assert answer is not None
+    answer = await ports.store.reply(opened.case_id)
+    assert isinstance(answer, Answer)
     assert answer.sender_id == claims.operator_id("grace")
 
 
@@ -101,8 +101,8 @@ async def test_routing_offers_a_case_only_to_operators_with_its_skills(
     assert opened.case_id in await claims.queue("ada")
     assert await claims.claim("ada", opened.case_id)
     await claims.answer("ada", opened.case_id, "Refunded")
-    answer = await ports.store.answer(opened.case_id)
-    assert answer is not None
+    answer = await ports.store.reply(opened.case_id)
+    assert isinstance(answer, Answer)
     assert answer.sender_id == claims.operator_id("ada")
 
 
