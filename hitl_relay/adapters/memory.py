@@ -4,8 +4,8 @@ It implements the ports exactly as the Supabase adapter does (the contract suite
 `tests/contract/` runs against both), mirrors the SQL functions' rules (idempotency key,
 exactly-one answer, which sessions a close may move), and lets tests inject the faults that
 matter: joins held back or refused, a dropped connection and its reconnect, a channel lost for
-good, RPCs failing. `MemoryOperator` is the operators' side: it answers, asks back
-(clarification) and shows presence.
+good, RPCs failing. The channels, presence and the operators' side (`MemoryOperator`) are in
+`memory_realtime.py`, the store's upkeep in `memory_upkeep.py`, claims in `memory_claims.py`.
 
 Call threads and the clarification loop follow `20261125000700_hitl_threads.sql`: a new case of
 a call carries the call's earlier cases in `metadata["thread"]` (JSON-shaped, as the
@@ -18,19 +18,23 @@ For tests and demos only (`HITL_BACKEND=memory`): nothing is persisted.
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import hashlib
-import math
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from hitl_relay.adapters.memory_claims import MemoryClaims
+from hitl_relay.adapters.memory_realtime import (
+    MemoryCaseChannel,
+    MemoryChannelSide,
+    MemoryOperator,
+    MemoryPresence,
+    MemorySubscription,
+)
 from hitl_relay.adapters.memory_services import CallbackCase, MemoryServices
 from hitl_relay.adapters.memory_state import (
     CLOSE_STATUSES,
@@ -42,9 +46,9 @@ from hitl_relay.adapters.memory_state import (
     as_postgres_would_store,
     id_rule,
     int_rule,
-    success_figures,
     text_rule,
 )
+from hitl_relay.adapters.memory_upkeep import MemoryCaseUpkeep, call_thread, expire_sessions
 from hitl_relay.clock import SystemClock
 from hitl_relay.errors import InvalidRequest, NotFound, PlatformUnavailable
 from hitl_relay.models import (
@@ -60,82 +64,24 @@ from hitl_relay.ports import (
     EXPECTED_SCHEMA_VERSION,
     Answer,
     Backend,
-    ChannelEvent,
     Check,
     Clarification,
     Clock,
     ContinueCase,
     HumanMessage,
-    JobHealth,
     MessageKind,
-    Notification,
     OpenCase,
     OpenedCase,
     PlatformReadiness,
-    Reconnected,
-    RecoveredSessions,
     SenderType,
     SessionEvent,
     SessionOutcome,
     SessionStatus,
-    Subscription,
-    SuccessMetrics,
     ThreadEntry,
-    ThreadMessage,
-    WakeUp,
 )
 
 
-class _Lost:
-    """Sentinel put on a subscription's queue when it is lost for good."""
-
-
-class MemorySubscription:
-    """A confirmed subscription to one case; events queue until read."""
-
-    def __init__(self, case_id: UUID) -> None:
-        self._case_id = case_id
-        self._send: MemoryObjectSendStream[ChannelEvent | _Lost]
-        self._recv: MemoryObjectReceiveStream[ChannelEvent | _Lost]
-        self._send, self._recv = anyio.create_memory_object_stream[ChannelEvent | _Lost](
-            max_buffer_size=math.inf
-        )
-        self.connected = True
-        self._lost = False
-
-    @property
-    def case_id(self) -> UUID:
-        return self._case_id
-
-    def deliver(self, event: ChannelEvent | _Lost) -> None:
-        with contextlib.suppress(anyio.ClosedResourceError):  # left already: nobody listens
-            self._send.send_nowait(event)
-
-    async def receive(self) -> ChannelEvent:
-        if self._lost:
-            raise PlatformUnavailable(f"subscription to case:{self._case_id} is lost")
-        try:
-            item = await self._recv.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            self._lost = True
-            raise PlatformUnavailable(f"subscription to case:{self._case_id} is closed") from None
-        if isinstance(item, _Lost):
-            self._lost = True
-            raise PlatformUnavailable(f"subscription to case:{self._case_id} is lost")
-        return item
-
-    def __aiter__(self) -> MemorySubscription:
-        return self
-
-    async def __anext__(self) -> ChannelEvent:
-        return await self.receive()
-
-    def close(self) -> None:
-        self._send.close()
-        self._recv.close()
-
-
-class MemoryPlatform:
+class MemoryPlatform(MemoryChannelSide):
     """The platform's state and the three ports over it, plus fault injection for tests."""
 
     def __init__(
@@ -218,10 +164,6 @@ class MemoryPlatform:
 
     # -- observing, for tests
 
-    @property
-    def joined_channels(self) -> int:
-        return sum(len(subs) for subs in self.subscriptions.values())
-
     def session_of(self, case_id: UUID) -> MemSession:
         return next(s for s in self.sessions.values() if s.case_id == case_id)
 
@@ -238,33 +180,6 @@ class MemoryPlatform:
             self._changed.set()
             self._changed = None
 
-    # -- faults on the channel
-
-    def disconnect(self) -> None:
-        """The connection drops: subscriptions stay open but receive nothing until reconnect."""
-        self.realtime_connected = False
-        for subs in self.subscriptions.values():
-            for sub in subs:
-                sub.connected = False
-        self.changed()
-
-    def reconnect(self) -> None:
-        """The connection is back and every channel rejoined: each subscription is told."""
-        self.realtime_connected = True
-        for case_id, subs in self.subscriptions.items():
-            for sub in subs:
-                if not sub.connected:
-                    sub.connected = True
-                    sub.deliver(Reconnected(case_id=case_id))
-        self.changed()
-
-    def lose_subscriptions(self) -> None:
-        """Rejoining is impossible: every open subscription fails from now on."""
-        for subs in self.subscriptions.values():
-            for sub in subs:
-                sub.deliver(_Lost())
-        self.changed()
-
     # -- the platform's behaviour
 
     def _rpc(self, name: str) -> None:
@@ -276,20 +191,6 @@ class MemoryPlatform:
         if left > 0:
             self.faults.rpc_failures[name] = left - 1
             raise PlatformUnavailable(f"{name}: failed (injected)")
-
-    def broadcast(self, case_id: UUID, event: ChannelEvent) -> None:
-        if self.faults.drop_broadcasts:
-            return
-        for sub in list(self.subscriptions.get(case_id, ())):
-            if sub.connected:
-                sub.deliver(event)
-
-    def forge_broadcast(self, case_id: UUID, event: str, payload: Mapping[str, Any]) -> None:
-        """A client's broadcast on `case:<case_id>` (an operator's token may send there): the
-        twin, like the Supabase adapter, cannot prove the database sent it, so subscribers get
-        only a `WakeUp`, whatever `event` and `payload` claim."""
-        del event, payload  # what a client claims is never read
-        self.broadcast(case_id, WakeUp(case_id))
 
     def post_message(
         self,
@@ -368,65 +269,36 @@ class MemoryPlatform:
         self.changed()
 
     def expire_sessions(self) -> int:
-        """What the cron job does (`hitl_expire_sessions`): open cases past their answerable
-        window become `expired`, then waiting sessions past their deadline or of an expired case
-        become `expired`. Returns how many rows changed."""
-        now = self.clock.now()
-        cases = [c for c in self.cases.values() if c.status == "open" and c.expires_at < now]
-        for case in cases:
-            case.status = "expired"
-        expired = [
-            s
-            for s in self.sessions.values()
-            if s.status == "waiting"
-            and (s.expires_at < now or self.cases[s.case_id].status == "expired")
-        ]
-        for session in expired:
-            self.set_session_status(session, "expired")
-        self.expiry_last_run = now
-        self.changed()
-        return len(expired) + len(cases)
+        """What the cron job does (`hitl_expire_sessions`); how many rows changed."""
+        return expire_sessions(self)
 
     def thread(self, call_id: str) -> list[ThreadEntry]:
         """`hitl_call_history`: every case a session of this call belongs to, by first ask."""
-        first_asked: dict[UUID, datetime] = {}
-        for session in self.sessions.values():
-            if session.retell_call_id == call_id:
-                seen = first_asked.get(session.case_id)
-                if seen is None or session.created_at < seen:
-                    first_asked[session.case_id] = session.created_at
-        entries = []
-        for case_id, asked_at in first_asked.items():
-            case = self.cases[case_id]
-            messages = sorted(
-                (m for m in self.messages if m.case_id == case_id), key=lambda m: m.created_at
-            )
-            answer = next((m for m in messages if m.message_id == case.answer_message_id), None)
-            entries.append(
-                ThreadEntry(
-                    case_id=case_id,
-                    question=case.question,
-                    status=case.status,
-                    asked_at=asked_at,
-                    answer=answer.content if answer else None,
-                    answer_kind=answer.kind if answer else None,
-                    answered_at=case.answered_at,
-                    exchanges=tuple(
-                        ThreadMessage(
-                            sender_type=m.sender_type,
-                            kind=m.kind,
-                            content=m.content,
-                            created_at=m.created_at,
-                        )
-                        for m in messages
-                    ),
-                )
-            )
-        return sorted(entries, key=lambda e: e.asked_at)
+        return call_thread(self.cases, self.sessions, self.messages, call_id)
 
 
-class MemoryCaseStore:
+def _ask_key(request: OpenCase, question: str) -> str:
+    """`hitl_open_case`'s idempotency key: the caller's, or the call and the question's hash."""
+    return request.idempotency_key or (
+        f"{request.retell_call_id}:{hashlib.sha256(question.encode()).hexdigest()}"
+    )
+
+
+def _opened(session: MemSession, *, existed: bool) -> OpenedCase:
+    """What `hitl_open_case` and `hitl_continue_case` return for `session`."""
+    return OpenedCase(
+        case_id=session.case_id,
+        session_id=session.id,
+        expires_at=session.expires_at,
+        existed=existed,
+        status=session.status,
+    )
+
+
+class MemoryCaseStore(MemoryCaseUpkeep):
     """`CaseStore` over the platform's dicts; the rules of `hitl_open_case` and friends."""
+
+    _p: MemoryPlatform  # the whole platform; the upkeep half sees it as an `UpkeepHost`
 
     def __init__(self, platform: MemoryPlatform, instance_id: str | None = None) -> None:
         self._p = platform
@@ -456,9 +328,7 @@ class MemoryCaseStore:
                 options = option_rule(list(request.options))
             except ValueError as e:
                 raise InvalidRequest("options", str(e)) from None
-        key = request.idempotency_key or (
-            f"{request.retell_call_id}:{hashlib.sha256(question.encode()).hexdigest()}"
-        )
+        key = _ask_key(request, question)
         now = p.clock.now()
         deadline = now + timedelta(seconds=request.timeout_seconds)
         existing = p._by_key.get(key)
@@ -469,13 +339,7 @@ class MemoryCaseStore:
                 session.instance_id = self.instance_id
                 p.set_session_status(session, "waiting")
             p.changed()
-            return OpenedCase(
-                case_id=session.case_id,
-                session_id=session.id,
-                expires_at=session.expires_at,
-                existed=True,
-                status=session.status,
-            )
+            return _opened(session, existed=True)
         ttl = request.case_ttl_seconds or DEFAULT_CASE_TTL_S
         # The `hitl_attach_thread` trigger: the call's earlier cases, before this one exists.
         thread = p.thread(request.retell_call_id)
@@ -506,30 +370,13 @@ class MemoryCaseStore:
             case.metadata["callback_url"] = request.callback_url
         if request.webhook_secret:
             p.case_secrets[case.id] = request.webhook_secret
-        session = MemSession(
-            id=uuid4(),
-            case_id=case.id,
-            idempotency_key=key,
-            mcp_session_id=request.mcp_session_id,
-            retell_call_id=request.retell_call_id,
-            status="waiting",
-            expires_at=deadline,
-            created_at=now,
-            instance_id=self.instance_id,
-        )
         p.cases[case.id] = case
-        p.sessions[session.id] = session
-        p._by_key[key] = session.id
+        session = self._new_session(case.id, key, request, now, deadline)
         p.changed()
+        opened = _opened(session, existed=False)  # what the RPC returned, before a slow reply
         if p.faults.open_reply_gate is not None:
             await p.faults.open_reply_gate.wait()
-        return OpenedCase(
-            case_id=case.id,
-            session_id=session.id,
-            expires_at=deadline,
-            existed=False,
-            status="waiting",
-        )
+        return opened
 
     async def session_status(self, session_id: UUID) -> SessionStatus | None:
         self._p._rpc("session_status")
@@ -549,9 +396,7 @@ class MemoryCaseStore:
         it or the case has an answer (`hitl_open_case_no_operator`)."""
         p = self._p
         question = request.question if isinstance(request.question, str) else ""
-        key = request.idempotency_key or (
-            f"{request.retell_call_id}:{hashlib.sha256(question.encode()).hexdigest()}"
-        )
+        key = _ask_key(request, question)
         before = p._by_key.get(key)
         waited_on = before is not None and p.sessions[before].status == "waiting"
         opened = await self.open_case(request)
@@ -561,21 +406,7 @@ class MemoryCaseStore:
             return opened
         session.detail = {"outcome": "no_operator"}
         p.set_session_status(session, "no_operator")
-        return OpenedCase(
-            case_id=opened.case_id,
-            session_id=opened.session_id,
-            expires_at=opened.expires_at,
-            existed=opened.existed,
-            status="no_operator",
-        )
-
-    async def expiry_job(self) -> JobHealth:
-        await anyio.lowlevel.checkpoint()
-        p = self._p
-        p._rpc("expiry_job")
-        if not p.expiry_scheduled:
-            return JobHealth(scheduled=False, last_success=None)
-        return JobHealth(scheduled=True, last_success=p.expiry_last_run)
+        return dataclasses.replace(opened, status="no_operator")
 
     async def case_status(self, case_id: UUID) -> str | None:
         await anyio.lowlevel.checkpoint()
@@ -616,63 +447,6 @@ class MemoryCaseStore:
         p.set_session_status(session, status)
         return True
 
-    async def recover_sessions(self, instance_id: str) -> RecoveredSessions:
-        await anyio.lowlevel.checkpoint()
-        p = self._p
-        p._rpc("recover_sessions")
-        if not instance_id.strip() or len(instance_id) > 128:
-            raise InvalidRequest(
-                "p_instance_id", "must be a non-empty text of at most 128 characters"
-            )
-        now = p.clock.now()
-        mine = [
-            s for s in p.sessions.values() if s.instance_id == instance_id and s.status == "waiting"
-        ]
-        expired = [s for s in mine if s.expires_at <= now]
-        for session in mine:
-            session.detail = {"reason": "relay restarted"}
-            p.set_session_status(session, "expired" if session in expired else "cancelled")
-        p.changed()
-        return RecoveredSessions(expired=len(expired), cancelled=len(mine) - len(expired))
-
-    async def success_metrics(self, start: datetime, end: datetime) -> SuccessMetrics:
-        await anyio.lowlevel.checkpoint()
-        p = self._p
-        p._rpc("success_metrics")
-        return success_figures(p.cases, p.sessions, p.messages, p.availability, start, end)
-
-    async def escalate(self) -> int:
-        """`hitl_escalate` (`MemoryClaims.escalate`: claims, the unclaimed and deadline rules)."""
-        await anyio.lowlevel.checkpoint()
-        self._p._rpc("escalate")
-        return self._p.claims.escalate()
-
-    async def pending_notifications(self, limit: int) -> list[Notification]:
-        await anyio.lowlevel.checkpoint()
-        self._p._rpc("pending_notifications")
-        taken = [n for n in self._p.notifications if n.sent_at is None and n.attempts < 10]
-        out = []
-        for n in taken[:limit]:
-            n.attempts += 1
-            out.append(
-                Notification(
-                    id=n.id,
-                    case_id=n.case_id,
-                    reason=n.reason,
-                    payload=n.payload,
-                    attempts=n.attempts,
-                )
-            )
-        return out
-
-    async def notification_done(self, notification_id: int, error: str | None) -> None:
-        await anyio.lowlevel.checkpoint()
-        self._p._rpc("notification_done")
-        n = self._p.notifications[notification_id - 1]
-        n.sent_at = self._p.clock.now() if error is None else None
-        n.last_error = error
-        self._p.changed()
-
     async def continue_case(self, request: ContinueCase) -> OpenedCase:
         await anyio.lowlevel.checkpoint()
         p = self._p
@@ -697,42 +471,46 @@ class MemoryCaseStore:
         existing = p._by_key.get(key)
         if existing is not None:
             session = p.sessions[existing]
-            return OpenedCase(
-                case_id=session.case_id,
-                session_id=session.id,
-                expires_at=session.expires_at,
-                existed=True,
-                status=session.status,
-            )
+            return _opened(session, existed=True)
         p.post_message(case.id, reply, kind="note", sender_type="ai", sender_id=None)
         for earlier in [s for s in p.sessions.values() if s.case_id == case.id]:
             if earlier.status == "waiting":
                 earlier.detail = {"reason": "needs_info"}
                 p.set_session_status(earlier, "needs_info")
         now = p.clock.now()
+        deadline = now + timedelta(seconds=request.timeout_seconds)
+        session = self._new_session(case.id, key, request, now, deadline, follow_up=True)
+        case.metadata["deadline_at"] = session.expires_at
+        p.changed()
+        return _opened(session, existed=False)
+
+    def _new_session(
+        self,
+        case_id: UUID,
+        key: str,
+        request: OpenCase | ContinueCase,
+        created_at: datetime,
+        expires_at: datetime,
+        *,
+        follow_up: bool = False,
+    ) -> MemSession:
+        """A waiting session of `case_id` under idempotency `key`, held by this relay."""
+        p = self._p
         session = MemSession(
             id=uuid4(),
-            case_id=case.id,
+            case_id=case_id,
             idempotency_key=key,
             mcp_session_id=request.mcp_session_id,
             retell_call_id=request.retell_call_id,
             status="waiting",
-            expires_at=now + timedelta(seconds=request.timeout_seconds),
-            created_at=now,
-            follow_up=True,
+            expires_at=expires_at,
+            created_at=created_at,
+            follow_up=follow_up,
             instance_id=self.instance_id,
         )
         p.sessions[session.id] = session
         p._by_key[key] = session.id
-        case.metadata["deadline_at"] = session.expires_at
-        p.changed()
-        return OpenedCase(
-            case_id=case.id,
-            session_id=session.id,
-            expires_at=session.expires_at,
-            existed=False,
-            status="waiting",
-        )
+        return session
 
     def _pending_of(self, case_id: UUID) -> Clarification | None:
         p = self._p
@@ -748,129 +526,3 @@ class MemoryCaseStore:
             elif message.sender_type == "ai":
                 pending = None
         return pending.as_clarification() if pending is not None else None
-
-    async def call_history(self, call_id: str) -> list[ThreadEntry]:
-        await anyio.lowlevel.checkpoint()
-        self._p._rpc("call_history")
-        return self._p.thread(call_id)
-
-
-class MemoryCaseChannel:
-    """`CaseChannel`: joins confirm at once unless a fault holds or refuses them."""
-
-    def __init__(self, platform: MemoryPlatform) -> None:
-        self._p = platform
-
-    def subscribe(self, case_id: UUID) -> AbstractAsyncContextManager[Subscription]:
-        return self._subscribe(case_id)
-
-    @asynccontextmanager
-    async def _subscribe(self, case_id: UUID) -> AsyncIterator[Subscription]:
-        p = self._p
-        p.joins_requested += 1
-        p.changed()
-        if p.faults.refuse_joins:
-            raise PlatformUnavailable(f"join case:{case_id} refused (injected)")
-        gate = p.faults.join_gate
-        if gate is not None:
-            await gate.wait()
-        else:
-            await anyio.lowlevel.checkpoint()
-        sub = MemorySubscription(case_id)
-        p.subscriptions.setdefault(case_id, set()).add(sub)
-        p.joins_confirmed += 1
-        p.changed()
-        try:
-            yield sub
-        finally:
-            subs = p.subscriptions.get(case_id, set())
-            subs.discard(sub)
-            if not subs:
-                p.subscriptions.pop(case_id, None)
-            sub.close()
-            p.leaves += 1
-            p.changed()
-
-
-class MemoryPresence:
-    """`OperatorPresence`: the count of present operators, cached for `ttl_s`."""
-
-    def __init__(self, platform: MemoryPlatform, ttl_s: float) -> None:
-        self._p = platform
-        self._ttl = ttl_s
-        self._cached: tuple[float, int | None] | None = None
-
-    async def operators_online(self) -> int | None:
-        await anyio.lowlevel.checkpoint()
-        now = self._p.clock.monotonic()
-        if self._cached is not None and now - self._cached[0] < self._ttl:
-            return self._cached[1]
-        present = self._p.present
-        value = None if present is None else len(present)
-        self._cached = (now, value)
-        return value
-
-
-class MemoryOperator:
-    """The operators' side of the twin: answer a case, be present or not."""
-
-    def __init__(self, platform: MemoryPlatform) -> None:
-        self._p = platform
-
-    async def answer(
-        self,
-        case_id: UUID,
-        content: str,
-        *,
-        kind: MessageKind = "answer",
-        sender_type: SenderType = "human",
-        option_index: int | None = None,
-    ) -> UUID:
-        await anyio.lowlevel.checkpoint()
-        return self._p.post_message(
-            case_id, content, kind=kind, sender_type=sender_type, option_index=option_index
-        ).message_id
-
-    async def forge(self, case_id: UUID, event: str, payload: Mapping[str, Any]) -> None:
-        """Broadcast on `case:<case_id>` as a client (an operator's token may send there)."""
-        await anyio.lowlevel.checkpoint()
-        self._p.forge_broadcast(case_id, event, payload)
-
-    async def ask_back(self, case_id: UUID, question: str) -> UUID:
-        """Reply with a question instead of an answer (a `clarification` message)."""
-        return await self.answer(case_id, question, kind="clarification")
-
-    async def go_online(self, operator_id: str = "operator-0") -> None:
-        await anyio.lowlevel.checkpoint()
-        if self._p.present is None:
-            self._p.present = set()
-        self._p.present.add(operator_id)
-        self._p.changed()
-
-    async def go_offline(self, operator_id: str = "operator-0") -> None:
-        await anyio.lowlevel.checkpoint()
-        if self._p.present is None:
-            self._p.present = set()
-        self._p.present.discard(operator_id)
-        self._p.changed()
-
-    async def wait_for_case(self, within_s: float = 5.0) -> UUID:
-        """The next case without an answer, once one exists (oldest first)."""
-        await self._p.wait_until(
-            lambda: any(c.answer_message_id is None for c in self._p.cases.values()), within_s
-        )
-        return next(c.id for c in self._p.cases.values() if c.answer_message_id is None)
-
-    async def answer_every_case(self, text: str, delay_s: float) -> None:
-        """Run until cancelled: answer each new case with `text` after `delay_s` (demos)."""
-        answered: set[UUID] = set()
-        while True:
-            await self._p.wait_until(
-                lambda: any(c.id not in answered for c in self._p.cases.values()), math.inf
-            )
-            for case in list(self._p.cases.values()):
-                if case.id not in answered:
-                    answered.add(case.id)
-                    await self._p.clock.sleep(delay_s)
-                    if case.answer_message_id is None:
-                        self._p.post_message(case.id, text)

@@ -32,6 +32,8 @@ DOC = ROOT / "docs" / "troubleshooting.md"
 EXCLUDED = (
     "hitl_relay/adapters/memory.py",
     "hitl_relay/adapters/memory_state.py",
+    "hitl_relay/adapters/memory_realtime.py",
+    "hitl_relay/adapters/memory_upkeep.py",
     "hitl_devstack/rest.py",
     "hitl_devstack/auth.py",
     "hitl_devstack/keys.py",
