@@ -32,7 +32,7 @@ DOC = ROOT / "docs" / "troubleshooting.md"
 EXCLUDED = (
     "hitl_relay/adapters/memory.py",
     "hitl_relay/adapters/memory_state.py",
-    "hitl_devstack/rest.py",
+    "hitl_devstack/rest/",
     "hitl_devstack/auth.py",
     "hitl_devstack/keys.py",
     "hitl_devstack/realtime/",
