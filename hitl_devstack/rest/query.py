@@ -29,10 +29,10 @@ IS_VALUES = {
 class Params:
     """Bind parameters of one statement: `add` returns the placeholder.
 
-    A request runs as one call of `pg_temp.devstack_request` (`api.REQUEST_FUNCTION`), which EXECUTEs
-    the statement with one text array: the placeholder is that array's element, as text. Every
-    placeholder is cast where it is used (`::int`, `::json`, `::text::<column type>`), so text
-    converts as a bound parameter of that type would."""
+    A request runs as one call of `pg_temp.devstack_request` (`api.REQUEST_FUNCTION`), which
+    EXECUTEs the statement with one text array: the placeholder is that array's element, as text.
+    Every placeholder is cast where it is used (`::int`, `::json`, `::text::<column type>`), so
+    text converts as a bound parameter of that type would."""
 
     def __init__(self) -> None:
         self.values: list[str] = []
