@@ -34,7 +34,7 @@ EXCLUDED = (
     "hitl_relay/adapters/memory_state.py",
     "hitl_relay/adapters/memory_realtime.py",
     "hitl_relay/adapters/memory_upkeep.py",
-    "hitl_devstack/rest.py",
+    "hitl_devstack/rest/",
     "hitl_devstack/auth.py",
     "hitl_devstack/keys.py",
     "hitl_devstack/realtime/",
