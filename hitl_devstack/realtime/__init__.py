@@ -12,15 +12,18 @@ the supabase/realtime server sources module by module:
 - `changes`: postgres_changes, through Realtime's own SQL (`realtime.subscription`,
   `realtime.apply_rls` over a temporary wal2json slot, `realtime.list_changes`);
 - `service`: the websocket endpoint (join, leave, heartbeat, broadcast with ack/self, presence,
-  access_token, token expiry, duplicate joins, limits with Supabase's replies) and database
-  broadcasts: rows `realtime.send` writes arrive by NOTIFY `hitl_realtime` after commit, in
-  commit order, and go to every subscriber of the topic allowed to read them;
+  access_token, token expiry, duplicate joins, limits with Supabase's replies) and the fan-out;
+- `joins`: a join's parameters, its token replies and its replay of stored broadcasts;
+- `database`: database broadcasts: rows `realtime.send` writes arrive by NOTIFY `hitl_realtime`
+  after commit, in commit order, and go to every subscriber of the topic allowed to read them;
+- `outgoing`: one broadcast, encoded at most once per serializer;
 - `api`: the REST broadcast endpoints.
 
 Not supported (see the devstack README): binary kinds other than 3 from clients.
 """
 
+from hitl_devstack.realtime.database import NOTIFY_CHANNEL
 from hitl_devstack.realtime.limits import RealtimeLimits
-from hitl_devstack.realtime.service import NOTIFY_CHANNEL, RealtimeService
+from hitl_devstack.realtime.service import RealtimeService
 
 __all__ = ["NOTIFY_CHANNEL", "RealtimeLimits", "RealtimeService"]

@@ -1,4 +1,4 @@
-"""The Realtime service: websocket endpoint, channels, fan-out and database broadcasts.
+"""The Realtime service: websocket endpoint, channels and fan-out.
 
 Behaviour follows supabase/realtime (v2.129.8) and its Phoenix fork; the functions named in the
 comments are where each rule comes from:
@@ -9,23 +9,20 @@ comments are where each rule comes from:
   confirm_token, shutdown_response),
 - `lib/realtime_web/channels/realtime_channel/{broadcast,presence}_handler.ex`,
 - `lib/realtime_web/channels/realtime_channel/message_dispatcher.ex` (fan-out and its gates),
-- `lib/realtime/tenants/replication_connection.ex` (database broadcasts, here fed by NOTIFY),
-- `lib/extensions/postgres_cdc_rls/` (postgres_changes, in `changes.py`).
+- `lib/realtime/tenants/replication_connection.ex` (database broadcasts, in `database.py`),
+- `lib/extensions/postgres_cdc_rls/` (postgres_changes, in `changes.py`);
+the join's parameters, token replies and replay are in `joins.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
-import zlib
-from collections import deque
 from typing import Any
 
-import asyncpg
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -34,7 +31,6 @@ from hitl_devstack.hops import HopHistogram
 from hitl_devstack.keys import TokenError
 from hitl_devstack.realtime import api
 from hitl_devstack.realtime.authorization import (
-    CONNECTION_ERRORS,
     AuthContext,
     DatabaseUnavailable,
     Policies,
@@ -43,13 +39,27 @@ from hitl_devstack.realtime.authorization import (
     write_policies,
 )
 from hitl_devstack.realtime.changes import PostgresChanges
-from hitl_devstack.realtime.channel import Binding, Channel, Socket, Topic, TopicKey
+from hitl_devstack.realtime.channel import Channel, Socket, Topic, TopicKey
+from hitl_devstack.realtime.database import DatabaseBroadcasts
+from hitl_devstack.realtime.joins import (
+    DB_UNAVAILABLE,
+    UNAUTHORIZED,
+    JoinRefused,
+    connect_error,
+    flag,
+    join_token,
+    join_token_reason,
+    obj,
+    postgres_changes,
+    replay,
+    token_shutdown_message,
+)
 from hitl_devstack.realtime.limits import RateCounter, RealtimeLimits
+from hitl_devstack.realtime.outgoing import Outgoing
 from hitl_devstack.realtime.presence import Diff
 from hitl_devstack.realtime.serializer import (
     Message,
     ProtocolError,
-    Serializer,
     UserBroadcast,
     UserBroadcastPush,
     dumps,
@@ -58,12 +68,7 @@ from hitl_devstack.realtime.serializer import (
 
 log = logging.getLogger("hitl_devstack.realtime")
 
-NOTIFY_CHANNEL = "hitl_realtime"
 CONFIRM_TOKEN_INTERVAL_S = 300.0  # realtime_channel.ex @confirm_token_ms_interval
-REPLAY_HARD_LIMIT = 25  # lib/realtime/messages.ex @hard_limit
-UNAUTHORIZED = "You do not have permissions to read from this Channel topic: "
-DB_UNAVAILABLE = "Realtime was unable to connect to the project database"
-DB_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, asyncpg.PostgresError)
 
 
 class _DenialIsNotAnError(logging.Filter):
@@ -78,93 +83,6 @@ class _DenialIsNotAnError(logging.Filter):
 _uvicorn_error_log = logging.getLogger("uvicorn.error")
 if not any(isinstance(f, _DenialIsNotAnError) for f in _uvicorn_error_log.filters):
     _uvicorn_error_log.addFilter(_DenialIsNotAnError())
-
-
-class JoinRefused(Exception):
-    def __init__(self, reason: str, *, disconnect: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.disconnect = disconnect
-
-
-def _obj(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _flag(value: Any) -> bool:
-    """Payloads.FlexibleBoolean: true or "true"."""
-    return value is True or value == "true"
-
-
-def _phash(params: dict[str, Any]) -> int:
-    """Stands in for :erlang.phash2/1 (0..2^27-1); clients only need a stable non-zero int."""
-    return (zlib.crc32(dumps(params).encode()) & (2**27 - 1)) or 1
-
-
-def _join_token(params: dict[str, Any], socket_token: str) -> str:
-    """realtime_channel.ex assign_access_token/handle_access_token."""
-    first = params.get("access_token")
-    if first is None or first is False:
-        first = params.get("user_token")
-    if isinstance(first, str) and first.startswith("sb_"):
-        return socket_token
-    for key in ("user_token", "access_token"):
-        if isinstance(params.get(key), str):
-            return str(params[key])
-    return socket_token
-
-
-def _join_token_reason(e: TokenError) -> str:
-    """The join reply for a refused token (realtime_channel.ex join/3 else branches)."""
-    if e.kind == "InvalidJWTToken":
-        return f"InvalidJWTToken: {e.message}"
-    if e.kind == "JwtSignatureError":
-        return "JwtSignatureError: Failed to validate JWT signature"
-    return "MalformedJWT: The token provided is not a valid JWT"
-
-
-def _token_shutdown_message(e: TokenError) -> str:
-    """shutdown_response text when a token stops being valid (handle_in "access_token",
-    handle_info :confirm_token); a bad signature is `inspect(:signature_error)` there."""
-    if e.kind == "InvalidJWTToken":
-        return e.message
-    if e.kind == "JwtSignatureError":
-        return ":signature_error"
-    return "The token provided is not a valid JWT"
-
-
-def _connect_error(e: TokenError) -> str:
-    """user_socket.ex error_response/1 texts (HTTP 401)."""
-    if e.kind == "MissingToken":
-        return "API key is missing"
-    if e.kind == "InvalidJWTToken":
-        return "Token has expired" if e.message.startswith("Token has expired") else e.message
-    if e.kind == "JwtSignatureError":
-        return "Failed to validate JWT signature"
-    return "The token provided is not a valid JWT"
-
-
-class _Outgoing:
-    """One broadcast, encoded at most once per serializer (MessageDispatcher's cache)."""
-
-    __slots__ = ("_cache", "payload", "topic", "user")
-
-    def __init__(
-        self, topic: str, payload: dict[str, Any] | None = None, user: UserBroadcast | None = None
-    ) -> None:
-        self.topic = topic
-        self.payload = payload  # a Phoenix.Socket.Broadcast payload, sent as JSON text
-        self.user = user  # or a UserBroadcast (binary kind 4 to V2 sockets)
-        self._cache: dict[str, str | bytes | None] = {}
-
-    def encode(self, serializer: Serializer) -> str | bytes | None:
-        v = serializer.version
-        if v not in self._cache:
-            if self.user is not None:
-                self._cache[v] = serializer.user_broadcast(self.user)
-            else:
-                self._cache[v] = serializer.broadcast(self.topic, "broadcast", self.payload or {})
-        return self._cache[v]
 
 
 class RealtimeService:
@@ -188,12 +106,8 @@ class RealtimeService:
         self.changes = PostgresChanges(self)
         self.topics: dict[TopicKey, Topic] = {}
         self.sockets: set[Socket] = set()
+        self.db = DatabaseBroadcasts(self)
         self._stopping = False
-        self._listen_conn: asyncpg.Connection | None = None
-        self._listen_lost = asyncio.Event()
-        self._listen_task: asyncio.Task[None] | None = None
-        self._db_backlog: deque[dict[str, Any]] = deque()
-        self._db_drain: asyncio.Task[None] | None = None
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -210,7 +124,7 @@ class RealtimeService:
 
     async def start(self) -> None:
         """LISTEN on `hitl_realtime` (raises if the database is unreachable), then keep it."""
-        if self._listen_task is not None and not self._listen_task.done():
+        if self.db.started:
             return  # already started
         self._stopping = False
         lim = self.limits
@@ -224,23 +138,12 @@ class RealtimeService:
             lim.max_channels_per_client,
             lim.max_payload_bytes,
         )
-        await self._listen()
-        self._listen_task = asyncio.create_task(self._keep_listening(), name="realtime-listen")
+        await self.db.start()
 
     async def stop(self) -> None:
         """Stop listening; close every socket with 1001 so clients reconnect and rejoin."""
         self._stopping = True
-        for task in (self._listen_task, self._db_drain):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._listen_task = self._db_drain = None
-        self._db_backlog.clear()
-        if self._listen_conn is not None:
-            conn, self._listen_conn = self._listen_conn, None
-            with contextlib.suppress(*CONNECTION_ERRORS, asyncpg.PostgresError):
-                await conn.close(timeout=2)
+        await self.db.stop()
         sockets = list(self.sockets)
         for sock in sockets:
             sock.close(1001, "")
@@ -250,32 +153,6 @@ class RealtimeService:
             for w in pending:
                 w.cancel()
         await self.changes.stop()
-
-    async def _listen(self) -> None:
-        conn = await asyncpg.connect(self.ctx.db_url)
-        lost = asyncio.Event()
-        conn.add_termination_listener(lambda _c: lost.set())
-        await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
-        self._listen_conn, self._listen_lost = conn, lost
-
-    async def _keep_listening(self) -> None:
-        """Re-LISTEN after the connection drops (database restart); rows committed while it
-        was down are not delivered (the relay's catch-up read covers them)."""
-        while not self._stopping:
-            await self._listen_lost.wait()
-            if self._stopping:
-                return
-            log.warning("realtime: lost the %s LISTEN connection; reconnecting", NOTIFY_CHANNEL)
-            delay = 0.05
-            while not self._stopping:
-                try:
-                    await self._listen()
-                    log.warning("realtime: listening on %s again", NOTIFY_CHANNEL)
-                    break
-                except DB_ERRORS as e:
-                    log.warning("realtime: LISTEN reconnect failed (%s); retrying", e)
-                    await asyncio.sleep(delay)  # reconnect backoff, not test synchronisation
-                    delay = min(delay * 2, 2.0)
 
     # ---- websocket ----------------------------------------------------------------------
 
@@ -289,7 +166,7 @@ class RealtimeService:
             self.ctx.keys.verify(token)
         except TokenError as e:
             await asyncio.sleep(self.limits.connect_error_backoff_s)  # CONNECT_ERROR_BACKOFF_MS
-            await self._deny(ws, JSONResponse({"error": _connect_error(e)}, status_code=401))
+            await self._deny(ws, JSONResponse({"error": connect_error(e)}, status_code=401))
             return
         if self._stopping:
             await self._deny(ws, JSONResponse({"error": "Error connecting to Realtime"}, 500))
@@ -424,12 +301,12 @@ class RealtimeService:
         subtopic = msg.topic.removeprefix("realtime:")
         if not subtopic:
             raise JoinRefused("TopicNameRequired: You must provide a topic name")
-        params = _obj(msg.payload)
-        config = _obj(params.get("config"))
-        broadcast, presence = _obj(config.get("broadcast")), _obj(config.get("presence"))
-        private = _flag(config.get("private"))
-        presence_enabled = _flag(presence.get("enabled"))
-        token = _join_token(params, sock.token)
+        params = obj(msg.payload)
+        config = obj(params.get("config"))
+        broadcast, presence = obj(config.get("broadcast")), obj(config.get("presence"))
+        private = flag(config.get("private"))
+        presence_enabled = flag(presence.get("enabled"))
+        token = join_token(params, sock.token)
         if self._stopping:
             raise JoinRefused("RealtimeRestarting: Realtime is restarting, please standby")
         if not sock.counted and self._users() >= self.limits.max_concurrent_users:
@@ -445,7 +322,7 @@ class RealtimeService:
         try:
             claims = self.ctx.keys.verify(token)  # confirm_token/1
         except TokenError as e:
-            raise JoinRefused(_join_token_reason(e)) from None
+            raise JoinRefused(join_token_reason(e)) from None
         policies: Policies | None = None
         if private:  # maybe_assign_policies/3
             policies = Policies()
@@ -461,16 +338,16 @@ class RealtimeService:
                 raise JoinRefused("Unauthorized: " + UNAUTHORIZED + subtopic)
         replays: list[dict[str, Any]] = []
         if "replay" in broadcast:
-            replays = await self._replay(subtopic, private, policies, broadcast["replay"])
-        bindings = self._postgres_changes(params, config, subtopic)
+            replays = await replay(self.ctx.pool, subtopic, private, policies, broadcast["replay"])
+        bindings = postgres_changes(params, config, subtopic)
         key = presence.get("key")
         channel = Channel(
             socket=sock,
             topic=msg.topic,
             join_ref=msg.join_ref,
             private=private,
-            self_broadcast=_flag(broadcast.get("self")),
-            ack_broadcast=_flag(broadcast.get("ack")),
+            self_broadcast=flag(broadcast.get("self")),
+            ack_broadcast=flag(broadcast.get("ack")),
             presence_key=key if isinstance(key, str) and key else str(uuid.uuid1()),
             presence_enabled=presence_enabled,
             token=token,
@@ -489,7 +366,7 @@ class RealtimeService:
         self.changes.joined(channel)
         for row in replays:  # handle_info({:replay, messages}): channel pushes, in order
             self._push(channel, "broadcast", row["payload"])
-        if _flag(broadcast.get("replication_ready")):
+        if flag(broadcast.get("replication_ready")):
             self._system(channel, "ok", "Replication connection established")
         if presence_enabled and channel.can_read_presence():  # PresenceHandler.sync/1
             self._push(channel, "presence_state", self.topics[channel.key].presence.state())
@@ -497,66 +374,6 @@ class RealtimeService:
     def _users(self) -> int:
         """UsersCounter.tenant_users/1: sockets that have joined a channel."""
         return sum(1 for s in self.sockets if s.counted)
-
-    @staticmethod
-    def _postgres_changes(
-        params: dict[str, Any], config: dict[str, Any], subtopic: str
-    ) -> list[Binding]:
-        """pg_change_params/5: each binding with the `id` of the join reply
-        (add_id_to_postgres_changes/1, a hash of the binding) and a subscription uuid."""
-        if "config" in params:
-            bindings = config.get("postgres_changes")
-            entries = [b for b in bindings if b is not None] if isinstance(bindings, list) else []
-        else:  # the pre-config API: the topic itself names schema:table:filter
-            parts = subtopic.split(":", 2)
-            entries = [dict(zip(("schema", "table", "filter"), parts, strict=False))]
-        if not all(isinstance(b, dict) for b in entries):
-            raise JoinRefused("Unknown Error on Channel")
-        return [Binding(b, _phash(b), uuid.uuid1()) for b in entries]
-
-    async def _replay(
-        self, subtopic: str, private: bool, policies: Policies | None, replay: Any
-    ) -> list[dict[str, Any]]:
-        """can_replay?/3 and maybe_replay_messages/5 (lib/realtime/messages.ex replay/5)."""
-        if policies is not None and policies.broadcast_read is False:
-            raise JoinRefused("Unauthorized: " + UNAUTHORIZED + subtopic)
-        if not private:
-            raise JoinRefused("UnableToReplayMessages: Replay is not allowed for public channels")
-        if not isinstance(replay, dict):
-            return []
-        since, limit = replay.get("since"), replay.get("limit") or REPLAY_HARD_LIMIT
-        if not isinstance(since, int) or not isinstance(limit, int) or isinstance(since, bool):
-            raise JoinRefused("UnableToReplayMessages: Replay params are not valid")
-        try:
-            async with self.ctx.pool.acquire() as conn:
-                rows = await conn.fetch(
-                    "select id::text as id, event, payload::text as payload"
-                    " from realtime.messages where topic = $1 and private is true"
-                    " and extension = 'broadcast'"
-                    " and inserted_at >= to_timestamp($2::float8 / 1000)::timestamp"
-                    " and inserted_at < now()::timestamp + interval '1 minute'"
-                    " order by inserted_at desc limit $3",
-                    subtopic,
-                    since,
-                    max(min(limit, REPLAY_HARD_LIMIT), 1),
-                )
-        except DB_ERRORS as e:
-            log.warning("realtime: replay failed for %s: %s", subtopic, e)
-            raise JoinRefused(
-                "UnableToReplayMessages: Realtime was unable to replay messages"
-            ) from None
-        return [
-            {
-                "id": r["id"],
-                "payload": {
-                    "event": r["event"],
-                    "meta": {"id": r["id"], "replayed": True},
-                    "payload": json.loads(r["payload"]) if r["payload"] is not None else None,
-                    "type": "broadcast",
-                },
-            }
-            for r in reversed(rows)
-        ]
 
     # ---- channel helpers ----------------------------------------------------------------
 
@@ -630,7 +447,7 @@ class RealtimeService:
         try:
             channel.claims = self.ctx.keys.verify(channel.token)
         except TokenError as e:
-            self._shutdown(channel, _token_shutdown_message(e))
+            self._shutdown(channel, token_shutdown_message(e))
             return
         self._arm_confirm(channel)
 
@@ -650,14 +467,14 @@ class RealtimeService:
             if not policies.broadcast_write:
                 return  # dropped without a reply, even with ack
         self.events.add()
-        out: _Outgoing
+        out: Outgoing
         if isinstance(payload, UserBroadcastPush):
             size = len(payload.payload) + len(payload.event) + 16
             user = UserBroadcast(channel.topic, payload.event, payload.payload, payload.is_json)
-            out = _Outgoing(channel.topic, user=user)
+            out = Outgoing(channel.topic, user=user)
         elif isinstance(payload, dict):
             size = len(dumps(payload).encode())
-            out = _Outgoing(channel.topic, payload=payload)
+            out = Outgoing(channel.topic, payload=payload)
         else:  # V2Serializer.fastlane! raises on a non-map broadcast: the channel crashes
             self._stop_channel(channel, close=False)
             sock.push(channel.join_ref, channel.join_ref, channel.topic, "phx_error", {})
@@ -668,14 +485,14 @@ class RealtimeService:
                     channel.join_ref, msg.ref, channel.topic, "error", "payload_size_exceeded"
                 )
             return
-        self._fan_out(channel.key, out, sender=None if channel.self_broadcast else channel)
+        self.fan_out(channel.key, out, sender=None if channel.self_broadcast else channel)
         if channel.ack_broadcast:
             sock.reply(channel.join_ref, msg.ref, channel.topic, "ok", {})
 
-    def _fan_out(
+    def fan_out(
         self,
         key: TopicKey,
-        out: _Outgoing,
+        out: Outgoing,
         *,
         sender: Channel | None = None,
         message_id: str | None = None,
@@ -791,7 +608,7 @@ class RealtimeService:
     # ---- access_token (realtime_channel.ex handle_in "access_token") --------------------
 
     async def _access_token(self, channel: Channel, msg: Message) -> None:
-        payload = _obj(msg.payload)
+        payload = obj(msg.payload)
         if "access_token" not in payload:
             self.events.add()
             return
@@ -807,7 +624,7 @@ class RealtimeService:
         try:
             claims = self.ctx.keys.verify(token)
         except TokenError as e:
-            self._shutdown(channel, _token_shutdown_message(e))
+            self._shutdown(channel, token_shutdown_message(e))
             return
         previous = channel.policies
         if previous is not None:
@@ -840,76 +657,6 @@ class RealtimeService:
         self._arm_confirm(channel)
         self.changes.resubscribe(channel)  # the subscriptions carry the new claims
 
-    # ---- database broadcasts (NOTIFY hitl_realtime) -------------------------------------
-
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, raw: object) -> None:
-        arrived = time.perf_counter()
-        try:
-            msg = json.loads(str(raw))
-        except ValueError:
-            log.warning("realtime: unreadable %s notification: %.200r", NOTIFY_CHANNEL, raw)
-            return
-        if not isinstance(msg, dict):
-            log.warning("realtime: %s notification is not an object: %.200r", NOTIFY_CHANNEL, raw)
-            return
-        at = msg.get("at")
-        if isinstance(at, int | float):
-            # the row's insert (inside its transaction), on this clock: the hop includes the
-            # commit and the wait for this loop to read the notification
-            arrived -= max(0.0, time.time() - at)
-        msg["_arrived"] = arrived
-        if self._db_backlog or msg.get("too_large"):
-            # a row must be read first: later notifications wait behind it (commit order)
-            self._db_backlog.append(msg)
-            if self._db_drain is None or self._db_drain.done():
-                self._db_drain = asyncio.create_task(self._drain_backlog())
-            return
-        self._deliver_db(msg)
-
-    async def _drain_backlog(self) -> None:
-        while self._db_backlog:
-            msg = self._db_backlog[0]
-            if msg.get("too_large"):
-                msg["payload"] = await self._read_payload(msg.get("id"))
-            self._db_backlog.popleft()
-            self._deliver_db(msg)
-
-    async def _read_payload(self, row_id: Any) -> Any:
-        try:
-            async with self.ctx.pool.acquire() as conn:
-                raw = await conn.fetchval(
-                    "select payload::text from realtime.messages where id = $1::uuid",
-                    str(row_id),
-                )
-        except DB_ERRORS as e:
-            log.warning("realtime: could not read realtime.messages row %s: %s", row_id, e)
-            return None
-        return None if raw is None else json.loads(raw)
-
-    def _deliver_db(self, msg: dict[str, Any]) -> None:
-        """replication_connection.ex handle_message(Insert): a UserBroadcast with metadata id."""
-        topic, event, row_id = msg.get("topic"), msg.get("event"), msg.get("id")
-        payload = msg.get("payload")
-        if not isinstance(topic, str) or not isinstance(event, str) or payload is None:
-            return
-        body = dumps(payload).encode()
-        if len(body) > self.limits.max_payload_bytes:
-            log.warning("realtime: UnableToBroadcastChanges: :payload_size_exceeded (%s)", row_id)
-            return
-        if self.events.triggered:
-            log.warning("realtime: UnableToBroadcastChanges: :too_many_requests (%s)", row_id)
-            return
-        self.events.add()
-        private = bool(msg.get("private"))
-        name = "realtime:" + topic
-        user = UserBroadcast(name, event, body, True, {"id": row_id})
-        self._fan_out(
-            (topic, private),
-            _Outgoing(name, user=user),
-            message_id=str(row_id),
-            since=msg.get("_arrived"),
-        )
-
     # ---- REST broadcast -----------------------------------------------------------------
 
     async def rest_broadcast(self, request: Any) -> Response:
@@ -928,7 +675,7 @@ class RealtimeService:
         body["payload"] = payload
         body["type"] = "broadcast"
         name = "realtime:" + subtopic
-        self._fan_out((subtopic, private), _Outgoing(name, payload=body))
+        self.fan_out((subtopic, private), Outgoing(name, payload=body))
 
     def deliver_user_broadcast(
         self, subtopic: str, private: bool, event: str, body: bytes, is_json: bool
@@ -936,4 +683,4 @@ class RealtimeService:
         """A UserBroadcast from the single-message API (binary kind 4 to V2 clients)."""
         name = "realtime:" + subtopic
         user = UserBroadcast(name, event, body, is_json)
-        self._fan_out((subtopic, private), _Outgoing(name, user=user))
+        self.fan_out((subtopic, private), Outgoing(name, user=user))

@@ -194,7 +194,7 @@ async def test_database_broadcasts_resume_after_the_listen_connection_is_killed(
         SUBSCRIBED
     )
     service: Any = own.realtime
-    pid = service._listen_conn.get_server_pid()
+    pid = service.db._listen_conn.get_server_pid()
     conn = await asyncpg.connect(own.db_url)
     try:
         assert await conn.fetchval("select pg_terminate_backend($1)", pid)
@@ -215,7 +215,7 @@ async def test_database_broadcasts_resume_after_the_listen_connection_is_killed(
     finally:
         await conn.close()
     assert message["event"] == "probe"
-    assert service._listen_conn.get_server_pid() != pid
+    assert service.db._listen_conn.get_server_pid() != pid
 
 
 async def test_a_silent_socket_is_closed_after_the_idle_timeout(

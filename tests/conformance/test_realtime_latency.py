@@ -102,7 +102,7 @@ async def test_database_insert_to_subscriber_latency_with_1000_channels(
     # Timestamps taken around the service's own NOTIFY callback: when the notification reached
     # the devstack, and how long its synchronous path (parse, fan-out, encode, queue) took.
     service: Any = stack.realtime
-    handler = service._on_notify
+    handler = service.db._on_notify
     notified: dict[str, float] = {}
     fanout_ms: list[float] = []
 
@@ -114,8 +114,8 @@ async def test_database_insert_to_subscriber_latency_with_1000_channels(
         if content is not None:
             notified[content] = t0
 
-    await service._listen_conn.remove_listener("hitl_realtime", handler)
-    await service._listen_conn.add_listener("hitl_realtime", timed)
+    await service.db._listen_conn.remove_listener("hitl_realtime", handler)
+    await service.db._listen_conn.add_listener("hitl_realtime", timed)
     writer = await asyncpg.connect(stack.db_url)
     insert_to_client: list[float] = []
     notify_to_client: list[float] = []
@@ -137,8 +137,8 @@ async def test_database_insert_to_subscriber_latency_with_1000_channels(
             notify_to_client.append((received[content] - notified[content]) * 1000)
     finally:
         await writer.close()
-        await service._listen_conn.remove_listener("hitl_realtime", timed)
-        await service._listen_conn.add_listener("hitl_realtime", handler)
+        await service.db._listen_conn.remove_listener("hitl_realtime", timed)
+        await service.db._listen_conn.add_listener("hitl_realtime", handler)
 
     assert len(insert_to_client) == MESSAGES
     subscribed = sum(len(t.subscribers) for t in service.topics.values())
