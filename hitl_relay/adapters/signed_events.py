@@ -17,6 +17,7 @@ The canonical string is the event name, then for each signed field in order a li
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from collections.abc import Mapping
@@ -96,12 +97,30 @@ class EventKey:
 
     def __init__(self, key: bytes | None = None) -> None:
         self.key = key
+        self._settled = asyncio.Event()
+        if key is not None:
+            self._settled.set()
 
     def set_hex(self, value: str) -> None:
         key = bytes.fromhex(value)
         if len(key) != 32:
             raise ValueError("the event key must be 32 bytes")
         self.key = key
+        self._settled.set()
+
+    def unavailable(self) -> None:
+        """The relay stopped trying to read the key (no `hitl_event_key()` for this role):
+        every event stays a wake-up."""
+        self._settled.set()
+
+    @property
+    def settled(self) -> bool:
+        return self._settled.is_set()
+
+    async def wait_settled(self) -> None:
+        """Until the key is read, or the relay stopped trying: from then on each event arrives
+        as it will for good (as itself when the key is known; before, each is a wake-up)."""
+        await self._settled.wait()
 
     def verify(self, event: str, payload: Mapping[str, Any]) -> bool:
         return verify(self.key, event, payload)

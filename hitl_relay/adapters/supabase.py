@@ -243,6 +243,7 @@ async def load_event_key(
                         "apply the migrations",
                         e.code,
                     )
+                    event_key.unavailable()
                     return
                 logger.warning("reading the event key failed: {} {}", e.code, e.message)
                 raise
@@ -256,6 +257,7 @@ async def load_event_key(
                 event_key.set_hex(data)
             except ValueError as e:
                 logger.error("the database's event key is unusable: {}", e)
+                event_key.unavailable()
                 return
             logger.debug("event key loaded: channel events are verified")
             return

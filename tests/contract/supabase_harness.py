@@ -4,6 +4,7 @@ the operators (supabase-py with an operator JWT, straight to the devstack) keep 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -213,6 +214,9 @@ async def supabase_ports(devstack: Devstack) -> AsyncIterator[ContractPorts]:
         presence_cache_ttl_seconds=0.1,
     )
     platform = await build_platform(settings.platform_options(), tuning=TUNING)
+    # Until the event key is read every channel event is a wake-up (see platform_on).
+    async with asyncio.timeout(10):
+        await platform.pool.event_key.wait_settled()
     service = await acreate_client(devstack.url, devstack.keys.service_role_key)
     answering = Operator(devstack, operator_id=uuid4())
     await answering.__aenter__()

@@ -52,6 +52,10 @@ async def platform_on(
         settings_for(url, service_role_key).platform_options(), tuning=tuning, presence=presence
     )
     try:
+        # Until the event key is read, every channel event is a wake-up: tests that wait for
+        # a typed event start once the database's events arrive as themselves.
+        async with asyncio.timeout(10):
+            await platform.pool.event_key.wait_settled()
         yield platform
     finally:
         await platform.aclose()

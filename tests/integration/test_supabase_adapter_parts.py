@@ -164,9 +164,10 @@ async def test_the_event_key_is_read_again_until_the_platform_answers() -> None:
     unavailable = APIError({"code": "PGRST002", "message": "schema cache", "hint": None})
     client = EventKeyRpc(httpx.ConnectError("refused"), unavailable, "ab" * 32)
     key = EventKey()
+    assert not key.settled
     with stamina.set_testing(True, attempts=3):  # no waits; a fourth attempt would fail
         await load_event_key(client, key, timeout_s=1.0)  # type: ignore[arg-type]
-    assert (key.key, client.calls) == (bytes.fromhex("ab" * 32), 3)
+    assert (key.key, client.calls, key.settled) == (bytes.fromhex("ab" * 32), 3, True)
 
 
 async def test_a_schema_without_the_event_key_function_is_not_asked_again() -> None:
@@ -174,7 +175,8 @@ async def test_a_schema_without_the_event_key_function_is_not_asked_again() -> N
     client = EventKeyRpc(missing)
     key = EventKey()
     await load_event_key(client, key, timeout_s=1.0)  # type: ignore[arg-type]
-    assert (key.key, client.calls) == (None, 1)
+    # Settled without a key: events stay wake-ups, and whoever waits for the key goes on.
+    assert (key.key, client.calls, key.settled) == (None, 1, True)
 
 
 def test_an_answer_reply_names_its_wrong_field_and_defaults_its_optional_ones() -> None:
