@@ -206,6 +206,44 @@ async def test_a_case_past_its_deadline_stays_answerable_and_the_answer_is_kept(
     assert answer["content"] == "Yes, call them before 5 pm."
 
 
+async def test_a_routing_read_that_answers_late_does_not_hide_a_case_opened_meanwhile(
+    stack: Stack, open_console: OpenConsole
+) -> None:
+    console = await open_console()
+    page = console.page
+    started: list[int] = []
+    release = asyncio.Event()
+
+    async def reads_started(n: int) -> bool:
+        return len(started) >= n
+
+    async def stale_first_read(route: Route) -> None:
+        started.append(1)
+        if len(started) > 1:
+            await route.continue_()
+            return
+        response = await route.fetch()  # the queue as it was before the case existed
+        await release.wait()
+        await route.fulfill(response=response)
+
+    await page.route(re.compile(r".*/rest/v1/rpc/hitl_operator_queue(\?.*)?$"), stale_first_read)
+    await console.sign_in_with_token(stack.operators[0])
+    await wait_until(lambda: _online_is(stack, 1), "the relay to see the operator")
+    await wait_until(lambda: reads_started(1), "the console's first routing read")
+
+    question = "Can the caller move the delivery to Friday?"
+    await stack.ask(question)
+    item = console.case_item(question)
+    await expect(item).to_have_count(1)
+    await wait_until(lambda: reads_started(2), "the routing read for the new case")
+    await expect(page.locator("body")).to_have_attribute(
+        "data-routing-reads", str(len(started) - 1)
+    )  # every read but the held one has answered
+    release.set()
+    await expect(page.locator("body")).to_have_attribute("data-routing-reads", str(len(started)))
+    await expect(item).to_have_count(1)  # the late, older answer did not replace the newer one
+
+
 async def test_markup_in_case_text_is_shown_as_text_and_never_runs(
     stack: Stack, open_console: OpenConsole
 ) -> None:

@@ -84,6 +84,7 @@
     live: 'connecting',
     signingOut: false,
     routable: null, // case ids this operator can take (hitl_operator_queue), null until read
+    routingRead: 0, // the number of the routing read `routable` came from (reads are numbered as they start)
   }
 
   // ---- helpers -------------------------------------------------------------------------------
@@ -211,6 +212,7 @@
   function upsertCase(fresh) {
     const held = state.cases.get(fresh.id)
     if (!held) {
+      fresh.learnedBeforeRead = routingReadsStarted + 1 // the first routing read that can know it
       fresh.messages = new Map()
       fresh.sessionStatus = null
       fresh.warned = false
@@ -222,6 +224,7 @@
       sessionStatus: held.sessionStatus,
       warned: held.warned,
       shownAt: held.shownAt,
+      learnedBeforeRead: held.learnedBeforeRead,
       createdAt: fresh.detailed ? fresh.createdAt : held.createdAt,
     }
     if (!fresh.detailed && held.detailed) return held // a late case_opened adds nothing
@@ -272,7 +275,8 @@
   function routedToMe(c) {
     // Until the routing read arrives every case shows; then only what this operator can take,
     // plus what someone else holds (so the claim is visible) unless its skills are not ours.
-    if (!state.routable) return true
+    // A case learned after the shown read started is shown until a read that knows it answers.
+    if (!state.routable || c.learnedBeforeRead > state.routingRead) return true
     const mine = mySkills()
     return state.routable.has(c.id) || (claimState(c) === 'other' && c.skills.every((k) => mine.includes(k)))
   }
@@ -280,12 +284,20 @@
     const now = Date.now()
     return [...state.cases.values()].filter((c) => inQueue(c, now) && routedToMe(c)).sort(byPriority)
   }
+  // Routing reads overlap (sign-in, each new case): a read that started before a newer one must
+  // not replace its answer, or a case opened in between would vanish from the queue.
+  let routingReadsStarted = 0
+  let routingReadsAnswered = 0
   async function refreshRouting() {
     const client = state.client
     if (!client) return
+    const read = ++routingReadsStarted
     const { data, error } = await client.rpc('hitl_operator_queue')
+    document.body.dataset.routingReads = String(++routingReadsAnswered) // for whoever debugs the queue
     if (client !== state.client || error) return // routing refines the queue; it never empties it
+    if (read < state.routingRead) return // a newer read has answered already
     state.routable = new Set((data || []).map((r) => r.case_id))
+    state.routingRead = read
     renderQueue()
   }
   function mySkills() {
@@ -1035,6 +1047,7 @@
     state.mode = mode
     state.user = { id: claims.sub, email: claims.email || '', exp: claims.exp || null, appMetadata: asObject(claims.app_metadata) }
     state.routable = null
+    state.routingRead = 0
     state.signingOut = false
     // Realtime must carry the operator's token before the first join (private channels).
     await client.realtime.setAuth(accessToken)
