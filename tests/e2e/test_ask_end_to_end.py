@@ -233,10 +233,18 @@ async def test_answer_committed_while_the_relays_socket_reconnects_is_still_retu
     operator = stack.operator(auto_answer=False)
     await operator.start()
     try:
+        joined_before = await _relay_channels_joined(stack)
         call = asyncio.create_task(
             ask_human(stack.mcp_url, API_KEY, "Can I waive the fee?", timeout_seconds=30)
         )
         case = await operator.next_case(timeout_s=10)
+
+        async def case_channel_joined() -> bool:
+            return await _relay_channels_joined(stack) > joined_before
+
+        # Mid-wait means joined: a join refused by a dead Realtime is another story (the
+        # call fails at once, naming its case; tests/unit/test_relay.py).
+        await wait_until(case_channel_joined, "the relay to join the case's channel")
         await stack.devstack.kill()
         conn = await asyncpg.connect(stack.db_url)
         try:
@@ -254,6 +262,13 @@ async def test_answer_committed_while_the_relays_socket_reconnects_is_still_retu
         await operator.stop()
     assert result["status"] == "answered"
     assert result["answer"] == "Yes, waive it."
+
+
+async def _relay_channels_joined(stack: Stack) -> float:
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(stack.relay_url + "/metrics")).text
+    (line,) = [x for x in text.splitlines() if x.startswith("hitl_realtime_channels ")]
+    return float(line.split(" ")[1])
 
 
 async def test_the_served_relay_freezes_its_startup_objects_and_times_collections(
