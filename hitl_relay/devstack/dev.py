@@ -244,7 +244,9 @@ async def start_stack(
         "relay", [python(), "-m", "hitl_relay.cli", "serve"], relay_env, home / "relay.log"
     )
     await relay.wait_for_line("hitl-relay: MCP at")
-    await wait_http_ok(f"http://127.0.0.1:{relay_port}/healthz")
+    # Ready, not only alive: /readyz includes presence on `operators` joined, so the relay
+    # already knows whether anyone is on duty when the first question comes in.
+    await wait_http_ok(f"http://127.0.0.1:{relay_port}/readyz")
     # Only now: a client that waits for the file finds a relay listening.
     write_env_file(relay_env_path, {"HITL_MCP_URL": mcp_url, "HITL_API_KEY": api_key})
     return DevStack(env, mcp_url, api_key, reused)
