@@ -52,7 +52,14 @@ from bench.rawhttp import KeepAlivePool
 from bench.stats import LevelResult, summary
 from bench.success import OnDuty, close_session, success_figures
 from hitl_devstack.cluster import Cluster, free_port
-from hitl_devstack.dev import Child, python, spawn, wait_http_ok
+from hitl_devstack.dev import (
+    Child,
+    devstack_alive,
+    python,
+    relay_environment,
+    spawn,
+    wait_http_ok,
+)
 from hitl_devstack.envfile import read_env_file
 from hitl_devstack.operator_sim import SimulatedOperator
 
@@ -77,18 +84,6 @@ class Stack:
     instance_ids: list[str] = field(default_factory=list)
 
 
-async def _devstack_alive(env: dict[str, str]) -> bool:
-    url = env.get("SUPABASE_URL")
-    if not url:
-        return False
-    try:
-        async with httpx.AsyncClient(timeout=2) as client:
-            r = await client.get(f"{url}/rest/v1/", headers={"apikey": env["SUPABASE_ANON_KEY"]})
-            return r.status_code < 500
-    except (httpx.HTTPError, KeyError):
-        return False
-
-
 @contextlib.asynccontextmanager
 async def stack(
     home: Path,
@@ -108,7 +103,7 @@ async def stack(
     relays: list[Child] = []
     base_env = {**os.environ, "HITL_HOME": str(home)}
     try:
-        if not await _devstack_alive(env):
+        if not await devstack_alive(env):
             devstack = await spawn(
                 "devstack",
                 [python(), "-m", "hitl_devstack"],
@@ -122,14 +117,7 @@ async def stack(
         instance_ids = [f"bench-relay-{i}" for i in range(replicas)]
         for i, port in enumerate(ports):
             env_of_relay = {
-                **base_env,
-                "HITL_BACKEND": "supabase",
-                "SUPABASE_URL": env["SUPABASE_URL"],
-                "SUPABASE_ANON_KEY": env["SUPABASE_ANON_KEY"],
-                "SUPABASE_SERVICE_ROLE_KEY": env["SUPABASE_SERVICE_ROLE_KEY"],
-                "HITL_API_KEYS": api_key,
-                "HITL_HOST": "127.0.0.1",
-                "HITL_PORT": str(port),
+                **relay_environment(base_env, env, api_key, port),
                 "HITL_LOG_LEVEL": "WARNING",
                 "HITL_MAX_TIMEOUT_SECONDS": "600",
                 "HITL_INSTANCE_ID": instance_ids[i],
@@ -522,17 +510,23 @@ async def _open_and_wait_phases(
     return cases
 
 
+async def _operator_on_duty(s: Stack) -> tuple[SimulatedOperator, OnDuty]:
+    """The run's operator (answers when told) and its presence, available as the console says."""
+    operator = SimulatedOperator(
+        s.url, s.anon_key, s.operator_token, s.operator_id, auto_answer=False
+    )
+    await operator.start()
+    duty = OnDuty(s.url, s.anon_key, s.operator_token)
+    await duty.start()
+    return operator, duty
+
+
 async def run_realtime(
     s: Stack, level: int, *, wait_s: float, spread_s: float, rate: float = 0.0
 ) -> LevelResult:
     result = LevelResult(mode="realtime", level=level, rate=rate)
     run = uuid.uuid4().hex[:8]
-    operator = SimulatedOperator(
-        s.url, s.anon_key, s.operator_token, s.operator_id, auto_answer=False
-    )
-    await operator.start()
-    duty = OnDuty(s.url, s.anon_key, s.operator_token)  # available, as the console says
-    await duty.start()
+    operator, duty = await _operator_on_duty(s)
     load = DbLoad(s.db_url)
     replicas = len(s.mcp_urls)
     rss_idle_each = [rss_mb(r.proc.pid) for r in s.relays]
@@ -728,12 +722,7 @@ async def run_polling(
     """The plan's option A: open the case over RPC, then poll REST with backoff 0.5 → 2 s."""
     result = LevelResult(mode="polling", level=level, rate=rate)
     run = uuid.uuid4().hex[:8]
-    operator = SimulatedOperator(
-        s.url, s.anon_key, s.operator_token, s.operator_id, auto_answer=False
-    )
-    await operator.start()
-    duty = OnDuty(s.url, s.anon_key, s.operator_token)  # available, as the console says
-    await duty.start()
+    operator, duty = await _operator_on_duty(s)
     load = DbLoad(s.db_url)
     questions = {_question(run, i): i for i in range(level)}
     started: dict[str, float] = {}

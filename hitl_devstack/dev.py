@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -141,7 +142,8 @@ class DevStack:
     reused_devstack: bool
 
 
-async def _devstack_alive(env: dict[str, str]) -> bool:
+async def devstack_alive(env: dict[str, str]) -> bool:
+    """Whether the devstack `env` (devstack.env's values) names answers."""
     url, key = env.get("SUPABASE_URL"), env.get("SUPABASE_ANON_KEY")
     if not url or not key:
         return False
@@ -150,6 +152,22 @@ async def _devstack_alive(env: dict[str, str]) -> bool:
             return (await client.get(f"{url}/rest/v1/", headers={"apikey": key})).status_code < 500
     except httpx.HTTPError:
         return False
+
+
+def relay_environment(
+    base_env: Mapping[str, str], devstack_env: Mapping[str, str], api_key: str, port: int
+) -> dict[str, str]:
+    """The environment of a relay on 127.0.0.1:`port` over the devstack `devstack_env`."""
+    return {
+        **base_env,
+        "HITL_BACKEND": "supabase",
+        "SUPABASE_URL": devstack_env["SUPABASE_URL"],
+        "SUPABASE_ANON_KEY": devstack_env["SUPABASE_ANON_KEY"],
+        "SUPABASE_SERVICE_ROLE_KEY": devstack_env["SUPABASE_SERVICE_ROLE_KEY"],
+        "HITL_API_KEYS": api_key,
+        "HITL_HOST": "127.0.0.1",
+        "HITL_PORT": str(port),
+    }
 
 
 def _relay_key(home: Path) -> str:
@@ -199,7 +217,7 @@ async def start_stack(
     api_key = _relay_key(home)
     relay_env_path.unlink(missing_ok=True)  # a stale one would name a relay that is not there
     env = read_env_file(home / "devstack.env")
-    reused = await _devstack_alive(env)
+    reused = await devstack_alive(env)
     if not reused:
         argv = [python(), "-m", "hitl_devstack"] + (["--keep-db"] if keep_db else [])
         devstack = await children.spawn("devstack", argv, base_env, home / "devstack.log")
@@ -208,16 +226,7 @@ async def start_stack(
     if not _port_is_free(relay_port):
         relay_port = free_port()
     mcp_url = f"http://127.0.0.1:{relay_port}/mcp"
-    relay_env = {
-        **base_env,
-        "HITL_BACKEND": "supabase",
-        "SUPABASE_URL": env["SUPABASE_URL"],
-        "SUPABASE_ANON_KEY": env["SUPABASE_ANON_KEY"],
-        "SUPABASE_SERVICE_ROLE_KEY": env["SUPABASE_SERVICE_ROLE_KEY"],
-        "HITL_API_KEYS": api_key,
-        "HITL_HOST": "127.0.0.1",
-        "HITL_PORT": str(relay_port),
-    }
+    relay_env = relay_environment(base_env, env, api_key, relay_port)
     relay = await children.spawn(
         "relay", [python(), "-m", "hitl_relay.cli", "serve"], relay_env, home / "relay.log"
     )

@@ -31,13 +31,18 @@ ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "supabase" / "tests"
 
 
-async def prepare(cluster: Cluster, name: str) -> None:
+async def _recreate(cluster: Cluster, name: str) -> None:
+    """An empty database `name` (dropped first if it exists)."""
     admin = await asyncpg.connect(cluster.url())
     try:
         await admin.execute(f'drop database if exists "{name}" with (force)')
         await admin.execute(f'create database "{name}"')
     finally:
         await admin.close()
+
+
+async def prepare(cluster: Cluster, name: str) -> None:
+    await _recreate(cluster, name)
     for db in (name, "postgres"):
         await migrate.apply(cluster.url(db), local=True)
         conn = await asyncpg.connect(cluster.url(db))
@@ -84,12 +89,7 @@ def prove(cluster: Cluster, dbname: str, files: list[Path], extra: list[str]) ->
 
 
 async def update_snapshot(cluster: Cluster, name: str) -> Path:
-    admin = await asyncpg.connect(cluster.url())
-    try:
-        await admin.execute(f'drop database if exists "{name}" with (force)')
-        await admin.execute(f'create database "{name}"')
-    finally:
-        await admin.close()
+    await _recreate(cluster, name)
     try:
         await migrate.apply(cluster.url(name), local=True)
         migrate.SNAPSHOT.write_text(await migrate.schema_snapshot(cluster.url(name)))
@@ -103,7 +103,8 @@ async def update_snapshot(cluster: Cluster, name: str) -> Path:
 RUN_DATABASE_PREFIXES = ("hitl_tpl_", "pgtap_", "snapshot_")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process `pid` exists (one of another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -126,7 +127,7 @@ async def runs_using(cluster: Cluster) -> list[int]:
             suffix = name.removeprefix(prefix)
             if name.startswith(prefix) and suffix.isdigit():
                 pid = int(suffix)
-                if pid != os.getpid() and _alive(pid):
+                if pid != os.getpid() and process_alive(pid):
                     pids.append(pid)
     return pids
 

@@ -120,8 +120,8 @@ def status_message(task: TaskRecord, status: TaskStatus) -> str:
     return "No answer within the time limit."
 
 
-def task_json(task: TaskRecord) -> dict[str, Any]:
-    """The `Task` object (2025-11-25 schema): every field the spec requires, `ttl` never absent."""
+def _task_fields(task: TaskRecord) -> dict[str, Any]:
+    """The fields both eras' `Task` objects share, as of now."""
     status = effective_status(task)
     return {
         "taskId": task.id,
@@ -129,20 +129,18 @@ def task_json(task: TaskRecord) -> dict[str, Any]:
         "statusMessage": status_message(task, status),
         "createdAt": iso(task.created_at),
         "lastUpdatedAt": iso(task.last_updated_at if status == task.status else task.now),
-        "ttl": task.ttl_ms,
-        "pollInterval": task.poll_interval_ms,
     }
+
+
+def task_json(task: TaskRecord) -> dict[str, Any]:
+    """The `Task` object (2025-11-25 schema): every field the spec requires, `ttl` never absent."""
+    return {**_task_fields(task), "ttl": task.ttl_ms, "pollInterval": task.poll_interval_ms}
 
 
 def task_json_modern(task: TaskRecord) -> dict[str, Any]:
     """The `Task` fields of the tasks extension (SEP-2663): ttl in seconds, poll interval in ms."""
-    status = effective_status(task)
     return {
-        "taskId": task.id,
-        "status": status,
-        "statusMessage": status_message(task, status),
-        "createdAt": iso(task.created_at),
-        "lastUpdatedAt": iso(task.last_updated_at if status == task.status else task.now),
+        **_task_fields(task),
         "ttlSeconds": math.ceil(task.ttl_ms / 1000),
         "pollIntervalMilliseconds": task.poll_interval_ms,
     }

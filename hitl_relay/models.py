@@ -13,7 +13,7 @@ import copy
 import functools
 import json
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -162,6 +162,9 @@ class Turn(BaseModel):
     content: Annotated[
         str, Field(max_length=TURN_CONTENT_MAX, description="What was said, verbatim.")
     ]
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
 
 
 def _alias_conflict(model: type[BaseModel], arguments: Mapping[str, Any]) -> InvalidRequest | None:
@@ -349,41 +352,30 @@ class GetHumanAnswerRequest(BaseModel):
     )
 
 
-def parse_ask_request(arguments: object) -> AskHumanRequest:
-    """Validate raw tool arguments; raise `InvalidRequest` naming the field and the rule."""
+def _parse_arguments(model: type[_Model], arguments: object) -> _Model:
+    """Validate raw tool arguments as `model`; raise `InvalidRequest` naming the field and the
+    rule."""
     if not isinstance(arguments, Mapping):
         raise InvalidRequest("arguments", "must be an object")
-    conflict = _alias_conflict(AskHumanRequest, arguments)
+    conflict = _alias_conflict(model, arguments)
     if conflict is not None:
         raise conflict
     try:
-        return AskHumanRequest.model_validate(dict(arguments))
+        return model.model_validate(dict(arguments))
     except ValidationError as e:
         raise invalid_request_from(e) from None
+
+
+def parse_ask_request(arguments: object) -> AskHumanRequest:
+    return _parse_arguments(AskHumanRequest, arguments)
 
 
 def parse_get_call_history_request(arguments: object) -> GetCallHistoryRequest:
-    if not isinstance(arguments, Mapping):
-        raise InvalidRequest("arguments", "must be an object")
-    conflict = _alias_conflict(GetCallHistoryRequest, arguments)
-    if conflict is not None:
-        raise conflict
-    try:
-        return GetCallHistoryRequest.model_validate(dict(arguments))
-    except ValidationError as e:
-        raise invalid_request_from(e) from None
+    return _parse_arguments(GetCallHistoryRequest, arguments)
 
 
 def parse_get_answer_request(arguments: object) -> GetHumanAnswerRequest:
-    if not isinstance(arguments, Mapping):
-        raise InvalidRequest("arguments", "must be an object")
-    conflict = _alias_conflict(GetHumanAnswerRequest, arguments)
-    if conflict is not None:
-        raise conflict
-    try:
-        return GetHumanAnswerRequest.model_validate(dict(arguments))
-    except ValidationError as e:
-        raise invalid_request_from(e) from None
+    return _parse_arguments(GetHumanAnswerRequest, arguments)
 
 
 def tool_schema(model: type[BaseModel]) -> dict[str, Any]:

@@ -20,21 +20,11 @@ import pytest
 
 from hitl_devstack.cluster import Cluster
 from hitl_devstack.keys import make_keys
-from hitl_devstack.pgtap import stop_unless_in_use
+from hitl_devstack.pgtap import process_alive, stop_unless_in_use
 from hitl_devstack.server import Devstack
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE_PREFIX = "hitl_tpl_"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +56,7 @@ async def template_db(pg_cluster: Cluster) -> AsyncIterator[str]:
             "select datname from pg_database where datname like $1", TEMPLATE_PREFIX + "%"
         ):
             pid = int(row["datname"].removeprefix(TEMPLATE_PREFIX))
-            if pid == os.getpid() or not _pid_alive(pid):
+            if pid == os.getpid() or not process_alive(pid):
                 await admin.execute(f'drop database if exists "{row["datname"]}" with (force)')
         await admin.execute(f"create database {name}")
     finally:

@@ -16,7 +16,7 @@ into "Unauthorized" at join.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,15 +95,29 @@ def _check_role(ctx: AuthContext) -> None:
         raise RlsPolicyError(f"role {ctx.role!r} cannot be assumed by Realtime")
 
 
+_Evaluation = Callable[[asyncpg.Pool, AuthContext, Policies, tuple[str, ...]], Awaitable[Policies]]
+
+
+async def _evaluate(
+    evaluation: _Evaluation,
+    pool: asyncpg.Pool,
+    ctx: AuthContext,
+    policies: Policies,
+    presence_enabled: bool,
+) -> Policies:
+    """Run one evaluation for the extensions in play; a lost database is DatabaseUnavailable."""
+    _check_role(ctx)
+    try:
+        return await evaluation(pool, ctx, policies, _extensions(presence_enabled))
+    except CONNECTION_ERRORS as e:
+        raise DatabaseUnavailable(str(e)) from e
+
+
 async def read_policies(
     pool: asyncpg.Pool, ctx: AuthContext, policies: Policies, *, presence_enabled: bool
 ) -> Policies:
     """Evaluate read for broadcast (and presence when enabled) into `policies`."""
-    _check_role(ctx)
-    try:
-        return await _read(pool, ctx, policies, _extensions(presence_enabled))
-    except CONNECTION_ERRORS as e:
-        raise DatabaseUnavailable(str(e)) from e
+    return await _evaluate(_read, pool, ctx, policies, presence_enabled)
 
 
 async def _read(
@@ -142,11 +156,7 @@ async def write_policies(
     pool: asyncpg.Pool, ctx: AuthContext, policies: Policies, *, presence_enabled: bool = True
 ) -> Policies:
     """Evaluate write for broadcast (and presence when enabled) into `policies`."""
-    _check_role(ctx)
-    try:
-        return await _write(pool, ctx, policies, _extensions(presence_enabled))
-    except CONNECTION_ERRORS as e:
-        raise DatabaseUnavailable(str(e)) from e
+    return await _evaluate(_write, pool, ctx, policies, presence_enabled)
 
 
 async def _write(
