@@ -11,7 +11,8 @@ up in a per-process copy of the catalog (refreshed on a miss) and quoted; every 
 parameter cast to the column's type. See `hitl_devstack/README.md` for what is supported.
 """
 
-from hitl_devstack.rest.api import prepare_connection, routes
+from hitl_devstack.rest.api import routes
 from hitl_devstack.rest.query import Params
+from hitl_devstack.rest.statements import prepare_connection
 
 __all__ = ["Params", "prepare_connection", "routes"]

@@ -29,7 +29,7 @@ IS_VALUES = {
 class Params:
     """Bind parameters of one statement: `add` returns the placeholder.
 
-    A request runs as one call of `pg_temp.devstack_request` (`api.REQUEST_FUNCTION`), which
+    A request runs as one call of `pg_temp.devstack_request` (`statements.REQUEST_FUNCTION`), which
     EXECUTEs the statement with one text array: the placeholder is that array's element, as text.
     Every placeholder is cast where it is used (`::int`, `::json`, `::text::<column type>`), so
     text converts as a bound parameter of that type would."""
@@ -284,6 +284,27 @@ def logic_sql(
         parts.append(_condition(fld, _unquote_operand(operand), alias, params, item))
     cond = "(" + f" {joiner} ".join(parts or ["true"]) + ")"
     return f"not {cond}" if negate else cond
+
+
+def where_sql(
+    request: Request,
+    table_name: str,
+    columns: Mapping[str, Column],
+    alias: str,
+    params: Params,
+    skip: frozenset[str] = frozenset(),
+) -> str:
+    """The request's filters and logic trees as a WHERE clause ("" if none); `skip` names query
+    parameters that are not filters (a GET call's function arguments)."""
+    conditions = []
+    for key, value in request.query_params.multi_items():
+        if key in RESERVED_PARAMS or key in skip:
+            continue
+        if key in LOGIC_PARAMS:
+            conditions.append(logic_sql(key, value, table_name, columns, alias, params))
+        else:
+            conditions.append(filter_sql(key, value, table_name, columns, alias, params))
+    return (" where " + " and ".join(conditions)) if conditions else ""
 
 
 def _unquote_operand(operand: str) -> str:

@@ -19,7 +19,7 @@ import pytest
 from postgrest.exceptions import APIError
 from rest_support import SUPABASE_TIMEOUT_WARNING, Clients, case_input
 
-from hitl_devstack.rest import api as rest_api
+from hitl_devstack.rest import tables as rest_tables
 from hitl_devstack.server import Devstack
 
 pytestmark = pytest.mark.filterwarnings(SUPABASE_TIMEOUT_WARNING)
@@ -225,7 +225,7 @@ async def test_unexpected_failure_is_a_generic_500_and_a_logged_traceback(
     def broken(*args: object, **kwargs: object) -> str:
         raise RuntimeError("internal detail that must not leak")
 
-    monkeypatch.setattr(rest_api, "select_list", broken)
+    monkeypatch.setattr(rest_tables, "select_list", broken)
     with caplog.at_level(logging.ERROR, logger="hitl_devstack.rest"):
         r = await http.get("/cases?select=id")
 
