@@ -52,7 +52,7 @@ from hitl_relay.ports import (
 )
 from hitl_relay.resilience import CircuitBreaker
 from hitl_relay.sweep import WaitingCalls
-from hitl_relay.waiting import CaseWaiter, ProgressCallback
+from hitl_relay.waiting import POLL_INTERVAL_S, CaseWaiter, ProgressCallback
 
 __all__ = ["ProgressCallback", "Relay", "owned_idempotency_key"]
 
@@ -312,11 +312,13 @@ class Relay:
             finally:
                 open_done.set()
 
+        joined = False
         # Step 5: neither the join nor the open waits for the other.
         async with anyio.create_task_group() as tg:
             tg.start_soon(open_case)
             try:
                 async with self.waiter.joined(case_id) as sub:
+                    joined = True
                     await open_done.wait()
                     if opened is not None and opened.case_id == case_id:
                         self.calls.record(call, failure=None)
@@ -330,9 +332,17 @@ class Relay:
             self.calls.record(call, failure=None)  # the platform answered: it is reachable
             raise open_error
         assert opened is not None  # open_case either set it or an error
-        if join_error is not None:
-            call.close_as = "failed"
-            raise join_error
+        if join_error is not None and not joined:
+            # The case is committed and operators can answer it: without its channel the
+            # answer is read every POLL_INTERVAL_S until the deadline, as after a channel lost.
+            logger.bind(call_id=call.call_id, case_id=str(opened.case_id)).warning(
+                "joining the case channel failed, reading the answer every {} s: {}",
+                POLL_INTERVAL_S,
+                join_error.detail,
+            )
+            self.calls.record(call, failure=str(join_error))
+            outcome = await self.waiter.wait(None, opened, call, deadline, progress)
+            return self.results.finish(outcome, call)
         if opened.case_id != case_id:
             # A retried call: the platform returned the existing case; wait on its channel.
             logger.bind(call_id=call.call_id, case_id=str(opened.case_id)).info(

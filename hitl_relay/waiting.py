@@ -75,13 +75,14 @@ class CaseWaiter:
 
     async def wait(
         self,
-        sub: Subscription,
+        sub: Subscription | None,
         opened: OpenedCase,
         call: CallRecord,
         deadline: float,
         progress: ProgressCallback | None,
     ) -> Outcome:
-        """Catch up, then the first answer or clarification, expiry, or None at the deadline."""
+        """Catch up, then the first answer or clarification, expiry, or None at the deadline.
+        Without a subscription (its join failed) the answer is read every POLL_INTERVAL_S."""
         found = await self.catch_up(opened.case_id)
         if found is not None:
             return found
@@ -93,7 +94,10 @@ class CaseWaiter:
                 tg.start_soon(self._report_progress, progress, call.started, total)
             with self.calls.waiting(tg.cancel_scope, call):
                 try:
-                    outcome = await self._listen(sub, opened, call)
+                    if sub is None:
+                        outcome = await self._poll(opened.case_id)
+                    else:
+                        outcome = await self._listen(sub, opened, call)
                 except PlatformUnavailable as e:
                     logger.bind(call_id=call.call_id, case_id=str(opened.case_id)).warning(
                         "channel lost, reading the answer every {} s: {}",

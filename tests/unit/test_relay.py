@@ -401,15 +401,40 @@ async def test_a_transient_open_failure_is_retried(rig: Rig) -> None:
             assert (await call.wait()).status == "answered"
 
 
-async def test_refused_join_after_the_case_opened_fails_the_session_but_names_the_case(
+async def test_refused_join_after_the_case_opened_still_finds_the_answer_by_reading(
     rig: Rig,
 ) -> None:
     rig.platform.faults.refuse_joins = True
-    result = await rig.relay.ask(ask_request())
-    assert result.status == "platform_unreachable"
-    (case_id,) = rig.platform.cases
-    assert result.case_id == str(case_id)
-    assert rig.platform.session_of(case_id).status == "failed"
+    async with asking(rig.relay, ask_request()) as (call,):
+        case_id = await rig.platform.operator.wait_for_case()
+        await rig.clock.wait_for_sleepers(2)  # the deadline and the next read
+        assert rig.platform.joined_channels == 0
+        await rig.platform.operator.answer(case_id, "Found by reading")
+        rig.clock.advance(1.0)
+        result = await call.wait()
+    assert (result.status, result.answer, result.case_id) == (
+        "answered",
+        "Found by reading",
+        str(case_id),
+    )
+    assert rig.platform.session_of(case_id).status == "answered"
+
+
+async def test_refused_join_and_no_answer_times_out_naming_the_case(rig: Rig) -> None:
+    breaker = CircuitBreaker(failure_threshold=1, clock=rig.clock.monotonic)
+    relay = Relay(
+        rig.platform.backend(), rig.settings.relay_options(), clock=rig.clock, breaker=breaker
+    )
+    rig.platform.faults.refuse_joins = True
+    async with asking(relay, ask_request(timeout_seconds=10)) as (call,):
+        case_id = await rig.platform.operator.wait_for_case()
+        await rig.clock.wait_for_sleepers(2)
+        rig.clock.advance(10.0)
+        result = await call.wait()
+    assert (result.status, result.case_id) == ("timeout", str(case_id))
+    assert rig.platform.session_of(case_id).status == "timed_out"
+    # The breaker heard of the refused join (the platform is only partly reachable).
+    assert "refused" in (breaker.last_error or "")
 
 
 async def test_progress_is_reported_while_waiting(rig: Rig) -> None:
