@@ -11,8 +11,14 @@ the supabase/realtime server sources module by module:
 - `limits`: Supabase's limits (profiles `free`, `pro`, `local`) and its per-project rate counter;
 - `changes`: postgres_changes, through Realtime's own SQL (`realtime.subscription`,
   `realtime.apply_rls` over a temporary wal2json slot, `realtime.list_changes`);
-- `service`: the websocket endpoint (join, leave, heartbeat, broadcast with ack/self, presence,
-  access_token, token expiry, duplicate joins, limits with Supabase's replies) and the fan-out;
+- `service`: the websocket endpoint (heartbeat, join/leave routing, duplicate joins, unmatched
+  topics) and the REST broadcast routes, over the handlers below;
+- `join_handler`: a join's checks with Supabase's replies (limits, token, RLS), replay, presence
+  state;
+- `broadcast_handler`: a client's broadcast (write check, ack/self, size) and the fan-out;
+- `presence_handler`: track and untrack, their write check and rate limits;
+- `registry`: the sockets and topics, and a channel's lifecycle (system messages, shutdown,
+  leave, token expiry, access_token);
 - `joins`: a join's parameters, its token replies and its replay of stored broadcasts;
 - `database`: database broadcasts: rows `realtime.send` writes arrive by NOTIFY `hitl_realtime`
   after commit, in commit order, and go to every subscriber of the topic allowed to read them;

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 
 class BroadcastHost(Protocol):
-    """What the REST broadcast endpoints need of the Realtime service (`RealtimeService` is
+    """What the REST broadcast endpoints need of the Realtime service (its `BroadcastHandler` is
     one): its context (keys, pool), its limits and rate counter, and delivery to the sockets."""
 
     ctx: Any

@@ -293,7 +293,7 @@ def _exception_message(e: asyncpg.PostgresError) -> str:
 
 
 class ChangesHost(Protocol):
-    """What the poller needs of the Realtime service (`RealtimeService` is one)."""
+    """What the poller needs of the Realtime service (its `ChannelRegistry` is one)."""
 
     ctx: Any  # the DevstackContext: its pool and db_url
     limits: RealtimeLimits

@@ -29,7 +29,7 @@ NOTIFY_CHANNEL = "hitl_realtime"
 
 
 class BroadcastsHost(Protocol):
-    """What database broadcasts need of the Realtime service (`RealtimeService` is one)."""
+    """What database broadcasts need of the Realtime service (its `BroadcastHandler` is one)."""
 
     ctx: Any  # the DevstackContext: its pool and db_url
     limits: RealtimeLimits

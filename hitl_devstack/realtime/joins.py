@@ -2,7 +2,7 @@
 
 Following supabase/realtime (v2.129.8) `lib/realtime_web/channels/realtime_channel.ex` (join/3,
 assign_access_token, confirm_token, pg_change_params) and `lib/realtime/messages.ex` (replay/5);
-the websocket side of the join is in `service.py`.
+the websocket side of the join is in `join_handler.py`.
 """
 
 from __future__ import annotations
