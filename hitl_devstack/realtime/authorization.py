@@ -15,8 +15,9 @@ into "Unauthorized" at join.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,33 +121,41 @@ async def read_policies(
     return await _evaluate(_read, pool, ctx, policies, presence_enabled)
 
 
-async def _read(
-    pool: asyncpg.Pool, ctx: AuthContext, policies: Policies, exts: tuple[str, ...]
-) -> Policies:
+@contextlib.asynccontextmanager
+async def _rolled_back(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
+    """A connection in a transaction that is always rolled back (the checks write probe rows);
+    a database error other than a lost connection is the policy's (RlsPolicyError)."""
     async with pool.acquire() as conn:
         tr = conn.transaction()
         await tr.start()
         try:
-            rows = await conn.fetch(
-                "insert into realtime.messages (topic, extension)"
-                " select $1, e from unnest($2::text[]) as e returning id, extension",
-                ctx.topic,
-                list(exts),
-            )
-            await _set_config(conn, ctx)
-            visible = {
-                r["id"]
-                for r in await conn.fetch(
-                    "select id from realtime.messages where id = any($1::uuid[])",
-                    [r["id"] for r in rows],
-                )
-            }
+            yield conn
         except CONNECTION_ERRORS:
             raise
         except asyncpg.PostgresError as e:
             raise RlsPolicyError(f"{type(e).__name__}: {e}") from e
         finally:
             await tr.rollback()
+
+
+async def _read(
+    pool: asyncpg.Pool, ctx: AuthContext, policies: Policies, exts: tuple[str, ...]
+) -> Policies:
+    async with _rolled_back(pool) as conn:
+        rows = await conn.fetch(
+            "insert into realtime.messages (topic, extension)"
+            " select $1, e from unnest($2::text[]) as e returning id, extension",
+            ctx.topic,
+            list(exts),
+        )
+        await _set_config(conn, ctx)
+        visible = {
+            r["id"]
+            for r in await conn.fetch(
+                "select id from realtime.messages where id = any($1::uuid[])",
+                [r["id"] for r in rows],
+            )
+        }
     for r in rows:
         setattr(policies, f"{r['extension']}_read", r["id"] in visible)
     return policies
@@ -162,30 +171,21 @@ async def write_policies(
 async def _write(
     pool: asyncpg.Pool, ctx: AuthContext, policies: Policies, exts: tuple[str, ...]
 ) -> Policies:
-    async with pool.acquire() as conn:
-        tr = conn.transaction()
-        await tr.start()
-        try:
-            await _set_config(conn, ctx)
-            for ext in exts:
-                savepoint = conn.transaction()
-                await savepoint.start()
-                try:
-                    await conn.execute(
-                        "insert into realtime.messages (topic, extension) values ($1, $2)",
-                        ctx.topic,
-                        ext,
-                    )
-                    allowed = True
-                except asyncpg.InsufficientPrivilegeError:
-                    allowed = False
-                finally:
-                    await savepoint.rollback()
-                setattr(policies, f"{ext}_write", allowed)
-        except CONNECTION_ERRORS:
-            raise
-        except asyncpg.PostgresError as e:
-            raise RlsPolicyError(f"{type(e).__name__}: {e}") from e
-        finally:
-            await tr.rollback()
+    async with _rolled_back(pool) as conn:
+        await _set_config(conn, ctx)
+        for ext in exts:
+            savepoint = conn.transaction()
+            await savepoint.start()
+            try:
+                await conn.execute(
+                    "insert into realtime.messages (topic, extension) values ($1, $2)",
+                    ctx.topic,
+                    ext,
+                )
+                allowed = True
+            except asyncpg.InsufficientPrivilegeError:
+                allowed = False
+            finally:
+                await savepoint.rollback()
+            setattr(policies, f"{ext}_write", allowed)
     return policies
