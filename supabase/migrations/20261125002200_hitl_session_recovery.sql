@@ -1,4 +1,4 @@
--- Session recovery after a relay restart (issue 7).
+-- Session recovery after a relay restart.
 --
 -- Each relay process has an instance id (HITL_INSTANCE_ID, default the host name). Its PostgREST
 -- requests carry it in the `x-hitl-instance` header, and a session that starts (or starts again)

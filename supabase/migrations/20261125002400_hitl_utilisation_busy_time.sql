@@ -1,4 +1,4 @@
--- Operator utilisation counts busy time once (issue 10).
+-- Operator utilisation counts busy time once.
 --
 -- 20261125000800 summed each answered case's handling time (creation → answer), so an operator
 -- with several cases open at once was "handling" for several times the wall-clock time and

@@ -1,5 +1,5 @@
 -- The plan's success metrics computed by SQL match a hand-built fixture exactly, including
--- utilisation with overlapping availability intervals of one operator (issue 10).
+-- utilisation with overlapping availability intervals of one operator.
 begin;
 select plan(14);
 

@@ -1,5 +1,5 @@
 -- Operator utilisation counts busy time once: an operator with several cases open at once is
--- busy for the wall-clock time, not for the sum of the cases' times (issue 10), so utilisation
+-- busy for the wall-clock time, not for the sum of the cases' times, so utilisation
 -- never exceeds 1; different operators' busy times still add up.
 begin;
 select plan(6);

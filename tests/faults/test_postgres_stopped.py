@@ -33,7 +33,7 @@ from hitl_devstack.server import Devstack
 from hitl_relay import migrate
 
 ROOT = Path(__file__).resolve().parents[2]
-FALLBACK_BOUND_S = 1.0  # issue 7: platform_unreachable within about a second
+FALLBACK_BOUND_S = 1.0  # platform_unreachable within about a second
 # A loaded 2-core machine (other suites running) may add scheduling delay to the round trip.
 FALLBACK_MARGIN_S = 0.5
 BREAKER_RESET_S = 2.0

@@ -1,6 +1,6 @@
 """The success gauges on /metrics equal what `hitl_success_metrics` computes, exactly, on the
 devstack: hand-built cases, sessions, answers and overlapping operator availability, read by
-the relay's refresher through the Supabase store (issue 10)."""
+the relay's refresher through the Supabase store."""
 
 from __future__ import annotations
 

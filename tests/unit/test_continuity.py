@@ -1,4 +1,4 @@
-"""Conversation continuity on the in-memory twin (issue 10): one thread per call, the
+"""Conversation continuity on the in-memory twin: one thread per call, the
 clarification loop (`needs_info` → follow-up on the same case → answer), and the catch-up reads
 that make sure a question back or an answer is never lost. Fake clock, no waiting.
 """

@@ -1,6 +1,6 @@
 """The plan's success figures: the memory twin computes them as the SQL does, the relay publishes
 them on /metrics from a background read (never on a scrape), and a failed read keeps the last
-values with one warning (issue 10)."""
+values with one warning."""
 
 from __future__ import annotations
 
