@@ -62,6 +62,7 @@ from hitl_devstack.dev import (
 )
 from hitl_devstack.envfile import read_env_file
 from hitl_devstack.operator_sim import SimulatedOperator
+from hitl_relay.mcp_client import ready_to_call
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -581,10 +582,9 @@ async def run_realtime(
             timeout=httpx2.Timeout(timeout_s + 30.0),
         )
         async with http, Client(streamable_http_client(url, http_client=http)) as client:
-            # What an agent does when it connects. Without it the SDK's client lists the tools
-            # after its first result (to validate it against the output schema), and that round
-            # trip lands inside the first call's delivery: about 6 ms, all of a lone call's gap.
-            await client.list_tools()
+            # What an agent does when it connects (see ready_to_call): otherwise the listing
+            # and the validator's import land inside the first call's delivery.
+            await ready_to_call(client)
             await asyncio.gather(*(ask(client, q) for q in qs))
 
     from bench import hops  # bench.hops imports this module

@@ -367,3 +367,26 @@ async def test_an_open_breaker_marks_the_tools_unavailable_and_tells_connected_c
     assert result.structured_content is not None
     assert result.structured_content["status"] == "platform_unreachable"
     assert platform.rpc_calls == []
+
+
+async def test_a_client_ready_to_call_sends_only_the_call_when_the_answer_comes(
+    relay: Relay,
+) -> None:
+    """`hitl-relay ask` (and the bench) list the tools before the first call: otherwise the SDK
+    lists them after the first result arrives, and the caller sees the answer a round trip and
+    a validator import later."""
+    from hitl_relay.mcp_client import ready_to_call
+
+    statuses: list[int] = []
+    async with (
+        connect(relay.mcp_url, KEYS[0], statuses=statuses) as client,
+        anyio.create_task_group() as tg,
+    ):
+        await ready_to_call(client)
+        before = len(statuses)
+        tg.start_soon(answer_when_waiting, relay.platform, "Yes.")
+        result = await client.call_tool("ask_human", ask_args(call_id="call-ready"))
+        during = statuses[before:]
+    assert result.structured_content is not None
+    assert result.structured_content["status"] == "answered"
+    assert during == [200]  # the call alone: no listing after the result
