@@ -97,6 +97,20 @@ def above(delta: dict[float, float], seconds: float) -> int:
     return int(delta[edges[-1]] - delta.get(seconds, 0.0))
 
 
+def exact_figures(delta: dict[float, float], total_s: float) -> dict[str, Any]:
+    """What the buckets' interpolation does not blur: the mean (the histogram's sum over its
+    count) and the share of observations within each target's edge (0.3 and 2 ms)."""
+    edges = sorted(delta)
+    count = delta[edges[-1]] if edges else 0.0
+    if not count:
+        return {"mean_ms": None, "within_0_3ms": None, "within_2ms": None}
+    return {
+        "mean_ms": _ms(total_s / count),
+        "within_0_3ms": round(delta.get(0.0003, 0.0) / count, 3),
+        "within_2ms": round(delta.get(0.002, 0.0) / count, 3),
+    }
+
+
 def breakdown(before: Snapshot, after: Snapshot) -> dict[str, Any]:
     relay = histogram_delta(
         buckets(before.metrics, "hitl_answer_hop_seconds"),
@@ -106,8 +120,11 @@ def breakdown(before: Snapshot, after: Snapshot) -> dict[str, Any]:
         buckets(before.metrics, "hitl_event_loop_lag_seconds"),
         buckets(after.metrics, "hitl_event_loop_lag_seconds"),
     )
+    relay_sum = value(after.metrics, "hitl_answer_hop_seconds_sum") - value(
+        before.metrics, "hitl_answer_hop_seconds_sum"
+    )
     out: dict[str, Any] = {
-        "relay_hop_ms": summarise(relay),
+        "relay_hop_ms": {**summarise(relay), **exact_figures(relay, relay_sum)},
         "stack_hop_ms": None,
         "loop_lag_ms": {**summarise(lag), "over_50ms": above(lag, 0.05)},
         "gc_pauses": {},

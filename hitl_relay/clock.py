@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -21,11 +23,15 @@ class SystemClock:
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(max(0.0, seconds))
 
+    def cancel_at(self, deadline: float) -> anyio.CancelScope:
+        return anyio.CancelScope(deadline=anyio.current_time() + (deadline - time.monotonic()))
+
 
 @dataclass(eq=False)
 class _Sleeper:
     wake_at: float
     event: anyio.Event = field(default_factory=anyio.Event)
+    on_wake: Callable[[], object] | None = None
 
 
 class FakeClock:
@@ -62,6 +68,23 @@ class FakeClock:
                 self._sleepers.remove(sleeper)
                 self._notify()
 
+    @contextmanager
+    def cancel_at(self, deadline: float) -> Iterator[anyio.CancelScope]:
+        """Cancelled when `advance()` reaches `deadline`; counted as a sleeper meanwhile."""
+        with anyio.CancelScope() as scope:
+            sleeper = _Sleeper(deadline, on_wake=scope.cancel)
+            if deadline <= self._t:
+                scope.cancel()
+            else:
+                self._sleepers.append(sleeper)
+                self._notify()
+            try:
+                yield scope
+            finally:
+                if sleeper in self._sleepers:
+                    self._sleepers.remove(sleeper)
+                    self._notify()
+
     def advance(self, seconds: float) -> None:
         """Move time forward and wake every sleeper whose time has come."""
         self._t += seconds
@@ -69,6 +92,8 @@ class FakeClock:
             if sleeper.wake_at <= self._t:
                 self._sleepers.remove(sleeper)
                 sleeper.event.set()
+                if sleeper.on_wake is not None:
+                    sleeper.on_wake()
         self._notify()
 
     @property

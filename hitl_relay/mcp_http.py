@@ -15,6 +15,8 @@ has no pending request to match it with, and the response may reach any replica.
 The handshake-era versions only: 2026-07-28 requests go to the SDK's own modern entry through
 the streaming transport. The body is the one the security layer buffered (`buffered_body`);
 without it nothing is routed.
+
+While a request is served, the housekeeping it starts waits for its result (`result_first`).
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ from loguru import logger
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hitl_relay.errors import HitlError
 from hitl_relay.mcp_task_wire import INPUT_REQUEST_PREFIX, owner_of_authorization
 from hitl_relay.mcp_tasks import TaskService
+from hitl_relay.result_first import serving_request
 from hitl_relay.security.middleware import buffered_body, key_of_scope
 
 POLL_METHODS: Final = frozenset({"tasks/get", "tasks/list", "tasks/cancel"})
@@ -48,6 +51,17 @@ class McpRouter:
         self._tasks = tasks
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The request's housekeeping (closing a session, leaving a channel) waits for its result.
+        with serving_request() as written:
+
+            async def send_result_first(message: Message) -> None:
+                await send(message)
+                if message["type"] == "http.response.body" and not message.get("more_body"):
+                    written()
+
+            await self._route(scope, receive, send_result_first)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = _handshake_message(scope)
         if message is not None:
             if message.get("method") in POLL_METHODS:

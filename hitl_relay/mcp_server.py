@@ -228,7 +228,10 @@ class RelayMcpServer:
             except CLIENT_GONE:
                 logger.debug("progress not delivered: the client is gone")
 
-        return await relay.ask(request, progress, owner=key_of(ctx))
+        # Progress only for a caller that asked for it (a token in `_meta`): otherwise every
+        # report is dropped by the SDK, and the wait would keep a task for nothing.
+        wants_progress = ctx.meta is not None and "progress_token" in ctx.meta
+        return await relay.ask(request, progress if wants_progress else None, owner=key_of(ctx))
 
     def _remember(self, ctx: Context) -> None:
         # The SDK (2.3) makes a ServerSession per request; the Connection behind it is the

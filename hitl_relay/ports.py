@@ -31,11 +31,13 @@ except `anyio`/`asyncio` cancellation, which every method must let through untou
 from __future__ import annotations
 
 from collections.abc import Mapping
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
+
+import anyio
 
 from hitl_relay.case_values import (
     Answer,
@@ -308,6 +310,11 @@ class Clock(Protocol):
 
     async def sleep(self, seconds: float) -> None:
         """Sleep for `seconds` of this clock's time (a fake clock wakes when advanced)."""
+        ...
+
+    def cancel_at(self, deadline: float) -> AbstractContextManager[anyio.CancelScope]:
+        """A cancel scope this clock cancels at `deadline` (its `monotonic()` scale): a
+        deadline without a task of its own to sleep until it."""
         ...
 
 

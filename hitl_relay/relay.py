@@ -15,7 +15,8 @@ loses nothing":
  8. leave the channel
  9. return the answer, the operator's question (`needs_info`), or the fallback line plus the
     case id (`calls.Results`); the session is closed with its outcome right after, by a task
-    the relay owns (`Relay.running()`), so the caller does not wait for that round trip
+    the relay owns (`Relay.running()`), so the caller does not wait for that round trip; it
+    starts once the result is written (`result_first`)
 
 A follow-up after `needs_info` (`request.case_id` set) continues the same case instead of
 opening one (steps 4-5 become "join `case:<case_id>` and `continue_case`") and skips step 3:
@@ -51,6 +52,7 @@ from hitl_relay.ports import (
     SessionOutcome,
 )
 from hitl_relay.resilience import CircuitBreaker
+from hitl_relay.result_first import result_written
 from hitl_relay.sweep import WaitingCalls
 from hitl_relay.waiting import POLL_INTERVAL_S, CaseWaiter, ProgressCallback
 
@@ -178,7 +180,7 @@ class Relay:
             try:
                 if call.opened is not None:
                     if self.calls.background is not None:
-                        self.calls.background.start_soon(self._close, call, outcome)
+                        self.calls.background.start_soon(self._close_after_result, call, outcome)
                     else:
                         await self._close(call, outcome)
             finally:
@@ -360,6 +362,12 @@ class Relay:
     async def call_history(self, call_id: str) -> CallHistory:
         """`get_call_history`: see `Lookups.call_history`."""
         return await self.lookups.call_history(call_id)
+
+    async def _close_after_result(self, call: CallRecord, outcome: str) -> None:
+        """Close the session once the caller's result is written (`result_first`)."""
+        with anyio.CancelScope(shield=True):
+            await result_written()
+        await self._close(call, outcome)
 
     async def _close(self, call: CallRecord, outcome: str) -> None:
         """Close the session with its outcome; shielded so cancellation still closes."""

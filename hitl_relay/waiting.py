@@ -87,12 +87,13 @@ class CaseWaiter:
         if found is not None:
             return found
         outcome: Outcome = None
-        total = deadline - call.started
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._cancel_at, tg.cancel_scope, deadline)
-            if progress is not None:
-                tg.start_soon(self._report_progress, progress, call.started, total)
-            with self.calls.waiting(tg.cancel_scope, call):
+        # The deadline is a scope the clock cancels, not a task: the answer's way out of the
+        # wait (and every waiting call's upkeep) has no task to cancel and join.
+        with (
+            self.clock.cancel_at(deadline) as scope,
+            self.calls.waiting(scope, call),
+        ):
+            async with self._reporting(progress, call.started, deadline - call.started):
                 try:
                     if sub is None:
                         outcome = await self._poll(opened.case_id)
@@ -106,7 +107,6 @@ class CaseWaiter:
                     )
                     self.calls.record(call, failure=str(e))
                     outcome = await self._poll(opened.case_id)
-            tg.cancel_scope.cancel()
         if outcome is None and call.swept is not None:
             return call.swept  # read already: no second read that could fail into a fallback
         if outcome is None:
@@ -182,9 +182,18 @@ class CaseWaiter:
             return None
         return "expired" if status == "expired" else None
 
-    async def _cancel_at(self, scope: anyio.CancelScope, deadline: float) -> None:
-        await self.clock.sleep(deadline - self.clock.monotonic())
-        scope.cancel()
+    @asynccontextmanager
+    async def _reporting(
+        self, progress: ProgressCallback | None, started: float, total: float
+    ) -> AsyncIterator[None]:
+        """Progress reported meanwhile, for a caller that asked for it."""
+        if progress is None:
+            yield
+            return
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._report_progress, progress, started, total)
+            yield
+            tg.cancel_scope.cancel()
 
     async def _report_progress(
         self, progress: ProgressCallback, started: float, total: float

@@ -43,6 +43,7 @@ from hitl_relay.ports import (
     SessionEvent,
     WakeUp,
 )
+from hitl_relay.result_first import result_written
 
 
 class ChannelSocket(Protocol):
@@ -176,7 +177,9 @@ class RealtimeChannel:
 
         Synchronous, so a cancelled caller cannot interrupt it half-way: the phx_leave itself
         is sent by a pool task (realtime-py buffers it while disconnected), and the server's
-        reply, or realtime-py's push timeout, reports CLOSED.
+        reply, or realtime-py's push timeout, reports CLOSED. The task sends it once the result
+        of the call that left is written (`result_first`): the topic is out of the socket's
+        channels already, so nothing reaches the call meanwhile.
         """
         if self.state in ("lost", "leaving"):
             return
@@ -187,10 +190,12 @@ class RealtimeChannel:
         self.changed.notify()
         if self.rt is not None:
             self.sock.leaving[self.topic] = self
-            self.pool.spawn(self._send_leave(self.rt), f"leave {self.topic}")
+            self.pool.spawn(self._send_leave(self.rt, after_result=True), f"leave {self.topic}")
         self.pool.update_gauges()
 
-    async def _send_leave(self, rt: AsyncRealtimeChannel) -> None:
+    async def _send_leave(self, rt: AsyncRealtimeChannel, *, after_result: bool = False) -> None:
+        if after_result:
+            await result_written()
         try:
             async with asyncio.timeout(self.pool.tuning.join_timeout_s):
                 await rt.unsubscribe()

@@ -221,6 +221,45 @@ async def test_timeout_then_get_human_answer_picks_up_the_late_answer() -> None:
     )
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("asks_progress", [False, True])
+async def test_progress_is_timed_only_for_a_caller_that_asked_for_it(
+    mode: str, asks_progress: bool
+) -> None:
+    clock = FakeClock()
+    platform = MemoryPlatform(clock=clock)
+    timers: list[int] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        return None
+
+    async with (
+        relay_app(platform, clock) as relay,
+        connect(relay.mcp_url, KEYS[0], mode=mode) as client,
+        anyio.create_task_group() as tg,
+    ):
+        await anyio.wait_all_tasks_blocked()
+        idle = clock.sleepers  # the relay's own timers (sweeps, upkeep)
+
+        async def operator() -> None:
+            await platform.wait_until(lambda: platform.joined_channels == 1)
+            await clock.wait_for_sleepers(idle + 1)
+            await anyio.wait_all_tasks_blocked()  # the wait has started every timer it will
+            timers.append(clock.sleepers - idle)
+            await answer_when_waiting(platform, "Yes")
+
+        tg.start_soon(operator)
+        result = await client.call_tool(
+            "ask_human",
+            ask_args(call_id=f"timers-{mode}-{asks_progress}"),
+            progress_callback=on_progress if asks_progress else None,
+        )
+    assert result.structured_content is not None
+    assert result.structured_content["status"] == "answered"
+    # The deadline's timer, and the progress loop's only when progress was asked for.
+    assert timers == [2 if asks_progress else 1]
+
+
 async def test_get_human_answer_with_a_malformed_id_is_a_tool_error(relay: Relay) -> None:
     async with connect(relay.mcp_url, KEYS[0]) as client:
         result = await client.call_tool("get_human_answer", {"case_id": "nope"})

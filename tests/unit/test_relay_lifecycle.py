@@ -6,6 +6,7 @@ from __future__ import annotations
 from uuid import UUID
 
 import anyio
+from anyio import wait_all_tasks_blocked
 from relay_support import Rig, ask_request, asking, make_settings
 from waiting import wait_until
 
@@ -13,6 +14,7 @@ from hitl_relay.adapters.memory import MemoryPlatform
 from hitl_relay.clock import FakeClock
 from hitl_relay.metrics import MetricsObserver
 from hitl_relay.relay import Relay
+from hitl_relay.result_first import serving_request
 
 
 def make_rig() -> Rig:
@@ -45,6 +47,24 @@ async def test_the_answer_is_returned_before_the_session_close_round_trip() -> N
     # Leaving `running()` waits for the pending close.
     assert rig.platform.session_of(case_id).status == "answered"
     assert rig.platform.joined_channels == 0
+
+
+async def test_served_over_http_the_session_closes_once_the_result_is_written() -> None:
+    rig = make_rig()
+    async with rig.relay.running():
+        with serving_request() as written:  # what the /mcp edge does for each request
+            async with asking(rig.relay, ask_request()) as (call,):
+                await rig.waiting()
+                case_id = await rig.platform.operator.wait_for_case()
+                await rig.platform.operator.answer(case_id, "Yes.")
+                result = await call.wait()
+            assert result.status == "answered"
+            await wait_all_tasks_blocked()  # the close had every chance to run: it waits
+            assert rig.platform.session_of(case_id).status == "waiting"
+            written()
+            await rig.platform.wait_until(
+                lambda: rig.platform.session_of(case_id).status == "answered"
+            )
 
 
 async def test_drain_ends_waiting_calls_with_the_fallback_and_keeps_their_cases_open() -> None:
