@@ -605,8 +605,9 @@ async def figures_from_db(db_url: str, tag: str, started_at: datetime) -> dict[s
             "last_session_status": by_status,
             "answered_cases": sum(1 for r in rows if r["decided"]),
             "cannot_answer": sum(1 for r in rows if r["answer_kind"] == "cannot_answer"),
-            # hitl_success_metrics counts a session closed by "cannot answer" as answered
-            "answered_sessions_cannot_answer": sum(
+            # cases whose last session a "cannot answer" closed: hitl_success_metrics'
+            # cannot_answer, not a success
+            "closed_by_cannot_answer": sum(
                 1
                 for r in rows
                 if r["last_status"] == "answered" and r["answer_kind"] == "cannot_answer"
@@ -716,16 +717,16 @@ def markdown(reports: list[dict[str, Any]]) -> str:
         .replace("time to claim", "time to first action")
         .replace("wasted duplicate answers", "wasted (late) answers"),
         "",
-        "| scenario | cases | answered / finished | of which cannot answer | claims | one-tap "
-        "| questions back | time to claim p50 / p90 (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| scenario | cases | finished | answered | cannot answer | timed out | other | claims "
+        "| one-tap | questions back | time to claim p50 / p90 (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in reports:
         s, d = r["success"], r["db"]
         ttc = d["time_to_claim_s"]
         lines.append(
-            f"| {r['scenario']['name']} | {d['cases']} | {s['answered']} / {s['finished']} | "
-            f"{d.get('answered_sessions_cannot_answer', '-')} | "
+            f"| {r['scenario']['name']} | {d['cases']} | {s['finished']} | {s['answered']} | "
+            f"{s['cannot_answer']} | {s['timed_out']} | {s['other']} | "
             f"{d['claims']} | {d['one_tap_answers']} | {d['questions_back']} | "
             f"{ttc['p50'] if ttc['n'] else '-'} / {ttc['p90'] if ttc['n'] else '-'} |"
         )

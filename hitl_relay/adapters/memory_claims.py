@@ -2,7 +2,8 @@
 one module (`MemoryClaims`, reached as `MemoryPlatform.claims`): a claim is one holder at a
 time, stamped with claim_ttl_seconds and live only while its holder is present (a heartbeat
 while available within claim_presence_seconds); an operator may claim and answer only cases
-whose skills they all hold, and not a case someone else holds; `queue` is
+whose skills they all hold, and not a case someone else holds; going away ends presence and
+releases the operator's claims at once; `queue` is
 hitl_operator_queue's list and order; `escalate` is hitl_escalate (lapsed claims released,
 then the unclaimed and the near-deadline rules, each once per case).
 """
@@ -76,13 +77,13 @@ class MemoryClaims:
 
     def heartbeat(self, operator: str, status: str = "available") -> None:
         """`hitl_operator_heartbeat`: `available` records the operator as seen now; `away`
-        records nothing (the operator stays present until their last available heartbeat is
-        older than CLAIM_PRESENCE_S; the console releases its claims with
-        `hitl_release_claims` when going away)."""
+        ends their presence at once (their newest activity is `away`) and releases their
+        claims (20261206800100)."""
         if status not in ("available", "away"):
             raise InvalidRequest("p_status", "must be available or away")
-        if status == "available":
-            self.activity[operator] = (status, self._p.clock.now())
+        self.activity[operator] = (status, self._p.clock.now())
+        if status == "away":
+            self.release_all(operator)
 
     def claim(self, operator: str, case_id: UUID) -> bool:
         """`PATCH cases {claimed_by}` under RLS: False when the row is not the operator's to

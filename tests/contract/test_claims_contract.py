@@ -71,13 +71,34 @@ async def test_a_claim_needs_a_heartbeat_and_lapses_when_its_holder_is_gone(
     await claims.heartbeat("ada")
     await claims.heartbeat("grace")
     assert await claims.claim("ada", opened.case_id)
-    await claims.heartbeat("ada", "away")  # records nothing: ada is present until her last
-    assert opened.case_id not in await claims.queue("grace")  # available heartbeat is old
+    assert opened.case_id not in await claims.queue("grace")
     await claims.vanish("ada")  # the tab closed long ago: the claim no longer holds
     assert opened.case_id in await claims.queue("grace")
     await ports.escalation.escalate()  # the round releases lapsed claims for every console
     assert await claims.holder(opened.case_id) is None
     assert await claims.claim("grace", opened.case_id)
+    await claims.answer("grace", opened.case_id, "Done")
+    answer = await ports.store.reply(opened.case_id)
+    assert isinstance(answer, Answer)
+    assert answer.sender_id == claims.operator_id("grace")
+
+
+async def test_going_away_hands_ones_claims_to_others_at_once(ports: ContractPorts) -> None:
+    claims = ports.claims
+    opened = await ports.store.open_case(open_request())
+    for name in ("ada", "grace"):
+        await claims.heartbeat(name)
+    assert await claims.claim("ada", opened.case_id)
+    assert opened.case_id not in await claims.queue("grace")
+    await claims.heartbeat("ada", "away")  # not 90 s later: now
+    assert await claims.holder(opened.case_id) is None
+    assert opened.case_id in await claims.queue("grace")
+    with pytest.raises(REFUSED) as e:
+        await claims.claim("ada", opened.case_id)  # away: no claims until available again
+    assert "claimed_by" in str(e.value)
+    assert await claims.claim("grace", opened.case_id)
+    await claims.heartbeat("ada")
+    assert not await claims.claim("ada", opened.case_id)  # back, but grace holds it now
     await claims.answer("grace", opened.case_id, "Done")
     answer = await ports.store.reply(opened.case_id)
     assert isinstance(answer, Answer)
