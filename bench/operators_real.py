@@ -432,29 +432,34 @@ async def callers(s: Stack, run: Run, rng: random.Random) -> None:
     await asyncio.gather(*(client_worker(indexed[k::n]) for k in range(n)))
 
 
-async def _set_escalation(db_url: str, on: bool) -> None:
+async def _settings(db_url: str) -> dict[str, str]:
+    """`hil_settings` as the database holds them before the run (the migrations' defaults, or
+    the operator's own): the product defaults this run measured."""
     conn = await asyncpg.connect(db_url)
     try:
-        if on:  # the migration's defaults
+        rows = await conn.fetch("select key, value::text from hil_settings order by key")
+    finally:
+        await conn.close()
+    return {r["key"]: r["value"] for r in rows}
+
+
+async def _set_escalation(db_url: str, settings: dict[str, str]) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        for key, value in settings.items():
             await conn.execute(
-                "update hil_settings set value = v.value::jsonb from (values"
-                ' (\'escalate_unclaimed_seconds\', \'{"5": 5, "4": 8, "3": 12, "2": 20,'
-                " \"1\": 30}'), ('escalate_before_deadline_seconds', '10')) v(key, value)"
-                " where hil_settings.key = v.key"
+                "update hil_settings set value = $2::jsonb where key = $1", key, value
             )
-        else:
-            for key, value in ESCALATION_OFF.items():
-                await conn.execute(
-                    "update hil_settings set value = $2::jsonb where key = $1", key, value
-                )
     finally:
         await conn.close()
 
 
-async def run_scenario(s: Stack, scenario: Scenario, knobs: Knobs, secret: str) -> dict[str, Any]:
+async def run_scenario(
+    s: Stack, scenario: Scenario, knobs: Knobs, secret: str, escalation_on: dict[str, str]
+) -> dict[str, Any]:
     rng = random.Random(f"{knobs.seed}-{scenario.name}")
     tag = f"opsim-{scenario.name.replace('+', '-')}-{uuid.uuid4().hex[:6]}"
-    await _set_escalation(s.db_url, scenario.escalation)
+    await _set_escalation(s.db_url, escalation_on if scenario.escalation else ESCALATION_OFF)
     ops: list[ConsoleOperator] = []
     for i in range(knobs.operators):
         operator_id = str(uuid.uuid4())
@@ -748,20 +753,23 @@ async def main(argv: list[str]) -> int:
     async with stack(home, log_dir=log_dir, relay_env=overrides) as s:
         secret = read_env_file(home / "devstack.env")["SUPABASE_JWT_SECRET"]
         print(f"stack: {s.url} (devstack), relay {s.mcp_url}; logs in {log_dir}", flush=True)
+        settings = await _settings(s.db_url)
+        escalation_on = {k: v for k, v in settings.items() if k in ESCALATION_OFF}
         try:
             for scenario in scenarios:
                 t = time.monotonic()
                 print(f"scenario {scenario.name} ...", flush=True)
-                reports.append(await run_scenario(s, scenario, knobs, secret))
+                reports.append(await run_scenario(s, scenario, knobs, secret, escalation_on))
                 print(f"  done in {time.monotonic() - t:.0f} s", flush=True)
         finally:
-            await _set_escalation(s.db_url, True)
+            await _set_escalation(s.db_url, escalation_on)
     table = markdown(reports)
     print(table)
     report = {
         "started_at": started.isoformat(),
         "machine": machine(),
         "knobs": asdict(knobs),
+        "hil_settings": settings,
         "time": "real seconds (think times as the model's) over a shorter arrival window than "
         "the issue's 10 minutes; think_scale multiplies every human time",
         "source": "success: hitl_success_metrics(from, to) over each scenario's window; db: SQL "

@@ -505,6 +505,7 @@ begin
      and not public.hitl_claim_live(c.claimed_by, c.claim_expires_at);
   for r in
     select c.id, c.priority, c.created_at, c.claimed_by, c.claim_expires_at, c.escalated_for,
+           c.escalated_at,
            c.description, c.metadata ->> 'retell_call_id' as call_id,
            (select max(h.expires_at) from public.hil_sessions h
              where h.case_id = c.id and h.status = 'waiting') as deadline
@@ -516,9 +517,10 @@ begin
   loop
     v_reason := null;
     if not public.hitl_claim_live(r.claimed_by, r.claim_expires_at)
-       and not ('unclaimed' = any (r.escalated_for))
+       and (not ('unclaimed' = any (r.escalated_for)) or r.priority < 5)
        and v_unclaimed ? r.priority::text
-       and now() - r.created_at >= make_interval(secs => (v_unclaimed ->> r.priority::text)::int) then
+       and now() - greatest(r.created_at, r.escalated_at)
+           >= make_interval(secs => (v_unclaimed ->> r.priority::text)::int) then
       v_reason := 'unclaimed';
     elsif public.hitl_claim_live(r.claimed_by, r.claim_expires_at)
        and not ('deadline' = any (r.escalated_for))
@@ -529,7 +531,9 @@ begin
     continue when v_reason is null;
     update public.cases
        set priority = least(5, priority + 1), escalated_at = now(),
-           escalation_level = escalation_level + 1, escalated_for = escalated_for || v_reason
+           escalation_level = escalation_level + 1,
+           escalated_for = case when v_reason = any (escalated_for) then escalated_for
+                                else escalated_for || v_reason end
      where id = r.id;
     v_payload := jsonb_build_object(
       'case_id', r.id, 'reason', v_reason, 'priority', least(5, r.priority + 1),
@@ -537,7 +541,9 @@ begin
       'question', r.description, 'retell_call_id', r.call_id, 'escalated_at', now());
     perform realtime.send(v_payload, 'escalated', 'operators', true);
     perform realtime.send(v_payload, 'escalated', 'case:' || r.id::text, true);
-    insert into public.hil_notifications (case_id, reason, payload) values (r.id, v_reason, v_payload);
+    if not (v_reason = any (r.escalated_for)) then
+      insert into public.hil_notifications (case_id, reason, payload) values (r.id, v_reason, v_payload);
+    end if;
     insert into public.hil_audit (actor, action, case_id, outcome, detail)
     values ('escalation', 'escalate', r.id, v_reason, v_payload);
     n := n + 1;

@@ -38,10 +38,11 @@ class MemCase:
     options: list[str] | None = None
     skills: tuple[str, ...] = ()
     escalated_for: list[str] = field(default_factory=list)
+    escalated_at: datetime | None = None
 
 
-# hil_settings.escalate_unclaimed_seconds's default, per priority.
-ESCALATE_UNCLAIMED_S = {5: 5, 4: 8, 3: 12, 2: 20, 1: 30}
+# hil_settings.escalate_unclaimed_seconds's default, per priority (20261206800200).
+ESCALATE_UNCLAIMED_S = {5: 5, 4: 8, 3: 10, 2: 10, 1: 10}
 
 
 @dataclass

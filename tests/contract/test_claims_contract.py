@@ -160,6 +160,23 @@ async def test_an_unclaimed_case_past_its_threshold_is_escalated_once(
     assert await mine(ports, held.case_id) == []  # claimed: somebody is on it
 
 
+async def test_an_unclaimed_case_keeps_escalating_until_priority_5_notified_once(
+    ports: ContractPorts,
+) -> None:
+    """Aging: a low-priority caller left unclaimed overtakes fresher cases instead of starving."""
+    claims = ports.claims
+    opened = await ports.store.open_case(open_request(priority=1, timeout_seconds=60))
+    seen = []
+    for waited in (11, 0, 11, 11, 9, 0, 30):  # thresholds: 10 s for 1-3, 8 s for 4, 5 s for 5
+        await claims.age(opened.case_id, waited)
+        await ports.escalation.escalate()
+        seen.append(await claims.priority(opened.case_id))
+    # each step once its priority's threshold has passed since the last one; none at 5
+    assert seen == [2, 2, 3, 4, 5, 5, 5]
+    notes = await mine(ports, opened.case_id)
+    assert [(n.reason, n.payload["previous_priority"]) for n in notes] == [("unclaimed", 1)]
+
+
 async def test_a_claimed_case_near_its_deadline_is_escalated(ports: ContractPorts) -> None:
     claims = ports.claims
     opened = await ports.store.open_case(open_request(priority=2, timeout_seconds=8))
