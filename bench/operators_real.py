@@ -694,6 +694,13 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, Knobs, list[Scenario]]:
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help=",".join(SCENARIOS))
     p.add_argument("--json", type=Path, help="write the report as JSON here")
     p.add_argument("--plot", type=Path, help="write the plot (PNG) here")
+    p.add_argument(
+        "--replot",
+        nargs="+",
+        metavar="[LABEL=]JSON",
+        help="run nothing: the table and --plot of these --json reports together (each "
+        "scenario named with its seed, after LABEL if given)",
+    )
     a = p.parse_args(argv)
     scale = a.operators / d.operators
     knobs = Knobs(
@@ -738,8 +745,36 @@ def markdown(reports: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def replot(runs: list[str], plot: Path | None) -> int:
+    """Earlier runs side by side: their scenarios, each named with its run's seed (and label)."""
+    reports = []
+    knobs: list[dict[str, Any]] = []
+    for run in runs:
+        label, _, path = run.rpartition("=")
+        report = json.loads(Path(path).read_text())
+        knobs.append(report["knobs"])
+        for r in report["scenarios"]:
+            name = f"{label + ': ' if label else ''}{r['scenario']['name']}"
+            r["scenario"] = {**r["scenario"], "name": f"{name} (seed {knobs[-1]['seed']})"}
+            reports.append(r)
+    print(markdown(reports))
+    if plot:
+        first = knobs[0]
+        model.plot(
+            [as_model_result(r) for r in reports],
+            plot,
+            title=f"Time to first action, {first['operators']} operators, real stack "
+            f"({first['rate']:.2f} calls/s for {first['duration_s']:.0f} s)",
+            ylabel=PLOT_YLABEL,
+        )
+        print(f"wrote {plot}")
+    return 0
+
+
 async def main(argv: list[str]) -> int:
     args, knobs, scenarios = parse(argv)
+    if args.replot:
+        return replot(args.replot, args.plot)
     home = Path(os.environ.get("HITL_HOME", ROOT / ".hitl")).resolve()
     log_dir = home / "bench"
     reports: list[dict[str, Any]] = []
