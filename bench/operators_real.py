@@ -432,29 +432,34 @@ async def callers(s: Stack, run: Run, rng: random.Random) -> None:
     await asyncio.gather(*(client_worker(indexed[k::n]) for k in range(n)))
 
 
-async def _set_escalation(db_url: str, on: bool) -> None:
+async def _settings(db_url: str) -> dict[str, str]:
+    """`hil_settings` as the database holds them before the run (the migrations' defaults, or
+    the operator's own): the product defaults this run measured."""
     conn = await asyncpg.connect(db_url)
     try:
-        if on:  # the migration's defaults
+        rows = await conn.fetch("select key, value::text from hil_settings order by key")
+    finally:
+        await conn.close()
+    return {r["key"]: r["value"] for r in rows}
+
+
+async def _set_escalation(db_url: str, settings: dict[str, str]) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        for key, value in settings.items():
             await conn.execute(
-                "update hil_settings set value = v.value::jsonb from (values"
-                ' (\'escalate_unclaimed_seconds\', \'{"5": 5, "4": 8, "3": 12, "2": 20,'
-                " \"1\": 30}'), ('escalate_before_deadline_seconds', '10')) v(key, value)"
-                " where hil_settings.key = v.key"
+                "update hil_settings set value = $2::jsonb where key = $1", key, value
             )
-        else:
-            for key, value in ESCALATION_OFF.items():
-                await conn.execute(
-                    "update hil_settings set value = $2::jsonb where key = $1", key, value
-                )
     finally:
         await conn.close()
 
 
-async def run_scenario(s: Stack, scenario: Scenario, knobs: Knobs, secret: str) -> dict[str, Any]:
+async def run_scenario(
+    s: Stack, scenario: Scenario, knobs: Knobs, secret: str, escalation_on: dict[str, str]
+) -> dict[str, Any]:
     rng = random.Random(f"{knobs.seed}-{scenario.name}")
     tag = f"opsim-{scenario.name.replace('+', '-')}-{uuid.uuid4().hex[:6]}"
-    await _set_escalation(s.db_url, scenario.escalation)
+    await _set_escalation(s.db_url, escalation_on if scenario.escalation else ESCALATION_OFF)
     ops: list[ConsoleOperator] = []
     for i in range(knobs.operators):
         operator_id = str(uuid.uuid4())
@@ -605,8 +610,9 @@ async def figures_from_db(db_url: str, tag: str, started_at: datetime) -> dict[s
             "last_session_status": by_status,
             "answered_cases": sum(1 for r in rows if r["decided"]),
             "cannot_answer": sum(1 for r in rows if r["answer_kind"] == "cannot_answer"),
-            # hitl_success_metrics counts a session closed by "cannot answer" as answered
-            "answered_sessions_cannot_answer": sum(
+            # cases whose last session a "cannot answer" closed: hitl_success_metrics'
+            # cannot_answer, not a success
+            "closed_by_cannot_answer": sum(
                 1
                 for r in rows
                 if r["last_status"] == "answered" and r["answer_kind"] == "cannot_answer"
@@ -688,6 +694,13 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, Knobs, list[Scenario]]:
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help=",".join(SCENARIOS))
     p.add_argument("--json", type=Path, help="write the report as JSON here")
     p.add_argument("--plot", type=Path, help="write the plot (PNG) here")
+    p.add_argument(
+        "--replot",
+        nargs="+",
+        metavar="[LABEL=]JSON",
+        help="run nothing: the table and --plot of these --json reports together (each "
+        "scenario named with its seed, after LABEL if given)",
+    )
     a = p.parse_args(argv)
     scale = a.operators / d.operators
     knobs = Knobs(
@@ -716,24 +729,52 @@ def markdown(reports: list[dict[str, Any]]) -> str:
         .replace("time to claim", "time to first action")
         .replace("wasted duplicate answers", "wasted (late) answers"),
         "",
-        "| scenario | cases | answered / finished | of which cannot answer | claims | one-tap "
-        "| questions back | time to claim p50 / p90 (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| scenario | cases | finished | answered | cannot answer | timed out | other | claims "
+        "| one-tap | questions back | time to claim p50 / p90 (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in reports:
         s, d = r["success"], r["db"]
         ttc = d["time_to_claim_s"]
         lines.append(
-            f"| {r['scenario']['name']} | {d['cases']} | {s['answered']} / {s['finished']} | "
-            f"{d.get('answered_sessions_cannot_answer', '-')} | "
+            f"| {r['scenario']['name']} | {d['cases']} | {s['finished']} | {s['answered']} | "
+            f"{s['cannot_answer']} | {s['timed_out']} | {s['other']} | "
             f"{d['claims']} | {d['one_tap_answers']} | {d['questions_back']} | "
             f"{ttc['p50'] if ttc['n'] else '-'} / {ttc['p90'] if ttc['n'] else '-'} |"
         )
     return "\n".join(lines)
 
 
+def replot(runs: list[str], plot: Path | None) -> int:
+    """Earlier runs side by side: their scenarios, each named with its run's seed (and label)."""
+    reports = []
+    knobs: list[dict[str, Any]] = []
+    for run in runs:
+        label, _, path = run.rpartition("=")
+        report = json.loads(Path(path).read_text())
+        knobs.append(report["knobs"])
+        for r in report["scenarios"]:
+            name = f"{label + ': ' if label else ''}{r['scenario']['name']}"
+            r["scenario"] = {**r["scenario"], "name": f"{name} (seed {knobs[-1]['seed']})"}
+            reports.append(r)
+    print(markdown(reports))
+    if plot:
+        first = knobs[0]
+        model.plot(
+            [as_model_result(r) for r in reports],
+            plot,
+            title=f"Time to first action, {first['operators']} operators, real stack "
+            f"({first['rate']:.2f} calls/s for {first['duration_s']:.0f} s)",
+            ylabel=PLOT_YLABEL,
+        )
+        print(f"wrote {plot}")
+    return 0
+
+
 async def main(argv: list[str]) -> int:
     args, knobs, scenarios = parse(argv)
+    if args.replot:
+        return replot(args.replot, args.plot)
     home = Path(os.environ.get("HITL_HOME", ROOT / ".hitl")).resolve()
     log_dir = home / "bench"
     reports: list[dict[str, Any]] = []
@@ -747,20 +788,23 @@ async def main(argv: list[str]) -> int:
     async with stack(home, log_dir=log_dir, relay_env=overrides) as s:
         secret = read_env_file(home / "devstack.env")["SUPABASE_JWT_SECRET"]
         print(f"stack: {s.url} (devstack), relay {s.mcp_url}; logs in {log_dir}", flush=True)
+        settings = await _settings(s.db_url)
+        escalation_on = {k: v for k, v in settings.items() if k in ESCALATION_OFF}
         try:
             for scenario in scenarios:
                 t = time.monotonic()
                 print(f"scenario {scenario.name} ...", flush=True)
-                reports.append(await run_scenario(s, scenario, knobs, secret))
+                reports.append(await run_scenario(s, scenario, knobs, secret, escalation_on))
                 print(f"  done in {time.monotonic() - t:.0f} s", flush=True)
         finally:
-            await _set_escalation(s.db_url, True)
+            await _set_escalation(s.db_url, escalation_on)
     table = markdown(reports)
     print(table)
     report = {
         "started_at": started.isoformat(),
         "machine": machine(),
         "knobs": asdict(knobs),
+        "hil_settings": settings,
         "time": "real seconds (think times as the model's) over a shorter arrival window than "
         "the issue's 10 minutes; think_scale multiplies every human time",
         "source": "success: hitl_success_metrics(from, to) over each scenario's window; db: SQL "

@@ -31,6 +31,8 @@ from bench.stats import LevelResult
 # The console's cadence (hitl_relay/console/static/console.js: every 30 s while available).
 HEARTBEAT_S = 30.0
 FIGURES = ("avg_response_s", "success_rate", "timeout_rate", "operator_utilisation")
+# The finished cases by outcome ("cannot answer" is not success); they add up to `finished`.
+COUNTS = ("cases", "finished", "answered", "cannot_answer", "timed_out", "other")
 
 
 class OnDuty:
@@ -114,8 +116,9 @@ async def success_figures(
     figures: dict[str, Any] = json.loads(raw)
     return {
         "window": figures["window"],
-        **{key: figures[key] for key in ("cases", "finished", "answered", "timed_out")},
+        **{key: figures[key] for key in COUNTS},
         **{key: figures[key] for key in FIGURES},
+        "cannot_answer_rate": figures["cannot_answer_rate"],
     }
 
 
@@ -128,6 +131,12 @@ def _cell(figure: dict[str, Any] | None, unit: str) -> str:
     return f"{shown} {mark}"
 
 
+def _share(figure: dict[str, Any] | None) -> str:
+    """A rate without a target ("cannot answer")."""
+    value = (figure or {}).get("value")
+    return "-" if value is None else f"{float(value) * 100:.1f} %"
+
+
 def render_success(results: Sequence[LevelResult], console: Console) -> None:
     """The four figures of each run against the plan's targets (the realtime rows are the
     product's)."""
@@ -135,7 +144,8 @@ def render_success(results: Sequence[LevelResult], console: Console) -> None:
         title="success figures per run (hitl_success_metrics over the run's window); targets: "
         "response < 30 s, success > 95 %, timeout < 5 %, utilisation > 70 %"
     )
-    for column in ("mode", "level", "cases", "avg response", "success", "timeout", "utilisation"):
+    columns = ("mode", "level", "cases", "avg response", "success", "cannot answer", "timeout")
+    for column in (*columns, "utilisation"):
         table.add_column(column, justify="left" if column == "mode" else "right")
     for r in results:
         f = r.success or {}
@@ -145,6 +155,7 @@ def render_success(results: Sequence[LevelResult], console: Console) -> None:
             f"{f.get('finished', '-')}/{f.get('cases', '-')}",
             _cell(f.get("avg_response_s"), "s"),
             _cell(f.get("success_rate"), "%"),
+            _share(f.get("cannot_answer_rate")),
             _cell(f.get("timeout_rate"), "%"),
             _cell(f.get("operator_utilisation"), "%"),
         )

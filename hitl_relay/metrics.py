@@ -104,7 +104,13 @@ response_seconds_avg = Gauge(
 )
 success_rate = Gauge(
     "hitl_success_rate",
-    "Finished cases answered / finished, over the success window; target > 0.95.",
+    'Finished cases answered (a real answer, not "cannot answer") / finished, over the success '
+    "window; target > 0.95.",
+    registry=REGISTRY,
+)
+cannot_answer_rate = Gauge(
+    "hitl_cannot_answer_rate",
+    'Finished cases closed by an operator\'s "cannot answer" / finished, over the success window.',
     registry=REGISTRY,
 )
 timeout_rate = Gauge(
@@ -122,7 +128,8 @@ target = Gauge(
 )
 success_window_cases = Gauge(
     "hitl_success_window_cases",
-    "Relay cases in the success window: all, finished, answered, timed_out.",
+    "Relay cases in the success window: all, finished, and the finished by outcome (answered, "
+    "cannot_answer, timed_out, other: they add up to finished).",
     ["state"],
     registry=REGISTRY,
 )
@@ -172,6 +179,7 @@ for _figure, _target in TARGETS.items():
 for _gauge in (
     response_seconds_avg,
     success_rate,
+    cannot_answer_rate,
     timeout_rate,
     operator_utilisation,
     operators_online,
@@ -179,7 +187,7 @@ for _gauge in (
     expiry_last_run,
 ):
     _gauge.set(float("nan"))
-for _state in ("all", "finished", "answered", "timed_out"):
+for _state in ("all", "finished", "answered", "cannot_answer", "timed_out", "other"):
     success_window_cases.labels(state=_state)
 for _status in ("expired", "cancelled"):
     recovered_sessions.labels(status=_status)
@@ -231,6 +239,7 @@ __all__ = [
     "MetricsObserver",
     "auth_failures",
     "breaker_state",
+    "cannot_answer_rate",
     "case_creation_seconds",
     "delivery_seconds",
     "event_loop_lag",

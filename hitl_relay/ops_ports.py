@@ -48,14 +48,19 @@ class SuccessMetrics:
     Relay cases created in the window, each counted by its last session; a figure is None when
     the window has nothing to compute it from (no finished case, no operator availability).
     Rates and utilisation are fractions (0.95, not 95), rounded as the SQL rounds them.
+    A session closed by "cannot answer" is not a success: answered + cannot_answer + timed_out +
+    other = finished (other: failed, cancelled, no operator, a question back left unanswered).
     """
 
     cases: int
     finished: int
     answered: int
+    cannot_answer: int
     timed_out: int
+    other: int
     avg_response_s: float | None
     success_rate: float | None
+    cannot_answer_rate: float | None
     timeout_rate: float | None
     operator_utilisation: float | None
     # Utilisation = handled_s / available_s (merged availability intervals, clipped).

@@ -84,6 +84,13 @@ def render(metrics: dict[str, Any], console: Console | None = None) -> None:
     if resp.get("p50") is not None:
         console.print(
             f"response time p50 {_fmt(resp.get('p50'), 's')}, p90 {_fmt(resp.get('p90'), 's')}, "
-            f"p99 {_fmt(resp.get('p99'), 's')}; answered {metrics.get('answered')}, "
-            f"timed out {metrics.get('timed_out')}, finished {metrics.get('finished')}"
+            f"p99 {_fmt(resp.get('p99'), 's')} (real answers)"
+        )
+    if metrics.get("finished") is not None:
+        # The outcomes add up to finished; "cannot answer" is not counted as success.
+        console.print(
+            f"finished {metrics.get('finished')}: answered {metrics.get('answered')}, "
+            f"cannot answer {metrics.get('cannot_answer')} "
+            f"({_fmt((metrics.get('cannot_answer_rate') or {}).get('value'), '%')}), "
+            f"timed out {metrics.get('timed_out')}, other {metrics.get('other')}"
         )

@@ -27,6 +27,7 @@ def publish(figures: SuccessMetrics) -> None:
     for gauge, value in (
         (metrics.response_seconds_avg, figures.avg_response_s),
         (metrics.success_rate, figures.success_rate),
+        (metrics.cannot_answer_rate, figures.cannot_answer_rate),
         (metrics.timeout_rate, figures.timeout_rate),
         (metrics.operator_utilisation, figures.operator_utilisation),
     ):
@@ -35,7 +36,9 @@ def publish(figures: SuccessMetrics) -> None:
         ("all", figures.cases),
         ("finished", figures.finished),
         ("answered", figures.answered),
+        ("cannot_answer", figures.cannot_answer),
         ("timed_out", figures.timed_out),
+        ("other", figures.other),
     ):
         metrics.success_window_cases.labels(state=state).set(count)
     metrics.success_refreshed.set(time.time())

@@ -505,6 +505,7 @@ begin
      and not public.hitl_claim_live(c.claimed_by, c.claim_expires_at);
   for r in
     select c.id, c.priority, c.created_at, c.claimed_by, c.claim_expires_at, c.escalated_for,
+           c.escalated_at,
            c.description, c.metadata ->> 'retell_call_id' as call_id,
            (select max(h.expires_at) from public.hil_sessions h
              where h.case_id = c.id and h.status = 'waiting') as deadline
@@ -516,9 +517,10 @@ begin
   loop
     v_reason := null;
     if not public.hitl_claim_live(r.claimed_by, r.claim_expires_at)
-       and not ('unclaimed' = any (r.escalated_for))
+       and (not ('unclaimed' = any (r.escalated_for)) or r.priority < 5)
        and v_unclaimed ? r.priority::text
-       and now() - r.created_at >= make_interval(secs => (v_unclaimed ->> r.priority::text)::int) then
+       and now() - greatest(r.created_at, r.escalated_at)
+           >= make_interval(secs => (v_unclaimed ->> r.priority::text)::int) then
       v_reason := 'unclaimed';
     elsif public.hitl_claim_live(r.claimed_by, r.claim_expires_at)
        and not ('deadline' = any (r.escalated_for))
@@ -529,7 +531,9 @@ begin
     continue when v_reason is null;
     update public.cases
        set priority = least(5, priority + 1), escalated_at = now(),
-           escalation_level = escalation_level + 1, escalated_for = escalated_for || v_reason
+           escalation_level = escalation_level + 1,
+           escalated_for = case when v_reason = any (escalated_for) then escalated_for
+                                else escalated_for || v_reason end
      where id = r.id;
     v_payload := jsonb_build_object(
       'case_id', r.id, 'reason', v_reason, 'priority', least(5, r.priority + 1),
@@ -537,7 +541,9 @@ begin
       'question', r.description, 'retell_call_id', r.call_id, 'escalated_at', now());
     perform realtime.send(v_payload, 'escalated', 'operators', true);
     perform realtime.send(v_payload, 'escalated', 'case:' || r.id::text, true);
-    insert into public.hil_notifications (case_id, reason, payload) values (r.id, v_reason, v_payload);
+    if not (v_reason = any (r.escalated_for)) then
+      insert into public.hil_notifications (case_id, reason, payload) values (r.id, v_reason, v_payload);
+    end if;
     insert into public.hil_audit (actor, action, case_id, outcome, detail)
     values ('escalation', 'escalate', r.id, v_reason, v_payload);
     n := n + 1;
@@ -1040,6 +1046,7 @@ CREATE FUNCTION public.hitl_operator_heartbeat(p_status text DEFAULT 'available'
 declare
   v_uid uuid := auth.uid();
   a public.operator_activity;
+  v_released integer;
 begin
   if not public.hitl_is_operator() or v_uid is null then
     raise exception using errcode = '42501', message = 'only operators record availability';
@@ -1047,14 +1054,26 @@ begin
   if p_status not in ('available', 'away') then
     perform public.hitl_invalid('p_status', 'must be available or away');
   end if;
+  -- The operator's newest row: an available interval still running (seen within 90 s) is
+  -- extended or ended; an `away` row or an old interval means the next beat starts a new one.
   select * into a from public.operator_activity
-   where operator_id = v_uid and status = 'available' and last_seen_at >= now() - interval '90 seconds'
-   order by last_seen_at desc limit 1 for update;
-  if p_status = 'away' then
-    return jsonb_build_object('operator_id', v_uid, 'status', 'away',
-                              'interval_id', a.id);
+   where operator_id = v_uid
+   order by last_seen_at desc, id desc limit 1 for update;
+  if not found or a.status <> 'available' or a.last_seen_at < now() - interval '90 seconds' then
+    a := null;
   end if;
-  if found then
+  if p_status = 'away' then
+    if a.id is not null then
+      update public.operator_activity set last_seen_at = now() where id = a.id;
+    end if;
+    insert into public.operator_activity (operator_id, status) values (v_uid, 'away');
+    update public.cases set claimed_by = null, claimed_at = null, claim_expires_at = null
+     where claimed_by = v_uid and source = 'mcp_voice' and status = 'open';
+    get diagnostics v_released = row_count;
+    return jsonb_build_object('operator_id', v_uid, 'status', 'away', 'interval_id', a.id,
+                              'released_claims', v_released);
+  end if;
+  if a.id is not null then
     update public.operator_activity set last_seen_at = now() where id = a.id returning * into a;
   else
     insert into public.operator_activity (operator_id) values (v_uid) returning * into a;
@@ -1068,11 +1087,14 @@ CREATE FUNCTION public.hitl_operator_present(p_operator uuid) RETURNS boolean
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
-  select exists (
-    select 1 from public.operator_activity a
-     where a.operator_id = p_operator and a.status = 'available'
-       and a.last_seen_at >= now() - make_interval(
-             secs => (public.hitl_setting('claim_presence_seconds', '90') #>> '{}')::int))
+  select coalesce((
+    select a.status = 'available'
+           and a.last_seen_at >= now() - make_interval(
+                 secs => (public.hitl_setting('claim_presence_seconds', '90') #>> '{}')::int)
+      from public.operator_activity a
+     where a.operator_id = p_operator
+     order by a.last_seen_at desc, a.id desc
+     limit 1), false)
 $$;
 
 CREATE FUNCTION public.hitl_operator_queue() RETURNS TABLE(case_id uuid, priority integer, deadline_at timestamp with time zone, claimed_by uuid, claim_live boolean, skills text[], escalation_level integer)
@@ -1443,6 +1465,7 @@ CREATE FUNCTION public.hitl_success_metrics(p_from timestamp with time zone, p_t
     AS $$
 with cases_in as (
   select c.id, c.created_at, c.answered_at, c.answer_message_id,
+         (select m.kind from public.messages m where m.id = c.answer_message_id) as answer_kind,
          (select s.status from public.hil_sessions s where s.case_id = c.id
            order by s.created_at desc, s.id desc limit 1) as last_status,
          (select min(s.created_at) from public.hil_sessions s where s.case_id = c.id) as asked_at
@@ -1450,11 +1473,16 @@ with cases_in as (
    where c.source = 'mcp_voice' and c.created_at >= p_from and c.created_at < p_to
 ),
 finished as (
-  select * from cases_in where last_status <> 'waiting'
+  select *,
+         case when last_status = 'answered' and answer_kind = 'cannot_answer' then 'cannot_answer'
+              when last_status = 'answered' then 'answered'
+              when last_status in ('timed_out', 'expired') then 'timed_out'
+              else 'other' end as outcome
+    from cases_in where last_status <> 'waiting'
 ),
 answered as (
   select extract(epoch from (answered_at - asked_at)) as response_s
-    from finished where last_status = 'answered' and answered_at is not null
+    from finished where outcome = 'answered' and answered_at is not null
 ),
 spans as (
   select 'available'::text as kind, operator_id, greatest(started_at, p_from) as s,
@@ -1499,8 +1527,10 @@ figures as (
   select
     (select count(*) from cases_in) as cases,
     (select count(*) from finished) as finished,
-    (select count(*) from finished where last_status = 'answered') as answered,
-    (select count(*) from finished where last_status in ('timed_out', 'expired')) as timed_out,
+    (select count(*) from finished where outcome = 'answered') as answered,
+    (select count(*) from finished where outcome = 'cannot_answer') as cannot_answer,
+    (select count(*) from finished where outcome = 'timed_out') as timed_out,
+    (select count(*) from finished where outcome = 'other') as other,
     (select avg(response_s) from answered) as avg_response_s,
     (select percentile_cont(0.5) within group (order by response_s) from answered) as p50_s,
     (select percentile_cont(0.9) within group (order by response_s) from answered) as p90_s,
@@ -1510,7 +1540,8 @@ figures as (
 )
 select jsonb_build_object(
   'window', jsonb_build_object('from', p_from, 'to', p_to),
-  'cases', cases, 'finished', finished, 'answered', answered, 'timed_out', timed_out,
+  'cases', cases, 'finished', finished, 'answered', answered, 'cannot_answer', cannot_answer,
+  'timed_out', timed_out, 'other', other,
   'avg_response_s', jsonb_build_object('value', round(avg_response_s::numeric, 3),
      'p50', round(p50_s::numeric, 3), 'p90', round(p90_s::numeric, 3),
      'p99', round(p99_s::numeric, 3), 'target', '< 30',
@@ -1518,6 +1549,8 @@ select jsonb_build_object(
   'success_rate', jsonb_build_object(
      'value', round(answered::numeric / nullif(finished, 0), 4), 'target', '> 0.95',
      'met', coalesce(answered::numeric / nullif(finished, 0) > 0.95, false)),
+  'cannot_answer_rate', jsonb_build_object(
+     'value', round(cannot_answer::numeric / nullif(finished, 0), 4)),
   'timeout_rate', jsonb_build_object(
      'value', round(timed_out::numeric / nullif(finished, 0), 4), 'target', '< 0.05',
      'met', coalesce(timed_out::numeric / nullif(finished, 0) < 0.05, false)),

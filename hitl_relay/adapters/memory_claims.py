@@ -2,9 +2,10 @@
 one module (`MemoryClaims`, reached as `MemoryPlatform.claims`): a claim is one holder at a
 time, stamped with claim_ttl_seconds and live only while its holder is present (a heartbeat
 while available within claim_presence_seconds); an operator may claim and answer only cases
-whose skills they all hold, and not a case someone else holds; `queue` is
-hitl_operator_queue's list and order; `escalate` is hitl_escalate (lapsed claims released,
-then the unclaimed and the near-deadline rules, each once per case).
+whose skills they all hold, and not a case someone else holds; going away ends presence and
+releases the operator's claims at once; `queue` is hitl_operator_queue's list and order;
+`escalate` is hitl_escalate (lapsed claims released, then the unclaimed rule, repeated until
+priority 5, and the near-deadline rule, once per case: 20261206800200).
 """
 
 from __future__ import annotations
@@ -76,13 +77,13 @@ class MemoryClaims:
 
     def heartbeat(self, operator: str, status: str = "available") -> None:
         """`hitl_operator_heartbeat`: `available` records the operator as seen now; `away`
-        records nothing (the operator stays present until their last available heartbeat is
-        older than CLAIM_PRESENCE_S; the console releases its claims with
-        `hitl_release_claims` when going away)."""
+        ends their presence at once (their newest activity is `away`) and releases their
+        claims (20261206800100)."""
         if status not in ("available", "away"):
             raise InvalidRequest("p_status", "must be available or away")
-        if status == "available":
-            self.activity[operator] = (status, self._p.clock.now())
+        self.activity[operator] = (status, self._p.clock.now())
+        if status == "away":
+            self.release_all(operator)
 
     def claim(self, operator: str, case_id: UUID) -> bool:
         """`PATCH cases {claimed_by}` under RLS: False when the row is not the operator's to
@@ -201,9 +202,10 @@ class MemoryClaims:
             self._p.changed()
 
     def escalate(self) -> int:
-        """hitl_escalate: release lapsed claims, then escalate each waiting case once per
-        reason: unclaimed past its priority's threshold, or claimed with its caller's deadline
-        within ESCALATE_BEFORE_DEADLINE_S."""
+        """hitl_escalate: release lapsed claims, then escalate each waiting case: unclaimed
+        past its priority's threshold since it was opened or last escalated (again and again,
+        until priority 5), or claimed with its caller's deadline within
+        ESCALATE_BEFORE_DEADLINE_S (once). The first escalation of each reason is notified."""
         p = self._p
         now = p.clock.now()
         for case_id, lapsed in list(self.held.items()):
@@ -223,11 +225,12 @@ class MemoryClaims:
             deadline = self.deadline(case.id)
             threshold = ESCALATE_UNCLAIMED_S.get(case.priority)
             reason: str | None = None
+            waited_since = max(case.created_at, case.escalated_at or case.created_at)
             if (
                 claim is None
-                and "unclaimed" not in case.escalated_for
+                and ("unclaimed" not in case.escalated_for or case.priority < 5)
                 and threshold is not None
-                and (now - case.created_at).total_seconds() >= threshold
+                and (now - waited_since).total_seconds() >= threshold
             ):
                 reason = "unclaimed"
             elif (
@@ -239,8 +242,12 @@ class MemoryClaims:
                 reason = "deadline"
             if reason is None:
                 continue
-            case.escalated_for.append(reason)
+            count += 1
             previous, case.priority = case.priority, min(5, case.priority + 1)
+            case.escalated_at = now
+            if reason in case.escalated_for:
+                continue  # a repeat: the priority and the consoles' alert, no notification
+            case.escalated_for.append(reason)
             p.notifications.append(
                 MemNotification(
                     id=len(p.notifications) + 1,
@@ -257,6 +264,5 @@ class MemoryClaims:
                     },
                 )
             )
-            count += 1
         p.changed()
         return count

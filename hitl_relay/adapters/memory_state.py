@@ -38,10 +38,11 @@ class MemCase:
     options: list[str] | None = None
     skills: tuple[str, ...] = ()
     escalated_for: list[str] = field(default_factory=list)
+    escalated_at: datetime | None = None
 
 
-# hil_settings.escalate_unclaimed_seconds's default, per priority.
-ESCALATE_UNCLAIMED_S = {5: 5, 4: 8, 3: 12, 2: 20, 1: 30}
+# hil_settings.escalate_unclaimed_seconds's default, per priority (20261206800200).
+ESCALATE_UNCLAIMED_S = {5: 5, 4: 8, 3: 10, 2: 10, 1: 10}
 
 
 @dataclass
@@ -156,7 +157,8 @@ def success_figures(
     start: datetime,
     end: datetime,
 ) -> SuccessMetrics:
-    """`hitl_success_metrics`, as the SQL computes it (20261125000800, busy time: 002400)."""
+    """`hitl_success_metrics`, as the SQL computes it (20261125000800, busy time: 002400,
+    "cannot answer" apart: 20261206800000)."""
     cases = [c for c in all_cases.values() if start <= c.created_at < end]
     finished: list[tuple[MemCase, str, datetime]] = []
     for case in cases:
@@ -165,14 +167,21 @@ def success_figures(
         if last is not None and last.status != "waiting":
             asked = min(s.created_at for s in mine)
             finished.append((case, last.status, asked))
+    by_id = {m.message_id: m for m in messages}
+
+    def outcome(case: MemCase, status: str) -> str:
+        if status == "answered":
+            answer = by_id.get(case.answer_message_id) if case.answer_message_id else None
+            return "cannot_answer" if answer and answer.kind == "cannot_answer" else "answered"
+        return "timed_out" if status in ("timed_out", "expired") else "other"
+
+    outcomes = [(c, outcome(c, status), asked) for c, status, asked in finished]
     responses = [
         c.answered_at - asked
-        for c, status, asked in finished
-        if status == "answered" and c.answered_at is not None
+        for c, kind, asked in outcomes
+        if kind == "answered" and c.answered_at is not None
     ]
-    answered = sum(1 for _, status, _ in finished if status == "answered")
-    timed_out = sum(1 for _, status, _ in finished if status in ("timed_out", "expired"))
-    by_id = {m.message_id: m for m in messages}
+    counts = {k: sum(1 for _, kind, _ in outcomes if kind == k) for k in _OUTCOMES}
     # Handling: case creation → its answer, per operator; busy time counts once.
     handling = [
         (m.sender_id, c.created_at, m.created_at)
@@ -193,21 +202,32 @@ def success_figures(
     return SuccessMetrics(
         cases=len(cases),
         finished=len(finished),
-        answered=answered,
-        timed_out=timed_out,
+        answered=counts["answered"],
+        cannot_answer=counts["cannot_answer"],
+        timed_out=counts["timed_out"],
+        other=counts["other"],
         avg_response_s=(
             _round(Decimal(sum(_us(r) for r in responses)) / len(responses) / 10**6, 3)
             if responses
             else None
         ),
-        success_rate=_round(Decimal(answered) / len(finished), 4) if finished else None,
-        timeout_rate=_round(Decimal(timed_out) / len(finished), 4) if finished else None,
+        success_rate=_rate(counts["answered"], len(finished)),
+        cannot_answer_rate=_rate(counts["cannot_answer"], len(finished)),
+        timeout_rate=_rate(counts["timed_out"], len(finished)),
         operator_utilisation=(
             _round(Decimal(handled_us) / available_us, 4) if available_us else None
         ),
         handled_s=_round(Decimal(handled_us) / 10**6, 3),
         available_s=_round(Decimal(available_us) / 10**6, 3),
     )
+
+
+# The outcome of a finished case, as hitl_success_metrics tells them apart.
+_OUTCOMES = ("answered", "cannot_answer", "timed_out", "other")
+
+
+def _rate(count: int, finished: int) -> float | None:
+    return _round(Decimal(count) / finished, 4) if finished else None
 
 
 def _us(delta: timedelta) -> int:

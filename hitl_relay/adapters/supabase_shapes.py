@@ -226,9 +226,12 @@ class SuccessMetricsReply(Reply):
     cases: Count
     finished: Count
     answered: Count
+    cannot_answer: Count
     timed_out: Count
+    other: Count
     avg_response_s: Figure
     success_rate: Figure
+    cannot_answer_rate: Figure
     timeout_rate: Figure
     operator_utilisation: Utilisation
 
@@ -243,9 +246,12 @@ def parse_success_metrics(data: Any) -> SuccessMetrics:
         cases=reply.cases,
         finished=reply.finished,
         answered=reply.answered,
+        cannot_answer=reply.cannot_answer,
         timed_out=reply.timed_out,
+        other=reply.other,
         avg_response_s=reply.avg_response_s.value,
         success_rate=reply.success_rate.value,
+        cannot_answer_rate=reply.cannot_answer_rate.value,
         timeout_rate=reply.timeout_rate.value,
         operator_utilisation=utilisation.value,
         handled_s=utilisation.handled_s or 0.0,

@@ -180,7 +180,7 @@ select is((select claimed_by from public.cases where id = 'c1000000-0000-0000-00
 -- escalation --------------------------------------------------------------------------------------
 select is(public.hitl_escalate(), 0, 'nothing waited long enough yet');
 update public.cases set created_at = now() - interval '13 seconds' where id = 'c1000000-0000-0000-0000-000000000002';
-select is(public.hitl_escalate(), 1, 'an unclaimed case past its priority''s threshold (3: 12 s) is escalated');
+select is(public.hitl_escalate(), 1, 'an unclaimed case past its priority''s threshold (3: 10 s) is escalated');
 select is((select priority || '/' || escalation_level from public.cases where id = 'c1000000-0000-0000-0000-000000000002'),
   '4/1', 'its priority is raised');
 select is((select count(*)::int from pg_temp.rt where event = 'escalated' and topic = 'operators'), 1,

@@ -81,7 +81,11 @@ class ClaimsSide(Protocol):
     async def answer(self, name: str, case_id: UUID, content: str) -> UUID: ...
 
     async def age(self, case_id: UUID, seconds: float) -> None:
-        """Make the case `seconds` older (its creation moved back)."""
+        """Make the case `seconds` older (its creation and last escalation moved back)."""
+        ...
+
+    async def priority(self, case_id: UUID) -> int:
+        """The case's priority now (escalation raises it)."""
         ...
 
     async def vanish(self, name: str) -> None:
@@ -151,6 +155,11 @@ class MemoryClaimsSide:
     async def age(self, case_id: UUID, seconds: float) -> None:
         case = self._p.cases[case_id]
         case.created_at -= timedelta(seconds=seconds)
+        if case.escalated_at is not None:
+            case.escalated_at -= timedelta(seconds=seconds)
+
+    async def priority(self, case_id: UUID) -> int:
+        return self._p.cases[case_id].priority
 
     async def vanish(self, name: str) -> None:
         status, seen = self._p.claims.activity[name]

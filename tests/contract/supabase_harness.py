@@ -183,10 +183,18 @@ class DevstackClaims:
         return UUID((await client.table("messages").insert(row).execute()).data[0]["id"])
 
     async def age(self, case_id: UUID, seconds: float) -> None:
-        read = self.service.table("cases").select("created_at").eq("id", str(case_id))
-        created = datetime.fromisoformat((await read.execute()).data[0]["created_at"])
-        moved = {"created_at": (created - timedelta(seconds=seconds)).isoformat()}
+        read = self.service.table("cases").select("created_at,escalated_at").eq("id", str(case_id))
+        row = (await read.execute()).data[0]
+        moved = {
+            key: (datetime.fromisoformat(row[key]) - timedelta(seconds=seconds)).isoformat()
+            for key in ("created_at", "escalated_at")
+            if row[key] is not None
+        }
         await self.service.table("cases").update(moved).eq("id", str(case_id)).execute()
+
+    async def priority(self, case_id: UUID) -> int:
+        read = self.service.table("cases").select("priority").eq("id", str(case_id))
+        return int((await read.execute()).data[0]["priority"])
 
     async def vanish(self, name: str) -> None:
         at = "2000-01-01T00:00:00+00:00"

@@ -71,13 +71,34 @@ async def test_a_claim_needs_a_heartbeat_and_lapses_when_its_holder_is_gone(
     await claims.heartbeat("ada")
     await claims.heartbeat("grace")
     assert await claims.claim("ada", opened.case_id)
-    await claims.heartbeat("ada", "away")  # records nothing: ada is present until her last
-    assert opened.case_id not in await claims.queue("grace")  # available heartbeat is old
+    assert opened.case_id not in await claims.queue("grace")
     await claims.vanish("ada")  # the tab closed long ago: the claim no longer holds
     assert opened.case_id in await claims.queue("grace")
     await ports.escalation.escalate()  # the round releases lapsed claims for every console
     assert await claims.holder(opened.case_id) is None
     assert await claims.claim("grace", opened.case_id)
+    await claims.answer("grace", opened.case_id, "Done")
+    answer = await ports.store.reply(opened.case_id)
+    assert isinstance(answer, Answer)
+    assert answer.sender_id == claims.operator_id("grace")
+
+
+async def test_going_away_hands_ones_claims_to_others_at_once(ports: ContractPorts) -> None:
+    claims = ports.claims
+    opened = await ports.store.open_case(open_request())
+    for name in ("ada", "grace"):
+        await claims.heartbeat(name)
+    assert await claims.claim("ada", opened.case_id)
+    assert opened.case_id not in await claims.queue("grace")
+    await claims.heartbeat("ada", "away")  # not 90 s later: now
+    assert await claims.holder(opened.case_id) is None
+    assert opened.case_id in await claims.queue("grace")
+    with pytest.raises(REFUSED) as e:
+        await claims.claim("ada", opened.case_id)  # away: no claims until available again
+    assert "claimed_by" in str(e.value)
+    assert await claims.claim("grace", opened.case_id)
+    await claims.heartbeat("ada")
+    assert not await claims.claim("ada", opened.case_id)  # back, but grace holds it now
     await claims.answer("grace", opened.case_id, "Done")
     answer = await ports.store.reply(opened.case_id)
     assert isinstance(answer, Answer)
@@ -137,6 +158,23 @@ async def test_an_unclaimed_case_past_its_threshold_is_escalated_once(
         ("unclaimed", 4, 5)
     ]
     assert await mine(ports, held.case_id) == []  # claimed: somebody is on it
+
+
+async def test_an_unclaimed_case_keeps_escalating_until_priority_5_notified_once(
+    ports: ContractPorts,
+) -> None:
+    """Aging: a low-priority caller left unclaimed overtakes fresher cases instead of starving."""
+    claims = ports.claims
+    opened = await ports.store.open_case(open_request(priority=1, timeout_seconds=60))
+    seen = []
+    for waited in (11, 0, 11, 11, 9, 0, 30):  # thresholds: 10 s for 1-3, 8 s for 4, 5 s for 5
+        await claims.age(opened.case_id, waited)
+        await ports.escalation.escalate()
+        seen.append(await claims.priority(opened.case_id))
+    # each step once its priority's threshold has passed since the last one; none at 5
+    assert seen == [2, 2, 3, 4, 5, 5, 5]
+    notes = await mine(ports, opened.case_id)
+    assert [(n.reason, n.payload["previous_priority"]) for n in notes] == [("unclaimed", 1)]
 
 
 async def test_a_claimed_case_near_its_deadline_is_escalated(ports: ContractPorts) -> None:

@@ -45,9 +45,19 @@ def check_success_figures(mode: str, level: int, success: dict[str, Any]) -> Non
     sessions as the relay does), all answered, and the operator's heartbeats give utilisation
     a denominator (busy time counted once, so at most 1)."""
     where = (mode, level, success)
-    assert set(success) == {"window", "cases", "finished", "answered", "timed_out", *FIGURES}
+    assert set(success) == {
+        "window",
+        "cases",
+        "finished",
+        "answered",
+        "cannot_answer",
+        "timed_out",
+        "other",
+        "cannot_answer_rate",
+        *FIGURES,
+    }
     assert (success["cases"], success["finished"], success["answered"]) == (level,) * 3, where
-    assert success["timed_out"] == 0, where
+    assert (success["timed_out"], success["cannot_answer"], success["other"]) == (0, 0, 0), where
     for key in FIGURES:
         assert {"value", "target", "met"} <= set(success[key]), (key, where)
         assert success[key]["value"] is not None, (key, where)

@@ -13,10 +13,12 @@ from hitl_relay.stats import StatsError, fetch_metrics, render
 
 # The shape hitl_success_metrics returns (supabase/migrations/20261125000800_...).
 FIGURES: dict[str, Any] = {
-    "cases": 4,
-    "finished": 3,
-    "answered": 2,
+    "cases": 5,
+    "finished": 4,
+    "answered": 1,
+    "cannot_answer": 1,
     "timed_out": 1,
+    "other": 1,
     "avg_response_s": {
         "value": 12.5,
         "p50": 12.5,
@@ -25,8 +27,9 @@ FIGURES: dict[str, Any] = {
         "target": "< 30",
         "met": True,
     },
-    "success_rate": {"value": 0.6667, "target": "> 0.95", "met": False},
-    "timeout_rate": {"value": 0.3333, "target": "< 0.05", "met": False},
+    "success_rate": {"value": 0.25, "target": "> 0.95", "met": False},
+    "cannot_answer_rate": {"value": 0.25},
+    "timeout_rate": {"value": 0.25, "target": "< 0.05", "met": False},
     "operator_utilisation": {
         "value": None,
         "handled_s": 0,
@@ -51,11 +54,16 @@ def row(lines: list[str], label: str) -> list[str]:
 def test_each_figure_is_shown_against_its_target_in_its_unit() -> None:
     lines = rendered(FIGURES)
     assert row(lines, "average response") == ["average response", "12.5 s", "< 30 s", "met"]
-    assert row(lines, "success rate") == ["success rate", "66.7 %", "> 95 %", "missed"]
-    assert row(lines, "timeout rate") == ["timeout rate", "33.3 %", "< 5 %", "missed"]
+    assert row(lines, "success rate") == ["success rate", "25.0 %", "> 95 %", "missed"]
+    assert row(lines, "timeout rate") == ["timeout rate", "25.0 %", "< 5 %", "missed"]
     # No availability recorded: no figure, and neither met nor missed.
     assert row(lines, "operator utilisation") == ["operator utilisation", "n/a", "> 70 %", "-"]
     assert any("0.0 s handling cases of 0.0 s available" in line for line in lines)
+    # "Cannot answer" is shown apart from success, and the outcomes add up to finished.
+    assert any(
+        "finished 4: answered 1, cannot answer 1 (25.0 %), timed out 1, other 1" in line
+        for line in lines
+    )
 
 
 async def test_an_unreachable_platform_is_a_plain_error() -> None:

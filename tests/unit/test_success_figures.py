@@ -21,7 +21,7 @@ from hitl_relay.adapters.memory import MemCase, MemoryPlatform, MemSession
 from hitl_relay.adapters.supabase_shapes import ShapeError, parse_success_metrics
 from hitl_relay.clock import FakeClock
 from hitl_relay.http_app import create_app, running
-from hitl_relay.ports import Backend, SessionStatus, SuccessMetrics
+from hitl_relay.ports import Backend, MessageKind, SessionStatus, SuccessMetrics
 from hitl_relay.success import SuccessRefresher
 
 T0 = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
@@ -37,6 +37,7 @@ def add_case(
     created: datetime,
     status: SessionStatus,
     answer: tuple[str, datetime] | None = None,
+    kind: MessageKind = "answer",
 ) -> UUID:
     """A relay case with one session; `answer`: (operator, when) their answer was written."""
     case = MemCase(
@@ -65,7 +66,7 @@ def add_case(
         operator, when = answer
         assert isinstance(platform.clock, FakeClock)
         platform.clock.advance((when - platform.clock.now()).total_seconds())
-        platform.post_message(case.id, "a", sender_id=operator)
+        platform.post_message(case.id, "a", kind=kind, sender_id=operator)
     return case.id
 
 
@@ -92,13 +93,43 @@ async def test_the_memory_twin_computes_the_figures_of_the_sql_fixture() -> None
         cases=4,
         finished=3,
         answered=2,
+        cannot_answer=0,
         timed_out=1,
+        other=0,
         avg_response_s=30.0,
         success_rate=0.6667,
+        cannot_answer_rate=0.0,
         timeout_rate=0.3333,
         operator_utilisation=0.01,
         handled_s=60.0,
         available_s=6000.0,
+    )
+
+
+async def test_the_memory_twin_counts_cannot_answer_apart_from_success() -> None:
+    """The fixture of supabase/tests/52_success_cannot_answer.sql."""
+    platform = MemoryPlatform(clock=FakeClock(start=T0))
+    platform.availability.append((A, at(10, 0), at(10, 20)))
+    add_case(platform, at(10, 5), "answered", (A, at(10, 5, 20)))
+    add_case(platform, at(10, 6), "answered", (A, at(10, 6, 10)), kind="cannot_answer")
+    add_case(platform, at(10, 7), "timed_out")
+    add_case(platform, at(10, 8), "failed")
+    add_case(platform, at(10, 9), "waiting")
+    figures = await platform.store.success_metrics(at(9, 0), at(12, 0))
+    assert figures == SuccessMetrics(
+        cases=5,
+        finished=4,
+        answered=1,
+        cannot_answer=1,
+        timed_out=1,
+        other=1,
+        avg_response_s=20.0,
+        success_rate=0.25,
+        cannot_answer_rate=0.25,
+        timeout_rate=0.25,
+        operator_utilisation=0.025,
+        handled_s=30.0,
+        available_s=1200.0,
     )
 
 
@@ -239,9 +270,12 @@ def test_a_reply_of_another_shape_is_refused_naming_the_field() -> None:
         "cases": 1,
         "finished": 1,
         "answered": 1,
+        "cannot_answer": 0,
         "timed_out": 0,
+        "other": 0,
         "avg_response_s": {"value": 2.5},
         "success_rate": {"value": 1.0},
+        "cannot_answer_rate": {"value": 0},
         "timeout_rate": {"value": 0},
         "operator_utilisation": {"value": None, "handled_s": 0, "available_s": 0},
     }
