@@ -408,11 +408,17 @@ async def callers(s: Stack, run: Run, rng: random.Random) -> None:
         run.calls += 1
         result = await client.call_tool("ask_human", args)
         out = dict(result.structured_content or {})
+        replies = 0
         while out.get("status") == "needs_info" and out.get("case_id"):
             await asyncio.sleep(crng.expovariate(1 / run.human(model.CALLER_REPLY_S)))  # caller
             run.follow_ups += 1
+            replies += 1
             follow = {k: v for k, v in args.items() if k not in ("options", "skills")}
-            follow |= {"case_id": out["case_id"], "question": CALLER_REPLY_TEXT}
+            # Each reply in its own words: the platform takes the same words again in the same
+            # call and case for a retry of the earlier reply (its idempotency key), and two
+            # operators may both ask back on one case when nothing stops them (the baseline).
+            reply = CALLER_REPLY_TEXT if replies == 1 else f"{CALLER_REPLY_TEXT} ({replies})"
+            follow |= {"case_id": out["case_id"], "question": reply}
             out = dict((await client.call_tool("ask_human", follow)).structured_content or {})
         status = str(out.get("status", "error"))
         run.statuses[status] = run.statuses.get(status, 0) + 1
