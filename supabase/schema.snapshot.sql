@@ -423,6 +423,7 @@ declare
   v_agent text;
   v_timeout integer;
   v_key text;
+  v_question uuid;
   v_now timestamptz := now();
   c public.cases;
   s public.hil_sessions;
@@ -456,7 +457,13 @@ begin
     perform public.hitl_invalid('case_id', format('is %s and can no longer be continued', c.status));
   end if;
 
-  v_key := v_call || ':' || v_case_id::text || ':'
+  -- The reply answers the newest question back: a retry finds the same question (the reply's
+  -- note does not change it), a reply to a later question is another key even in the same words.
+  select m.id into v_question from public.messages m
+   where m.case_id = v_case_id and m.sender_type = 'human' and m.kind = 'clarification'
+   order by m.created_at desc, m.id desc
+   limit 1;
+  v_key := v_call || ':' || v_case_id::text || ':' || coalesce(v_question::text, '-') || ':'
            || encode(sha256(convert_to(v_reply, 'UTF8')), 'hex');
   select * into s from public.hil_sessions where idempotency_key = v_key;
   if found then

@@ -464,8 +464,17 @@ class MemoryCaseStore(MemoryCaseUpkeep):
             raise InvalidRequest("case_id", "belongs to another call")
         if case.status in ("expired", "cancelled", "closed"):
             raise InvalidRequest("case_id", f"is {case.status} and can no longer be continued")
+        # The newest question back names which question the reply answers (20261206800300).
+        question = next(
+            (
+                m.message_id
+                for m in reversed(p.messages)
+                if m.case_id == case.id and m.sender_type == "human" and m.kind == "clarification"
+            ),
+            None,
+        )
         key = (
-            f"{request.retell_call_id}:{request.case_id}:"
+            f"{request.retell_call_id}:{request.case_id}:{question or '-'}:"
             f"{hashlib.sha256(reply.encode()).hexdigest()}"
         )
         existing = p._by_key.get(key)

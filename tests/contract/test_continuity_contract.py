@@ -99,6 +99,31 @@ async def test_a_retried_continue_case_returns_the_first_session(
     assert [(m.sender_type, m.content) for m in entry.exchanges] == [("ai", "12 Main Street")]
 
 
+async def test_the_same_words_answering_a_second_question_back_are_a_new_reply(
+    ports: ContractPorts, call_id: str
+) -> None:
+    opened = await ports.store.open_case(open_request(call_id))
+    await ports.operator.answer(opened.case_id, "Is it the blue one?", kind="clarification")
+    first = await ports.store.continue_case(continue_request(opened, call_id, question="Yes"))
+    await ports.operator.answer(opened.case_id, "And in size M?", kind="clarification")
+    second = await ports.store.continue_case(continue_request(opened, call_id, question="Yes"))
+
+    assert second.existed is False
+    assert second.session_id != first.session_id
+    # The second question is answered by the second reply: nothing is pending any more.
+    assert await ports.store.reply(opened.case_id) is None
+    # A retry of the second reply is still the same session.
+    again = await ports.store.continue_case(continue_request(opened, call_id, question="Yes"))
+    assert (again.session_id, again.existed) == (second.session_id, True)
+    (entry,) = await ports.store.call_history(call_id)
+    assert [(m.sender_type, m.content) for m in entry.exchanges] == [
+        ("human", "Is it the blue one?"),
+        ("ai", "Yes"),
+        ("human", "And in size M?"),
+        ("ai", "Yes"),
+    ]
+
+
 @pytest.mark.parametrize(
     ("case", "caller", "rule"),
     [
