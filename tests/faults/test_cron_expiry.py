@@ -43,7 +43,9 @@ async def expiry_job(cluster: Cluster, database: str) -> AsyncIterator[CronJob]:
             "select extversion from pg_extension where extname = 'pg_cron'"
         )
         if version is None:
-            await admin.execute("create extension pg_cron")
+            # Where the migrations put it (a hosted project has it there): created anywhere
+            # else it stays there for every later test on this cluster.
+            await admin.execute("create extension pg_cron with schema pg_catalog")
             version = await admin.fetchval(
                 "select extversion from pg_extension where extname = 'pg_cron'"
             )
