@@ -140,6 +140,10 @@ class SupabasePresence:
                 await asyncio.sleep(delay)  # backoff between join attempts
                 continue
             failures = 0
+            # A count read while the join was being confirmed was "unknown" (no channel yet)
+            # and may be cached: the channel is known from now on.
+            self._cached = None
+            self.changed.notify()
             await self._lost.wait()
             self._synced = False
             channel, self._channel = self._channel, None

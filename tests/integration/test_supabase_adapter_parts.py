@@ -4,6 +4,7 @@ key's reading (retried until the platform answers)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from types import SimpleNamespace
 from typing import Any
@@ -18,6 +19,7 @@ from hitl_relay.adapters.realtime_events import parse_message, parse_session
 from hitl_relay.adapters.realtime_tuning import RealtimeTuning, refusal_reason
 from hitl_relay.adapters.signed_events import EventKey
 from hitl_relay.adapters.supabase import load_event_key
+from hitl_relay.adapters.supabase_channel import SupabasePresence
 from hitl_relay.adapters.supabase_shapes import ShapeError, parse_answer, parse_opened
 from hitl_relay.adapters.supabase_store import api_error
 from hitl_relay.adapters.supabase_tasks import parse_task
@@ -234,3 +236,48 @@ def test_a_task_row_is_parsed_and_a_wrong_one_names_its_field() -> None:
         parse_task({**row, "status": "sleeping"})
     with pytest.raises(ShapeError, match="now: Field required"):
         parse_task({k: v for k, v in row.items() if k != "now"})
+
+
+class _JoiningPool:
+    """A pool whose presence join confirms (presence_state first, as the server sends it) while
+    something reads the count, before `attach` returns the channel."""
+
+    def __init__(self, presence_reads: list[int | None]) -> None:
+        self.reads = presence_reads
+        self.presence: SupabasePresence | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+        self.channel = SimpleNamespace(
+            rt=SimpleNamespace(presence=SimpleNamespace(state={})), state="joined"
+        )
+
+    def spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self.tasks.append(task)
+        return task
+
+    async def attach(self, topic: str, kind: str, listener: Any) -> Any:
+        assert self.presence is not None
+        self.presence.on_presence_sync()
+        # e.g. the monitor's gauge, in the moment between the sync and attach's return
+        self.reads.append(await self.presence.operators_online())
+        return self.channel
+
+
+async def test_a_presence_count_read_while_the_join_confirms_is_not_kept_once_joined() -> None:
+    reads: list[int | None] = []
+    pool = _JoiningPool(reads)
+    presence = SupabasePresence(pool, ttl_s=60.0)  # type: ignore[arg-type]
+    pool.presence = presence
+    presence.start()
+    try:
+        async with asyncio.timeout(5):
+            while not presence.joined:
+                await presence.changed.wait()
+        # The read during the join saw no channel yet; once joined, nobody is present is 0
+        # (not the cached "unknown", which would make the relay wait for nobody).
+        assert reads == [None]
+        assert await presence.operators_online() == 0
+    finally:
+        for task in pool.tasks:
+            task.cancel()
+        await asyncio.gather(*pool.tasks, return_exceptions=True)
