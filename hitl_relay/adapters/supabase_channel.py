@@ -140,10 +140,7 @@ class SupabasePresence:
                 await asyncio.sleep(delay)  # backoff between join attempts
                 continue
             failures = 0
-            # A count read while the join was being confirmed was "unknown" (no channel yet)
-            # and may be cached: the channel is known from now on.
-            self._cached = None
-            self.changed.notify()
+            self.changed.notify()  # joined: the count is known from now on
             await self._lost.wait()
             self._synced = False
             channel, self._channel = self._channel, None
@@ -172,7 +169,9 @@ class SupabasePresence:
         if self._cached is not None and now - self._cached[0] < self._ttl_s:
             return self._cached[1]
         value = self.count()
-        self._cached = (now, value)
+        # Only a known count is kept: "unknown" (not joined or not synced yet) is cheap to
+        # ask again, and kept it would outlast the join that makes the count known.
+        self._cached = None if value is None else (now, value)
         return value
 
     # Listener
