@@ -71,6 +71,7 @@ from bench.run import ROOT, Stack, machine, stack
 from hitl_devstack.envfile import read_env_file
 from hitl_devstack.keys import make_keys
 from hitl_devstack.operator_sim import SimulatedOperator
+from hitl_relay.mcp_client import ready_to_call
 
 SKILL = "billing"
 OPTIONS = ["approve", "deny", "approve up to 50 euros"]
@@ -430,7 +431,7 @@ async def callers(s: Stack, run: Run, rng: random.Random) -> None:
             timeout=httpx2.Timeout(knobs.deadline_s * 3 + 60.0),
         )
         async with http, Client(streamable_http_client(s.mcp_url, http_client=http)) as client:
-            await client.list_tools()  # what an agent does when it connects
+            await ready_to_call(client)  # what an agent does when it connects
             await asyncio.gather(*(one(client, i, at) for i, at in part))
 
     indexed = list(enumerate(arrivals))
