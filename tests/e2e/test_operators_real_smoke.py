@@ -78,7 +78,7 @@ async def test_operators_real_report_is_read_from_the_database_and_adds_up() -> 
             "operators",
             "--real",
             *("--operators", "3", "--skilled", "1", "--shift-away", "1"),
-            *("--rate", "2", "--duration", "6", "--deadline", "15", "--think-scale", "0.1"),
+            *("--rate", "2", "--duration", "6", "--deadline", "8", "--think-scale", "0.1"),
             *("--question-back", "0.3", "--cannot-answer", "0.1"),
             *("--scenarios", "baseline,all", "--json", str(out)),
             cwd=ROOT,
