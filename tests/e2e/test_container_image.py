@@ -59,8 +59,21 @@ async def apodman(*args: str, check: bool = True) -> tuple[int, str, str]:
     return code, out.decode().strip(), err.decode().strip()
 
 
+@dataclass
+class Image:
+    tag: str
+    built_s: float  # scripts/image, including the local base when it had to be made
+    size_bytes: int
+
+
+def report(capsys: pytest.CaptureFixture[str], line: str) -> None:
+    """A figure the suite reports: shown by `scripts/test --all`, not only on a failure."""
+    with capsys.disabled():
+        print(f"\n{line}")
+
+
 @pytest.fixture(scope="module")
-def image() -> str:
+def image() -> Image:
     """The image, built by scripts/image on a local Debian base (no registry is reachable)."""
     if shutil.which("podman") is None:
         pytest.fail("podman is not installed: run scripts/setup --containers (root)")
@@ -77,8 +90,8 @@ def image() -> str:
     # the price is that the next build re-runs the dependency stage (about 15 s)
     podman("image", "prune", "-f")
     size = int(podman("image", "inspect", "--format", "{{.Size}}", TAG))
-    print(f"\nimage {TAG}: built in {built_s:.0f} s, {size / 1e6:.0f} MB")
-    return TAG  # the image stays cached for the next run; its containers are removed below
+    # the image stays cached for the next run; its containers are removed below
+    return Image(TAG, built_s, size)
 
 
 @dataclass
@@ -88,7 +101,7 @@ class Container:
 
 
 @asynccontextmanager
-async def relay_container(devstack: DevstackProcess, image: str) -> AsyncIterator[Container]:
+async def relay_container(devstack: DevstackProcess, image: Image) -> AsyncIterator[Container]:
     """The image serving on a free port of the host network, configured only by its environment
     (from an env file, as a platform would inject it), under the restrictions of the Kubernetes
     manifests; removed on exit."""
@@ -116,7 +129,7 @@ async def relay_container(devstack: DevstackProcess, image: str) -> AsyncIterato
     # as deploy/kubernetes runs it: read-only root (tmpfs /tmp), no capabilities, no new privileges
     restricted = ["--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
     _, cid, _ = await apodman(
-        "run", "-d", "--name", name, *restricted, "--env-file", str(env_file), image
+        "run", "-d", "--name", name, *restricted, "--env-file", str(env_file), image.tag
     )
     try:
         url = f"http://127.0.0.1:{port}"
@@ -128,7 +141,7 @@ async def relay_container(devstack: DevstackProcess, image: str) -> AsyncIterato
 
 
 async def test_the_image_answers_a_call_runs_as_non_root_and_is_healthy(
-    devstack_proc: DevstackProcess, image: str
+    devstack_proc: DevstackProcess, image: Image, capsys: pytest.CaptureFixture[str]
 ) -> None:
     if devstack_proc.child is None:
         await devstack_proc.start()
@@ -154,7 +167,7 @@ async def test_the_image_answers_a_call_runs_as_non_root_and_is_healthy(
             )
     finally:
         await operator.stop()
-    print(f"\ncontainer runs as uid {uid} (image user {user})")
+    report(capsys, f"container runs as uid {uid} (image user {user})")
     assert uid != "0"
     assert user.split(":")[0] == uid
     assert result["status"] == "answered"
@@ -162,7 +175,7 @@ async def test_the_image_answers_a_call_runs_as_non_root_and_is_healthy(
 
 
 async def test_stopping_the_container_drains_the_waiting_calls(
-    devstack_proc: DevstackProcess, image: str
+    devstack_proc: DevstackProcess, image: Image, capsys: pytest.CaptureFixture[str]
 ) -> None:
     if devstack_proc.child is None:
         await devstack_proc.start()
@@ -171,7 +184,7 @@ async def test_stopping_the_container_drains_the_waiting_calls(
     try:
         async with relay_container(devstack_proc, image) as relay:
             _, stop_signal, _ = await apodman(
-                "image", "inspect", "--format", "{{.Config.StopSignal}}", image
+                "image", "inspect", "--format", "{{.Config.StopSignal}}", image.tag
             )
             questions = [f"Container shutdown {i} {uuid.uuid4().hex[:6]}" for i in range(CALLS)]
             calls = [
@@ -196,9 +209,10 @@ async def test_stopping_the_container_drains_the_waiting_calls(
             log = out + err
     finally:
         await operator.stop()
-    print(
-        f"\npodman stop with {CALLS} waiting calls: all returned in {returned_s * 1000:.0f} ms, "
-        f"container exited (code {state['ExitCode']}) in {exited_s * 1000:.0f} ms"
+    report(
+        capsys,
+        f"podman stop with {CALLS} waiting calls: all returned in {returned_s * 1000:.0f} ms, "
+        f"container exited (code {state['ExitCode']}) in {exited_s * 1000:.0f} ms",
     )
     assert stop_signal in ("SIGTERM", "15", "TERM")
     # uvicorn re-raises SIGTERM once drained: 128 + 15; never SIGKILL's 137 (the drain finished)
@@ -210,7 +224,7 @@ async def test_stopping_the_container_drains_the_waiting_calls(
 
 
 def test_the_image_has_no_build_tool_cache_or_devstack_and_has_the_pre_stop_sleep(
-    image: str,
+    image: Image, capsys: pytest.CaptureFixture[str]
 ) -> None:
     probe = (
         "import importlib.util, json, os, shutil\n"
@@ -222,7 +236,9 @@ def test_the_image_has_no_build_tool_cache_or_devstack_and_has_the_pre_stop_slee
         "print(json.dumps({'tools': tools, 'caches': caches, 'uid': os.getuid(),"
         " 'pre_stop': pre_stop, 'devstack': devstack}))\n"
     )
-    found = json.loads(podman("run", "--rm", "--entrypoint", "python3", image, "-c", probe))
+    size_mb = image.size_bytes / 1e6
+    report(capsys, f"image {image.tag}: {size_mb:.0f} MB, scripts/image took {image.built_s:.0f} s")
+    found = json.loads(podman("run", "--rm", "--entrypoint", "python3", image.tag, "-c", probe))
     # the Kubernetes preStop hook runs `sleep` in the image; the image ships the product only
     assert found == {
         "tools": [],

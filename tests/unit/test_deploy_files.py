@@ -84,6 +84,9 @@ def test_the_deployment_probes_drain_and_identity_fit_the_relay() -> None:
 
     # preStop wait + the drain bound + a margin for writing results, all inside the grace period
     drain_s = float(docs["ConfigMap"]["data"]["HITL_DRAIN_TIMEOUT_SECONDS"])
+    # one bound everywhere: the image and the systemd unit run with the relay's default
+    assert drain_s == Settings.model_fields["drain_timeout_seconds"].default
+    assert "HITL_DRAIN_TIMEOUT_SECONDS" not in (ROOT / "Containerfile").read_text()
     pre_stop = relay["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
     assert pod["terminationGracePeriodSeconds"] >= int(pre_stop[1]) + drain_s + 5
@@ -98,6 +101,17 @@ def test_the_deployment_probes_drain_and_identity_fit_the_relay() -> None:
     user = re.search(r"^USER (\d+)", (ROOT / "Containerfile").read_text(), re.M)
     assert user is not None
     assert pod["securityContext"]["runAsUser"] == int(user.group(1))
+
+    # the resources are the ones docs/deployment.md derives from its sizing
+    sizing = (ROOT / "docs" / "deployment.md").read_text()
+    wanted = relay["resources"]
+    stated = (
+        f"requests `cpu: {wanted['requests']['cpu']}, memory: {wanted['requests']['memory']}`",
+        f"limits `cpu: {wanted['limits']['cpu']}`",
+        f"`memory: {wanted['limits']['memory']}`",
+    )
+    for text in stated:
+        assert text in sizing, text
 
     # the disruption budget and the Service select the Deployment's pods
     labels = deployment["spec"]["template"]["metadata"]["labels"]
