@@ -553,8 +553,20 @@ async def test_hosted_postgrest_refusals_reach_supabase_js(
     assert r["random_token"]["status"] == 401
     assert r["random_token"]["error"]["code"] == "PGRST301"
     assert r["random_token"]["error"]["message"] == "JWT cryptographic operation failed"
-    assert await db.fetchval("select count(*) from public.hil_audit") == audit_rows
     assert await db.fetchval("select count(*) from public.cases where priority = 1") == 0
+    # PostgREST v14.12 Preferences.hs: tx=rollback applies only where db-tx-end allows an
+    # override, and hosted keeps the default `commit`: supabase-js's .rollback() insert commits.
+    assert (r["rollback"]["status"], r["rollback"]["data"]) == (201, [{"action": "tx-rollback"}])
+    assert await db.fetchval("select count(*) from public.hil_audit") == audit_rows + 1
+    assert await db.fetchval("select count(*) from public.hil_audit where action = 'tx-rollback'")
+    # Postgres's RLS refusal passed on by PostgREST (Error.hs pgErrorStatus: 42501 → 403 for a
+    # signed-in role): the messages policy admits operators only.
+    assert r["rls_denied"]["status"] == 403
+    assert r["rls_denied"]["error"]["code"] == "42501"
+    assert r["rls_denied"]["error"]["message"] == (
+        'new row violates row-level security policy for table "messages"'
+    )
+    assert await db.fetchval("select count(*) from public.messages") == 0
 
 
 # ---- REST broadcast ---------------------------------------------------------------------------
