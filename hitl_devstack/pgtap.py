@@ -1,10 +1,12 @@
 """Run the pgTAP suite (`supabase/tests/*.sql`) with pg_prove against fresh migrated databases.
 
 Each run builds a new database on the test cluster (`.hitl/test-pg`) from `supabase/local/` and
-the migrations, installs pgTAP into it and runs every test file there as the non-superuser
-`postgres` role (as `supabase test db` runs them on a hosted-shaped stack). Files whose name ends in
-`_cron.sql` run in the cluster's `postgres` database instead, the one pg_cron lives in (they
-must roll back what they change). Exit status is pg_prove's.
+the migrations, installs pgTAP into it and runs the test files there as the non-superuser
+`postgres` role, except those whose name ends in `_cron.sql` (that database has no pg_cron). Then
+it runs every file, those included, in the cluster's `postgres` database, the one pg_cron lives
+in, exactly as `supabase test db` runs them on a hosted-shaped stack (supabase/cli
+`internal/db/test/test.go`: pg_prove on the whole folder, in the one database, as `postgres`).
+Every file must therefore roll back what it changes. Exit status is pg_prove's.
 
 Arguments ending in `.sql` choose test files (default: all); the others go to pg_prove.
 `--update-snapshot` instead rewrites `supabase/schema.snapshot.sql` from a fresh database built
@@ -71,7 +73,8 @@ def prove(cluster: Cluster, dbname: str, files: list[Path], extra: list[str]) ->
             file=sys.stderr,
         )
         return 2
-    env = {**os.environ, "PGPASSWORD": "postgres", "PGOPTIONS": "-c search_path=public,extensions"}
+    # No search_path option: `postgres`' own ("$user", public, extensions) finds pgTAP, as there.
+    env = {**os.environ, "PGPASSWORD": "postgres"}
     argv = [
         pg_prove,
         "-h",
@@ -164,13 +167,12 @@ def _main(cluster: Cluster, argv: list[str]) -> int:
     chosen = [Path(a).resolve() for a in argv if a.endswith(".sql")]
     argv = [a for a in argv if not a.endswith(".sql")]
     files = chosen or sorted(TESTS.glob("*.sql"))
-    cron_files = [f for f in files if f.name.endswith("_cron.sql")]
-    db_files = [f for f in files if f not in cron_files]
+    db_files = [f for f in files if not f.name.endswith("_cron.sql")]
     name = f"pgtap_{os.getpid()}"
     asyncio.run(prepare(cluster, name))
     try:
         code = prove(cluster, name, db_files, argv)
-        code = prove(cluster, "postgres", cron_files, argv) or code
+        code = prove(cluster, "postgres", files, argv) or code
     finally:
         asyncio.run(drop(cluster, name))
     return code

@@ -251,27 +251,26 @@ async def test_a_patch_that_rls_hides_every_row_from_is_200_and_empty(
     assert await scratch.fetchval("select count(*) from public.hosted_notes where body = 'a'") == 1
 
 
-async def test_an_operator_patch_on_cases_is_what_the_grants_make_it(
+async def test_an_operator_patch_on_cases_meets_the_claim_rule_not_a_missing_grant(
     devstack: Devstack, clients: Clients, db: asyncpg.Connection
 ) -> None:
-    # Hosted: default privileges grant authenticated UPDATE on cases. The claim policy lets an
-    # operator's UPDATE reach an open relay case, and the claim trigger refuses any column but
-    # claimed_by (42501, which PostgREST answers with 403). Without the grant Postgres says
-    # permission denied (42501 too). The REST stand-in passes on what the database says.
+    # Hosted: default privileges grant authenticated UPDATE on cases (supabase/postgres
+    # init-scripts/00000000000000-initial-schema.sql `alter default privileges`), and our
+    # migrations leave it, so the request is not a "permission denied for table cases". The
+    # claim policy lets an operator's UPDATE reach an open relay case, and the claim trigger
+    # refuses any column but claimed_by (42501, which PostgREST answers with 403).
     service = await clients.service()
     opened = await service.rpc("hitl_open_case", {"p": case_input()}).execute()
     user = await clients.operator()
-    granted = await db.fetchval(
+    assert await db.fetchval(
         "select has_table_privilege('authenticated', 'public.cases', 'UPDATE')"
     )
     with pytest.raises(APIError) as e:
         await user.table("cases").update({"priority": 1}).eq("id", opened.data["case_id"]).execute()
-    expected = (
-        "operators may change only claimed_by of a case"
-        if granted
-        else "permission denied for table cases"
+    assert (e.value.code, e.value.message) == (
+        "42501",
+        "operators may change only claimed_by of a case",
     )
-    assert (e.value.code, e.value.message) == ("42501", expected)
     assert await db.fetchval("select count(*) from public.cases where priority = 1") == 0
 
 

@@ -29,6 +29,7 @@ import asyncpg
 import pytest
 
 from hitl_devstack.context import LocalUser
+from hitl_devstack.realtime.limits import RealtimeLimits
 from hitl_devstack.server import Devstack
 
 pytestmark = pytest.mark.node
@@ -553,8 +554,56 @@ async def test_hosted_postgrest_refusals_reach_supabase_js(
     assert r["random_token"]["status"] == 401
     assert r["random_token"]["error"]["code"] == "PGRST301"
     assert r["random_token"]["error"]["message"] == "JWT cryptographic operation failed"
-    assert await db.fetchval("select count(*) from public.hil_audit") == audit_rows
     assert await db.fetchval("select count(*) from public.cases where priority = 1") == 0
+    # PostgREST v14.12 Preferences.hs: tx=rollback applies only where db-tx-end allows an
+    # override, and hosted keeps the default `commit`: supabase-js's .rollback() insert commits.
+    assert (r["rollback"]["status"], r["rollback"]["data"]) == (201, [{"action": "tx-rollback"}])
+    assert await db.fetchval("select count(*) from public.hil_audit") == audit_rows + 1
+    assert await db.fetchval("select count(*) from public.hil_audit where action = 'tx-rollback'")
+    # Postgres's RLS refusal passed on by PostgREST (Error.hs pgErrorStatus: 42501 → 403 for a
+    # signed-in role): the messages policy admits operators only.
+    assert r["rls_denied"]["status"] == 403
+    assert r["rls_denied"]["error"]["code"] == "42501"
+    assert r["rls_denied"]["error"]["message"] == (
+        'new row violates row-level security policy for table "messages"'
+    )
+    assert await db.fetchval("select count(*) from public.messages") == 0
+
+
+async def test_joins_over_the_projects_rate_are_refused_to_supabase_js_and_the_socket_closed(
+    devstack: Devstack,
+) -> None:
+    # supabase/realtime realtime_channel.ex join/3: limit_joins/2 over the tenant's
+    # max_joins_per_second → reason "ClientJoinRateLimitReached: Too many joins per second", then
+    # a Phoenix "disconnect" broadcast closes the socket (1001); the hosted plans' numbers are
+    # HITL_DEVSTACK_LIMITS' free/pro profiles, a small one here so a burst reaches it.
+    limited = Devstack(
+        devstack.db_url,
+        devstack.keys,
+        limits=RealtimeLimits(
+            max_joins_per_second=3,
+            rate_tick_s=0.005,
+            max_channels_per_client=9999,
+            channel_error_backoff_s=0.05,
+            connect_error_backoff_s=0.05,
+        ),
+    )
+    await limited.start()
+    try:
+        r = await run_scenario(
+            "join_limit",
+            {
+                "SUPABASE_URL": limited.url,
+                "SUPABASE_ANON_KEY": limited.keys.anon_key,
+                "HITL_JOINS": "200",
+            },
+        )
+    finally:
+        await limited.stop()
+    assert r["refused"]["status"] == "CHANNEL_ERROR"
+    assert r["refused"]["error"] == "ClientJoinRateLimitReached: Too many joins per second"
+    assert r["close"]["code"] == 1001
+    assert r["subscribed_before"] >= 1  # a short burst passes: the rate is a moving average
 
 
 # ---- REST broadcast ---------------------------------------------------------------------------
