@@ -1,5 +1,6 @@
 """The README's first commands from a clean copy of the repository: `scripts/dev --once`, then
-`scripts/dev` with the README's `ask` / `answer` pair copied literally, and with nobody on duty;
+`scripts/dev` with the README's `ask` / `answer` pair copied literally, and with nobody on duty
+(the README's `ask`, then its `psql` line showing the question recorded);
 each leaves no process of the project behind (Postgres included) after it exits, Ctrl-C or
 SIGTERM."""
 
@@ -235,8 +236,18 @@ async def test_with_nobody_on_duty_the_question_is_recorded_and_sigterm_stops_ev
 
         code, _, err = await run_in(dest, env, readme_line(".venv/bin/hitl-relay ask "))
         assert code == 3
-        assert "status: no_operator  case: " in err
+        found = re.search(r"status: no_operator  case: ([0-9a-f-]{36})", err)
+        assert found, err
         assert "recorded in the operators' queue" in err
+        # The README's way to see the question recorded: the case open, its session no_operator.
+        code, out, err = await run_in(
+            dest, env, readme_line('psql "$(.venv/bin/hitl-relay db url)"')
+        )
+        assert code == 0, err
+        rows = [line.split("|") for line in out.splitlines() if found.group(1) in line]
+        assert [[cell.strip() for cell in row[1:]] for row in rows] == [
+            ["open", "no_operator", "Can I offer a discount?"]
+        ], out
 
         dev.proc.send_signal(signal.SIGTERM)
         assert await dev.exit_code() == 0, dev.text()
