@@ -231,6 +231,7 @@ async def test_with_nobody_on_duty_the_question_is_recorded_and_sigterm_stops_ev
         text = dev.text()
         assert "nobody is on duty" in text
         assert re.search(r"status: no_operator in \d+ ms, case [0-9a-f-]{36}", text), text
+        assert re.search(r"this relay's first call, .* the relay's own time \d+ ms", text), text
         assert "recorded: case open in the operators' queue, session no_operator" in text
         pid = postmaster_pid(dest)
 
