@@ -26,6 +26,11 @@ INNER_TEST = (
     "::test_needs_info_prints_the_operators_question_and_how_to_reply"
 )
 
+# Interrupted as a terminal's Ctrl-C does, and as `kill` or a cancelled CI job does.
+BY_SIGNAL = pytest.mark.parametrize(
+    "signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"]
+)
+
 # Loaded into the inner run: records the postmaster's pid of the session cluster; with
 # HOLD_RUN set, the run then stays in its test's setup until it is interrupted.
 RECORDER = """
@@ -93,6 +98,16 @@ async def assert_stopped(home: Path, pid: int) -> None:
     assert not Cluster(home / "test-pg", port=None).status().running
 
 
+async def interrupt(
+    proc: asyncio.subprocess.Process, signum: signal.Signals, home: Path, pid: int
+) -> None:
+    """Send `signum` to the run; it ends interrupted, and its cluster (postmaster `pid`) stops."""
+    proc.send_signal(signum)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode != 0, out.decode()[-3000:]  # interrupted, not passed
+    await assert_stopped(home, pid)
+
+
 @pytest.mark.timeout(180)
 async def test_a_pytest_session_stops_the_cluster_it_used(tmp_path: Path) -> None:
     async with inner_run(tmp_path) as (home, pid_file):
@@ -103,7 +118,7 @@ async def test_a_pytest_session_stops_the_cluster_it_used(tmp_path: Path) -> Non
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+@BY_SIGNAL
 async def test_an_interrupted_pytest_session_stops_the_cluster_it_used(
     tmp_path: Path, signum: signal.Signals
 ) -> None:
@@ -114,14 +129,11 @@ async def test_an_interrupted_pytest_session_stops_the_cluster_it_used(
             return pid_file.exists() and pid_file.read_text() != ""
 
         await wait_until(recorded, "the inner run to start its cluster", timeout_s=150)
-        proc.send_signal(signum)
-        out, _ = await asyncio.wait_for(proc.communicate(), 60)
-        assert proc.returncode != 0, out.decode()[-3000:]  # interrupted, not passed
-        await assert_stopped(home, int(pid_file.read_text()))
+        await interrupt(proc, signum, home, int(pid_file.read_text()))
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+@BY_SIGNAL
 async def test_an_interrupted_pgtap_run_stops_the_cluster_it_used(
     tmp_path: Path, signum: signal.Signals
 ) -> None:
@@ -151,7 +163,4 @@ async def test_an_interrupted_pgtap_run_stops_the_cluster_it_used(
 
         await wait_until(preparing, f"scripts/pgtap to create {database}", timeout_s=180)
         pid = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
-        proc.send_signal(signum)
-        out, _ = await asyncio.wait_for(proc.communicate(), 60)
-        assert proc.returncode != 0, out.decode()[-3000:]  # interrupted, not passed
-        await assert_stopped(home, pid)
+        await interrupt(proc, signum, home, pid)
