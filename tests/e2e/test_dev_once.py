@@ -139,12 +139,24 @@ class Console:
         return "\n".join(self.lines[-60:])
 
 
-async def start_dev(dest: Path, env: dict[str, str], *args: str) -> Console:
+@asynccontextmanager
+async def start_dev(dest: Path, env: dict[str, str], *args: str) -> AsyncIterator[Console]:
+    """`scripts/dev` in the copy; still running when the test ends (it failed before stopping
+    it), it is stopped with SIGTERM, which stops what it started, or killed if it hangs."""
     proc = await asyncio.create_subprocess_exec(
         "scripts/dev", *args, "--port", str(free_port()),
         cwd=dest, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
-    return Console(proc)
+    try:
+        yield Console(proc)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.communicate(), 60)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
 
 
 async def run_in(dest: Path, env: dict[str, str], command: str) -> tuple[int, str, str]:
@@ -168,8 +180,7 @@ def readme_line(prefix: str) -> str:
 
 @pytest.mark.timeout(300)
 async def test_scripts_dev_once_prints_an_answered_escalation_and_leaves_no_process() -> None:
-    async with clean_copy_dir() as (dest, env):
-        dev = await start_dev(dest, env, "--once")
+    async with clean_copy_dir() as (dest, env), start_dev(dest, env, "--once") as dev:
         await dev.wait_for("devstack started")
         pid = postmaster_pid(dest)
         code = await dev.exit_code(240)
@@ -189,8 +200,7 @@ async def test_scripts_dev_once_prints_an_answered_escalation_and_leaves_no_proc
 async def test_the_readme_ask_and_answer_work_as_written_and_ctrl_c_stops_everything() -> None:
     ask = readme_line(".venv/bin/hitl-relay ask ")
     answer = readme_line(".venv/bin/hitl-relay answer ")
-    async with clean_copy_dir() as (dest, env):
-        dev = await start_dev(dest, env)
+    async with clean_copy_dir() as (dest, env), start_dev(dest, env) as dev:
         await dev.wait_for("the local operator .* is on duty")
         await dev.wait_for("Ctrl-C stops everything")
         assert (dest / ".hitl" / "relay.env").exists()
@@ -215,8 +225,7 @@ async def test_the_readme_ask_and_answer_work_as_written_and_ctrl_c_stops_everyt
 
 @pytest.mark.timeout(300)
 async def test_with_nobody_on_duty_the_question_is_recorded_and_sigterm_stops_everything() -> None:
-    async with clean_copy_dir() as (dest, env):
-        dev = await start_dev(dest, env, "--nobody-on-duty")
+    async with clean_copy_dir() as (dest, env), start_dev(dest, env, "--nobody-on-duty") as dev:
         relay_env = dest / ".hitl" / "relay.env"
 
         async def relay_env_written() -> bool:
