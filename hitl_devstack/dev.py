@@ -350,6 +350,12 @@ def _print_nobody_on_duty(outcome: dict[str, object]) -> None:
         f"  status: {outcome.get('status')} in {float(str(outcome.get('waited_s'))) * 1000:.0f} ms,"
         f" case {outcome.get('case_id')}"
     )
+    # A cold first call (a new MCP client, the relay's one-time start-up work) takes several
+    # times what later ones do: say so, beside the relay's own time for it.
+    print(
+        f"  (this relay's first call, from a new MCP client: one-time start-up work included;"
+        f" the relay's own time {outcome.get('waited_ms')} ms; later calls: docs/benchmarks.md)"
+    )
     print(f"  the caller hears:      {outcome.get('message')}")
     print(
         f"  recorded: case {outcome.get('case_status')} in the operators' queue, session"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -152,8 +153,11 @@ def stop_unless_in_use(cluster: Cluster) -> str:
 def main(argv: list[str]) -> int:
     home = Path(os.environ.get("HITL_HOME", ROOT / ".hitl"))
     cluster = Cluster(home / "test-pg", port=None)
-    cluster.start()
+    # SIGTERM ends the run as Ctrl-C does, through the `finally` that stops the cluster
+    # (Python's default for SIGTERM ends the process at once and leaves Postgres running).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
+        cluster.start()
         return _main(cluster, argv)
     finally:
         stop_unless_in_use(cluster)

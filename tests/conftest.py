@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,13 @@ from hitl_devstack.server import Devstack
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE_PREFIX = "hitl_tpl_"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM (a cancelled CI job, `kill`) ends the run as Ctrl-C does: pytest then still tears
+    the session down, which stops the Postgres cluster it started. Left at Python's default,
+    SIGTERM ends the process at once and the cluster keeps running."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

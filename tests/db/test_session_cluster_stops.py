@@ -1,25 +1,41 @@
 """The pytest session's Postgres cluster is stopped when the session ends (nothing of the
-project is left running after `scripts/test`), checked on a run of its own in a fresh home."""
+project is left running after `scripts/test`), also when the run is interrupted with Ctrl-C or
+SIGTERM, checked on a run of its own in a fresh home; so is the pgTAP run's (`scripts/pgtap`)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import shutil
+import signal
 import sys
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import asyncpg
 import pytest
 from waiting import wait_until
 
 from hitl_devstack.cluster import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
+INNER_TEST = (
+    "tests/unit/test_cli_ask_output.py"
+    "::test_needs_info_prints_the_operators_question_and_how_to_reply"
+)
 
-# Loaded into the inner run: records the postmaster's pid of the session cluster.
+# Interrupted as a terminal's Ctrl-C does, and as `kill` or a cancelled CI job does.
+BY_SIGNAL = pytest.mark.parametrize(
+    "signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"]
+)
+
+# Loaded into the inner run: records the postmaster's pid of the session cluster; with
+# HOLD_RUN set, the run then stays in its test's setup until it is interrupted.
 RECORDER = """
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -29,6 +45,8 @@ import pytest
 def _record_postmaster(pg_cluster):
     pid = (pg_cluster.datadir / "postmaster.pid").read_text().split()[0]
     Path(os.environ["RECORD_PG_PID"]).write_text(pid)
+    if os.environ.get("HOLD_RUN"):
+        threading.Event().wait(120)  # the outer test interrupts the run here
 """
 
 
@@ -41,34 +59,108 @@ def running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-@pytest.mark.timeout(180)
-async def test_a_pytest_session_stops_the_cluster_it_used(tmp_path: Path) -> None:
+@asynccontextmanager
+async def inner_run(tmp_path: Path) -> AsyncIterator[tuple[Path, Path]]:
+    """A pytest run of INNER_TEST in a fresh home (under HITL_HOME: postgres must reach it),
+    started by the caller with `start_inner`; yields the home and the file the postmaster's
+    pid is recorded in. The home's cluster is destroyed afterwards whatever happened."""
     base = Path(os.environ.get("HITL_HOME", ROOT / ".hitl"))
-    home = base / f"session-stop-{uuid.uuid4().hex[:8]}"  # under HITL_HOME: postgres reaches it
+    home = base / f"session-stop-{uuid.uuid4().hex[:8]}"
     home.mkdir(parents=True)
     (tmp_path / "record_pg_pid.py").write_text(RECORDER)
-    pid_file = tmp_path / "pid"
+    try:
+        yield home, tmp_path / "pid"
+    finally:
+        Cluster(home / "test-pg", port=None).destroy()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+async def start_inner(home: Path, pid_file: Path, **extra_env: str) -> asyncio.subprocess.Process:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HITL_", "SUPABASE_"))}
     env |= {
         "HITL_HOME": str(home),
         "RECORD_PG_PID": str(pid_file),
-        "PYTHONPATH": str(tmp_path),
+        "PYTHONPATH": str(pid_file.parent),
+        **extra_env,
     }
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "pytest", "-q", "-p", "record_pg_pid", "-p", "no:cacheprovider",
-            "tests/unit/test_cli_ask_output.py::test_needs_info_prints_the_operators_question_and_how_to_reply",
-            cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pytest", "-q", "-p", "record_pg_pid", "-p", "no:cacheprovider",
+        INNER_TEST,
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+
+
+async def assert_stopped(home: Path, pid: int) -> None:
+    async def gone() -> bool:
+        return not running(pid)
+
+    await wait_until(gone, f"the session's postgres ({pid}) to exit")
+    assert not Cluster(home / "test-pg", port=None).status().running
+
+
+async def interrupt(
+    proc: asyncio.subprocess.Process, signum: signal.Signals, home: Path, pid: int
+) -> None:
+    """Send `signum` to the run; it ends interrupted, and its cluster (postmaster `pid`) stops."""
+    proc.send_signal(signum)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode != 0, out.decode()[-3000:]  # interrupted, not passed
+    await assert_stopped(home, pid)
+
+
+@pytest.mark.timeout(180)
+async def test_a_pytest_session_stops_the_cluster_it_used(tmp_path: Path) -> None:
+    async with inner_run(tmp_path) as (home, pid_file):
+        proc = await start_inner(home, pid_file)
         out, _ = await asyncio.wait_for(proc.communicate(), 150)
         assert proc.returncode == 0, out.decode()[-3000:]
-        pid = int(pid_file.read_text())
+        await assert_stopped(home, int(pid_file.read_text()))
 
-        async def gone() -> bool:
-            return not running(pid)
 
-        await wait_until(gone, f"the session's postgres ({pid}) to exit")
-        assert not Cluster(home / "test-pg", port=None).status().running
-    finally:
-        Cluster(home / "test-pg", port=None).destroy()
-        shutil.rmtree(home, ignore_errors=True)
+@pytest.mark.timeout(180)
+@BY_SIGNAL
+async def test_an_interrupted_pytest_session_stops_the_cluster_it_used(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    async with inner_run(tmp_path) as (home, pid_file):
+        proc = await start_inner(home, pid_file, HOLD_RUN="1")
+
+        async def recorded() -> bool:
+            return pid_file.exists() and pid_file.read_text() != ""
+
+        await wait_until(recorded, "the inner run to start its cluster", timeout_s=150)
+        await interrupt(proc, signum, home, int(pid_file.read_text()))
+
+
+@pytest.mark.timeout(240)
+@BY_SIGNAL
+async def test_an_interrupted_pgtap_run_stops_the_cluster_it_used(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    async with inner_run(tmp_path) as (home, _):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HITL_", "SUPABASE_"))}
+        proc = await asyncio.create_subprocess_exec(
+            "scripts/pgtap", cwd=ROOT, env=env | {"HITL_HOME": str(home)},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        cluster = Cluster(home / "test-pg", port=None)
+        database = f"pgtap_{proc.pid}"  # scripts/pgtap execs python: the same pid
+
+        async def preparing() -> bool:
+            if not cluster.status().running:
+                return False
+            try:
+                conn = await asyncpg.connect(cluster.url())
+            except (OSError, asyncpg.PostgresError):
+                return False  # still starting
+            try:
+                found = await conn.fetchval(
+                    "select 1 from pg_database where datname = $1", database
+                )
+            finally:
+                await conn.close()
+            return found is not None
+
+        await wait_until(preparing, f"scripts/pgtap to create {database}", timeout_s=180)
+        pid = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
+        await interrupt(proc, signum, home, pid)

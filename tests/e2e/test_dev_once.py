@@ -1,5 +1,6 @@
 """The README's first commands from a clean copy of the repository: `scripts/dev --once`, then
-`scripts/dev` with the README's `ask` / `answer` pair copied literally, and with nobody on duty;
+`scripts/dev` with the README's `ask` / `answer` pair copied literally, and with nobody on duty
+(the README's `ask`, then its `psql` line showing the question recorded);
 each leaves no process of the project behind (Postgres included) after it exits, Ctrl-C or
 SIGTERM."""
 
@@ -138,12 +139,24 @@ class Console:
         return "\n".join(self.lines[-60:])
 
 
-async def start_dev(dest: Path, env: dict[str, str], *args: str) -> Console:
+@asynccontextmanager
+async def start_dev(dest: Path, env: dict[str, str], *args: str) -> AsyncIterator[Console]:
+    """`scripts/dev` in the copy; still running when the test ends (it failed before stopping
+    it), it is stopped with SIGTERM, which stops what it started, or killed if it hangs."""
     proc = await asyncio.create_subprocess_exec(
         "scripts/dev", *args, "--port", str(free_port()),
         cwd=dest, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
-    return Console(proc)
+    try:
+        yield Console(proc)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.communicate(), 60)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
 
 
 async def run_in(dest: Path, env: dict[str, str], command: str) -> tuple[int, str, str]:
@@ -167,8 +180,7 @@ def readme_line(prefix: str) -> str:
 
 @pytest.mark.timeout(300)
 async def test_scripts_dev_once_prints_an_answered_escalation_and_leaves_no_process() -> None:
-    async with clean_copy_dir() as (dest, env):
-        dev = await start_dev(dest, env, "--once")
+    async with clean_copy_dir() as (dest, env), start_dev(dest, env, "--once") as dev:
         await dev.wait_for("devstack started")
         pid = postmaster_pid(dest)
         code = await dev.exit_code(240)
@@ -188,8 +200,7 @@ async def test_scripts_dev_once_prints_an_answered_escalation_and_leaves_no_proc
 async def test_the_readme_ask_and_answer_work_as_written_and_ctrl_c_stops_everything() -> None:
     ask = readme_line(".venv/bin/hitl-relay ask ")
     answer = readme_line(".venv/bin/hitl-relay answer ")
-    async with clean_copy_dir() as (dest, env):
-        dev = await start_dev(dest, env)
+    async with clean_copy_dir() as (dest, env), start_dev(dest, env) as dev:
         await dev.wait_for("the local operator .* is on duty")
         await dev.wait_for("Ctrl-C stops everything")
         assert (dest / ".hitl" / "relay.env").exists()
@@ -214,8 +225,7 @@ async def test_the_readme_ask_and_answer_work_as_written_and_ctrl_c_stops_everyt
 
 @pytest.mark.timeout(300)
 async def test_with_nobody_on_duty_the_question_is_recorded_and_sigterm_stops_everything() -> None:
-    async with clean_copy_dir() as (dest, env):
-        dev = await start_dev(dest, env, "--nobody-on-duty")
+    async with clean_copy_dir() as (dest, env), start_dev(dest, env, "--nobody-on-duty") as dev:
         relay_env = dest / ".hitl" / "relay.env"
 
         async def relay_env_written() -> bool:
@@ -230,13 +240,24 @@ async def test_with_nobody_on_duty_the_question_is_recorded_and_sigterm_stops_ev
         text = dev.text()
         assert "nobody is on duty" in text
         assert re.search(r"status: no_operator in \d+ ms, case [0-9a-f-]{36}", text), text
+        assert re.search(r"this relay's first call, .* the relay's own time \d+ ms", text), text
         assert "recorded: case open in the operators' queue, session no_operator" in text
         pid = postmaster_pid(dest)
 
         code, _, err = await run_in(dest, env, readme_line(".venv/bin/hitl-relay ask "))
         assert code == 3
-        assert "status: no_operator  case: " in err
+        found = re.search(r"status: no_operator  case: ([0-9a-f-]{36})", err)
+        assert found, err
         assert "recorded in the operators' queue" in err
+        # The README's way to see the question recorded: the case open, its session no_operator.
+        code, out, err = await run_in(
+            dest, env, readme_line('psql "$(.venv/bin/hitl-relay db url)"')
+        )
+        assert code == 0, err
+        rows = [line.split("|") for line in out.splitlines() if found.group(1) in line]
+        assert [[cell.strip() for cell in row[1:]] for row in rows] == [
+            ["open", "no_operator", "Can I offer a discount?"]
+        ], out
 
         dev.proc.send_signal(signal.SIGTERM)
         assert await dev.exit_code() == 0, dev.text()
