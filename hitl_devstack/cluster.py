@@ -15,9 +15,11 @@ migration role's, the one `supabase db push` and the SQL editor act as.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 from dataclasses import dataclass
@@ -305,3 +307,23 @@ def default_cluster() -> Cluster:
     """The project's cluster: `.hitl/pg` on HITL_PG_PORT (default 54322, Supabase's DB port)."""
     root = Path(os.environ.get("HITL_HOME", ".hitl"))
     return Cluster(root / "pg", port=int(os.environ.get("HITL_PG_PORT", DEFAULT_PORT)))
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def end_with_parent() -> None:
+    """Have the kernel send this process SIGTERM when the process that started it dies (Linux's
+    PR_SET_PDEATHSIG; elsewhere nothing). `scripts/test` killed with SIGTERM is a shell that dies
+    at once and leaves its running step behind; with this, that step (pytest, `scripts/pgtap`)
+    gets SIGTERM too and ends as on Ctrl-C, stopping the cluster it started. Call it after
+    SIGTERM has a handler that unwinds."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return  # not Linux: no such call
+    parent = os.getppid()
+    prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the call took effect
+        os.kill(os.getpid(), signal.SIGTERM)

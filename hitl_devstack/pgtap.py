@@ -27,7 +27,7 @@ from pathlib import Path
 
 import asyncpg
 
-from hitl_devstack.cluster import Cluster
+from hitl_devstack.cluster import Cluster, end_with_parent
 from hitl_relay import migrate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,6 +156,7 @@ def main(argv: list[str]) -> int:
     # SIGTERM ends the run as Ctrl-C does, through the `finally` that stops the cluster
     # (Python's default for SIGTERM ends the process at once and leaves Postgres running).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    end_with_parent()
     try:
         cluster.start()
         return _main(cluster, argv)

@@ -19,7 +19,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from hitl_devstack.cluster import Cluster
+from hitl_devstack.cluster import Cluster, end_with_parent
 from hitl_devstack.keys import make_keys
 from hitl_devstack.pgtap import process_alive, stop_unless_in_use
 from hitl_devstack.server import Devstack
@@ -33,6 +33,7 @@ def pytest_configure(config: pytest.Config) -> None:
     the session down, which stops the Postgres cluster it started. Left at Python's default,
     SIGTERM ends the process at once and the cluster keeps running."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    end_with_parent()  # and when `scripts/test`'s shell is killed, SIGTERM reaches this run too
 
 
 @pytest.fixture(scope="session")

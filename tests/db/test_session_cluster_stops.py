@@ -164,3 +164,34 @@ async def test_an_interrupted_pgtap_run_stops_the_cluster_it_used(
         await wait_until(preparing, f"scripts/pgtap to create {database}", timeout_s=180)
         pid = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
         await interrupt(proc, signum, home, pid)
+
+
+@pytest.mark.timeout(180)
+async def test_killing_the_shell_that_started_the_run_stops_its_cluster(tmp_path: Path) -> None:
+    """`scripts/test` is a shell running pytest as one of its steps: SIGTERM to that shell alone
+    (as `kill <pid>` does) ends the shell at once; the run it started must not outlive it."""
+    async with inner_run(tmp_path) as (home, pid_file):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HITL_", "SUPABASE_"))}
+        env |= {
+            "HITL_HOME": str(home),
+            "RECORD_PG_PID": str(pid_file),
+            "PYTHONPATH": str(pid_file.parent),
+            "HOLD_RUN": "1",
+        }
+        # the `echo` after pytest keeps the shell as pytest's parent (a lone command is exec'd)
+        shell = await asyncio.create_subprocess_exec(
+            "bash", "-c",
+            f'"{sys.executable}" -m pytest -q -p record_pg_pid -p no:cacheprovider'
+            f' "{INNER_TEST}"; echo "pytest ended"',
+            cwd=ROOT, env=env, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+
+        async def recorded() -> bool:
+            return pid_file.exists() and pid_file.read_text() != ""
+
+        await wait_until(recorded, "the inner run to start its cluster", timeout_s=150)
+        shell.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(shell.wait(), 30)
+        assert shell.returncode == -signal.SIGTERM  # the shell died of it, leaving pytest behind
+        await assert_stopped(home, int(pid_file.read_text()))
