@@ -10,10 +10,12 @@ import asyncio
 import ipaddress
 import json
 import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from security_support import (
@@ -93,6 +95,47 @@ async def test_forwarded_headers_from_loopback_are_ignored_without_trusted_proxi
     # The audit names the real peer, never the address the client wrote.
     assert all("100.20.5.228" not in e.actor for e in audit.events)
     assert any(e.actor == "ip:127.0.0.1" for e in audit.events)
+
+
+async def test_varying_forwarded_for_does_not_escape_the_failed_auth_budget() -> None:
+    settings = make_settings(rate_limit_auth_failures_per_ip="3/minute")
+    wrong = bearer("wrong-key-wrong-key-0123")
+    async with served(settings) as (url, audit), httpx.AsyncClient(base_url=url) as http:
+        codes = [
+            (
+                await http.get("/mcp", headers={**wrong, "x-forwarded-for": f"198.51.100.{i}"})
+            ).status_code
+            for i in range(5)
+        ]
+    # Every attempt is counted against the real peer, whatever address each one claims.
+    assert codes == [401, 401, 401, 429, 429]
+    assert audit.events
+    assert {e.actor for e in audit.events} == {"ip:127.0.0.1"}
+
+
+def test_serve_runs_uvicorn_without_proxy_headers_and_with_the_guarded_protocol(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    from hitl_relay import gc_tuning
+    from hitl_relay.http_app import RelayServer, serve
+    from hitl_relay.security.http_limits import GuardedHttpProtocol
+
+    configs = []
+    monkeypatch.setattr(RelayServer, "run", lambda self, *_a, **_k: configs.append(self.config))
+    monkeypatch.setattr(gc_tuning, "tune", lambda *_a, **_k: None)  # leave this process's gc be
+    serve(make_settings(), create_app(make_settings(), backend=memory_backend(MemoryPlatform())))
+    [config] = configs
+    config.load()
+    # What `hitl-relay serve` runs: uvicorn's proxy-header rewriting would otherwise believe
+    # X-Forwarded-For/-Proto from 127.0.0.1 before any of the relay's checks.
+    assert config.proxy_headers is False
+    assert config.http_protocol_class is GuardedHttpProtocol
+    app: Any = config.loaded_app
+    while app is not None:
+        assert not isinstance(app, ProxyHeadersMiddleware)
+        app = getattr(app, "app", None)
 
 
 # ---------------------------------------------------------------- lock-out by a stranger
@@ -269,6 +312,8 @@ def test_the_per_call_limit_cannot_be_escaped_with_an_alias() -> None:
             codes.append(response.status_code)
             if response.status_code == 200:
                 assert rpc_result(response.text)["result"]["isError"] is True
+    # Each is the tool's refusal: the limiter counts no call id for it, so nobody's budget moves.
+    assert codes == [200, 200, 200, 200]
     assert relay.platform.cases == {}  # nothing ran as the victim's call
 
 
@@ -335,6 +380,21 @@ async def test_the_callback_guard_refuses_private_ipv4_inside_any_ipv6_form(host
     with pytest.raises(InvalidRequest) as refused:
         await vet_callback_url(f"https://{host}/hook", allow_private=False)
     assert refused.value.field == "callback_url"
+
+
+async def test_the_callback_guard_checks_what_a_name_resolves_to_in_every_ipv6_form(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def resolves_to(host: str, port: int, **_kw: Any) -> list[Any]:
+        address = {"nat64.example": "64:ff9b::a9fe:a9fe", "sixtofour.example": "2002:a00:1::1"}
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", (address[host], port, 0, 0))]
+
+    # vet_callback_url resolves through anyio: the name points at an embedded-IPv4 form.
+    monkeypatch.setattr(anyio, "getaddrinfo", resolves_to)
+    for host in ("nat64.example", "sixtofour.example"):
+        with pytest.raises(InvalidRequest) as refused:
+            await vet_callback_url(f"https://{host}/hook", allow_private=False)
+        assert refused.value.field == "callback_url"
 
 
 async def test_public_ipv6_and_its_nat64_form_of_a_public_ipv4_pass() -> None:
