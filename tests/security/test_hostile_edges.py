@@ -208,6 +208,44 @@ async def test_connections_waiting_for_headers_are_capped(monkeypatch: pytest.Mo
     assert after.status_code == 200
 
 
+UNFINISHED_BODY = (
+    b"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer wrong-key-wrong-key-0123\r\n"
+    b"content-type: application/json\r\ncontent-length: 4000\r\n\r\n{"
+)
+
+
+async def test_a_body_that_never_ends_is_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hitl_relay.security.http_limits import GuardedHttpProtocol
+
+    # The whole body is read before the key is checked (a Retell signature covers it), so a
+    # stranger sending it a byte at a time must not hold the connection for ever.
+    monkeypatch.setattr(GuardedHttpProtocol, "body_timeout_s", 0.3)
+    async with served(make_settings()) as (url, _), connection(url) as (reader, writer):
+        writer.write(UNFINISHED_BODY)
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+
+
+async def test_connections_still_sending_a_body_count_against_the_cap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hitl_relay.security.http_limits import GuardedHttpProtocol
+
+    monkeypatch.setattr(GuardedHttpProtocol, "max_pending", 2)
+    async with served(make_settings()) as (url, _):
+        async with connection(url) as (_r1, w1), connection(url) as (_r2, w2):
+            for w in (w1, w2):
+                w.write(UNFINISHED_BODY)
+                await w.drain()
+            async with connection(url) as (reader, writer):
+                writer.write(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+                refused = await asyncio.wait_for(reader.read(), 10)
+        async with httpx.AsyncClient(base_url=url) as http:
+            after = await http.get("/healthz")
+    assert refused == b""
+    assert after.status_code == 200
+
+
 # ---------------------------------------------------------------- values at any depth
 
 
