@@ -13,9 +13,11 @@ legitimate calls that wait minutes for an answer.
   client gets `431` and the connection is closed (bytes are counted as they arrive, so nothing
   larger is ever buffered);
 - at most `HEADER_TIMEOUT_S` between a request's first byte (or the connection) and the end of
-  its headers: then the connection is closed;
-- at most `MAX_PENDING_CONNECTIONS` connections at once that have not yet completed a
-  request's headers (nobody among them has authenticated): a connection beyond that is closed
+  its headers, then at most `BODY_TIMEOUT_S` until the end of its body: then the connection is
+  closed (the security layer reads the whole body before it checks the key, since a Retell
+  signature covers the body, so a body sent a byte at a time must not hold a connection open);
+- at most `MAX_PENDING_CONNECTIONS` connections at once that have not yet sent a whole request
+  (headers and body; nobody among them has authenticated): a connection beyond that is closed
   on arrival. Connections whose request is being served are not counted, so a thousand calls
   waiting for an operator do not crowd out a new one.
 
@@ -32,6 +34,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 MAX_HEADER_BYTES: Final = 32 * 1024
 HEADER_TIMEOUT_S: Final = 10.0
+BODY_TIMEOUT_S: Final = 30.0
 MAX_PENDING_CONNECTIONS: Final = 256
 # How long a refused connection's further bytes are read and dropped before it is closed.
 LINGER_S: Final = 2.0
@@ -47,10 +50,12 @@ _TOO_LARGE = (
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with header size, header time and pending-connection caps."""
+    """uvicorn's httptools protocol with header size, header and body time, and
+    pending-connection caps."""
 
     max_header_bytes: int = MAX_HEADER_BYTES
     header_timeout_s: float = HEADER_TIMEOUT_S
+    body_timeout_s: float = BODY_TIMEOUT_S
     max_pending: int = MAX_PENDING_CONNECTIONS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -61,9 +66,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             pending = WeakSet()
             state.hitl_pending = pending  # type: ignore[attr-defined]
         self._pending: WeakSet[GuardedHttpProtocol] = pending
+        self._receiving = False  # a request's headers or body have not all arrived yet
         self._awaiting_headers = False
         self._header_bytes = 0
-        self._header_timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._refused = False
 
     # ---- connection ---------------------------------------------------------------------
@@ -73,17 +79,17 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if len(self._pending) >= self.max_pending:
             transport.abort()  # nothing read, nothing answered: no work for a flood
             return
-        self._await_headers()
+        self._await_request()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._headers_done()
+        self._request_received()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._refused or self.transport.is_closing():
             return
-        if not self._awaiting_headers and self.cycle is not None and self.cycle.response_complete:
-            self._await_headers()  # the next request on a kept-alive connection
+        if not self._receiving and self.cycle is not None and self.cycle.response_complete:
+            self._await_request()  # the next request on a kept-alive connection
         if self._awaiting_headers:
             room = self.max_header_bytes - self._header_bytes
             if len(data) > room:
@@ -102,37 +108,50 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().data_received(data)
 
     def on_headers_complete(self) -> None:
-        self._headers_done()
+        self._awaiting_headers = False
+        if self.parser.should_upgrade() and self._should_upgrade():
+            self._request_received()  # a WebSocket handshake: the connection is not HTTP's now
+        else:
+            self._arm(self.body_timeout_s)
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._request_received()
+        super().on_message_complete()
 
     # ---- helpers ------------------------------------------------------------------------
 
-    def _await_headers(self) -> None:
+    def _await_request(self) -> None:
+        self._receiving = True
         self._awaiting_headers = True
         self._header_bytes = 0
         self._pending.add(self)
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-        self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_timeout)
+        self._arm(self.header_timeout_s)
 
-    def _headers_done(self) -> None:
+    def _arm(self, seconds: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(seconds, self._request_timeout)
+
+    def _request_received(self) -> None:
+        self._receiving = False
         self._awaiting_headers = False
         self._pending.discard(self)
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
-    def _header_timeout(self) -> None:
-        self._header_timer = None
-        if self._awaiting_headers and not self.transport.is_closing():
-            self._headers_done()
+    def _request_timeout(self) -> None:
+        self._timer = None
+        if self._receiving and not self.transport.is_closing():
+            self._request_received()
             self.transport.close()
 
     def _refuse_too_large(self) -> None:
         # A lingering close: send the 431 and our FIN, then discard what the client is still
         # sending for a moment. Closing at once with unread data would make the kernel answer
         # with a reset, which can destroy the 431 before the client reads it.
-        self._headers_done()
+        self._request_received()
         self._refused = True
         self.transport.write(_TOO_LARGE)
         if self.transport.can_write_eof():

@@ -179,22 +179,33 @@ async def test_the_database_signature_verifies_for_every_event_it_sends(
                 "retell_agent_id": "a",
                 "timeout_seconds": 30,
                 "priority": 5,
+                "options": ["Oui 😀", "Non — line\nid=4:abcd\u2028"],
             }
         ),
     )
     await db.execute(
         "insert into public.messages (case_id, sender_type, sender_id, content, kind) "
-        "values ($1, 'human', null, $2, 'answer')",
+        "values ($1, 'human', null, $2, 'note')",
         case_id,
         "Oui 😀 — line\nid=4:abcd\u2028",
     )
+    # The answer picks an option: option_index and option are signed with the rest.
+    await db.execute(
+        "insert into public.messages (case_id, sender_type, sender_id, content, kind, "
+        "option_index) values ($1, 'human', null, '', 'answer', 1)",
+        case_id,
+    )
     await db.execute("select public.hitl_close_session($1, 'answered', null)", session)
-    events: dict[str, dict[str, Any]] = {}
+    events: list[tuple[str, dict[str, Any]]] = []
     async with asyncio.timeout(10):
-        while len(events) < 3:
+        while not any(
+            name == "session" and payload["status"] == "answered" for name, payload in events
+        ):
             item = await seen.get()
-            events.setdefault(item["event"], item["payload"])
-    for name, payload in events.items():
+            events.append((item["event"], item["payload"]))
+    assert {name for name, _ in events} == {"case_opened", "message", "session"}
+    assert any(name == "message" and payload["option_index"] == 1 for name, payload in events)
+    for name, payload in events:
         assert signed_events.verify(key, name, payload), (name, payload)
         tampered = {**payload, "case_id": str(uuid4())}
         assert not signed_events.verify(key, name, tampered)

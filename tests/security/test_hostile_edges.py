@@ -10,10 +10,12 @@ import asyncio
 import ipaddress
 import json
 import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from security_support import (
@@ -95,6 +97,47 @@ async def test_forwarded_headers_from_loopback_are_ignored_without_trusted_proxi
     assert any(e.actor == "ip:127.0.0.1" for e in audit.events)
 
 
+async def test_varying_forwarded_for_does_not_escape_the_failed_auth_budget() -> None:
+    settings = make_settings(rate_limit_auth_failures_per_ip="3/minute")
+    wrong = bearer("wrong-key-wrong-key-0123")
+    async with served(settings) as (url, audit), httpx.AsyncClient(base_url=url) as http:
+        codes = [
+            (
+                await http.get("/mcp", headers={**wrong, "x-forwarded-for": f"198.51.100.{i}"})
+            ).status_code
+            for i in range(5)
+        ]
+    # Every attempt is counted against the real peer, whatever address each one claims.
+    assert codes == [401, 401, 401, 429, 429]
+    assert audit.events
+    assert {e.actor for e in audit.events} == {"ip:127.0.0.1"}
+
+
+def test_serve_runs_uvicorn_without_proxy_headers_and_with_the_guarded_protocol(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    from hitl_relay import gc_tuning
+    from hitl_relay.http_app import RelayServer, serve
+    from hitl_relay.security.http_limits import GuardedHttpProtocol
+
+    configs = []
+    monkeypatch.setattr(RelayServer, "run", lambda self, *_a, **_k: configs.append(self.config))
+    monkeypatch.setattr(gc_tuning, "tune", lambda *_a, **_k: None)  # leave this process's gc be
+    serve(make_settings(), create_app(make_settings(), backend=memory_backend(MemoryPlatform())))
+    [config] = configs
+    config.load()
+    # What `hitl-relay serve` runs: uvicorn's proxy-header rewriting would otherwise believe
+    # X-Forwarded-For/-Proto from 127.0.0.1 before any of the relay's checks.
+    assert config.proxy_headers is False
+    assert config.http_protocol_class is GuardedHttpProtocol
+    app: Any = config.loaded_app
+    while app is not None:
+        assert not isinstance(app, ProxyHeadersMiddleware)
+        app = getattr(app, "app", None)
+
+
 # ---------------------------------------------------------------- lock-out by a stranger
 
 
@@ -155,6 +198,44 @@ async def test_connections_waiting_for_headers_are_capped(monkeypatch: pytest.Mo
         ):
             for w in (w1, w2, w3):
                 w.write(b"GET /healthz HTTP/1.1\r\n")
+                await w.drain()
+            async with connection(url) as (reader, writer):
+                writer.write(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+                refused = await asyncio.wait_for(reader.read(), 10)
+        async with httpx.AsyncClient(base_url=url) as http:
+            after = await http.get("/healthz")
+    assert refused == b""
+    assert after.status_code == 200
+
+
+UNFINISHED_BODY = (
+    b"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer wrong-key-wrong-key-0123\r\n"
+    b"content-type: application/json\r\ncontent-length: 4000\r\n\r\n{"
+)
+
+
+async def test_a_body_that_never_ends_is_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hitl_relay.security.http_limits import GuardedHttpProtocol
+
+    # The whole body is read before the key is checked (a Retell signature covers it), so a
+    # stranger sending it a byte at a time must not hold the connection for ever.
+    monkeypatch.setattr(GuardedHttpProtocol, "body_timeout_s", 0.3)
+    async with served(make_settings()) as (url, _), connection(url) as (reader, writer):
+        writer.write(UNFINISHED_BODY)
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+
+
+async def test_connections_still_sending_a_body_count_against_the_cap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hitl_relay.security.http_limits import GuardedHttpProtocol
+
+    monkeypatch.setattr(GuardedHttpProtocol, "max_pending", 2)
+    async with served(make_settings()) as (url, _):
+        async with connection(url) as (_r1, w1), connection(url) as (_r2, w2):
+            for w in (w1, w2):
+                w.write(UNFINISHED_BODY)
                 await w.drain()
             async with connection(url) as (reader, writer):
                 writer.write(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
@@ -269,6 +350,8 @@ def test_the_per_call_limit_cannot_be_escaped_with_an_alias() -> None:
             codes.append(response.status_code)
             if response.status_code == 200:
                 assert rpc_result(response.text)["result"]["isError"] is True
+    # Each is the tool's refusal: the limiter counts no call id for it, so nobody's budget moves.
+    assert codes == [200, 200, 200, 200]
     assert relay.platform.cases == {}  # nothing ran as the victim's call
 
 
@@ -335,6 +418,21 @@ async def test_the_callback_guard_refuses_private_ipv4_inside_any_ipv6_form(host
     with pytest.raises(InvalidRequest) as refused:
         await vet_callback_url(f"https://{host}/hook", allow_private=False)
     assert refused.value.field == "callback_url"
+
+
+async def test_the_callback_guard_checks_what_a_name_resolves_to_in_every_ipv6_form(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def resolves_to(host: str, port: int, **_kw: Any) -> list[Any]:
+        address = {"nat64.example": "64:ff9b::a9fe:a9fe", "sixtofour.example": "2002:a00:1::1"}
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", (address[host], port, 0, 0))]
+
+    # vet_callback_url resolves through anyio: the name points at an embedded-IPv4 form.
+    monkeypatch.setattr(anyio, "getaddrinfo", resolves_to)
+    for host in ("nat64.example", "sixtofour.example"):
+        with pytest.raises(InvalidRequest) as refused:
+            await vet_callback_url(f"https://{host}/hook", allow_private=False)
+        assert refused.value.field == "callback_url"
 
 
 async def test_public_ipv6_and_its_nat64_form_of_a_public_ipv4_pass() -> None:
