@@ -230,8 +230,13 @@ async def run_tasks(
             tg.create_task(poll(task["taskId"], task["pollInterval"] / 1000))
 
         async with asyncio.TaskGroup() as tg:
+            cpu_create = cpu.sample() if cpu is not None else {}
+            load_create, t_create = os.getloadavg()[0], time.monotonic()
             creators = [tg.create_task(create(i, tg)) for i in range(level)]
             await asyncio.gather(*creators)
+            create_window = time.monotonic() - t_create
+            cpu_created = cpu.sample() if cpu is not None else {}
+            polls_while_creating = polls
             # every case open (operators see them) before the quiet phase
             questions = {q: i for i, q in enumerate(tasks.values())}
             cases = await _cases_opened(operator, questions, deadline_s=60 + level / 4)
@@ -290,6 +295,21 @@ async def run_tasks(
         "cpu_ms_per_poll": {
             k: round((cpu_after[k] - cpu_before.get(k, 0.0)) * 1000 / window_polls, 2)
             for k in cpu_after
+        },
+        "create_phase": {
+            # what the relay (and the rest) spent while the handles were created: the handles,
+            # the case openings they start and the polls of the tasks already created
+            "window_s": round(create_window, 1),
+            "polls": polls_while_creating,
+            "load_average_1m": round(load_create, 2),
+            "cpu_share_of_a_core": {
+                k: round((cpu_created[k] - cpu_create.get(k, 0.0)) / create_window, 2)
+                for k in cpu_created
+            },
+            "cpu_ms_per_task": {
+                k: round((cpu_created[k] - cpu_create.get(k, 0.0)) * 1000 / level, 2)
+                for k in cpu_created
+            },
         },
         "cpu_share_of_a_core": {
             k: round((cpu_after[k] - cpu_before.get(k, 0.0)) / window, 2) for k in cpu_after
