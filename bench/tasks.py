@@ -39,6 +39,7 @@ from bench.run import ROOT, DbLoad, run_realtime, stack
 from bench.stats import percentile
 from hitl_devstack.cluster import free_port
 from hitl_devstack.operator_sim import SimulatedOperator
+from hitl_relay.config import Settings
 
 VERSION = "2025-11-25"
 CREATE_ATTEMPTS = 5
@@ -52,6 +53,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wait", type=float, default=20.0, help="seconds of pure waiting measured")
     p.add_argument("--spread", type=float, default=10.0, help="operator answers spread (s)")
     p.add_argument("--poll-ms", type=int, default=1000, help="HITL_TASK_POLL_INTERVAL_MS")
+    p.add_argument(
+        "--polls-per-second",
+        type=float,
+        help="HITL_TASK_POLLS_PER_SECOND (the relay's default when absent)",
+    )
     p.add_argument("--skip-blocking", action="store_true", help="tasks only")
     p.add_argument("--json", type=Path, help="write the report here")
     return p.parse_args(argv)
@@ -161,6 +167,7 @@ async def run_tasks(
     tasks: dict[str, str] = {}  # task id → question
     polls = refused = creations_refused = 0
     first_completed: dict[str, datetime] = {}
+    told_ms: dict[str, int] = {}  # task id → the pollInterval its latest response suggested
     stop, all_seen = asyncio.Event(), asyncio.Event()
     async with httpx.AsyncClient(timeout=120, limits=limits) as http:
         rpc = Rpc(http, mcp_url, api_key)
@@ -183,6 +190,7 @@ async def run_tasks(
                     if len(first_completed) == level:
                         all_seen.set()
                     return
+                told_ms[task_id] = task["pollInterval"]
                 interval_s = task["pollInterval"] / 1000
 
         async def create(i: int, tg: asyncio.TaskGroup) -> None:
@@ -218,11 +226,17 @@ async def run_tasks(
             create_ms.append((time.monotonic() - started) * 1000)
             task = created["task"]
             tasks[task["taskId"]] = question
+            told_ms[task["taskId"]] = task["pollInterval"]
             tg.create_task(poll(task["taskId"], task["pollInterval"] / 1000))
 
         async with asyncio.TaskGroup() as tg:
+            cpu_create = cpu.sample() if cpu is not None else {}
+            load_create, t_create = os.getloadavg()[0], time.monotonic()
             creators = [tg.create_task(create(i, tg)) for i in range(level)]
             await asyncio.gather(*creators)
+            create_window = time.monotonic() - t_create
+            cpu_created = cpu.sample() if cpu is not None else {}
+            polls_while_creating = polls
             # every case open (operators see them) before the quiet phase
             questions = {q: i for i, q in enumerate(tasks.values())}
             cases = await _cases_opened(operator, questions, deadline_s=60 + level / 4)
@@ -230,6 +244,7 @@ async def run_tasks(
             cpu_before = cpu.sample() if cpu is not None else {}
             load_before = os.getloadavg()[0]
             polls_before, before, t_wait = polls, await load.sample(), time.monotonic()
+            told_at_wait = list(told_ms.values())
             await asyncio.sleep(args.wait)  # the measurement window itself
             after, polls_after = await load.sample(), polls
             cpu_after = cpu.sample() if cpu is not None else {}
@@ -261,6 +276,12 @@ async def run_tasks(
     return {
         "level": level,
         "poll_interval_ms": args.poll_ms,
+        "polls_per_second_budget": (
+            args.polls_per_second
+            if args.polls_per_second is not None
+            else Settings.model_fields["task_polls_per_second"].default
+        ),
+        "poll_interval_told_at_wait_ms": _summary([float(v) for v in told_at_wait]),
         "create_ms": _summary(create_ms),
         "wait_window_s": round(window, 1),
         "polls_per_s": round(polls_per_s, 1),
@@ -274,6 +295,21 @@ async def run_tasks(
         "cpu_ms_per_poll": {
             k: round((cpu_after[k] - cpu_before.get(k, 0.0)) * 1000 / window_polls, 2)
             for k in cpu_after
+        },
+        "create_phase": {
+            # what the relay (and the rest) spent while the handles were created: the handles,
+            # the case openings they start and the polls of the tasks already created
+            "window_s": round(create_window, 1),
+            "polls": polls_while_creating,
+            "load_average_1m": round(load_create, 2),
+            "cpu_share_of_a_core": {
+                k: round((cpu_created[k] - cpu_create.get(k, 0.0)) / create_window, 2)
+                for k in cpu_created
+            },
+            "cpu_ms_per_task": {
+                k: round((cpu_created[k] - cpu_create.get(k, 0.0)) * 1000 / level, 2)
+                for k in cpu_created
+            },
         },
         "cpu_share_of_a_core": {
             k: round((cpu_after[k] - cpu_before.get(k, 0.0)) / window, 2) for k in cpu_after
@@ -401,6 +437,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     os.environ.setdefault("HITL_DEVSTACK_PORT", str(free_port()))
     # One key polls for all N tasks: lift the per-key and per-IP limits for the measurement.
     os.environ["HITL_TASK_POLL_INTERVAL_MS"] = str(args.poll_ms)
+    if args.polls_per_second is not None:
+        os.environ["HITL_TASK_POLLS_PER_SECOND"] = str(args.polls_per_second)
     os.environ["HITL_RATE_LIMIT_PER_KEY"] = "100000/second"
     os.environ["HITL_RATE_LIMIT_PER_IP"] = "100000/second"
     report: dict[str, Any] = {

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     max_timeout_seconds: int = Field(TIMEOUT_MAX, ge=TIMEOUT_MIN, le=TIMEOUT_MAX)
     # MCP tasks: the poll interval suggested to clients (ms), the cost of one indexed read each.
     task_poll_interval_ms: int = Field(1000, ge=100, le=60_000)
+    # ... and the task polls a second one replica invites at most: with more live tasks than
+    # this times the interval, the suggested interval grows (`RelayOptions.task_poll_interval`).
+    task_polls_per_second: float = Field(50.0, gt=0, le=100_000)
     # How often a waiting call sends an MCP progress notification.
     progress_interval_seconds: float = Field(5.0, gt=0, le=60)
     # How long a case stays answerable by operators (and `get_human_answer`); None: platform's 1 h.
@@ -219,6 +222,7 @@ class Settings(BaseSettings):
             callback_url=self.security.callback_url,
             webhook_secret=secret.get_secret_value() if secret else None,
             task_poll_interval_ms=self.task_poll_interval_ms,
+            task_polls_per_second=self.task_polls_per_second,
             fallbacks=Fallbacks(
                 no_operator=self.fallback_no_operator,
                 platform_unreachable=self.fallback_platform_unreachable,

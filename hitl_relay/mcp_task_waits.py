@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any, Self
 from uuid import UUID
 
@@ -83,6 +84,19 @@ class TaskWaits:
             raise MCPError(code=types.METHOD_NOT_FOUND, message="Method not found")
         return self.store
 
+    def live_tasks(self) -> int:
+        """The tasks this replica waits for: the load its clients' polls put on it."""
+        return len(self._waits)
+
+    def advised(self, task: TaskRecord) -> TaskRecord:
+        """`task` with the poll interval this replica suggests now, for as many live tasks as it
+        waits for (`RelayOptions.task_poll_interval`): the row keeps the one suggested at
+        creation, the client is told the current one with every read."""
+        interval = self._relay().options.task_poll_interval(self.live_tasks())
+        if interval == task.poll_interval_ms:
+            return task
+        return replace(task, poll_interval_ms=interval)
+
     def follow(self, task_id: str, channel: Channel, owner: str) -> None:
         """Announce the task's status changes on `channel` (the connection that created it)."""
         self._followers[task_id] = (channel, owner)
@@ -103,7 +117,7 @@ class TaskWaits:
         if task is None or effective_status(task) in TERMINAL:
             self._followers.pop(task_id, None)
         if task is not None:
-            await channel.notify("notifications/tasks/status", task_json(task))
+            await channel.notify("notifications/tasks/status", task_json(self.advised(task)))
 
     def _start_wait(
         self, record: TaskRecord, request: AskHumanRequest, case_id: UUID, key: str | None

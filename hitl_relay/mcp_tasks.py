@@ -151,7 +151,8 @@ class TaskService(TaskInput):
             owner=owner,
             tool=str(name),
             era=era,
-            poll_interval_ms=s.task_poll_interval_ms,
+            # counting this one: the interval its polls will be told (see `advised`)
+            poll_interval_ms=s.task_poll_interval(self.live_tasks() + 1),
         )
         try:
             request = parse_ask_request(params.get("arguments") or {})
@@ -213,7 +214,7 @@ class TaskService(TaskInput):
             raise unavailable(e) from None
         if found is None:
             raise not_found()
-        return found
+        return self.advised(found)
 
     async def _on_get(self, ctx: Context, params: types.GetTaskRequestParams) -> dict[str, Any]:
         task = await self._read(ctx, params.task_id)
@@ -291,7 +292,7 @@ class TaskService(TaskInput):
         except HitlError as e:
             raise unavailable(e) from None
         page = found[:LIST_PAGE]
-        body: dict[str, Any] = {"tasks": [task_json(t) for t in page]}
+        body: dict[str, Any] = {"tasks": [task_json(self.advised(t)) for t in page]}
         if len(found) > LIST_PAGE:
             body["nextCursor"] = encode_cursor(page[-1])
         return body
@@ -320,4 +321,4 @@ class TaskService(TaskInput):
                 message="Cannot cancel task: already in terminal status "
                 f"{effective_status(outcome.task)!r}",
             )
-        return task_json(outcome.task)
+        return task_json(self.advised(outcome.task))

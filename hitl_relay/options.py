@@ -3,10 +3,17 @@ from the settings (`config.Settings.relay_options()`); the core never reads the 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from hitl_relay.errors import InvalidRequest
 from hitl_relay.models import TIMEOUT_DEFAULT, TIMEOUT_MAX, TIMEOUT_MIN, Status
+
+# The suggested task poll interval moves in these steps (a client sees a stable value while the
+# number of live tasks changes by a few) and never beyond the ceiling (a minute: past it, a
+# poll's delivery delay would outgrow what a chat agent waits for; more tasks need replicas).
+POLL_INTERVAL_STEP_MS = 100
+MAX_TASK_POLL_INTERVAL_MS = 60_000
 
 DEFAULT_FALLBACKS = {
     "no_operator": (
@@ -64,9 +71,28 @@ class RelayOptions:
     # Every case's answer (or timeout) is also POSTed there, signed with the secret.
     callback_url: str | None = None
     webhook_secret: str | None = None
-    # The poll interval MCP tasks suggest to their clients.
+    # The poll interval MCP tasks suggest to their clients: at least this, longer when the polls
+    # of the tasks this replica waits for would exceed `task_polls_per_second`.
     task_poll_interval_ms: int = 1000
+    task_polls_per_second: float = 50.0
     fallbacks: Fallbacks = field(default_factory=Fallbacks)
+
+    def task_poll_interval(self, live_tasks: int) -> int:
+        """The `pollInterval` (ms) to suggest while this replica waits for `live_tasks` tasks.
+
+        Every poll is a request through the relay's one process, so N tasks polled every I ms
+        cost N * 1000 / I requests a second, and the handles of new tasks queue behind them.
+        The interval grows with N so that the polls stay within `task_polls_per_second`; the
+        cost is delivery (a poll sees a committed answer up to one interval later). Both eras
+        let the server change it: 2025-11-25 "Requestors SHOULD respect this value", SEP-2663
+        "Clients SHOULD honor this value ... MAY change over the lifetime of a task". Rounded
+        up to whole `POLL_INTERVAL_STEP_MS`, at most `MAX_TASK_POLL_INTERVAL_MS`."""
+        floor = self.task_poll_interval_ms
+        if live_tasks <= 0:
+            return floor
+        needed = math.ceil(live_tasks * 1000 / self.task_polls_per_second)
+        stepped = -(-needed // POLL_INTERVAL_STEP_MS) * POLL_INTERVAL_STEP_MS
+        return max(floor, min(stepped, MAX_TASK_POLL_INTERVAL_MS))
 
     def time_limit(self, requested: int | None, default: int | None = None) -> int:
         """The call's time limit: `requested`, else `default` (the configured default), checked
