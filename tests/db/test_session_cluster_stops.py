@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -75,7 +76,11 @@ async def inner_run(tmp_path: Path) -> AsyncIterator[tuple[Path, Path]]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-async def start_inner(home: Path, pid_file: Path, **extra_env: str) -> asyncio.subprocess.Process:
+async def start_inner(
+    home: Path, pid_file: Path, *, under_shell: bool = False, **extra_env: str
+) -> asyncio.subprocess.Process:
+    """The inner run; `under_shell`: as a step of a shell script (`scripts/test`), the shell
+    staying its parent (the `echo` after it: a lone command would be exec'd)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HITL_", "SUPABASE_"))}
     env |= {
         "HITL_HOME": str(home),
@@ -83,11 +88,25 @@ async def start_inner(home: Path, pid_file: Path, **extra_env: str) -> asyncio.s
         "PYTHONPATH": str(pid_file.parent),
         **extra_env,
     }
-    return await asyncio.create_subprocess_exec(
+    argv = [
         sys.executable, "-m", "pytest", "-q", "-p", "record_pg_pid", "-p", "no:cacheprovider",
         INNER_TEST,
-        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
+    ]  # fmt: skip
+    if under_shell:
+        argv = ["bash", "-c", f'{shlex.join(argv)}; echo "pytest ended"']
+    return await asyncio.create_subprocess_exec(
+        *argv, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+
+
+async def recorded_pid(pid_file: Path) -> int:
+    """The inner run's postmaster, once the run has started its cluster."""
+
+    async def recorded() -> bool:
+        return pid_file.exists() and pid_file.read_text() != ""
+
+    await wait_until(recorded, "the inner run to start its cluster", timeout_s=150)
+    return int(pid_file.read_text())
 
 
 async def assert_stopped(home: Path, pid: int) -> None:
@@ -124,12 +143,7 @@ async def test_an_interrupted_pytest_session_stops_the_cluster_it_used(
 ) -> None:
     async with inner_run(tmp_path) as (home, pid_file):
         proc = await start_inner(home, pid_file, HOLD_RUN="1")
-
-        async def recorded() -> bool:
-            return pid_file.exists() and pid_file.read_text() != ""
-
-        await wait_until(recorded, "the inner run to start its cluster", timeout_s=150)
-        await interrupt(proc, signum, home, int(pid_file.read_text()))
+        await interrupt(proc, signum, home, await recorded_pid(pid_file))
 
 
 @pytest.mark.timeout(240)
@@ -171,27 +185,9 @@ async def test_killing_the_shell_that_started_the_run_stops_its_cluster(tmp_path
     """`scripts/test` is a shell running pytest as one of its steps: SIGTERM to that shell alone
     (as `kill <pid>` does) ends the shell at once; the run it started must not outlive it."""
     async with inner_run(tmp_path) as (home, pid_file):
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("HITL_", "SUPABASE_"))}
-        env |= {
-            "HITL_HOME": str(home),
-            "RECORD_PG_PID": str(pid_file),
-            "PYTHONPATH": str(pid_file.parent),
-            "HOLD_RUN": "1",
-        }
-        # the `echo` after pytest keeps the shell as pytest's parent (a lone command is exec'd)
-        shell = await asyncio.create_subprocess_exec(
-            "bash", "-c",
-            f'"{sys.executable}" -m pytest -q -p record_pg_pid -p no:cacheprovider'
-            f' "{INNER_TEST}"; echo "pytest ended"',
-            cwd=ROOT, env=env, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
-
-        async def recorded() -> bool:
-            return pid_file.exists() and pid_file.read_text() != ""
-
-        await wait_until(recorded, "the inner run to start its cluster", timeout_s=150)
+        shell = await start_inner(home, pid_file, under_shell=True, HOLD_RUN="1")
+        pid = await recorded_pid(pid_file)
         shell.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(shell.wait(), 30)
+        await asyncio.wait_for(shell.wait(), 30)  # the shell only: pytest may hold the pipe
         assert shell.returncode == -signal.SIGTERM  # the shell died of it, leaving pytest behind
-        await assert_stopped(home, int(pid_file.read_text()))
+        await assert_stopped(home, pid)

@@ -7,6 +7,7 @@ Postgres log's mode."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import os
@@ -186,26 +187,29 @@ async def test_headers_that_never_end_are_cut_off(monkeypatch: pytest.MonkeyPatc
         assert await asyncio.wait_for(reader.read(), 10) == b""
 
 
+async def one_past_the_cap_is_refused(url: str, pending: int, unfinished: bytes) -> None:
+    """`pending` connections each send `unfinished` and hold; one more is closed without a
+    response; once they are gone the relay serves again."""
+    async with contextlib.AsyncExitStack() as held:
+        for _ in range(pending):
+            _reader, writer = await held.enter_async_context(connection(url))
+            writer.write(unfinished)
+            await writer.drain()
+        async with connection(url) as (reader, writer):
+            writer.write(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+            refused = await asyncio.wait_for(reader.read(), 10)
+    async with httpx.AsyncClient(base_url=url) as http:
+        after = await http.get("/healthz")
+    assert refused == b""
+    assert after.status_code == 200
+
+
 async def test_connections_waiting_for_headers_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
     from hitl_relay.security.http_limits import GuardedHttpProtocol
 
     monkeypatch.setattr(GuardedHttpProtocol, "max_pending", 3)
     async with served(make_settings()) as (url, _):
-        async with (
-            connection(url) as (_r1, w1),
-            connection(url) as (_r2, w2),
-            connection(url) as (_r3, w3),
-        ):
-            for w in (w1, w2, w3):
-                w.write(b"GET /healthz HTTP/1.1\r\n")
-                await w.drain()
-            async with connection(url) as (reader, writer):
-                writer.write(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
-                refused = await asyncio.wait_for(reader.read(), 10)
-        async with httpx.AsyncClient(base_url=url) as http:
-            after = await http.get("/healthz")
-    assert refused == b""
-    assert after.status_code == 200
+        await one_past_the_cap_is_refused(url, 3, b"GET /healthz HTTP/1.1\r\n")
 
 
 UNFINISHED_BODY = (
@@ -233,17 +237,7 @@ async def test_connections_still_sending_a_body_count_against_the_cap(
 
     monkeypatch.setattr(GuardedHttpProtocol, "max_pending", 2)
     async with served(make_settings()) as (url, _):
-        async with connection(url) as (_r1, w1), connection(url) as (_r2, w2):
-            for w in (w1, w2):
-                w.write(UNFINISHED_BODY)
-                await w.drain()
-            async with connection(url) as (reader, writer):
-                writer.write(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
-                refused = await asyncio.wait_for(reader.read(), 10)
-        async with httpx.AsyncClient(base_url=url) as http:
-            after = await http.get("/healthz")
-    assert refused == b""
-    assert after.status_code == 200
+        await one_past_the_cap_is_refused(url, 2, UNFINISHED_BODY)
 
 
 # ---------------------------------------------------------------- values at any depth
