@@ -355,6 +355,25 @@ CREATE FUNCTION public.hitl_case_owned(p_case_id uuid, p_owner text) RETURNS boo
      where case_id = p_case_id and starts_with(idempotency_key, p_owner || ':'))
 $$;
 
+CREATE FUNCTION public.hitl_case_replies(p_case_ids uuid[]) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+  if p_case_ids is null then
+    perform public.hitl_invalid('p_case_ids', 'is required');
+  end if;
+  if cardinality(p_case_ids) > 500 then
+    perform public.hitl_invalid('p_case_ids', 'must hold at most 500 case ids');
+  end if;
+  return coalesce((
+    select jsonb_agg(jsonb_build_object('case_id', u.id) || r.reply order by u.id)
+      from (select distinct t.id from unnest(p_case_ids) as t(id) where t.id is not null) u
+      cross join lateral (select public.hitl_case_reply(u.id) as reply) r
+     where r.reply ->> 'answer' is not null or r.reply ->> 'clarification' is not null
+  ), '[]'::jsonb);
+end $$;
+
 CREATE FUNCTION public.hitl_case_reply(p_case_id uuid) RETURNS jsonb
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -3076,6 +3095,9 @@ GRANT ALL ON FUNCTION public.hitl_callbacks_claim(p_limit integer, p_lease_secon
 
 REVOKE ALL ON FUNCTION public.hitl_case_owned(p_case_id uuid, p_owner text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_case_owned(p_case_id uuid, p_owner text) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_case_replies(p_case_ids uuid[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_case_replies(p_case_ids uuid[]) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_case_reply(p_case_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_case_reply(p_case_id uuid) TO service_role;
