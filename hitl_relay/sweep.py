@@ -56,6 +56,7 @@ class WaitingCalls:
         self._waits: dict[anyio.CancelScope, CallRecord] = {}
         self._since: dict[anyio.CancelScope, float] = {}  # when each began waiting (monotonic)
         self._someone_waits = anyio.Event()  # the catch-up's wake-up from idle
+        self._ticking: anyio.CancelScope | None = None  # the catch-up's timer, while it runs
         # A failure seen since the last sweep, whether one runs, and whether another must follow
         # it (a failure and a success during it).
         self._failed_since_sweep = False
@@ -82,6 +83,8 @@ class WaitingCalls:
         finally:
             del self._waits[scope]
             del self._since[scope]
+            if not self._waits and self._ticking is not None:
+                self._ticking.cancel()  # no timer while no call waits
 
     def drain(self) -> None:
         """No new waits; every waiting call ends now (its wait reads once more and falls back)."""
@@ -184,8 +187,11 @@ class WaitingCalls:
             if not self._waits:
                 self._someone_waits = anyio.Event()
                 await self._someone_waits.wait()
-            await self.clock.sleep(self.catch_up_interval_s)
-            await self.catch_up()
+            with anyio.CancelScope() as self._ticking:  # the last wait to end cancels it
+                await self.clock.sleep(self.catch_up_interval_s)
+            self._ticking = None
+            if self._waits:
+                await self.catch_up()
 
     async def catch_up(self) -> None:
         """Read the cases of the calls waiting at least `catch_up_interval_s` in batches; end
