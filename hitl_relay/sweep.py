@@ -26,7 +26,7 @@ import anyio.abc
 from loguru import logger
 
 from hitl_relay.calls import CallRecord
-from hitl_relay.errors import PlatformUnavailable
+from hitl_relay.errors import HitlError, PlatformUnavailable
 from hitl_relay.ports import CATCH_UP_BATCH_MAX, Answer, CaseStore, Clarification, Clock
 from hitl_relay.resilience import BreakerState, CircuitBreaker
 
@@ -212,12 +212,12 @@ class WaitingCalls:
             self.catch_up_reads += 1
             try:
                 found = await self.store.replies(case_ids)
-            except PlatformUnavailable as e:
+            except HitlError as e:  # also a refusal: older SQL than this relay's must not kill it
                 if not self._catch_up_failing:
                     logger.bind(waiting=len(due)).warning(
                         "periodic catch-up read of {} waiting call(s) failed: {}",
                         len(due),
-                        e.detail,
+                        e,
                     )
                 self._catch_up_failing = True
                 self.read_failed()
