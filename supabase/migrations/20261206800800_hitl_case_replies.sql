@@ -15,9 +15,21 @@ begin
     perform public.hitl_invalid('p_case_ids', 'must hold at most 500 case ids');
   end if;
   return coalesce((
-    select jsonb_agg(jsonb_build_object('case_id', u.id) || r.reply order by u.id)
-      from (select distinct t.id from unnest(p_case_ids) as t(id) where t.id is not null) u
-      cross join lateral (select public.hitl_case_reply(u.id) as reply) r
+    -- Most waiting cases have no reply yet: only a case with an answer or a human question back
+    -- can have one, and finding those as a set (joins, not a function call per id) keeps a read
+    -- of 500 waiting cases cheap; hitl_case_reply then decides for the few found.
+    with ids as (
+      select distinct t.id from unnest(p_case_ids) as t(id) where t.id is not null
+    ), candidates as (
+      select c.id from public.cases c join ids on ids.id = c.id
+       where c.answer_message_id is not null
+      union
+      select m.case_id from public.messages m join ids on ids.id = m.case_id
+       where m.sender_type = 'human' and m.kind = 'clarification'
+    )
+    select jsonb_agg(jsonb_build_object('case_id', k.id) || r.reply order by k.id)
+      from candidates k
+      cross join lateral (select public.hitl_case_reply(k.id) as reply) r
      where r.reply ->> 'answer' is not null or r.reply ->> 'clarification' is not null
   ), '[]'::jsonb);
 end $$;
