@@ -26,6 +26,9 @@ def _unprefixed(name: str) -> Any:
     return AliasChoices(name, f"HITL_{name}")
 
 
+# A catch-up read more often than this would poll the platform rather than back Realtime up.
+MIN_CATCH_UP_INTERVAL_S = 0.5
+
 # The names the security part is given by (its fields and their environment aliases).
 _SECURITY_NAMES = frozenset(SecuritySettings.model_fields) | {
     str(choice)
@@ -85,6 +88,9 @@ class Settings(BaseSettings):
     task_polls_per_second: float = Field(50.0, gt=0, le=100_000)
     # How often a waiting call sends an MCP progress notification.
     progress_interval_seconds: float = Field(5.0, gt=0, le=60)
+    # While calls wait, their cases are read in one batch this often (0: never): Realtime drops
+    # broadcasts without telling anyone (over a plan's messages per second, for one).
+    catch_up_interval_seconds: float = Field(5.0, ge=0, le=60)
     # How long a case stays answerable by operators (and `get_human_answer`); None: platform's 1 h.
     case_ttl_seconds: int | None = Field(None, ge=60, le=7 * 86400)
 
@@ -167,6 +173,13 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("catch_up_interval_seconds")
+    @classmethod
+    def _check_catch_up(cls, value: float) -> float:
+        if 0 < value < MIN_CATCH_UP_INTERVAL_S:
+            raise ValueError(f"must be 0 (off) or at least {MIN_CATCH_UP_INTERVAL_S}")
+        return value
+
     @field_validator("supabase_url")
     @classmethod
     def _check_url(cls, value: str | None) -> str | None:
@@ -217,6 +230,7 @@ class Settings(BaseSettings):
             max_timeout_s=self.max_timeout_seconds,
             platform_timeout_s=self.platform_timeout_seconds,
             progress_interval_s=self.progress_interval_seconds,
+            catch_up_interval_s=self.catch_up_interval_seconds,
             no_operator_answers_at_once=self.no_operator_answers_at_once,
             case_ttl_s=self.case_ttl_seconds,
             callback_url=self.security.callback_url,

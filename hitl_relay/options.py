@@ -64,6 +64,9 @@ class RelayOptions:
     platform_timeout_s: float = 5.0
     # How often a waiting call reports progress.
     progress_interval_s: float = 5.0
+    # How often the cases of the calls waiting (at least this long) are read in one batch, for
+    # answers whose broadcast Realtime dropped (0: never).
+    catch_up_interval_s: float = 5.0
     # With nobody present on `operators`: record the case and answer `no_operator` at once.
     no_operator_answers_at_once: bool = True
     # How long a case stays answerable (None: the platform's default).

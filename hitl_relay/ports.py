@@ -30,7 +30,7 @@ except `anyio`/`asyncio` cancellation, which every method must let through untou
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -78,6 +78,7 @@ from hitl_relay.service_ports import AuditStore, CallbackOutbox, RateLimitStore
 # The values and the operations ports live in their own modules; re-exported here, the one
 # import path the core, the adapters and the tests use.
 __all__ = [
+    "CATCH_UP_BATCH_MAX",
     "EXPECTED_SCHEMA_VERSION",
     "Answer",
     "Backend",
@@ -123,6 +124,10 @@ __all__ = [
 # version and bumps this constant (tests/db/test_schema_version.py enforces both); the readiness
 # probe (`hitl_relay.readiness`) compares against it.
 EXPECTED_SCHEMA_VERSION = "20261206900000"
+
+# The most case ids one batched catch-up read (`CaseStore.replies`) takes; `hitl_case_replies`
+# refuses more (the contract tests hold both stores to it).
+CATCH_UP_BATCH_MAX = 500
 
 
 @runtime_checkable
@@ -231,6 +236,16 @@ class CaseStore(Protocol):
         catch-up. An answer always wins over a clarification.
 
         Read-only, so safe to retry. Raises `PlatformUnavailable`.
+        """
+        ...
+
+    async def replies(self, case_ids: Sequence[UUID]) -> dict[UUID, Answer | Clarification]:
+        """`hitl_case_replies`: `reply` for several cases in one read, keyed by case id; only the
+        cases that have an answer or a pending clarification are in it (the relay's periodic
+        catch-up for broadcasts Realtime dropped). At most `CATCH_UP_BATCH_MAX` ids.
+
+        Read-only, so safe to retry. Raises `InvalidRequest("p_case_ids", rule)` over the
+        bound, `PlatformUnavailable` otherwise.
         """
         ...
 

@@ -78,7 +78,7 @@ class Relay:
         self.clock: Clock = clock or SystemClock()
         self.breaker = breaker
         self.observer: Observer = observer or LogObserver()
-        self.calls = WaitingCalls(self.store, breaker)
+        self.calls = WaitingCalls(self.store, breaker, self.clock, options.catch_up_interval_s)
         self.results = Results(options.fallbacks, self.clock.monotonic)
         self.waiter = CaseWaiter(
             self.store, self.channel, self.clock, self.observer, self.calls, options
@@ -92,15 +92,23 @@ class Relay:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Relay]:
         """Serve with background closing (a call's session is closed after its result is
-        returned) and recovery sweeps. On exit, the closes still pending finish (each bounded
-        by the platform timeout). Without it (tests of the core), `ask` closes the session
-        before returning."""
+        returned), recovery sweeps and the periodic catch-up read. On exit, the closes still
+        pending finish (each bounded by the platform timeout). Without it (tests of the core),
+        `ask` closes the session before returning."""
         async with anyio.create_task_group() as tg:
             self.calls.background = tg
+            catching_up = anyio.CancelScope()  # its own scope: the pending closes must finish
+            if self.options.catch_up_interval_s > 0:
+                tg.start_soon(self._catch_up, catching_up)
             try:
                 yield self
             finally:
+                catching_up.cancel()
                 self.calls.background = None
+
+    async def _catch_up(self, scope: anyio.CancelScope) -> None:
+        with scope:
+            await self.calls.catch_up_forever()
 
     @property
     def draining(self) -> bool:

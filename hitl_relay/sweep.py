@@ -1,5 +1,5 @@
 """The calls waiting for their answer, and what happens to all of them at once: the drain on
-shutdown, and the recovery sweep after a platform failure.
+shutdown, the recovery sweep after a platform failure, and the periodic catch-up read.
 
 After a failure (a call could not open or join, a read failed), the next success starts one
 sweep: every waiting call's case is read once, and a call whose answer or clarification is there
@@ -7,6 +7,12 @@ ends with it. Realtime may have lost its database connection meanwhile with the 
 joined, and then the broadcasts committed in between never come (its broadcast-from-database
 replication slot is temporary); without the sweep those calls would find their answer only with
 the last read at their deadline.
+
+Realtime also drops broadcasts without telling anyone (over a plan's messages per second: 100/s
+on Supabase's Free plan), with nothing failing on the relay's side. So while calls wait, every
+`catch_up_interval_s` the cases of those waiting at least that long are read in one batch
+(`CaseStore.replies`, at most `CATCH_UP_BATCH_MAX` per read) and each call whose answer or
+clarification is there ends with it, as the sweep ends them. Nothing is read while no call waits.
 """
 
 from __future__ import annotations
@@ -20,8 +26,8 @@ import anyio.abc
 from loguru import logger
 
 from hitl_relay.calls import CallRecord
-from hitl_relay.errors import PlatformUnavailable
-from hitl_relay.ports import CaseStore
+from hitl_relay.errors import HitlError, PlatformUnavailable
+from hitl_relay.ports import CATCH_UP_BATCH_MAX, Answer, CaseStore, Clarification, Clock
 from hitl_relay.resilience import BreakerState, CircuitBreaker
 
 # Reads one recovery sweep runs at once (the store bounds all RPCs too; new calls go first).
@@ -33,24 +39,42 @@ class WaitingCalls:
     waiting on an event: thousands of calls wait at once), the platform's health as the calls
     see it (told to the breaker), and the sweep that follows a failure."""
 
-    def __init__(self, store: CaseStore, breaker: CircuitBreaker | None) -> None:
+    def __init__(
+        self,
+        store: CaseStore,
+        breaker: CircuitBreaker | None,
+        clock: Clock,
+        catch_up_interval_s: float = 0.0,
+    ) -> None:
         self.store = store
         self.breaker = breaker
+        self.clock = clock
+        self.catch_up_interval_s = catch_up_interval_s
         # Set while serving (`Relay.running()`): the sweep runs there.
         self.background: anyio.abc.TaskGroup | None = None
         self.draining = False
         self._waits: dict[anyio.CancelScope, CallRecord] = {}
+        self._since: dict[anyio.CancelScope, float] = {}  # when each began waiting (monotonic)
+        self._someone_waits = anyio.Event()  # the catch-up's wake-up from idle
+        self._ticking: anyio.CancelScope | None = None  # the catch-up's timer, while it runs
         # A failure seen since the last sweep, whether one runs, and whether another must follow
         # it (a failure and a success during it).
         self._failed_since_sweep = False
         self._sweeping = False
         self._sweep_again = False
         self.sweeps = 0  # sweeps run, for tests and the log
+        # Catch-up reads (RPCs) made and calls they ended, for tests, the log and benchmarks;
+        # whether the last one failed (a failure is logged once, not every interval).
+        self.catch_up_reads = 0
+        self.caught_up = 0
+        self._catch_up_failing = False
 
     @contextmanager
     def waiting(self, scope: anyio.CancelScope, call: CallRecord) -> Iterator[None]:
         """`call` waits under `scope` meanwhile (a drain or a sweep may cancel it)."""
         self._waits[scope] = call
+        self._since[scope] = self.clock.monotonic()
+        self._someone_waits.set()
         if self.draining:  # the drain ran between this call's start and now
             call.drained = True
             scope.cancel()
@@ -58,6 +82,9 @@ class WaitingCalls:
             yield
         finally:
             del self._waits[scope]
+            del self._since[scope]
+            if not self._waits and self._ticking is not None:
+                self._ticking.cancel()  # no timer while no call waits
 
     def drain(self) -> None:
         """No new waits; every waiting call ends now (its wait reads once more and falls back)."""
@@ -148,7 +175,73 @@ class WaitingCalls:
             except PlatformUnavailable:
                 self._failed_since_sweep = True  # the next success sweeps again
                 return
-        if found is not None and scope in self._waits:
+        if found is not None and self._end(scope, call, found):
             ended.append(call.case_id)
-            call.swept = found
-            scope.cancel()  # its wait ends with what was found
+
+    # ------------------------------------------------------------ the periodic catch-up
+
+    async def catch_up_forever(self) -> None:
+        """Every `catch_up_interval_s` while calls wait, one catch-up (`catch_up`); idle (no
+        timer, no read) while none waits. Runs until cancelled, in the serving task group."""
+        while True:
+            if not self._waits:
+                self._someone_waits = anyio.Event()
+                await self._someone_waits.wait()
+            with anyio.CancelScope() as self._ticking:  # the last wait to end cancels it
+                await self.clock.sleep(self.catch_up_interval_s)
+            self._ticking = None
+            if self._waits:
+                await self.catch_up()
+
+    async def catch_up(self) -> None:
+        """Read the cases of the calls waiting at least `catch_up_interval_s` in batches; end
+        each call whose answer or clarification is there. A failed read ends no call: it counts
+        like any failed read (the next success sweeps) and is logged once until reads work."""
+        if self.draining:
+            return
+        oldest = self.clock.monotonic() - self.catch_up_interval_s
+        due = [
+            (scope, call)
+            for scope, call in self._waits.items()
+            if self._since[scope] <= oldest and call.case_id is not None and call.swept is None
+        ]
+        ended = 0
+        for start in range(0, len(due), CATCH_UP_BATCH_MAX):
+            batch = due[start : start + CATCH_UP_BATCH_MAX]
+            case_ids = list(dict.fromkeys(call.case_id for _, call in batch if call.case_id))
+            self.catch_up_reads += 1
+            try:
+                found = await self.store.replies(case_ids)
+            except HitlError as e:  # also a refusal: older SQL than this relay's must not kill it
+                if not self._catch_up_failing:
+                    logger.bind(waiting=len(due)).warning(
+                        "periodic catch-up read of {} waiting call(s) failed: {}",
+                        len(due),
+                        e,
+                    )
+                self._catch_up_failing = True
+                self.read_failed()
+                return
+            self._catch_up_failing = False
+            for scope, call in batch:
+                reply = found.get(call.case_id) if call.case_id is not None else None
+                if reply is not None and self._end(scope, call, reply):
+                    ended += 1
+        if ended:
+            self.caught_up += ended
+            logger.bind(waiting=len(due), ended=ended).info(
+                "periodic catch-up read: {} of {} waiting call(s) had an answer "
+                "no broadcast brought",
+                ended,
+                len(due),
+            )
+
+    def _end(
+        self, scope: anyio.CancelScope, call: CallRecord, found: Answer | Clarification
+    ) -> bool:
+        """End a waiting call with what a read found, unless it ended meanwhile."""
+        if scope not in self._waits or call.swept is not None:
+            return False
+        call.swept = found
+        scope.cancel()  # its wait ends with what was found
+        return True

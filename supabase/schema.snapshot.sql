@@ -355,6 +355,37 @@ CREATE FUNCTION public.hitl_case_owned(p_case_id uuid, p_owner text) RETURNS boo
      where case_id = p_case_id and starts_with(idempotency_key, p_owner || ':'))
 $$;
 
+CREATE FUNCTION public.hitl_case_replies(p_case_ids uuid[]) RETURNS jsonb
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+  if p_case_ids is null then
+    perform public.hitl_invalid('p_case_ids', 'is required');
+  end if;
+  if cardinality(p_case_ids) > 500 then
+    perform public.hitl_invalid('p_case_ids', 'must hold at most 500 case ids');
+  end if;
+  return coalesce((
+    -- Most waiting cases have no reply yet: only a case with an answer or a human question back
+    -- can have one, and finding those as a set (joins, not a function call per id) keeps a read
+    -- of 500 waiting cases cheap; hitl_case_reply then decides for the few found.
+    with ids as (
+      select distinct t.id from unnest(p_case_ids) as t(id) where t.id is not null
+    ), candidates as (
+      select c.id from public.cases c join ids on ids.id = c.id
+       where c.answer_message_id is not null
+      union
+      select m.case_id from public.messages m join ids on ids.id = m.case_id
+       where m.sender_type = 'human' and m.kind = 'clarification'
+    )
+    select jsonb_agg(jsonb_build_object('case_id', k.id) || r.reply order by k.id)
+      from candidates k
+      cross join lateral (select public.hitl_case_reply(k.id) as reply) r
+     where r.reply ->> 'answer' is not null or r.reply ->> 'clarification' is not null
+  ), '[]'::jsonb);
+end $$;
+
 CREATE FUNCTION public.hitl_case_reply(p_case_id uuid) RETURNS jsonb
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
@@ -3076,6 +3107,9 @@ GRANT ALL ON FUNCTION public.hitl_callbacks_claim(p_limit integer, p_lease_secon
 
 REVOKE ALL ON FUNCTION public.hitl_case_owned(p_case_id uuid, p_owner text) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_case_owned(p_case_id uuid, p_owner text) TO service_role;
+
+REVOKE ALL ON FUNCTION public.hitl_case_replies(p_case_ids uuid[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.hitl_case_replies(p_case_ids uuid[]) TO service_role;
 
 REVOKE ALL ON FUNCTION public.hitl_case_reply(p_case_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION public.hitl_case_reply(p_case_id uuid) TO service_role;

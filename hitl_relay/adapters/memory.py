@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -61,6 +61,7 @@ from hitl_relay.models import (
     option_rule,
 )
 from hitl_relay.ports import (
+    CATCH_UP_BATCH_MAX,
     EXPECTED_SCHEMA_VERSION,
     Answer,
     Backend,
@@ -108,6 +109,7 @@ class MemoryPlatform(MemoryChannelSide):
         self.leaves = 0
         self.rpc_calls: list[str] = []
         self.replies_read: list[UUID] = []  # the case of each `reply` read, in order
+        self.batches_read: list[list[UUID]] = []  # the cases of each `replies` read, in order
         # `operator_activity` rows with status available: (operator id, started_at, last_seen_at).
         self.availability: list[tuple[str, datetime, datetime]] = []
         self.case_secrets: dict[UUID, str] = {}
@@ -427,6 +429,19 @@ class MemoryCaseStore(MemoryCaseUpkeep):
         self._p.replies_read.append(case_id)
         self._p._rpc("reply")
         return self._answer_of(case_id) or self._pending_of(case_id)
+
+    async def replies(self, case_ids: Sequence[UUID]) -> dict[UUID, Answer | Clarification]:
+        await anyio.lowlevel.checkpoint()
+        self._p._rpc("replies")
+        if len(case_ids) > CATCH_UP_BATCH_MAX:
+            raise InvalidRequest("p_case_ids", f"must hold at most {CATCH_UP_BATCH_MAX} case ids")
+        self._p.batches_read.append(list(case_ids))
+        found: dict[UUID, Answer | Clarification] = {}
+        for case_id in case_ids:
+            reply = self._answer_of(case_id) or self._pending_of(case_id)
+            if reply is not None:
+                found[case_id] = reply
+        return found
 
     async def close_session(
         self, session_id: UUID, status: SessionOutcome, detail: Mapping[str, Any] | None = None

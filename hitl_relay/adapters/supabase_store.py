@@ -1,9 +1,9 @@
 """`CaseStore` over PostgREST RPC (supabase-py `AsyncClient`), as the service role.
 
 Each method is one RPC, one transaction on the platform (`hitl_open_case`,
-`hitl_open_case_no_operator`, `hitl_case_reply`, `hitl_case_status`, `hitl_close_session`, and
-for the clarification loop `hitl_continue_case` and `hitl_call_history`). Errors are translated
-once, here:
+`hitl_open_case_no_operator`, `hitl_case_reply` and its batch `hitl_case_replies`,
+`hitl_case_status`, `hitl_close_session`, and for the clarification loop `hitl_continue_case`
+and `hitl_call_history`). Errors are translated once, here:
 
 - PostgREST `P0001` (our functions' `RAISE ... USING DETAIL = field, HINT = rule`) →
   `InvalidRequest(field, rule)`; the one exception is `p_session_id` / "no such session" →
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -200,23 +200,30 @@ class SupabaseCaseStore:
     async def reply(self, case_id: UUID) -> Answer | Clarification | None:
         data = await self._rpc("hitl_case_reply", {"p_case_id": str(case_id)})
         try:
-            if not isinstance(data, Mapping):
-                raise ShapeError(f"expected an object, got {data!r}")
-            answer, clarification = data.get("answer"), data.get("clarification")
-            if answer is not None:
-                if not isinstance(answer, Mapping):
-                    raise ShapeError(f"answer: expected an object or null, got {answer!r}")
-                return parse_answer(answer)
-            if clarification is not None:
-                if not isinstance(clarification, Mapping):
-                    raise ShapeError(
-                        f"clarification: expected an object or null, got {clarification!r}"
-                    )
-                return parse_clarification(clarification)
-            return None
+            return _reply(data)
         except ShapeError as e:
             raise PlatformUnavailable(
                 f"hitl_case_reply returned an unexpected reply: {e}"
+            ) from None
+
+    async def replies(self, case_ids: Sequence[UUID]) -> dict[UUID, Answer | Clarification]:
+        ids = [str(case_id) for case_id in case_ids]
+        data = await self._rpc("hitl_case_replies", {"p_case_ids": ids})
+        try:
+            if not isinstance(data, list):
+                raise ShapeError(f"expected an array, got {data!r}")
+            found: dict[UUID, Answer | Clarification] = {}
+            for entry in data:
+                if not isinstance(entry, Mapping):
+                    raise ShapeError(f"expected an object per case, got {entry!r}")
+                reply = _reply(entry)
+                if reply is None:
+                    raise ShapeError(f"an entry with neither answer nor clarification: {entry!r}")
+                found[parse_uuid(entry.get("case_id"))] = reply
+            return found
+        except ShapeError as e:
+            raise PlatformUnavailable(
+                f"hitl_case_replies returned an unexpected reply: {e}"
             ) from None
 
     async def call_history(self, call_id: str) -> list[ThreadEntry]:
@@ -315,3 +322,19 @@ def _opened(fn: str, data: Any) -> OpenedCase:
         return parse_opened(data)
     except ShapeError as e:
         raise PlatformUnavailable(f"{fn} returned an unexpected reply: {e}") from None
+
+
+def _reply(data: Any) -> Answer | Clarification | None:
+    """One `hitl_case_reply` object: the answer if there is one, else the clarification."""
+    if not isinstance(data, Mapping):
+        raise ShapeError(f"expected an object, got {data!r}")
+    answer, clarification = data.get("answer"), data.get("clarification")
+    if answer is not None:
+        if not isinstance(answer, Mapping):
+            raise ShapeError(f"answer: expected an object or null, got {answer!r}")
+        return parse_answer(answer)
+    if clarification is not None:
+        if not isinstance(clarification, Mapping):
+            raise ShapeError(f"clarification: expected an object or null, got {clarification!r}")
+        return parse_clarification(clarification)
+    return None

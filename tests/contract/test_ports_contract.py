@@ -17,6 +17,7 @@ from contract_support import ContractPorts
 
 from hitl_relay.errors import InvalidRequest, NotFound
 from hitl_relay.ports import (
+    CATCH_UP_BATCH_MAX,
     Answer,
     ChannelEvent,
     HumanMessage,
@@ -161,6 +162,39 @@ async def test_the_reply_is_none_until_an_operator_answers_then_the_first_answer
     assert (answer.message_id, answer.case_id) == (first, opened.case_id)
     assert (answer.content, answer.kind) == ("Yes, Saturday works", "answer")
     assert answer.created_at.tzinfo is not None
+
+
+async def test_the_batched_read_returns_each_cases_reply_for_the_cases_that_have_one(
+    ports: ContractPorts,
+) -> None:
+    answered, asked_back, both, silent = [
+        (await ports.store.open_case(open_request())).case_id for _ in range(4)
+    ]
+    assert await ports.store.replies([answered, silent]) == {}
+    await ports.operator.answer(answered, "Yes, Saturday works")
+    await ports.operator.answer(asked_back, "Which order?", kind="clarification")
+    await ports.operator.answer(both, "Which order?", kind="clarification")
+    await ports.operator.answer(both, "No.")
+    found = await ports.store.replies([answered, asked_back, both, silent, uuid.uuid4()])
+    assert set(found) == {answered, asked_back, both}
+    for case_id, reply in found.items():
+        assert reply == await ports.store.reply(case_id)  # exactly what one read returns
+    assert isinstance(found[both], Answer)  # an answer wins over a clarification
+    assert found[both].content == "No."
+    assert found[asked_back].content == "Which order?"
+
+
+async def test_the_batched_read_takes_at_most_its_bound_of_ids(ports: ContractPorts) -> None:
+    opened = await ports.store.open_case(open_request())
+    await ports.operator.answer(opened.case_id, "Yes.")
+    ids = [opened.case_id] + [uuid.uuid4() for _ in range(CATCH_UP_BATCH_MAX - 1)]
+    assert set(await ports.store.replies(ids)) == {opened.case_id}
+    with pytest.raises(InvalidRequest) as e:
+        await ports.store.replies([*ids, uuid.uuid4()])
+    assert (e.value.field, e.value.rule) == (
+        "p_case_ids",
+        f"must hold at most {CATCH_UP_BATCH_MAX} case ids",
+    )
 
 
 async def test_close_moves_only_a_waiting_session(ports: ContractPorts) -> None:

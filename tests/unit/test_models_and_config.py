@@ -228,3 +228,23 @@ def test_a_publishable_key_as_the_service_key_is_refused_by_name(
         "SUPABASE_SERVICE_ROLE_KEY: is a publishable key (sb_publishable_…), which acts as anon; "
         "the relay needs a secret key (sb_secret_…) or the service_role key"
     ]
+
+
+def test_the_catch_up_interval_is_off_at_zero_and_refused_below_half_a_second(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HITL_BACKEND", "memory")
+    assert load_settings().relay_options().catch_up_interval_s == 5.0
+    monkeypatch.setenv("HITL_CATCH_UP_INTERVAL_SECONDS", "0")
+    assert load_settings().relay_options().catch_up_interval_s == 0.0
+    monkeypatch.setenv("HITL_CATCH_UP_INTERVAL_SECONDS", "0.1")
+    with pytest.raises(ConfigError) as e:
+        load_settings()
+    assert e.value.problems == ["HITL_CATCH_UP_INTERVAL_SECONDS: must be 0 (off) or at least 0.5"]
+    monkeypatch.setenv("HITL_CATCH_UP_INTERVAL_SECONDS", "61")
+    with pytest.raises(ConfigError) as e:
+        load_settings()
+    assert e.value.problems == [
+        "HITL_CATCH_UP_INTERVAL_SECONDS: Input should be less than or equal to 60"
+    ]
