@@ -52,6 +52,12 @@ class PlatformUnavailable(HitlError):
         super().__init__(detail)
 
 
+class SchemaBehind(PlatformUnavailable):
+    """The database has no such function: a migration this relay needs is not applied (for
+    example one dated before the newest applied one, which `supabase db push` skips without
+    `--include-all`). Postgres answered; asking again changes nothing until the migrations run."""
+
+
 class NotFound(HitlError):
     """The named object (a case id, usually) does not exist or is not visible."""
 

@@ -26,7 +26,7 @@ import anyio.abc
 from loguru import logger
 
 from hitl_relay.calls import CallRecord
-from hitl_relay.errors import HitlError, PlatformUnavailable
+from hitl_relay.errors import HitlError, PlatformUnavailable, SchemaBehind
 from hitl_relay.ports import CATCH_UP_BATCH_MAX, Answer, CaseStore, Clarification, Clock
 from hitl_relay.resilience import BreakerState, CircuitBreaker
 
@@ -183,7 +183,7 @@ class WaitingCalls:
     async def catch_up_forever(self) -> None:
         """Every `catch_up_interval_s` while calls wait, one catch-up (`catch_up`); idle (no
         timer, no read) while none waits. Runs until cancelled, in the serving task group."""
-        while True:
+        while self.catch_up_interval_s > 0:
             if not self._waits:
                 self._someone_waits = anyio.Event()
                 await self._someone_waits.wait()
@@ -212,6 +212,16 @@ class WaitingCalls:
             self.catch_up_reads += 1
             try:
                 found = await self.store.replies(case_ids)
+            except SchemaBehind as e:
+                # Not a failing platform: every tick would fail alike, and counting it as a
+                # failed read would sweep every waiting call after each one. Off until restart.
+                logger.warning(
+                    "periodic catch-up read off: {} (apply the migrations: hitl-relay migrate,"
+                    " or supabase db push --include-all)",
+                    e,
+                )
+                self.catch_up_interval_s = 0.0
+                return
             except HitlError as e:  # also a refusal: older SQL than this relay's must not kill it
                 if not self._catch_up_failing:
                     logger.bind(waiting=len(due)).warning(

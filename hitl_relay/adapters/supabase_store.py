@@ -43,7 +43,7 @@ from hitl_relay.adapters.supabase_shapes import (
     parse_time,
     parse_uuid,
 )
-from hitl_relay.errors import InvalidRequest, NotFound, PlatformUnavailable
+from hitl_relay.errors import InvalidRequest, NotFound, PlatformUnavailable, SchemaBehind
 from hitl_relay.ports import (
     Answer,
     Clarification,
@@ -67,6 +67,10 @@ INSTANCE_HEADER = "x-hitl-instance"
 TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError, OSError, TimeoutError)
 
 
+# PostgREST's "function not found" (PGRST202); the devstack answers with Postgres' 42883.
+MISSING_FUNCTION_CODES = ("PGRST202", "42883")
+
+
 def api_error(fn: str, e: APIError) -> InvalidRequest | NotFound | PlatformUnavailable:
     """PostgREST's error body → the relay's error tree (see the module docstring)."""
     if e.code == "P0001":
@@ -75,7 +79,10 @@ def api_error(fn: str, e: APIError) -> InvalidRequest | NotFound | PlatformUnava
         if field == "p_session_id" and rule == "no such session":
             return NotFound("session")
         return InvalidRequest(field, rule)
-    return PlatformUnavailable(f"{fn}: {e.code or '?'} {e.message or ''}".rstrip())
+    detail = f"{fn}: {e.code or '?'} {e.message or ''}".rstrip()
+    if e.code in MISSING_FUNCTION_CODES:
+        return SchemaBehind(detail)
+    return PlatformUnavailable(detail)
 
 
 # RPCs in flight at once (and the HTTP client's connection limit: `build_platform`).

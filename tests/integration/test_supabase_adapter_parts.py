@@ -23,7 +23,7 @@ from hitl_relay.adapters.supabase_channel import SupabasePresence
 from hitl_relay.adapters.supabase_shapes import ShapeError, parse_answer, parse_opened
 from hitl_relay.adapters.supabase_store import api_error
 from hitl_relay.adapters.supabase_tasks import parse_task
-from hitl_relay.errors import InvalidRequest, NotFound, PlatformUnavailable
+from hitl_relay.errors import InvalidRequest, NotFound, PlatformUnavailable, SchemaBehind
 from hitl_relay.ports import Answer
 
 
@@ -65,6 +65,17 @@ def test_every_other_platform_error_is_platform_unavailable_with_its_code(
     error = api_error("hitl_open_case", APIError({"code": code, "message": message}))
     assert isinstance(error, PlatformUnavailable)
     assert error.detail == f"hitl_open_case: {code} {message}"
+
+
+@pytest.mark.parametrize(
+    ("code", "missing"),
+    [("PGRST202", True), ("42883", True), ("42501", False), ("502", False)],
+)
+def test_a_missing_function_is_told_apart_as_a_schema_behind(code: str, missing: bool) -> None:
+    """PostgREST's 'function not found' (PGRST202; Postgres' 42883) says a migration is missing:
+    still a platform failure to every caller, but one that asking again cannot fix."""
+    error = api_error("hitl_case_replies", APIError({"code": code, "message": "m"}))
+    assert isinstance(error, SchemaBehind) is missing
 
 
 def test_a_reply_without_the_contracts_shape_is_refused() -> None:

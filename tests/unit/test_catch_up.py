@@ -14,6 +14,7 @@ from relay_support import Rig, ask_request, asking, memory_rig
 from hitl_relay.adapters.memory import MemoryPlatform
 from hitl_relay.calls import CallRecord
 from hitl_relay.clock import FakeClock
+from hitl_relay.errors import SchemaBehind
 from hitl_relay.ports import CATCH_UP_BATCH_MAX, Answer, OpenCase
 from hitl_relay.sweep import WaitingCalls
 
@@ -162,3 +163,36 @@ async def test_more_waiting_calls_than_one_read_takes_are_read_in_batches() -> N
     assert scopes[-1].cancel_called
     assert not any(scope.cancel_called for scope in scopes[:-1])
     assert calls.caught_up == 1
+
+
+class MissingFunctionStore:
+    """A database where `hitl_case_replies` was never applied (e.g. `db push` without
+    `--include-all` skipped a migration dated before the newest applied one)."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    async def replies(self, case_ids: object) -> dict[UUID, Answer]:
+        self.reads += 1
+        raise SchemaBehind("hitl_case_replies: PGRST202 Could not find the function")
+
+
+async def test_a_database_without_the_batched_read_turns_it_off_without_sweeping() -> None:
+    """Every tick would fail alike; counted as failed reads, each would make the next success
+    read every waiting call one by one (a sweep)."""
+    clock = FakeClock()
+    store = MissingFunctionStore()
+    calls = WaitingCalls(store, None, clock, INTERVAL)  # type: ignore[arg-type]
+    scope = anyio.CancelScope()
+    async with anyio.create_task_group() as tg:
+        calls.background = tg
+        with calls.waiting(scope, CallRecord(started=0, call_id="c", case_id=uuid4())):
+            clock.advance(INTERVAL)
+            await calls.catch_up()
+            await calls.catch_up_forever()  # returns at once: off
+            calls.record(CallRecord(started=0, call_id="d"), failure=None)  # a success
+            await anyio.wait_all_tasks_blocked()
+    assert store.reads == 1
+    assert calls.catch_up_interval_s == 0
+    assert calls.sweeps == 0  # no sweep: the store has no `reply`, a sweep would have failed
+    assert not scope.cancel_called  # the call still waits
