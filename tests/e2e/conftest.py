@@ -5,6 +5,7 @@ does in production, so 200 concurrent calls are not throttled by sharing one cor
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -148,6 +149,11 @@ async def relay_child(devstack: DevstackProcess, **overrides: str) -> AsyncItera
         yield RelayChild(child, f"http://127.0.0.1:{port}")
     finally:
         await child.stop()
+        # Shown by pytest only when the test fails (captured output): what the relay logged.
+        with contextlib.suppress(OSError):
+            log = child.log_path.read_text(errors="replace").splitlines()
+            print(f"---- last lines of the relay's log ({child.log_path.name}) ----")
+            print("\n".join(log[-80:]))
 
 
 @dataclass
