@@ -16,6 +16,7 @@ from hitl_relay.adapters.supabase import (
     build_platform,
 )
 from hitl_relay.config import Settings, load_settings
+from hitl_relay.models import AskHumanRequest
 from hitl_relay.ports import ChannelEvent, OpenCase, Subscription
 
 # Quick enough for tests: reconnect attempts at most 0.3 s apart, pings every second.
@@ -72,6 +73,18 @@ def open_request(**overrides: Any) -> OpenCase:
     }
     values.update(overrides)
     return OpenCase(**values)
+
+
+def ask_request(**overrides: Any) -> AskHumanRequest:
+    """An agent's `ask_human` with its own call id, for the relay over the adapter."""
+    values: dict[str, Any] = {
+        "question": "Can we deliver on Saturday?",
+        "session_id": "s-1",
+        "call_id": f"call-{uuid.uuid4().hex[:8]}",
+        "agent_id": "agent-1",
+    }
+    values.update(overrides)
+    return AskHumanRequest(**values)
 
 
 async def next_of(sub: Subscription, kind: type[E], within_s: float = 5.0) -> E:

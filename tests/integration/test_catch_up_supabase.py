@@ -14,11 +14,10 @@ import uuid
 
 import pytest
 from devstack_clients import Operator
-from integration_support import FAST, settings_for, wait_presence
+from integration_support import FAST, ask_request, settings_for, wait_presence
 
 from hitl_devstack.server import Devstack
 from hitl_relay.adapters.supabase import build_platform
-from hitl_relay.models import AskHumanRequest
 from hitl_relay.relay import Relay
 
 INTERVAL_S = 1.0
@@ -40,13 +39,7 @@ async def test_an_answer_whose_broadcast_realtime_dropped_arrives_with_the_next_
             await operator.go_online()
             await wait_presence(platform.presence, lambda n: n == 1)
             relay = Relay(platform.backend(), settings.relay_options())
-            request = AskHumanRequest(
-                question="Can we deliver on Saturday?",
-                session_id="s-1",
-                call_id=f"call-{uuid.uuid4().hex[:8]}",
-                agent_id="agent-1",
-                timeout_seconds=DEADLINE_S,
-            )
+            request = ask_request(timeout_seconds=DEADLINE_S)
             async with relay.running():
                 ask = asyncio.create_task(relay.ask(request))
                 case_id = uuid.UUID(str((await operator.next_case_opened())["case_id"]))

@@ -19,6 +19,7 @@ from devstack_clients import Operator, insert_message, service_client
 from fault_proxy import FaultProxy
 from integration_support import (
     FAST,
+    ask_request,
     next_of,
     open_request,
     platform_on,
@@ -448,8 +449,6 @@ async def test_presence_is_unknown_while_the_platform_is_down_and_returns_after(
 async def test_the_relay_returns_an_operators_answer_through_the_adapter(
     devstack: Devstack,
 ) -> None:
-    from hitl_relay.models import AskHumanRequest
-
     settings = settings_for(devstack.url, devstack.keys.service_role_key)
     platform = await build_platform(settings.platform_options(), tuning=FAST)
     try:
@@ -457,13 +456,7 @@ async def test_the_relay_returns_an_operators_answer_through_the_adapter(
             await operator.go_online()
             await wait_presence(platform.presence, lambda n: n == 1)
             relay = Relay(platform.backend(), settings.relay_options())
-            request = AskHumanRequest(
-                question="Can we deliver on Saturday?",
-                session_id="s-1",
-                call_id=f"call-{uuid.uuid4().hex[:8]}",
-                agent_id="agent-1",
-                timeout_seconds=20,
-            )
+            request = ask_request(timeout_seconds=20)
             ask = asyncio.create_task(relay.ask(request))
             # The operators' console hears `case_opened` and answers it.
             case_id = uuid.UUID(str((await operator.next_case_opened())["case_id"]))
