@@ -8,6 +8,12 @@ joined, and then the broadcasts committed in between never come (its broadcast-f
 replication slot is temporary); without the sweep those calls would find their answer only with
 the last read at their deadline.
 
+The sweep reads in batches (`CaseStore.replies`, at most `CATCH_UP_BATCH_MAX` cases per RPC, one
+RPC at a time), as the catch-up does: a failure is most likely when the platform is overloaded,
+and one read per waiting call then (thousands of RPCs with thousands waiting) made the overload
+worse, each timeout starting the next sweep. Only a database without the batched read is swept
+call by call.
+
 Realtime also drops broadcasts without telling anyone (over a plan's messages per second: 100/s
 on Supabase's Free plan), with nothing failing on the relay's side. So while calls wait, every
 `catch_up_interval_s` the cases of those waiting at least that long are read in one batch
@@ -63,10 +69,11 @@ class WaitingCalls:
         self._sweeping = False
         self._sweep_again = False
         self.sweeps = 0  # sweeps run, for tests and the log
-        # Catch-up reads (RPCs) made and calls they ended, for tests, the log and benchmarks;
-        # whether the last one failed (a failure is logged once, not every interval).
-        self.catch_up_reads = 0
+        # Batched reads (RPCs: catch-ups and sweeps) made and calls the catch-up ended, for
+        # tests, the log and benchmarks; whether the last catch-up failed (logged once).
+        self.batch_reads = 0
         self.caught_up = 0
+        self._batched = True  # False once the database showed it lacks the batched read
         self._catch_up_failing = False
 
     @contextmanager
@@ -143,21 +150,39 @@ class WaitingCalls:
             while True:
                 self._sweep_again = False
                 self.sweeps += 1
-                waiting = list(self._waits.items())
-                limiter = anyio.CapacityLimiter(SWEEP_CONCURRENCY)
-                ended: list[UUID] = []
-                async with anyio.create_task_group() as tg:
-                    for scope, call in waiting:
-                        tg.start_soon(self._sweep_one, scope, call, limiter, ended)
-                logger.bind(waiting=len(waiting), ended=len(ended)).info(
+                waiting = [
+                    (s, c)
+                    for s, c in self._waits.items()
+                    if c.case_id is not None and c.swept is None  # not ended by a read already
+                ]
+                try:
+                    ended = await self._sweep_reads(waiting)
+                except PlatformUnavailable:
+                    self._failed_since_sweep = True  # the next success sweeps again
+                    ended = 0
+                logger.bind(waiting=len(waiting), ended=ended).info(
                     "platform back after a failure: read {} waiting call(s), {} had an answer",
                     len(waiting),
-                    len(ended),
+                    ended,
                 )
                 if not self._sweep_again:
                     return
         finally:
             self._sweeping = False
+
+    async def _sweep_reads(self, waiting: list[tuple[anyio.CancelScope, CallRecord]]) -> int:
+        if self._batched:
+            try:
+                return await self._read_batches(waiting)
+            except SchemaBehind as e:
+                self._batched = False
+                logger.warning("the recovery sweep reads call by call: {}", e)
+        limiter = anyio.CapacityLimiter(SWEEP_CONCURRENCY)
+        ended: list[UUID] = []
+        async with anyio.create_task_group() as tg:
+            for scope, call in waiting:
+                tg.start_soon(self._sweep_one, scope, call, limiter, ended)
+        return len(ended)
 
     async def _sweep_one(
         self,
@@ -205,38 +230,30 @@ class WaitingCalls:
             for scope, call in self._waits.items()
             if self._since[scope] <= oldest and call.case_id is not None and call.swept is None
         ]
-        ended = 0
-        for start in range(0, len(due), CATCH_UP_BATCH_MAX):
-            batch = due[start : start + CATCH_UP_BATCH_MAX]
-            case_ids = list(dict.fromkeys(call.case_id for _, call in batch if call.case_id))
-            self.catch_up_reads += 1
-            try:
-                found = await self.store.replies(case_ids)
-            except SchemaBehind as e:
-                # Not a failing platform: every tick would fail alike, and counting it as a
-                # failed read would sweep every waiting call after each one. Off until restart.
-                logger.warning(
-                    "periodic catch-up read off: {} (apply the migrations: hitl-relay migrate,"
-                    " or supabase db push --include-all)",
+        try:
+            ended = await self._read_batches(due)
+        except SchemaBehind as e:
+            # Not a failing platform: every tick would fail alike, and counting it as a
+            # failed read would sweep every waiting call after each one. Off until restart.
+            logger.warning(
+                "periodic catch-up read off: {} (apply the migrations: hitl-relay migrate,"
+                " or supabase db push --include-all)",
+                e,
+            )
+            self.catch_up_interval_s = 0.0
+            self._batched = False
+            return
+        except HitlError as e:  # also a refusal: older SQL than this relay's must not kill it
+            if not self._catch_up_failing:
+                logger.bind(waiting=len(due)).warning(
+                    "periodic catch-up read of {} waiting call(s) failed: {}",
+                    len(due),
                     e,
                 )
-                self.catch_up_interval_s = 0.0
-                return
-            except HitlError as e:  # also a refusal: older SQL than this relay's must not kill it
-                if not self._catch_up_failing:
-                    logger.bind(waiting=len(due)).warning(
-                        "periodic catch-up read of {} waiting call(s) failed: {}",
-                        len(due),
-                        e,
-                    )
-                self._catch_up_failing = True
-                self.read_failed()
-                return
-            self._catch_up_failing = False
-            for scope, call in batch:
-                reply = found.get(call.case_id) if call.case_id is not None else None
-                if reply is not None and self._end(scope, call, reply):
-                    ended += 1
+            self._catch_up_failing = True
+            self.read_failed()
+            return
+        self._catch_up_failing = False
         if ended:
             self.caught_up += ended
             logger.bind(waiting=len(due), ended=ended).info(
@@ -245,6 +262,24 @@ class WaitingCalls:
                 ended,
                 len(due),
             )
+
+    async def _read_batches(self, due: list[tuple[anyio.CancelScope, CallRecord]]) -> int:
+        """Read the cases of `due` (`CATCH_UP_BATCH_MAX` per RPC, one RPC at a time) and end
+        each call whose answer or clarification is there; how many ended. A store error stops
+        the reading (raised): the calls not read yet wait on."""
+        ended = 0
+        for start in range(0, len(due), CATCH_UP_BATCH_MAX):
+            batch = [(s, c) for s, c in due[start : start + CATCH_UP_BATCH_MAX] if s in self._waits]
+            case_ids = list(dict.fromkeys(call.case_id for _, call in batch if call.case_id))
+            if not case_ids:
+                continue  # they all ended meanwhile
+            self.batch_reads += 1
+            found = await self.store.replies(case_ids)
+            for scope, call in batch:
+                reply = found.get(call.case_id) if call.case_id is not None else None
+                if reply is not None and self._end(scope, call, reply):
+                    ended += 1
+        return ended
 
     def _end(
         self, scope: anyio.CancelScope, call: CallRecord, found: Answer | Clarification

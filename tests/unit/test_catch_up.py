@@ -6,6 +6,7 @@ caller after about one interval, not at the deadline. On the memory twin with a 
 from __future__ import annotations
 
 from contextlib import ExitStack
+from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
 import anyio
@@ -79,7 +80,7 @@ async def test_nothing_is_read_and_no_timer_runs_while_no_call_waits() -> None:
             rig.clock.advance(INTERVAL)
             await anyio.wait_all_tasks_blocked()
     assert "replies" not in rig.platform.rpc_calls
-    assert rig.relay.calls.catch_up_reads == 0
+    assert rig.relay.calls.batch_reads == 0
 
 
 async def test_calls_waiting_less_than_an_interval_are_not_read_yet() -> None:
@@ -196,3 +197,121 @@ async def test_a_database_without_the_batched_read_turns_it_off_without_sweeping
     assert calls.catch_up_interval_s == 0
     assert calls.sweeps == 0  # no sweep: the store has no `reply`, a sweep would have failed
     assert not scope.cancel_called  # the call still waits
+
+
+def waiting_calls_on(
+    stack: ExitStack, calls: WaitingCalls, case_ids: list[UUID]
+) -> list[tuple[anyio.CancelScope, CallRecord]]:
+    """One waiting call per case (its scope and record), waiting until `stack` closes."""
+    waits = []
+    for i, case_id in enumerate(case_ids):
+        scope, record = anyio.CancelScope(), CallRecord(started=0, call_id=f"c{i}", case_id=case_id)
+        stack.enter_context(calls.waiting(scope, record))
+        waits.append((scope, record))
+    return waits
+
+
+async def answered_case(platform: MemoryPlatform, text: str) -> UUID:
+    opened = await platform.store.open_case(
+        OpenCase(
+            case_id=uuid4(),
+            question="Refund allowed?",
+            mcp_session_id="s",
+            retell_call_id="c",
+            retell_agent_id="a",
+            timeout_seconds=DEADLINE,
+        )
+    )
+    await platform.operator.answer(opened.case_id, text)
+    return opened.case_id
+
+
+async def test_the_recovery_sweep_reads_in_batches_not_one_rpc_per_waiting_call() -> None:
+    """A failure is likeliest when the platform is overloaded: a sweep of one read per waiting
+    call (thousands of RPCs) made it worse, each timeout starting the next sweep."""
+    clock = FakeClock()
+    platform = MemoryPlatform(clock=clock)
+    calls = WaitingCalls(platform.store, None, clock)  # no periodic catch-up: only the sweep
+    answered = await answered_case(platform, "Yes.")
+    case_ids = [uuid4() for _ in range(2 * CATCH_UP_BATCH_MAX)] + [answered]
+    with ExitStack() as stack:
+        waits = waiting_calls_on(stack, calls, case_ids)
+        async with anyio.create_task_group() as tg:
+            calls.background = tg
+            calls.read_failed()
+            calls.record(CallRecord(started=0, call_id="next"), failure=None)  # the next success
+    assert calls.sweeps == 1
+    assert [len(batch) for batch in platform.batches_read] == [CATCH_UP_BATCH_MAX] * 2 + [1]
+    assert platform.replies_read == []  # no read call by call
+    scope, record = waits[-1]
+    assert isinstance(record.swept, Answer)
+    assert record.swept.content == "Yes."
+    assert scope.cancel_called
+    assert not any(scope.cancel_called for scope, _ in waits[:-1])
+
+
+async def test_a_failed_batch_stops_the_sweep_and_the_next_success_sweeps_again() -> None:
+    clock = FakeClock()
+    platform = MemoryPlatform(clock=clock)
+    calls = WaitingCalls(platform.store, None, clock)
+    answered = await answered_case(platform, "Yes.")
+    case_ids = [uuid4() for _ in range(CATCH_UP_BATCH_MAX)] + [answered]
+    with ExitStack() as stack:
+        waits = waiting_calls_on(stack, calls, case_ids)
+        async with anyio.create_task_group() as tg:
+            calls.background = tg
+            platform.faults.fail_rpc("replies")
+            calls.read_failed()
+            calls.record(CallRecord(started=0, call_id="next"), failure=None)
+        assert platform.batches_read == []  # the first batch failed: nothing more was asked
+        assert not waits[-1][0].cancel_called
+        async with anyio.create_task_group() as tg:
+            calls.background = tg
+            calls.record(CallRecord(started=0, call_id="again"), failure=None)
+    assert calls.sweeps == 2
+    assert [len(batch) for batch in platform.batches_read] == [CATCH_UP_BATCH_MAX, 1]
+    assert waits[-1][0].cancel_called
+
+
+class ReplyOnlyStore:
+    """A database without `hitl_case_replies` (a migration skipped): only `reply` works."""
+
+    def __init__(self, answered: UUID) -> None:
+        self.answered = answered
+        self.batched = 0
+        self.single: list[UUID] = []
+
+    async def replies(self, case_ids: object) -> dict[UUID, Answer]:
+        self.batched += 1
+        raise SchemaBehind("hitl_case_replies: PGRST202 Could not find the function")
+
+    async def reply(self, case_id: UUID) -> Answer | None:
+        self.single.append(case_id)
+        if case_id != self.answered:
+            return None
+        return Answer(
+            message_id=uuid4(),
+            case_id=case_id,
+            content="Yes.",
+            kind="answer",
+            sender_id="operator",
+            created_at=datetime.now(UTC),
+        )
+
+
+async def test_without_the_batched_read_the_sweep_reads_call_by_call() -> None:
+    answered = uuid4()
+    store = ReplyOnlyStore(answered)
+    calls = WaitingCalls(store, None, FakeClock())  # type: ignore[arg-type]
+    case_ids = [uuid4(), answered]
+    with ExitStack() as stack:
+        waits = waiting_calls_on(stack, calls, case_ids)
+        for sweep in ("first", "second"):
+            async with anyio.create_task_group() as tg:
+                calls.background = tg
+                calls.read_failed()
+                calls.record(CallRecord(started=0, call_id=sweep), failure=None)
+    assert store.batched == 1  # asked once, then known to be missing
+    assert sorted(store.single) == sorted([*case_ids, case_ids[0]])  # the answered one ended
+    assert waits[1][0].cancel_called
+    assert not waits[0][0].cancel_called
