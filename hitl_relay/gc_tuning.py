@@ -28,15 +28,23 @@ prometheus_client.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from loguru import logger
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector, CollectorRegistry
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -91,6 +99,25 @@ class GcMetrics(Collector):
             "Objects in the collector's permanent generation, never walked (hitl_relay.gc_tuning).",
             value=gc.get_freeze_count(),
         )
+        yield CounterMetricFamily(
+            "hitl_gc_freeze_passes",
+            "FreezePolicy passes: a young collection, then the survivors frozen.",
+            value=COUNTS.freeze_passes,
+        )
+        full = CounterMetricFamily(
+            "hitl_gc_unfreeze_passes",
+            "FreezePolicy full passes (unfreeze, full collection, freeze), by why: within the "
+            "pause budget, or forced by the cap on objects frozen since the last one.",
+            labels=["reason"],
+        )
+        full.add_metric(["budget"], COUNTS.budget_passes)
+        full.add_metric(["cap"], COUNTS.cap_passes)
+        yield full
+        yield CounterMetricFamily(
+            "hitl_gc_unfreeze_collected_objects",
+            "Unreachable objects the FreezePolicy's full passes found (cycles among frozen ones).",
+            value=COUNTS.collected,
+        )
 
 
 def census() -> dict[str, Any]:
@@ -137,9 +164,125 @@ def install(registry: CollectorRegistry) -> GcMetrics:
     return recorder
 
 
-def tune(full_every: int) -> None:
-    """Freeze what exists now and make full collections rarer (see the module docstring)."""
+def tune(full_every: int) -> float:
+    """Freeze what exists now and make full collections rarer (see the module docstring).
+    Returns the seconds per object the full collection before the freeze took: the
+    FreezePolicy's first estimate of what a full pass costs."""
+    started = time.perf_counter()
     gc.collect()
+    pause = time.perf_counter() - started
     gc.freeze()
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, full_every)
+    return pause / max(gc.get_freeze_count(), 1)
+
+
+@dataclass
+class PolicyCounts:
+    """What the FreezePolicy did, in plain integers (read by GcMetrics.collect)."""
+
+    freeze_passes: int = 0
+    budget_passes: int = 0
+    cap_passes: int = 0
+    collected: int = 0
+
+
+COUNTS = PolicyCounts()
+
+
+@dataclass(frozen=True)
+class GcApi:
+    """The collector functions the policy calls (tests inject fakes)."""
+
+    collect: Callable[[int], int] = gc.collect
+    freeze: Callable[[], None] = gc.freeze
+    unfreeze: Callable[[], None] = gc.unfreeze
+    frozen: Callable[[], int] = gc.get_freeze_count
+
+
+# A full pass is due once the objects frozen since the last one reach a quarter of what it left
+# frozen (CPython's own rule for its full collection) and at least this many.
+MIN_GROWTH = 10_000
+
+
+class FreezePolicy:
+    """Keeps long-waiting calls out of every automatic collection (see the module docstring):
+    each `interval_s` a young collection then `gc.freeze()`; a full pass (unfreeze, full
+    collection, freeze) when its estimated pause fits `budget_s`, or when `cap_objects` objects
+    were frozen since the last one, whatever it costs."""
+
+    def __init__(
+        self,
+        seconds_per_object: float,
+        *,
+        interval_s: float = 1.0,
+        budget_s: float = 0.05,
+        cap_objects: int = 20_000_000,
+        api: GcApi | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        counts: PolicyCounts = COUNTS,
+    ) -> None:
+        self.seconds_per_object = seconds_per_object
+        self.interval_s = interval_s
+        self.budget_s = budget_s
+        self.cap_objects = cap_objects
+        self._gc = api or GcApi()
+        self._clock = clock
+        self._sleep = sleep
+        self.counts = counts
+        self.frozen_since_full = 0  # objects frozen by the passes since the last full pass
+        self._left_frozen = self._gc.frozen()  # what the last full pass (or the start) left
+        self._capped_before = False
+
+    def step(self) -> str:
+        """One pass; returns which: "freeze", "budget" or "cap"."""
+        due = self.frozen_since_full >= max(MIN_GROWTH, self._left_frozen // 4)
+        frozen = self._gc.frozen()
+        if due and frozen * self.seconds_per_object <= self.budget_s:
+            self._full_pass(frozen)
+            self.counts.budget_passes += 1
+            return "budget"
+        if (since := self.frozen_since_full) >= self.cap_objects:
+            pause = self._full_pass(frozen)
+            self.counts.cap_passes += 1
+            if not self._capped_before:
+                self._capped_before = True
+                logger.warning(
+                    "gc: {} objects frozen since the last full collection (the cap); "
+                    "ran one over {} objects in {:.3f} s (logged once; "
+                    'hitl_gc_unfreeze_passes_total{{reason="cap"}} counts them)',
+                    since,
+                    frozen,
+                    pause,
+                )
+            return "cap"
+        self._gc.collect(1)
+        self._gc.freeze()
+        self.frozen_since_full += max(self._gc.frozen() - frozen, 0)
+        self.counts.freeze_passes += 1
+        return "freeze"
+
+    def _full_pass(self, frozen: int) -> float:
+        started = self._clock()
+        self._gc.unfreeze()
+        collected = self._gc.collect(2)
+        self._gc.freeze()
+        pause = self._clock() - started
+        self.seconds_per_object = pause / max(frozen, 1)
+        self.counts.collected += collected
+        self.frozen_since_full = 0
+        self._left_frozen = self._gc.frozen()
+        logger.debug(
+            "gc: full pass over {} frozen objects in {:.1f} ms, {} unreachable",
+            frozen,
+            pause * 1000,
+            collected,
+        )
+        return pause
+
+    async def run(self) -> None:
+        """Pass every `interval_s` until cancelled (the server cancels it when it stops)."""
+        while True:
+            await self._sleep(self.interval_s)
+            self.step()
