@@ -1,23 +1,37 @@
 """The cyclic garbage collector, set for a process that keeps thousands of calls waiting.
 
-A waiting call holds about 460 objects the collector tracks (coroutines, tasks, cancel scopes
+A waiting call holds about 530 objects the collector tracks (coroutines, tasks, cancel scopes
 and events of the MCP transport, sse-starlette and its Realtime channel) for up to a minute.
 CPython's full collection (generation 2) walks every tracked object with the event loop
-stopped. Measured with 1,000 waiting calls (docs/benchmarks.md): a full collection every 6 s,
-each 100-330 ms long and growing with the calls; every call arriving and every answer landing
-during one waited for it, which was the case-creation p99 of 200-250 ms.
+stopped: about 0.3 ms per waiting call on the benchmark machine, so seconds at 10,000 waiting
+(docs/benchmarks.md), and every call arriving and every answer landing during one waits for it.
 
 `tune()` runs once the app is built and before it serves:
 
-- `gc.freeze()` moves what exists then (the imported libraries: about 105,000 objects in
+- `gc.freeze()` moves what exists then (the imported libraries: about 107,000 objects in
   `hitl-relay serve`) to the permanent generation, so no collection walks it again;
 - the full collection runs after `full_every` young-generation (1) collections instead of 10.
-  CPython still skips it until the long-lived objects grew by a quarter since the last one.
 
-What stays: a full collection, when one runs, still walks every waiting call (about 0.3 ms per
-call on the benchmark machine); it runs less often. Almost all of a call's objects are freed by
-reference counting when it ends (a full collection with 1,000 waiting calls found about 350
-unreachable objects), so running it less often costs little memory.
+`FreezePolicy` then keeps the waiting calls themselves out of every automatic collection
+(`hitl-relay serve` runs it in its event loop; `HITL_GC_FREEZE_INTERVAL_SECONDS`, 0: off):
+
+- every second, a young collection (`gc.collect(1)`: generations 0 and 1 only, well under a
+  millisecond) frees the cycles that died young, then `gc.freeze()` moves the survivors (the
+  calls still waiting) to the permanent generation. An automatic full collection then walks
+  only what was promoted since the last pass. A frozen object freed by reference counting is
+  really freed (CPython 3.11's `gc.freeze` splices the generation lists into the permanent one;
+  deallocation unlinks an object from whichever list holds it), and almost all of a call's
+  objects go that way when it ends: only cycles among frozen objects wait for a full pass.
+- a full pass (`gc.unfreeze()`, `gc.collect(2)`, `gc.freeze()`) reclaims those cycles. It walks
+  everything frozen, start-up objects included, so it runs only when its pause fits a budget
+  (50 ms): estimated as the frozen count times the seconds per object the last full pass (at
+  first `tune()`'s) measured, i.e. when few calls wait. It is due once the objects frozen since
+  the last one reach a quarter of what that one left frozen (CPython's own rule), so an idle
+  relay makes none.
+- a cap bounds what can pile up when calls never stop waiting: after `cap_objects` (20
+  million, about 40,000 calls' objects) frozen since the last full pass, one runs whatever it
+  costs (seconds at 10,000 waiting), logged once and counted in
+  `hitl_gc_unfreeze_passes_total{reason="cap"}`.
 
 `hitl_gc_pause_seconds{generation}` on /metrics shows each collection's pause, and
 `hitl_gc_frozen_objects` what `tune()` froze (0: not tuned, e.g. the relay embedded in another

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from loguru import logger
 from prometheus_client import CollectorRegistry, generate_latest
 
 from hitl_relay import gc_tuning, metrics
@@ -176,14 +177,14 @@ def test_the_cap_forces_a_full_pass_whatever_it_costs_and_warns_once(
     fake = FakeGc(1_000_000, clock, 1e-6)  # a full pass: a second, far over the budget
     policy = policy_over(fake, clock, counts, seconds_per_object=1e-6, cap_objects=50_000)
     warnings: list[str] = []
-    sink = gc_tuning.logger.add(lambda m: warnings.append(str(m)), level="WARNING")
+    sink = logger.add(lambda m: warnings.append(str(m)), level="WARNING")
     try:
         passes = []
         for _ in range(12):
             fake.pending = 10_000
             passes.append(policy.step())
     finally:
-        gc_tuning.logger.remove(sink)
+        logger.remove(sink)
     # 10,000 frozen per pass: the 6th pass finds 50,000 frozen since the last full one
     assert passes == ["freeze"] * 5 + ["cap"] + ["freeze"] * 5 + ["cap"]
     assert counts.cap_passes == 2
@@ -236,7 +237,7 @@ def test_frozen_cycles_leave_every_full_collection_until_the_policy_unfreezes() 
         a, b = Node(), Node()
         a.peer, b.peer = b, a
         pairs.append(a)
-    reclaimed = []
+    reclaimed: list[weakref.ref[Node]] = []
     refs = [weakref.ref(a, reclaimed.append) for a in pairs]
     frozen_before = gc.get_freeze_count()
     assert policy.step() == "freeze"
@@ -253,3 +254,32 @@ def test_frozen_cycles_leave_every_full_collection_until_the_policy_unfreezes() 
     assert len(reclaimed) == n
     assert counts.collected >= 2 * n
     assert gc.get_freeze_count() > 0  # the survivors are frozen again
+
+
+async def test_the_served_relay_runs_the_policy_and_stops_it_with_itself() -> None:
+    """`hitl-relay serve`'s server passes while it serves and leaves no task behind."""
+    import uvicorn
+    from starlette.applications import Starlette
+
+    from hitl_relay.http_app import RelayServer
+
+    clock, counts = FakeClock(), gc_tuning.PolicyCounts()
+    fake = FakeGc(100_000, clock, 1e-7)
+    passed = asyncio.Event()
+    never = asyncio.Event()
+
+    async def sleep(_: float) -> None:
+        if counts.freeze_passes:
+            passed.set()
+            await never.wait()
+
+    policy = gc_tuning.FreezePolicy(1e-7, api=fake.api(), clock=clock, sleep=sleep, counts=counts)
+    config = uvicorn.Config(Starlette(), host="127.0.0.1", port=0, lifespan="off", log_config=None)
+    server = RelayServer(config, drain_timeout_s=1.0, gc_policy=policy)
+    serving = asyncio.create_task(server.serve())
+    await asyncio.wait_for(passed.wait(), timeout=10)
+    [loop_task] = [t for t in asyncio.all_tasks() if t.get_name() == "gc-freeze-policy"]
+    server.should_exit = True
+    await asyncio.wait_for(serving, timeout=10)
+    assert loop_task.cancelled()
+    assert counts.freeze_passes == 1
