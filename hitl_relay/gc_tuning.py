@@ -15,19 +15,22 @@ stopped: about 0.3 ms per waiting call on the benchmark machine, so seconds at 1
 `FreezePolicy` then keeps the waiting calls themselves out of every automatic collection
 (`hitl-relay serve` runs it in its event loop; `HITL_GC_FREEZE_INTERVAL_SECONDS`, 0: off):
 
-- every second, a young collection (`gc.collect(1)`: generations 0 and 1 only, well under a
-  millisecond) frees the cycles that died young, then `gc.freeze()` moves the survivors (the
-  calls still waiting) to the permanent generation. An automatic full collection then walks
-  only what was promoted since the last pass. A frozen object freed by reference counting is
-  really freed (CPython 3.11's `gc.freeze` splices the generation lists into the permanent one;
+- every second, a young collection (`gc.collect(1)`: generations 0 and 1 only, what was
+  allocated since the last pass; p50 4 ms on the busy benchmark machine at 2,000 waiting, as the
+  automatic ones) frees the cycles that died young, then `gc.freeze()` moves the survivors (the
+  calls still waiting) to the permanent generation. An automatic full collection then walks only
+  what was promoted since the last pass. A frozen object freed by reference counting is really
+  freed (CPython 3.11's `gc.freeze` splices the generation lists into the permanent one;
   deallocation unlinks an object from whichever list holds it), and almost all of a call's
   objects go that way when it ends: only cycles among frozen objects wait for a full pass.
 - a full pass (`gc.unfreeze()`, `gc.collect(2)`, `gc.freeze()`) reclaims those cycles. It walks
   everything frozen, start-up objects included, so it runs only when its pause fits a budget
-  (50 ms): estimated as the frozen count times the seconds per object the last full pass (at
-  first `tune()`'s) measured, i.e. when few calls wait. It is due once the objects frozen since
-  the last one reach a quarter of what that one left frozen (CPython's own rule), so an idle
-  relay makes none.
+  (50 ms), i.e. when few calls wait: estimated as the allocated memory blocks times the seconds
+  per block the last full pass (at first `tune()`'s collection) took. It is due once the
+  objects frozen since the last one reach a quarter of what that one left frozen (CPython's own
+  rule), so an idle relay makes none. Nothing in a pass walks the frozen objects: counting them
+  (`gc.get_freeze_count()`) walks the whole list, 18 ns per object measured, about 100 ms with
+  10,000 calls waiting; `hitl_gc_frozen_objects` then shows the policy's own count.
 - a cap bounds what can pile up when calls never stop waiting: after `cap_objects` (20
   million, about 40,000 calls' objects) frozen since the last full pass, one runs whatever it
   costs (seconds at 10,000 waiting), logged once and counted in
@@ -108,10 +111,12 @@ class GcMetrics(Collector):
                 buckets.append((_le(bound), float(cumulative)))
             family.add_metric([str(generation)], buckets, self._sums[generation])
         yield family
+        frozen = COUNTS.frozen
         yield GaugeMetricFamily(
             "hitl_gc_frozen_objects",
-            "Objects in the collector's permanent generation, never walked (hitl_relay.gc_tuning).",
-            value=gc.get_freeze_count(),
+            "Objects in the collector's permanent generation, never walked (hitl_relay.gc_tuning;"
+            " with the FreezePolicy running, an upper bound kept without walking them).",
+            value=gc.get_freeze_count() if frozen is None else frozen,
         )
         yield CounterMetricFamily(
             "hitl_gc_freeze_passes",
@@ -180,15 +185,15 @@ def install(registry: CollectorRegistry) -> GcMetrics:
 
 def tune(full_every: int) -> float:
     """Freeze what exists now and make full collections rarer (see the module docstring).
-    Returns the seconds per object the full collection before the freeze took: the
-    FreezePolicy's first estimate of what a full pass costs."""
+    Returns the seconds per allocated memory block the full collection before the freeze took:
+    the FreezePolicy's first estimate of what a full pass costs."""
     started = time.perf_counter()
     gc.collect()
     pause = time.perf_counter() - started
     gc.freeze()
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, full_every)
-    return pause / max(gc.get_freeze_count(), 1)
+    return pause / max(sys.getallocatedblocks(), 1)
 
 
 @dataclass
@@ -199,9 +204,20 @@ class PolicyCounts:
     budget_passes: int = 0
     cap_passes: int = 0
     collected: int = 0
+    # Objects frozen: counted at the last full pass (or the start) plus those frozen since; an
+    # upper bound, as frozen objects freed by reference counting are not subtracted. Counting
+    # them exactly (`gc.get_freeze_count()`) walks the whole list: 18 ns per object measured,
+    # about 100 ms with 10,000 calls waiting. None: no policy running.
+    frozen: int | None = None
 
 
 COUNTS = PolicyCounts()
+
+
+def _unfrozen() -> int:
+    # After a young collection, generation 2 holds everything not frozen (the young ones are
+    # empty): what the freeze is about to move, counted without walking the frozen objects.
+    return len(gc.get_objects(generation=2))
 
 
 @dataclass(frozen=True)
@@ -212,6 +228,8 @@ class GcApi:
     freeze: Callable[[], None] = gc.freeze
     unfreeze: Callable[[], None] = gc.unfreeze
     frozen: Callable[[], int] = gc.get_freeze_count
+    unfrozen: Callable[[], int] = _unfrozen
+    blocks: Callable[[], int] = sys.getallocatedblocks
 
 
 # A full pass is due once the objects frozen since the last one reach a quarter of what it left
@@ -223,11 +241,16 @@ class FreezePolicy:
     """Keeps long-waiting calls out of every automatic collection (see the module docstring):
     each `interval_s` a young collection then `gc.freeze()`; a full pass (unfreeze, full
     collection, freeze) when its estimated pause fits `budget_s`, or when `cap_objects` objects
-    were frozen since the last one, whatever it costs."""
+    were frozen since the last one, whatever it costs.
+
+    The estimate is the allocated memory blocks (`sys.getallocatedblocks()`: a sum over
+    pymalloc's pools, well under a millisecond) times the seconds per block the last full pass
+    took: it shrinks as soon as calls end, which the number of frozen objects cannot show
+    without walking them all."""
 
     def __init__(
         self,
-        seconds_per_object: float,
+        seconds_per_block: float,
         *,
         interval_s: float = 1.0,
         budget_s: float = 0.05,
@@ -237,7 +260,7 @@ class FreezePolicy:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         counts: PolicyCounts = COUNTS,
     ) -> None:
-        self.seconds_per_object = seconds_per_object
+        self.seconds_per_block = seconds_per_block
         self.interval_s = interval_s
         self.budget_s = budget_s
         self.cap_objects = cap_objects
@@ -252,51 +275,58 @@ class FreezePolicy:
     def step(self) -> str:
         """One pass; returns which: "freeze", "budget" or "cap"."""
         due = self.frozen_since_full >= max(MIN_GROWTH, self._left_frozen // 4)
-        frozen = self._gc.frozen()
-        if due and frozen * self.seconds_per_object <= self.budget_s:
-            self._full_pass(frozen)
+        if due and self._gc.blocks() * self.seconds_per_block <= self.budget_s:
+            self._full_pass()
             self.counts.budget_passes += 1
             return "budget"
         if (since := self.frozen_since_full) >= self.cap_objects:
-            pause = self._full_pass(frozen)
+            pause = self._full_pass()
             self.counts.cap_passes += 1
             if not self._capped_before:
                 self._capped_before = True
                 logger.warning(
                     "gc: {} objects frozen since the last full collection (the cap); "
-                    "ran one over {} objects in {:.3f} s (logged once; "
+                    "ran one in {:.3f} s, {} objects left frozen (logged once; "
                     'hitl_gc_unfreeze_passes_total{{reason="cap"}} counts them)',
                     since,
-                    frozen,
                     pause,
+                    self._left_frozen,
                 )
             return "cap"
         self._gc.collect(1)
+        self.frozen_since_full += self._gc.unfrozen()
         self._gc.freeze()
-        self.frozen_since_full += max(self._gc.frozen() - frozen, 0)
         self.counts.freeze_passes += 1
+        self.counts.frozen = self._left_frozen + self.frozen_since_full
         return "freeze"
 
-    def _full_pass(self, frozen: int) -> float:
+    def _full_pass(self) -> float:
+        blocks = self._gc.blocks()
         started = self._clock()
         self._gc.unfreeze()
         collected = self._gc.collect(2)
         self._gc.freeze()
         pause = self._clock() - started
-        self.seconds_per_object = pause / max(frozen, 1)
+        self.seconds_per_block = pause / max(blocks, 1)
         self.counts.collected += collected
         self.frozen_since_full = 0
-        self._left_frozen = self._gc.frozen()
+        self._left_frozen = self._gc.frozen()  # walks them once, while walking is paid anyway
+        self.counts.frozen = self._left_frozen
         logger.debug(
-            "gc: full pass over {} frozen objects in {:.1f} ms, {} unreachable",
-            frozen,
+            "gc: full pass over {} memory blocks in {:.1f} ms, {} unreachable, {} left frozen",
+            blocks,
             pause * 1000,
             collected,
+            self._left_frozen,
         )
         return pause
 
     async def run(self) -> None:
         """Pass every `interval_s` until cancelled (the server cancels it when it stops)."""
-        while True:
-            await self._sleep(self.interval_s)
-            self.step()
+        self.counts.frozen = self._left_frozen
+        try:
+            while True:
+                await self._sleep(self.interval_s)
+                self.step()
+        finally:
+            self.counts.frozen = None

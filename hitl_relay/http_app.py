@@ -436,9 +436,9 @@ def serve(settings: Settings, app: ASGIApp) -> None:
         timeout_graceful_shutdown=int(settings.drain_timeout_seconds) + 5,
         **server_options(),
     )
-    seconds_per_object = gc_tuning.tune(settings.gc_full_collection_every)
+    seconds_per_block = gc_tuning.tune(settings.gc_full_collection_every)
     interval = settings.gc_freeze_interval_seconds
-    policy = gc_tuning.FreezePolicy(seconds_per_object, interval_s=interval) if interval else None
+    policy = gc_tuning.FreezePolicy(seconds_per_block, interval_s=interval) if interval else None
     RelayServer(config, settings.drain_timeout_seconds, policy).run()
 
 

@@ -91,26 +91,30 @@ def test_the_setting_defaults_to_100_and_names_its_rule() -> None:
 
 class FakeGc:
     """The collector as the policy sees it: a frozen count that freeze() grows by what the
-    young collections left (`pending`), and a log of every call."""
+    young collections left (`pending`), one memory block per object, and a log of every call."""
 
-    def __init__(self, frozen: int, clock: FakeClock, seconds_per_object: float) -> None:
+    def __init__(self, frozen: int, clock: FakeClock, seconds_per_block: float) -> None:
         self.frozen_count = frozen
         self.pending = 0
         self.garbage = 0  # cycles among frozen objects, found only by a full pass
         self.calls: list[str] = []
         self._clock = clock
-        self._cost = seconds_per_object
+        self._cost = seconds_per_block
 
     def api(self) -> gc_tuning.GcApi:
         return gc_tuning.GcApi(
-            collect=self.collect, freeze=self.freeze, unfreeze=self.unfreeze, frozen=self.frozen
-        )
+            collect=self.collect, freeze=self.freeze, unfreeze=self.unfreeze,
+            frozen=self.frozen, unfrozen=lambda: self.pending, blocks=self.blocks,
+        )  # fmt: skip
+
+    def blocks(self) -> int:
+        return self.frozen_count + self.pending
 
     def collect(self, generation: int) -> int:
         self.calls.append(f"collect({generation})")
         if generation < 2:
             return 0
-        self._clock.now += self.frozen_count * self._cost  # a full pass walks all of them
+        self._clock.now += self.blocks() * self._cost  # a full pass walks all of them
         found, self.garbage = self.garbage, 0
         self.frozen_count -= found
         return found
@@ -131,7 +135,7 @@ def policy_over(
     fake: FakeGc, clock: FakeClock, counts: gc_tuning.PolicyCounts, **options: Any
 ) -> gc_tuning.FreezePolicy:
     return gc_tuning.FreezePolicy(
-        options.pop("seconds_per_object", 1e-7), api=fake.api(), clock=clock, counts=counts,
+        options.pop("seconds_per_block", 1e-7), api=fake.api(), clock=clock, counts=counts,
         **options,
     )  # fmt: skip
 
@@ -145,6 +149,7 @@ def test_a_pass_collects_the_young_generations_then_freezes_their_survivors() ->
     assert fake.calls == ["collect(1)", "freeze"]  # never a full collection, never unfrozen
     assert fake.frozen_count == 103_000
     assert policy.frozen_since_full == 3_000
+    assert counts.frozen == 103_000  # an upper bound, kept without walking the frozen objects
     assert counts.freeze_passes == 1
 
 
@@ -152,14 +157,15 @@ def test_a_full_pass_runs_once_enough_was_frozen_and_only_within_the_budget() ->
     clock, counts = FakeClock(), gc_tuning.PolicyCounts()
     # 1 µs per object: 40,000 frozen objects are 40 ms (within 50 ms), 60,000 are 60 ms
     fake = FakeGc(30_000, clock, 1e-6)
-    policy = policy_over(fake, clock, counts, seconds_per_object=1e-6, budget_s=0.05)
+    policy = policy_over(fake, clock, counts, seconds_per_block=1e-6, budget_s=0.05)
     fake.pending = 10_000
     assert policy.step() == "freeze"  # now 10,000 frozen since: due from the next pass
     fake.garbage = 400
     assert policy.step() == "budget"
     assert fake.calls[-3:] == ["unfreeze", "collect(2)", "freeze"]
     assert (counts.budget_passes, counts.collected, policy.frozen_since_full) == (1, 400, 0)
-    assert policy.seconds_per_object == pytest.approx(1e-6)  # measured: 40 ms over 40,000
+    assert policy.seconds_per_block == pytest.approx(1e-6)  # measured: 40 ms over 40,000
+    assert counts.frozen == 39_600  # counted once, by the full pass
 
     # Calls arrive and stay: 20,000 more frozen (due again), but the pass would take 59.6 ms.
     fake.pending = 20_000
@@ -168,6 +174,9 @@ def test_a_full_pass_runs_once_enough_was_frozen_and_only_within_the_budget() ->
         assert policy.step() == "freeze"
     assert "unfreeze" not in fake.calls[-12:]
     assert counts.budget_passes == 1
+    # The calls end (freed by reference counting): the memory shrinks, the pass fits again.
+    fake.frozen_count = 45_000
+    assert policy.step() == "budget"
 
 
 def test_the_cap_forces_a_full_pass_whatever_it_costs_and_warns_once(
@@ -175,7 +184,7 @@ def test_the_cap_forces_a_full_pass_whatever_it_costs_and_warns_once(
 ) -> None:
     clock, counts = FakeClock(), gc_tuning.PolicyCounts()
     fake = FakeGc(1_000_000, clock, 1e-6)  # a full pass: a second, far over the budget
-    policy = policy_over(fake, clock, counts, seconds_per_object=1e-6, cap_objects=50_000)
+    policy = policy_over(fake, clock, counts, seconds_per_block=1e-6, cap_objects=50_000)
     warnings: list[str] = []
     sink = logger.add(lambda m: warnings.append(str(m)), level="WARNING")
     try:
@@ -283,3 +292,14 @@ async def test_the_served_relay_runs_the_policy_and_stops_it_with_itself() -> No
     await asyncio.wait_for(serving, timeout=10)
     assert loop_task.cancelled()
     assert counts.freeze_passes == 1
+
+
+def test_with_the_policy_running_the_gauge_reads_its_count_without_walking(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def walk() -> int:
+        raise AssertionError("gc.get_freeze_count() walks every frozen object")
+
+    monkeypatch.setattr(gc_tuning.COUNTS, "frozen", 123_456)
+    monkeypatch.setattr(gc, "get_freeze_count", walk)
+    assert sample(metrics.REGISTRY, "hitl_gc_frozen_objects") == 123_456
