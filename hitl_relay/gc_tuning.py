@@ -31,10 +31,13 @@ stopped: about 0.3 ms per waiting call on the benchmark machine, so seconds at 1
   rule), so an idle relay makes none. Nothing in a pass walks the frozen objects: counting them
   (`gc.get_freeze_count()`) walks the whole list, 18 ns per object measured, about 100 ms with
   10,000 calls waiting; `hitl_gc_frozen_objects` then shows the policy's own count.
-- a cap bounds what can pile up when calls never stop waiting: after `cap_objects` (20
-  million, about 40,000 calls' objects) frozen since the last full pass, one runs whatever it
+- a cap bounds what can pile up while calls never stop waiting: after `cap_objects` (10
+  million, about 19,000 calls' objects) frozen since the last full pass, one runs whatever it
   costs (seconds at 10,000 waiting), logged once and counted in
-  `hitl_gc_unfreeze_passes_total{reason="cap"}`.
+  `hitl_gc_unfreeze_passes_total{reason="cap"}`. Measured (docs/benchmarks.md): a call that
+  ended leaves about 90 of its ~530 objects in cycles, so up to about 1.7 million garbage
+  objects wait for the cap (under 300 MB at the ~165 bytes per object a waiting call's RSS
+  implies), reached every 8 minutes with 40 calls a second arriving.
 
 `hitl_gc_pause_seconds{generation}` on /metrics shows each collection's pause, and
 `hitl_gc_frozen_objects` what `tune()` froze (0: not tuned, e.g. the relay embedded in another
@@ -254,7 +257,7 @@ class FreezePolicy:
         *,
         interval_s: float = 1.0,
         budget_s: float = 0.05,
-        cap_objects: int = 20_000_000,
+        cap_objects: int = 10_000_000,
         api: GcApi | None = None,
         clock: Callable[[], float] = time.perf_counter,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
