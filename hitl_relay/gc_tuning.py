@@ -21,8 +21,8 @@ stopped: about 0.3 ms per waiting call on the benchmark machine, so seconds at 1
   calls still waiting) to the permanent generation. An automatic full collection then walks only
   what was promoted since the last pass. A frozen object freed by reference counting is really
   freed (CPython 3.11's `gc.freeze` splices the generation lists into the permanent one;
-  deallocation unlinks an object from whichever list holds it), and almost all of a call's
-  objects go that way when it ends: only cycles among frozen objects wait for a full pass.
+  deallocation unlinks an object from whichever list holds it), and most of a call's objects
+  go that way when it ends: only cycles among frozen objects wait for a full pass.
 - a full pass (`gc.unfreeze()`, `gc.collect(2)`, `gc.freeze()`) reclaims those cycles. It walks
   everything frozen, start-up objects included, so it runs only when its pause fits a budget
   (50 ms), i.e. when few calls wait: estimated as the allocated memory blocks times the seconds
