@@ -303,3 +303,15 @@ def test_with_the_policy_running_the_gauge_reads_its_count_without_walking(
     monkeypatch.setattr(gc_tuning.COUNTS, "frozen", 123_456)
     monkeypatch.setattr(gc, "get_freeze_count", walk)
     assert sample(metrics.REGISTRY, "hitl_gc_frozen_objects") == 123_456
+
+
+def test_the_freeze_interval_defaults_to_a_second_and_names_its_rule(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hitl_relay.config import Settings
+
+    assert Settings.model_fields["gc_freeze_interval_seconds"].default == 1.0
+    monkeypatch.setenv("HITL_GC_FREEZE_INTERVAL_SECONDS", "-1")
+    with pytest.raises(ValueError, match="gc_freeze_interval_seconds") as raised:
+        Settings()
+    assert "greater than or equal to 0" in str(raised.value)
