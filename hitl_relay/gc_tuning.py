@@ -31,13 +31,14 @@ stopped: about 0.3 ms per waiting call on the benchmark machine, so seconds at 1
   rule), so an idle relay makes none. Nothing in a pass walks the frozen objects: counting them
   (`gc.get_freeze_count()`) walks the whole list, 18 ns per object measured, about 100 ms with
   10,000 calls waiting; `hitl_gc_frozen_objects` then shows the policy's own count.
-- a cap bounds what can pile up while calls never stop waiting: after `cap_objects` (10
-  million, about 19,000 calls' objects) frozen since the last full pass, one runs whatever it
+- a cap bounds what can pile up while calls never stop waiting: after `cap_objects`
+  (`HITL_GC_FREEZE_CAP_OBJECTS`, 10 million: about 10,000 calls, as 970 objects per call were
+  frozen in the 10,000-call benchmark) frozen since the last full pass, one runs whatever it
   costs (seconds at 10,000 waiting), logged once and counted in
   `hitl_gc_unfreeze_passes_total{reason="cap"}`. Measured (docs/benchmarks.md): a call that
-  ended leaves about 90 of its ~530 objects in cycles, so up to about 1.7 million garbage
-  objects wait for the cap (under 300 MB at the ~165 bytes per object a waiting call's RSS
-  implies), reached every 8 minutes with 40 calls a second arriving.
+  ended leaves about 90 objects in cycles, so about 900,000 garbage objects at most wait for the
+  cap (about 150 MB at the ~165 bytes per object a waiting call's RSS implies), reached every 4
+  minutes with 40 calls a second arriving. A lower cap holds less memory and pauses more often.
 
 `hitl_gc_pause_seconds{generation}` on /metrics shows each collection's pause, and
 `hitl_gc_frozen_objects` what `tune()` froze (0: not tuned, e.g. the relay embedded in another

@@ -438,7 +438,11 @@ def serve(settings: Settings, app: ASGIApp) -> None:
     )
     seconds_per_block = gc_tuning.tune(settings.gc_full_collection_every)
     interval = settings.gc_freeze_interval_seconds
-    policy = gc_tuning.FreezePolicy(seconds_per_block, interval_s=interval) if interval else None
+    policy = None
+    if interval:
+        policy = gc_tuning.FreezePolicy(
+            seconds_per_block, interval_s=interval, cap_objects=settings.gc_freeze_cap_objects
+        )
     RelayServer(config, settings.drain_timeout_seconds, policy).run()
 
 

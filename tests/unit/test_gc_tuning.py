@@ -315,3 +315,15 @@ def test_the_freeze_interval_defaults_to_a_second_and_names_its_rule(
     with pytest.raises(ValueError, match="gc_freeze_interval_seconds") as raised:
         Settings()
     assert "greater than or equal to 0" in str(raised.value)
+
+
+def test_the_freeze_cap_defaults_to_ten_million_and_names_its_rule(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hitl_relay.config import Settings
+
+    assert Settings.model_fields["gc_freeze_cap_objects"].default == 10_000_000
+    monkeypatch.setenv("HITL_GC_FREEZE_CAP_OBJECTS", "1000")
+    with pytest.raises(ValueError, match="gc_freeze_cap_objects") as raised:
+        Settings()
+    assert "greater than or equal to 100000" in str(raised.value)
