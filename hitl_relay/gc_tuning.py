@@ -41,8 +41,9 @@ stopped: about 0.3 ms per waiting call on the benchmark machine, so seconds at 1
   minutes with 40 calls a second arriving. A lower cap holds less memory and pauses more often.
 
 `hitl_gc_pause_seconds{generation}` on /metrics shows each collection's pause, and
-`hitl_gc_frozen_objects` what `tune()` froze (0: not tuned, e.g. the relay embedded in another
-server). The gc callback only counts into plain integers: it may run inside any allocation,
+`hitl_gc_frozen_objects` what is frozen (0: not tuned, e.g. the relay embedded in another
+server; with the FreezePolicy running, its own count, an upper bound). The gc callback only
+counts into plain integers: it may run inside any allocation,
 including one made while a prometheus_client lock is held, so it must not call into
 prometheus_client.
 """
