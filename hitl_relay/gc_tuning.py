@@ -43,9 +43,8 @@ stopped: about 0.3 ms per waiting call on the benchmark machine, so seconds at 1
 `hitl_gc_pause_seconds{generation}` on /metrics shows each collection's pause, and
 `hitl_gc_frozen_objects` what is frozen (0: not tuned, e.g. the relay embedded in another
 server; with the FreezePolicy running, its own count, an upper bound). The gc callback only
-counts into plain integers: it may run inside any allocation,
-including one made while a prometheus_client lock is held, so it must not call into
-prometheus_client.
+counts into plain integers: it may run inside any allocation, including one made while a
+prometheus_client lock is held, so it must not call into prometheus_client.
 """
 
 from __future__ import annotations
