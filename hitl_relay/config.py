@@ -127,6 +127,12 @@ class Settings(BaseSettings):
     # The garbage collector's full collection runs after this many generation-1 collections
     # (CPython's default: 10); see hitl_relay.gc_tuning for why a relay wants it rarer.
     gc_full_collection_every: int = Field(100, ge=1, le=100_000)
+    # `hitl-relay serve` freezes the collector's survivors this often, so waiting calls leave
+    # every automatic collection (hitl_relay.gc_tuning.FreezePolicy); 0 turns that off.
+    gc_freeze_interval_seconds: float = Field(1.0, ge=0, le=60)
+    # ... and after this many objects frozen since its last full pass runs one whatever it
+    # costs, so reference cycles among frozen objects cannot pile up without bound.
+    gc_freeze_cap_objects: int = Field(10_000_000, ge=100_000, le=1_000_000_000)
 
     # The plan's success figures on /metrics (hitl_success_rate, ...): computed by the database
     # over the last `success_window_seconds`, re-read in the background at most this often.

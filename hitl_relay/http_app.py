@@ -357,15 +357,30 @@ class RelayServer(uvicorn.Server):
     than any orchestrator's grace period.
     """
 
-    def __init__(self, config: uvicorn.Config, drain_timeout_s: float) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        drain_timeout_s: float,
+        gc_policy: gc_tuning.FreezePolicy | None = None,
+    ) -> None:
         super().__init__(config)
         self._drain_timeout_s = drain_timeout_s
         self._drain_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._gc_policy = gc_policy
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)
+        policy_task = None if self._gc_policy is None else self._loop.create_task(
+            self._gc_policy.run(), name="gc-freeze-policy"
+        )  # fmt: skip
+        try:
+            await super().serve(sockets)
+        finally:
+            if policy_task is not None:
+                policy_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await policy_task
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._loop is None or self._drain_task is not None or self.should_exit:
@@ -421,8 +436,14 @@ def serve(settings: Settings, app: ASGIApp) -> None:
         timeout_graceful_shutdown=int(settings.drain_timeout_seconds) + 5,
         **server_options(),
     )
-    gc_tuning.tune(settings.gc_full_collection_every)
-    RelayServer(config, settings.drain_timeout_seconds).run()
+    seconds_per_block = gc_tuning.tune(settings.gc_full_collection_every)
+    interval = settings.gc_freeze_interval_seconds
+    policy = None
+    if interval:
+        policy = gc_tuning.FreezePolicy(
+            seconds_per_block, interval_s=interval, cap_objects=settings.gc_freeze_cap_objects
+        )
+    RelayServer(config, settings.drain_timeout_seconds, policy).run()
 
 
 class _Embedded(RelayServer):

@@ -274,16 +274,25 @@ async def _relay_channels_joined(stack: Stack) -> float:
 async def test_the_served_relay_freezes_its_startup_objects_and_times_collections(
     stack: Stack,
 ) -> None:
-    """`hitl-relay serve` tunes the garbage collector (hitl_relay.gc_tuning) before serving."""
-    async with httpx.AsyncClient() as client:
-        text = (await client.get(stack.relay_url + "/metrics")).text
-    values = {
-        line.split(" ")[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("hitl_gc_")
-    }
+    """`hitl-relay serve` tunes the garbage collector (hitl_relay.gc_tuning) before serving and
+    runs its FreezePolicy while it serves."""
+    values: dict[str, float] = {}
+
+    async def policy_passed() -> bool:
+        async with httpx.AsyncClient() as client:
+            text = (await client.get(stack.relay_url + "/metrics")).text
+        values.update(
+            (line.split(" ")[0], float(line.rsplit(" ", 1)[1]))
+            for line in text.splitlines()
+            if line.startswith("hitl_gc_")
+        )
+        return values.get("hitl_gc_freeze_passes_total", 0) >= 1
+
+    # a pass each second (HITL_GC_FREEZE_INTERVAL_SECONDS' default)
+    await wait_until(policy_passed, "the relay's first freeze pass")
     assert values["hitl_gc_frozen_objects"] > 10_000  # the imported libraries, at least
     assert values['hitl_gc_pause_seconds_count{generation="0"}'] > 0
+    assert values['hitl_gc_pause_seconds_count{generation="1"}'] > 0  # the pass's collection
 
 
 @pytest.mark.parametrize("header", [None, "Bearer wrong-key", "Basic abc"])

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import weakref
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from loguru import logger
 from prometheus_client import CollectorRegistry, generate_latest
 
 from hitl_relay import gc_tuning, metrics
@@ -83,3 +87,243 @@ def test_the_setting_defaults_to_100_and_names_its_rule() -> None:
     assert Settings.model_fields["gc_full_collection_every"].default == 100
     with pytest.raises(ValueError, match="gc_full_collection_every"):
         Settings(gc_full_collection_every=0)
+
+
+class FakeGc:
+    """The collector as the policy sees it: a frozen count that freeze() grows by what the
+    young collections left (`pending`), one memory block per object, and a log of every call."""
+
+    def __init__(self, frozen: int, clock: FakeClock, seconds_per_block: float) -> None:
+        self.frozen_count = frozen
+        self.pending = 0
+        self.garbage = 0  # cycles among frozen objects, found only by a full pass
+        self.calls: list[str] = []
+        self._clock = clock
+        self._cost = seconds_per_block
+
+    def api(self) -> gc_tuning.GcApi:
+        return gc_tuning.GcApi(
+            collect=self.collect, freeze=self.freeze, unfreeze=self.unfreeze,
+            frozen=self.frozen, unfrozen=lambda: self.pending, blocks=self.blocks,
+        )  # fmt: skip
+
+    def blocks(self) -> int:
+        return self.frozen_count + self.pending
+
+    def collect(self, generation: int) -> int:
+        self.calls.append(f"collect({generation})")
+        if generation < 2:
+            return 0
+        self._clock.now += self.blocks() * self._cost  # a full pass walks all of them
+        found, self.garbage = self.garbage, 0
+        self.frozen_count -= found
+        return found
+
+    def freeze(self) -> None:
+        self.calls.append("freeze")
+        self.frozen_count += self.pending
+        self.pending = 0
+
+    def unfreeze(self) -> None:
+        self.calls.append("unfreeze")
+
+    def frozen(self) -> int:
+        return self.frozen_count
+
+
+def policy_over(
+    fake: FakeGc, clock: FakeClock, counts: gc_tuning.PolicyCounts, **options: Any
+) -> gc_tuning.FreezePolicy:
+    return gc_tuning.FreezePolicy(
+        options.pop("seconds_per_block", 1e-7), api=fake.api(), clock=clock, counts=counts,
+        **options,
+    )  # fmt: skip
+
+
+def test_a_pass_collects_the_young_generations_then_freezes_their_survivors() -> None:
+    clock, counts = FakeClock(), gc_tuning.PolicyCounts()
+    fake = FakeGc(100_000, clock, 1e-7)
+    policy = policy_over(fake, clock, counts)
+    fake.pending = 3_000
+    assert policy.step() == "freeze"
+    assert fake.calls == ["collect(1)", "freeze"]  # never a full collection, never unfrozen
+    assert fake.frozen_count == 103_000
+    assert policy.frozen_since_full == 3_000
+    assert counts.frozen == 103_000  # an upper bound, kept without walking the frozen objects
+    assert counts.freeze_passes == 1
+
+
+def test_a_full_pass_runs_once_enough_was_frozen_and_only_within_the_budget() -> None:
+    clock, counts = FakeClock(), gc_tuning.PolicyCounts()
+    # 1 µs per object: 40,000 frozen objects are 40 ms (within 50 ms), 60,000 are 60 ms
+    fake = FakeGc(30_000, clock, 1e-6)
+    policy = policy_over(fake, clock, counts, seconds_per_block=1e-6, budget_s=0.05)
+    fake.pending = 10_000
+    assert policy.step() == "freeze"  # now 10,000 frozen since: due from the next pass
+    fake.garbage = 400
+    assert policy.step() == "budget"
+    assert fake.calls[-3:] == ["unfreeze", "collect(2)", "freeze"]
+    assert (counts.budget_passes, counts.collected, policy.frozen_since_full) == (1, 400, 0)
+    assert policy.seconds_per_block == pytest.approx(1e-6)  # measured: 40 ms over 40,000
+    assert counts.frozen == 39_600  # counted once, by the full pass
+
+    # Calls arrive and stay: 20,000 more frozen (due again), but the pass would take 59.6 ms.
+    fake.pending = 20_000
+    assert policy.step() == "freeze"
+    for _ in range(5):
+        assert policy.step() == "freeze"
+    assert "unfreeze" not in fake.calls[-12:]
+    assert counts.budget_passes == 1
+    # The calls end (freed by reference counting): the memory shrinks, the pass fits again.
+    fake.frozen_count = 45_000
+    assert policy.step() == "budget"
+
+
+def test_the_cap_forces_a_full_pass_whatever_it_costs_and_warns_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock, counts = FakeClock(), gc_tuning.PolicyCounts()
+    fake = FakeGc(1_000_000, clock, 1e-6)  # a full pass: a second, far over the budget
+    policy = policy_over(fake, clock, counts, seconds_per_block=1e-6, cap_objects=50_000)
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(str(m)), level="WARNING")
+    try:
+        passes = []
+        for _ in range(12):
+            fake.pending = 10_000
+            passes.append(policy.step())
+    finally:
+        logger.remove(sink)
+    # 10,000 frozen per pass: the 6th pass finds 50,000 frozen since the last full one
+    assert passes == ["freeze"] * 5 + ["cap"] + ["freeze"] * 5 + ["cap"]
+    assert counts.cap_passes == 2
+    assert counts.budget_passes == 0
+    assert len(warnings) == 1
+    assert "the cap" in warnings[0]
+
+
+async def test_the_loop_passes_on_its_interval_and_stops_when_cancelled() -> None:
+    clock, counts = FakeClock(), gc_tuning.PolicyCounts()
+    fake = FakeGc(100_000, clock, 1e-7)
+    delays: list[float] = []
+    third = asyncio.Event()
+    never = asyncio.Event()
+
+    async def sleep(delay: float) -> None:
+        delays.append(delay)
+        if len(delays) == 4:
+            third.set()  # three passes done; this wait lasts until the loop is cancelled
+            await never.wait()
+
+    policy = gc_tuning.FreezePolicy(
+        1e-7, interval_s=0.5, api=fake.api(), clock=clock, sleep=sleep, counts=counts
+    )
+    task = asyncio.create_task(policy.run())
+    await third.wait()
+    assert counts.freeze_passes == 3
+    assert delays == [0.5] * 4
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert counts.freeze_passes == 3
+
+
+@pytest.mark.usefixtures("restored_gc")
+def test_frozen_cycles_leave_every_full_collection_until_the_policy_unfreezes() -> None:
+    """Real gc: waiting objects in reference cycles, frozen by a pass, are not walked by a full
+    collection (it cannot even free them once dropped); the policy's full pass reclaims them."""
+
+    class Node:
+        def __init__(self) -> None:
+            self.peer: Node | None = None
+
+    gc.collect()
+    counts = gc_tuning.PolicyCounts()
+    policy = gc_tuning.FreezePolicy(1e-7, budget_s=3600.0, counts=counts)
+    n = 5_000
+    pairs = []
+    for _ in range(n):
+        a, b = Node(), Node()
+        a.peer, b.peer = b, a
+        pairs.append(a)
+    reclaimed: list[weakref.ref[Node]] = []
+    refs = [weakref.ref(a, reclaimed.append) for a in pairs]
+    frozen_before = gc.get_freeze_count()
+    assert policy.step() == "freeze"
+    assert gc.get_freeze_count() >= frozen_before + 2 * n
+    generation2 = {id(o) for o in gc.get_objects(generation=2)}
+    assert not any(id(a) in generation2 or id(a.peer) in generation2 for a in pairs)
+
+    del pairs, a, b
+    assert gc.collect() < n  # a full collection does not walk them: the pairs stay
+    assert reclaimed == []
+    assert all(ref() is not None for ref in refs)
+
+    assert policy.step() == "budget"  # 10,000 frozen since the last: due, within the budget
+    assert len(reclaimed) == n
+    assert counts.collected >= 2 * n
+    assert gc.get_freeze_count() > 0  # the survivors are frozen again
+
+
+async def test_the_served_relay_runs_the_policy_and_stops_it_with_itself() -> None:
+    """`hitl-relay serve`'s server passes while it serves and leaves no task behind."""
+    import uvicorn
+    from starlette.applications import Starlette
+
+    from hitl_relay.http_app import RelayServer
+
+    clock, counts = FakeClock(), gc_tuning.PolicyCounts()
+    fake = FakeGc(100_000, clock, 1e-7)
+    passed = asyncio.Event()
+    never = asyncio.Event()
+
+    async def sleep(_: float) -> None:
+        if counts.freeze_passes:
+            passed.set()
+            await never.wait()
+
+    policy = gc_tuning.FreezePolicy(1e-7, api=fake.api(), clock=clock, sleep=sleep, counts=counts)
+    config = uvicorn.Config(Starlette(), host="127.0.0.1", port=0, lifespan="off", log_config=None)
+    server = RelayServer(config, drain_timeout_s=1.0, gc_policy=policy)
+    serving = asyncio.create_task(server.serve())
+    await asyncio.wait_for(passed.wait(), timeout=10)
+    [loop_task] = [t for t in asyncio.all_tasks() if t.get_name() == "gc-freeze-policy"]
+    server.should_exit = True
+    await asyncio.wait_for(serving, timeout=10)
+    assert loop_task.cancelled()
+    assert counts.freeze_passes == 1
+
+
+def test_with_the_policy_running_the_gauge_reads_its_count_without_walking(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def walk() -> int:
+        raise AssertionError("gc.get_freeze_count() walks every frozen object")
+
+    monkeypatch.setattr(gc_tuning.COUNTS, "frozen", 123_456)
+    monkeypatch.setattr(gc, "get_freeze_count", walk)
+    assert sample(metrics.REGISTRY, "hitl_gc_frozen_objects") == 123_456
+
+
+def test_the_freeze_interval_defaults_to_a_second_and_names_its_rule(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hitl_relay.config import Settings
+
+    assert Settings.model_fields["gc_freeze_interval_seconds"].default == 1.0
+    monkeypatch.setenv("HITL_GC_FREEZE_INTERVAL_SECONDS", "-1")
+    with pytest.raises(ValueError, match="gc_freeze_interval_seconds") as raised:
+        Settings()
+    assert "greater than or equal to 0" in str(raised.value)
+
+
+def test_the_freeze_cap_defaults_to_ten_million_and_names_its_rule(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hitl_relay.config import Settings
+
+    assert Settings.model_fields["gc_freeze_cap_objects"].default == 10_000_000
+    monkeypatch.setenv("HITL_GC_FREEZE_CAP_OBJECTS", "1000")
+    with pytest.raises(ValueError, match="gc_freeze_cap_objects") as raised:
+        Settings()
+    assert "greater than or equal to 100000" in str(raised.value)
