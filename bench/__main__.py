@@ -301,14 +301,17 @@ async def main(argv: list[str]) -> int:
     load_start = load_average()
     first: LevelResult | None = None
     resume: dict[str, Any] | None = None
-    async with stack(home, log_dir=log_dir, census=args.census, replicas=args.replicas) as s:
+    # The harness keeps as many calls waiting as the relay does, and its own collections would
+    # show up as latency: it runs the relay's collector policy (hitl_relay.gc_tuning).
+    full_every = Settings.model_fields["gc_full_collection_every"].default
+    async with (
+        stack(home, log_dir=log_dir, census=args.census, replicas=args.replicas) as s,
+        gc_tuning.freezing(full_every),
+    ):
         console.print(
             f"stack: {s.url} (devstack), relays {', '.join(s.mcp_urls)}; logs in {log_dir}"
         )
         clock = await delivery_clock(s.db_url)
-        # The harness keeps as many calls waiting as the relay does, and its own full garbage
-        # collections would show up as latency: it gets the relay's setting (hitl_relay.gc_tuning).
-        gc_tuning.tune(Settings.model_fields["gc_full_collection_every"].default)
         # One answered call first, not reported: a running relay is warm (connections open,
         # code paths loaded); the first call of a fresh process is not what callers meet.
         first = await run_realtime(s, 1, wait_s=0.0, spread_s=0.1, rate=0.0)

@@ -55,7 +55,8 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -334,3 +335,25 @@ class FreezePolicy:
                 self.step()
         finally:
             self.counts.frozen = None
+
+
+# What `hitl-relay serve` uses by default (Settings.gc_full_collection_every).
+DEFAULT_FULL_EVERY = 100
+
+
+@asynccontextmanager
+async def freezing(full_every: int = DEFAULT_FULL_EVERY) -> AsyncIterator[FreezePolicy]:
+    """`tune()`, then a FreezePolicy running until the block ends: for a process that keeps as
+    many connections waiting as the relay and is not `hitl-relay serve` (the benchmark's
+    harness, the local stack), so its own collections do not show up in what is measured."""
+    policy = FreezePolicy(tune(full_every))
+    task = asyncio.get_running_loop().create_task(policy.run(), name="gc-freeze-policy")
+    try:
+        yield policy
+    finally:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            if (current := asyncio.current_task()) is not None and current.cancelling():
+                raise

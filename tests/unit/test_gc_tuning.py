@@ -327,3 +327,27 @@ def test_the_freeze_cap_defaults_to_ten_million_and_names_its_rule(
     with pytest.raises(ValueError, match="gc_freeze_cap_objects") as raised:
         Settings()
     assert "greater than or equal to 100000" in str(raised.value)
+
+
+async def test_freezing_runs_the_policy_for_the_block_and_stops_it() -> None:
+    """The harness and the local stack keep as many connections waiting as the relay: they run
+    the same policy while they serve, and leave no task behind."""
+    threshold = gc.get_threshold()
+
+    def policy_tasks() -> list[asyncio.Task[Any]]:
+        return [t for t in asyncio.all_tasks() if t.get_name() == "gc-freeze-policy"]
+
+    try:
+        async with gc_tuning.freezing() as policy:
+            assert len(policy_tasks()) == 1
+            assert gc.get_threshold()[2] == gc_tuning.DEFAULT_FULL_EVERY
+            assert policy.seconds_per_block > 0  # measured by tune()'s collection
+        assert policy_tasks() == []
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+    from hitl_relay.config import Settings
+
+    assert Settings.model_fields["gc_full_collection_every"].default == (
+        gc_tuning.DEFAULT_FULL_EVERY
+    )
