@@ -113,6 +113,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "calls are spread over them (figures per replica and in total), and with 2 or more a "
         "call is resumed on another replica while the one it started on is killed",
     )
+    p.add_argument(
+        "--era",
+        choices=("auto", "legacy"),
+        default="auto",
+        help="the MCP protocol era of the harness's clients: auto negotiates the newest "
+        "(2026-07-28, served by the SDK's per-request entry), legacy the handshake era "
+        "(initialize; a blocking ask_human then takes the relay's fast path, mcp_fast)",
+    )
     p.add_argument("--json", type=Path, help="write the results as JSON here")
     p.add_argument("--plot", type=Path, help="write the latency plot (PNG) here")
     return p.parse_args(argv)
@@ -302,6 +310,7 @@ async def main(argv: list[str]) -> int:
     first: LevelResult | None = None
     resume: dict[str, Any] | None = None
     async with stack(home, log_dir=log_dir, census=args.census, replicas=args.replicas) as s:
+        s.mcp_mode = args.era
         console.print(
             f"stack: {s.url} (devstack), relays {', '.join(s.mcp_urls)}; logs in {log_dir}"
         )

@@ -245,14 +245,14 @@ def create_app(
         security_settings=layer.transport_security(),
     )
     # The blocking ask_human, served without the SDK's per-request transport (mcp_fast).
-    fast = FastAsk(state.get, layer.transport_security())
-    router = McpRouter(
-        manager.handle_request,
-        polls.handle_request,
-        mcp.tasks,
-        fast=fast,
+    fast = FastAsk(
+        state.get,
+        layer.transport_security(),
+        server_info=lambda: mcp.server.server_info_stamp,
+        tool_schema=mcp.server.get_tool_input_schema,
         max_body_bytes=manager.max_request_body_size,
     )
+    router = McpRouter(manager.handle_request, polls.handle_request, mcp.tasks, fast=fast)
     mcp_requests = InFlight(router)
     state.mcp_requests = mcp_requests
     gate = RequireAuthorization(mcp_requests, authorize or layer.authorize)

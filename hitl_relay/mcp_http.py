@@ -16,9 +16,8 @@ The handshake-era versions only: 2026-07-28 requests go to the SDK's own modern 
 the streaming transport. The body is the one the security layer buffered (`buffered_body`);
 without it nothing is routed.
 
-A blocking `ask_human` the SDK would serve on its streaming transport is served by
-`mcp_fast` instead (the same bytes, without the SDK's per-request objects); everything it does
-not take goes to the SDK as before.
+A blocking `ask_human` of either era is served by `mcp_fast` instead (the same messages,
+without the SDK's per-request objects); everything it does not take goes to the SDK as before.
 
 While a request is served, the housekeeping it starts waits for its result (`result_first`).
 """
@@ -29,14 +28,13 @@ import json
 from typing import Any, Final
 
 from loguru import logger
-from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hitl_relay.errors import HitlError
-from hitl_relay.mcp_fast import FastAsk, eligible
+from hitl_relay.mcp_fast import FastAsk
 from hitl_relay.mcp_task_wire import INPUT_REQUEST_PREFIX, owner_of_authorization
 from hitl_relay.mcp_tasks import TaskService
 from hitl_relay.result_first import serving_request
@@ -57,13 +55,11 @@ class McpRouter:
         polls: ASGIApp,
         tasks: TaskService,
         fast: FastAsk | None = None,
-        max_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_SIZE,
     ) -> None:
         self._streaming = streaming
         self._polls = polls
         self._tasks = tasks
         self._fast = fast
-        self._max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # The request's housekeeping (closing a session, leaving a channel) waits for its result.
@@ -88,7 +84,7 @@ class McpRouter:
                     await handled(scope, receive, send)
                     return
         if self._fast is not None:
-            ask = eligible(scope, self._max_body_bytes)
+            ask = self._fast.take(scope)
             if ask is not None:
                 await self._fast.serve(ask, scope, receive, send)
                 return
