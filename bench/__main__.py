@@ -55,6 +55,8 @@ reproduce:
                                                            call resumed on another replica
   scripts/bench --levels 200 --modes realtime --census     collector-tracked objects per
                                                            waiting call, by type
+  scripts/bench --levels 200 --modes realtime --census --rate 50 --era legacy
+                                                           the same with handshake-era clients
   scripts/bench rest --seconds 10                          the REST stand-in's requests/s
   scripts/bench tasks --level 1000 --poll-ms 5000          MCP tasks polled vs blocking
 run HITL_PG_PORT=<free port> HITL_DEVSTACK_PORT=0 HITL_HOME=<dir> on a shared machine, so the
