@@ -40,19 +40,7 @@ from typing import Any, Final
 import anyio
 import mcp_types as types
 from loguru import logger
-from mcp.server import _streamable_http_modern as streamable_http_modern
-from mcp.server._streamable_http_modern import (
-    _SSE_HEADERS as MODERN_SSE_HEADERS,
-)
-from mcp.server._streamable_http_modern import (
-    _sse_event as modern_sse_event,
-)
-from mcp.server._streamable_http_modern import (
-    _to_jsonrpc_response as modern_response,
-)
-from mcp.server._streamable_http_modern import (
-    _write as modern_write,
-)
+from mcp.server import _streamable_http_modern as sdk_modern
 from mcp.server.streamable_http import CONTENT_TYPE_SSE, check_accept_headers
 from mcp.server.transport_security import (
     DEFAULT_MAX_REQUEST_BODY_SIZE,
@@ -83,6 +71,12 @@ from hitl_relay.mcp_task_wire import opted_in
 from hitl_relay.models import parse_ask_request
 from hitl_relay.relay import Relay
 from hitl_relay.security.middleware import buffered_body, key_of_scope
+
+# The SDK's 2026 entry is private (`_streamable_http_modern`); its own writers and constants are
+# used so that the wire stays the SDK's. An SDK that renames them breaks here visibly (this
+# constant at import, the functions at the first 2026 call), and the differential tests compare
+# the wire.
+MODERN_SSE_HEADERS: Final = sdk_modern._SSE_HEADERS
 
 # sse-starlette's line separator (the SDK uses its defaults).
 SEP: Final = EventSourceResponse.DEFAULT_SEPARATOR
@@ -226,7 +220,7 @@ class FastAsk:
         # The SDK's intervals, read when the server is built (not when this module is imported).
         sse_ping = float(EventSourceResponse.DEFAULT_PING_INTERVAL)
         self._ping_interval_s = sse_ping if ping_interval_s is None else ping_interval_s
-        deferral = float(streamable_http_modern._SSE_PING_INTERVAL)
+        deferral = float(sdk_modern._SSE_PING_INTERVAL)
         self._modern_deferral_s = deferral if modern_deferral_s is None else modern_deferral_s
 
     def take(self, scope: Scope) -> Ask | None:
@@ -261,15 +255,15 @@ class FastAsk:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch, receive, send, tg.cancel_scope, streaming)
             result = self._modern_result(ask, key_of_scope(scope))
-            reply = await modern_response(ask.request_id, result)
+            reply = await sdk_modern._to_jsonrpc_response(ask.request_id, result)
             tg.cancel_scope.cancel()
         if reply is None:  # the client went away: nothing to write
             return
         if streaming:
-            event = modern_sse_event(reply)
+            event = sdk_modern._sse_event(reply)
             await send({"type": "http.response.body", "body": event, "more_body": False})
         else:
-            await modern_write(reply, scope, receive, send)
+            await sdk_modern._write(reply, scope, receive, send)
 
     async def _watch(
         self,
