@@ -55,6 +55,8 @@ reproduce:
                                                            call resumed on another replica
   scripts/bench --levels 200 --modes realtime --census     collector-tracked objects per
                                                            waiting call, by type
+  scripts/bench --levels 200 --modes realtime --census --rate 50 --era legacy
+                                                           the same with handshake-era clients
   scripts/bench rest --seconds 10                          the REST stand-in's requests/s
   scripts/bench tasks --level 1000 --poll-ms 5000          MCP tasks polled vs blocking
 run HITL_PG_PORT=<free port> HITL_DEVSTACK_PORT=0 HITL_HOME=<dir> on a shared machine, so the
@@ -112,6 +114,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="relay processes over the one devstack, each with its own HITL_INSTANCE_ID; the "
         "calls are spread over them (figures per replica and in total), and with 2 or more a "
         "call is resumed on another replica while the one it started on is killed",
+    )
+    p.add_argument(
+        "--era",
+        choices=("auto", "legacy"),
+        default="auto",
+        help="the MCP protocol era of the harness's clients: auto negotiates the newest "
+        "(2026-07-28, served by the SDK's per-request entry), legacy the handshake era "
+        "(initialize; a blocking ask_human then takes the relay's fast path, mcp_fast)",
     )
     p.add_argument("--json", type=Path, help="write the results as JSON here")
     p.add_argument("--plot", type=Path, help="write the latency plot (PNG) here")
@@ -308,6 +318,7 @@ async def main(argv: list[str]) -> int:
         stack(home, log_dir=log_dir, census=args.census, replicas=args.replicas) as s,
         gc_tuning.freezing(full_every),
     ):
+        s.mcp_mode = args.era
         console.print(
             f"stack: {s.url} (devstack), relays {', '.join(s.mcp_urls)}; logs in {log_dir}"
         )

@@ -80,6 +80,7 @@ class Stack:
     relay: Child  # the first replica (`relays` has every replica)
     devstack: Child | None
     census: bool = False  # the relays serve GET /metrics/census (HITL_GC_CENSUS=1)
+    mcp_mode: str = "auto"  # the clients' protocol era (mcp.Client's `mode`)
     relays: list[Child] = field(default_factory=list)
     mcp_urls: list[str] = field(default_factory=list)
     instance_ids: list[str] = field(default_factory=list)
@@ -581,7 +582,8 @@ async def run_realtime(
             limits=limits,
             timeout=httpx2.Timeout(timeout_s + 30.0),
         )
-        async with http, Client(streamable_http_client(url, http_client=http)) as client:
+        transport = streamable_http_client(url, http_client=http)
+        async with http, Client(transport, mode=s.mcp_mode) as client:
             # What an agent does when it connects (see ready_to_call): otherwise the listing
             # and the validator's import land inside the first call's delivery.
             await ready_to_call(client)

@@ -52,6 +52,7 @@ from hitl_relay.clock import SystemClock
 from hitl_relay.composition import build_notifiers, build_relay, open_backend, task_store_for
 from hitl_relay.config import Settings
 from hitl_relay.escalation import Escalator
+from hitl_relay.mcp_fast import FastAsk
 from hitl_relay.mcp_http import McpRouter
 from hitl_relay.mcp_server import RelayMcpServer
 from hitl_relay.monitoring import Monitor
@@ -243,7 +244,16 @@ def create_app(
         json_response=True,
         security_settings=layer.transport_security(),
     )
-    mcp_requests = InFlight(McpRouter(manager.handle_request, polls.handle_request, mcp.tasks))
+    # The blocking ask_human, served without the SDK's per-request transport (mcp_fast).
+    fast = FastAsk(
+        state.get,
+        layer.transport_security(),
+        server_info=lambda: mcp.server.server_info_stamp,
+        tool_schema=mcp.server.get_tool_input_schema,
+        max_body_bytes=manager.max_request_body_size,
+    )
+    router = McpRouter(manager.handle_request, polls.handle_request, mcp.tasks, fast=fast)
+    mcp_requests = InFlight(router)
     state.mcp_requests = mcp_requests
     gate = RequireAuthorization(mcp_requests, authorize or layer.authorize)
 

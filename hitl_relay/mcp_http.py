@@ -16,6 +16,9 @@ The handshake-era versions only: 2026-07-28 requests go to the SDK's own modern 
 the streaming transport. The body is the one the security layer buffered (`buffered_body`);
 without it nothing is routed.
 
+A blocking `ask_human` of either era is served by `mcp_fast` instead (the same messages,
+without the SDK's per-request objects); everything it does not take goes to the SDK as before.
+
 While a request is served, the housekeeping it starts waits for its result (`result_first`).
 """
 
@@ -31,6 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hitl_relay.errors import HitlError
+from hitl_relay.mcp_fast import FastAsk
 from hitl_relay.mcp_task_wire import INPUT_REQUEST_PREFIX, owner_of_authorization
 from hitl_relay.mcp_tasks import TaskService
 from hitl_relay.result_first import serving_request
@@ -45,10 +49,17 @@ class McpRouter:
     """ASGI: task polls to the JSON transport, input responses to the task service, everything
     else to the streaming transport."""
 
-    def __init__(self, streaming: ASGIApp, polls: ASGIApp, tasks: TaskService) -> None:
+    def __init__(
+        self,
+        streaming: ASGIApp,
+        polls: ASGIApp,
+        tasks: TaskService,
+        fast: FastAsk | None = None,
+    ) -> None:
         self._streaming = streaming
         self._polls = polls
         self._tasks = tasks
+        self._fast = fast
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # The request's housekeeping (closing a session, leaving a channel) waits for its result.
@@ -72,6 +83,11 @@ class McpRouter:
                 if handled is not None:
                     await handled(scope, receive, send)
                     return
+        if self._fast is not None:
+            ask = self._fast.take(scope)
+            if ask is not None:
+                await self._fast.serve(ask, scope, receive, send)
+                return
         await self._streaming(scope, receive, send)
 
     async def _input_response(self, scope: Scope, message: dict[str, Any]) -> Response | None:

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
 import anyio
 
@@ -23,7 +24,8 @@ def make_settings(**overrides: Any) -> Settings:
     return Settings(_env_file=None, **values)
 
 
-def ask_request(**overrides: Any) -> AskHumanRequest:
+def ask_args(**overrides: Any) -> dict[str, Any]:
+    """An `ask_human` call's arguments, as an agent sends them."""
     values: dict[str, Any] = {
         "question": "Can we deliver order 4411 on Saturday?",
         "session_id": "session-1",
@@ -31,7 +33,23 @@ def ask_request(**overrides: Any) -> AskHumanRequest:
         "agent_id": "agent-1",
     }
     values.update(overrides)
-    return AskHumanRequest.model_validate(values)
+    return values
+
+
+async def wait_hung_up(platform: MemoryPlatform, case_id: UUID) -> None:
+    """Until a call whose client hung up has left its channel and closed its session as
+    `cancelled`; the case itself stays open (answerable later)."""
+    await platform.wait_until(
+        lambda: (
+            platform.joined_channels == 0 and platform.session_of(case_id).status == "cancelled"
+        ),
+        within_s=10,
+    )
+    assert platform.cases[case_id].status == "open"
+
+
+def ask_request(**overrides: Any) -> AskHumanRequest:
+    return AskHumanRequest.model_validate(ask_args(**overrides))
 
 
 @dataclass
