@@ -73,10 +73,14 @@ from hitl_relay.relay import Relay
 from hitl_relay.security.middleware import buffered_body, key_of_scope
 
 # The SDK's 2026 entry is private (`_streamable_http_modern`); its own writers and constants are
-# used so that the wire stays the SDK's. An SDK that renames them breaks here visibly (this
-# constant at import, the functions at the first 2026 call), and the differential tests compare
-# the wire.
+# used so that the wire stays the SDK's. All are bound here, so an SDK that renames one fails
+# this module's import (the relay does not start) rather than a caller's request; the
+# differential tests compare the wire.
 MODERN_SSE_HEADERS: Final = sdk_modern._SSE_HEADERS
+MODERN_PING_INTERVAL: Final = float(sdk_modern._SSE_PING_INTERVAL)
+modern_response = sdk_modern._to_jsonrpc_response
+modern_sse_event = sdk_modern._sse_event
+modern_write = sdk_modern._write
 
 # sse-starlette's line separator (the SDK uses its defaults).
 SEP: Final = EventSourceResponse.DEFAULT_SEPARATOR
@@ -220,7 +224,7 @@ class FastAsk:
         # The SDK's intervals, read when the server is built (not when this module is imported).
         sse_ping = float(EventSourceResponse.DEFAULT_PING_INTERVAL)
         self._ping_interval_s = sse_ping if ping_interval_s is None else ping_interval_s
-        deferral = float(sdk_modern._SSE_PING_INTERVAL)
+        deferral = MODERN_PING_INTERVAL
         self._modern_deferral_s = deferral if modern_deferral_s is None else modern_deferral_s
 
     def take(self, scope: Scope) -> Ask | None:
@@ -255,15 +259,15 @@ class FastAsk:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch, receive, send, tg.cancel_scope, streaming)
             result = self._modern_result(ask, key_of_scope(scope))
-            reply = await sdk_modern._to_jsonrpc_response(ask.request_id, result)
+            reply = await modern_response(ask.request_id, result)
             tg.cancel_scope.cancel()
         if reply is None:  # the client went away: nothing to write
             return
         if streaming:
-            event = sdk_modern._sse_event(reply)
+            event = modern_sse_event(reply)
             await send({"type": "http.response.body", "body": event, "more_body": False})
         else:
-            await sdk_modern._write(reply, scope, receive, send)
+            await modern_write(reply, scope, receive, send)
 
     async def _watch(
         self,
