@@ -342,11 +342,13 @@ DEFAULT_FULL_EVERY = 100
 
 
 @asynccontextmanager
-async def freezing(full_every: int = DEFAULT_FULL_EVERY) -> AsyncIterator[FreezePolicy]:
+async def freezing(
+    full_every: int = DEFAULT_FULL_EVERY, cap_objects: int = 10_000_000
+) -> AsyncIterator[FreezePolicy]:
     """`tune()`, then a FreezePolicy running until the block ends: for a process that keeps as
     many connections waiting as the relay and is not `hitl-relay serve` (the benchmark's
     harness, the local stack), so its own collections do not show up in what is measured."""
-    policy = FreezePolicy(tune(full_every))
+    policy = FreezePolicy(tune(full_every), cap_objects=cap_objects)
     task = asyncio.get_running_loop().create_task(policy.run(), name="gc-freeze-policy")
     try:
         yield policy
