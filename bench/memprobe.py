@@ -3,7 +3,8 @@ calls waiting on it, and what the relay process holds for them (tracemalloc's sn
 grouped by line, and the collector-tracked objects by type, each per waiting call).
 
 The callers are a child process (plain sockets, one POST each, then silence), so nothing the
-callers allocate is counted. Run: `python -m bench.memprobe --calls 1000 [--top 25]`.
+callers allocate is counted.
+Run: `python -m bench.memprobe --calls 1000 [--era handshake] [--top 25]`.
 """
 
 from __future__ import annotations
@@ -28,30 +29,37 @@ from hitl_relay.ports import Backend
 
 KEY = "key-one-0123456789"
 
-# The child: open `calls` connections, send one ask_human POST on each, report, then hold them
-# until its stdin closes. A batch at a time: the relay closes connections beyond its budget of
-# connections that have not sent a whole request (security/http_limits.py).
+# The child: open `calls` connections, send one ask_human POST on each, then hold them until its
+# stdin closes. A batch at a time, the next once the parent says the relay has taken the last
+# (it answers "go"): the relay closes connections beyond its budget of connections that have
+# not sent a whole request (security/http_limits.py). `era` "modern": the 2026 era's headers
+# and per-request envelope (what `mcp.Client` sends by default), else the handshake era's.
 CALLER = r"""
 import json, socket, sys
-host, port, calls, key, tag = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:6]
+host, port, calls, key, tag, era = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:7]
 held = []
+extra = ""
+meta = {}
+if era == "modern":
+    extra = "MCP-Protocol-Version: 2026-07-28\r\nMcp-Method: tools/call\r\nMcp-Name: ask_human\r\n"
+    meta = {"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+            "io.modelcontextprotocol/clientInfo": {"name": "memprobe", "version": "1"}}}
 for i in range(calls):
     body = json.dumps({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {
         "name": "ask_human", "arguments": {"question": f"Can we deliver order {i}?",
         "session_id": f"s-{tag}{i}", "call_id": f"call-{tag}{i}", "agent_id": "agent-1",
-        "timeoutSeconds": 600}}}).encode()
+        "timeoutSeconds": 600}, **meta}}).encode()
     head = (f"POST /mcp HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {key}\r\n"
             "Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+            f"{extra}Content-Length: {len(body)}\r\n\r\n").encode()
     s = socket.create_connection((host, port))
     s.sendall(head + body)
     held.append(s)
     if len(held) % 100 == 0 or i == calls - 1:
-        # The relay closes connections beyond its pending budget: wait for each batch's
-        # response heads (the SSE stream starts at once) before opening more.
-        for c in held[-100:]:
-            if not c.recv(4096).startswith(b"HTTP/1.1 200"):
-                sys.exit("a call was refused")
+        print(len(held), flush=True)
+        if sys.stdin.readline().strip() != "go":
+            sys.exit("stopped")
 print("sent", flush=True)
 sys.stdin.read()
 """
@@ -79,7 +87,7 @@ async def settle(relay_state: Any, calls: int, within_s: float = 120.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def probe(calls: int, top: int, frames: int) -> dict[str, Any]:
+async def probe(calls: int, top: int, frames: int, era: str) -> dict[str, Any]:
     platform = MemoryPlatform()
 
     @asynccontextmanager
@@ -91,7 +99,7 @@ async def probe(calls: int, top: int, frames: int) -> dict[str, Any]:
     async with running(app) as url:
         host, port = url.removeprefix("http://").rsplit(":", 1)
         # Warm up: one call through, so first-call imports and caches are not counted.
-        await run_callers(host, int(port), 1, state, lambda: None)
+        await run_callers(host, int(port), 1, state, lambda: None, era)
         await wait_idle(state)
         gc.collect()
         tracemalloc.start(frames)
@@ -123,27 +131,29 @@ async def probe(calls: int, top: int, frames: int) -> dict[str, Any]:
                 for s in stats[:top]
             ]
 
-        await run_callers(host, int(port), calls, state, measure)
+        await run_callers(host, int(port), calls, state, measure, era)
         tracemalloc.stop()
         await wait_idle(state)
     return report
 
 
-async def run_callers(host: str, port: int, calls: int, state: Any, measure: Any) -> None:
+async def run_callers(host: str, port: int, calls: int, state: Any, measure: Any, era: str) -> None:
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", CALLER, host, str(port), str(calls), KEY, f"n{calls}-",
+        sys.executable, "-c", CALLER, host, str(port), str(calls), KEY, f"n{calls}-", era,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
     )  # fmt: skip
+    assert child.stdin is not None
+    assert child.stdout is not None
     try:
-        assert child.stdout is not None
-        line = await child.stdout.readline()
-        if line.strip() != b"sent":
-            raise RuntimeError("the callers did not start")
-        await settle(state, calls)
+        taken = 0 if state.relay is None else state.relay.active_calls
+        while (line := (await child.stdout.readline()).strip()) != b"sent":
+            if not line.isdigit():
+                raise RuntimeError("the callers stopped")
+            await settle(state, taken + int(line))
+            child.stdin.write(b"go\n")
         measure()
     finally:
-        if child.stdin is not None:
-            child.stdin.close()  # the callers hang up: their calls are cancelled
+        child.stdin.close()  # the callers hang up: their calls are cancelled
         await child.wait()
 
 
@@ -160,9 +170,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--era", choices=("modern", "handshake"), default="modern")
     parser.add_argument("--frames", type=int, default=1, help="traceback depth per site")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(probe(args.calls, args.top, args.frames)), indent=1))
+    print(json.dumps(asyncio.run(probe(args.calls, args.top, args.frames, args.era)), indent=1))
 
 
 if __name__ == "__main__":
