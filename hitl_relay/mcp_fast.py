@@ -32,6 +32,7 @@ not emitted for these calls.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -244,58 +245,34 @@ class FastAsk:
     async def _serve_handshake(self, ask: Ask, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         payload: bytes | None = None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._watch, receive, send, tg.cancel_scope, None)
-            payload = await self._handshake_event(ask, key_of_scope(scope))
-            tg.cancel_scope.cancel()
+        watch = Watch(receive, send, self._ping_interval_s, None)
+        try:
+            with watch.scope:
+                payload = await self._handshake_event(ask, key_of_scope(scope))
+        finally:
+            watch.close()
         if payload is None:  # the client went away: nothing to write
             return
         await send({"type": "http.response.body", "body": payload, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _serve_modern(self, ask: Ask, scope: Scope, receive: Receive, send: Send) -> None:
-        streaming: list[bool] = []  # once the SSE headers are sent
         reply: types.JSONRPCResponse | types.JSONRPCError | None = None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._watch, receive, send, tg.cancel_scope, streaming)
-            result = self._modern_result(ask, key_of_scope(scope))
-            reply = await modern_response(ask.request_id, result)
-            tg.cancel_scope.cancel()
+        # The stream starts (`watch.streaming`) at the first keep-alive.
+        watch = Watch(receive, send, self._modern_deferral_s, False)
+        try:
+            with watch.scope:
+                result = self._modern_result(ask, key_of_scope(scope))
+                reply = await modern_response(ask.request_id, result)
+        finally:
+            watch.close()
         if reply is None:  # the client went away: nothing to write
             return
-        if streaming:
+        if watch.streaming:
             event = modern_sse_event(reply)
             await send({"type": "http.response.body", "body": event, "more_body": False})
         else:
             await modern_write(reply, scope, receive, send)
-
-    async def _watch(
-        self,
-        receive: Receive,
-        send: Send,
-        scope: anyio.CancelScope,
-        streaming: list[bool] | None,
-    ) -> None:
-        """Until cancelled: keep-alive comments while the call waits; a disconnect cancels it.
-        `streaming` (2026 era): the stream starts at the first keep-alive."""
-        interval = self._ping_interval_s if streaming is None else self._modern_deferral_s
-        while True:
-            with anyio.move_on_after(interval) as idle:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    scope.cancel()
-                    return
-            if not idle.cancelled_caught:
-                continue
-            if streaming is None:
-                ping = ServerSentEvent(comment=f"ping - {datetime.now(UTC)}", sep=SEP).encode()
-            else:
-                ping = MODERN_PING
-                if not streaming:
-                    streaming.append(True)
-                    start = {"type": "http.response.start", "status": 200}
-                    await send({**start, "headers": MODERN_SSE_HEADERS})
-            await send({"type": "http.response.body", "body": ping, "more_body": True})
 
     async def _handshake_event(self, ask: Ask, owner: str | None) -> bytes:
         """The SSE event carrying the JSON-RPC response to `ask`, as the SDK would write it."""
@@ -340,6 +317,90 @@ class FastAsk:
             return render(await self._relay().ask(request, None, owner=owner))
         except InvalidRequest as e:
             return render_invalid(e)
+
+
+class Watch:
+    """While one call waits: keep-alive comments every `interval` s, and a disconnect cancels
+    `scope` (the wait). `streaming` (2026 era, else None): the stream starts at the first
+    keep-alive.
+
+    Why not a watcher task in a task group: that costs a task group, its cancel scope, the
+    task's state, a cancel scope and a timer per keep-alive interval, about 5 KB for each
+    waiting call. Here the keep-alive is a timer that starts a task only to write a comment,
+    and the disconnect a plain task reading `receive` (all a waiting call gets from it)."""
+
+    __slots__ = (
+        "_interval",
+        "_listener",
+        "_loop",
+        "_ping",
+        "_send",
+        "_timer",
+        "error",
+        "scope",
+        "streaming",
+    )
+
+    def __init__(
+        self, receive: Receive, send: Send, interval: float, streaming: bool | None
+    ) -> None:
+        self.scope = anyio.CancelScope()
+        self.streaming = streaming
+        self.error: BaseException | None = None  # a keep-alive's write failed: the wait's error
+        self._send = send
+        self._interval = interval
+        self._loop = asyncio.get_running_loop()
+        self._ping: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(interval, self._due)
+        self._listener = self._loop.create_task(_until_disconnect(receive))
+        self._listener.add_done_callback(self._ended)
+
+    def close(self) -> None:
+        """Stop watching (before the result is written: nothing else writes after this). Raises
+        the keep-alive's error, if one failed."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._listener.remove_done_callback(self._ended)
+        self._listener.cancel()
+        if self._ping is not None:
+            # A keep-alive is written whole or not at all: its send only awaits before writing.
+            self._ping.cancel()
+            self._ping = None
+        if self.error is not None:
+            raise self.error
+
+    def _ended(self, listener: asyncio.Task[None]) -> None:
+        if not listener.cancelled():
+            self.error = listener.exception()
+            self.scope.cancel()  # the client went away (or its stream failed): stop waiting
+
+    def _due(self) -> None:
+        self._timer = None
+        self._ping = self._loop.create_task(self._keep_alive())
+
+    async def _keep_alive(self) -> None:
+        try:
+            if self.streaming is None:
+                ping = ServerSentEvent(comment=f"ping - {datetime.now(UTC)}", sep=SEP).encode()
+            else:
+                ping = MODERN_PING
+                if not self.streaming:
+                    self.streaming = True
+                    start = {"type": "http.response.start", "status": 200}
+                    await self._send({**start, "headers": MODERN_SSE_HEADERS})
+            await self._send({"type": "http.response.body", "body": ping, "more_body": True})
+        except Exception as e:
+            self.error = e
+            self.scope.cancel()
+            return
+        self._ping = None
+        self._timer = self._loop.call_later(self._interval, self._due)
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _sieved(version: str, dumped: dict[str, Any]) -> dict[str, Any]:

@@ -313,23 +313,24 @@ class Relay:
         outcome: Outcome = None
         open_done = anyio.Event()
 
-        async def open_case() -> None:
+        async def open_case(done: anyio.Event) -> None:
             nonlocal opened, open_error
             try:
                 opened = call.opened = await self.opener.open(open_fn, call, deadline)
             except HitlError as e:
                 open_error = e
             finally:
-                open_done.set()
+                done.set()
 
         joined = False
         # Step 5: neither the join nor the open waits for the other.
         async with anyio.create_task_group() as tg:
-            tg.start_soon(open_case)
+            tg.start_soon(open_case, open_done)
             try:
                 async with self.waiter.joined(case_id) as sub:
                     joined = True
                     await open_done.wait()
+                    del open_done  # set and done with: not held for the whole wait (0.9 KB)
                     if opened is not None and opened.case_id == case_id:
                         self.calls.record(call, failure=None)
                         outcome = await self.waiter.wait(sub, opened, call, deadline, progress)

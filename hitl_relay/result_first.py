@@ -26,14 +26,39 @@ import anyio
 # The bound on how long housekeeping waits for a result a slow client is not reading.
 WAIT_LIMIT_S = 1.0
 
-_written: ContextVar[anyio.Event | None] = ContextVar("hitl_result_written", default=None)
+
+class Written:
+    """Whether a request's result is written. The event a waiter needs is made only when some
+    task waits before the result is written: most requests wait minutes for an operator with
+    nobody waiting on this, and an event is about 0.9 KB held for the whole wait."""
+
+    __slots__ = ("_event", "done")
+
+    def __init__(self) -> None:
+        self.done = False
+        self._event: anyio.Event | None = None
+
+    def set(self) -> None:
+        self.done = True
+        if self._event is not None:
+            self._event.set()
+
+    async def wait(self) -> None:
+        if self.done:
+            return
+        if self._event is None:
+            self._event = anyio.Event()
+        await self._event.wait()
+
+
+_written: ContextVar[Written | None] = ContextVar("hitl_result_written", default=None)
 
 
 @contextmanager
 def serving_request() -> Iterator[Callable[[], None]]:
     """Mark the request served in this block; call the yielded function once its result is
     written (leaving the block counts as written)."""
-    written = anyio.Event()
+    written = Written()
     token = _written.set(written)
     try:
         yield written.set
@@ -46,7 +71,7 @@ async def result_written(limit_s: float = WAIT_LIMIT_S) -> None:
     """Until the result of the request this task was started for is written; at once outside
     one."""
     written = _written.get()
-    if written is None or written.is_set():
+    if written is None or written.done:
         return
     with anyio.move_on_after(limit_s):
         await written.wait()

@@ -155,30 +155,14 @@ class NetworkGuard:
         return None
 
     async def _with_body_limit(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limit = self.layer.settings.max_body_bytes
-        declared = Headers(scope=scope).get("content-length")
-        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-            await error_response(413, "request body too large")(scope, receive, send)
-            return
-        body = bytearray()
-        trailing: Message | None = None
-        complete = False
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                trailing = message  # the client went away before the body was complete
-                break
-            body.extend(message.get("body", b""))
-            if len(body) > limit:
-                await error_response(413, "request body too large")(scope, receive, send)
-                return
-            if not message.get("more_body", False):
-                complete = True
-                break
-        scope["state"][STATE_BODY] = bytes(body)
-        pending: list[Message] = [
-            {"type": "http.request", "body": bytes(body), "more_body": not complete}
-        ]
+        read = await self._read_body(scope, receive, send)
+        if read is None:
+            return  # refused
+        # One copy of the body, in the scope's state and the replayed message: this frame lives
+        # as long as the request (minutes for a call waiting on an operator).
+        body, complete, trailing = read
+        scope["state"][STATE_BODY] = body
+        pending: list[Message] = [{"type": "http.request", "body": body, "more_body": not complete}]
         if trailing is not None:
             pending.append(trailing)
 
@@ -188,6 +172,28 @@ class NetworkGuard:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _read_body(
+        self, scope: Scope, receive: Receive, send: Send
+    ) -> tuple[bytes, bool, Message | None] | None:
+        """The whole body, whether it is complete, and the message that ended it early (the
+        client went away); None once a body over the limit has been refused."""
+        limit = self.layer.settings.max_body_bytes
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+            await error_response(413, "request body too large")(scope, receive, send)
+            return None
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return bytes(body), False, message  # gone before the body was complete
+            body.extend(message.get("body", b""))
+            if len(body) > limit:
+                await error_response(413, "request body too large")(scope, receive, send)
+                return None
+            if not message.get("more_body", False):
+                return bytes(body), True, None
 
 
 def _https_url(scope: Scope, allowed_hosts: list[str]) -> str:

@@ -36,7 +36,7 @@ from hitl_relay.clock import FakeClock
 from hitl_relay.config import Settings
 from hitl_relay.http_app import create_app, running
 from hitl_relay.mcp_client import connect
-from hitl_relay.mcp_fast import SSE_HEADERS, Ask, FastAsk, eligible
+from hitl_relay.mcp_fast import MODERN_SSE_HEADERS, SSE_HEADERS, Ask, FastAsk, eligible
 from hitl_relay.mcp_task_wire import TASKS_EXTENSION
 from hitl_relay.models import AskHumanRequest, AskResult
 from hitl_relay.ports import Backend
@@ -475,35 +475,93 @@ def direct_scope() -> dict[str, Any]:
     return {**scope_of(call_body(ask_args())), "client": ("127.0.0.1", 1), "server": None}
 
 
+@dataclass
+class WaitingClient:
+    """The ASGI side of a client that waits without hanging up: records what is sent; `pinged`
+    once three bodies that `is_ping` recognises went out."""
+
+    is_ping: Callable[[bytes], bool]
+    sent: list[dict[str, Any]] = field(default_factory=list)
+    pinged: anyio.Event = field(default_factory=anyio.Event)
+
+    async def receive(self) -> dict[str, Any]:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send(self, message: Any) -> None:
+        self.sent.append(message)
+        if sum(1 for m in self.sent if self.is_ping(m.get("body", b""))) >= 3:
+            self.pinged.set()
+
+    async def served(self, fast: FastAsk, ask: Ask, scope: Any, stub: StubRelay) -> None:
+        """Serve `ask` until three pings went out, then let the relay answer."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(fast.serve, ask, scope, self.receive, self.send)
+            with anyio.fail_after(5):
+                await self.pinged.wait()
+            stub.release.set()
+
+
 async def test_keep_alive_comments_flow_while_the_call_waits() -> None:
     stub = StubRelay()
     fast = FastAsk(lambda: cast(Relay, stub), None, ping_interval_s=0.01)
-    sent: list[dict[str, Any]] = []
-    pinged = anyio.Event()
-    gone = anyio.Event()
-
-    async def receive() -> dict[str, Any]:
-        await gone.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: Any) -> None:
-        sent.append(message)
-        if sum(1 for m in sent if m.get("body", b"").startswith(b": ping - ")) >= 3:
-            pinged.set()
-
+    client = WaitingClient(lambda body: body.startswith(b": ping - "))
     ask = eligible(direct_scope())
     assert ask is not None
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(fast.serve, ask, direct_scope(), receive, send)
-        with anyio.fail_after(5):
-            await pinged.wait()
-        stub.release.set()
+    await client.served(fast, ask, direct_scope(), stub)
+    sent = client.sent
     assert sent[0] == {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS}
     bodies = [m["body"] for m in sent[1:]]
     assert all(re.fullmatch(rb": ping - [^\r\n]+\r\n\r\n", b) for b in bodies[:3])
     assert bodies[-2].startswith(b"event: message\r\ndata: {")
     assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
     assert not stub.cancelled
+
+
+async def test_a_2026_call_waiting_past_the_deferral_turns_into_a_stream_of_pings() -> None:
+    stub = StubRelay()
+    info = {"name": "hitl-relay", "version": "1"}
+    fast = FastAsk(
+        lambda: cast(Relay, stub),
+        None,
+        server_info=lambda: info,
+        tool_schema=any_schema,
+        modern_deferral_s=0.01,
+    )
+    client = WaitingClient(lambda body: body == b": ping\r\n\r\n")
+    scope = {**scope_of(call_body(ask_args(), modern=True), **modern_headers())}
+    scope.update(client=("127.0.0.1", 1), server=None)
+    ask = fast.take(scope)
+    assert ask is not None
+    assert ask.modern
+    await client.served(fast, ask, scope, stub)
+    sent = client.sent
+    # The headers once, at the first ping; the pings; the result as the stream's last event.
+    starts = [m for m in sent if m["type"] == "http.response.start"]
+    assert starts == [{"type": "http.response.start", "status": 200, "headers": MODERN_SSE_HEADERS}]
+    assert sent[0] == starts[0]
+    assert all(m["body"] == b": ping\r\n\r\n" for m in sent[1:-1])
+    last = sent[-1]
+    assert last["more_body"] is False
+    assert b'"result"' in last["body"]
+    assert b'"No answer yet."' in last["body"]
+    assert not stub.cancelled
+
+
+async def test_a_keep_alive_that_cannot_be_written_ends_the_wait_with_its_error() -> None:
+    stub = StubRelay()
+    fast = FastAsk(lambda: cast(Relay, stub), None, ping_interval_s=0.01)
+    client = WaitingClient(lambda body: False)
+
+    async def send(message: Any) -> None:
+        if message.get("body", b"").startswith(b": ping"):
+            raise OSError("connection reset")
+
+    ask = eligible(direct_scope())
+    assert ask is not None
+    with anyio.fail_after(5), pytest.raises(OSError, match="connection reset"):
+        await fast.serve(ask, direct_scope(), client.receive, send)
+    assert stub.cancelled
 
 
 async def test_a_client_gone_mid_wait_cancels_the_wait_and_nothing_more_is_written() -> None:

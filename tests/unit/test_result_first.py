@@ -10,7 +10,7 @@ import anyio
 from anyio import wait_all_tasks_blocked
 
 from hitl_relay.mcp_http import McpRouter
-from hitl_relay.result_first import WAIT_LIMIT_S, result_written, serving_request
+from hitl_relay.result_first import WAIT_LIMIT_S, Written, result_written, serving_request
 
 
 async def test_outside_a_request_there_is_nothing_to_wait_for() -> None:
@@ -82,3 +82,24 @@ async def test_a_result_never_written_holds_the_work_at_most_the_limit() -> None
         await result_written(limit_s=0.05)
         # asyncio may run a timer up to its clock's resolution early
         assert anyio.current_time() - started >= 0.05 * 0.9
+
+
+async def test_the_written_mark_releases_waiters_before_and_after_it_is_set() -> None:
+    # The event behind the mark is made only when a waiter comes before the result is written:
+    # waiters that came before are released by the write, one that comes after returns at once.
+    written = Written()
+    released: list[int] = []
+
+    async def waiter(n: int) -> None:
+        await written.wait()
+        released.append(n)
+
+    with anyio.fail_after(WAIT_LIMIT_S):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter, 1)
+            tg.start_soon(waiter, 2)
+            await wait_all_tasks_blocked()
+            assert released == []
+            written.set()
+        await waiter(3)
+    assert sorted(released) == [1, 2, 3]
