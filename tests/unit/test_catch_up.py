@@ -30,6 +30,33 @@ async def answer_unbroadcast(rig: Rig, case_id: UUID, text: str) -> None:
     rig.platform.faults.drop_broadcasts = False
 
 
+def waiting_calls_on(
+    stack: ExitStack, calls: WaitingCalls, case_ids: list[UUID]
+) -> list[tuple[anyio.CancelScope, CallRecord]]:
+    """One waiting call per case (its scope and record), waiting until `stack` closes."""
+    waits = []
+    for i, case_id in enumerate(case_ids):
+        scope, record = anyio.CancelScope(), CallRecord(started=0, call_id=f"c{i}", case_id=case_id)
+        stack.enter_context(calls.waiting(scope, record))
+        waits.append((scope, record))
+    return waits
+
+
+async def answered_case(platform: MemoryPlatform, text: str) -> UUID:
+    opened = await platform.store.open_case(
+        OpenCase(
+            case_id=uuid4(),
+            question="Refund allowed?",
+            mcp_session_id="s",
+            retell_call_id="c",
+            retell_agent_id="a",
+            timeout_seconds=DEADLINE,
+        )
+    )
+    await platform.operator.answer(opened.case_id, text)
+    return opened.case_id
+
+
 async def test_an_answer_whose_broadcast_was_dropped_arrives_after_one_interval() -> None:
     rig = memory_rig(catch_up_interval_seconds=INTERVAL)
     async with rig.relay.running(), asking(rig.relay, ask_request()) as (call,):
@@ -138,31 +165,19 @@ async def test_more_waiting_calls_than_one_read_takes_are_read_in_batches() -> N
     clock = FakeClock()
     platform = MemoryPlatform(clock=clock)
     calls = WaitingCalls(platform.store, None, clock, INTERVAL)
-    opened = await platform.store.open_case(
-        OpenCase(
-            case_id=uuid4(),
-            question="Refund allowed?",
-            mcp_session_id="s",
-            retell_call_id="c",
-            retell_agent_id="a",
-            timeout_seconds=DEADLINE,
-        )
-    )
-    await platform.operator.answer(opened.case_id, "Yes.")
-    records = [CallRecord(started=0, call_id=f"c{i}", case_id=uuid4()) for i in range(500)]
-    records.append(CallRecord(started=0, call_id="c500", case_id=opened.case_id))
-    scopes = [anyio.CancelScope() for _ in records]
+    answered = await answered_case(platform, "Yes.")
+    case_ids = [uuid4() for _ in range(CATCH_UP_BATCH_MAX)] + [answered]
     with ExitStack() as stack:
-        for scope, record in zip(scopes, records, strict=True):
-            stack.enter_context(calls.waiting(scope, record))
+        waits = waiting_calls_on(stack, calls, case_ids)
         clock.advance(INTERVAL)
         await calls.catch_up()
     # The one answered case is in the second read: it was read, and only its call ended.
     assert [len(batch) for batch in platform.batches_read] == [CATCH_UP_BATCH_MAX, 1]
-    assert isinstance(records[-1].swept, Answer)
-    assert records[-1].swept.content == "Yes."
-    assert scopes[-1].cancel_called
-    assert not any(scope.cancel_called for scope in scopes[:-1])
+    scope, record = waits[-1]
+    assert isinstance(record.swept, Answer)
+    assert record.swept.content == "Yes."
+    assert scope.cancel_called
+    assert not any(scope.cancel_called for scope, _ in waits[:-1])
     assert calls.caught_up == 1
 
 
@@ -197,33 +212,6 @@ async def test_a_database_without_the_batched_read_turns_it_off_without_sweeping
     assert calls.catch_up_interval_s == 0
     assert calls.sweeps == 0  # no sweep: the store has no `reply`, a sweep would have failed
     assert not scope.cancel_called  # the call still waits
-
-
-def waiting_calls_on(
-    stack: ExitStack, calls: WaitingCalls, case_ids: list[UUID]
-) -> list[tuple[anyio.CancelScope, CallRecord]]:
-    """One waiting call per case (its scope and record), waiting until `stack` closes."""
-    waits = []
-    for i, case_id in enumerate(case_ids):
-        scope, record = anyio.CancelScope(), CallRecord(started=0, call_id=f"c{i}", case_id=case_id)
-        stack.enter_context(calls.waiting(scope, record))
-        waits.append((scope, record))
-    return waits
-
-
-async def answered_case(platform: MemoryPlatform, text: str) -> UUID:
-    opened = await platform.store.open_case(
-        OpenCase(
-            case_id=uuid4(),
-            question="Refund allowed?",
-            mcp_session_id="s",
-            retell_call_id="c",
-            retell_agent_id="a",
-            timeout_seconds=DEADLINE,
-        )
-    )
-    await platform.operator.answer(opened.case_id, text)
-    return opened.case_id
 
 
 async def test_the_recovery_sweep_reads_in_batches_not_one_rpc_per_waiting_call() -> None:

@@ -305,28 +305,23 @@ def test_with_the_policy_running_the_gauge_reads_its_count_without_walking(
     assert sample(metrics.REGISTRY, "hitl_gc_frozen_objects") == 123_456
 
 
-def test_the_freeze_interval_defaults_to_a_second_and_names_its_rule(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    ("field", "default", "bad", "rule"),
+    [
+        ("gc_freeze_interval_seconds", 1.0, "-1", "greater than or equal to 0"),
+        ("gc_freeze_cap_objects", 10_000_000, "1000", "greater than or equal to 100000"),
+    ],
+)
+def test_the_policy_settings_have_their_defaults_and_name_their_rules(
+    monkeypatch: pytest.MonkeyPatch, field: str, default: float, bad: str, rule: str
 ) -> None:
     from hitl_relay.config import Settings
 
-    assert Settings.model_fields["gc_freeze_interval_seconds"].default == 1.0
-    monkeypatch.setenv("HITL_GC_FREEZE_INTERVAL_SECONDS", "-1")
-    with pytest.raises(ValueError, match="gc_freeze_interval_seconds") as raised:
+    assert Settings.model_fields[field].default == default
+    monkeypatch.setenv(f"HITL_{field.upper()}", bad)
+    with pytest.raises(ValueError, match=field) as raised:
         Settings()
-    assert "greater than or equal to 0" in str(raised.value)
-
-
-def test_the_freeze_cap_defaults_to_ten_million_and_names_its_rule(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from hitl_relay.config import Settings
-
-    assert Settings.model_fields["gc_freeze_cap_objects"].default == 10_000_000
-    monkeypatch.setenv("HITL_GC_FREEZE_CAP_OBJECTS", "1000")
-    with pytest.raises(ValueError, match="gc_freeze_cap_objects") as raised:
-        Settings()
-    assert "greater than or equal to 100000" in str(raised.value)
+    assert rule in str(raised.value)
 
 
 async def test_freezing_runs_the_policy_for_the_block_and_stops_it() -> None:
