@@ -25,10 +25,6 @@ from bench.targets import render_targets, verdicts
 from hitl_relay import gc_tuning
 from hitl_relay.config import Settings
 
-# The harness's collector policy never forces a full pass (see main()).
-HARNESS_GC_CAP_OBJECTS = 1_000_000_000
-
-
 EPILOG = """\
 what each run reports (docs/benchmarks.md has the figures):
   per level: answered / failed to open / lost / duplicated with every error counted by kind;
@@ -314,14 +310,13 @@ async def main(argv: list[str]) -> int:
     first: LevelResult | None = None
     resume: dict[str, Any] | None = None
     # The harness keeps as many calls waiting as the relay does, and its own collections would
-    # show up as latency: it runs the relay's collector policy (hitl_relay.gc_tuning), without
-    # the cap's forced pass (its MCP clients reached it once per 10,000-call run, a pause of
-    # 0.6-0.7 s counted into the deliveries then); a run ends in minutes, and with it whatever
-    # dead cycles stayed frozen.
+    # show up as latency: it runs the relay's collector policy without its full passes
+    # (hitl_relay.gc_tuning.freezing; the cap's pass, reached by its MCP clients once per
+    # 10,000-call run, paused it 0.6-0.7 s, counted into the deliveries then).
     full_every = Settings.model_fields["gc_full_collection_every"].default
     async with (
         stack(home, log_dir=log_dir, census=args.census, replicas=args.replicas) as s,
-        gc_tuning.freezing(full_every, cap_objects=HARNESS_GC_CAP_OBJECTS),
+        gc_tuning.freezing(full_every),
     ):
         s.mcp_mode = args.era
         console.print(

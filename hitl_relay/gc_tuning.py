@@ -339,16 +339,18 @@ class FreezePolicy:
 
 # What `hitl-relay serve` uses by default (Settings.gc_full_collection_every).
 DEFAULT_FULL_EVERY = 100
+# A cap no process reaches: `freezing()` never forces a full pass.
+NEVER = sys.maxsize
 
 
 @asynccontextmanager
-async def freezing(
-    full_every: int = DEFAULT_FULL_EVERY, cap_objects: int = 10_000_000
-) -> AsyncIterator[FreezePolicy]:
-    """`tune()`, then a FreezePolicy running until the block ends: for a process that keeps as
+async def freezing(full_every: int = DEFAULT_FULL_EVERY) -> AsyncIterator[FreezePolicy]:
+    """`tune()`, then a FreezePolicy running until the block ends, for a process that keeps as
     many connections waiting as the relay and is not `hitl-relay serve` (the benchmark's
-    harness, the local stack), so its own collections do not show up in what is measured."""
-    policy = FreezePolicy(tune(full_every), cap_objects=cap_objects)
+    harness, the local stack), so its own collections do not show up in what is measured:
+    it never runs a full pass (no budget, no cap). A run lasts minutes; the dead cycles it
+    leaves frozen go with the process."""
+    policy = FreezePolicy(tune(full_every), budget_s=0.0, cap_objects=NEVER)
     task = asyncio.get_running_loop().create_task(policy.run(), name="gc-freeze-policy")
     try:
         yield policy

@@ -337,6 +337,8 @@ async def test_freezing_runs_the_policy_for_the_block_and_stops_it() -> None:
             assert len(policy_tasks()) == 1
             assert gc.get_threshold()[2] == gc_tuning.DEFAULT_FULL_EVERY
             assert policy.seconds_per_block > 0  # measured by tune()'s collection
+            # a measuring process never pauses for a full pass: no budget, a cap never reached
+            assert (policy.budget_s, policy.cap_objects) == (0.0, gc_tuning.NEVER)
         assert policy_tasks() == []
     finally:
         gc.unfreeze()
