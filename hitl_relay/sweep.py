@@ -93,6 +93,10 @@ class WaitingCalls:
             if not self._waits and self._ticking is not None:
                 self._ticking.cancel()  # no timer while no call waits
 
+    def __len__(self) -> int:
+        """How many calls wait now (joined, past their first read)."""
+        return len(self._waits)
+
     def drain(self) -> None:
         """No new waits; every waiting call ends now (its wait reads once more and falls back)."""
         self.draining = True

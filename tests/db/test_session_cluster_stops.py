@@ -51,6 +51,13 @@ def _record_postmaster(pg_cluster):
 """
 
 
+def as_from_a_terminal() -> None:
+    """In the child before it runs: Ctrl-C's SIGINT at its default, as in a terminal's
+    foreground job. A suite started in the background by a non-interactive shell (`cmd &`,
+    `nohup`) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def running(pid: int) -> bool:
     """Exists and is not a zombie (an exited postmaster waits for init to reap it)."""
     try:
@@ -95,8 +102,9 @@ async def start_inner(
     if under_shell:
         argv = ["bash", "-c", f'{shlex.join(argv)}; echo "pytest ended"']
     return await asyncio.create_subprocess_exec(
-        *argv, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
+        *argv, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, preexec_fn=as_from_a_terminal,
+    )  # fmt: skip
 
 
 async def recorded_pid(pid_file: Path) -> int:
@@ -156,6 +164,7 @@ async def test_an_interrupted_pgtap_run_stops_the_cluster_it_used(
         proc = await asyncio.create_subprocess_exec(
             "scripts/pgtap", cwd=ROOT, env=env | {"HITL_HOME": str(home)},
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=as_from_a_terminal,
         )  # fmt: skip
         cluster = Cluster(home / "test-pg", port=None)
         database = f"pgtap_{proc.pid}"  # scripts/pgtap execs python: the same pid

@@ -15,6 +15,7 @@ import uuid
 import pytest
 from devstack_clients import Operator
 from integration_support import FAST, ask_request, settings_for, wait_presence
+from waiting import wait_until
 
 from hitl_devstack.server import Devstack
 from hitl_relay.adapters.supabase import build_platform
@@ -24,6 +25,10 @@ INTERVAL_S = 1.0
 DEADLINE_S = 60
 # Over this, Realtime drops a broadcast; the case's other events stay well under it.
 PAYLOAD_LIMIT_BYTES = 3000
+
+
+async def waits(relay: Relay) -> bool:
+    return len(relay.calls) == 1
 
 
 async def test_an_answer_whose_broadcast_realtime_dropped_arrives_with_the_next_catch_up(
@@ -43,6 +48,10 @@ async def test_an_answer_whose_broadcast_realtime_dropped_arrives_with_the_next_
             async with relay.running():
                 ask = asyncio.create_task(relay.ask(request))
                 case_id = uuid.UUID(str((await operator.next_case_opened())["case_id"]))
+                # Answered only once the call waits: an answer committed before the call's own
+                # first read (right after its join) would be found by that read, not the
+                # periodic one this test is about.
+                await wait_until(lambda: waits(relay), "the call to wait on its channel")
                 devstack.limits.max_payload_bytes = PAYLOAD_LIMIT_BYTES
                 with caplog.at_level(logging.WARNING, logger="hitl_devstack.realtime"):
                     await operator.answer(case_id, answer)
