@@ -78,6 +78,7 @@ from hitl_relay.security.middleware import buffered_body, key_of_scope
 # this module's import (the relay does not start) rather than a caller's request; the
 # differential tests compare the wire.
 MODERN_SSE_HEADERS: Final = sdk_modern._SSE_HEADERS
+# The intervals are read again when a server is built (the SDK's current setting).
 MODERN_PING_INTERVAL: Final = float(sdk_modern._SSE_PING_INTERVAL)
 modern_response = sdk_modern._to_jsonrpc_response
 modern_sse_event = sdk_modern._sse_event
@@ -225,7 +226,7 @@ class FastAsk:
         # The SDK's intervals, read when the server is built (not when this module is imported).
         sse_ping = float(EventSourceResponse.DEFAULT_PING_INTERVAL)
         self._ping_interval_s = sse_ping if ping_interval_s is None else ping_interval_s
-        deferral = MODERN_PING_INTERVAL
+        deferral = float(sdk_modern._SSE_PING_INTERVAL)  # its name checked at import (above)
         self._modern_deferral_s = deferral if modern_deferral_s is None else modern_deferral_s
 
     def take(self, scope: Scope) -> Ask | None:
