@@ -161,8 +161,15 @@ async def test_an_interrupted_pgtap_run_stops_the_cluster_it_used(
 ) -> None:
     async with inner_run(tmp_path) as (home, _):
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HITL_", "SUPABASE_"))}
+        # One pgTAP file that holds the run until the signal: the whole suite takes about 3 s,
+        # and a run that had already finished when the signal came passed (seen in CI).
+        hold = tmp_path / "90_hold.sql"
+        hold.write_text(
+            "begin;\nselect plan(1);\nselect pg_sleep(120);\nselect pass('held');\n"
+            "select * from finish();\nrollback;\n"
+        )
         proc = await asyncio.create_subprocess_exec(
-            "scripts/pgtap", cwd=ROOT, env=env | {"HITL_HOME": str(home)},
+            "scripts/pgtap", str(hold), cwd=ROOT, env=env | {"HITL_HOME": str(home)},
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             preexec_fn=as_from_a_terminal,
         )  # fmt: skip
