@@ -7,10 +7,16 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import inspect
+import json
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 from realtime import AsyncRealtimeChannel, AsyncRealtimeClient
+from realtime.message import BroadcastMessage, ServerMessageAdapter
 from realtime.types import ChannelStates
 
 from hitl_relay.adapters import realtime_internals
@@ -151,3 +157,187 @@ async def test_on_connect_wraps_the_connection_once_and_reads_frames_through_it(
     assert wrapped._ws is raw  # type: ignore[union-attr]
     assert wrapped.closed is False  # everything else is the connection's own
     assert [f async for f in wrapped] == ["a", "b"]  # type: ignore[union-attr]
+
+
+# A `message` broadcast as Supabase Realtime sends it for `realtime.send` (the payload abridged).
+ANSWER_FRAME = json.dumps(
+    {
+        "event": "broadcast",
+        "topic": "realtime:case:internals",
+        "payload": {
+            "event": "message",
+            "type": "broadcast",
+            "meta": {"id": "5f0c2c4e-5b8a-4a53-9a55-6a8d1f0b9a11"},
+            "payload": {"case_id": "c1", "content": "Yes", "is_answer": True, "sig": "ab"},
+        },
+        "ref": None,
+    }
+)
+
+
+def realtime_py_reads(frame: object) -> tuple[str, dict[str, Any]] | None:
+    """What realtime-py's reader makes of `frame`: the topic and payload of a broadcast."""
+    try:
+        message = ServerMessageAdapter.validate_json(frame)  # type: ignore[arg-type]
+    except ValidationError:
+        return None
+    if not isinstance(message, BroadcastMessage):
+        return None
+    return message.topic, dict(message.payload)
+
+
+def frame_with(**changes: object) -> str:
+    message = json.loads(ANSWER_FRAME)
+    payload_changes = changes.pop("payload_changes", {})
+    message.update(changes)
+    assert isinstance(payload_changes, dict)
+    for key, value in payload_changes.items():
+        if value is DROP:
+            del message["payload"][key]
+        else:
+            message["payload"][key] = value
+    for key in [k for k, v in message.items() if v is DROP]:
+        del message[key]
+    return json.dumps(message)
+
+
+DROP = object()
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        ANSWER_FRAME,
+        frame_with(payload_changes={"meta": DROP}),
+        frame_with(payload_changes={"meta": {"id": "x", "replayed": True}}),
+        frame_with(payload_changes={"event": "session", "extra": 1}),
+        frame_with(payload_changes={"event": "MESSAGE"}),
+    ],
+)
+def test_a_broadcast_frame_is_read_as_realtime_py_reads_it(frame: str) -> None:
+    read = realtime_internals.broadcast_payload(frame)
+    assert read is not None
+    assert read == realtime_py_reads(frame)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        frame_with(ref=DROP),  # realtime-py requires `ref`, null
+        frame_with(ref="7"),
+        frame_with(topic=5),
+        frame_with(event="presence_diff"),
+        frame_with(payload=[1]),
+        frame_with(payload_changes={"payload": "text"}),
+        frame_with(payload_changes={"event": 3}),
+        frame_with(payload_changes={"meta": {"id": 5}}),  # lax pydantic may coerce: its call
+        frame_with(payload_changes={"meta": {"replayed": "true"}}),
+        frame_with(payload_changes={"meta": []}),
+        ANSWER_FRAME.encode(),  # a binary frame
+        '{"event": "broadcast", ',  # not JSON
+        '["broadcast"]',
+        '{"event":"phx_reply","topic":"t","payload":{"status":"ok","response":{}},"ref":"1"}',
+    ],
+)
+def test_a_frame_that_is_not_plainly_a_broadcast_is_left_to_realtime_py(frame: object) -> None:
+    assert realtime_internals.broadcast_payload(frame) is None
+
+
+_json_scalars = st.none() | st.booleans() | st.integers() | st.text(max_size=8)
+_json = st.recursive(
+    _json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+_FIELDS = ("ref", "topic", "event", "inner", "meta", "meta.id", "meta.replayed")
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    valid=st.fixed_dictionaries(
+        {
+            "ref": st.none(),
+            "topic": st.sampled_from(["realtime:case:internals", "realtime:other"]),
+            "event": st.sampled_from(["message", "session", "*"]),
+            "inner": st.dictionaries(st.text(max_size=6), _json, max_size=3),
+            "meta": st.booleans(),
+            "meta.id": st.text(max_size=8),
+            "meta.replayed": st.booleans(),
+        }
+    ),
+    # Each field the frame gets wrong: absent, or any JSON value.
+    wrong=st.dictionaries(st.sampled_from(_FIELDS), st.just(DROP) | _json, max_size=2),
+    extra=st.dictionaries(st.sampled_from(["type", "x"]), _json, max_size=2),
+)
+def test_whatever_the_fast_read_takes_realtime_py_reads_the_same(
+    valid: dict[str, Any], wrong: dict[str, Any], extra: dict[str, Any]
+) -> None:
+    v = {**valid, **wrong}
+    meta = {"id": v["meta.id"], "replayed": v["meta.replayed"]} if v["meta"] is True else v["meta"]
+    payload = {"event": v["event"], "payload": v["inner"], "meta": meta, **extra}
+    if isinstance(meta, dict) or v["meta"] is False:
+        payload["meta"] = {k: x for k, x in meta.items() if x is not DROP} if meta else DROP
+    message = {"event": "broadcast", "topic": v["topic"], "payload": payload, "ref": v["ref"]}
+    for where in (message, payload):
+        for key in [k for k, x in where.items() if x is DROP]:
+            del where[key]
+    frame = json.dumps(message)
+    read = realtime_internals.broadcast_payload(frame)
+    if read is not None:
+        assert read == realtime_py_reads(frame)
+    elif not wrong:
+        pytest.fail(f"a plain broadcast was left to realtime-py: {frame}")
+
+
+def test_dispatch_calls_the_channels_broadcast_callbacks_as_realtime_py_does() -> None:
+    def calls_of(deliver: Callable[[AsyncRealtimeClient], None]) -> list[tuple[str, Any]]:
+        client, channel = client_and_channel()
+        seen: list[tuple[str, Any]] = []
+        channel.on_broadcast("message", lambda p: seen.append(("message", p)))
+        channel.on_broadcast("session", lambda p: seen.append(("session", p)))
+        channel.on_broadcast("*", lambda p: seen.append(("*", p)))
+        deliver(client)
+        return seen
+
+    def by_realtime_py(client: AsyncRealtimeClient) -> None:
+        client.channels["realtime:case:internals"]._handle_message(
+            ServerMessageAdapter.validate_json(ANSWER_FRAME)
+        )
+
+    def by_dispatch(client: AsyncRealtimeClient) -> None:
+        assert realtime_internals.dispatch_broadcast(client, ANSWER_FRAME)
+
+    expected = calls_of(by_realtime_py)
+    assert [name for name, _ in expected] == ["message", "*"]
+    assert calls_of(by_dispatch) == expected
+    # A broadcast on a topic this client has not joined is read and dropped, as realtime-py does.
+    client, _ = client_and_channel()
+    assert realtime_internals.dispatch_broadcast(client, frame_with(topic="realtime:case:other"))
+    assert not realtime_internals.dispatch_broadcast(client, frame_with(ref="1"))
+
+
+async def test_the_reader_dispatches_broadcasts_and_yields_every_other_frame() -> None:
+    class Frames:
+        async def __aiter__(self):  # type: ignore[no-untyped-def]
+            for frame in ("a", ANSWER_FRAME, "b"):
+                yield frame
+
+    client = realtime_internals.StampedRealtimeClient(URL, token="t", auto_reconnect=False)
+    seen: list[str] = []
+    channel = client.channel("case:internals")
+    channel.on_broadcast("message", lambda p: seen.append(p["payload"]["content"]))
+    client._ws_connection = Frames()  # type: ignore[assignment]
+
+    async def no_reader() -> None:
+        return None
+
+    client._listen = no_reader  # type: ignore[method-assign]
+    client._heartbeat = no_reader  # type: ignore[method-assign]
+    await client._on_connect()
+    yielded = [f async for f in client._ws_connection]  # type: ignore[union-attr]
+    assert yielded == ["a", "b"]
+    assert seen == ["Yes"]
