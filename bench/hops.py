@@ -38,7 +38,8 @@ async def snapshot(mcp_url: str, stack_url: str) -> Snapshot:
         with contextlib.suppress(httpx.HTTPError, ValueError):
             r = await client.get(stack_url + "/_devstack/hops")
             if r.status_code == 200:
-                out.stack = {"db": r.json()["hops"][0]}
+                hops = r.json()["hops"]
+                out.stack = {"db": hops[0], "answers": hops[1] if len(hops) > 1 else None}
     return out
 
 
@@ -126,12 +127,15 @@ def breakdown(before: Snapshot, after: Snapshot) -> dict[str, Any]:
     out: dict[str, Any] = {
         "relay_hop_ms": {**summarise(relay), **exact_figures(relay, relay_sum)},
         "stack_hop_ms": None,
+        "stack_answer_hop_ms": None,
         "loop_lag_ms": {**summarise(lag), "over_50ms": above(lag, 0.05)},
         "gc_pauses": {},
     }
     if before.stack and after.stack:
-        b, a = before.stack["db"]["buckets"], after.stack["db"]["buckets"]
-        out["stack_hop_ms"] = summarise({float(le): a[le] - b.get(le, 0) for le in a})
+        for key, name in (("stack_hop_ms", "db"), ("stack_answer_hop_ms", "answers")):
+            if before.stack.get(name) and after.stack.get(name):
+                b, a = before.stack[name]["buckets"], after.stack[name]["buckets"]
+                out[key] = summarise({float(le): a[le] - b.get(le, 0) for le in a})
     for gen in ("0", "1", "2"):
         labels = f'generation="{gen}",'
         pauses = histogram_delta(

@@ -46,6 +46,7 @@ class DevstackError(RuntimeError):
 
 class _Service(Protocol):
     db_hop: HopHistogram
+    answer_hop: HopHistogram
 
     def routes(self) -> list[BaseRoute]: ...
     async def start(self) -> None: ...
@@ -154,7 +155,8 @@ class Devstack:
     async def _hops(self, _: Request) -> Response:
         """The stack's share of deliveries, for the benchmark (hitl_devstack/hops.py)."""
         assert self.realtime is not None
-        return JSONResponse({"hops": [self.realtime.db_hop.as_json()]})
+        realtime = self.realtime
+        return JSONResponse({"hops": [realtime.db_hop.as_json(), realtime.answer_hop.as_json()]})
 
     async def _start(self) -> None:
         from hitl_devstack import auth, rest

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from hitl_devstack.hops import HopStart
 from hitl_devstack.realtime.authorization import (
     AuthContext,
     DatabaseUnavailable,
@@ -79,7 +80,7 @@ class BroadcastHandler:
         *,
         sender: Channel | None = None,
         message_id: str | None = None,
-        since: float | None = None,
+        since: HopStart | None = None,
     ) -> int:
         """MessageDispatcher.dispatch/3: every subscriber allowed to read, except the sender
         without `self`, encoded once per serializer. Returns how many received it."""

@@ -14,6 +14,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
+from hitl_devstack.hops import HopStart
 from hitl_devstack.realtime.authorization import Policies
 from hitl_devstack.realtime.presence import TopicPresence
 from hitl_devstack.realtime.serializer import Serializer
@@ -46,13 +47,15 @@ class Socket:
         self.headers = headers  # x-* upgrade headers, for `request.headers` in RLS checks
         self.channels: dict[str, Channel] = {}
         # a frame, or a frame with the instant its database broadcast arrived (to time the hop)
-        self.queue: asyncio.Queue[str | bytes | tuple[str | bytes, float] | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[str | bytes | tuple[str | bytes, HopStart] | None] = (
+            asyncio.Queue()
+        )
         self.closing: tuple[int, str] | None = None
         self.gone = False  # the client went away: nothing more can be sent
         self.done = asyncio.Event()
         self.counted = False  # counted as a connected user (joined a channel once)
 
-    def send(self, data: str | bytes, since: float | None = None) -> None:
+    def send(self, data: str | bytes, since: HopStart | None = None) -> None:
         if self.closing is not None:
             return
         if self.queue.qsize() >= SEND_QUEUE_LIMIT:

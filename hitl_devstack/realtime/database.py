@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import asyncpg
 
+from hitl_devstack.hops import HopStart
 from hitl_devstack.realtime.authorization import CONNECTION_ERRORS, DB_ERRORS
 from hitl_devstack.realtime.channel import Channel, TopicKey
 from hitl_devstack.realtime.limits import RateCounter, RealtimeLimits
@@ -42,7 +43,7 @@ class BroadcastsHost(Protocol):
         *,
         sender: Channel | None = None,
         message_id: str | None = None,
-        since: float | None = None,
+        since: HopStart | None = None,
     ) -> int: ...
 
 
@@ -169,9 +170,10 @@ class DatabaseBroadcasts:
         private = bool(msg.get("private"))
         name = "realtime:" + topic
         user = UserBroadcast(name, event, body, True, {"id": row_id})
+        arrived = msg.get("_arrived")
         self.host.fan_out(
             (topic, private),
             Outgoing(name, user=user),
             message_id=str(row_id),
-            since=msg.get("_arrived"),
+            since=HopStart(arrived, event == "message") if isinstance(arrived, float) else None,
         )

@@ -67,6 +67,10 @@ class RealtimeService:
             "a database broadcast's row inserted (before its commit) to its frame written to a "
             "subscriber's socket",
         )
+        self.answer_hop = HopHistogram(
+            "db_message_to_frame_sent_seconds",
+            "the same for `message` broadcasts only (answers and clarifications)",
+        )
         self.joining = JoinHandler(self.registry)
         self.broadcasts = BroadcastHandler(self.registry)
         self.presence = PresenceHandler(self.registry)
@@ -184,7 +188,10 @@ class RealtimeService:
                 else:
                     await ws.send_text(data)
                 if since is not None:
-                    self.db_hop.observe(time.perf_counter() - since)
+                    took = time.perf_counter() - since.at
+                    self.db_hop.observe(took)
+                    if since.answer:
+                        self.answer_hop.observe(took)
         except (WebSocketDisconnect, RuntimeError, OSError):
             sock.gone = True
             return

@@ -115,7 +115,7 @@ def check_hops(mode: str, level: int, hops: dict[str, Any] | None) -> None:
     """The per-hop breakdown (bench/hops.py) measured this level's answers: the relay's hop
     closed for answers pushed over Realtime (one may come by the catch-up read instead), the
     stack's hop for each database broadcast (case_opened, message, session: more than one per
-    call), and the pauses and loop lag sampled."""
+    call) and for the answers' alone, and the pauses and loop lag sampled."""
     if mode == "polling":
         assert hops is None
         return
@@ -123,6 +123,8 @@ def check_hops(mode: str, level: int, hops: dict[str, Any] | None) -> None:
     assert 1 <= hops["relay_hop_ms"]["count"] <= level, hops
     assert hops["relay_hop_ms"]["p50"] is not None, hops
     assert hops["stack_hop_ms"]["count"] >= level, hops
+    # each answer pushed to the relay was one `message` frame sent by the stack
+    assert hops["stack_answer_hop_ms"]["count"] >= hops["relay_hop_ms"]["count"], hops
     assert set(hops["gc_pauses"]) == {"0", "1", "2"}
     assert {"count", "p50", "p99", "max_le_ms", "over_50ms"} <= set(hops["loop_lag_ms"])
 
