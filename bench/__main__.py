@@ -19,7 +19,7 @@ from rich.table import Table
 from bench.plot import plot
 from bench.run import ROOT, delivery_clock, machine, run_polling, run_realtime, stack
 from bench.scaleout import resume_on_another_replica
-from bench.stats import LevelResult, ratio_p50
+from bench.stats import LevelResult, ratio_p50, summary
 from bench.success import render_success
 from bench.targets import render_targets, verdicts
 from hitl_relay import gc_tuning
@@ -32,8 +32,9 @@ what each run reports (docs/benchmarks.md has the figures):
   while waiting; relay RSS; a progress line every 10 s; the load average at start and end.
   per hop: the relay's own (case channel frame read -> tool result bytes written,
   hitl_answer_hop_seconds), the stack's (broadcast row inserted -> frame sent, the devstack's
-  /_devstack/hops: every broadcast, and the answers' `message` frames alone), event-loop lag
-  and garbage-collector pauses over the level.
+  /_devstack/hops: every broadcast, and the answers' `message` frames alone), the harness's
+  own (the tool result's last bytes received -> its MCP client's call_tool returned: parse,
+  validation against the output schema), event-loop lag and garbage-collector pauses.
   the first call of a fresh relay process (the warm-up call), reported on its own.
   targets: what the run measured, judged against the performance targets (1,000: delivery
   p50 <= 2 ms and p99 <= 10 ms, creation p99 <= 30 ms, the relay's hop p50 <= 0.3 ms and p99 <= 2
@@ -189,6 +190,14 @@ def render(results: list[LevelResult], console: Console) -> None:
                 f"call ({c['frozen_objects']:,} frozen; the count took {c['census_ms']} ms); "
                 f"modules imported meanwhile: {len(c['modules_imported'])}"
             )
+        j = r.as_json()
+        if j["delivery_wire_ms"] and j["client_ms"]:
+            wire, client = j["delivery_wire_ms"], j["client_ms"]
+            console.print(
+                f"{r.mode} at {r.level}: delivery to the caller's socket (the result's bytes "
+                f"received) p50/p99 {_ms(wire['p50'])}/{_ms(wire['p99'])} ms; the harness's "
+                f"own share (→ call_tool returned) {_ms(client['p50'])}/{_ms(client['p99'])} ms"
+            )
         for kind, n in r.error_counts.most_common(10):
             console.print(f"{r.mode} at {r.level}: {n} × {kind}")
     for r in results:
@@ -231,7 +240,7 @@ def render_hops(results: list[LevelResult], console: Console) -> None:
     table = Table(
         title="per hop (ms): relay = frame read → result written; "
         "stack = broadcast row inserted (commit included) → frame sent, every broadcast "
-        "and answers' (`message`) only"
+        "and answers' (`message`) only; harness = result's bytes received → call_tool returned"
     )
     for col in (
         "mode",
@@ -242,6 +251,8 @@ def render_hops(results: list[LevelResult], console: Console) -> None:
         "stack p99",
         "answers' stack p50",
         "answers' stack p99",
+        "harness p50",
+        "harness p99",
         "loop lag p99",
         "lag max ≤",
         "lag > 50 ms",
@@ -257,6 +268,7 @@ def render_hops(results: list[LevelResult], console: Console) -> None:
             continue
         relay, stack, lag = h["relay_hop_ms"], h["stack_hop_ms"] or {}, h["loop_lag_ms"]
         answers = h.get("stack_answer_hop_ms") or {}
+        client = summary(r.client_ms) if r.client_ms else {}
         gcs = h["gc_pauses"]
         full = gcs["2"]
         gc_max = [g["max_le_ms"] for g in gcs.values() if g["max_le_ms"] is not None]
@@ -269,6 +281,8 @@ def render_hops(results: list[LevelResult], console: Console) -> None:
             _ms(stack.get("p99")),
             _ms(answers.get("p50")),
             _ms(answers.get("p99")),
+            _ms(client.get("p50")),
+            _ms(client.get("p99")),
             _ms(lag["p99"]),
             str(lag["max_le_ms"]),
             str(lag["over_50ms"]),
@@ -385,7 +399,9 @@ async def main(argv: list[str]) -> int:
         "machine": machine(),
         "delivery_clock": f"{clock} (database clock) to the caller's wall clock on return; "
         "same machine. relay_delivery_ms: messages.created_at to the relay having the answer "
-        "(the relay's hitl_delivery_seconds histogram, interpolated within its buckets)",
+        "(the relay's hitl_delivery_seconds histogram, interpolated within its buckets). "
+        "client_ms: the tool result's last bytes received by the harness to its MCP client's "
+        "call_tool returning (bench/arrivals.py); delivery_wire_ms: the delivery less that",
         "create_split": "realtime case creation in parts. relay_ms: tool call received to "
         "hitl_open_case done (the relay's hitl_case_creation_seconds histogram, interpolated "
         "within its buckets); call_to_commit_ms: call started to the case's insert committed "

@@ -48,6 +48,7 @@ import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from bench.arrivals import ArrivalTransport
 from bench.rawhttp import KeepAlivePool
 from bench.stats import LevelResult, summary
 from bench.success import OnDuty, close_session, success_figures
@@ -537,6 +538,9 @@ async def run_realtime(
     started: dict[str, float] = {}
     outcomes: dict[str, dict[str, Any]] = {}
     returned_wall: dict[str, datetime] = {}
+    # the harness's own share of each delivery: the result's bytes received → call_tool returned
+    arrived: dict[str, float] = {}
+    returned_mono: dict[str, float] = {}
     # the clients (MCP sessions) are spread over the replicas, and so the calls
     n_clients = max(replicas, min(20, level // 50 or 1))
     replica_of: dict[str, int] = {}
@@ -568,6 +572,7 @@ async def run_realtime(
                 "returned_at": datetime.now(UTC),
             }
             return
+        returned_mono[question] = time.monotonic()
         returned_wall[question] = datetime.now(UTC)
         outcomes[question] = dict(res.structured_content or {})
         outcomes[question]["returned_at"] = returned_wall[question]
@@ -579,7 +584,7 @@ async def run_realtime(
     async def client_worker(qs: list[str], url: str) -> None:
         http = httpx2.AsyncClient(
             headers={"Authorization": f"Bearer {s.api_key}"},
-            limits=limits,
+            transport=ArrivalTransport(httpx2.AsyncHTTPTransport(limits=limits), arrived),
             timeout=httpx2.Timeout(timeout_s + 30.0),
         )
         transport = streamable_http_client(url, http_client=http)
@@ -700,8 +705,17 @@ async def run_realtime(
     result.wall_s = time.monotonic() - t0
     answers_at = await _created_at(s.db_url, list(cases))
     _score(result, questions, cases, outcomes, returned_wall, answers_at)
+    case_of = {q: c for c, q in cases.items()}
+    for q, out in outcomes.items():
+        if out.get("status") != "answered" or q not in arrived or q not in returned_mono:
+            continue
+        client_ms = (returned_mono[q] - arrived[q]) * 1000
+        result.client_ms.append(client_ms)
+        case_id = case_of.get(q)
+        if case_id in answers_at and out.get("answer") == _expected_answer(q):
+            delivery = (returned_wall[q] - answers_at[case_id]).total_seconds() * 1000
+            result.delivery_wire_ms.append(delivery - client_ms)
     if result.replicas:
-        case_of = {q: c for c, q in cases.items()}
         for i, per in enumerate(result.replicas):
             mine = [q for q, r in replica_of.items() if r == i]
             per["answered"] = sum(

@@ -68,6 +68,12 @@ class LevelResult:
     wall_s: float = 0.0
     # The plan's four figures over this run's window (hitl_success_metrics), with the counts.
     success: dict[str, Any] | None = None
+    # The harness's own share of each answered call's delivery, realtime only: the tool result's
+    # last bytes received → its MCP client's call_tool returned (bench/arrivals.py).
+    client_ms: list[float] = field(default_factory=list)
+    # Delivery to the caller's socket: answer committed → the result's last bytes received (the
+    # delivery less the harness's own share).
+    delivery_wire_ms: list[float] = field(default_factory=list)
     # The relay's own view: answer created → relay has it (hitl_delivery_seconds), realtime only.
     relay_delivery_ms: dict[str, float | None] | None = None
     # Calls per second arriving in the open phase (0: all at once).
@@ -106,6 +112,8 @@ class LevelResult:
             "level": self.level,
             "delivery_ms": summary(self.delivery_ms),
             "relay_delivery_ms": self.relay_delivery_ms,
+            "client_ms": summary(self.client_ms) if self.client_ms else None,
+            "delivery_wire_ms": summary(self.delivery_wire_ms) if self.delivery_wire_ms else None,
             "arrival_rate_per_s": self.rate,
             "create_ms": {k: v for k, v in summary(self.create_ms).items() if k != "max"},
             "create_split": None

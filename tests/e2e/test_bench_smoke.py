@@ -100,6 +100,7 @@ async def test_bench_quick_json_has_both_modes_all_answered_none_lost() -> None:
             assert (r["failed_open"], r["error_counts"]) == (0, {}), r["errors"]
             assert r["load_average"], r
             check_hops(mode, level, r["hops"])
+            check_harness_share(mode, level, r)
         first = report["first_call"]
         assert (first["answered"], first["lost"], first["failed_open"]) == (1, 0, 0), first
         check_hops("realtime", 1, first["hops"])
@@ -127,6 +128,20 @@ def check_hops(mode: str, level: int, hops: dict[str, Any] | None) -> None:
     assert hops["stack_answer_hop_ms"]["count"] >= hops["relay_hop_ms"]["count"], hops
     assert set(hops["gc_pauses"]) == {"0", "1", "2"}
     assert {"count", "p50", "p99", "max_le_ms", "over_50ms"} <= set(hops["loop_lag_ms"])
+
+
+def check_harness_share(mode: str, level: int, r: dict[str, Any]) -> None:
+    """Realtime: every answered call's delivery split at the caller's socket, the harness's
+    own share (result bytes received → call_tool returned) no larger than the delivery."""
+    if mode == "polling":
+        assert r["client_ms"] is None
+        assert r["delivery_wire_ms"] is None
+        return
+    client, wire, delivery = r["client_ms"], r["delivery_wire_ms"], r["delivery_ms"]
+    assert client is not None, r
+    assert wire is not None, r
+    assert 0 <= client["p50"] <= delivery["max"], r
+    assert wire["max"] <= delivery["max"], r
 
 
 def check_creation_split(mode: str, level: int, r: dict[str, Any]) -> None:
