@@ -18,7 +18,6 @@ The canonical string is the event name, then for each signed field in order a li
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 from collections.abc import Mapping
 from typing import Any, Final
@@ -76,7 +75,9 @@ def canonical(event: str, payload: Mapping[str, Any]) -> bytes:
 
 def sign(key: bytes, event: str, payload: Mapping[str, Any]) -> str:
     """The `sig` the database would attach (tests and the devstack's checks use it)."""
-    return hmac.new(key, canonical(event, payload), hashlib.sha256).hexdigest()
+    # hmac.digest: OpenSSL's one-shot HMAC, the same value as hmac.new(...).digest() without
+    # building the two hash objects in Python (an answer's frame is checked on its hot path).
+    return hmac.digest(key, canonical(event, payload), "sha256").hex()
 
 
 def verify(key: bytes | None, event: str, payload: Mapping[str, Any]) -> bool:
