@@ -27,7 +27,7 @@ sweep after a platform failure are `sweep.WaitingCalls`.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from uuid import UUID, uuid4
 
@@ -323,19 +323,26 @@ class Relay:
                 done.set()
 
         joined = False
-        # Step 5: neither the join nor the open waits for the other.
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(open_case, open_done)
-            try:
-                async with self.waiter.joined(case_id) as sub:
+        # The subscription outlives the task group: the group ends once the case is open, so
+        # leaving it (anyio checkpoints there, yielding to every task ready) is not on an
+        # answer's way out of the wait.
+        async with AsyncExitStack() as subscription:
+            # Step 5: neither the join nor the open waits for the other.
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(open_case, open_done)
+                try:
+                    sub = await subscription.enter_async_context(self.waiter.joined(case_id))
                     joined = True
                     await open_done.wait()
-                    del open_done  # set and done with: not held for the whole wait (0.9 KB)
-                    if opened is not None and opened.case_id == case_id:
-                        self.calls.record(call, failure=None)
-                        outcome = await self.waiter.wait(sub, opened, call, deadline, progress)
-            except PlatformUnavailable as e:
-                join_error = e
+                except PlatformUnavailable as e:
+                    join_error = e
+            del open_done  # set and done with: not held for the whole wait (0.9 KB)
+            if joined and opened is not None and opened.case_id == case_id:
+                self.calls.record(call, failure=None)
+                try:
+                    outcome = await self.waiter.wait(sub, opened, call, deadline, progress)
+                except PlatformUnavailable as e:
+                    join_error = e
 
         if open_error is not None:
             if isinstance(open_error, PlatformUnavailable):
