@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from bench.waiting import wait_for
 from hitl_relay.adapters.memory import MemoryPlatform
 from hitl_relay.config import Settings
 from hitl_relay.http_app import create_app, running
@@ -78,13 +79,16 @@ def types_now() -> Counter[str]:
     return Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.get_objects())
 
 
+def active_calls(relay_state: Any) -> int:
+    return 0 if relay_state.relay is None else int(relay_state.relay.active_calls)
+
+
 async def settle(relay_state: Any, calls: int, within_s: float = 120.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while relay_state.relay is None or relay_state.relay.active_calls < calls:
-        if loop.time() > deadline:
-            raise RuntimeError(f"only {relay_state.relay.active_calls} of {calls} calls waiting")
-        await asyncio.sleep(0.05)
+    await wait_for(
+        lambda: active_calls(relay_state) >= calls,
+        lambda: f"only {active_calls(relay_state)} of {calls} calls waiting",
+        within_s,
+    )
 
 
 async def probe(calls: int, top: int, frames: int, era: str) -> dict[str, Any]:
@@ -158,12 +162,11 @@ async def run_callers(host: str, port: int, calls: int, state: Any, measure: Any
 
 
 async def wait_idle(state: Any, within_s: float = 60.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while state.relay is not None and state.relay.active_calls:
-        if loop.time() > deadline:
-            raise RuntimeError("the calls did not end after their callers hung up")
-        await asyncio.sleep(0.05)
+    await wait_for(
+        lambda: active_calls(state) == 0,
+        lambda: "the calls did not end after their callers hung up",
+        within_s,
+    )
 
 
 def main() -> None:

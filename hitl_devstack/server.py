@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
@@ -28,6 +28,7 @@ from hitl_devstack.context import DevstackContext, LocalUser
 from hitl_devstack.gateway import ApiGateway
 from hitl_devstack.hops import HopHistogram
 from hitl_devstack.keys import LocalKeys
+from hitl_relay.embedded import EmbeddedServer
 
 if TYPE_CHECKING:
     from hitl_devstack.realtime import RealtimeLimits
@@ -51,48 +52,6 @@ class _Service(Protocol):
     def routes(self) -> list[BaseRoute]: ...
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
-
-
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn without its signal handlers (the embedding process owns SIGINT/SIGTERM), and with
-    `startup_over`: set once its start-up has run (`started` then says whether it listens)."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.startup_over = asyncio.Event()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        try:
-            await super().startup(sockets=sockets)
-        finally:
-            self.startup_over.set()
-
-    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
-        try:
-            await super().serve(sockets=sockets)
-        finally:
-            self.startup_over.set()  # ended before its start-up (an error in uvicorn's set-up)
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """uvicorn's shutdown without its fixed 100 ms pauses: tests stop a devstack each."""
-        for server in self.servers:
-            server.close()
-        for connection in list(self.server_state.connections):
-            connection.shutdown()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (self.config.timeout_graceful_shutdown or 5)
-        while self.server_state.connections or self.server_state.tasks:
-            if loop.time() > deadline:
-                for task in self.server_state.tasks:
-                    task.cancel(msg="devstack stopping: graceful shutdown timed out")
-                break
-            await asyncio.sleep(0.005)  # a shutdown drain poll, as uvicorn's own
-        for server in self.servers:
-            await server.wait_closed()
 
 
 def _realtime_service(ctx: DevstackContext) -> _Service:
@@ -138,7 +97,7 @@ class Devstack:
         self.ctx: DevstackContext | None = None
         self.realtime: _Service | None = None
         self._pool: asyncpg.Pool | None = None
-        self._server: _EmbeddedServer | None = None
+        self._server: EmbeddedServer | None = None
         self._serve_task: asyncio.Task[None] | None = None
         self._socket: socket.socket | None = None
 
@@ -221,7 +180,7 @@ class Devstack:
             timeout_graceful_shutdown=5,
             ws_max_size=16 * 1024 * 1024,
         )
-        self._server = server = _EmbeddedServer(config)
+        self._server = server = EmbeddedServer(config)
         self._serve_task = task = asyncio.create_task(
             server.serve(sockets=[self._socket]), name=f"devstack:{self.port}"
         )
@@ -240,7 +199,7 @@ class Devstack:
             realtime, self.realtime = self.realtime, None
             await _quietly(realtime.stop, "realtime stop")
         if self._server is not None:
-            self._server.should_exit = True
+            self._server.exit()
         if self._serve_task is not None:
             task, self._serve_task = self._serve_task, None
             with contextlib.suppress(asyncio.CancelledError, SystemExit, DevstackError):

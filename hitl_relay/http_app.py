@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -51,6 +51,7 @@ from hitl_relay import callbacks, console, gc_tuning, hops, metrics, recovery, r
 from hitl_relay.clock import SystemClock
 from hitl_relay.composition import build_notifiers, build_relay, open_backend, task_store_for
 from hitl_relay.config import Settings
+from hitl_relay.embedded import EmbeddedServer
 from hitl_relay.escalation import Escalator
 from hitl_relay.mcp_fast import FastAsk
 from hitl_relay.mcp_http import McpRouter
@@ -169,14 +170,17 @@ class RelayState:
             raise RuntimeError("the relay is not started (the app's lifespan has not run)")
         return self.relay
 
-    async def drain(self, timeout_s: float) -> int:
+    async def drain(self, timeout_s: float, quiet_when_none_waited: bool = True) -> int:
         """End the waiting calls now (graceful shutdown) and wait (within `timeout_s`) until
-        their results are written out; the number of calls that were waiting."""
+        their results are written out and the clients' requests have quietened (skipped when
+        no call was waiting and `quiet_when_none_waited` is off); the number of calls that
+        were waiting."""
         deadline = time.monotonic() + timeout_s
         waiting = await self.relay.drain(timeout_s) if self.relay is not None else 0
         if self.mcp_requests is not None:
             left = max(0.0, deadline - time.monotonic())
-            if not await self.mcp_requests.wait_quiet(QUIET_BEFORE_EXIT_S, left):
+            quiet_s = QUIET_BEFORE_EXIT_S if waiting or quiet_when_none_waited else 0.0
+            if not await self.mcp_requests.wait_quiet(quiet_s, left):
                 logger.warning(
                     "shutting down with {} MCP response(s) still being written",
                     self.mcp_requests.count,
@@ -367,6 +371,9 @@ class RelayServer(uvicorn.Server):
     than any orchestrator's grace period.
     """
 
+    # A deployed relay cannot know whether a client is about to send its follow-up request.
+    quiet_after_an_idle_drain = True
+
     def __init__(
         self,
         config: uvicorn.Config,
@@ -412,7 +419,7 @@ class RelayServer(uvicorn.Server):
     async def _drain(self) -> None:
         state = _relay_state_of(self.config.loaded_app)
         if state is not None:
-            waiting = await state.drain(self._drain_timeout_s)
+            waiting = await state.drain(self._drain_timeout_s, self.quiet_after_an_idle_drain)
             logger.info("shutting down: {} waiting call(s) answered with the fallback", waiting)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -456,29 +463,13 @@ def serve(settings: Settings, app: ASGIApp) -> None:
     RelayServer(config, settings.drain_timeout_seconds, policy).run()
 
 
-class _Embedded(RelayServer):
-    """uvicorn inside someone else's event loop: the embedder owns the signals. `startup_over`
-    is set once its start-up has run (`started` then says whether it listens)."""
+class _Embedded(RelayServer, EmbeddedServer):
+    """The relay inside someone else's event loop (`EmbeddedServer`), stopped by its embedder
+    once the embedder's own clients are done: the quiet period after the drain is kept for
+    the clients of the calls the drain ended (their follow-up requests), not waited out when
+    no call was waiting."""
 
-    def __init__(self, config: uvicorn.Config, drain_timeout_s: float) -> None:
-        super().__init__(config, drain_timeout_s)
-        self.startup_over = asyncio.Event()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        try:
-            await super().startup(sockets=sockets)
-        finally:
-            self.startup_over.set()
-
-    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
-        try:
-            await super().serve(sockets=sockets)
-        finally:
-            self.startup_over.set()  # ended before its start-up
+    quiet_after_an_idle_drain = False
 
 
 @asynccontextmanager
@@ -512,7 +503,7 @@ async def running(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Async
             raise RuntimeError(f"the HTTP server on {host} did not start")
         yield f"http://[{host}]:{bound}" if ":" in host else f"http://{host}:{bound}"
     finally:
-        server.should_exit = True
+        server.exit()
         try:
             await task
         finally:

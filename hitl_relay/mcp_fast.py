@@ -78,8 +78,9 @@ from hitl_relay.security.middleware import buffered_body, key_of_scope
 # this module's import (the relay does not start) rather than a caller's request; the
 # differential tests compare the wire.
 MODERN_SSE_HEADERS: Final = sdk_modern._SSE_HEADERS
-# The intervals are read again when a server is built (the SDK's current setting).
-MODERN_PING_INTERVAL: Final = float(sdk_modern._SSE_PING_INTERVAL)
+# The ping interval is read when a server is built (the SDK's setting then); only its name here.
+if not hasattr(sdk_modern, "_SSE_PING_INTERVAL"):
+    raise ImportError("mcp.server._streamable_http_modern no longer has _SSE_PING_INTERVAL")
 modern_response = sdk_modern._to_jsonrpc_response
 modern_sse_event = sdk_modern._sse_event
 modern_write = sdk_modern._write

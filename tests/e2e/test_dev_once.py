@@ -40,10 +40,12 @@ def clean_copy(dest: Path) -> None:
             continue  # deleted in the working tree
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dest / rel)
-    # The installs scripts/setup would make (venv, node packages) are reused, not redone.
+    # The installs scripts/setup would make (venv, node packages, the tools it keeps in
+    # .hitl/tools: uv, checkov) are reused, not redone; its checks of them still run.
     (dest / ".venv").symlink_to(ROOT / ".venv")
-    for nm in ("tests/conformance/js/node_modules",):
+    for nm in ("tests/conformance/js/node_modules", ".hitl/tools"):
         if (ROOT / nm).exists():
+            (dest / nm).parent.mkdir(parents=True, exist_ok=True)
             (dest / nm).symlink_to(ROOT / nm)
 
 
