@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import FrameType
 
 import asyncpg
 
@@ -150,12 +151,25 @@ def stop_unless_in_use(cluster: Cluster) -> str:
     return "stopped"
 
 
+def as_ctrl_c(_signum: int, frame: FrameType | None) -> None:
+    """SIGTERM handled as Ctrl-C is at that moment: inside `asyncio.run` by its runner, which
+    cancels the main task (asyncpg then ends its query and closes its connection), elsewhere
+    by KeyboardInterrupt. Raising KeyboardInterrupt at any point inside the event loop instead
+    (`default_int_handler`) can leave the run waiting on a connection left half-way: a run was
+    once seen not to end within 60 s of SIGTERM, while Ctrl-C's runs always ended."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
+
+
 def main(argv: list[str]) -> int:
     home = Path(os.environ.get("HITL_HOME", ROOT / ".hitl"))
     cluster = Cluster(home / "test-pg", port=None)
     # SIGTERM ends the run as Ctrl-C does, through the `finally` that stops the cluster
     # (Python's default for SIGTERM ends the process at once and leaves Postgres running).
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, as_ctrl_c)
     end_with_parent()
     try:
         cluster.start()
